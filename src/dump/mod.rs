@@ -1,0 +1,246 @@
+//! Activation dumps: a file or a directory of shards (read in name order), each
+//! shard `[n, d]` activations plus optional per-token `token_ids`, `doc_ids`
+//! and `mask`. Shards are memory-mapped and read in batches, so memory stays
+//! bounded whatever the dump's size.
+
+use std::path::{Path, PathBuf};
+
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+
+pub mod npy;
+pub mod safetensors;
+
+/// One shard of a dump. Implementations map their file and copy rows out on demand.
+pub trait Shard: Send + Sync {
+    /// The shard's file.
+    fn path(&self) -> &Path;
+    /// Rows (tokens) in the shard.
+    fn n_rows(&self) -> usize;
+    /// Row width d.
+    fn width(&self) -> usize;
+    /// Stored dtype of the activations.
+    fn dtype(&self) -> DType;
+    /// Rows `start..start + count` as row-major f32 into `out` (`count * width` values).
+    fn read_rows(&self, start: usize, count: usize, out: &mut [f32]) -> Result<()>;
+    /// Token ids of rows `start..start + count`, if the shard has them.
+    fn token_ids(&self, start: usize, count: usize) -> Result<Option<Vec<i64>>>;
+    /// Document ids of rows `start..start + count`, if the shard has them.
+    fn doc_ids(&self, start: usize, count: usize) -> Result<Option<Vec<i64>>>;
+    /// Mask of rows `start..start + count` (1 = token counts), if the shard has one.
+    fn mask(&self, start: usize, count: usize) -> Result<Option<Vec<u8>>>;
+    /// Tells the OS that rows before `end` will not be read again (drops mapped pages).
+    fn release(&self, _end: usize) {}
+}
+
+/// Opens one shard file by its extension (`.npy`, `.safetensors`).
+pub fn open_shard(path: &Path) -> Result<Box<dyn Shard>> {
+    match path.extension().and_then(|e| e.to_str()) {
+        Some("npy") => Ok(Box::new(npy::NpyShard::open(path)?)),
+        Some("safetensors") => Ok(Box::new(safetensors::SafetensorsShard::open(path)?)),
+        _ => Err(Error::format(
+            path,
+            "not an activation dump: expected a .npy or .safetensors file, or a directory of them",
+        )),
+    }
+}
+
+/// A dump: an ordered list of shards of one width.
+pub struct Dump {
+    path: PathBuf,
+    shards: Vec<Box<dyn Shard>>,
+    width: usize,
+}
+
+impl std::fmt::Debug for Dump {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dump")
+            .field("path", &self.path)
+            .field("shards", &self.shards.len())
+            .field("width", &self.width)
+            .field("rows", &self.n_rows())
+            .finish()
+    }
+}
+
+impl Dump {
+    /// Opens a dump file, or a directory of shard files (`.npy`, `.safetensors`) in name order.
+    pub fn open(path: impl AsRef<Path>) -> Result<Dump> {
+        let path = path.as_ref();
+        let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+        let files = if meta.is_dir() {
+            let mut files: Vec<PathBuf> = std::fs::read_dir(path)
+                .map_err(|e| Error::io(path, e))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| {
+                    matches!(
+                        p.extension().and_then(|e| e.to_str()),
+                        Some("npy") | Some("safetensors")
+                    )
+                })
+                .collect();
+            files.sort();
+            if files.is_empty() {
+                return Err(Error::missing(path, "activation shards (.npy or .safetensors files) in this directory"));
+            }
+            files
+        } else {
+            vec![path.to_path_buf()]
+        };
+        let shards = files
+            .iter()
+            .map(|f| open_shard(f))
+            .collect::<Result<Vec<_>>>()?;
+        Dump::from_shards(path, shards)
+    }
+
+    /// A dump over already-opened shards; checks that every shard has the same width.
+    pub fn from_shards(path: impl AsRef<Path>, shards: Vec<Box<dyn Shard>>) -> Result<Dump> {
+        let path = path.as_ref().to_path_buf();
+        let width = match shards.first() {
+            Some(s) => s.width(),
+            None => return Err(Error::missing(&path, "activation shards")),
+        };
+        for s in &shards {
+            if s.width() != width {
+                return Err(Error::format(
+                    s.path(),
+                    format!("shard has width {}, but the dump's first shard has width {width}", s.width()),
+                ));
+            }
+        }
+        Ok(Dump {
+            path,
+            shards,
+            width,
+        })
+    }
+
+    /// The path the dump was opened from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+    /// Row width d.
+    pub fn width(&self) -> usize {
+        self.width
+    }
+    /// Total rows over all shards.
+    pub fn n_rows(&self) -> u64 {
+        self.shards.iter().map(|s| s.n_rows() as u64).sum()
+    }
+    /// The shards in read order.
+    pub fn shards(&self) -> &[Box<dyn Shard>] {
+        &self.shards
+    }
+
+    /// Keeps shards `i, i + n, i + 2n, ...` (0-based `i` of `n`): the unit a cluster job
+    /// array fans out. Errors if `i >= n` or the selection is empty.
+    pub fn select_shards(self, i: usize, n: usize) -> Result<Dump> {
+        if n == 0 || i >= n {
+            return Err(Error::invalid(format!("shard {i}/{n}: need 0 <= I < N")));
+        }
+        let total = self.shards.len();
+        let shards: Vec<_> = self
+            .shards
+            .into_iter()
+            .enumerate()
+            .filter(|(j, _)| j % n == i)
+            .map(|(_, s)| s)
+            .collect();
+        if shards.is_empty() {
+            return Err(Error::invalid(format!(
+                "{}: shard {i}/{n} selects no file (the dump has {total} shard files)",
+                self.path.display()
+            )));
+        }
+        Dump::from_shards(self.path, shards)
+    }
+
+    /// Checks the dump's width against an SAE's d_in.
+    pub fn check_width(&self, d_in: usize) -> Result<()> {
+        if self.width != d_in {
+            return Err(Error::WidthMismatch {
+                path: self.path.clone(),
+                got: self.width,
+                expected: d_in,
+            });
+        }
+        Ok(())
+    }
+
+    /// Streams the dump in batches of at most `batch_rows` rows (a batch never spans shards).
+    pub fn batches(&self, batch_rows: usize) -> Batches<'_> {
+        Batches {
+            dump: self,
+            batch_rows: batch_rows.max(1),
+            shard: 0,
+            row: 0,
+            global: 0,
+        }
+    }
+}
+
+/// A batch of rows read from a dump.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    /// Index of the shard the rows come from.
+    pub shard: usize,
+    /// Global index (over the whole dump) of the first row.
+    pub start: u64,
+    /// Number of rows.
+    pub rows: usize,
+    /// `[rows, d]` row-major f32.
+    pub acts: Vec<f32>,
+    pub token_ids: Option<Vec<i64>>,
+    pub doc_ids: Option<Vec<i64>>,
+    pub mask: Option<Vec<u8>>,
+}
+
+/// Iterator over a dump's batches.
+pub struct Batches<'a> {
+    dump: &'a Dump,
+    batch_rows: usize,
+    shard: usize,
+    row: usize,
+    global: u64,
+}
+
+impl Iterator for Batches<'_> {
+    type Item = Result<Batch>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            let shard = self.dump.shards.get(self.shard)?;
+            if self.row >= shard.n_rows() {
+                shard.release(shard.n_rows());
+                self.shard += 1;
+                self.row = 0;
+                continue;
+            }
+            let start = self.row;
+            let count = self.batch_rows.min(shard.n_rows() - start);
+            let d = shard.width();
+            let mut acts = vec![0f32; count * d];
+            let out = (|| {
+                shard.read_rows(start, count, &mut acts)?;
+                Ok(Batch {
+                    shard: self.shard,
+                    start: self.global,
+                    rows: count,
+                    token_ids: shard.token_ids(start, count)?,
+                    doc_ids: shard.doc_ids(start, count)?,
+                    mask: shard.mask(start, count)?,
+                    acts,
+                })
+            })();
+            shard.release(start);
+            self.row += count;
+            self.global += count as u64;
+            if out.is_err() {
+                // Stop after an error: a caller that keeps iterating must not skip rows silently.
+                self.shard = usize::MAX;
+            }
+            return Some(out);
+        }
+    }
+}

@@ -1,0 +1,28 @@
+//! sae-engine: sparse autoencoders at audit scale.
+//!
+//! - [`formats`]: load the public SAE formats into one canonical [`sae::Sae`]; write SAELens.
+//! - [`dump`]: stream activation dumps (npy / safetensors shards) with bounded memory.
+//! - [`ops`]: the backend-agnostic engine (encode, decode, statistics) over [`cpu`] and [`cuda`].
+//! - [`stats`]: per-latent statistics that merge exactly across shards.
+//! - [`io`]: codes and statistics files.
+
+pub mod codes;
+pub mod cpu;
+pub mod cuda;
+pub mod dtype;
+pub mod dump;
+pub mod error;
+pub mod formats;
+pub mod io;
+pub mod matrix;
+pub mod ops;
+pub mod sae;
+pub mod stats;
+
+pub use codes::{Codes, Denorm, Encoded};
+pub use dtype::DType;
+pub use dump::Dump;
+pub use error::{Error, Result};
+pub use ops::{engine, BackendKind, Engine, EngineOptions};
+pub use sae::{Activation, Format, Normalization, Sae};
+pub use stats::LatentStats;

@@ -1,0 +1,244 @@
+//! A read-only weight matrix that lives in a memory-mapped file (or an owned
+//! buffer), in its stored dtype and layout. The engine never makes a second
+//! resident copy of a multi-GB matrix: consumers convert tiles of rows to f32
+//! as they need them (CPU) or upload the raw bytes once (CUDA).
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use crate::dtype::{convert_from_f32, convert_to_f32, DType};
+use crate::error::{Error, Result};
+
+/// Where the bytes of a tensor live.
+#[derive(Clone)]
+pub enum Bytes {
+    /// A byte range of a memory-mapped file.
+    Mapped {
+        map: Arc<memmap2::Mmap>,
+        offset: usize,
+        len: usize,
+    },
+    /// Bytes owned in memory (decompressed archives, tests, converted tensors).
+    Owned(Arc<Vec<u8>>),
+}
+
+impl Bytes {
+    /// The bytes.
+    pub fn as_slice(&self) -> &[u8] {
+        match self {
+            Bytes::Mapped { map, offset, len } => &map[*offset..*offset + *len],
+            Bytes::Owned(v) => v.as_slice(),
+        }
+    }
+
+    /// Whether the bytes come from a mapped file.
+    pub fn is_mapped(&self) -> bool {
+        matches!(self, Bytes::Mapped { .. })
+    }
+}
+
+impl std::fmt::Debug for Bytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Bytes::Mapped { offset, len, .. } => write!(f, "Mapped({offset}..+{len})"),
+            Bytes::Owned(v) => write!(f, "Owned({} bytes)", v.len()),
+        }
+    }
+}
+
+/// How a logical `[rows, cols]` matrix is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// Stored row-major as `[rows, cols]`.
+    RowMajor,
+    /// Stored row-major as `[cols, rows]` (the transpose), e.g. SAELens `W_enc` [d, L].
+    Transposed,
+}
+
+/// A logical `[rows, cols]` matrix of `dtype` elements over `Bytes`.
+/// In an SAE both `w_enc` and `w_dec` are logical `[n_latents, d_in]`.
+#[derive(Clone, Debug)]
+pub struct Matrix {
+    bytes: Bytes,
+    dtype: DType,
+    rows: usize,
+    cols: usize,
+    layout: Layout,
+}
+
+impl Matrix {
+    /// Wraps stored bytes; checks that the byte length fits the shape.
+    pub fn new(bytes: Bytes, dtype: DType, rows: usize, cols: usize, layout: Layout) -> Result<Self> {
+        let need = rows
+            .checked_mul(cols)
+            .and_then(|n| n.checked_mul(dtype.size()))
+            .ok_or_else(|| Error::invalid(format!("matrix {rows}x{cols} overflows")))?;
+        let have = bytes.as_slice().len();
+        if have != need {
+            return Err(Error::invalid(format!(
+                "matrix {rows}x{cols} {dtype} needs {need} bytes, got {have}"
+            )));
+        }
+        Ok(Matrix {
+            bytes,
+            dtype,
+            rows,
+            cols,
+            layout,
+        })
+    }
+
+    /// A row-major matrix from f32 values stored as `dtype` (tests, small tensors, converters).
+    pub fn from_f32(values: &[f32], rows: usize, cols: usize, dtype: DType) -> Result<Self> {
+        if values.len() != rows * cols {
+            return Err(Error::invalid(format!(
+                "matrix {rows}x{cols} needs {} values, got {}",
+                rows * cols,
+                values.len()
+            )));
+        }
+        Matrix::new(
+            Bytes::Owned(Arc::new(convert_from_f32(dtype, values))),
+            dtype,
+            rows,
+            cols,
+            Layout::RowMajor,
+        )
+    }
+
+    /// Logical rows.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+    /// Logical columns.
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+    /// Stored element type.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+    /// Stored layout.
+    pub fn layout(&self) -> Layout {
+        self.layout
+    }
+    /// The stored bytes (in `layout`, little-endian `dtype`).
+    pub fn raw(&self) -> &[u8] {
+        self.bytes.as_slice()
+    }
+    /// The underlying storage.
+    pub fn bytes(&self) -> &Bytes {
+        &self.bytes
+    }
+    /// Size in bytes.
+    pub fn size_bytes(&self) -> usize {
+        self.rows * self.cols * self.dtype.size()
+    }
+
+    /// Element (r, c) as f32.
+    pub fn get(&self, r: usize, c: usize) -> f32 {
+        let e = match self.layout {
+            Layout::RowMajor => r * self.cols + c,
+            Layout::Transposed => c * self.rows + r,
+        };
+        let s = self.dtype.size();
+        let mut out = [0f32];
+        convert_to_f32(self.dtype, &self.raw()[e * s..(e + 1) * s], &mut out);
+        out[0]
+    }
+
+    /// Logical rows `range` as row-major f32 `[range.len(), cols]` into `out`.
+    pub fn rows_f32(&self, range: Range<usize>, out: &mut [f32]) {
+        assert!(range.end <= self.rows && out.len() == range.len() * self.cols);
+        let s = self.dtype.size();
+        match self.layout {
+            Layout::RowMajor => {
+                let bytes = &self.raw()[range.start * self.cols * s..range.end * self.cols * s];
+                convert_to_f32(self.dtype, bytes, out);
+            }
+            Layout::Transposed => {
+                // Stored [cols, rows]: read a contiguous run of each stored row, scatter as a column.
+                let t = range.len();
+                let mut run = vec![0f32; t];
+                for c in 0..self.cols {
+                    let start = (c * self.rows + range.start) * s;
+                    convert_to_f32(self.dtype, &self.raw()[start..start + t * s], &mut run);
+                    for (i, v) in run.iter().enumerate() {
+                        out[i * self.cols + c] = *v;
+                    }
+                }
+            }
+        }
+    }
+
+    /// One logical row as f32.
+    pub fn row_f32(&self, r: usize) -> Vec<f32> {
+        let mut out = vec![0f32; self.cols];
+        self.rows_f32(r..r + 1, &mut out);
+        out
+    }
+
+    /// The whole matrix as row-major f32 (small matrices and tests only).
+    pub fn to_f32_vec(&self) -> Vec<f32> {
+        let mut out = vec![0f32; self.rows * self.cols];
+        self.rows_f32(0..self.rows, &mut out);
+        out
+    }
+
+    /// Euclidean norm of every logical row, computed in f64 and tiled so memory stays bounded.
+    pub fn row_norms(&self) -> Vec<f32> {
+        const TILE: usize = 1024;
+        let mut norms = Vec::with_capacity(self.rows);
+        let mut buf = vec![0f32; TILE.min(self.rows.max(1)) * self.cols];
+        let mut r = 0;
+        while r < self.rows {
+            let t = TILE.min(self.rows - r);
+            let tile = &mut buf[..t * self.cols];
+            self.rows_f32(r..r + t, tile);
+            for row in tile.chunks_exact(self.cols.max(1)).take(t) {
+                let ss: f64 = row.iter().map(|v| (*v as f64) * (*v as f64)).sum();
+                norms.push(ss.sqrt() as f32);
+            }
+            r += t;
+        }
+        norms
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transposed_reads_match_row_major() {
+        let vals: Vec<f32> = (0..12).map(|v| v as f32).collect();
+        // logical 3x4 stored transposed as 4x3
+        let mut t = vec![0f32; 12];
+        for r in 0..3 {
+            for c in 0..4 {
+                t[c * 3 + r] = vals[r * 4 + c];
+            }
+        }
+        let m = Matrix::new(
+            Bytes::Owned(Arc::new(convert_from_f32(DType::F32, &t))),
+            DType::F32,
+            3,
+            4,
+            Layout::Transposed,
+        )
+        .unwrap();
+        assert_eq!(m.to_f32_vec(), vals);
+        assert_eq!(m.get(2, 1), 9.0);
+        let mut two = vec![0f32; 8];
+        m.rows_f32(1..3, &mut two);
+        assert_eq!(two, vals[4..].to_vec());
+        let n = m.row_norms();
+        assert!((n[0] - (0f32 + 1.0 + 4.0 + 9.0).sqrt()).abs() < 1e-6);
+    }
+
+    #[test]
+    fn wrong_length_is_an_error() {
+        let b = Bytes::Owned(Arc::new(vec![0u8; 10]));
+        assert!(Matrix::new(b, DType::F32, 2, 2, Layout::RowMajor).is_err());
+    }
+}
