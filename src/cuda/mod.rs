@@ -9,5 +9,7 @@ use crate::sae::Sae;
 /// Builds a CUDA engine on `device`, or `Error::BackendUnavailable` when CUDA cannot run here.
 pub fn engine(device: usize, sae: Arc<Sae>, opts: &EngineOptions) -> Result<Box<dyn Engine>> {
     let _ = (device, sae, opts);
-    Err(Error::BackendUnavailable("the CUDA backend is not built yet".into()))
+    Err(Error::BackendUnavailable(
+        "the CUDA backend is not built yet".into(),
+    ))
 }

@@ -13,7 +13,10 @@ impl SafetensorsShard {
     /// Opens and validates the header.
     pub fn open(path: &Path) -> Result<Self> {
         let _ = PathBuf::from(path);
-        Err(Error::format(path, "safetensors shards not implemented yet"))
+        Err(Error::format(
+            path,
+            "safetensors shards not implemented yet",
+        ))
     }
 }
 
