@@ -1,5 +1,7 @@
 //! The CUDA backend. PLACEHOLDER (issue 3).
 
+pub mod device_ptr;
+
 use std::sync::Arc;
 
 use crate::error::{Error, Result};

@@ -77,6 +77,10 @@ pub trait Engine: Send {
     ) -> Result<()> {
         stats.accumulate(codes, mask)
     }
+    /// Encode/decode on caller-owned device memory, when the backend has it (CUDA); the CPU has not.
+    fn device_ptr(&self) -> Option<&dyn crate::cuda::device_ptr::DevicePtrOps> {
+        None
+    }
 }
 
 /// Builds an engine of `kind` for `sae`.

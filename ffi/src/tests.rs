@@ -1,0 +1,505 @@
+//! ABI tests against a naive dense engine, so the boundary (argument checks, copies,
+//! sizing, status mapping) is tested independently of the real backends.
+
+use std::ffi::CStr;
+use std::ptr::{null, null_mut};
+use std::sync::Arc;
+
+use sae_engine::codes::{Codes, Denorm, Encoded};
+use sae_engine::matrix::Matrix;
+use sae_engine::sae::{Activation, Format, Normalization, Sae, SaeMeta};
+use sae_engine::{DType, Engine, Error, Result};
+
+use crate::device::*;
+use crate::guard::sae_last_error_message;
+use crate::handle::*;
+use crate::host::*;
+use crate::stats::*;
+use crate::status::SaeStatus;
+
+/// Dense reference: h = x W_enc^T + b_enc, then the activation; decode = f W_dec + b_dec.
+struct Naive(Arc<Sae>);
+
+impl Engine for Naive {
+    fn name(&self) -> String {
+        "naive".into()
+    }
+    fn sae(&self) -> &Sae {
+        &self.0
+    }
+    fn encode(&self, x: &[f32], rows: usize, row_offset: u64) -> Result<Encoded> {
+        let s = &self.0;
+        let (d, l) = (s.d_in(), s.n_latents());
+        let w = s.w_enc.to_f32_vec();
+        let mut codes = Codes::empty(s.k());
+        for r in 0..rows {
+            let row = &x[r * d..(r + 1) * d];
+            if row.iter().any(|v| !v.is_finite()) {
+                return Err(Error::NonFinite {
+                    context: "input".into(),
+                    row: row_offset + r as u64,
+                });
+            }
+            let h: Vec<f32> = (0..l)
+                .map(|i| (0..d).map(|j| row[j] * w[i * d + j]).sum::<f32>() + s.b_enc[i])
+                .collect();
+            let one = match s.activation {
+                Activation::TopK { k } => {
+                    let mut order: Vec<usize> = (0..l).collect();
+                    order.sort_by(|a, b| h[*b].total_cmp(&h[*a]).then(a.cmp(b)));
+                    let (mut idx, mut val) = (vec![-1; k], vec![0.0; k]);
+                    for (j, i) in order.into_iter().take(k).enumerate() {
+                        if h[i] > 0.0 {
+                            idx[j] = i as i32;
+                            val[j] = h[i];
+                        }
+                    }
+                    Codes::TopK {
+                        n: 1,
+                        k,
+                        indices: idx,
+                        values: val,
+                    }
+                }
+                _ => {
+                    let act: Vec<(i32, f32)> = (0..l)
+                        .filter(|i| h[*i] > 0.0)
+                        .map(|i| (i as i32, h[i]))
+                        .collect();
+                    Codes::Csr {
+                        n: 1,
+                        row_ptr: vec![0, act.len() as i64],
+                        indices: act.iter().map(|a| a.0).collect(),
+                        values: act.iter().map(|a| a.1).collect(),
+                    }
+                }
+            };
+            codes.append(&one)?;
+        }
+        Ok(Encoded {
+            codes,
+            denorm: None,
+        })
+    }
+    fn decode(&self, codes: &Codes, denorm: Option<&Denorm>) -> Result<Vec<f32>> {
+        let s = &self.0;
+        let d = s.d_in();
+        let mut out = Vec::new();
+        for r in 0..codes.n_rows() {
+            let mut row = s.b_dec.clone();
+            for (i, v) in codes.active(r) {
+                for (o, w) in row.iter_mut().zip(s.w_dec.row_f32(i)) {
+                    *o += v * w;
+                }
+            }
+            if let Some(dn) = denorm {
+                let c = dn.row(r);
+                row.iter_mut().for_each(|o| *o = *o * c.scale + c.shift);
+            }
+            out.extend_from_slice(&row[..d]);
+        }
+        Ok(out)
+    }
+}
+
+fn test_sae(activation: Activation) -> Arc<Sae> {
+    let (l, d) = (5, 3);
+    let enc: Vec<f32> = vec![
+        1.0, 0.0, 0.0, //
+        0.0, 1.0, 0.0, //
+        0.0, 0.0, 1.0, //
+        0.5, 0.5, 0.0, //
+        -1.0, 0.0, 0.0,
+    ];
+    let dec: Vec<f32> = (0..l * d).map(|i| i as f32 * 0.1).collect();
+    let sae = Sae {
+        meta: SaeMeta {
+            format: Format::SaeLens,
+            source: "test".into(),
+            architecture: "test".into(),
+            hook_name: None,
+            hook_layer: None,
+            model_name: None,
+            dtype: DType::F32,
+        },
+        w_enc: Matrix::from_f32(&enc, l, d, DType::F32).unwrap(),
+        w_dec: Matrix::from_f32(&dec, l, d, DType::F32).unwrap(),
+        b_enc: vec![0.0, 0.0, 0.0, 0.1, 0.0],
+        b_dec: vec![0.5, -0.5, 0.0],
+        threshold: matches!(activation, Activation::JumpRelu).then(|| vec![0.0; l]),
+        activation,
+        subtract_b_dec: false,
+        normalization: Normalization::None,
+        rescale_acts_by_decoder_norm: false,
+    };
+    sae.validate().unwrap();
+    Arc::new(sae)
+}
+
+fn handle(activation: Activation) -> *mut SaeHandle {
+    let sae = test_sae(activation);
+    Box::into_raw(Box::new(SaeHandle::new(sae.clone(), Box::new(Naive(sae)))))
+}
+
+fn last_error() -> String {
+    let mut buf = vec![0 as std::ffi::c_char; 512];
+    unsafe { sae_last_error_message(buf.as_mut_ptr(), buf.len()) };
+    unsafe { CStr::from_ptr(buf.as_ptr()) }
+        .to_string_lossy()
+        .into_owned()
+}
+
+const X: [f32; 6] = [1.0, 2.0, 0.5, -1.0, -2.0, 0.25];
+
+#[test]
+fn topk_encode_decode_roundtrip() {
+    let h = handle(Activation::TopK { k: 2 });
+    unsafe {
+        assert_eq!((sae_d_in(h), sae_n_latents(h), sae_k(h)), (3, 5, 2));
+        assert!(sae_is_topk(h) && !sae_normalizes_input(h) && !sae_has_device_pointers(h));
+        let (mut idx, mut val) = ([0i32; 4], [0f32; 4]);
+        let (mut scale, mut shift) = ([0f32; 2], [9f32; 2]);
+        let st = sae_encode_topk_host(
+            h,
+            X.as_ptr(),
+            2,
+            3,
+            idx.as_mut_ptr(),
+            val.as_mut_ptr(),
+            2,
+            scale.as_mut_ptr(),
+            shift.as_mut_ptr(),
+        );
+        assert_eq!(st, SaeStatus::Ok, "{}", last_error());
+        // Row 0: h = [1, 2, .5, 1.6, -1] -> 1 (2.0), 3 (1.6). Row 1: [-1,-2,.25,-1.4,1] -> 4, 2.
+        assert_eq!(idx, [1, 3, 4, 2]);
+        assert_eq!(val, [2.0, 1.6, 1.0, 0.25]);
+        assert_eq!((scale, shift), ([1.0; 2], [0.0; 2]));
+        let mut xhat = [0f32; 6];
+        let st = sae_decode_topk_host(
+            h,
+            idx.as_ptr(),
+            val.as_ptr(),
+            2,
+            2,
+            null(),
+            null(),
+            xhat.as_mut_ptr(),
+            3,
+        );
+        assert_eq!(st, SaeStatus::Ok, "{}", last_error());
+        let want0: Vec<f32> = (0..3)
+            .map(|j| [0.5, -0.5, 0.0][j] + 2.0 * (3 + j) as f32 * 0.1 + 1.6 * (9 + j) as f32 * 0.1)
+            .collect();
+        for j in 0..3 {
+            assert!((xhat[j] - want0[j]).abs() < 1e-5, "{xhat:?} vs {want0:?}");
+        }
+        sae_free(h);
+    }
+}
+
+#[test]
+fn csr_two_call_sizing_and_decode() {
+    let h = handle(Activation::JumpRelu);
+    unsafe {
+        assert!(!sae_is_topk(h) && sae_k(h) == 0);
+        let (mut rp, mut nnz) = ([0i64; 3], 0usize);
+        let st = sae_encode_csr_host(
+            h,
+            X.as_ptr(),
+            2,
+            3,
+            rp.as_mut_ptr(),
+            null_mut(),
+            null_mut(),
+            0,
+            &mut nnz,
+            null_mut(),
+            null_mut(),
+        );
+        assert_eq!(st, SaeStatus::BufferTooSmall);
+        assert_eq!((nnz, rp), (6, [0, 4, 6]));
+        let (mut ci, mut cv) = (vec![0i32; nnz], vec![0f32; nnz]);
+        let st = sae_encode_csr_host(
+            h,
+            X.as_ptr(),
+            2,
+            3,
+            rp.as_mut_ptr(),
+            ci.as_mut_ptr(),
+            cv.as_mut_ptr(),
+            nnz,
+            &mut nnz,
+            null_mut(),
+            null_mut(),
+        );
+        assert_eq!(st, SaeStatus::Ok, "{}", last_error());
+        assert_eq!(ci, [0, 1, 2, 3, 2, 4]);
+        let mut xhat = [0f32; 6];
+        let st = sae_decode_csr_host(
+            h,
+            rp.as_ptr(),
+            ci.as_ptr(),
+            cv.as_ptr(),
+            2,
+            null(),
+            null(),
+            xhat.as_mut_ptr(),
+            3,
+        );
+        assert_eq!(st, SaeStatus::Ok, "{}", last_error());
+        // A decreasing row_ptr is refused before its last entry is trusted.
+        let bad = [0i64, 5, 2];
+        let st = sae_decode_csr_host(
+            h,
+            bad.as_ptr(),
+            ci.as_ptr(),
+            cv.as_ptr(),
+            2,
+            null(),
+            null(),
+            xhat.as_mut_ptr(),
+            3,
+        );
+        assert_eq!(st, SaeStatus::InvalidArgument);
+        // Top-k entry points refuse a threshold SAE.
+        let (mut idx, mut val) = ([0i32; 2], [0f32; 2]);
+        let st = sae_encode_topk_host(
+            h,
+            X.as_ptr(),
+            2,
+            3,
+            idx.as_mut_ptr(),
+            val.as_mut_ptr(),
+            1,
+            null_mut(),
+            null_mut(),
+        );
+        assert_eq!(st, SaeStatus::Unsupported);
+        sae_free(h);
+    }
+}
+
+#[test]
+fn argument_errors_have_statuses_and_messages() {
+    let h = handle(Activation::TopK { k: 2 });
+    unsafe {
+        let (mut idx, mut val) = ([0i32; 4], [0f32; 4]);
+        let val_ptr = val.as_mut_ptr();
+        let enc = |x: *const f32, rows: usize, d: usize, k: usize, i: *mut i32| {
+            sae_encode_topk_host(
+                h,
+                x,
+                rows,
+                d,
+                i,
+                val_ptr,
+                k,
+                null_mut(),
+                null_mut(),
+            )
+        };
+        assert_eq!(
+            enc(null(), 2, 3, 2, idx.as_mut_ptr()),
+            SaeStatus::NullArgument
+        );
+        assert!(last_error().contains("`x`"), "{}", last_error());
+        assert_eq!(enc(X.as_ptr(), 2, 4, 2, idx.as_mut_ptr()), SaeStatus::Shape);
+        assert!(last_error().contains("d_in = 3"), "{}", last_error());
+        assert_eq!(enc(X.as_ptr(), 2, 3, 3, idx.as_mut_ptr()), SaeStatus::Shape);
+        assert_eq!(
+            enc(X.as_ptr(), usize::MAX, 3, 2, idx.as_mut_ptr()),
+            SaeStatus::InvalidArgument
+        );
+        assert_eq!(
+            enc(X.as_ptr(), 2, 3, 2, null_mut()),
+            SaeStatus::NullArgument
+        );
+        // Zero rows need no buffers at all.
+        assert_eq!(enc(null(), 0, 3, 2, null_mut()), SaeStatus::Ok);
+        assert_eq!(last_error(), "");
+        let mut nan = X;
+        nan[4] = f32::NAN;
+        assert_eq!(
+            enc(nan.as_ptr(), 2, 3, 2, idx.as_mut_ptr()),
+            SaeStatus::NonFinite
+        );
+        assert!(last_error().contains("row 1"), "{}", last_error());
+        assert_eq!(
+            sae_encode_topk_host(
+                null(),
+                X.as_ptr(),
+                2,
+                3,
+                idx.as_mut_ptr(),
+                val.as_mut_ptr(),
+                2,
+                null_mut(),
+                null_mut()
+            ),
+            SaeStatus::NullArgument
+        );
+        // Device pointers on a host-only backend.
+        let st = sae_encode_topk_device(
+            h,
+            X.as_ptr(),
+            2,
+            3,
+            idx.as_mut_ptr(),
+            val.as_mut_ptr(),
+            2,
+            null_mut(),
+            null_mut(),
+            null_mut(),
+        );
+        assert_eq!(st, SaeStatus::Unsupported);
+        assert!(last_error().contains("naive"), "{}", last_error());
+        // Out-of-range latent in codes to decode.
+        let bad = [5i32, -1];
+        let mut xhat = [0f32; 3];
+        let st = sae_decode_topk_host(
+            h,
+            bad.as_ptr(),
+            val.as_ptr(),
+            1,
+            2,
+            null(),
+            null(),
+            xhat.as_mut_ptr(),
+            3,
+        );
+        assert_eq!(st, SaeStatus::InvalidArgument);
+        // Only one of scale/shift.
+        let ok = [1i32, -1];
+        let st = sae_decode_topk_host(
+            h,
+            ok.as_ptr(),
+            val.as_ptr(),
+            1,
+            2,
+            val.as_ptr(),
+            null(),
+            xhat.as_mut_ptr(),
+            3,
+        );
+        assert_eq!(st, SaeStatus::InvalidArgument);
+        // Bad strings in sae_open fail before any file is touched.
+        let mut out = 1 as *mut SaeHandle;
+        let st = sae_open(c"/none".as_ptr(), c"nope".as_ptr(), null(), 0, &mut out);
+        assert_eq!((st, out.is_null()), (SaeStatus::InvalidArgument, true));
+        let st = sae_open(c"/none".as_ptr(), null(), c"tpu".as_ptr(), 0, &mut out);
+        assert_eq!(st, SaeStatus::InvalidArgument);
+        assert_eq!(
+            sae_open(null(), null(), null(), 0, &mut out),
+            SaeStatus::NullArgument
+        );
+        assert_eq!(
+            sae_open(c"/none".as_ptr(), null(), null(), 0, null_mut()),
+            SaeStatus::NullArgument
+        );
+        assert_eq!(sae_d_in(null()), 0);
+        sae_free(h);
+    }
+}
+
+#[test]
+fn stats_accumulate_merge_get() {
+    let h = handle(Activation::TopK { k: 2 });
+    unsafe {
+        let (mut a, mut b) = (null_mut(), null_mut());
+        assert_eq!(sae_stats_new(h, &mut a), SaeStatus::Ok);
+        assert_eq!(sae_stats_new(h, &mut b), SaeStatus::Ok);
+        let idx = [1i32, 3, 4, -1];
+        let val = [2.0f32, 1.5, 1.0, 0.0];
+        let mask = [1u8, 0];
+        assert_eq!(
+            sae_stats_accumulate_topk(a, idx.as_ptr(), val.as_ptr(), 2, 2, mask.as_ptr()),
+            SaeStatus::Ok
+        );
+        assert_eq!(
+            sae_stats_accumulate_topk(b, idx.as_ptr(), val.as_ptr(), 2, 2, null()),
+            SaeStatus::Ok
+        );
+        // A bad index leaves the statistics untouched.
+        let bad = [9i32, 1];
+        assert_eq!(
+            sae_stats_accumulate_topk(b, bad.as_ptr(), val.as_ptr(), 1, 2, null()),
+            SaeStatus::InvalidArgument
+        );
+        assert_eq!(sae_stats_n_tokens(b), 2);
+        assert_eq!(sae_stats_merge(a, b), SaeStatus::Ok);
+        assert_eq!(sae_stats_merge(a, a), SaeStatus::Ok);
+        assert_eq!(sae_stats_n_tokens(a), 6);
+        let n = sae_stats_n_latents(a);
+        let (mut sum, mut act, mut mx) = (vec![0f64; n], vec![0u64; n], vec![0f32; n]);
+        let st = sae_stats_get(
+            a,
+            n,
+            sum.as_mut_ptr(),
+            null_mut(),
+            act.as_mut_ptr(),
+            mx.as_mut_ptr(),
+        );
+        assert_eq!(st, SaeStatus::Ok);
+        assert_eq!(sum, [0.0, 8.0, 0.0, 6.0, 2.0]);
+        assert_eq!(act, [0, 4, 0, 4, 2]);
+        assert_eq!(mx, [0.0, 2.0, 0.0, 1.5, 1.0]);
+        assert_eq!(
+            sae_stats_get(
+                a,
+                n + 1,
+                sum.as_mut_ptr(),
+                null_mut(),
+                null_mut(),
+                null_mut()
+            ),
+            SaeStatus::Shape
+        );
+        // Statistics of another SAE refuse to merge.
+        let other = handle(Activation::JumpRelu);
+        let mut c = null_mut();
+        assert_eq!(sae_stats_new(other, &mut c), SaeStatus::Ok);
+        assert_eq!(sae_stats_merge(a, c), SaeStatus::Incompatible);
+        let mut fp = [0 as std::ffi::c_char; 64];
+        let need = sae_stats_fingerprint(a, fp.as_mut_ptr(), fp.len());
+        assert_eq!(need, 17);
+        assert_eq!(sae_fingerprint(h, null_mut(), 0), need);
+        for s in [a, b, c] {
+            sae_stats_free(s);
+        }
+        sae_free(other);
+        sae_free(h);
+    }
+}
+
+#[test]
+fn handle_is_shareable_across_threads() {
+    let h = handle(Activation::TopK { k: 2 }) as usize;
+    let results: Vec<[i32; 4]> = std::thread::scope(|s| {
+        let joins: Vec<_> = (0..4)
+            .map(|_| {
+                s.spawn(move || {
+                    let (mut idx, mut val) = ([0i32; 4], [0f32; 4]);
+                    let st = unsafe {
+                        sae_encode_topk_host(
+                            h as *const SaeHandle,
+                            X.as_ptr(),
+                            2,
+                            3,
+                            idx.as_mut_ptr(),
+                            val.as_mut_ptr(),
+                            2,
+                            null_mut(),
+                            null_mut(),
+                        )
+                    };
+                    assert_eq!(st, SaeStatus::Ok);
+                    idx
+                })
+            })
+            .collect();
+        joins.into_iter().map(|j| j.join().unwrap()).collect()
+    });
+    assert!(results.iter().all(|r| *r == [1, 3, 4, 2]));
+    unsafe { sae_free(h as *mut SaeHandle) };
+}
