@@ -23,3 +23,7 @@ pub fn write_saelens(sae: &Sae, dir: &Path) -> Result<()> {
     let _ = sae;
     Err(Error::format(dir, "SAELens writer not implemented yet"))
 }
+
+pub mod dictionary_learning;
+pub mod openai;
+pub mod pickle;
