@@ -7,6 +7,7 @@
 //! - [`io`]: codes and statistics files.
 
 pub mod codes;
+pub mod convert;
 pub mod cpu;
 pub mod cuda;
 pub mod dtype;

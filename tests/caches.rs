@@ -171,3 +171,29 @@ fn crosscoder_cache_bf16_as_int16_with_tokens() {
     let err = Dump::open(&dir).unwrap_err().to_string();
     assert!(err.contains("shard_1.memmap"), "{err}");
 }
+
+#[test]
+fn convert_dump_writes_bounded_safetensors_shards() {
+    use sae_engine::convert::{convert_dump, DumpConvertOptions};
+    use sae_engine::io::mapped::{tensor_to_i64, MappedSafetensors};
+    let dump = Dump::open(fixture()).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let opts = DumpConvertOptions { rows_per_shard: 4, batch_rows: 3, ..Default::default() };
+    let files = convert_dump(&dump, out.path(), opts).unwrap();
+    assert_eq!(files.len(), 4); // 15 rows -> 4 + 4 + 4 + 3
+    let mut g = 0usize;
+    for f in &files {
+        let st = MappedSafetensors::open(f).unwrap();
+        let acts = st.tensor("activations").unwrap();
+        let toks = tensor_to_i64(&st.tensor("token_ids").unwrap(), f).unwrap();
+        let v = acts.to_f32(f).unwrap();
+        assert_eq!(acts.shape[1], 4);
+        for i in 0..acts.shape[0] {
+            let (want, tok) = expected_row(g);
+            assert_eq!(&v[i * 4..i * 4 + 4], &want[..]);
+            assert_eq!(toks[i], tok);
+            g += 1;
+        }
+    }
+    assert_eq!(g, 15);
+}
