@@ -69,7 +69,13 @@ impl Pending {
     /// every row so far has it.
     fn push(&mut self, b: &Batch, d: usize, from: usize, to: usize) {
         let first = self.rows == 0;
-        fn add<T: Copy>(dst: &mut Option<Vec<T>>, src: &Option<Vec<T>>, first: bool, from: usize, to: usize) {
+        fn add<T: Copy>(
+            dst: &mut Option<Vec<T>>,
+            src: &Option<Vec<T>>,
+            first: bool,
+            from: usize,
+            to: usize,
+        ) {
             match (dst.as_mut(), src) {
                 (Some(v), Some(s)) => v.extend_from_slice(&s[from..to]),
                 (None, Some(s)) if first => *dst = Some(s[from..to].to_vec()),

@@ -1,4 +1,5 @@
 //! Activation caches as dumps: SAELens (Arrow) and crosscoder_learning (memmap).
+#![allow(clippy::needless_range_loop)] // row-indexed checks read clearer with explicit indices
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -14,7 +15,9 @@ fn fixture() -> PathBuf {
 /// The values tools/fixtures/make_saelens_cache.py wrote.
 fn expected_row(global_row: usize) -> (Vec<f32>, i64) {
     let (c, r) = (global_row / 3, global_row % 3);
-    let acts = (0..4).map(|j| c as f32 * 1000.0 + r as f32 * 10.0 + j as f32 * 0.5).collect();
+    let acts = (0..4)
+        .map(|j| c as f32 * 1000.0 + r as f32 * 10.0 + j as f32 * 0.5)
+        .collect();
     (acts, (c * 100 + r) as i64)
 }
 
@@ -31,7 +34,12 @@ fn saelens_cache_streams_rows_and_tokens() {
         let toks = b.token_ids.clone().unwrap();
         for i in 0..b.rows {
             let (acts, tok) = expected_row(b.start as usize + i);
-            assert_eq!(&b.acts[i * 4..i * 4 + 4], &acts[..], "row {}", b.start as usize + i);
+            assert_eq!(
+                &b.acts[i * 4..i * 4 + 4],
+                &acts[..],
+                "row {}",
+                b.start as usize + i
+            );
             assert_eq!(toks[i], tok);
         }
         seen += b.rows;
@@ -51,7 +59,12 @@ fn saelens_cache_column_choice_and_errors() {
         std::fs::copy(&f, dir.path().join(f.file_name().unwrap())).unwrap();
     }
     let info = std::fs::read_to_string(dir.path().join("dataset_info.json")).unwrap();
-    std::fs::write(dir.path().join("dataset_info.json"), info.replace("[\n        3,\n        4\n      ]", "[3, 5]").replace("[3, 4]", "[3, 5]")).unwrap();
+    std::fs::write(
+        dir.path().join("dataset_info.json"),
+        info.replace("[\n        3,\n        4\n      ]", "[3, 5]")
+            .replace("[3, 4]", "[3, 5]"),
+    )
+    .unwrap();
     let dump = Dump::open(dir.path()).unwrap();
     assert_eq!(dump.width(), 5);
     let err = dump.batches(2).next().unwrap().unwrap_err().to_string();
@@ -106,11 +119,18 @@ fn write_tokens_pt(path: &Path, tokens: &[i64]) {
     p.extend(b"\x85q\x06K\x01\x85q\x07\x89ccollections\nOrderedDict\nq\x08)Rq\x09tq\x0aRq\x0b.");
     let f = std::fs::File::create(path).unwrap();
     let mut z = zip::ZipWriter::new(f);
-    let o = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    let o =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
     z.start_file("tokens/data.pkl", o).unwrap();
     z.write_all(&p).unwrap();
     z.start_file("tokens/data/0", o).unwrap();
-    z.write_all(&tokens.iter().flat_map(|t| t.to_le_bytes()).collect::<Vec<u8>>()).unwrap();
+    z.write_all(
+        &tokens
+            .iter()
+            .flat_map(|t| t.to_le_bytes())
+            .collect::<Vec<u8>>(),
+    )
+    .unwrap();
     z.start_file("tokens/version", o).unwrap();
     z.write_all(b"3\n").unwrap();
     z.finish().unwrap();
@@ -178,7 +198,11 @@ fn convert_dump_writes_bounded_safetensors_shards() {
     use sae_engine::io::mapped::{tensor_to_i64, MappedSafetensors};
     let dump = Dump::open(fixture()).unwrap();
     let out = tempfile::tempdir().unwrap();
-    let opts = DumpConvertOptions { rows_per_shard: 4, batch_rows: 3, ..Default::default() };
+    let opts = DumpConvertOptions {
+        rows_per_shard: 4,
+        batch_rows: 3,
+        ..Default::default()
+    };
     let files = convert_dump(&dump, out.path(), opts).unwrap();
     assert_eq!(files.len(), 4); // 15 rows -> 4 + 4 + 4 + 3
     let mut g = 0usize;

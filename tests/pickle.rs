@@ -191,8 +191,8 @@ fn state_dict_pickle(entries: Vec<(&str, Entry)>) -> (Vec<u8>, Vec<Vec<u8>>) {
 fn write_pt(path: &Path, pkl: &[u8], storages: &[Vec<u8>]) {
     let f = std::fs::File::create(path).unwrap();
     let mut z = zip::ZipWriter::new(f);
-    let opts = zip::write::SimpleFileOptions::default()
-        .compression_method(zip::CompressionMethod::Stored);
+    let opts =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
     z.start_file("archive/data.pkl", opts).unwrap();
     z.write_all(pkl).unwrap();
     z.start_file("archive/byteorder", opts).unwrap();
@@ -212,7 +212,9 @@ fn save(path: &Path, entries: Vec<(&str, Entry)>) {
 }
 
 fn seq(n: usize, scale: f32) -> Vec<f32> {
-    (0..n).map(|i| (i as f32 - n as f32 / 2.0) * scale).collect()
+    (0..n)
+        .map(|i| (i as f32 - n as f32 / 2.0) * scale)
+        .collect()
 }
 
 #[test]
@@ -252,7 +254,12 @@ fn reads_tensors_mapped_with_shapes_and_transposes() {
 fn malicious_pickles_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     // GLOBAL os.system + REDUCE: what a code-executing pickle looks like.
-    for (module, name) in [("os", "system"), ("posix", "system"), ("builtins", "eval"), ("subprocess", "Popen")] {
+    for (module, name) in [
+        ("os", "system"),
+        ("posix", "system"),
+        ("builtins", "eval"),
+        ("subprocess", "Popen"),
+    ] {
         let mut p = P::default();
         p.b.extend([0x80, 2]);
         p.global(module, name);
@@ -274,7 +281,10 @@ fn malicious_pickles_are_refused() {
     b.extend([0x93, b'.']);
     let path = dir.path().join("sg.pt");
     write_pt(&path, &b, &[]);
-    assert!(pickle::load(&path).unwrap_err().to_string().contains("builtins.exec"));
+    assert!(pickle::load(&path)
+        .unwrap_err()
+        .to_string()
+        .contains("builtins.exec"));
     // Object construction opcodes are refused even without a global.
     let path = dir.path().join("inst.pt");
     write_pt(&path, b"\x80\x02(ios\nsystem\nX\x01\x00\x00\x00xt.", &[]);
@@ -296,7 +306,10 @@ fn legacy_and_garbage_are_refused_clearly() {
 fn storage_too_small_for_the_tensor_is_an_error() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("short.pt");
-    let (pkl, mut st) = state_dict_pickle(vec![("a", Entry::Tensor(f32s(&[4], &[1.0, 2.0, 3.0, 4.0])))]);
+    let (pkl, mut st) = state_dict_pickle(vec![(
+        "a",
+        Entry::Tensor(f32s(&[4], &[1.0, 2.0, 3.0, 4.0])),
+    )]);
     st[0].truncate(8);
     write_pt(&p, &pkl, &st);
     let err = pickle::load(&p).unwrap_err().to_string();
@@ -347,19 +360,30 @@ fn dictionary_learning_variants() {
     assert_eq!(sae.w_dec.get(1, 2), dec[2 * l + 1]);
 
     // Same tensors, AutoEncoderTopK -> TopK(k from the buffer).
-    write_config(dir.path(), r#"{"trainer": {"dict_class": "AutoEncoderTopK", "k": 2}}"#);
+    write_config(
+        dir.path(),
+        r#"{"trainer": {"dict_class": "AutoEncoderTopK", "k": 2}}"#,
+    );
     let sae = dictionary_learning::load(dir.path()).unwrap();
     assert_eq!(sae.activation, Activation::TopK { k: 2 });
     assert!(sae.threshold.is_none());
 
     // Without the config the two cannot be told apart.
     std::fs::remove_file(dir.path().join("config.json")).unwrap();
-    let err = dictionary_learning::load(dir.path()).unwrap_err().to_string();
+    let err = dictionary_learning::load(dir.path())
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("dict_class"), "{err}");
 
     // Config disagreeing with the tensors is refused.
-    write_config(dir.path(), r#"{"trainer": {"dict_class": "BatchTopKSAE", "dict_size": 6}}"#);
-    assert!(dictionary_learning::load(dir.path()).unwrap_err().to_string().contains("dict_size"));
+    write_config(
+        dir.path(),
+        r#"{"trainer": {"dict_class": "BatchTopKSAE", "dict_size": 6}}"#,
+    );
+    assert!(dictionary_learning::load(dir.path())
+        .unwrap_err()
+        .to_string()
+        .contains("dict_size"));
 
     // Unset BatchTopK threshold (-1) is refused.
     save(
@@ -374,7 +398,10 @@ fn dictionary_learning_variants() {
         ],
     );
     write_config(dir.path(), r#"{"trainer": {"dict_class": "BatchTopKSAE"}}"#);
-    assert!(dictionary_learning::load(dir.path()).unwrap_err().to_string().contains("threshold"));
+    assert!(dictionary_learning::load(dir.path())
+        .unwrap_err()
+        .to_string()
+        .contains("threshold"));
 
     // AutoEncoder (ReLU, `bias` is b_dec).
     let dir = tempfile::tempdir().unwrap();
@@ -406,7 +433,10 @@ fn dictionary_learning_variants() {
             ("threshold", Entry::Tensor(f32s(&[l], &th))),
         ],
     );
-    write_config(dir.path(), r#"{"trainer": {"dict_class": "JumpReluAutoEncoder"}}"#);
+    write_config(
+        dir.path(),
+        r#"{"trainer": {"dict_class": "JumpReluAutoEncoder"}}"#,
+    );
     let sae = dictionary_learning::load(dir.path()).unwrap();
     assert_eq!(sae.activation, Activation::JumpRelu);
     assert!(!sae.subtract_b_dec);
@@ -424,16 +454,31 @@ fn openai_topk_and_relu() {
         vec![
             ("pre_bias", Entry::Tensor(f32s(&[d], &seq(d, 0.1)))),
             ("latent_bias", Entry::Tensor(f32s(&[l], &seq(l, 0.2)))),
-            ("stats_last_nonzero", Entry::Tensor(T {
-                class: "LongStorage",
-                shape: vec![l],
-                data: vec![0u8; 8 * l],
-                transposed: false,
-            })),
-            ("encoder.weight", Entry::Tensor(f32s(&[l, d], &seq(l * d, 0.3)))),
-            ("decoder.weight", Entry::Tensor(f32s(&[d, l], &seq(l * d, 0.4)))),
+            (
+                "stats_last_nonzero",
+                Entry::Tensor(T {
+                    class: "LongStorage",
+                    shape: vec![l],
+                    data: vec![0u8; 8 * l],
+                    transposed: false,
+                }),
+            ),
+            (
+                "encoder.weight",
+                Entry::Tensor(f32s(&[l, d], &seq(l * d, 0.3))),
+            ),
+            (
+                "decoder.weight",
+                Entry::Tensor(f32s(&[d, l], &seq(l * d, 0.4))),
+            ),
             ("activation", Entry::Str(act)),
-            ("activation_state_dict", Entry::Dict(vec![("k", Entry::Int(3)), ("postact_fn", Entry::Str("ReLU"))])),
+            (
+                "activation_state_dict",
+                Entry::Dict(vec![
+                    ("k", Entry::Int(3)),
+                    ("postact_fn", Entry::Str("ReLU")),
+                ]),
+            ),
         ]
     };
     save(&p, entries("TopK"));

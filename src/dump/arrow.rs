@@ -61,8 +61,9 @@ pub struct ColumnInfo {
 /// only `Array2D` feature.
 pub fn column_info(dir: &Path, column: Option<&str>) -> Result<ColumnInfo> {
     let p = dir.join("dataset_info.json");
-    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).map_err(|e| Error::io(&p, e))?)
-        .map_err(|e| Error::format(&p, format!("invalid JSON: {e}")))?;
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&p).map_err(|e| Error::io(&p, e))?)
+            .map_err(|e| Error::format(&p, format!("invalid JSON: {e}")))?;
     let feats = v
         .get("features")
         .and_then(|f| f.as_object())
@@ -92,10 +93,17 @@ pub fn column_info(dir: &Path, column: Option<&str>) -> Result<ColumnInfo> {
     let shape: Vec<usize> = f
         .get("shape")
         .and_then(|s| s.as_array())
-        .map(|a| a.iter().filter_map(|x| x.as_u64().map(|x| x as usize)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_u64().map(|x| x as usize))
+                .collect()
+        })
         .unwrap_or_default();
     if shape.len() != 2 || shape[0] == 0 || shape[1] == 0 {
-        return Err(Error::format(&p, format!("feature `{name}` has shape {shape:?}, expected [context_size, d_in]")));
+        return Err(Error::format(
+            &p,
+            format!("feature `{name}` has shape {shape:?}, expected [context_size, d_in]"),
+        ));
     }
     Ok(ColumnInfo {
         name: name.clone(),
@@ -151,16 +159,27 @@ impl<'a> Table<'a> {
         (off != 0).then_some(self.pos + off)
     }
     fn i64(&self, slot: usize) -> i64 {
-        self.field(slot).and_then(|p| rd(self.buf, p)).map(i64::from_le_bytes).unwrap_or(0)
+        self.field(slot)
+            .and_then(|p| rd(self.buf, p))
+            .map(i64::from_le_bytes)
+            .unwrap_or(0)
     }
     fn i32(&self, slot: usize) -> i32 {
-        self.field(slot).and_then(|p| rd(self.buf, p)).map(i32::from_le_bytes).unwrap_or(0)
+        self.field(slot)
+            .and_then(|p| rd(self.buf, p))
+            .map(i32::from_le_bytes)
+            .unwrap_or(0)
     }
     fn i16(&self, slot: usize) -> i16 {
-        self.field(slot).and_then(|p| rd(self.buf, p)).map(i16::from_le_bytes).unwrap_or(0)
+        self.field(slot)
+            .and_then(|p| rd(self.buf, p))
+            .map(i16::from_le_bytes)
+            .unwrap_or(0)
     }
     fn u8(&self, slot: usize) -> u8 {
-        self.field(slot).and_then(|p| self.buf.get(p).copied()).unwrap_or(0)
+        self.field(slot)
+            .and_then(|p| self.buf.get(p).copied())
+            .unwrap_or(0)
     }
     fn indirect(&self, slot: usize) -> Option<usize> {
         let p = self.field(slot)?;
@@ -198,10 +217,15 @@ impl<'a> Table<'a> {
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Ty {
-    List { large: bool },
+    List {
+        large: bool,
+    },
     FixedList(usize),
     Float(u8),
-    Int { bits: usize, signed: bool },
+    Int {
+        bits: usize,
+        signed: bool,
+    },
     /// Any other type: how many buffers it has in a record batch.
     Other(usize),
 }
@@ -223,23 +247,25 @@ fn parse_field(path: &Path, f: Table, depth: usize) -> Result<FieldDesc> {
     let dictionary = f.table(4).is_some();
     let ty = match type_type {
         _ if dictionary => Ty::Other(2),
-        1 => Ty::Other(0),                                    // Null
+        1 => Ty::Other(0), // Null
         2 => Ty::Int {
             bits: t.map(|t| t.i32(0)).unwrap_or(0) as usize,
             signed: t.map(|t| t.u8(1) != 0).unwrap_or(false),
         },
         3 => Ty::Float(t.map(|t| t.i16(0)).unwrap_or(0) as u8),
-        4 | 5 | 19 | 20 => Ty::Other(3),                      // (Large)Binary, (Large)Utf8
-        6..=11 | 15 | 18 => Ty::Other(2),                     // Bool, Decimal, dates/times, FixedSizeBinary, Duration
+        4 | 5 | 19 | 20 => Ty::Other(3), // (Large)Binary, (Large)Utf8
+        6..=11 | 15 | 18 => Ty::Other(2), // Bool, Decimal, dates/times, FixedSizeBinary, Duration
         12 => Ty::List { large: false },
         21 => Ty::List { large: true },
-        13 => Ty::Other(1),                                   // Struct
+        13 => Ty::Other(1), // Struct
         16 => Ty::FixedList(t.map(|t| t.i32(0)).unwrap_or(0).max(0) as usize),
-        17 => Ty::List { large: false },                      // Map: a list of structs
+        17 => Ty::List { large: false }, // Map: a list of structs
         other => {
             return Err(Error::format(
                 path,
-                format!("Arrow field `{name}` has type id {other}, which this reader does not support"),
+                format!(
+                    "Arrow field `{name}` has type id {other}, which this reader does not support"
+                ),
             ))
         }
     };
@@ -343,7 +369,10 @@ fn float_kind(path: &Path, name: &str, f: &FieldDesc, depth: usize) -> Result<Fl
         Ty::Float(0) => Ok(FloatKind::F16),
         Ty::Float(1) => Ok(FloatKind::F32),
         Ty::Float(2) => Ok(FloatKind::F64),
-        _ => Err(Error::format(path, format!("column `{name}` does not hold floats"))),
+        _ => Err(Error::format(
+            path,
+            format!("column `{name}` does not hold floats"),
+        )),
     }
 }
 
@@ -360,12 +389,12 @@ fn scan(path: &Path, buf: &[u8], info: &ColumnInfo) -> Result<Index> {
     let mut token_bits = None;
     let mut cols: Option<(usize, Option<usize>)> = None;
     let mut places: Vec<(usize, usize)> = Vec::new();
-    loop {
-        let Some(c) = rd::<4>(buf, pos).map(u32::from_le_bytes) else {
-            break; // end of file without an end-of-stream marker: also accepted by pyarrow
-        };
+    // A file may end without an end-of-stream marker; pyarrow accepts that too.
+    while let Some(c) = rd::<4>(buf, pos).map(u32::from_le_bytes) {
         let meta_len = if c == 0xFFFF_FFFF {
-            let l = rd::<4>(buf, pos + 4).map(i32::from_le_bytes).ok_or_else(|| bad("truncated message length".into()))?;
+            let l = rd::<4>(buf, pos + 4)
+                .map(i32::from_le_bytes)
+                .ok_or_else(|| bad("truncated message length".into()))?;
             pos += 8;
             l
         } else {
@@ -375,7 +404,8 @@ fn scan(path: &Path, buf: &[u8], info: &ColumnInfo) -> Result<Index> {
         if meta_len == 0 {
             break;
         }
-        let meta_len = usize::try_from(meta_len).map_err(|_| bad("negative message length".into()))?;
+        let meta_len =
+            usize::try_from(meta_len).map_err(|_| bad("negative message length".into()))?;
         let meta = buf
             .get(pos..pos.saturating_add(meta_len))
             .filter(|m| m.len() == meta_len)
@@ -383,7 +413,8 @@ fn scan(path: &Path, buf: &[u8], info: &ColumnInfo) -> Result<Index> {
         pos += meta_len;
         let msg = Table::root(meta).ok_or_else(|| bad("bad message header".into()))?;
         let header_type = msg.u8(1);
-        let body_len = usize::try_from(msg.i64(3)).map_err(|_| bad("negative body length".into()))?;
+        let body_len =
+            usize::try_from(msg.i64(3)).map_err(|_| bad("negative body length".into()))?;
         let body = pos;
         pos = pos
             .checked_add(body_len)
@@ -394,7 +425,10 @@ fn scan(path: &Path, buf: &[u8], info: &ColumnInfo) -> Result<Index> {
             1 => {
                 let h = header.ok_or_else(|| bad("schema message without a schema".into()))?;
                 if h.i16(0) != 0 {
-                    return Err(Error::format(path, "big-endian Arrow files are not supported"));
+                    return Err(Error::format(
+                        path,
+                        "big-endian Arrow files are not supported",
+                    ));
                 }
                 let fs = h
                     .tables(1)
@@ -415,7 +449,12 @@ fn scan(path: &Path, buf: &[u8], info: &ColumnInfo) -> Result<Index> {
                         {
                             token_bits = Some((bits, signed))
                         }
-                        _ => return Err(Error::format(path, "column `token_ids` is not a list of integers")),
+                        _ => {
+                            return Err(Error::format(
+                                path,
+                                "column `token_ids` is not a list of integers",
+                            ))
+                        }
                     }
                 }
                 cols = Some((ai, ti));
@@ -426,13 +465,22 @@ fn scan(path: &Path, buf: &[u8], info: &ColumnInfo) -> Result<Index> {
                 let (Some(fs), Some((ai, ti))) = (&fields, cols) else {
                     return Err(bad("record batch before the schema".into()));
                 };
-                let h = header.ok_or_else(|| bad("record batch message without a header".into()))?;
+                let h =
+                    header.ok_or_else(|| bad("record batch message without a header".into()))?;
                 if h.table(3).is_some() {
-                    return Err(Error::format(path, "compressed Arrow record batches are not supported"));
+                    return Err(Error::format(
+                        path,
+                        "compressed Arrow record batches are not supported",
+                    ));
                 }
-                let n_ctx = usize::try_from(h.i64(0)).map_err(|_| bad("negative batch length".into()))?;
-                let nodes = h.vector(1).ok_or_else(|| bad("record batch without nodes".into()))?;
-                let bufs = h.vector(2).ok_or_else(|| bad("record batch without buffers".into()))?;
+                let n_ctx =
+                    usize::try_from(h.i64(0)).map_err(|_| bad("negative batch length".into()))?;
+                let nodes = h
+                    .vector(1)
+                    .ok_or_else(|| bad("record batch without nodes".into()))?;
+                let bufs = h
+                    .vector(2)
+                    .ok_or_else(|| bad("record batch without buffers".into()))?;
                 let node = |i: usize| -> Result<(i64, i64)> {
                     if i >= nodes.1 {
                         return Err(bad("too few field nodes".into()));
@@ -454,37 +502,68 @@ fn scan(path: &Path, buf: &[u8], info: &ColumnInfo) -> Result<Index> {
                     };
                     let (o, l) = (usize::try_from(o), usize::try_from(l));
                     match (o, l) {
-                        (Ok(o), Ok(l)) if o.checked_add(l).is_some_and(|e| e <= body_len) => Ok(Buf { off: body + o, len: l }),
+                        (Ok(o), Ok(l)) if o.checked_add(l).is_some_and(|e| e <= body_len) => {
+                            Ok(Buf {
+                                off: body + o,
+                                len: l,
+                            })
+                        }
                         _ => Err(bad("buffer outside the message body".into())),
                     }
                 };
-                let column = |fi: usize, levels: usize, sizes: [usize; 2], elem: usize| -> Result<ColumnBufs> {
+                let column = |fi: usize,
+                              levels: usize,
+                              sizes: [usize; 2],
+                              elem: usize|
+                 -> Result<ColumnBufs> {
                     let (mut ni, mut bi) = places[fi];
                     let mut f = &fs[fi];
                     let mut lv = Vec::new();
                     for size in sizes.iter().take(levels) {
                         let (_, nulls) = node(ni)?;
                         if nulls != 0 {
-                            return Err(Error::format(path, format!("column `{}` has null values", fs[fi].name)));
+                            return Err(Error::format(
+                                path,
+                                format!("column `{}` has null values", fs[fi].name),
+                            ));
                         }
                         let offsets = match f.ty {
                             Ty::List { large } => Some((buffer(bi + 1)?, large)),
                             Ty::FixedList(n) if n == *size => None,
                             Ty::FixedList(n) => {
-                                return Err(Error::format(path, format!("column `{}` has lists of {n}, expected {size}", fs[fi].name)))
+                                return Err(Error::format(
+                                    path,
+                                    format!(
+                                        "column `{}` has lists of {n}, expected {size}",
+                                        fs[fi].name
+                                    ),
+                                ))
                             }
                             _ => return Err(bad("list structure changed".into())),
                         };
-                        lv.push(Level { offsets, size: *size });
+                        lv.push(Level {
+                            offsets,
+                            size: *size,
+                        });
                         bi += n_buffers(f.ty);
                         ni += 1;
-                        f = f.children.first().ok_or_else(|| bad("list without a child".into()))?;
+                        f = f
+                            .children
+                            .first()
+                            .ok_or_else(|| bad("list without a child".into()))?;
                     }
                     let (_, nulls) = node(ni)?;
                     if nulls != 0 {
-                        return Err(Error::format(path, format!("column `{}` has null values", fs[fi].name)));
+                        return Err(Error::format(
+                            path,
+                            format!("column `{}` has null values", fs[fi].name),
+                        ));
                     }
-                    Ok(ColumnBufs { levels: lv, data: buffer(bi + 1)?, elem })
+                    Ok(ColumnBufs {
+                        levels: lv,
+                        data: buffer(bi + 1)?,
+                        elem,
+                    })
                 };
                 let es = match dtype {
                     FloatKind::F16 => 2,
@@ -493,14 +572,22 @@ fn scan(path: &Path, buf: &[u8], info: &ColumnInfo) -> Result<Index> {
                 };
                 let acts = column(ai, 2, [info.context_size, info.d_in], es)?;
                 let tokens = match (ti, token_bits) {
-                    (Some(ti), Some((bits, _))) => Some(column(ti, 1, [info.context_size, 0], bits / 8)?),
+                    (Some(ti), Some((bits, _))) => {
+                        Some(column(ti, 1, [info.context_size, 0], bits / 8)?)
+                    }
                     _ => None,
                 };
                 let n_rows = n_ctx
                     .checked_mul(info.context_size)
                     .ok_or_else(|| bad("row count overflows".into()))?;
-                batches.push(BatchInfo { first_row: rows, acts, tokens });
-                rows = rows.checked_add(n_rows).ok_or_else(|| bad("row count overflows".into()))?;
+                batches.push(BatchInfo {
+                    first_row: rows,
+                    acts,
+                    tokens,
+                });
+                rows = rows
+                    .checked_add(n_rows)
+                    .ok_or_else(|| bad("row count overflows".into()))?;
             }
             other => return Err(bad(format!("unexpected message type {other}"))),
         }
@@ -508,7 +595,12 @@ fn scan(path: &Path, buf: &[u8], info: &ColumnInfo) -> Result<Index> {
     if fields.is_none() {
         return Err(bad("no schema message".into()));
     }
-    Ok(Index { batches, rows, dtype, token_bits })
+    Ok(Index {
+        batches,
+        rows,
+        dtype,
+        token_bits,
+    })
 }
 
 fn read_offset(buf: &[u8], b: Buf, large: bool, i: usize) -> Option<usize> {
@@ -553,18 +645,35 @@ fn batch_of(index: &Index, row: usize) -> Option<usize> {
     i.checked_sub(1)
 }
 
-fn read_acts(path: &Path, buf: &[u8], index: &Index, info: &ColumnInfo, start: usize, count: usize, out: &mut [f32]) -> Result<()> {
+fn read_acts(
+    path: &Path,
+    buf: &[u8],
+    index: &Index,
+    info: &ColumnInfo,
+    start: usize,
+    count: usize,
+    out: &mut [f32],
+) -> Result<()> {
     let d = info.d_in;
     let ctx = info.context_size;
     if start.checked_add(count).is_none_or(|e| e > index.rows) || out.len() != count * d {
-        return Err(Error::invalid(format!("{}: rows {start}..+{count} out of range ({} rows)", path.display(), index.rows)));
+        return Err(Error::invalid(format!(
+            "{}: rows {start}..+{count} out of range ({} rows)",
+            path.display(),
+            index.rows
+        )));
     }
     for (i, row_out) in out.chunks_exact_mut(d.max(1)).enumerate().take(count) {
         let row = start + i;
-        let b = &index.batches[batch_of(index, row).ok_or_else(|| Error::format(path, "row index"))?];
+        let b =
+            &index.batches[batch_of(index, row).ok_or_else(|| Error::format(path, "row index"))?];
         let local = row - b.first_row;
-        let p = locate(buf, &b.acts, local / ctx, local % ctx, d)
-            .ok_or_else(|| Error::format(path, format!("row {row}: list offsets are not a ({ctx}, {d}) array")))?;
+        let p = locate(buf, &b.acts, local / ctx, local % ctx, d).ok_or_else(|| {
+            Error::format(
+                path,
+                format!("row {row}: list offsets are not a ({ctx}, {d}) array"),
+            )
+        })?;
         match index.dtype {
             FloatKind::F32 => crate::dtype::convert_to_f32(DType::F32, &buf[p..p + 4 * d], row_out),
             FloatKind::F16 => crate::dtype::convert_to_f32(DType::F16, &buf[p..p + 2 * d], row_out),
@@ -580,17 +689,38 @@ fn read_acts(path: &Path, buf: &[u8], index: &Index, info: &ColumnInfo, start: u
     Ok(())
 }
 
-fn read_tokens(path: &Path, buf: &[u8], index: &Index, info: &ColumnInfo, start: usize, count: usize) -> Result<Option<Vec<i64>>> {
+fn read_tokens(
+    path: &Path,
+    buf: &[u8],
+    index: &Index,
+    info: &ColumnInfo,
+    start: usize,
+    count: usize,
+) -> Result<Option<Vec<i64>>> {
     let Some((bits, signed)) = index.token_bits else {
         return Ok(None);
     };
     let mut out = Vec::with_capacity(count);
     for row in start..start + count {
-        let b = &index.batches[batch_of(index, row).ok_or_else(|| Error::format(path, "row index"))?];
-        let Some(col) = &b.tokens else { return Ok(None) };
+        let b =
+            &index.batches[batch_of(index, row).ok_or_else(|| Error::format(path, "row index"))?];
+        let Some(col) = &b.tokens else {
+            return Ok(None);
+        };
         let local = row - b.first_row;
-        let p = locate(buf, col, local / info.context_size, local % info.context_size, 1)
-            .ok_or_else(|| Error::format(path, format!("row {row}: token_ids offsets do not match context_size")))?;
+        let p = locate(
+            buf,
+            col,
+            local / info.context_size,
+            local % info.context_size,
+            1,
+        )
+        .ok_or_else(|| {
+            Error::format(
+                path,
+                format!("row {row}: token_ids offsets do not match context_size"),
+            )
+        })?;
         let v = match (bits, signed) {
             (8, true) => buf[p] as i8 as i64,
             (8, false) => buf[p] as i64,
@@ -598,7 +728,9 @@ fn read_tokens(path: &Path, buf: &[u8], index: &Index, info: &ColumnInfo, start:
             (16, false) => u16::from_le_bytes([buf[p], buf[p + 1]]) as i64,
             (32, true) => i32::from_le_bytes([buf[p], buf[p + 1], buf[p + 2], buf[p + 3]]) as i64,
             (32, false) => u32::from_le_bytes([buf[p], buf[p + 1], buf[p + 2], buf[p + 3]]) as i64,
-            _ => i64::from_le_bytes(rd(buf, p).ok_or_else(|| Error::format(path, "token out of range"))?),
+            _ => i64::from_le_bytes(
+                rd(buf, p).ok_or_else(|| Error::format(path, "token out of range"))?,
+            ),
         };
         out.push(v);
     }
@@ -618,7 +750,12 @@ impl ArrowShard {
     pub fn open(path: &Path, info: &ColumnInfo) -> Result<ArrowShard> {
         let map = crate::io::mapped::map_file(path)?;
         let index = scan(path, &map, info)?;
-        Ok(ArrowShard { path: path.to_path_buf(), map, info: info.clone(), index })
+        Ok(ArrowShard {
+            path: path.to_path_buf(),
+            map,
+            info: info.clone(),
+            index,
+        })
     }
 }
 
@@ -639,11 +776,22 @@ impl Shard for ArrowShard {
         }
     }
     fn read_rows(&self, start: usize, count: usize, out: &mut [f32]) -> Result<()> {
-        read_acts(&self.path, &self.map, &self.index, &self.info, start, count, out)
+        read_acts(
+            &self.path,
+            &self.map,
+            &self.index,
+            &self.info,
+            start,
+            count,
+            out,
+        )
     }
     fn token_ids(&self, start: usize, count: usize) -> Result<Option<Vec<i64>>> {
         if start.checked_add(count).is_none_or(|e| e > self.index.rows) {
-            return Err(Error::invalid(format!("{}: token rows out of range", self.path.display())));
+            return Err(Error::invalid(format!(
+                "{}: token rows out of range",
+                self.path.display()
+            )));
         }
         read_tokens(&self.path, &self.map, &self.index, &self.info, start, count)
     }
@@ -656,9 +804,18 @@ impl Shard for ArrowShard {
 }
 
 /// Scans an in-memory stream and reads every row and token: the whole reader, for fuzzing.
-pub fn parse_for_fuzz(data: &[u8], column: &str, context_size: usize, d_in: usize) -> Result<usize> {
+pub fn parse_for_fuzz(
+    data: &[u8],
+    column: &str,
+    context_size: usize,
+    d_in: usize,
+) -> Result<usize> {
     let path = Path::new("<fuzz>");
-    let info = ColumnInfo { name: column.to_string(), context_size, d_in };
+    let info = ColumnInfo {
+        name: column.to_string(),
+        context_size,
+        d_in,
+    };
     let index = scan(path, data, &info)?;
     let mut out = vec![0f32; d_in];
     for row in 0..index.rows.min(1 << 16) {

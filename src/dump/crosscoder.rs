@@ -50,10 +50,9 @@ fn parse_dtype(meta_path: &Path, s: Option<&str>) -> Result<DType> {
 /// Opens a cache directory as shards (with token ids when the cache stored them unshuffled).
 pub fn open_shards(dir: &Path) -> Result<Vec<Box<dyn Shard>>> {
     let cfg_path = dir.join("config.json");
-    let cfg: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?,
-    )
-    .map_err(|e| Error::format(&cfg_path, format!("invalid JSON: {e}")))?;
+    let cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?)
+            .map_err(|e| Error::format(&cfg_path, format!("invalid JSON: {e}")))?;
     let count = cfg
         .get("shard_count")
         .and_then(|v| v.as_u64())
@@ -75,10 +74,17 @@ pub fn open_shards(dir: &Path) -> Result<Vec<Box<dyn Shard>>> {
         let shape: Vec<usize> = meta
             .get("shape")
             .and_then(|v| v.as_array())
-            .map(|a| a.iter().filter_map(|x| x.as_u64().map(|x| x as usize)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_u64().map(|x| x as usize))
+                    .collect()
+            })
             .unwrap_or_default();
         if shape.len() != 2 {
-            return Err(Error::format(&meta_path, format!("shape {shape:?}: expected [n, d]")));
+            return Err(Error::format(
+                &meta_path,
+                format!("shape {shape:?}: expected [n, d]"),
+            ));
         }
         let dtype = parse_dtype(&meta_path, meta.get("dtype").and_then(|v| v.as_str()))?;
         if let Some(dm) = d_model {
@@ -98,7 +104,10 @@ pub fn open_shards(dir: &Path) -> Result<Vec<Box<dyn Shard>>> {
         if map.len() < need {
             return Err(Error::format(
                 &path,
-                format!("{} bytes, but the meta file's shape {shape:?} {dtype} needs {need}", map.len()),
+                format!(
+                    "{} bytes, but the meta file's shape {shape:?} {dtype} needs {need}",
+                    map.len()
+                ),
             ));
         }
         shards.push(MemmapShard {
@@ -119,8 +128,14 @@ pub fn open_shards(dir: &Path) -> Result<Vec<Box<dyn Shard>>> {
             ));
         }
     }
-    let store_tokens = cfg.get("store_tokens").and_then(|v| v.as_bool()).unwrap_or(false);
-    let shuffled = cfg.get("shuffle_shards").and_then(|v| v.as_bool()).unwrap_or(false);
+    let store_tokens = cfg
+        .get("store_tokens")
+        .and_then(|v| v.as_bool())
+        .unwrap_or(false);
+    let shuffled = cfg
+        .get("shuffle_shards")
+        .and_then(|v| v.as_bool())
+        .unwrap_or(false);
     if store_tokens && !shuffled {
         if let Some(tpath) = [dir.join("tokens.pt"), dir.join("..").join("tokens.pt")]
             .into_iter()
@@ -137,7 +152,10 @@ pub fn open_shards(dir: &Path) -> Result<Vec<Box<dyn Shard>>> {
                 ));
             }
             tensor.i64_range(&tpath, "tokens", 0, 0)?; // integer dtype check
-            let tokens = Arc::new(Tokens { path: tpath, tensor });
+            let tokens = Arc::new(Tokens {
+                path: tpath,
+                tensor,
+            });
             let mut start = 0;
             for s in &mut shards {
                 s.tokens = Some((tokens.clone(), start));
@@ -145,7 +163,10 @@ pub fn open_shards(dir: &Path) -> Result<Vec<Box<dyn Shard>>> {
             }
         }
     }
-    Ok(shards.into_iter().map(|s| Box::new(s) as Box<dyn Shard>).collect())
+    Ok(shards
+        .into_iter()
+        .map(|s| Box::new(s) as Box<dyn Shard>)
+        .collect())
 }
 
 impl Shard for MemmapShard {
@@ -162,7 +183,8 @@ impl Shard for MemmapShard {
         self.dtype
     }
     fn read_rows(&self, start: usize, count: usize, out: &mut [f32]) -> Result<()> {
-        if start.checked_add(count).is_none_or(|e| e > self.rows) || out.len() != count * self.width {
+        if start.checked_add(count).is_none_or(|e| e > self.rows) || out.len() != count * self.width
+        {
             return Err(Error::invalid(format!(
                 "{}: rows {start}..+{count} out of range ({} rows)",
                 self.path.display(),
@@ -176,7 +198,10 @@ impl Shard for MemmapShard {
     }
     fn token_ids(&self, start: usize, count: usize) -> Result<Option<Vec<i64>>> {
         match &self.tokens {
-            Some((t, base)) => t.tensor.i64_range(&t.path, "tokens", base + start, count).map(Some),
+            Some((t, base)) => t
+                .tensor
+                .i64_range(&t.path, "tokens", base + start, count)
+                .map(Some),
             None => Ok(None),
         }
     }

@@ -62,7 +62,10 @@ fn read_config(cfg: &Path) -> Result<Option<serde_json::Value>> {
 }
 
 fn class_from_config(trainer: &serde_json::Value) -> Option<DictClass> {
-    let dict = trainer.get("dict_class").and_then(|v| v.as_str()).unwrap_or("");
+    let dict = trainer
+        .get("dict_class")
+        .and_then(|v| v.as_str())
+        .unwrap_or("");
     let tr = trainer
         .get("trainer_class")
         .and_then(|v| v.as_str())
@@ -134,7 +137,10 @@ pub fn load(path: &Path) -> Result<Sae> {
         if !compatible {
             return Err(Error::format(
                 &cfg_path,
-                format!("config says {c:?}, but the tensors in {} are a {class:?}", ae_path.display()),
+                format!(
+                    "config says {c:?}, but the tensors in {} are a {class:?}",
+                    ae_path.display()
+                ),
             ));
         }
     }
@@ -181,7 +187,13 @@ fn dims2<'a>(file: &'a TorchFile, name: &str) -> Result<(usize, usize, &'a Torch
 fn cfg_usize(trainer: Option<&serde_json::Value>, key: &str) -> Option<usize> {
     trainer
         .and_then(|t| t.get(key))
-        .and_then(|v| v.as_u64().or_else(|| v.as_f64().filter(|f| f.fract() == 0.0 && *f >= 0.0).map(|f| f as u64)))
+        .and_then(|v| {
+            v.as_u64().or_else(|| {
+                v.as_f64()
+                    .filter(|f| f.fract() == 0.0 && *f >= 0.0)
+                    .map(|f| f as u64)
+            })
+        })
         .map(|v| v as usize)
 }
 
@@ -197,9 +209,19 @@ fn build(
         let (d, l, te) = dims2(file, "W_enc")?;
         let (l2, d2, td) = dims2(file, "W_dec")?;
         if (l2, d2) != (l, d) {
-            return Err(Error::shape(p, "W_dec", &[l2, d2], format!("[{l}, {d}] to match W_enc [d, L]")));
+            return Err(Error::shape(
+                p,
+                "W_dec",
+                &[l2, d2],
+                format!("[{l}, {d}] to match W_enc [d, L]"),
+            ));
         }
-        (te.matrix(p, "W_enc", false)?, td.matrix(p, "W_dec", true)?, l, d)
+        (
+            te.matrix(p, "W_enc", false)?,
+            td.matrix(p, "W_dec", true)?,
+            l,
+            d,
+        )
     } else {
         let (l, d, te) = dims2(file, "encoder.weight")?;
         let (d2, l2, td) = dims2(file, "decoder.weight")?;
@@ -211,7 +233,12 @@ fn build(
                 format!("[{d}, {l}] to match encoder.weight [L, d]"),
             ));
         }
-        (te.matrix(p, "encoder.weight", true)?, td.matrix(p, "decoder.weight", false)?, l, d)
+        (
+            te.matrix(p, "encoder.weight", true)?,
+            td.matrix(p, "decoder.weight", false)?,
+            l,
+            d,
+        )
     };
     for (key, want) in [("dict_size", l), ("activation_dim", d)] {
         if let Some(v) = cfg_usize(trainer, key) {
@@ -230,7 +257,12 @@ fn build(
     };
     let (activation, threshold, subtract, arch) = match class {
         DictClass::AutoEncoder => (Activation::Relu, None, true, "standard"),
-        DictClass::JumpRelu => (Activation::JumpRelu, Some(vec1(file, "threshold", l)?), false, "jumprelu"),
+        DictClass::JumpRelu => (
+            Activation::JumpRelu,
+            Some(vec1(file, "threshold", l)?),
+            false,
+            "jumprelu",
+        ),
         DictClass::AutoEncoderTopK => {
             let k = k_of(file, trainer, cfg_path)?;
             (Activation::TopK { k }, None, true, "topk")
@@ -243,10 +275,20 @@ fn build(
                     format!("BatchTopK threshold is {t}: it was never set during training, so inference is undefined"),
                 ));
             }
-            (Activation::JumpRelu, Some(vec![t as f32; l]), true, "batchtopk")
+            (
+                Activation::JumpRelu,
+                Some(vec![t as f32; l]),
+                true,
+                "batchtopk",
+            )
         }
     };
-    let s = |k: &str| trainer.and_then(|t| t.get(k)).and_then(|v| v.as_str()).map(str::to_string);
+    let s = |k: &str| {
+        trainer
+            .and_then(|t| t.get(k))
+            .and_then(|v| v.as_str())
+            .map(str::to_string)
+    };
     let dtype = w_enc.dtype();
     Ok(Sae {
         meta: SaeMeta {
@@ -254,7 +296,9 @@ fn build(
             source: ae_path.to_path_buf(),
             architecture: arch.to_string(),
             hook_name: s("submodule_name"),
-            hook_layer: trainer.and_then(|t| t.get("layer")).and_then(|v| v.as_i64()),
+            hook_layer: trainer
+                .and_then(|t| t.get("layer"))
+                .and_then(|v| v.as_i64()),
             model_name: s("lm_name"),
             dtype,
         },
@@ -275,9 +319,13 @@ fn k_of(file: &TorchFile, trainer: Option<&serde_json::Value>, cfg_path: &Path) 
     if let Some(t) = file.opt_tensor("k")? {
         let k = t.scalar(&file.path, "k")?;
         if k < 1.0 || k.fract() != 0.0 {
-            return Err(Error::format(&file.path, format!("k buffer is {k}, expected a positive integer")));
+            return Err(Error::format(
+                &file.path,
+                format!("k buffer is {k}, expected a positive integer"),
+            ));
         }
         return Ok(k as usize);
     }
-    cfg_usize(trainer, "k").ok_or_else(|| Error::missing(cfg_path, "trainer.k (and ae.pt has no `k` buffer)"))
+    cfg_usize(trainer, "k")
+        .ok_or_else(|| Error::missing(cfg_path, "trainer.k (and ae.pt has no `k` buffer)"))
 }

@@ -38,18 +38,30 @@ pub fn load(path: &Path) -> Result<Sae> {
     for (k, _) in file.entries()? {
         let known = matches!(
             k,
-            "pre_bias" | "encoder.weight" | "latent_bias" | "decoder.weight" | "activation" | "activation_state_dict"
+            "pre_bias"
+                | "encoder.weight"
+                | "latent_bias"
+                | "decoder.weight"
+                | "activation"
+                | "activation_state_dict"
         ) || IGNORED.contains(&k);
         if !known {
             return Err(Error::format(
                 path,
-                format!("unexpected entry `{k}` in an OpenAI autoencoder state dict; refusing to guess"),
+                format!(
+                    "unexpected entry `{k}` in an OpenAI autoencoder state dict; refusing to guess"
+                ),
             ));
         }
     }
     let enc = file.tensor("encoder.weight")?;
     if enc.shape.len() != 2 {
-        return Err(Error::shape(path, "encoder.weight", &enc.shape, "[n_latents, d_model]"));
+        return Err(Error::shape(
+            path,
+            "encoder.weight",
+            &enc.shape,
+            "[n_latents, d_model]",
+        ));
     }
     let (l, d) = (enc.shape[0], enc.shape[1]);
     let dec = file.tensor("decoder.weight")?;
@@ -75,7 +87,10 @@ pub fn load(path: &Path) -> Result<Sae> {
         None => "ReLU".to_string(),
         Some(Value::Str(s)) => s.clone(),
         Some(other) => {
-            return Err(Error::format(path, format!("`activation` is {other:?}, expected a class name")))
+            return Err(Error::format(
+                path,
+                format!("`activation` is {other:?}, expected a class name"),
+            ))
         }
     };
     let (activation, normalization) = match act_name.as_str() {
@@ -86,7 +101,12 @@ pub fn load(path: &Path) -> Result<Sae> {
                 .and_then(|v| v.get("k"))
                 .and_then(Value::as_int)
                 .filter(|k| *k > 0)
-                .ok_or_else(|| Error::missing(path, "activation_state_dict.k (a positive integer) for a TopK autoencoder"))?;
+                .ok_or_else(|| {
+                    Error::missing(
+                        path,
+                        "activation_state_dict.k (a positive integer) for a TopK autoencoder",
+                    )
+                })?;
             let post = sd
                 .and_then(|v| v.get("postact_fn"))
                 .and_then(Value::as_str)

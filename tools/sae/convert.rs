@@ -52,7 +52,9 @@ pub fn run(args: ConvertArgs) -> anyhow::Result<()> {
     match args.what {
         ConvertWhat::Sae { input, out, format } => {
             let format = match format {
-                Some(f) => Some(Format::parse(&f).with_context(|| format!("unknown format `{f}`"))?),
+                Some(f) => {
+                    Some(Format::parse(&f).with_context(|| format!("unknown format `{f}`"))?)
+                }
                 None => None,
             };
             let sae = convert_sae(&input, format, &out)?;
@@ -65,13 +67,23 @@ pub fn run(args: ConvertArgs) -> anyhow::Result<()> {
                 out.display()
             );
         }
-        ConvertWhat::Dump { input, out, rows_per_shard, dtype, column } => {
+        ConvertWhat::Dump {
+            input,
+            out,
+            rows_per_shard,
+            dtype,
+            column,
+        } => {
             let dtype = DType::parse(&dtype).with_context(|| format!("unknown dtype `{dtype}`"))?;
             let dump = match column {
                 Some(c) => Dump::from_shards(&input, arrow::open_shards(&input, Some(&c))?)?,
                 None => Dump::open(&input)?,
             };
-            let opts = DumpConvertOptions { rows_per_shard, dtype, ..Default::default() };
+            let opts = DumpConvertOptions {
+                rows_per_shard,
+                dtype,
+                ..Default::default()
+            };
             let files = convert_dump(&dump, &out, opts)?;
             eprintln!(
                 "wrote {} rows x {} into {} shard(s) in {}",

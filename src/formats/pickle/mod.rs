@@ -97,12 +97,20 @@ impl TorchTensor {
     }
 
     /// Elements `start..start + count` of a contiguous integer tensor as i64.
-    pub fn i64_range(&self, path: &Path, name: &str, start: usize, count: usize) -> Result<Vec<i64>> {
+    pub fn i64_range(
+        &self,
+        path: &Path,
+        name: &str,
+        start: usize,
+        count: usize,
+    ) -> Result<Vec<i64>> {
         let s = self.kind.size();
         let end = start
             .checked_add(count)
             .filter(|e| *e <= self.numel())
-            .ok_or_else(|| Error::invalid(format!("{}: `{name}` range out of bounds", path.display())))?;
+            .ok_or_else(|| {
+                Error::invalid(format!("{}: `{name}` range out of bounds", path.display()))
+            })?;
         let b = &self.bytes.as_slice()[start * s..end * s];
         let v = match self.kind {
             StorageKind::I64 => b
@@ -231,9 +239,9 @@ impl TorchFile {
 
     /// The resolved tensor of a spec found in `root`.
     pub fn resolve(&self, spec: &TensorSpec) -> Result<&TorchTensor> {
-        let i = self.index_of(spec).ok_or_else(|| {
-            Error::format(&self.path, "tensor spec does not belong to this file")
-        })?;
+        let i = self
+            .index_of(spec)
+            .ok_or_else(|| Error::format(&self.path, "tensor spec does not belong to this file"))?;
         Ok(&self.tensors[i])
     }
 
@@ -247,7 +255,9 @@ impl TorchFile {
 fn collect_specs<'a>(v: &'a Value, out: &mut Vec<&'a TensorSpec>) {
     match v {
         Value::Tensor(t) => out.push(t),
-        Value::Tuple(items) | Value::List(items) => items.iter().for_each(|x| collect_specs(x, out)),
+        Value::Tuple(items) | Value::List(items) => {
+            items.iter().for_each(|x| collect_specs(x, out))
+        }
         Value::Dict(items) => items.iter().for_each(|(k, x)| {
             collect_specs(k, out);
             collect_specs(x, out)
@@ -300,7 +310,13 @@ pub fn load(path: impl AsRef<Path>) -> Result<TorchFile> {
     for spec in specs {
         let key = &spec.storage.key;
         if !storages.contains_key(key) {
-            let b = storage_bytes(&mut zip, &map, path, &format!("{prefix}data/{key}"), &spec.storage)?;
+            let b = storage_bytes(
+                &mut zip,
+                &map,
+                path,
+                &format!("{prefix}data/{key}"),
+                &spec.storage,
+            )?;
             storages.insert(key.clone(), b);
         }
         let storage = &storages[key];
@@ -325,7 +341,10 @@ fn read_member<R: std::io::Read + std::io::Seek>(
         Err(e) => return Err(Error::format(path, format!("archive member {name}: {e}"))),
     };
     if f.size() > limit {
-        return Err(Error::format(path, format!("archive member {name} is too large")));
+        return Err(Error::format(
+            path,
+            format!("archive member {name} is too large"),
+        ));
     }
     let mut out = Vec::with_capacity(f.size() as usize);
     f.take(limit)
@@ -348,7 +367,9 @@ fn storage_bytes(
         .checked_mul(storage.kind.size())
         .ok_or_else(|| Error::format(path, format!("storage {name} size overflows")))?;
     let f = zip.by_name(name).map_err(|e| match e {
-        zip::result::ZipError::FileNotFound => Error::missing(path, format!("storage member {name}")),
+        zip::result::ZipError::FileNotFound => {
+            Error::missing(path, format!("storage member {name}"))
+        }
         e => Error::format(path, format!("archive member {name}: {e}")),
     })?;
     if (f.size() as usize) < need {
@@ -365,7 +386,10 @@ fn storage_bytes(
     if f.compression() == zip::CompressionMethod::Stored {
         let start = f.data_start() as usize;
         if start.checked_add(need).is_none_or(|e| e > map.len()) {
-            return Err(Error::format(path, format!("storage {name} runs past the end of the file")));
+            return Err(Error::format(
+                path,
+                format!("storage {name} runs past the end of the file"),
+            ));
         }
         return Ok(Bytes::Mapped {
             map: map.clone(),
@@ -418,7 +442,12 @@ fn tensor_from_spec(path: &Path, spec: &TensorSpec, storage: &Bytes) -> Result<T
     let start = spec.offset.checked_mul(es);
     let len = numel.checked_mul(es);
     let (start, len) = match (start, len) {
-        (Some(s), Some(l)) if s.checked_add(l).is_some_and(|e| e <= storage.as_slice().len()) => (s, l),
+        (Some(s), Some(l))
+            if s.checked_add(l)
+                .is_some_and(|e| e <= storage.as_slice().len()) =>
+        {
+            (s, l)
+        }
         _ => {
             return Err(Error::format(
                 path,

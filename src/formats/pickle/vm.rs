@@ -374,9 +374,9 @@ impl Vm<'_> {
                 v.clone()
             }
             Some(Memo::Mutable) => {
-                return Err(self.err(
-                    "a shared reference to a list or dict (a state dict never has one)",
-                ))
+                return Err(
+                    self.err("a shared reference to a list or dict (a state dict never has one)")
+                )
             }
             None => return Err(self.err(format!("memo key {key} was never stored"))),
         };
@@ -771,8 +771,8 @@ impl Vm<'_> {
             _ => return Err(self.err("_rebuild_tensor_v2: first argument is not a storage")),
         };
         let to_usize = |v: &Value| v.as_int().and_then(|i| usize::try_from(i).ok());
-        let offset = to_usize(&args[1])
-            .ok_or_else(|| self.err("_rebuild_tensor_v2: bad storage offset"))?;
+        let offset =
+            to_usize(&args[1]).ok_or_else(|| self.err("_rebuild_tensor_v2: bad storage offset"))?;
         let dims = |v: &Value, what: &str| -> Result<Vec<usize>> {
             match v {
                 Value::Tuple(t) | Value::List(t) => t
