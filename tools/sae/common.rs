@@ -18,7 +18,8 @@ pub struct Global {
     #[arg(long, short, global = true)]
     pub quiet: bool,
     /// Backend: cpu, cuda, cuda:N or auto (CUDA when usable, else CPU).
-    #[arg(long, global = true, default_value = "auto", value_name = "BACKEND")]
+    #[arg(long, global = true, default_value = "auto", value_name = "BACKEND",
+          value_parser = parse_backend)]
     pub backend: String,
     /// CUDA device index.
     #[arg(long, global = true, value_name = "N")]
@@ -31,6 +32,13 @@ pub struct Global {
     #[arg(long, global = true, value_name = "L",
           value_parser = clap::value_parser!(u64).range(1..))]
     pub tile_latents: Option<u64>,
+}
+
+/// `--backend` values (checked at parse time so a typo is a usage error).
+fn parse_backend(s: &str) -> std::result::Result<String, String> {
+    BackendKind::parse(s, 0)
+        .map(|_| s.to_string())
+        .map_err(|e| e.to_string())
 }
 
 /// `--format` values.
