@@ -116,12 +116,8 @@ fn k_value(cfg: &Cfg, legacy: bool) -> Result<usize> {
         cfg.get("k").cloned().or(from_kwargs)
     };
     let v = v.ok_or_else(|| Error::missing(&cfg.path, "config key `k` of a TopK SAE"))?;
-    value_usize(&v).ok_or_else(|| {
-        Error::format(
-            &cfg.path,
-            format!("k must be a positive integer, got {v}"),
-        )
-    })
+    value_usize(&v)
+        .ok_or_else(|| Error::format(&cfg.path, format!("k must be a positive integer, got {v}")))
 }
 
 fn parse(cfg: &Cfg, legacy: bool) -> Result<Parsed> {
@@ -148,23 +144,19 @@ fn parse(cfg: &Cfg, legacy: bool) -> Result<Parsed> {
             match act {
                 "relu" => Kind::Relu,
                 "topk" if legacy => Kind::TopK(k_value(cfg, legacy)?),
-                other => {
-                    return Err(Error::format(
-                        &cfg.path,
-                        format!("activation function `{other}` is not supported (expected relu or topk)"),
-                    ))
-                }
+                other => return Err(Error::format(
+                    &cfg.path,
+                    format!(
+                        "activation function `{other}` is not supported (expected relu or topk)"
+                    ),
+                )),
             }
         }
         "topk" => Kind::TopK(k_value(cfg, legacy)?),
         "jumprelu" | "batchtopk" | "matryoshka_batchtopk" => Kind::Threshold,
         "gated" => return refuse("gated SAE"),
         a if a.contains("transcoder") || a == "clt" => return refuse("transcoder"),
-        _ => {
-            return refuse(
-                "unknown; expected standard, topk, jumprelu or batchtopk",
-            )
-        }
+        _ => return refuse("unknown; expected standard, topk, jumprelu or batchtopk"),
     };
     let rescale = cfg
         .bool_opt("rescale_acts_by_decoder_norm")?
