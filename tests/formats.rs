@@ -949,7 +949,13 @@ fn detection_by_file_name_and_forcing() {
     // the top-level k still serves; the format recorded is the forced one.
     let forced = formats::load(&v6, Some(Format::SaeLensLegacy));
     // v6 "topk" with k at top level is accepted by the legacy reader as well.
-    assert_eq!(forced.unwrap().meta.format, Format::SaeLensLegacy);
+    let forced = forced.unwrap();
+    assert_eq!(forced.meta.format, Format::SaeLensLegacy);
+    assert_eq!(
+        forced.meta.hook_name.as_deref(),
+        Some("blocks.5.hook_resid_post")
+    );
+    assert_eq!(forced.fingerprint(), a.fingerprint());
     // Forcing the wrong format is an error naming what is missing.
     let e = err_of(formats::load(&v6, Some(Format::Sparsify)));
     assert!(e.contains("sae.safetensors"), "{e}");
