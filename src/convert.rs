@@ -8,26 +8,12 @@ use std::path::{Path, PathBuf};
 use crate::dtype::{convert_from_f32, DType};
 use crate::dump::{Batch, Dump};
 use crate::error::{Error, Result};
-use crate::formats::{dictionary_learning, openai};
 use crate::io::mapped::{write_safetensors, OwnedTensor};
 use crate::sae::{Format, Sae};
 
-/// Loads an SAE of any supported format (the torch-pickle formats are tried here,
-/// the others through `formats::load`).
-pub fn load_sae(path: &Path, format: Option<Format>) -> Result<Sae> {
-    match format {
-        Some(Format::DictionaryLearning) => dictionary_learning::load(path),
-        Some(Format::OpenAi) => openai::load(path),
-        Some(f) => crate::formats::load(path, Some(f)),
-        None if dictionary_learning::looks_like(path) => dictionary_learning::load(path),
-        None if openai::looks_like(path) => openai::load(path),
-        None => crate::formats::load(path, None),
-    }
-}
-
 /// Writes the SAE at `src` in the SAELens v6 layout into `out_dir` (created if absent).
 pub fn convert_sae(src: &Path, format: Option<Format>, out_dir: &Path) -> Result<Sae> {
-    let sae = load_sae(src, format)?;
+    let sae = crate::formats::load(src, format)?;
     std::fs::create_dir_all(out_dir).map_err(|e| Error::io(out_dir, e))?;
     crate::formats::write_saelens(&sae, out_dir)?;
     Ok(sae)

@@ -34,6 +34,12 @@ const IGNORED: [&str; 3] = [
 
 /// Loads an OpenAI sparse_autoencoder `.pt` file.
 pub fn load(path: &Path) -> Result<Sae> {
+    if path.is_dir() {
+        return Err(Error::format(
+            path,
+            "the openai format is one .pt file (an Autoencoder state dict), not a directory",
+        ));
+    }
     let file = pickle::load(path)?;
     for (k, _) in file.entries()? {
         let known = matches!(

@@ -4,19 +4,20 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context;
-use clap::{Args, Subcommand};
 use sae_engine::convert::{convert_dump, convert_sae, DumpConvertOptions};
 use sae_engine::dump::{arrow, Dump};
-use sae_engine::{DType, Format};
+use sae_engine::{DType, Error, Format, Result};
+use serde_json::json;
 
-#[derive(Debug, Args)]
+use crate::common::{parse_format, Ctx};
+
+#[derive(Debug, clap::Args)]
 pub struct ConvertArgs {
     #[command(subcommand)]
     pub what: ConvertWhat,
 }
 
-#[derive(Debug, Subcommand)]
+#[derive(Debug, clap::Subcommand)]
 pub enum ConvertWhat {
     /// Write an SAE (any supported format) as SAELens cfg.json + sae_weights.safetensors.
     Sae {
@@ -25,9 +26,9 @@ pub enum ConvertWhat {
         /// Output directory.
         #[arg(short, long)]
         out: PathBuf,
-        /// Force the source format (saelens, sparsify, gemma-scope, dictionary-learning, openai, ...).
-        #[arg(long)]
-        format: Option<String>,
+        /// Force the source format.
+        #[arg(long, value_parser = parse_format)]
+        format: Option<Format>,
     },
     /// Write a dump or activation cache as safetensors shards with `activations` (+ token_ids, mask).
     Dump {
@@ -36,7 +37,7 @@ pub enum ConvertWhat {
         /// Output directory.
         #[arg(short, long)]
         out: PathBuf,
-        /// Rows per output shard.
+        /// Rows per output shard (memory holds one shard).
         #[arg(long, default_value_t = 65536)]
         rows_per_shard: usize,
         /// Stored dtype of the activations (f32, f16, bf16).
@@ -48,23 +49,21 @@ pub enum ConvertWhat {
     },
 }
 
-pub fn run(args: ConvertArgs) -> anyhow::Result<()> {
+pub fn run(ctx: &Ctx, args: ConvertArgs) -> Result<()> {
     match args.what {
         ConvertWhat::Sae { input, out, format } => {
-            let format = match format {
-                Some(f) => {
-                    Some(Format::parse(&f).with_context(|| format!("unknown format `{f}`"))?)
-                }
-                None => None,
-            };
             let sae = convert_sae(&input, format, &out)?;
-            eprintln!(
-                "wrote {} ({} latents x d_in {}, {}) as SAELens to {}",
-                input.display(),
-                sae.n_latents(),
-                sae.d_in(),
-                sae.meta.format.name(),
-                out.display()
+            ctx.output(
+                json!({"input": input, "out": out, "format": sae.meta.format.name(),
+                       "n_latents": sae.n_latents(), "d_in": sae.d_in()}),
+                &format!(
+                    "wrote {} ({}, {} latents x d_in {}) as SAELens to {}",
+                    input.display(),
+                    sae.meta.format.name(),
+                    sae.n_latents(),
+                    sae.d_in(),
+                    out.display()
+                ),
             );
         }
         ConvertWhat::Dump {
@@ -74,7 +73,9 @@ pub fn run(args: ConvertArgs) -> anyhow::Result<()> {
             dtype,
             column,
         } => {
-            let dtype = DType::parse(&dtype).with_context(|| format!("unknown dtype `{dtype}`"))?;
+            let dtype = DType::parse(&dtype).ok_or_else(|| {
+                Error::invalid(format!("--dtype {dtype}: expected f32, f16 or bf16"))
+            })?;
             let dump = match column {
                 Some(c) => Dump::from_shards(&input, arrow::open_shards(&input, Some(&c))?)?,
                 None => Dump::open(&input)?,
@@ -82,15 +83,19 @@ pub fn run(args: ConvertArgs) -> anyhow::Result<()> {
             let opts = DumpConvertOptions {
                 rows_per_shard,
                 dtype,
-                ..Default::default()
+                batch_rows: ctx.batch_rows().max(1),
             };
             let files = convert_dump(&dump, &out, opts)?;
-            eprintln!(
-                "wrote {} rows x {} into {} shard(s) in {}",
-                dump.n_rows(),
-                dump.width(),
-                files.len(),
-                out.display()
+            ctx.output(
+                json!({"input": input, "out": out, "rows": dump.n_rows(), "width": dump.width(),
+                       "shards": files}),
+                &format!(
+                    "wrote {} rows x {} into {} shard(s) in {}",
+                    dump.n_rows(),
+                    dump.width(),
+                    files.len(),
+                    out.display()
+                ),
             );
         }
     }
