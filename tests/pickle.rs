@@ -542,3 +542,48 @@ proptest! {
         let _ = pickle::parse_for_fuzz(&data, 1 << 16);
     }
 }
+
+#[test]
+fn sae_convert_writes_saelens_that_loads_back_the_same() {
+    let (l, d) = (5usize, 3usize);
+    let dir = tempfile::tempdir().unwrap();
+    save(
+        &dir.path().join("ae.pt"),
+        vec![
+            (
+                "encoder.weight",
+                Entry::Tensor(f32s(&[l, d], &seq(l * d, 0.1))),
+            ),
+            ("encoder.bias", Entry::Tensor(f32s(&[l], &seq(l, 0.01)))),
+            (
+                "decoder.weight",
+                Entry::Tensor(f32s(&[d, l], &seq(l * d, 0.2))),
+            ),
+            ("b_dec", Entry::Tensor(f32s(&[d], &seq(d, 0.03)))),
+            ("k", Entry::Tensor(long_scalar(2))),
+            ("threshold", Entry::Tensor(f32s(&[], &[0.5]))),
+        ],
+    );
+    write_config(
+        dir.path(),
+        r#"{"trainer": {"dict_class": "BatchTopKSAE", "layer": 3}}"#,
+    );
+    let src = sae_engine::formats::load(dir.path(), None).unwrap();
+    assert_eq!(src.meta.format, sae_engine::Format::DictionaryLearning);
+    let out = dir.path().join("saelens");
+    let st = std::process::Command::new(env!("CARGO_BIN_EXE_sae"))
+        .args(["convert", "sae"])
+        .arg(dir.path())
+        .arg("--out")
+        .arg(&out)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let back = sae_engine::formats::load(&out, None).unwrap();
+    assert_eq!(back.activation, src.activation);
+    assert_eq!(back.threshold, src.threshold);
+    assert_eq!(back.subtract_b_dec, src.subtract_b_dec);
+    assert_eq!(back.b_dec, src.b_dec);
+    assert_eq!(back.w_enc.to_f32_vec(), src.w_enc.to_f32_vec());
+    assert_eq!(back.w_dec.to_f32_vec(), src.w_dec.to_f32_vec());
+}
