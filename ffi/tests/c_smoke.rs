@@ -48,7 +48,13 @@ fn c_program_exercises_the_abi() {
         .unwrap_or_else(|e| panic!("cannot run the C compiler `{cc}`: {e}"));
     assert!(status.success(), "smoke.c did not compile or link");
 
-    let run = Command::new(&exe).arg(&sae_dir).output().unwrap();
+    // cargo test puts `<target>/<profile>` on LD_LIBRARY_PATH, which outranks the rpath
+    // and may hold a stale copy of the library: point the loader at this run's build.
+    let run = Command::new(&exe)
+        .arg(&sae_dir)
+        .env("LD_LIBRARY_PATH", &lib_dir)
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&run.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(

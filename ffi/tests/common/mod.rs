@@ -121,16 +121,14 @@ impl Fixture {
     }
 }
 
-/// The cargo profile directory holding libsae_engine_ffi.{so,a}: the test binary
-/// lives in its `deps/` subdirectory.
+/// The directory holding the libsae_engine_ffi.so built for this test run: `cargo test`
+/// builds every crate type of the library into `<target>/<profile>/deps` (beside the
+/// test binary) but only `cargo build` copies them up to `<target>/<profile>`, where a
+/// stale copy may sit.
 pub fn lib_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("test binary sits in <target>/<profile>/deps")
-        .to_path_buf();
-    let so = dir.join(format!(
+    let deps = exe.parent().expect("test binary directory").to_path_buf();
+    let so = deps.join(format!(
         "{}sae_engine_ffi{}",
         std::env::consts::DLL_PREFIX,
         std::env::consts::DLL_SUFFIX
@@ -140,5 +138,5 @@ pub fn lib_dir() -> PathBuf {
         "{} is missing: build it with `cargo build -p sae-engine-ffi`",
         so.display()
     );
-    dir
+    deps
 }
