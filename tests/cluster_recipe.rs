@@ -272,9 +272,9 @@ fn sharded_recipe_matches_single_pass() {
     let merged = sae_engine::io::stats::read(&slurm.join("stats.safetensors")).unwrap();
     assert_same(&merged, &single, "slurm after rerun");
 
-    // Kubernetes: 9 indices over 7 shard files (two indices get nothing to count).
+    // Kubernetes: 7 indices over 7 shard files, one file each.
     let k8s = tmp.path().join("k8s");
-    let n = 9;
+    let n = 7;
     run_array(&env, &recipe("k8s-task"), &k8s, n, |i| {
         vec![
             ("JOB_COMPLETION_INDEX", i.to_string()),
@@ -289,4 +289,18 @@ fn sharded_recipe_matches_single_pass() {
     );
     let merged = sae_engine::io::stats::read(&k8s.join("stats.safetensors")).unwrap();
     assert_same(&merged, &single, "kubernetes");
+
+    // More indices than shard files: the empty slice fails loudly, it does not count nothing.
+    let over = env
+        .bash(
+            &recipe("k8s-task"),
+            &tmp.path().join("over"),
+            &[("JOB_COMPLETION_INDEX", "7".into()), ("SHARDS", "8".into())],
+        )
+        .output()
+        .unwrap();
+    assert!(
+        !over.status.success(),
+        "an index with no shard file must fail"
+    );
 }

@@ -287,17 +287,7 @@ fn argument_errors_have_statuses_and_messages() {
         let (mut idx, mut val) = ([0i32; 4], [0f32; 4]);
         let val_ptr = val.as_mut_ptr();
         let enc = |x: *const f32, rows: usize, d: usize, k: usize, i: *mut i32| {
-            sae_encode_topk_host(
-                h,
-                x,
-                rows,
-                d,
-                i,
-                val_ptr,
-                k,
-                null_mut(),
-                null_mut(),
-            )
+            sae_encode_topk_host(h, x, rows, d, i, val_ptr, k, null_mut(), null_mut())
         };
         assert_eq!(
             enc(null(), 2, 3, 2, idx.as_mut_ptr()),
@@ -384,7 +374,8 @@ fn argument_errors_have_statuses_and_messages() {
         );
         assert_eq!(st, SaeStatus::InvalidArgument);
         // Bad strings in sae_open fail before any file is touched.
-        let mut out = 1 as *mut SaeHandle;
+        // Non-NULL garbage: sae_open must reset it to NULL on failure.
+        let mut out = std::ptr::NonNull::<SaeHandle>::dangling().as_ptr();
         let st = sae_open(c"/none".as_ptr(), c"nope".as_ptr(), null(), 0, &mut out);
         assert_eq!((st, out.is_null()), (SaeStatus::InvalidArgument, true));
         let st = sae_open(c"/none".as_ptr(), null(), c"tpu".as_ptr(), 0, &mut out);

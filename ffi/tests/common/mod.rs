@@ -112,8 +112,9 @@ impl Fixture {
         let mut out: Vec<f64> = self.b_dec.iter().map(|v| *v as f64).collect();
         for (i, v) in idx.iter().zip(val) {
             if *i >= 0 && *v > 0.0 {
-                for j in 0..d {
-                    out[j] += *v as f64 * self.w_dec[*i as usize * d + j] as f64;
+                let row = &self.w_dec[*i as usize * d..(*i as usize + 1) * d];
+                for (o, w) in out.iter_mut().zip(row) {
+                    *o += *v as f64 * *w as f64;
                 }
             }
         }
