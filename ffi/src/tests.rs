@@ -16,6 +16,9 @@ use crate::handle::*;
 use crate::host::*;
 use crate::stats::*;
 use crate::status::SaeStatus;
+use sae_engine::cuda::device_ptr::{
+    staged_decode_topk, staged_encode_topk, DecodeTopkDevice, DevicePtrOps, EncodeTopkDevice,
+};
 
 /// Dense reference: h = x W_enc^T + b_enc, then the activation; decode = f W_dec + b_dec.
 struct Naive(Arc<Sae>);
@@ -493,4 +496,137 @@ fn handle_is_shareable_across_threads() {
     });
     assert!(results.iter().all(|r| *r == [1, 3, 4, 2]));
     unsafe { sae_free(h as *mut SaeHandle) };
+}
+
+/// The naive engine with the staged device-pointer helpers, as the CUDA engine can use them.
+struct StagedNaive(Naive);
+
+impl Engine for StagedNaive {
+    fn name(&self) -> String {
+        "staged-naive".into()
+    }
+    fn sae(&self) -> &Sae {
+        self.0.sae()
+    }
+    fn encode(&self, x: &[f32], rows: usize, row_offset: u64) -> Result<Encoded> {
+        self.0.encode(x, rows, row_offset)
+    }
+    fn decode(&self, codes: &Codes, denorm: Option<&Denorm>) -> Result<Vec<f32>> {
+        self.0.decode(codes, denorm)
+    }
+    fn device_ptr(&self) -> Option<&dyn DevicePtrOps> {
+        Some(self)
+    }
+}
+
+impl DevicePtrOps for StagedNaive {
+    unsafe fn encode_topk_device(&self, args: &EncodeTopkDevice) -> Result<()> {
+        staged_encode_topk(self, args)
+    }
+    unsafe fn decode_topk_device(&self, args: &DecodeTopkDevice) -> Result<()> {
+        staged_decode_topk(self, args)
+    }
+}
+
+/// Makes device 0's primary context current, or None without a driver or device.
+fn gpu_context() -> Option<()> {
+    use cudarc::driver::result;
+    // With dynamic loading a missing libcuda panics on first use: ask first.
+    if !unsafe { cudarc::driver::sys::is_culib_present() } {
+        return None;
+    }
+    result::init().ok()?;
+    let dev = result::device::get(0).ok()?;
+    let ctx = unsafe { result::primary_ctx::retain(dev) }.ok()?;
+    unsafe { result::ctx::set_current(ctx) }.ok()
+}
+
+/// Device buffers through the ABI on a real GPU (run by ffi/tests/gpu_device_ptr.sh).
+/// Without CUDA it says so and passes: CI has no GPU.
+#[test]
+fn device_pointer_abi_on_gpu() {
+    use cudarc::driver::result::{free_sync, malloc_sync, memcpy_dtoh_sync, memcpy_htod_sync};
+    if gpu_context().is_none() {
+        eprintln!("device_pointer_abi_on_gpu: skipped, no CUDA driver or device here");
+        return;
+    }
+    let sae = test_sae(Activation::TopK { k: 2 });
+    let engine = StagedNaive(Naive(sae.clone()));
+    let h = Box::into_raw(Box::new(SaeHandle::new(sae, Box::new(engine))));
+    unsafe {
+        assert!(sae_has_device_pointers(h));
+        let x = malloc_sync(6 * 4).unwrap();
+        let idx = malloc_sync(4 * 4).unwrap();
+        let val = malloc_sync(4 * 4).unwrap();
+        let scale = malloc_sync(2 * 4).unwrap();
+        let out = malloc_sync(6 * 4).unwrap();
+        memcpy_htod_sync(x, &X).unwrap();
+        let st = sae_encode_topk_device(
+            h,
+            x as usize as *const f32,
+            2,
+            3,
+            idx as usize as *mut i32,
+            val as usize as *mut f32,
+            2,
+            scale as usize as *mut f32,
+            null_mut(),
+            null_mut(),
+        );
+        assert_eq!(st, SaeStatus::Ok, "{}", last_error());
+        let (mut hi, mut hv, mut hs) = ([0i32; 4], [0f32; 4], [0f32; 2]);
+        memcpy_dtoh_sync(&mut hi, idx).unwrap();
+        memcpy_dtoh_sync(&mut hv, val).unwrap();
+        memcpy_dtoh_sync(&mut hs, scale).unwrap();
+        assert_eq!(hi, [1, 3, 4, 2]);
+        assert_eq!(hv, [2.0, 1.6, 1.0, 0.25]);
+        assert_eq!(hs, [1.0, 1.0]);
+        let st = sae_decode_topk_device(
+            h,
+            idx as usize as *const i32,
+            val as usize as *const f32,
+            2,
+            2,
+            null(),
+            null(),
+            out as usize as *mut f32,
+            3,
+            null_mut(),
+        );
+        assert_eq!(st, SaeStatus::Ok, "{}", last_error());
+        let mut dev_x = [0f32; 6];
+        memcpy_dtoh_sync(&mut dev_x, out).unwrap();
+        let mut host_x = [0f32; 6];
+        let st = sae_decode_topk_host(
+            h,
+            hi.as_ptr(),
+            hv.as_ptr(),
+            2,
+            2,
+            null(),
+            null(),
+            host_x.as_mut_ptr(),
+            3,
+        );
+        assert_eq!(st, SaeStatus::Ok);
+        assert_eq!(dev_x, host_x);
+        // NULL device input with rows > 0 is refused before any copy.
+        let st = sae_encode_topk_device(
+            h,
+            null(),
+            2,
+            3,
+            idx as usize as *mut i32,
+            val as usize as *mut f32,
+            2,
+            null_mut(),
+            null_mut(),
+            null_mut(),
+        );
+        assert_eq!(st, SaeStatus::NullArgument);
+        for p in [x, idx, val, scale, out] {
+            free_sync(p).unwrap();
+        }
+        sae_free(h);
+    }
 }
