@@ -67,7 +67,12 @@ pub(crate) fn decode(
 
 /// Decoder row `i` as f32: a slice of the mapped matrix, or converted into `buf`.
 #[inline]
-fn decoder_row<'a>(w: &Matrix, direct: Option<&'a [f32]>, i: usize, buf: &'a mut [f32]) -> &'a [f32] {
+fn decoder_row<'a>(
+    w: &Matrix,
+    direct: Option<&'a [f32]>,
+    i: usize,
+    buf: &'a mut [f32],
+) -> &'a [f32] {
     let d = w.cols();
     match direct {
         Some(all) => &all[i * d..(i + 1) * d],
