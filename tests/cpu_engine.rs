@@ -229,12 +229,12 @@ fn tolerance(sae: &Sae, x: &[f32]) -> f32 {
     }
     let norms = sae.w_dec.row_norms();
     let mut worst = 0f32;
-    for i in 0..sae.n_latents() {
+    for (i, norm) in norms.iter().enumerate() {
         let w = sae.w_enc.row_f32(i);
         let mag: f32 =
             xr.iter().zip(&w).map(|(a, b)| (a * b).abs()).sum::<f32>() + sae.b_enc[i].abs();
         let s = if sae.rescale_acts_by_decoder_norm {
-            norms[i]
+            *norm
         } else {
             1.0
         };
