@@ -5,6 +5,7 @@
 //! - [`ops`]: the backend-agnostic engine (encode, decode, statistics) over [`cpu`] and [`cuda`].
 //! - [`stats`]: per-latent statistics that merge exactly across shards.
 //! - [`io`]: codes and statistics files.
+//! - [`workflow`]: the audit workflow: diff, steer, detect, monitor, top examples, demo.
 
 pub mod codes;
 pub mod cpu;
@@ -18,6 +19,7 @@ pub mod matrix;
 pub mod ops;
 pub mod sae;
 pub mod stats;
+pub mod workflow;
 
 pub use codes::{Codes, Denorm, Encoded};
 pub use dtype::DType;
