@@ -86,7 +86,9 @@ pub struct DetectReport {
     pub positives: Vec<String>,
     pub negatives: Vec<String>,
     pub n_evaluated: usize,
-    /// Ranked: out-of-sample AUROC, then AUROC, then separation, then latent id.
+    /// Ranked: out-of-sample AUROC, then AUROC, then margin, then latent id. The margin is
+    /// in activation units on purpose: a d'-style ratio favours latents that barely fire
+    /// (near-zero within-class spread) and picks noise when there are few models.
     pub latents: Vec<LatentDetection>,
     /// Choosing the best latent and its threshold without each model in turn, then
     /// classifying that model (None with fewer than two models of a class).
@@ -214,7 +216,7 @@ fn rank_key(a: &LatentDetection, b: &LatentDetection) -> std::cmp::Ordering {
     let lb = b.loo_auroc.unwrap_or(b.auroc);
     lb.total_cmp(&la)
         .then(b.auroc.total_cmp(&a.auroc))
-        .then(b.separation.total_cmp(&a.separation))
+        .then(b.margin.total_cmp(&a.margin))
         .then(a.latent.cmp(&b.latent))
 }
 
@@ -309,9 +311,10 @@ pub fn detect(
                         .1
                         .auroc
                         .total_cmp(&a.1.auroc)
-                        .then(b.1.separation.total_cmp(&a.1.separation))
+                        .then(b.1.margin.total_cmp(&a.1.margin))
                         .then(a.0.cmp(&b.0));
-                    if c == std::cmp::Ordering::Less {
+                    // c compares b against a: Greater means b is the better detector.
+                    if c == std::cmp::Ordering::Greater {
                         b
                     } else {
                         a

@@ -13,6 +13,7 @@ use crate::ops::Engine;
 use crate::stats::LatentStats;
 
 
+pub mod demo;
 pub mod detect;
 pub mod diff;
 pub mod gguf;
