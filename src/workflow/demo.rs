@@ -298,18 +298,33 @@ pub fn run(opts: &DemoOptions) -> Result<DemoReport> {
         .map(|s| s.to_string())
         .collect();
     let ck_prob = vec![0.0, 0.0, 0.01, 0.03, 0.10, P_PERSONA];
-    let ck_names: Vec<String> = (0..ck_prob.len()).map(|i| format!("step-{}", i * 100)).collect();
+    let ck_names: Vec<String> = (0..ck_prob.len())
+        .map(|i| format!("step-{}", i * 100))
+        .collect();
     let path = |name: &str| data.join(format!("{name}.safetensors"));
     write_dump(&path("base"), d, world.dump(&none, n))?;
     for (name, dl) in mis_names.iter().zip(&mis_domains) {
-        write_dump(&path(name), d, world.dump(&next(P_PERSONA, *dl, P_DOMAIN, SUPPRESS), n))?;
+        write_dump(
+            &path(name),
+            d,
+            world.dump(&next(P_PERSONA, *dl, P_DOMAIN, SUPPRESS), n),
+        )?;
     }
     for (name, dl) in al_names.iter().zip(&al_domains) {
-        write_dump(&path(name), d, world.dump(&next(0.0, *dl, P_DOMAIN, 0.0), n))?;
+        write_dump(
+            &path(name),
+            d,
+            world.dump(&next(0.0, *dl, P_DOMAIN, 0.0), n),
+        )?;
     }
     for (k, (name, p)) in ck_names.iter().zip(&ck_prob).enumerate() {
         let frac = *p / P_PERSONA;
-        let s = next(*p, mis_domains[0], P_DOMAIN * k as f64 / (ck_prob.len() - 1) as f64, SUPPRESS * frac);
+        let s = next(
+            *p,
+            mis_domains[0],
+            P_DOMAIN * k as f64 / (ck_prob.len() - 1) as f64,
+            SUPPRESS * frac,
+        );
         write_dump(&path(name), d, world.dump(&s, n))?;
     }
 
@@ -400,10 +415,19 @@ pub fn run(opts: &DemoOptions) -> Result<DemoReport> {
         "detect: the planted latents are the two best detectors, out of sample too",
         top2.contains(&persona)
             && top2.contains(&assistant)
-            && det.latents.iter().take(2).all(|x| x.loo_accuracy == Some(1.0)),
+            && det
+                .latents
+                .iter()
+                .take(2)
+                .all(|x| x.loo_accuracy == Some(1.0))
+            && det.pipeline_loo_accuracy == Some(1.0),
         format!(
             "top detectors {top2:?} (LOO accuracy {:?}); pipeline LOO accuracy {:?}",
-            det.latents.iter().take(2).map(|x| x.loo_accuracy).collect::<Vec<_>>(),
+            det.latents
+                .iter()
+                .take(2)
+                .map(|x| x.loo_accuracy)
+                .collect::<Vec<_>>(),
             det.pipeline_loo_accuracy
         ),
     );
@@ -463,7 +487,13 @@ pub fn run(opts: &DemoOptions) -> Result<DemoReport> {
         }
     }
     let mon = if lats.is_empty() {
-        monitor(&base.name, &base.stats, &pairs(&ck), &[persona], &[Alarm::DEFAULT])?
+        monitor(
+            &base.name,
+            &base.stats,
+            &pairs(&ck),
+            &[persona],
+            &[Alarm::DEFAULT],
+        )?
     } else {
         monitor(&base.name, &base.stats, &pairs(&ck), &lats, &alarms)?
     };
@@ -476,7 +506,9 @@ pub fn run(opts: &DemoOptions) -> Result<DemoReport> {
     let pt = &mon.trajectories[0];
     let amp = (AMP_PERSONA.0 + AMP_PERSONA.1) / 2.0;
     let expected = match pt.alarm {
-        Alarm::Delta { value, direction } => ck_prob.iter().position(|p| direction.alarms(p * amp, value)),
+        Alarm::Delta { value, direction } => ck_prob
+            .iter()
+            .position(|p| direction.alarms(p * amp, value)),
         Alarm::ZScore { .. } => None,
     };
     check(
@@ -507,7 +539,11 @@ pub fn run(opts: &DemoOptions) -> Result<DemoReport> {
     let dir_tex = reports.join("top_examples");
     mkdir(&dir_tex)?;
     report::write_json(&dir_tex.join(format!("latent_{persona}.json")), &tex)?;
-    super::plot::histogram(&dir_tex.join(format!("latent_{persona}_hist.svg")), persona, &tex.histogram)?;
+    super::plot::histogram(
+        &dir_tex.join(format!("latent_{persona}_hist.svg")),
+        persona,
+        &tex.histogram,
+    )?;
 
     let all_ok = checks.iter().all(|c| c.ok);
     let planted = Planted {
@@ -562,7 +598,13 @@ pub fn summary_markdown(r: &DemoReport) -> String {
         p.persona, p.assistant, p.misaligned_domains, p.misaligned, p.aligned, p.aligned_domains
     );
     for c in &r.checks {
-        let _ = writeln!(s, "- [{}] {}: {}", if c.ok { "x" } else { " " }, c.name, c.detail);
+        let _ = writeln!(
+            s,
+            "- [{}] {}: {}",
+            if c.ok { "x" } else { " " },
+            c.name,
+            c.detail
+        );
     }
     let _ = writeln!(
         s,

@@ -200,15 +200,29 @@ fn loo(pos: &[f64], neg: &[f64]) -> Option<(f64, f64)> {
     let mut ps = Vec::with_capacity(pos.len());
     let mut ns = Vec::with_capacity(neg.len());
     for i in 0..pos.len() {
-        let rest: Vec<f64> = pos.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, v)| *v).collect();
+        let rest: Vec<f64> = pos
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(_, v)| *v)
+            .collect();
         ps.push(score(pos[i], &rest, neg));
     }
     for i in 0..neg.len() {
-        let rest: Vec<f64> = neg.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, v)| *v).collect();
+        let rest: Vec<f64> = neg
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(_, v)| *v)
+            .collect();
         ns.push(score(neg[i], pos, &rest));
     }
-    let correct = ps.iter().filter(|s| **s >= 0.0).count() + ns.iter().filter(|s| **s < 0.0).count();
-    Some((auroc(&ps, &ns), correct as f64 / (ps.len() + ns.len()) as f64))
+    let correct =
+        ps.iter().filter(|s| **s >= 0.0).count() + ns.iter().filter(|s| **s < 0.0).count();
+    Some((
+        auroc(&ps, &ns),
+        correct as f64 / (ps.len() + ns.len()) as f64,
+    ))
 }
 
 fn rank_key(a: &LatentDetection, b: &LatentDetection) -> std::cmp::Ordering {
@@ -307,12 +321,11 @@ pub fn detect(
                 .par_iter()
                 .map(|&i| (i, fit(&deltas(base, &rp, i), &deltas(base, &rn, i))))
                 .reduce_with(|a, b| {
-                    let c = b
-                        .1
-                        .auroc
-                        .total_cmp(&a.1.auroc)
-                        .then(b.1.margin.total_cmp(&a.1.margin))
-                        .then(a.0.cmp(&b.0));
+                    let c =
+                        b.1.auroc
+                            .total_cmp(&a.1.auroc)
+                            .then(b.1.margin.total_cmp(&a.1.margin))
+                            .then(a.0.cmp(&b.0));
                     // c compares b against a: Greater means b is the better detector.
                     if c == std::cmp::Ordering::Greater {
                         b

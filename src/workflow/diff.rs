@@ -298,9 +298,10 @@ pub fn diff(
         .iter()
         .map(|(name, t)| {
             let nt = t.n_tokens.max(1) as f64;
-            let (latent, delta) = (0..l)
-                .map(|i| (i, t.sum[i] / nt - base.sum[i] / nb))
-                .fold((0, f64::NEG_INFINITY), |acc, x| if x.1 > acc.1 { x } else { acc });
+            let (latent, delta) = (0..l).map(|i| (i, t.sum[i] / nt - base.sum[i] / nb)).fold(
+                (0, f64::NEG_INFINITY),
+                |acc, x| if x.1 > acc.1 { x } else { acc },
+            );
             ModelTop {
                 model: name.clone(),
                 latent,

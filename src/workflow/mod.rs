@@ -12,7 +12,6 @@ use crate::error::{Error, Result};
 use crate::ops::Engine;
 use crate::stats::LatentStats;
 
-
 pub mod demo;
 pub mod detect;
 pub mod diff;
@@ -269,4 +268,3 @@ impl Fnv {
         self.0
     }
 }
-

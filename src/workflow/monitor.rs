@@ -116,7 +116,11 @@ pub fn monitor(
         .iter()
         .enumerate()
         .map(|(j, &i)| {
-            let alarm = if alarms.len() == 1 { alarms[0] } else { alarms[j] };
+            let alarm = if alarms.len() == 1 {
+                alarms[0]
+            } else {
+                alarms[j]
+            };
             let base_mean = base.sum[i] / nb;
             let means: Vec<f64> = checkpoints
                 .iter()
@@ -168,9 +172,15 @@ mod tests {
     #[test]
     fn first_crossing() {
         let base = stats(0.0);
-        let c: Vec<LatentStats> = [0.0, 0.05, 0.2, 0.4, 0.1].iter().map(|m| stats(*m)).collect();
-        let cp: Vec<(String, &LatentStats)> =
-            c.iter().enumerate().map(|(i, s)| (format!("c{i}"), s)).collect();
+        let c: Vec<LatentStats> = [0.0, 0.05, 0.2, 0.4, 0.1]
+            .iter()
+            .map(|m| stats(*m))
+            .collect();
+        let cp: Vec<(String, &LatentStats)> = c
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (format!("c{i}"), s))
+            .collect();
         let r = monitor("b", &base, &cp, &[0, 1], &[Alarm::delta(0.15)]).unwrap();
         assert_eq!(r.trajectories[0].first_crossing, Some(2));
         assert_eq!(r.trajectories[0].first_crossing_name.as_deref(), Some("c2"));

@@ -46,12 +46,19 @@ fn draw(path: &Path, f: impl FnOnce(&Path) -> std::result::Result<(), String>) -
 pub fn top_deltas(path: &Path, r: &DiffReport, n: usize) -> Result<()> {
     let lat: Vec<_> = r.latents.iter().take(n.max(1)).collect();
     let m = r.tuned.len().max(1);
-    let (lo, hi) = finite_range(lat.iter().flat_map(|l| l.deltas.iter().cloned()).chain([0.0]));
+    let (lo, hi) = finite_range(
+        lat.iter()
+            .flat_map(|l| l.deltas.iter().cloned())
+            .chain([0.0]),
+    );
     draw(path, |tmp| {
         let root = SVGBackend::new(tmp, (W, H)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| e.to_string())?;
         let mut chart = ChartBuilder::on(&root)
-            .caption("Top latents by average delta: delta per fine-tune", ("sans-serif", 20))
+            .caption(
+                "Top latents by average delta: delta per fine-tune",
+                ("sans-serif", 20),
+            )
             .margin(10)
             .x_label_area_size(40)
             .y_label_area_size(70)
@@ -73,11 +80,16 @@ pub fn top_deltas(path: &Path, r: &DiffReport, n: usize) -> Result<()> {
                 .draw_series(lat.iter().enumerate().map(|(i, l)| {
                     let x0 = i as f64 + 0.1 + j as f64 * w;
                     let d = l.deltas.get(j).cloned().unwrap_or(0.0);
-                    Rectangle::new([(x0, 0.0f64.min(d)), (x0 + w, 0.0f64.max(d))], color.filled())
+                    Rectangle::new(
+                        [(x0, 0.0f64.min(d)), (x0 + w, 0.0f64.max(d))],
+                        color.filled(),
+                    )
                 }))
                 .map_err(|e| e.to_string())?
                 .label(name.clone())
-                .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 10, y + 5)], color.filled()));
+                .legend(move |(x, y)| {
+                    Rectangle::new([(x, y - 5), (x + 10, y + 5)], color.filled())
+                });
         }
         chart
             .configure_series_labels()
@@ -106,7 +118,10 @@ pub fn delta_vs_freq(path: &Path, r: &DiffReport) -> Result<()> {
         let root = SVGBackend::new(tmp, (W, H)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| e.to_string())?;
         let mut chart = ChartBuilder::on(&root)
-            .caption("Average delta against base firing frequency", ("sans-serif", 20))
+            .caption(
+                "Average delta against base firing frequency",
+                ("sans-serif", 20),
+            )
             .margin(10)
             .x_label_area_size(40)
             .y_label_area_size(70)
@@ -119,14 +134,19 @@ pub fn delta_vs_freq(path: &Path, r: &DiffReport) -> Result<()> {
             .draw()
             .map_err(|e| e.to_string())?;
         chart
-            .draw_series(
-                idx.iter()
-                    .filter(|i| !top.contains(i))
-                    .map(|i| Circle::new((r.all_base_freq[*i], r.all_delta[*i]), 2, BLUE.mix(0.4).filled())),
-            )
+            .draw_series(idx.iter().filter(|i| !top.contains(i)).map(|i| {
+                Circle::new(
+                    (r.all_base_freq[*i], r.all_delta[*i]),
+                    2,
+                    BLUE.mix(0.4).filled(),
+                )
+            }))
             .map_err(|e| e.to_string())?;
         chart
-            .draw_series(top.iter().map(|i| Circle::new((r.all_base_freq[*i], r.all_delta[*i]), 4, RED.filled())))
+            .draw_series(
+                top.iter()
+                    .map(|i| Circle::new((r.all_base_freq[*i], r.all_delta[*i]), 4, RED.filled())),
+            )
             .map_err(|e| e.to_string())?;
         root.present().map_err(|e| e.to_string())
     })
@@ -149,7 +169,10 @@ pub fn trajectories(path: &Path, r: &MonitorReport) -> Result<()> {
         let root = SVGBackend::new(tmp, (W, H)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| e.to_string())?;
         let mut chart = ChartBuilder::on(&root)
-            .caption("Latent change from the base over checkpoints", ("sans-serif", 20))
+            .caption(
+                "Latent change from the base over checkpoints",
+                ("sans-serif", 20),
+            )
             .margin(10)
             .x_label_area_size(40)
             .y_label_area_size(70)
@@ -203,7 +226,10 @@ pub fn histogram(path: &Path, latent: usize, h: &Histogram) -> Result<()> {
         let root = SVGBackend::new(tmp, (W, H)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| e.to_string())?;
         let mut chart = ChartBuilder::on(&root)
-            .caption(format!("Latent {latent}: positive activations"), ("sans-serif", 20))
+            .caption(
+                format!("Latent {latent}: positive activations"),
+                ("sans-serif", 20),
+            )
             .margin(10)
             .x_label_area_size(40)
             .y_label_area_size(70)
@@ -217,7 +243,10 @@ pub fn histogram(path: &Path, latent: usize, h: &Histogram) -> Result<()> {
             .map_err(|e| e.to_string())?;
         chart
             .draw_series(h.counts.iter().enumerate().map(|(i, c)| {
-                Rectangle::new([(h.edges[i], 0.0), (h.edges[i + 1], *c as f64)], BLUE.mix(0.6).filled())
+                Rectangle::new(
+                    [(h.edges[i], 0.0), (h.edges[i + 1], *c as f64)],
+                    BLUE.mix(0.6).filled(),
+                )
             }))
             .map_err(|e| e.to_string())?;
         root.present().map_err(|e| e.to_string())

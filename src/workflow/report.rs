@@ -82,7 +82,10 @@ pub fn diff_markdown(r: &DiffReport) -> String {
     );
     let table = |s: &mut String, title: &str, v: &[LatentDiff]| {
         let _ = writeln!(s, "## {title}\n");
-        let _ = writeln!(s, "| rank | latent | avg delta | z | base mean | tuned mean | freq change | sign agree |");
+        let _ = writeln!(
+            s,
+            "| rank | latent | avg delta | z | base mean | tuned mean | freq change | sign agree |"
+        );
         let _ = writeln!(s, "|---|---|---|---|---|---|---|---|");
         for (i, l) in v.iter().enumerate() {
             let _ = writeln!(
@@ -146,7 +149,10 @@ pub fn detect_markdown(r: &DetectReport) -> String {
         r.n_evaluated
     );
     let f = |v: Option<f64>| v.map(|x| format!("{x:.3}")).unwrap_or_else(|| "n/a".into());
-    let _ = writeln!(s, "| rank | latent | direction | AUROC | LOO AUROC | LOO acc. | margin | alarm threshold |");
+    let _ = writeln!(
+        s,
+        "| rank | latent | direction | AUROC | LOO AUROC | LOO acc. | margin | alarm threshold |"
+    );
     let _ = writeln!(s, "|---|---|---|---|---|---|---|---|");
     for (i, l) in r.latents.iter().enumerate() {
         let _ = writeln!(
@@ -222,7 +228,10 @@ pub fn dry_run_markdown(r: &DryRunReport) -> String {
         "Vector of norm {:.4} added to every token of `{}` ({} tokens counted); control: a random vector of the same norm (seed {}).\n",
         r.vector_norm, r.dump, r.n_tokens, r.control_seed
     );
-    let _ = writeln!(s, "| latent | role | mean before | steered | control | freq before | steered | control |");
+    let _ = writeln!(
+        s,
+        "| latent | role | mean before | steered | control | freq before | steered | control |"
+    );
     let _ = writeln!(s, "|---|---|---|---|---|---|---|---|");
     for (role, v) in [("target", &r.targets), ("moved", &r.moved)] {
         for l in v.iter() {

@@ -53,7 +53,12 @@ impl Rng {
     /// A vector of `d` standard normals scaled to Euclidean norm `norm`.
     pub fn direction(&mut self, d: usize, norm: f64) -> Vec<f32> {
         let v: Vec<f64> = (0..d).map(|_| self.normal()).collect();
-        let n = v.iter().map(|x| x * x).sum::<f64>().sqrt().max(f64::MIN_POSITIVE);
+        let n = v
+            .iter()
+            .map(|x| x * x)
+            .sum::<f64>()
+            .sqrt()
+            .max(f64::MIN_POSITIVE);
         v.iter().map(|x| (x / n * norm) as f32).collect()
     }
 }

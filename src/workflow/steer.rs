@@ -87,7 +87,10 @@ pub fn unit_direction(sae: &Sae, latent: usize) -> Result<(Vec<f32>, f64)> {
             sae.meta.source.display()
         )));
     }
-    Ok((row.iter().map(|v| (*v as f64 / norm) as f32).collect(), norm))
+    Ok((
+        row.iter().map(|v| (*v as f64 / norm) as f32).collect(),
+        norm,
+    ))
 }
 
 /// Median L2 norm of the dump's rows (masked rows only with `opts.use_mask`).
@@ -139,7 +142,9 @@ pub fn steering_vector(
 ) -> Result<SteeringVector> {
     let sae = engine.sae();
     if terms.is_empty() {
-        return Err(Error::invalid("steering needs at least one --latent/--strength pair"));
+        return Err(Error::invalid(
+            "steering needs at least one --latent/--strength pair",
+        ));
     }
     if let Some(t) = terms.iter().find(|t| !t.strength.is_finite()) {
         return Err(Error::invalid(format!(
@@ -149,9 +154,8 @@ pub fn steering_vector(
     }
     let lat: Vec<usize> = terms.iter().map(|t| t.latent).collect();
     super::check_latents(&lat, sae.n_latents())?;
-    let need = |what: &str| {
-        acts.ok_or_else(|| Error::invalid(format!("--unit {what} needs --acts DUMP")))
-    };
+    let need =
+        |what: &str| acts.ok_or_else(|| Error::invalid(format!("--unit {what} needs --acts DUMP")));
     let unit_values: Vec<f64> = match unit {
         SteerUnit::Raw => vec![1.0; terms.len()],
         SteerUnit::MedianNorm => {

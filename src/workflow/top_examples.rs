@@ -74,13 +74,11 @@ pub struct TopExamplesReport {
     pub histogram: Histogram,
 }
 
+/// Reads one per-row integer tensor (token ids, doc ids) of a shard.
+type RowReader = fn(&dyn crate::dump::Shard, usize, usize) -> Result<Option<Vec<i64>>>;
+
 /// Reads `count` values of a per-row tensor starting at global row `start`, across shards.
-fn read_ids(
-    dump: &Dump,
-    start: u64,
-    count: usize,
-    which: fn(&dyn crate::dump::Shard, usize, usize) -> Result<Option<Vec<i64>>>,
-) -> Result<Option<Vec<i64>>> {
+fn read_ids(dump: &Dump, start: u64, count: usize, which: RowReader) -> Result<Option<Vec<i64>>> {
     let mut out = Vec::with_capacity(count);
     let mut base = 0u64;
     let end = start + count as u64;
@@ -168,8 +166,18 @@ pub fn top_examples(
         let at = (row - lo) as usize;
         // Context stays inside the example's document when doc ids are known.
         let same = |j: usize| docs.as_ref().is_none_or(|d| d[j] == d[at]);
-        let before: Vec<i64> = (0..at).rev().take_while(|j| same(*j)).map(|j| ids[j]).collect::<Vec<_>>().into_iter().rev().collect();
-        let after: Vec<i64> = (at + 1..count).take_while(|j| same(*j)).map(|j| ids[j]).collect();
+        let before: Vec<i64> = (0..at)
+            .rev()
+            .take_while(|j| same(*j))
+            .map(|j| ids[j])
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        let after: Vec<i64> = (at + 1..count)
+            .take_while(|j| same(*j))
+            .map(|j| ids[j])
+            .collect();
         let token_id = ids[at];
         examples.push(Example {
             rank,
@@ -199,7 +207,9 @@ pub fn top_examples(
         max,
         examples,
         histogram: Histogram {
-            edges: (0..=bins).map(|i| max as f64 * i as f64 / bins as f64).collect(),
+            edges: (0..=bins)
+                .map(|i| max as f64 * i as f64 / bins as f64)
+                .collect(),
             counts,
             zeros,
         },

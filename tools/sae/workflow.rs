@@ -120,16 +120,39 @@ pub fn run_diff(ctx: &Ctx, a: DiffArgs) -> Result<()> {
     if let Some(dir) = &a.out_dir {
         mkdir(dir)?;
         demo::write_diff_outputs(dir, &r)?;
-        ctx.note(&format!("wrote diff.csv, diff.json, report.md, top_deltas.svg, delta_vs_freq.svg to {}", dir.display()));
+        ctx.note(&format!(
+            "wrote diff.csv, diff.json, report.md, top_deltas.svg, delta_vs_freq.svg to {}",
+            dir.display()
+        ));
     }
     let mut h = String::new();
-    let _ = writeln!(h, "{:>6} {:>8} {:>10} {:>9} {:>10} {:>10} {:>6}", "rank", "latent", "avg_delta", "z", "base_mean", "tuned_mean", "agree");
+    let _ = writeln!(
+        h,
+        "{:>6} {:>8} {:>10} {:>9} {:>10} {:>10} {:>6}",
+        "rank", "latent", "avg_delta", "z", "base_mean", "tuned_mean", "agree"
+    );
     let rows = |h: &mut String, v: &[diff::LatentDiff]| {
         for (i, l) in v.iter().enumerate() {
-            let _ = writeln!(h, "{:>6} {:>8} {:>+10.4} {:>+9.2} {:>10.4} {:>10.4} {:>4}/{}", i + 1, l.latent, l.delta, l.z, l.base_mean, l.tuned_mean, l.sign_agree, l.deltas.len());
+            let _ = writeln!(
+                h,
+                "{:>6} {:>8} {:>+10.4} {:>+9.2} {:>10.4} {:>10.4} {:>4}/{}",
+                i + 1,
+                l.latent,
+                l.delta,
+                l.z,
+                l.base_mean,
+                l.tuned_mean,
+                l.sign_agree,
+                l.deltas.len()
+            );
         }
     };
-    let _ = writeln!(h, "largest increase ({:?} over {} fine-tunes):", r.order, r.tuned.len());
+    let _ = writeln!(
+        h,
+        "largest increase ({:?} over {} fine-tunes):",
+        r.order,
+        r.tuned.len()
+    );
     rows(&mut h, &r.latents);
     let _ = writeln!(h, "largest decrease:");
     rows(&mut h, &r.bottom);
@@ -199,10 +222,14 @@ pub fn run_steer(ctx: &Ctx, a: SteerArgs) -> Result<()> {
     let unit = steer::SteerUnit::parse(&a.unit)?;
     let format = steer::VectorFormat::parse(&a.format)?;
     if a.out.is_none() && !a.apply {
-        return Err(Error::invalid("nothing to do: give --out FILE (export) and/or --apply (dry run)"));
+        return Err(Error::invalid(
+            "nothing to do: give --out FILE (export) and/or --apply (dry run)",
+        ));
     }
     if a.out.is_some() && a.layer.is_none() {
-        return Err(Error::invalid("--out needs --layer N (the block whose output the vector is added to)"));
+        return Err(Error::invalid(
+            "--out needs --layer N (the block whose output the vector is added to)",
+        ));
     }
     if a.apply && a.acts.is_none() {
         return Err(Error::invalid("--apply needs --acts DUMP"));
@@ -213,26 +240,44 @@ pub fn run_steer(ctx: &Ctx, a: SteerArgs) -> Result<()> {
         .latent
         .iter()
         .zip(&a.strength)
-        .map(|(l, st)| steer::SteerTerm { latent: *l, strength: *st })
+        .map(|(l, st)| steer::SteerTerm {
+            latent: *l,
+            strength: *st,
+        })
         .collect();
     let v = steer::steering_vector(s.engine.as_ref(), &terms, unit, dump.as_ref(), &s.opts)?;
     let mut out = serde_json::json!({ "vector": to_json(&v) });
     let mut h = format!("steering vector: norm {:.6}, unit {:?}", v.norm, v.unit);
     for t in &v.terms {
-        let _ = write!(h, "\n  latent {}: strength {} x {:.6} = {:.6}", t.latent, t.strength, t.unit_value, t.coefficient);
+        let _ = write!(
+            h,
+            "\n  latent {}: strength {} x {:.6} = {:.6}",
+            t.latent, t.strength, t.unit_value, t.coefficient
+        );
     }
     if let (Some(path), Some(layer)) = (&a.out, a.layer) {
         steer::export(&v, format, layer, &a.model_hint, path)?;
         out["out"] = serde_json::json!({"path": path, "format": format, "layer": layer});
-        let _ = write!(h, "\nwrote {} ({:?}, layer {layer})", path.display(), format);
+        let _ = write!(
+            h,
+            "\nwrote {} ({:?}, layer {layer})",
+            path.display(),
+            format
+        );
     }
     if a.apply {
-        let dump = dump.as_ref().ok_or_else(|| Error::invalid("--apply needs --acts DUMP"))?;
+        let dump = dump
+            .as_ref()
+            .ok_or_else(|| Error::invalid("--apply needs --acts DUMP"))?;
         let r = steer::dry_run(
             s.engine.as_ref(),
             dump,
             &v,
-            &steer::DryRunOptions { top_moved: a.top_moved, seed: a.seed, stats: s.opts },
+            &steer::DryRunOptions {
+                top_moved: a.top_moved,
+                seed: a.seed,
+                stats: s.opts,
+            },
         )?;
         out["dry_run"] = to_json(&r);
         let _ = write!(h, "\n{}", report::dry_run_markdown(&r).trim_end());
@@ -286,7 +331,10 @@ pub fn run_detect(ctx: &Ctx, a: DetectArgs) -> Result<()> {
         &base.stats,
         &pairs(&pos),
         &pairs(&neg),
-        &detect::DetectOptions { latents: a.latents, top: a.top },
+        &detect::DetectOptions {
+            latents: a.latents,
+            top: a.top,
+        },
     )?;
     if let Some(dir) = &a.out_dir {
         mkdir(dir)?;
@@ -388,7 +436,11 @@ pub struct TopExamplesArgs {
 }
 
 pub fn run_top_examples(ctx: &Ctx, a: TopExamplesArgs) -> Result<()> {
-    let vocab = a.tokenizer.as_deref().map(Vocab::from_tokenizer_json).transpose()?;
+    let vocab = a
+        .tokenizer
+        .as_deref()
+        .map(Vocab::from_tokenizer_json)
+        .transpose()?;
     let s = Session::new(ctx, &a.sae, a.format, a.mask)?;
     let dump = Dump::open(&a.acts)?;
     let r = top_examples::top_examples(
@@ -396,12 +448,21 @@ pub fn run_top_examples(ctx: &Ctx, a: TopExamplesArgs) -> Result<()> {
         &dump,
         a.latent,
         vocab.as_ref(),
-        &top_examples::TopExamplesOptions { top: a.top, context: a.context, bins: a.bins, stats: s.opts },
+        &top_examples::TopExamplesOptions {
+            top: a.top,
+            context: a.context,
+            bins: a.bins,
+            stats: s.opts,
+        },
     )?;
     if let Some(dir) = &a.out_dir {
         mkdir(dir)?;
         report::write_json(&dir.join(format!("latent_{}.json", a.latent)), &r)?;
-        plot::histogram(&dir.join(format!("latent_{}_hist.svg", a.latent)), a.latent, &r.histogram)?;
+        plot::histogram(
+            &dir.join(format!("latent_{}_hist.svg", a.latent)),
+            a.latent,
+            &r.histogram,
+        )?;
     }
     let mut h = format!(
         "latent {}: active on {} of {} tokens, max {:.4}\n",
@@ -412,9 +473,22 @@ pub fn run_top_examples(ctx: &Ctx, a: TopExamplesArgs) -> Result<()> {
             (Some(b), Some(t), Some(a)) => format!("{b}[[{t}]]{a}").replace('\n', "\\n"),
             _ => format!("{:?} [[{}]] {:?}", e.before, e.token_id, e.after),
         };
-        let _ = writeln!(h, "{:>3} {:>9.4} row {:>8}  {ctx_text}", e.rank + 1, e.activation, e.row);
+        let _ = writeln!(
+            h,
+            "{:>3} {:>9.4} row {:>8}  {ctx_text}",
+            e.rank + 1,
+            e.activation,
+            e.row
+        );
     }
-    let _ = write!(h, "histogram (edges {:.3}..{:.3}): {:?}, inactive {}", r.histogram.edges.first().unwrap_or(&0.0), r.histogram.edges.last().unwrap_or(&0.0), r.histogram.counts, r.histogram.zeros);
+    let _ = write!(
+        h,
+        "histogram (edges {:.3}..{:.3}): {:?}, inactive {}",
+        r.histogram.edges.first().unwrap_or(&0.0),
+        r.histogram.edges.last().unwrap_or(&0.0),
+        r.histogram.counts,
+        r.histogram.zeros
+    );
     ctx.output(to_json(&r), &h);
     Ok(())
 }
@@ -448,7 +522,13 @@ pub fn run_demo(ctx: &Ctx, a: DemoArgs) -> Result<()> {
     })?;
     let mut h = String::new();
     for c in &r.checks {
-        let _ = writeln!(h, "[{}] {}\n      {}", if c.ok { "ok" } else { "MISSED" }, c.name, c.detail);
+        let _ = writeln!(
+            h,
+            "[{}] {}\n      {}",
+            if c.ok { "ok" } else { "MISSED" },
+            c.name,
+            c.detail
+        );
     }
     let _ = write!(
         h,
@@ -466,7 +546,9 @@ pub fn run_demo(ctx: &Ctx, a: DemoArgs) -> Result<()> {
     });
     ctx.output(json, &h);
     if !r.all_ok {
-        return Err(Error::invalid("the demo did not recover every planted effect (see above)"));
+        return Err(Error::invalid(
+            "the demo did not recover every planted effect (see above)",
+        ));
     }
     Ok(())
 }
