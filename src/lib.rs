@@ -6,6 +6,7 @@
 //! - [`stats`]: per-latent statistics that merge exactly across shards.
 //! - [`io`]: codes and statistics files.
 //! - [`pipeline`]: streaming loops over whole dumps (encode to a codes file, statistics, decode).
+//! - [`workflow`]: the audit workflow: diff, steer, detect, monitor, top examples, demo.
 
 pub mod codes;
 pub mod convert;
@@ -21,6 +22,7 @@ pub mod ops;
 pub mod pipeline;
 pub mod sae;
 pub mod stats;
+pub mod workflow;
 
 pub use codes::{Codes, Denorm, Encoded};
 pub use dtype::DType;
