@@ -6,6 +6,7 @@
 //! - [`stats`]: per-latent statistics that merge exactly across shards.
 //! - [`io`]: codes and statistics files.
 //! - [`pipeline`]: streaming loops over whole dumps (encode to a codes file, statistics, decode).
+//! - [`scaleout`]: per-shard statistics fanned out over several devices, resumable.
 
 pub mod codes;
 pub mod cpu;
@@ -19,6 +20,7 @@ pub mod matrix;
 pub mod ops;
 pub mod pipeline;
 pub mod sae;
+pub mod scaleout;
 pub mod stats;
 
 pub use codes::{Codes, Denorm, Encoded};
