@@ -84,9 +84,7 @@ impl Devices {
                     .parse()
                     .map_err(|_| bad(&format!("`{item}` is not cpu:N")))?;
                 if n == 0 || n > MAX_CPU_WORKERS {
-                    return Err(bad(&format!(
-                        "`{item}`: N must be 1..={MAX_CPU_WORKERS}"
-                    )));
+                    return Err(bad(&format!("`{item}`: N must be 1..={MAX_CPU_WORKERS}")));
                 }
                 kinds.extend(std::iter::repeat_n(BackendKind::Cpu, n));
             } else {

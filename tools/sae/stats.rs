@@ -211,7 +211,9 @@ fn fan_out(
         )));
     }
     for line in report.device_setup_failures() {
-        ctx.note(&format!("warning: {line} (its share went to the other devices)"));
+        ctx.note(&format!(
+            "warning: {line} (its share went to the other devices)"
+        ));
     }
     let s = job.merge_into(out)?;
     if !keep_units {
