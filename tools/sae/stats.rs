@@ -252,7 +252,7 @@ fn device_lines(r: &FanOutReport) -> String {
                 _ => String::new(),
             };
             format!(
-                "\n  {}: {} shard files, {} rows, {:.0} rows/s ({}){state}",
+                "\n  {}: {} shards, {} rows, {:.0} rows/s ({}){state}",
                 w.device,
                 w.units,
                 w.rows,
