@@ -40,7 +40,7 @@ use std::collections::HashSet;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use crate::codes::{Codes, Denorm, Encoded};
@@ -139,16 +139,62 @@ impl Devices {
     }
 }
 
-/// One unit of work: a shard file and its position in the whole dump.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+/// One unit of work: a shard and its position in the whole dump.
+#[derive(Clone, serde::Serialize)]
 pub struct Unit {
-    /// 0-based position of the shard file in the dump (name order), independent of `--shard`.
+    /// 0-based position of the shard in the dump (read order), independent of `--shard`.
     pub index: usize,
-    /// The shard file.
+    /// The shard's file.
     pub path: PathBuf,
+    /// The shard when it was opened up front (layouts only `Dump::open` understands);
+    /// else the file is opened by its extension when the unit runs.
+    #[serde(skip)]
+    opened: Option<Arc<dyn Shard>>,
+}
+
+impl std::fmt::Debug for Unit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Unit")
+            .field("index", &self.index)
+            .field("path", &self.path)
+            .field("opened", &self.opened.is_some())
+            .finish()
+    }
+}
+
+impl PartialEq for Unit {
+    fn eq(&self, other: &Unit) -> bool {
+        self.index == other.index && self.path == other.path
+    }
 }
 
 impl Unit {
+    /// A shard file (`.npy`, `.safetensors`) opened only when the unit runs.
+    pub fn file(index: usize, path: PathBuf) -> Unit {
+        Unit {
+            index,
+            path,
+            opened: None,
+        }
+    }
+
+    /// An already-opened shard.
+    pub fn opened(index: usize, shard: Box<dyn Shard>) -> Unit {
+        Unit {
+            index,
+            path: shard.path().to_path_buf(),
+            opened: Some(Arc::from(shard)),
+        }
+    }
+
+    /// The unit's shard, opening its file if it was not opened up front.
+    pub fn open(&self) -> Result<Box<dyn Shard>> {
+        match &self.opened {
+            Some(s) => Ok(Box::new(SharedShard(s.clone()))),
+            None => open_shard(&self.path),
+        }
+    }
+
     /// File name of this unit's statistics inside the work directory.
     pub fn stats_file_name(&self) -> String {
         let stem = self
@@ -160,13 +206,47 @@ impl Unit {
     }
 }
 
-/// The shard files of a dump as units, in the order `Dump::open` reads them (a file is
-/// one unit; a directory gives its `.npy` / `.safetensors` files in name order). With
-/// `shard = Some((i, n))`, only files `i, i + n, ...` (as `sae stats --shard I/N`).
-/// Shards are not opened here, so one damaged shard fails only its own unit.
+/// A shard shared between the plan and a worker (`Dump::from_shards` wants a box).
+struct SharedShard(Arc<dyn Shard>);
+
+impl Shard for SharedShard {
+    fn path(&self) -> &Path {
+        self.0.path()
+    }
+    fn n_rows(&self) -> usize {
+        self.0.n_rows()
+    }
+    fn width(&self) -> usize {
+        self.0.width()
+    }
+    fn dtype(&self) -> crate::dtype::DType {
+        self.0.dtype()
+    }
+    fn read_rows(&self, start: usize, count: usize, out: &mut [f32]) -> Result<()> {
+        self.0.read_rows(start, count, out)
+    }
+    fn token_ids(&self, start: usize, count: usize) -> Result<Option<Vec<i64>>> {
+        self.0.token_ids(start, count)
+    }
+    fn doc_ids(&self, start: usize, count: usize) -> Result<Option<Vec<i64>>> {
+        self.0.doc_ids(start, count)
+    }
+    fn mask(&self, start: usize, count: usize) -> Result<Option<Vec<u8>>> {
+        self.0.mask(start, count)
+    }
+    fn release(&self, end: usize) {
+        self.0.release(end)
+    }
+}
+
+/// The shards of a dump as units, in the order `Dump::open` reads them. A directory
+/// of `.npy` / `.safetensors` files (or one such file) gives one unit per file, opened
+/// only when it runs, so one damaged shard fails only its own unit; any other layout
+/// `Dump::open` understands is opened up front. With `shard = Some((i, n))`, only
+/// shards `i, i + n, ...` (as `sae stats --shard I/N`).
 pub fn shard_units(acts: &Path, shard: Option<(usize, usize)>) -> Result<Vec<Unit>> {
     let meta = std::fs::metadata(acts).map_err(|e| Error::io(acts, e))?;
-    let files = if meta.is_dir() {
+    let units = if meta.is_dir() {
         // Same filter and order as Dump::open, so unit indices match shard indices.
         let mut files: Vec<PathBuf> = std::fs::read_dir(acts)
             .map_err(|e| Error::io(acts, e))?
@@ -180,32 +260,46 @@ pub fn shard_units(acts: &Path, shard: Option<(usize, usize)>) -> Result<Vec<Uni
             .collect();
         files.sort();
         if files.is_empty() {
-            return Err(Error::missing(
-                acts,
-                "activation shards (.npy or .safetensors files) in this directory",
-            ));
+            return units_of_dump(Dump::open(acts)?, shard);
         }
         files
+            .into_iter()
+            .enumerate()
+            .map(|(i, p)| Unit::file(i, p))
+            .collect()
     } else {
-        vec![acts.to_path_buf()]
+        vec![Unit::file(0, acts.to_path_buf())]
     };
-    let total = files.len();
-    let units: Vec<Unit> = files
+    select(acts, units, shard)
+}
+
+/// The shards of an opened dump as units (see [`shard_units`]).
+pub fn units_of_dump(dump: Dump, shard: Option<(usize, usize)>) -> Result<Vec<Unit>> {
+    let path = dump.path().to_path_buf();
+    let units = dump
+        .into_shards()
         .into_iter()
         .enumerate()
-        .map(|(index, path)| Unit { index, path })
-        .filter(|u| shard.is_none_or(|(i, n)| n > 0 && u.index % n == i))
+        .map(|(i, s)| Unit::opened(i, s))
         .collect();
-    if let Some((i, n)) = shard {
-        if n == 0 || i >= n {
-            return Err(Error::invalid(format!("shard {i}/{n}: need 0 <= I < N")));
-        }
-        if units.is_empty() {
-            return Err(Error::invalid(format!(
-                "{}: shard {i}/{n} selects no file (the dump has {total} shard files)",
-                acts.display()
-            )));
-        }
+    select(&path, units, shard)
+}
+
+/// Keeps units `i, i + n, ...` of `Some((i, n))`.
+fn select(acts: &Path, units: Vec<Unit>, shard: Option<(usize, usize)>) -> Result<Vec<Unit>> {
+    let Some((i, n)) = shard else {
+        return Ok(units);
+    };
+    if n == 0 || i >= n {
+        return Err(Error::invalid(format!("shard {i}/{n}: need 0 <= I < N")));
+    }
+    let total = units.len();
+    let units: Vec<Unit> = units.into_iter().filter(|u| u.index % n == i).collect();
+    if units.is_empty() {
+        return Err(Error::invalid(format!(
+            "{}: shard {i}/{n} selects no file (the dump has {total} shard files)",
+            acts.display()
+        )));
     }
     Ok(units)
 }
@@ -388,7 +482,7 @@ impl<'a> StatsJob<'a> {
                     }
                     // A shard that does not open contributes no rows to the progress
                     // total; its unit fails in a worker with the real error.
-                    pending_rows += open_shard(&u.path).map_or(0, |s| s.n_rows() as u64);
+                    pending_rows += u.open().map_or(0, |s| s.n_rows() as u64);
                     pending.push(pos);
                 }
             }
@@ -545,7 +639,7 @@ fn reusable(
         Err(_) => return Err(None),
     };
     let stale = |why: String| Err(Some(why));
-    let shard = match open_shard(&unit.path) {
+    let shard = match unit.open() {
         Ok(s) => s,
         Err(e) => return stale(format!("its shard does not open: {e}")),
     };
@@ -737,7 +831,7 @@ fn compute_unit(
     job: &StatsJob<'_>,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<u64> {
-    let shard = open_shard(&unit.path)?;
+    let shard = unit.open()?;
     let dump = Dump::from_shards(&unit.path, vec![shard])?;
     let stats = crate::pipeline::stats_of_dump(
         engine,
@@ -817,14 +911,8 @@ mod tests {
 
     #[test]
     fn unit_file_names_sort_by_index() {
-        let a = Unit {
-            index: 2,
-            path: "d/acts_b.safetensors".into(),
-        };
-        let b = Unit {
-            index: 10,
-            path: "d/acts_a.npy".into(),
-        };
+        let a = Unit::file(2, "d/acts_b.safetensors".into());
+        let b = Unit::file(10, "d/acts_a.npy".into());
         assert_eq!(a.stats_file_name(), "shard-00002-acts_b.stats.safetensors");
         assert!(a.stats_file_name() < b.stats_file_name());
     }

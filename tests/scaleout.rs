@@ -13,7 +13,9 @@ use sae_engine::codes::{Codes, Denorm, Encoded};
 use sae_engine::cpu::reference::SaeBuilder;
 use sae_engine::io::mapped::{write_safetensors, OwnedTensor};
 use sae_engine::io::npy::NpyDtype;
-use sae_engine::scaleout::{shard_units, Devices, FanOutOptions, FanOutReport, StatsJob};
+use sae_engine::scaleout::{
+    shard_units, units_of_dump, Devices, FanOutOptions, FanOutReport, StatsJob,
+};
 use sae_engine::{
     Activation, BackendKind, Dump, Engine, EngineOptions, Error, LatentStats, Result, Sae,
 };
@@ -217,6 +219,30 @@ fn fan_out_equals_single_pass_with_and_without_mask() {
         job.remove_unit_files().unwrap();
         assert!(!work.exists());
     }
+}
+
+#[test]
+fn units_of_an_opened_dump_equal_single_pass() {
+    // Layouts only Dump::open understands become units of already-opened shards.
+    let dir = tempfile::tempdir().unwrap();
+    let dump = write_dump(&dir.path().join("dump"));
+    let sae = Arc::new(test_sae(0.0));
+    let units = units_of_dump(Dump::open(&dump).unwrap(), Some((0, 2))).unwrap();
+    assert_eq!(
+        units.iter().map(|u| u.index).collect::<Vec<_>>(),
+        vec![0, 2, 4]
+    );
+    let mut units = units;
+    units.extend(units_of_dump(Dump::open(&dump).unwrap(), Some((1, 2))).unwrap());
+    let work = dir.path().join("work");
+    let job = StatsJob::plan(&sae, units.clone(), options(&work, 2, true)).unwrap();
+    let report = job.run(&|_| cpu_engine(&sae), &|_| {});
+    assert!(report.ok(), "{:?}", report.failure_lines());
+    assert_eq!(report.computed, all_indices());
+    assert_same_stats(&job.merge().unwrap(), &single_pass(&sae, &dump, true));
+    // Resume works the same for opened shards.
+    let job = StatsJob::plan(&sae, units, options(&work, 2, true)).unwrap();
+    assert!(job.pending().is_empty());
 }
 
 #[test]
