@@ -4,9 +4,9 @@
 //! - [`dump`]: stream activation dumps (npy / safetensors shards) with bounded memory.
 //! - [`ops`]: the backend-agnostic engine (encode, decode, statistics) over [`cpu`] and [`cuda`].
 //! - [`stats`]: per-latent statistics that merge exactly across shards.
+//! - [`scaleout`]: per-shard statistics fanned out over several devices, resumable.
 //! - [`io`]: codes and statistics files.
 //! - [`pipeline`]: streaming loops over whole dumps (encode to a codes file, statistics, decode).
-//! - [`scaleout`]: per-shard statistics fanned out over several devices, resumable.
 
 pub mod codes;
 pub mod cpu;
