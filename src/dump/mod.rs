@@ -146,6 +146,10 @@ impl Dump {
     pub fn shards(&self) -> &[Box<dyn Shard>] {
         &self.shards
     }
+    /// The shards in read order, giving up the dump (e.g. to hand them to several workers).
+    pub fn into_shards(self) -> Vec<Box<dyn Shard>> {
+        self.shards
+    }
 
     /// Keeps shards `i, i + n, i + 2n, ...` (0-based `i` of `n`): the unit a cluster job
     /// array fans out. Errors if `i >= n` or the selection is empty.

@@ -71,10 +71,7 @@ impl Ctx {
     /// Builds the engine the flags ask for. `auto` with `--device N` tries that CUDA
     /// device and falls back to the CPU when CUDA cannot run here.
     pub fn engine(&self, sae: Arc<Sae>) -> Result<Box<dyn Engine>> {
-        let mut opts = EngineOptions::default();
-        if let Some(t) = self.g.tile_latents {
-            opts.tile_latents = t as usize;
-        }
+        let opts = self.engine_options();
         let device = self.g.device.unwrap_or(0);
         let kind = BackendKind::parse(&self.g.backend, device)?;
         let engine = match kind {
@@ -90,6 +87,15 @@ impl Ctx {
         }?;
         self.note(&format!("backend: {}", engine.name()));
         Ok(engine)
+    }
+
+    /// Engine options from the flags (--tile-latents).
+    pub fn engine_options(&self) -> EngineOptions {
+        let mut opts = EngineOptions::default();
+        if let Some(t) = self.g.tile_latents {
+            opts.tile_latents = t as usize;
+        }
+        opts
     }
 
     /// A line on stderr for a person watching (not with --quiet or --json).

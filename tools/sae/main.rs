@@ -9,6 +9,7 @@ mod decode;
 mod encode;
 mod inspect;
 mod stats;
+mod workflow;
 
 use std::process::ExitCode;
 
@@ -18,7 +19,7 @@ use clap::Parser;
 #[command(
     name = "sae",
     version,
-    about = "Sparse autoencoders at audit scale: inspect, encode, decode and per-latent statistics",
+    about = "Sparse autoencoders at audit scale: encode, statistics, model diffing, steering, detection",
     propagate_version = true
 )]
 struct Cli {
@@ -40,6 +41,18 @@ enum Command {
     Stats(stats::Args),
     /// Convert an SAE to the SAELens layout, or a dump / activation cache to safetensors shards.
     Convert(convert::ConvertArgs),
+    /// Rank latents by how fine-tunes moved them from the base, averaged over fine-tunes.
+    Diff(workflow::DiffArgs),
+    /// Build a steering vector from decoder rows; export it (npy, safetensors, GGUF) or dry-run it on a dump.
+    Steer(workflow::SteerArgs),
+    /// Rank latents as detectors of misaligned vs aligned fine-tunes (AUROC, margin, leave-one-out).
+    Detect(workflow::DetectArgs),
+    /// Follow latents over checkpoints and report the first that crosses a threshold.
+    Monitor(workflow::MonitorArgs),
+    /// Top-activating tokens of a latent, with context and a histogram.
+    TopExamples(workflow::TopExamplesArgs),
+    /// Run the whole audit on a synthetic scenario and check what it recovers.
+    Demo(workflow::DemoArgs),
 }
 
 fn main() -> ExitCode {
@@ -51,6 +64,12 @@ fn main() -> ExitCode {
         Command::Decode(a) => decode::run(&ctx, a),
         Command::Stats(a) => stats::run(&ctx, a),
         Command::Convert(a) => convert::run(&ctx, a),
+        Command::Diff(a) => workflow::run_diff(&ctx, a),
+        Command::Steer(a) => workflow::run_steer(&ctx, a),
+        Command::Detect(a) => workflow::run_detect(&ctx, a),
+        Command::Monitor(a) => workflow::run_monitor(&ctx, a),
+        Command::TopExamples(a) => workflow::run_top_examples(&ctx, a),
+        Command::Demo(a) => workflow::run_demo(&ctx, a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
