@@ -89,7 +89,10 @@ impl Codes {
         match (self, other) {
             (
                 Codes::TopK {
-                    n, k, indices, values,
+                    n,
+                    k,
+                    indices,
+                    values,
                 },
                 Codes::TopK {
                     n: n2,
@@ -135,10 +138,17 @@ impl Codes {
         let bad = |m: String| Err(Error::invalid(m));
         match self {
             Codes::TopK {
-                n, k, indices, values,
+                n,
+                k,
+                indices,
+                values,
             } => {
                 if indices.len() != n * k || values.len() != n * k {
-                    return bad(format!("top-k codes: expected {n}x{k} indices and values, got {} and {}", indices.len(), values.len()));
+                    return bad(format!(
+                        "top-k codes: expected {n}x{k} indices and values, got {} and {}",
+                        indices.len(),
+                        values.len()
+                    ));
                 }
             }
             Codes::Csr {
@@ -148,14 +158,21 @@ impl Codes {
                 values,
             } => {
                 if row_ptr.len() != n + 1 || row_ptr[0] != 0 {
-                    return bad(format!("CSR codes: row_ptr must have {} entries starting at 0", n + 1));
+                    return bad(format!(
+                        "CSR codes: row_ptr must have {} entries starting at 0",
+                        n + 1
+                    ));
                 }
                 if row_ptr.windows(2).any(|w| w[1] < w[0]) {
                     return bad("CSR codes: row_ptr decreases".into());
                 }
                 let nnz = *row_ptr.last().unwrap() as usize;
                 if indices.len() != nnz || values.len() != nnz {
-                    return bad(format!("CSR codes: row_ptr says {nnz} entries, got {} indices and {} values", indices.len(), values.len()));
+                    return bad(format!(
+                        "CSR codes: row_ptr says {nnz} entries, got {} indices and {} values",
+                        indices.len(),
+                        values.len()
+                    ));
                 }
             }
         }
@@ -163,7 +180,9 @@ impl Codes {
             Codes::TopK { indices, .. } | Codes::Csr { indices, .. } => indices,
         };
         if let Some(i) = idx.iter().find(|i| **i < -1 || **i >= n_latents as i32) {
-            return bad(format!("codes hold latent index {i}, outside 0..{n_latents}"));
+            return bad(format!(
+                "codes hold latent index {i}, outside 0..{n_latents}"
+            ));
         }
         Ok(())
     }

@@ -5,6 +5,7 @@
 //! - [`ops`]: the backend-agnostic engine (encode, decode, statistics) over [`cpu`] and [`cuda`].
 //! - [`stats`]: per-latent statistics that merge exactly across shards.
 //! - [`io`]: codes and statistics files.
+//! - [`pipeline`]: streaming loops over whole dumps (encode to a codes file, statistics, decode).
 
 pub mod codes;
 pub mod cpu;
@@ -16,6 +17,7 @@ pub mod formats;
 pub mod io;
 pub mod matrix;
 pub mod ops;
+pub mod pipeline;
 pub mod sae;
 pub mod stats;
 

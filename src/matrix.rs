@@ -68,7 +68,13 @@ pub struct Matrix {
 
 impl Matrix {
     /// Wraps stored bytes; checks that the byte length fits the shape.
-    pub fn new(bytes: Bytes, dtype: DType, rows: usize, cols: usize, layout: Layout) -> Result<Self> {
+    pub fn new(
+        bytes: Bytes,
+        dtype: DType,
+        rows: usize,
+        cols: usize,
+        layout: Layout,
+    ) -> Result<Self> {
         let need = rows
             .checked_mul(cols)
             .and_then(|n| n.checked_mul(dtype.size()))

@@ -81,7 +81,10 @@ impl Dump {
                 .collect();
             files.sort();
             if files.is_empty() {
-                return Err(Error::missing(path, "activation shards (.npy or .safetensors files) in this directory"));
+                return Err(Error::missing(
+                    path,
+                    "activation shards (.npy or .safetensors files) in this directory",
+                ));
             }
             files
         } else {
@@ -105,7 +108,10 @@ impl Dump {
             if s.width() != width {
                 return Err(Error::format(
                     s.path(),
-                    format!("shard has width {}, but the dump's first shard has width {width}", s.width()),
+                    format!(
+                        "shard has width {}, but the dump's first shard has width {width}",
+                        s.width()
+                    ),
                 ));
             }
         }

@@ -1,19 +1,155 @@
-//! `.safetensors` activation shards. PLACEHOLDER (issue 2, item 3).
-use std::path::{Path, PathBuf};
+//! `.safetensors` activation shards: tensor `activations` [n, d] (f32, f16, bf16) plus
+//! optional per-token `token_ids` [n], `doc_ids` [n] (any integer dtype) and `mask` [n]
+//! (u8 or bool, 1 = the token counts). Memory-mapped; rows are converted on read.
 
-use crate::dtype::DType;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use safetensors::Dtype as D;
+
+use crate::dtype::{convert_to_f32, DType};
 use crate::error::{Error, Result};
+use crate::io::mapped::{MappedSafetensors, MappedTensor};
+
+use super::npy::{check_range, release_range};
+
+/// A per-token side tensor: where its bytes start in the mapping and how to read them.
+#[derive(Clone, Copy)]
+struct Side {
+    offset: usize,
+    dtype: D,
+}
+
+impl Side {
+    fn elem(&self) -> usize {
+        self.dtype.bitsize() / 8
+    }
+}
 
 /// A memory-mapped safetensors shard with `activations` [n, d].
 pub struct SafetensorsShard {
     path: PathBuf,
+    map: Arc<memmap2::Mmap>,
+    act_offset: usize,
+    rows: usize,
+    width: usize,
+    dtype: DType,
+    token_ids: Option<Side>,
+    doc_ids: Option<Side>,
+    mask: Option<Side>,
+}
+
+/// Byte offset of a tensor in the file mapping.
+fn mapped_offset(path: &Path, t: &MappedTensor) -> Result<usize> {
+    match &t.bytes {
+        crate::matrix::Bytes::Mapped { offset, .. } => Ok(*offset),
+        crate::matrix::Bytes::Owned(_) => Err(Error::format(
+            path,
+            format!("tensor `{}` is not memory-mapped", t.name),
+        )),
+    }
+}
+
+fn is_int(d: D) -> bool {
+    matches!(
+        d,
+        D::I8 | D::U8 | D::I16 | D::U16 | D::I32 | D::U32 | D::I64 | D::U64
+    )
 }
 
 impl SafetensorsShard {
-    /// Opens and validates the header.
+    /// Maps the file and validates the tensors: 2-D float `activations`, and optional
+    /// side tensors of length n with the accepted dtypes.
     pub fn open(path: &Path) -> Result<Self> {
-        let _ = PathBuf::from(path);
-        Err(Error::format(path, "safetensors shards not implemented yet"))
+        let st = MappedSafetensors::open(path)?;
+        let act = st.tensor("activations")?;
+        let dtype = act.float_dtype(path)?;
+        if act.shape.len() != 2 {
+            return Err(Error::shape(
+                path,
+                "activations",
+                &act.shape,
+                "a 2-D tensor [n_tokens, d]",
+            ));
+        }
+        let (rows, width) = (act.shape[0], act.shape[1]);
+        let side = |name: &str, ok: fn(D) -> bool, expected: &str| -> Result<Option<Side>> {
+            let Some(t) = st.get(name) else {
+                return Ok(None);
+            };
+            if !ok(t.dtype) {
+                return Err(Error::dtype(path, name, format!("{:?}", t.dtype), expected));
+            }
+            if t.shape != [rows] {
+                return Err(Error::shape(
+                    path,
+                    name,
+                    &t.shape,
+                    format!("[{rows}] (one entry per row of `activations`)"),
+                ));
+            }
+            Ok(Some(Side {
+                offset: mapped_offset(path, &t)?,
+                dtype: t.dtype,
+            }))
+        };
+        let token_ids = side("token_ids", is_int, "an integer dtype")?;
+        let doc_ids = side("doc_ids", is_int, "an integer dtype")?;
+        let mask = side("mask", |d| matches!(d, D::U8 | D::BOOL), "U8 or BOOL")?;
+        let map = st.map().clone();
+        // Dumps are read front to back once: ask for aggressive read-ahead.
+        let _ = map.advise(memmap2::Advice::Sequential);
+        Ok(SafetensorsShard {
+            path: path.to_path_buf(),
+            act_offset: mapped_offset(path, &act)?,
+            map,
+            rows,
+            width,
+            dtype,
+            token_ids,
+            doc_ids,
+            mask,
+        })
+    }
+
+    fn row_bytes(&self) -> usize {
+        self.width * self.dtype.size()
+    }
+
+    fn side_bytes(&self, s: &Side, start: usize, count: usize) -> Result<&[u8]> {
+        check_range(&self.path, self.rows, start, count)?;
+        let e = s.elem();
+        let a = s.offset + start * e;
+        Ok(&self.map[a..a + count * e])
+    }
+
+    fn ids(&self, s: Option<Side>, start: usize, count: usize) -> Result<Option<Vec<i64>>> {
+        let Some(s) = s else { return Ok(None) };
+        let b = self.side_bytes(&s, start, count)?;
+        Ok(Some(ints_to_i64(s.dtype, b)))
+    }
+}
+
+/// Little-endian integers of `dtype` to i64 (u64 beyond i64::MAX wraps, as numpy's astype does).
+fn ints_to_i64(dtype: D, b: &[u8]) -> Vec<i64> {
+    fn conv<const N: usize>(b: &[u8], f: fn([u8; N]) -> i64) -> Vec<i64> {
+        b.chunks_exact(N)
+            .map(|c| {
+                let mut a = [0u8; N];
+                a.copy_from_slice(c);
+                f(a)
+            })
+            .collect()
+    }
+    match dtype {
+        D::I64 => conv::<8>(b, i64::from_le_bytes),
+        D::U64 => conv::<8>(b, |a| u64::from_le_bytes(a) as i64),
+        D::I32 => conv::<4>(b, |a| i32::from_le_bytes(a) as i64),
+        D::U32 => conv::<4>(b, |a| u32::from_le_bytes(a) as i64),
+        D::I16 => conv::<2>(b, |a| i16::from_le_bytes(a) as i64),
+        D::U16 => conv::<2>(b, |a| u16::from_le_bytes(a) as i64),
+        D::I8 => b.iter().map(|v| *v as i8 as i64).collect(),
+        _ => b.iter().map(|v| *v as i64).collect(),
     }
 }
 
@@ -22,24 +158,50 @@ impl super::Shard for SafetensorsShard {
         &self.path
     }
     fn n_rows(&self) -> usize {
-        0
+        self.rows
     }
     fn width(&self) -> usize {
-        0
+        self.width
     }
     fn dtype(&self) -> DType {
-        DType::F32
+        self.dtype
     }
-    fn read_rows(&self, _start: usize, _count: usize, _out: &mut [f32]) -> Result<()> {
-        Err(Error::format(&self.path, "not implemented"))
+    fn read_rows(&self, start: usize, count: usize, out: &mut [f32]) -> Result<()> {
+        check_range(&self.path, self.rows, start, count)?;
+        if out.len() != count * self.width {
+            return Err(Error::invalid(format!(
+                "{}: output buffer holds {} values, {count} rows need {}",
+                self.path.display(),
+                out.len(),
+                count * self.width
+            )));
+        }
+        let rb = self.row_bytes();
+        let a = self.act_offset + start * rb;
+        convert_to_f32(self.dtype, &self.map[a..a + count * rb], out);
+        Ok(())
     }
-    fn token_ids(&self, _: usize, _: usize) -> Result<Option<Vec<i64>>> {
-        Ok(None)
+    fn token_ids(&self, start: usize, count: usize) -> Result<Option<Vec<i64>>> {
+        self.ids(self.token_ids, start, count)
     }
-    fn doc_ids(&self, _: usize, _: usize) -> Result<Option<Vec<i64>>> {
-        Ok(None)
+    fn doc_ids(&self, start: usize, count: usize) -> Result<Option<Vec<i64>>> {
+        self.ids(self.doc_ids, start, count)
     }
-    fn mask(&self, _: usize, _: usize) -> Result<Option<Vec<u8>>> {
-        Ok(None)
+    fn mask(&self, start: usize, count: usize) -> Result<Option<Vec<u8>>> {
+        let Some(s) = self.mask else { return Ok(None) };
+        // Any non-zero byte counts (bool tensors store 0/1, some writers use 255).
+        let b = self.side_bytes(&s, start, count)?;
+        Ok(Some(b.iter().map(|v| (*v != 0) as u8).collect()))
+    }
+    fn release(&self, end: usize) {
+        let end = end.min(self.rows);
+        let rb = self.row_bytes();
+        release_range(&self.map, self.act_offset, self.act_offset + end * rb);
+        for s in [self.token_ids, self.doc_ids, self.mask]
+            .into_iter()
+            .flatten()
+        {
+            release_range(&self.map, s.offset, s.offset + end * s.elem());
+        }
     }
 }

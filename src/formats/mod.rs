@@ -1,25 +1,144 @@
 //! SAE loaders, one module per source format, plus the SAELens writer.
-//! PLACEHOLDER: implemented by the formats work (issue 2, item 2).
+//!
+//! Every loader maps the weight matrices (no copy, no transpose: a stored `[d, L]`
+//! encoder becomes a [`crate::matrix::Layout::Transposed`] view), reads biases and
+//! thresholds as f32, validates every shape against the others and the config, and
+//! calls [`Sae::validate`] last.
+//!
+//! Supported: SAELens v6 and pre-6.0 (`cfg.json` + `sae_weights.safetensors`), sparsify
+//! (`cfg.json` + `sae.safetensors`), Gemma Scope (`params.npz`) and Gemma Scope 2
+//! (`params.safetensors` + `config.json`). Refused with a message naming the file:
+//! gated SAEs, transcoders and skip connections, groupmax, and input scalings whose
+//! constant is not stored (`expected_average_only_in`).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 use crate::sae::{Format, Sae};
 
+pub mod common;
+pub mod gemma_scope;
+pub mod npz;
+pub mod saelens;
+pub mod sparsify;
+pub mod writer;
+
 /// Detects the format of an SAE directory or file.
+///
+/// Files are recognised by name (`params.npz`, `params.safetensors`,
+/// `sae_weights.safetensors`, `sae.safetensors`, `cfg.json`), using the sibling
+/// `cfg.json` where the name alone does not decide; directories by the files they hold
+/// and their `cfg.json` contents.
 pub fn detect(path: &Path) -> Result<Format> {
-    Err(Error::format(path, "format detection not implemented yet"))
+    if !path.exists() {
+        return Err(Error::io(
+            path,
+            std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or directory"),
+        ));
+    }
+    if path.is_file() {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().to_ascii_lowercase())
+            .unwrap_or_default();
+        let dir = path.parent().unwrap_or(Path::new("."));
+        return match name.as_str() {
+            "params.npz" | "params.safetensors" => Ok(Format::GemmaScope),
+            "sae.safetensors" => Ok(Format::Sparsify),
+            "sae_weights.safetensors" | "cfg.json" => detect_dir(dir),
+            n if n.ends_with(".npz") => Ok(Format::GemmaScope),
+            _ => Err(Error::format(
+                path,
+                "cannot tell the SAE format from this file name (expected params.npz, \
+                 params.safetensors, sae_weights.safetensors, sae.safetensors or cfg.json); \
+                 pass the directory or --format",
+            )),
+        };
+    }
+    detect_dir(path)
+}
+
+fn detect_dir(dir: &Path) -> Result<Format> {
+    let has = |n: &str| dir.join(n).is_file();
+    if has("params.npz") || has("params.safetensors") {
+        return Ok(Format::GemmaScope);
+    }
+    let cfg_path = dir.join("cfg.json");
+    if cfg_path.is_file() {
+        let cfg = common::Cfg::read(&cfg_path)?;
+        if has(sparsify::WEIGHTS) || (!has(saelens::WEIGHTS) && sparsify::looks_like(&cfg)) {
+            return Ok(Format::Sparsify);
+        }
+        if has(saelens::WEIGHTS) || cfg.get("d_sae").is_some() {
+            return Ok(if saelens::is_v6(&cfg) {
+                Format::SaeLens
+            } else {
+                Format::SaeLensLegacy
+            });
+        }
+        return Err(Error::format(
+            &cfg_path,
+            "cannot tell whether this is a SAELens or sparsify config \
+             (no d_sae, num_latents or expansion_factor) and no weights file beside it",
+        ));
+    }
+    if has(saelens::WEIGHTS) || has(sparsify::WEIGHTS) {
+        return Err(Error::missing(dir, "cfg.json beside the weights"));
+    }
+    if has("ae.pt") {
+        return Ok(Format::DictionaryLearning);
+    }
+    let subs = sparsify::hookpoint_subdirs(dir);
+    if !subs.is_empty() {
+        return Err(Error::format(
+            dir,
+            format!(
+                "holds one SAE per subfolder; choose one of: {}",
+                subs.join(", ")
+            ),
+        ));
+    }
+    Err(Error::format(
+        dir,
+        "no SAE found (expected cfg.json + sae_weights.safetensors, cfg.json + \
+         sae.safetensors, params.npz or params.safetensors)",
+    ))
 }
 
 /// Loads an SAE, auto-detecting its format unless `format` forces one.
 pub fn load(path: impl AsRef<Path>, format: Option<Format>) -> Result<Sae> {
     let path = path.as_ref();
-    let _ = format;
-    Err(Error::format(path, "SAE loading not implemented yet"))
+    if !path.exists() {
+        return Err(Error::io(
+            path,
+            std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or directory"),
+        ));
+    }
+    let format = match format {
+        Some(f) => f,
+        None => detect(path)?,
+    };
+    match format {
+        Format::SaeLens => saelens::load(path, Some(false)),
+        Format::SaeLensLegacy => saelens::load(path, Some(true)),
+        Format::Sparsify => sparsify::load(path),
+        Format::GemmaScope => gemma_scope::load(path),
+        Format::DictionaryLearning | Format::OpenAi => Err(Error::format(
+            path,
+            format!(
+                "the {} format (a torch pickle) is not supported yet; convert it to SAELens first",
+                format.name()
+            ),
+        )),
+    }
 }
 
 /// Writes `sae` in the SAELens v6 layout (cfg.json + sae_weights.safetensors) into `dir`.
 pub fn write_saelens(sae: &Sae, dir: &Path) -> Result<()> {
-    let _ = sae;
-    Err(Error::format(dir, "SAELens writer not implemented yet"))
+    writer::write_saelens(sae, dir)
+}
+
+/// The directory an SAE path refers to (the path itself, or a file's parent).
+pub fn sae_dir(path: &Path) -> PathBuf {
+    saelens::dir_of(path)
 }

@@ -1,4 +1,7 @@
-//! Files the engine writes and reads back: codes and statistics (safetensors).
+//! Files: atomic writes, mapped safetensors, npy, and the engine's codes and statistics files.
 //! Every writer writes to a temporary name beside the target and renames when complete.
+pub mod atomic;
 pub mod codes;
+pub mod mapped;
+pub mod npy;
 pub mod stats;

@@ -69,7 +69,12 @@ pub trait Engine: Send {
     /// Decodes codes back to `[n, d_in]` (plus b_dec; de-normalized with `denorm` when given).
     fn decode(&self, codes: &Codes, denorm: Option<&Denorm>) -> Result<Vec<f32>>;
     /// Adds the codes' rows selected by `mask` to `stats`.
-    fn accumulate(&self, stats: &mut LatentStats, codes: &Codes, mask: Option<&[u8]>) -> Result<()> {
+    fn accumulate(
+        &self,
+        stats: &mut LatentStats,
+        codes: &Codes,
+        mask: Option<&[u8]>,
+    ) -> Result<()> {
         stats.accumulate(codes, mask)
     }
 }
@@ -81,7 +86,9 @@ pub fn engine(kind: BackendKind, sae: Arc<Sae>, opts: &EngineOptions) -> Result<
         BackendKind::Cuda { device } => crate::cuda::engine(device, sae, opts),
         BackendKind::Auto => match crate::cuda::engine(0, sae.clone(), opts) {
             Ok(e) => Ok(e),
-            Err(Error::BackendUnavailable(_)) => Ok(Box::new(crate::cpu::CpuEngine::new(sae, opts)?)),
+            Err(Error::BackendUnavailable(_)) => {
+                Ok(Box::new(crate::cpu::CpuEngine::new(sae, opts)?))
+            }
             Err(e) => Err(e),
         },
     }

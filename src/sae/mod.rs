@@ -107,10 +107,18 @@ impl Normalization {
         match *self {
             Normalization::None => None,
             Normalization::ConstantNormRescale => {
-                let norm = row.iter().map(|v| (*v as f64) * (*v as f64)).sum::<f64>().sqrt();
+                let norm = row
+                    .iter()
+                    .map(|v| (*v as f64) * (*v as f64))
+                    .sum::<f64>()
+                    .sqrt();
                 // A zero row stays zero (torch would divide by zero and give NaN; a zero
                 // residual never occurs in practice, a NaN code is worse than a zero one).
-                let coeff = if norm > 0.0 { (d as f64).sqrt() / norm } else { 1.0 };
+                let coeff = if norm > 0.0 {
+                    (d as f64).sqrt() / norm
+                } else {
+                    1.0
+                };
                 for v in row.iter_mut() {
                     *v = (*v as f64 * coeff) as f32;
                 }
@@ -202,31 +210,58 @@ impl Sae {
         let (l, d) = (self.n_latents(), self.d_in());
         let src = &self.meta.source;
         if l == 0 || d == 0 {
-            return Err(Error::format(src, format!("SAE has {l} latents and d_in {d}; both must be positive")));
+            return Err(Error::format(
+                src,
+                format!("SAE has {l} latents and d_in {d}; both must be positive"),
+            ));
         }
         if self.w_dec.rows() != l || self.w_dec.cols() != d {
-            return Err(Error::shape(src, "W_dec", &[self.w_dec.rows(), self.w_dec.cols()], format!("[{l}, {d}] (n_latents, d_in) to match W_enc")));
+            return Err(Error::shape(
+                src,
+                "W_dec",
+                &[self.w_dec.rows(), self.w_dec.cols()],
+                format!("[{l}, {d}] (n_latents, d_in) to match W_enc"),
+            ));
         }
         if self.b_enc.len() != l {
-            return Err(Error::shape(src, "b_enc", &[self.b_enc.len()], format!("[{l}]")));
+            return Err(Error::shape(
+                src,
+                "b_enc",
+                &[self.b_enc.len()],
+                format!("[{l}]"),
+            ));
         }
         if self.b_dec.len() != d {
-            return Err(Error::shape(src, "b_dec", &[self.b_dec.len()], format!("[{d}]")));
+            return Err(Error::shape(
+                src,
+                "b_dec",
+                &[self.b_dec.len()],
+                format!("[{d}]"),
+            ));
         }
         match (&self.activation, &self.threshold) {
             (Activation::JumpRelu, None) => {
-                return Err(Error::missing(src, "tensor `threshold` required by a JumpReLU SAE"))
+                return Err(Error::missing(
+                    src,
+                    "tensor `threshold` required by a JumpReLU SAE",
+                ))
             }
             (Activation::JumpRelu, Some(t)) if t.len() != l => {
                 return Err(Error::shape(src, "threshold", &[t.len()], format!("[{l}]")))
             }
             (Activation::TopK { k }, _) if *k == 0 || *k > l => {
-                return Err(Error::format(src, format!("k = {k} must be between 1 and the number of latents ({l})")))
+                return Err(Error::format(
+                    src,
+                    format!("k = {k} must be between 1 and the number of latents ({l})"),
+                ))
             }
             _ => {}
         }
         if self.rescale_acts_by_decoder_norm && !self.activation.is_topk() {
-            return Err(Error::format(src, "rescale_acts_by_decoder_norm is only defined for TopK SAEs"));
+            return Err(Error::format(
+                src,
+                "rescale_acts_by_decoder_norm is only defined for TopK SAEs",
+            ));
         }
         Ok(())
     }
@@ -248,14 +283,24 @@ impl Sae {
             self.rescale_acts_by_decoder_norm
         );
         h.write(desc.as_bytes());
-        for v in self.b_enc.iter().chain(&self.b_dec).chain(self.threshold.iter().flatten()) {
+        for v in self
+            .b_enc
+            .iter()
+            .chain(&self.b_dec)
+            .chain(self.threshold.iter().flatten())
+        {
             h.write(&v.to_bits().to_le_bytes());
         }
         let l = self.n_latents();
         let samples = 64.min(l);
         for s in 0..samples {
             let r = s * l / samples;
-            for v in self.w_enc.row_f32(r).iter().chain(self.w_dec.row_f32(r).iter()) {
+            for v in self
+                .w_enc
+                .row_f32(r)
+                .iter()
+                .chain(self.w_dec.row_f32(r).iter())
+            {
                 h.write(&v.to_bits().to_le_bytes());
             }
         }
@@ -287,7 +332,9 @@ mod tests {
     #[test]
     fn layer_norm_matches_torch_convention() {
         let mut row = vec![1.0f32, 2.0, 3.0, 4.0];
-        let dn = Normalization::LayerNorm { eps: 1e-5 }.apply(&mut row).unwrap();
+        let dn = Normalization::LayerNorm { eps: 1e-5 }
+            .apply(&mut row)
+            .unwrap();
         // mean 2.5, unbiased std sqrt(5/3)
         let std = (5.0f64 / 3.0).sqrt();
         assert!((dn.shift - 2.5).abs() < 1e-6);

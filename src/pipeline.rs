@@ -1,0 +1,366 @@
+//! Streaming loops over whole dumps and codes files, shared by the CLI, the C ABI and
+//! the workflow tools. Each holds one batch of activations (plus its codes) at a time,
+//! so memory is bounded by `batch_rows x (d_in + codes per row)` whatever the dump size.
+//!
+//! `progress` callbacks receive the number of rows just finished (an increment).
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use crate::codes::Encoded;
+use crate::dump::{Batch, Dump};
+use crate::error::{Error, Result};
+use crate::io::codes::{CodesKind, CodesReader, CodesWriter};
+use crate::io::npy::{header_bytes, NpyDtype};
+use crate::ops::metrics::{MetricsAccumulator, ReconMetrics};
+use crate::ops::Engine;
+use crate::stats::LatentStats;
+
+/// What an encode pass produced.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct EncodeSummary {
+    /// Rows (tokens) encoded.
+    pub n_rows: u64,
+    /// Mean number of active latents per row.
+    pub mean_l0: f64,
+}
+
+/// Encodes every row of `dump` and appends the codes to `writer` (which the caller
+/// finishes). Checks the dump's width against the SAE first.
+pub fn encode_dump(
+    engine: &dyn Engine,
+    dump: &Dump,
+    batch_rows: usize,
+    writer: &mut CodesWriter,
+    progress: &dyn Fn(u64),
+) -> Result<EncodeSummary> {
+    dump.check_width(engine.sae().d_in())?;
+    let (mut rows, mut l0) = (0u64, 0u64);
+    for batch in dump.batches(batch_rows) {
+        let batch = batch?;
+        let enc = engine
+            .encode(&batch.acts, batch.rows, batch.start)
+            .map_err(|e| in_shard(e, dump, &batch))?;
+        l0 += (0..enc.codes.n_rows())
+            .map(|i| enc.codes.l0(i) as u64)
+            .sum::<u64>();
+        writer.push(&enc)?;
+        rows += batch.rows as u64;
+        progress(batch.rows as u64);
+    }
+    Ok(EncodeSummary {
+        n_rows: rows,
+        mean_l0: l0 as f64 / rows.max(1) as f64,
+    })
+}
+
+/// Encodes `dump` into a codes file at `out` (TopK or CSR by the SAE's activation,
+/// stamped with the SAE's fingerprint), written atomically.
+pub fn encode_dump_to_file(
+    engine: &dyn Engine,
+    dump: &Dump,
+    batch_rows: usize,
+    out: &Path,
+    progress: &dyn Fn(u64),
+) -> Result<EncodeSummary> {
+    let sae = engine.sae();
+    dump.check_width(sae.d_in())?;
+    let mut w = CodesWriter::create(out, CodesKind::from_k(sae.k()), &sae.fingerprint())?;
+    let s = encode_dump(engine, dump, batch_rows, &mut w, progress)?;
+    w.finish()?;
+    Ok(s)
+}
+
+/// Names the shard file in an encode error that only knows a row number.
+fn in_shard(e: Error, dump: &Dump, batch: &Batch) -> Error {
+    match e {
+        Error::NonFinite { context, row } => {
+            let shard = dump
+                .shards()
+                .get(batch.shard)
+                .map(|s| s.path().display().to_string())
+                .unwrap_or_else(|| dump.path().display().to_string());
+            Error::NonFinite {
+                context: if context.is_empty() {
+                    shard
+                } else {
+                    format!("{shard} ({context})")
+                },
+                row,
+            }
+        }
+        other => other,
+    }
+}
+
+/// Per-latent statistics of `dump` under the engine's SAE. With `use_mask`, rows whose
+/// `mask` is 0 are neither encoded nor counted (dumps without a mask count every row).
+pub fn stats_of_dump(
+    engine: &dyn Engine,
+    dump: &Dump,
+    batch_rows: usize,
+    use_mask: bool,
+    progress: &dyn Fn(u64),
+) -> Result<LatentStats> {
+    let sae = engine.sae();
+    dump.check_width(sae.d_in())?;
+    let d = sae.d_in();
+    let mut stats = LatentStats::new(sae.fingerprint(), sae.n_latents());
+    for batch in dump.batches(batch_rows) {
+        let batch = batch?;
+        match batch.mask.as_deref().filter(|_| use_mask) {
+            Some(mask) => {
+                // Encode only the rows that count: masked-out tokens (prompts, padding)
+                // are often most of a dump.
+                let kept: Vec<usize> = (0..batch.rows).filter(|r| mask[*r] != 0).collect();
+                if !kept.is_empty() {
+                    let mut x = Vec::with_capacity(kept.len() * d);
+                    for r in &kept {
+                        x.extend_from_slice(&batch.acts[r * d..(r + 1) * d]);
+                    }
+                    let enc = engine.encode(&x, kept.len(), 0).map_err(|e| match e {
+                        Error::NonFinite { context, row } => in_shard(
+                            Error::NonFinite {
+                                context,
+                                row: batch.start
+                                    + kept.get(row as usize).copied().unwrap_or(0) as u64,
+                            },
+                            dump,
+                            &batch,
+                        ),
+                        other => other,
+                    })?;
+                    engine.accumulate(&mut stats, &enc.codes, None)?;
+                }
+            }
+            None => {
+                let enc = engine
+                    .encode(&batch.acts, batch.rows, batch.start)
+                    .map_err(|e| in_shard(e, dump, &batch))?;
+                engine.accumulate(&mut stats, &enc.codes, None)?;
+            }
+        }
+        progress(batch.rows as u64);
+    }
+    Ok(stats)
+}
+
+/// Statistics of a codes file (no encoding): the codes must come from an SAE with
+/// `n_latents` latents; the fingerprint is the file's.
+pub fn stats_of_codes(
+    codes: &CodesReader,
+    n_latents: usize,
+    batch_rows: usize,
+    progress: &dyn Fn(u64),
+) -> Result<LatentStats> {
+    let fp = codes.fingerprint().unwrap_or_default().to_string();
+    let mut stats = LatentStats::new(fp, n_latents);
+    let n = codes.n_rows();
+    let mut start = 0;
+    while start < n {
+        let count = batch_rows.max(1).min(n - start);
+        let enc = codes.read_rows(start, count)?;
+        enc.codes
+            .validate(n_latents)
+            .map_err(|e| Error::format(codes.path(), e.to_string()))?;
+        stats.accumulate(&enc.codes, None)?;
+        start += count;
+        progress(count as u64);
+    }
+    Ok(stats)
+}
+
+/// Merges statistics files of the same SAE (refuses different fingerprints or widths).
+pub fn merge_stats_files(paths: &[PathBuf]) -> Result<LatentStats> {
+    let (first, rest) = paths
+        .split_first()
+        .ok_or_else(|| Error::invalid("stats merge needs at least one statistics file"))?;
+    let mut acc = crate::io::stats::read(first)?;
+    for p in rest {
+        let s = crate::io::stats::read(p)?;
+        acc.merge(&s).map_err(|e| match e {
+            Error::Incompatible(m) => {
+                Error::Incompatible(format!("{} and {}: {m}", first.display(), p.display()))
+            }
+            other => other,
+        })?;
+    }
+    Ok(acc)
+}
+
+/// What a decode pass produced.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct DecodeSummary {
+    /// Rows decoded.
+    pub n_rows: u64,
+    /// Reconstruction quality over every row, when the original activations were given.
+    pub metrics: Option<ReconMetrics>,
+}
+
+/// Decodes a codes file into an f32 `.npy` `[n, d_in]` at `out` (streamed, atomic).
+/// With `acts`, the original dump (token-aligned with the codes) is scored with MSE,
+/// FVU, cosine and L0. The codes' fingerprint must match the engine's SAE.
+pub fn decode_to_npy(
+    engine: &dyn Engine,
+    codes: &CodesReader,
+    acts: Option<&Dump>,
+    batch_rows: usize,
+    out: &Path,
+    progress: &dyn Fn(u64),
+) -> Result<DecodeSummary> {
+    let sae = engine.sae();
+    let (d, l) = (sae.d_in(), sae.n_latents());
+    codes.check_fingerprint(&sae.fingerprint())?;
+    let want = CodesKind::from_k(sae.k());
+    let kind_ok = match (codes.kind(), want) {
+        (CodesKind::TopK { .. }, CodesKind::TopK { .. }) | (CodesKind::Csr, CodesKind::Csr) => true,
+        _ => false,
+    };
+    if !kind_ok {
+        return Err(Error::Incompatible(format!(
+            "{}: holds {} codes, but the SAE produces {} codes",
+            codes.path().display(),
+            codes.kind().name(),
+            want.name()
+        )));
+    }
+    if sae.normalization != crate::sae::Normalization::None && !codes.has_denorm() {
+        return Err(Error::missing(
+            codes.path(),
+            "tensors `norm_scale`/`norm_shift`: the SAE normalizes its input, so decoding needs them",
+        ));
+    }
+    let n = codes.n_rows();
+    if let Some(dump) = acts {
+        dump.check_width(d)?;
+        if dump.n_rows() != n as u64 {
+            return Err(Error::Incompatible(format!(
+                "{} has {} rows, but the codes {} have {n}",
+                dump.path().display(),
+                dump.n_rows(),
+                codes.path().display()
+            )));
+        }
+    }
+    let mut w = NpyF32Writer::create(out, n, d)?;
+    let decode = |enc: &Encoded| -> Result<Vec<f32>> {
+        enc.codes
+            .validate(l)
+            .map_err(|e| Error::format(codes.path(), e.to_string()))?;
+        engine.decode(&enc.codes, enc.denorm.as_ref())
+    };
+    let metrics = match acts {
+        Some(dump) => {
+            let mut m = MetricsAccumulator::new(d);
+            for batch in dump.batches(batch_rows) {
+                let batch = batch?;
+                let enc = codes.read_rows(batch.start as usize, batch.rows)?;
+                let x_hat = decode(&enc)?;
+                m.add(
+                    &batch.acts,
+                    &x_hat,
+                    (0..batch.rows).map(|i| enc.codes.l0(i)),
+                );
+                w.push(&x_hat)?;
+                progress(batch.rows as u64);
+            }
+            Some(m.finish())
+        }
+        None => {
+            let mut start = 0;
+            while start < n {
+                let count = batch_rows.max(1).min(n - start);
+                let x_hat = decode(&codes.read_rows(start, count)?)?;
+                w.push(&x_hat)?;
+                start += count;
+                progress(count as u64);
+            }
+            None
+        }
+    };
+    w.finish()?;
+    Ok(DecodeSummary {
+        n_rows: n as u64,
+        metrics,
+    })
+}
+
+/// Writes a C-order f32 `.npy` `[rows, cols]` a batch at a time to a temporary name
+/// beside the target; `finish` checks the row count and renames. Dropping it unfinished
+/// removes the temporary file.
+pub struct NpyF32Writer {
+    path: PathBuf,
+    tmp: PathBuf,
+    w: Option<BufWriter<File>>,
+    rows: usize,
+    cols: usize,
+    written: usize,
+}
+
+impl NpyF32Writer {
+    /// Starts `path` for `rows x cols` values.
+    pub fn create(path: &Path, rows: usize, cols: usize) -> Result<NpyF32Writer> {
+        let tmp = crate::io::atomic::tmp_path(path);
+        let f = File::create(&tmp).map_err(|e| Error::io(path, e))?;
+        let mut w = BufWriter::with_capacity(1 << 20, f);
+        w.write_all(&header_bytes(NpyDtype::F32, &[rows, cols]))
+            .map_err(|e| Error::io(path, e))?;
+        Ok(NpyF32Writer {
+            path: path.to_path_buf(),
+            tmp,
+            w: Some(w),
+            rows,
+            cols,
+            written: 0,
+        })
+    }
+
+    /// Appends whole rows (`values.len()` a multiple of `cols`).
+    pub fn push(&mut self, values: &[f32]) -> Result<()> {
+        let cols = self.cols.max(1);
+        if values.len() % cols != 0 || self.written + values.len() / cols > self.rows {
+            return Err(Error::invalid(format!(
+                "{}: {} values do not fit the remaining {} rows of width {}",
+                self.path.display(),
+                values.len(),
+                self.rows - self.written,
+                self.cols
+            )));
+        }
+        let w = self
+            .w
+            .as_mut()
+            .ok_or_else(|| Error::invalid("npy writer already finished"))?;
+        w.write_all(bytemuck::cast_slice(values))
+            .map_err(|e| Error::io(&self.path, e))?;
+        self.written += values.len() / cols;
+        Ok(())
+    }
+
+    /// Checks that every row was written, flushes and renames into place.
+    pub fn finish(mut self) -> Result<()> {
+        if self.written != self.rows && self.cols > 0 {
+            return Err(Error::invalid(format!(
+                "{}: wrote {} of {} rows",
+                self.path.display(),
+                self.written,
+                self.rows
+            )));
+        }
+        let io = |e: std::io::Error| Error::io(&self.path, e);
+        if let Some(w) = self.w.take() {
+            let f = w.into_inner().map_err(|e| io(e.into_error()))?;
+            f.sync_all().map_err(io)?;
+        }
+        std::fs::rename(&self.tmp, &self.path).map_err(io)?;
+        Ok(())
+    }
+}
+
+impl Drop for NpyF32Writer {
+    fn drop(&mut self) {
+        // After a successful rename the temporary name no longer exists.
+        let _ = std::fs::remove_file(&self.tmp);
+    }
+}

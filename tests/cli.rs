@@ -1,0 +1,538 @@
+//! End-to-end tests of the `sae` binary: SAEs written in the SAELens layout by hand,
+//! small dumps, every command, --json, and the error contract (exit 1 and one line
+//! naming the file; exit 2 for usage).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use sae_engine::codes::Codes;
+use sae_engine::io::mapped::{write_safetensors, OwnedTensor};
+use sae_engine::io::npy::NpyHeader;
+use serde_json::Value;
+
+const D: usize = 4;
+const L: usize = 6;
+
+fn sae_bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_sae"))
+}
+
+fn run(args: &[&str]) -> Output {
+    sae_bin()
+        .args(args)
+        .env("RAYON_NUM_THREADS", "2")
+        .output()
+        .expect("run sae")
+}
+
+fn ok_json(args: &[&str]) -> Value {
+    let mut a = vec!["--json", "--backend", "cpu"];
+    a.extend_from_slice(args);
+    let out = run(&a);
+    assert!(
+        out.status.success(),
+        "sae {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "sae {args:?}: stdout is not JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+/// Runs a command that must fail with exit status 1 and one `sae: error:` line; returns it.
+fn fails(args: &[&str]) -> String {
+    let out = run(args);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "sae {args:?}: expected exit 1, stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    assert!(err.starts_with("sae: error: "), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    err
+}
+
+/// Encoder rows (logical [L, d]); decoder = encoder scaled by 0.5.
+fn w_enc() -> Vec<f32> {
+    let mut w = vec![0f32; L * D];
+    for i in 0..D {
+        w[i * D + i] = 1.0;
+    }
+    // latent 4 = x0 + x1, latent 5 = x2 - x3
+    w[4 * D] = 1.0;
+    w[4 * D + 1] = 1.0;
+    w[5 * D + 2] = 1.0;
+    w[5 * D + 3] = -1.0;
+    w
+}
+
+fn b_enc() -> Vec<f32> {
+    vec![0.0, -0.5, 0.25, 0.0, -1.0, 0.125]
+}
+
+fn b_dec() -> Vec<f32> {
+    vec![0.5, 0.0, -0.25, 1.0]
+}
+
+/// Writes a SAELens v6 SAE (TopK k=2, or JumpReLU with `threshold`) into `dir`.
+fn write_sae(dir: &Path, jumprelu: bool) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let enc = w_enc();
+    // SAELens stores W_enc as [d, L]
+    let mut enc_t = vec![0f32; D * L];
+    for l in 0..L {
+        for d in 0..D {
+            enc_t[d * L + l] = enc[l * D + d];
+        }
+    }
+    let dec: Vec<f32> = enc.iter().map(|v| v * 0.5).collect();
+    let mut tensors = vec![
+        ("W_enc", OwnedTensor::f32(vec![D, L], &enc_t)),
+        ("W_dec", OwnedTensor::f32(vec![L, D], &dec)),
+        ("b_enc", OwnedTensor::f32(vec![L], &b_enc())),
+        ("b_dec", OwnedTensor::f32(vec![D], &b_dec())),
+    ];
+    let arch = if jumprelu {
+        tensors.push(("threshold", OwnedTensor::f32(vec![L], &[1.0; L])));
+        "jumprelu"
+    } else {
+        "topk"
+    };
+    write_safetensors(
+        &dir.join("sae_weights.safetensors"),
+        &tensors,
+        HashMap::new(),
+    )
+    .unwrap();
+    let cfg = serde_json::json!({
+        "architecture": arch,
+        "d_in": D,
+        "d_sae": L,
+        "k": 2,
+        "dtype": "float32",
+        "device": "cpu",
+        "apply_b_dec_to_input": true,
+        "normalize_activations": "none",
+        "metadata": {
+            "hook_name": "blocks.3.hook_resid_post",
+            "model_name": "tiny",
+            "sae_lens_version": "6.5.0"
+        }
+    });
+    std::fs::write(dir.join("cfg.json"), cfg.to_string()).unwrap();
+    dir.to_path_buf()
+}
+
+/// Three shards of 4, 3 and 5 rows with a mask.
+fn write_dump(dir: &Path, width: usize) -> (PathBuf, Vec<f32>, Vec<u8>) {
+    std::fs::create_dir_all(dir).unwrap();
+    let sizes = [4usize, 3, 5];
+    let n: usize = sizes.iter().sum();
+    let all: Vec<f32> = (0..n * width)
+        .map(|i| ((i * 7919 % 23) as f32) * 0.25 - 1.5)
+        .collect();
+    let mask: Vec<u8> = (0..n).map(|i| (i % 3 != 1) as u8).collect();
+    let mut start = 0;
+    for (s, rows) in sizes.iter().enumerate() {
+        write_safetensors(
+            &dir.join(format!("shard_{s:02}.safetensors")),
+            &[
+                (
+                    "activations",
+                    OwnedTensor::f32(
+                        vec![*rows, width],
+                        &all[start * width..(start + rows) * width],
+                    ),
+                ),
+                (
+                    "mask",
+                    OwnedTensor::u8(vec![*rows], &mask[start..start + rows]),
+                ),
+                ("token_ids", OwnedTensor::i32(vec![*rows], &vec![7; *rows])),
+            ],
+            HashMap::new(),
+        )
+        .unwrap();
+        start += rows;
+    }
+    (dir.to_path_buf(), all, mask)
+}
+
+/// Pre-activations by the SAELens formula: (x - b_dec) . W_enc^T + b_enc.
+fn preact(x: &[f32]) -> Vec<f32> {
+    let (w, be, bd) = (w_enc(), b_enc(), b_dec());
+    (0..L)
+        .map(|l| (0..D).map(|d| (x[d] - bd[d]) * w[l * D + d]).sum::<f32>() + be[l])
+        .collect()
+}
+
+/// Active (latent, value) pairs of one row, by hand: TopK-2 then ReLU, or JumpReLU (h > 1).
+fn expected_row(x: &[f32], jumprelu: bool) -> Vec<(usize, f32)> {
+    let h = preact(x);
+    if jumprelu {
+        return (0..L).filter(|l| h[*l] > 1.0).map(|l| (l, h[l])).collect();
+    }
+    let mut order: Vec<usize> = (0..L).collect();
+    order.sort_by(|a, b| h[*b].total_cmp(&h[*a]).then(a.cmp(b)));
+    order[..2]
+        .iter()
+        .filter(|l| h[**l] > 0.0)
+        .map(|l| (*l, h[*l]))
+        .collect()
+}
+
+fn decode_row(active: &[(usize, f32)]) -> Vec<f32> {
+    let w = w_enc();
+    let mut out = b_dec();
+    for (l, v) in active {
+        for d in 0..D {
+            out[d] += v * w[l * D + d] * 0.5;
+        }
+    }
+    out
+}
+
+fn read_npy_f32(p: &Path) -> (Vec<usize>, Vec<f32>) {
+    let bytes = std::fs::read(p).unwrap();
+    let h = NpyHeader::parse(p, &bytes).unwrap();
+    let vals = bytes[h.data_offset..]
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    (h.shape, vals)
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn inspect_reports_the_sae() {
+    let dir = tempfile::tempdir().unwrap();
+    let sae = write_sae(&dir.path().join("sae"), false);
+    let j = ok_json(&["inspect", s(&sae)]);
+    assert_eq!(j["format"], "saelens");
+    assert_eq!(j["d_in"], D);
+    assert_eq!(j["n_latents"], L);
+    assert_eq!(j["activation"], "topk");
+    assert_eq!(j["k"], 2);
+    assert_eq!(j["dtype"], "f32");
+    assert_eq!(j["hook_name"], "blocks.3.hook_resid_post");
+    assert_eq!(j["normalization"], "none");
+    assert_eq!(j["sizes"]["w_enc"], L * D * 4);
+    assert_eq!(j["sizes"]["w_dec"], L * D * 4);
+    assert_eq!(j["fingerprint"].as_str().unwrap().len(), 16);
+    // human output names the same things
+    let out = run(&["inspect", s(&sae)]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("blocks.3.hook_resid_post") && text.contains("k = 2"),
+        "{text}"
+    );
+    // forcing the wrong format fails, naming the path
+    let e = fails(&["inspect", "--format", "gemma-scope", s(&sae)]);
+    assert!(e.contains("sae"), "{e}");
+}
+
+fn check_codes(codes: &Codes, x: &[f32], jumprelu: bool) {
+    assert_eq!(codes.n_rows() * D, x.len());
+    for r in 0..codes.n_rows() {
+        let want = expected_row(&x[r * D..(r + 1) * D], jumprelu);
+        let got: Vec<(usize, f32)> = codes.active(r).collect();
+        assert_eq!(got.len(), want.len(), "row {r}: {got:?} vs {want:?}");
+        for ((gi, gv), (wi, wv)) in got.iter().zip(&want) {
+            assert_eq!(gi, wi, "row {r}");
+            assert!((gv - wv).abs() < 1e-5, "row {r}: {gv} vs {wv}");
+        }
+    }
+}
+
+#[test]
+fn encode_decode_round_trip_topk_and_jumprelu() {
+    for jumprelu in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let sae = write_sae(&dir.path().join("sae"), jumprelu);
+        let (dump, x, _) = write_dump(&dir.path().join("dump"), D);
+        let codes_path = dir.path().join("codes.safetensors");
+        let j = ok_json(&[
+            "encode",
+            "--sae",
+            s(&sae),
+            "--acts",
+            s(&dump),
+            "--out",
+            s(&codes_path),
+            "--batch-size",
+            "3",
+        ]);
+        assert_eq!(j["n_rows"], 12);
+        assert_eq!(j["kind"], if jumprelu { "csr" } else { "topk" });
+        let (enc, fp) = sae_engine::io::codes::read(&codes_path).unwrap();
+        assert_eq!(matches!(enc.codes, Codes::Csr { .. }), jumprelu);
+        check_codes(&enc.codes, &x, jumprelu);
+        let info = ok_json(&["inspect", s(&sae)]);
+        assert_eq!(fp.as_deref(), info["fingerprint"].as_str());
+
+        let recon = dir.path().join("recon.npy");
+        let j = ok_json(&[
+            "decode",
+            "--sae",
+            s(&sae),
+            "--codes",
+            s(&codes_path),
+            "--out",
+            s(&recon),
+            "--acts",
+            s(&dump),
+            "--batch-size",
+            "5",
+        ]);
+        let (shape, got) = read_npy_f32(&recon);
+        assert_eq!(shape, vec![12, D]);
+        let mut sq_err = 0f64;
+        let mut l0 = 0usize;
+        for r in 0..12 {
+            let row = &x[r * D..(r + 1) * D];
+            let active = expected_row(row, jumprelu);
+            l0 += active.len();
+            let want = decode_row(&active);
+            for d in 0..D {
+                assert!((got[r * D + d] - want[d]).abs() < 1e-5, "row {r}");
+                sq_err += ((row[d] - want[d]) as f64).powi(2);
+            }
+        }
+        let m = &j["metrics"];
+        assert_eq!(m["n_rows"], 12);
+        let mse = sq_err / (12 * D) as f64;
+        assert!(
+            (m["mse"].as_f64().unwrap() - mse).abs() < 1e-5 * mse.max(1.0),
+            "{m}"
+        );
+        assert!(
+            (m["l0"].as_f64().unwrap() - l0 as f64 / 12.0).abs() < 1e-9,
+            "{m}"
+        );
+        assert!(m["fvu"].as_f64().unwrap() > 0.0 && m["cosine"].as_f64().is_some());
+
+        // without --acts: no metrics, same reconstruction
+        let recon2 = dir.path().join("recon2.npy");
+        let j = ok_json(&[
+            "decode",
+            "--sae",
+            s(&sae),
+            "--codes",
+            s(&codes_path),
+            "--out",
+            s(&recon2),
+        ]);
+        assert!(j["metrics"].is_null());
+        assert_eq!(read_npy_f32(&recon2).1, got);
+    }
+}
+
+#[test]
+fn stats_shards_and_merge_equal_the_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let sae = write_sae(&dir.path().join("sae"), false);
+    let (dump, x, mask) = write_dump(&dir.path().join("dump"), D);
+    let whole = dir.path().join("whole.safetensors");
+    let j = ok_json(&[
+        "stats",
+        "--sae",
+        s(&sae),
+        "--acts",
+        s(&dump),
+        "--out",
+        s(&whole),
+        "--batch-size",
+        "2",
+    ]);
+    let counted = mask.iter().filter(|m| **m != 0).count();
+    assert_eq!(j["n_tokens"], counted);
+    assert_eq!(j["n_rows"], 12);
+    let st = sae_engine::io::stats::read(&whole).unwrap();
+    assert_eq!(st.n_tokens, counted as u64);
+    // hand-computed sums over counted rows
+    let mut sum = [0f64; L];
+    let mut n_active = [0u64; L];
+    for r in (0..12).filter(|r| mask[*r] != 0) {
+        for (l, v) in expected_row(&x[r * D..(r + 1) * D], false) {
+            sum[l] += v as f64;
+            n_active[l] += 1;
+        }
+    }
+    for l in 0..L {
+        assert!((st.sum[l] - sum[l]).abs() < 1e-4, "latent {l}");
+        assert_eq!(st.n_active[l], n_active[l], "latent {l}");
+    }
+    // --no-mask counts every token
+    let all = dir.path().join("all.safetensors");
+    let j = ok_json(&[
+        "stats",
+        "--sae",
+        s(&sae),
+        "--acts",
+        s(&dump),
+        "--out",
+        s(&all),
+        "--no-mask",
+    ]);
+    assert_eq!(j["n_tokens"], 12);
+
+    // job-array slices, then merge
+    let mut parts = vec![];
+    for i in 0..2 {
+        let p = dir.path().join(format!("part{i}.safetensors"));
+        let shard = format!("{i}/2");
+        ok_json(&[
+            "stats",
+            "--sae",
+            s(&sae),
+            "--acts",
+            s(&dump),
+            "--out",
+            s(&p),
+            "--shard",
+            &shard,
+        ]);
+        parts.push(p);
+    }
+    let merged = dir.path().join("merged.safetensors");
+    let j = ok_json(&[
+        "stats",
+        "merge",
+        s(&parts[0]),
+        s(&parts[1]),
+        "--out",
+        s(&merged),
+    ]);
+    assert_eq!(j["n_tokens"], counted);
+    let m = sae_engine::io::stats::read(&merged).unwrap();
+    assert_eq!(m.n_tokens, st.n_tokens);
+    assert_eq!(m.n_active, st.n_active);
+    assert_eq!(m.max, st.max);
+    for l in 0..L {
+        assert!((m.sum[l] - st.sum[l]).abs() < 1e-9);
+        assert!((m.sum_sq[l] - st.sum_sq[l]).abs() < 1e-9);
+    }
+}
+
+#[test]
+fn errors_name_the_file_and_exit_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let sae = write_sae(&dir.path().join("sae"), false);
+    let other = write_sae(&dir.path().join("jump"), true);
+    let (dump, _, _) = write_dump(&dir.path().join("dump"), D);
+    let (wide, _, _) = write_dump(&dir.path().join("wide"), D + 1);
+    let out = dir.path().join("o.safetensors");
+
+    let missing = dir.path().join("missing_sae");
+    let e = fails(&["inspect", s(&missing)]);
+    assert!(e.contains("missing_sae"), "{e}");
+    let e = fails(&[
+        "encode",
+        "--sae",
+        s(&sae),
+        "--acts",
+        s(&dir.path().join("nope.npy")),
+        "--out",
+        s(&out),
+    ]);
+    assert!(e.contains("nope.npy"), "{e}");
+    // width mismatch names the dump and both widths
+    let e = fails(&[
+        "encode",
+        "--sae",
+        s(&sae),
+        "--acts",
+        s(&wide),
+        "--out",
+        s(&out),
+    ]);
+    assert!(
+        e.contains("wide") && e.contains("width 5") && e.contains("d_in = 4"),
+        "{e}"
+    );
+    assert!(!out.exists());
+
+    // statistics of different SAEs refuse to merge
+    let (a, b) = (
+        dir.path().join("a.safetensors"),
+        dir.path().join("b.safetensors"),
+    );
+    ok_json(&[
+        "stats",
+        "--sae",
+        s(&sae),
+        "--acts",
+        s(&dump),
+        "--out",
+        s(&a),
+    ]);
+    ok_json(&[
+        "stats",
+        "--sae",
+        s(&other),
+        "--acts",
+        s(&dump),
+        "--out",
+        s(&b),
+    ]);
+    let m = dir.path().join("m.safetensors");
+    let e = fails(&["stats", "merge", s(&a), s(&b), "--out", s(&m)]);
+    assert!(
+        e.contains("a.safetensors") && e.contains("b.safetensors") && e.contains("different SAEs"),
+        "{e}"
+    );
+    assert!(!m.exists());
+
+    // codes of one SAE do not decode with another
+    let codes = dir.path().join("codes.safetensors");
+    ok_json(&[
+        "encode",
+        "--sae",
+        s(&sae),
+        "--acts",
+        s(&dump),
+        "--out",
+        s(&codes),
+    ]);
+    let r = dir.path().join("r.npy");
+    let e = fails(&[
+        "decode",
+        "--sae",
+        s(&other),
+        "--codes",
+        s(&codes),
+        "--out",
+        s(&r),
+    ]);
+    assert!(
+        e.contains("codes.safetensors") && e.contains("different SAE"),
+        "{e}"
+    );
+    assert!(!r.exists());
+    // a statistics file is not a codes file
+    let e = fails(&["decode", "--sae", s(&sae), "--codes", s(&a), "--out", s(&r)]);
+    assert!(e.contains("a.safetensors"), "{e}");
+
+    // usage errors exit 2
+    assert_eq!(run(&["stats", "--sae", s(&sae)]).status.code(), Some(2));
+    assert_eq!(run(&["encode"]).status.code(), Some(2));
+    assert_eq!(
+        run(&["--batch-size", "0", "inspect", s(&sae)])
+            .status
+            .code(),
+        Some(2)
+    );
+    let bad = run(&["--backend", "tpu", "inspect", s(&sae)]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("tpu"));
+}

@@ -1,0 +1,152 @@
+//! Flags every command takes, and the shared output helpers: engine construction,
+//! progress bars, JSON or human output.
+
+use std::io::IsTerminal;
+use std::sync::Arc;
+use std::time::Duration;
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use sae_engine::{BackendKind, Engine, EngineOptions, Error, Format, Result, Sae};
+
+/// Global flags (accepted before or after the command name).
+#[derive(clap::Args, Debug, Clone)]
+pub struct Global {
+    /// Print the result as one JSON object on stdout.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// No progress bar and no notes on stderr (errors are still printed).
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
+    /// Backend: cpu, cuda, cuda:N or auto (CUDA when usable, else CPU).
+    #[arg(long, global = true, default_value = "auto", value_name = "BACKEND",
+          value_parser = parse_backend)]
+    pub backend: String,
+    /// CUDA device index.
+    #[arg(long, global = true, value_name = "N")]
+    pub device: Option<usize>,
+    /// Rows (tokens) per batch; memory grows with it.
+    #[arg(long, global = true, default_value_t = 4096, value_name = "ROWS",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub batch_size: u64,
+    /// Latents per encode tile (the engine never holds more than batch x tile pre-activations).
+    #[arg(long, global = true, value_name = "L",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub tile_latents: Option<u64>,
+}
+
+/// `--backend` values (checked at parse time so a typo is a usage error).
+fn parse_backend(s: &str) -> std::result::Result<String, String> {
+    BackendKind::parse(s, 0)
+        .map(|_| s.to_string())
+        .map_err(|e| e.to_string())
+}
+
+/// `--format` values.
+pub fn parse_format(s: &str) -> std::result::Result<Format, String> {
+    Format::parse(s).ok_or_else(|| {
+        "expected one of saelens, saelens-legacy, sparsify, gemma-scope, dictionary-learning, openai"
+            .to_string()
+    })
+}
+
+/// What every command gets: the global flags plus helpers built on them.
+pub struct Ctx {
+    pub g: Global,
+}
+
+impl Ctx {
+    pub fn new(g: Global) -> Ctx {
+        Ctx { g }
+    }
+
+    pub fn batch_rows(&self) -> usize {
+        self.g.batch_size as usize
+    }
+
+    /// Loads an SAE (auto-detected unless `format` forces one).
+    pub fn load_sae(&self, path: &std::path::Path, format: Option<Format>) -> Result<Arc<Sae>> {
+        Ok(Arc::new(sae_engine::formats::load(path, format)?))
+    }
+
+    /// Builds the engine the flags ask for. `auto` with `--device N` tries that CUDA
+    /// device and falls back to the CPU when CUDA cannot run here.
+    pub fn engine(&self, sae: Arc<Sae>) -> Result<Box<dyn Engine>> {
+        let mut opts = EngineOptions::default();
+        if let Some(t) = self.g.tile_latents {
+            opts.tile_latents = t as usize;
+        }
+        let device = self.g.device.unwrap_or(0);
+        let kind = BackendKind::parse(&self.g.backend, device)?;
+        let engine = match kind {
+            BackendKind::Auto if device != 0 => {
+                match sae_engine::engine(BackendKind::Cuda { device }, sae.clone(), &opts) {
+                    Err(Error::BackendUnavailable(_)) => {
+                        sae_engine::engine(BackendKind::Cpu, sae, &opts)
+                    }
+                    other => other,
+                }
+            }
+            k => sae_engine::engine(k, sae, &opts),
+        }?;
+        self.note(&format!("backend: {}", engine.name()));
+        Ok(engine)
+    }
+
+    /// A line on stderr for a person watching (not with --quiet or --json).
+    pub fn note(&self, msg: &str) {
+        if !self.g.quiet && !self.g.json {
+            eprintln!("{msg}");
+        }
+    }
+
+    /// A progress bar over `total` rows: rate and ETA; hidden with --quiet or when
+    /// stderr is not a terminal (logs of batch jobs stay clean).
+    pub fn progress(&self, total: u64, what: &str) -> ProgressBar {
+        if self.g.quiet || !std::io::stderr().is_terminal() {
+            return ProgressBar::hidden();
+        }
+        let pb = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+        let style = ProgressStyle::with_template(
+            "{msg:>8} [{elapsed_precise}] {wide_bar} {human_pos}/{human_len} rows ({per_sec}, ETA {eta})",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar());
+        pb.set_style(style);
+        pb.set_message(what.to_string());
+        pb.enable_steady_tick(Duration::from_millis(200));
+        pb
+    }
+
+    /// Prints the result: `json` with --json, else `human` (one or more lines).
+    pub fn output(&self, json: serde_json::Value, human: &str) {
+        if self.g.json {
+            println!("{json}");
+        } else {
+            println!("{human}");
+        }
+    }
+}
+
+/// Rows per second, for reports.
+pub fn rate(rows: u64, secs: f64) -> f64 {
+    if secs > 0.0 {
+        rows as f64 / secs
+    } else {
+        0.0
+    }
+}
+
+/// 1536 -> "1.5 KiB".
+pub fn human_bytes(b: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}

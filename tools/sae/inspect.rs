@@ -1,0 +1,100 @@
+//! `sae inspect SAE`: what an SAE is, without running it.
+
+use std::path::PathBuf;
+
+use sae_engine::{Activation, Format, Normalization, Result};
+use serde_json::json;
+
+use crate::common::{human_bytes, parse_format, Ctx};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// SAE directory or file.
+    pub sae: PathBuf,
+    /// Force the format instead of detecting it.
+    #[arg(long, value_parser = parse_format)]
+    pub format: Option<Format>,
+}
+
+pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
+    let sae = ctx.load_sae(&a.sae, a.format)?;
+    let (activation, k) = match sae.activation {
+        Activation::TopK { k } => ("topk", Some(k)),
+        Activation::Relu => ("relu", None),
+        Activation::JumpRelu => ("jumprelu", None),
+    };
+    let normalization = match sae.normalization {
+        Normalization::None => "none".to_string(),
+        Normalization::ConstantNormRescale => "constant_norm_rescale".to_string(),
+        Normalization::LayerNorm { eps } => format!("layer_norm (eps {eps})"),
+    };
+    let w_enc = sae.w_enc.size_bytes() as u64;
+    let w_dec = sae.w_dec.size_bytes() as u64;
+    let vectors = 4
+        * (sae.b_enc.len() + sae.b_dec.len() + sae.threshold.as_ref().map_or(0, |t| t.len()))
+            as u64;
+    let fingerprint = sae.fingerprint();
+    let m = &sae.meta;
+    let json = json!({
+        "path": a.sae,
+        "format": m.format.name(),
+        "architecture": m.architecture,
+        "d_in": sae.d_in(),
+        "n_latents": sae.n_latents(),
+        "activation": activation,
+        "k": k,
+        "dtype": m.dtype.name(),
+        "hook_name": m.hook_name,
+        "hook_layer": m.hook_layer,
+        "model_name": m.model_name,
+        "normalization": normalization,
+        "subtract_b_dec": sae.subtract_b_dec,
+        "rescale_acts_by_decoder_norm": sae.rescale_acts_by_decoder_norm,
+        "sizes": {
+            "w_enc": w_enc,
+            "w_dec": w_dec,
+            "vectors": vectors,
+            "total": w_enc + w_dec + vectors,
+        },
+        "memory_mapped": sae.w_enc.bytes().is_mapped() && sae.w_dec.bytes().is_mapped(),
+        "fingerprint": fingerprint,
+    });
+    let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+    let human = format!(
+        "path           {}\n\
+         format         {} ({})\n\
+         d_in           {}\n\
+         n_latents      {}\n\
+         activation     {}{}\n\
+         dtype          {}\n\
+         hook name      {}\n\
+         model          {}\n\
+         normalization  {}\n\
+         b_dec on input {}\n\
+         weights        W_enc {}, W_dec {}, vectors {} (total {})\n\
+         fingerprint    {}",
+        a.sae.display(),
+        m.format.name(),
+        m.architecture,
+        sae.d_in(),
+        sae.n_latents(),
+        activation,
+        k.map(|k| format!(" (k = {k})")).unwrap_or_default(),
+        m.dtype,
+        opt(&m.hook_name),
+        opt(&m.model_name),
+        normalization,
+        if sae.subtract_b_dec {
+            "subtracted"
+        } else {
+            "not subtracted"
+        },
+        human_bytes(w_enc),
+        human_bytes(w_dec),
+        human_bytes(vectors),
+        human_bytes(w_enc + w_dec + vectors),
+        fingerprint,
+    );
+    ctx.output(json, &human);
+    Ok(())
+}
