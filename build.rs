@@ -3,7 +3,9 @@
 //! the CUDA backend compiles with NVRTC at run time. Never runs nvidia-smi (no GPU needed).
 //!
 //! nvcc is looked up in: $NVCC, $CUDA_HOME/bin, $CUDA_PATH/bin, PATH, the project's
-//! .venv-cuda (tools/install-nvcc.sh), /usr/local/cuda/bin. SAE_NO_NVCC=1 skips it.
+//! .venv-cuda (tools/install-nvcc.sh), /usr/local/cuda/bin. SAE_NO_NVCC=1 skips it;
+//! SAE_REQUIRE_NVCC=1 (CI) makes a missing nvcc a build error. SAE_NVCC_ARCHS=80,90 narrows
+//! the SASS targets (faster local builds).
 
 use std::env;
 use std::fmt::Write as _;
@@ -19,7 +21,7 @@ fn main() {
     let kdir = manifest.join("kernels");
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed=kernels");
-    for v in ["NVCC", "CUDA_HOME", "CUDA_PATH", "PATH", "SAE_NO_NVCC", "SAE_NVCC_ARCHS"] {
+    for v in ["NVCC", "CUDA_HOME", "CUDA_PATH", "PATH", "SAE_NO_NVCC", "SAE_REQUIRE_NVCC", "SAE_NVCC_ARCHS"] {
         println!("cargo:rerun-if-env-changed={v}");
     }
     println!("cargo::rustc-check-cfg=cfg(sae_fatbin)");
@@ -41,6 +43,9 @@ fn main() {
             compile_all(nvcc, &sources, &out);
             println!("cargo:rustc-cfg=sae_fatbin");
             true
+        }
+        None if env::var_os("SAE_REQUIRE_NVCC").is_some_and(|v| v != "0") => {
+            panic!("SAE_REQUIRE_NVCC is set but no working nvcc was found (NVCC, CUDA_HOME, CUDA_PATH, PATH, .venv-cuda, /usr/local/cuda)");
         }
         None => {
             println!(

@@ -1,5 +1,5 @@
 // Decode: gather-sum of decoder rows, one block per token.
-//   out[r, c] = ((sum_e val_e / norm[idx_e]?) * W_dec[idx_e, c] + b_dec[c]) * scale[r] + shift[r]
+//   out[r, c] = (b_dec[c] + sum_e (val_e / norm[idx_e]?) * W_dec[idx_e, c]) * scale[r] + shift[r]
 // Vector kernels (decode_<dtype>) read 16 bytes per thread per row and need d % (16 / size) == 0;
 // decode_strided_<dtype> serves other widths and decoders stored transposed. Row offsets are
 // 64-bit (2^21 latents x 4096 columns overflows 32 bits). Accumulation is f32 in entry order.
@@ -35,7 +35,7 @@ __device__ __forceinline__ int dec_stage(const long long* __restrict__ row_ptr, 
     for (int i = threadIdx.x; i < n; i += blockDim.x) {
         int l = idx[e0 + i];
         float v = val[e0 + i];
-        if (l >= 0 && norm) v = v / norm[l];
+        if (l >= 0 && norm) v = norm[l] > 0.0f ? v / norm[l] : 0.0f;
         s_idx[i] = l;
         s_val[i] = v;
     }
@@ -46,8 +46,9 @@ __device__ __forceinline__ int dec_stage(const long long* __restrict__ row_ptr, 
 __device__ __forceinline__ void dec_out(int row, long long c, int d, float acc, const float* __restrict__ b_dec,
                                         const float* __restrict__ scale, const float* __restrict__ shift,
                                         float* __restrict__ out, const float* __restrict__ x, double m[4]) {
-    // No FMA contraction here: the CPU reference rounds the add and the rescale separately.
-    float y = __fadd_rn(acc, b_dec[c]);
+    // acc started at b_dec[c]. No FMA contraction: the CPU reference rounds each product,
+    // sum and rescale separately, so the GPU result is bit-identical for the same order.
+    float y = acc;
     if (scale) y = __fadd_rn(__fmul_rn(y, scale[row]), shift[row]);
     long long o = (long long)row * d + c;
     out[o] = y;
@@ -96,7 +97,10 @@ __device__ __forceinline__ void decode_vec(const long long* __restrict__ row_ptr
 #pragma unroll
         for (int q = 0; q < DEC_G; q++)
 #pragma unroll
-            for (int t = 0; t < VEC; t++) acc[q][t] = 0.0f;
+            for (int t = 0; t < VEC; t++) {
+                int g = (pass * DEC_G + q) * blockDim.x + threadIdx.x;
+                acc[q][t] = g < ngroups ? b_dec[(long long)g * VEC + t] : 0.0f;
+            }
         for (long long e0 = start; e0 < end; e0 += DEC_CHUNK) {
             int n = dec_stage(row_ptr, idx, val, norm, e0, end, s_idx, s_val);
 #pragma unroll 2
@@ -113,7 +117,7 @@ __device__ __forceinline__ void decode_vec(const long long* __restrict__ row_ptr
                         if constexpr (VEC == 4) load16((const float*)(wrow) + g * 4, w);
                         else load16h<D>((const u16*)(wrow) + g * 8, w);
 #pragma unroll
-                        for (int t = 0; t < VEC; t++) acc[q][t] += v * w[t];
+                        for (int t = 0; t < VEC; t++) acc[q][t] = __fadd_rn(acc[q][t], __fmul_rn(v, w[t]));
                     }
                 }
             }
@@ -146,7 +150,12 @@ __device__ __forceinline__ void decode_strided(const long long* __restrict__ row
     const int npasses = (d + per_pass - 1) / per_pass;
     double m[4] = {0.0, 0.0, 0.0, 0.0};
     for (int pass = 0; pass < npasses; pass++) {
-        float acc[DEC_G] = {0.0f, 0.0f, 0.0f, 0.0f};
+        float acc[DEC_G];
+#pragma unroll
+        for (int q = 0; q < DEC_G; q++) {
+            int c = (pass * DEC_G + q) * blockDim.x + threadIdx.x;
+            acc[q] = c < d ? b_dec[c] : 0.0f;
+        }
         for (long long e0 = start; e0 < end; e0 += DEC_CHUNK) {
             int n = dec_stage(row_ptr, idx, val, norm, e0, end, s_idx, s_val);
             for (int e = 0; e < n; e++) {
@@ -156,7 +165,7 @@ __device__ __forceinline__ void decode_strided(const long long* __restrict__ row
 #pragma unroll
                 for (int q = 0; q < DEC_G; q++) {
                     int c = (pass * DEC_G + q) * blockDim.x + threadIdx.x;
-                    if (c < d) acc[q] += v * D::load(W, (long long)l * row_stride + (long long)c * col_stride);
+                    if (c < d) acc[q] = __fadd_rn(acc[q], __fmul_rn(v, D::load(W, (long long)l * row_stride + (long long)c * col_stride)));
                 }
             }
         }

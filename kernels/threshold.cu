@@ -7,16 +7,18 @@
 #define THR_THREADS 256
 
 __device__ __forceinline__ bool thr_active(float s, unsigned l, const float* __restrict__ b_enc,
-                                           const float* __restrict__ thresh, float* h_out) {
+                                           const float* __restrict__ thresh, float* h_out, int* bad) {
     float h = s + b_enc[l];
     *h_out = h;
+    // NaN / +inf pre-activations (bad weights) are reported with the row, like the CPU engine.
+    if (bad && (h != h || h == __int_as_float(0x7f800000))) atomicMin(bad, (int)blockIdx.x);
     if (thresh && !(h > thresh[l])) return false;
     return h > 0.0f;
 }
 
 extern "C" __global__ void __launch_bounds__(THR_THREADS)
 threshold_count_f32(const float* __restrict__ scores, long long ld, int tile_len, unsigned latent0,
-                    const float* __restrict__ b_enc, const float* __restrict__ thresh, int* __restrict__ counts) {
+                    const float* __restrict__ b_enc, const float* __restrict__ thresh, int* __restrict__ counts, int* __restrict__ bad) {
     __shared__ int total;
     const float* srow = scores + (long long)blockIdx.x * ld;
     if (threadIdx.x == 0) total = 0;
@@ -24,7 +26,7 @@ threshold_count_f32(const float* __restrict__ scores, long long ld, int tile_len
     int c = 0;
     for (int j = threadIdx.x; j < tile_len; j += THR_THREADS) {
         float h;
-        c += thr_active(srow[j], latent0 + j, b_enc, thresh, &h) ? 1 : 0;
+        c += thr_active(srow[j], latent0 + j, b_enc, thresh, &h, bad) ? 1 : 0;
     }
     for (int o = 16; o > 0; o >>= 1) c += __shfl_down_sync(0xffffffffu, c, o);
     if ((threadIdx.x & 31) == 0) atomicAdd(&total, c);
@@ -48,7 +50,7 @@ threshold_write_f32(const float* __restrict__ scores, long long ld, int tile_len
     for (int j0 = 0; j0 < tile_len; j0 += THR_THREADS) {
         int j = j0 + threadIdx.x;
         float h = 0.0f;
-        bool a = j < tile_len && thr_active(srow[j], latent0 + j, b_enc, thresh, &h);
+        bool a = j < tile_len && thr_active(srow[j], latent0 + j, b_enc, thresh, &h, nullptr);
         unsigned ball = __ballot_sync(0xffffffffu, a);
         if (lane == 0) warp_tot[warp] = __popc(ball);
         __syncthreads();

@@ -12,13 +12,18 @@
 #define TOPK_THREADS 256
 #define TOPK_CAP 2048  // shared candidate slots (u64): kept k (<= 512) + survivors
 
-// Pre-activation for tile column j, or NaN-safe rejection: returns false when h is not > 0
-// (TopK keeps only positive values, and a NaN compares false).
+// Pre-activation for tile column j; false when h is not > 0 (TopK keeps only positive
+// values). A NaN or +inf h (bad weights, overflow) records the row in *bad, as the CPU
+// reference reports it; the input itself was checked on the host.
 __device__ __forceinline__ bool topk_h(float s, unsigned j, unsigned latent0, const float* __restrict__ b_enc,
-                                       const float* __restrict__ scale, u64* key) {
+                                       const float* __restrict__ scale, u64* key, int* bad) {
     unsigned l = latent0 + j;
     float h = s + b_enc[l];
     if (scale) h *= scale[l];
+    if (h != h || h == __int_as_float(0x7f800000)) {
+        atomicMin(bad, (int)blockIdx.x);
+        return false;
+    }
     if (!(h > 0.0f)) return false;
     *key = topk_key(h, l);
     return true;
@@ -27,7 +32,7 @@ __device__ __forceinline__ bool topk_h(float s, unsigned j, unsigned latent0, co
 extern "C" __global__ void __launch_bounds__(TOPK_THREADS)
 topk_select_f32(const float* __restrict__ scores, long long ld, int tile_len, unsigned latent0,
                 const float* __restrict__ b_enc, const float* __restrict__ scale,
-                u64* __restrict__ state, int* __restrict__ count, int k) {
+                u64* __restrict__ state, int* __restrict__ count, int k, int* __restrict__ bad) {
     __shared__ u64 buf[TOPK_CAP];
     __shared__ unsigned hist[256];
     __shared__ int n_cand;
@@ -56,7 +61,7 @@ topk_select_f32(const float* __restrict__ scores, long long ld, int tile_len, un
 #pragma unroll
         for (int q = 0; q < 4; q++) {
             u64 key;
-            if (topk_h(sv[q], j + q, latent0, b_enc, scale, &key) && key > thr) {
+            if (topk_h(sv[q], j + q, latent0, b_enc, scale, &key, bad) && key > thr) {
                 int pos = atomicAdd(&n_cand, 1);
                 if (pos < cap_c) buf[kept + pos] = key;
             }
@@ -64,7 +69,7 @@ topk_select_f32(const float* __restrict__ scores, long long ld, int tile_len, un
     }
     for (int j = vec_end + tid; j < tile_len; j += TOPK_THREADS) {
         u64 key;
-        if (topk_h(srow[j], j, latent0, b_enc, scale, &key) && key > thr) {
+        if (topk_h(srow[j], j, latent0, b_enc, scale, &key, bad) && key > thr) {
             int pos = atomicAdd(&n_cand, 1);
             if (pos < cap_c) buf[kept + pos] = key;
         }
@@ -85,7 +90,7 @@ topk_select_f32(const float* __restrict__ scores, long long ld, int tile_len, un
             const u64 hi_mask = (shift == 56) ? 0ull : (~0ull << (shift + 8));
             for (int j = tid; j < tile_len; j += TOPK_THREADS) {
                 u64 key;
-                if (topk_h(srow[j], j, latent0, b_enc, scale, &key) && key > thr && (key & hi_mask) == prefix)
+                if (topk_h(srow[j], j, latent0, b_enc, scale, &key, bad) && key > thr && (key & hi_mask) == prefix)
                     atomicAdd(&hist[(unsigned)(key >> shift) & 255u], 1u);
             }
             __syncthreads();
@@ -110,7 +115,7 @@ topk_select_f32(const float* __restrict__ scores, long long ld, int tile_len, un
         __syncthreads();
         for (int j = tid; j < tile_len; j += TOPK_THREADS) {
             u64 key;
-            if (topk_h(srow[j], j, latent0, b_enc, scale, &key) && key > thr && key >= lo) {
+            if (topk_h(srow[j], j, latent0, b_enc, scale, &key, bad) && key > thr && key >= lo) {
                 int pos = atomicAdd(&n_cand, 1);
                 buf[kept + pos] = key;  // exactly k of them, and kept + k <= TOPK_CAP
             }

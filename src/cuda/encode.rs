@@ -124,6 +124,8 @@ pub struct Workspace {
     pub val: Option<DevBuf>,
     /// CSR: per-row counts (i32) and write offsets (i64), fragment buffers.
     offsets: DevBuf,
+    /// i32 per staging slot: smallest chunk row with a NaN / +inf pre-activation (i32::MAX: none).
+    pub bad: DevBuf,
     frag_idx: Option<DevBuf>,
     frag_val: Option<DevBuf>,
     frag_cap: usize,
@@ -151,6 +153,7 @@ impl Workspace {
             idx: if k > 0 { Some(gpu.alloc(r * k * 4)?) } else { None },
             val: if k > 0 { Some(gpu.alloc(r * k * 4)?) } else { None },
             offsets: gpu.alloc(r * 8)?,
+            bad: gpu.alloc(8)?,
             frag_idx: if k == 0 { Some(gpu.alloc(frag_cap * 4)?) } else { None },
             frag_val: if k == 0 { Some(gpu.alloc(frag_cap * 4)?) } else { None },
             frag_cap,
@@ -159,7 +162,7 @@ impl Workspace {
 
     /// Device bytes held.
     pub fn bytes(&self) -> usize {
-        [Some(&self.x32), self.xlp.as_ref(), Some(&self.scores), self.wtile.as_ref(), self.state.as_ref(), Some(&self.count), self.idx.as_ref(), self.val.as_ref(), Some(&self.offsets), self.frag_idx.as_ref(), self.frag_val.as_ref()]
+        [Some(&self.x32), self.xlp.as_ref(), Some(&self.scores), self.wtile.as_ref(), self.state.as_ref(), Some(&self.count), self.idx.as_ref(), self.val.as_ref(), Some(&self.offsets), Some(&self.bad), self.frag_idx.as_ref(), self.frag_val.as_ref()]
             .into_iter()
             .flatten()
             .map(|b| b.bytes)
@@ -266,7 +269,8 @@ pub fn gemm_tile(gpu: &Gpu, w: &DeviceMatrix, n_latents: usize, d: usize, ws: &W
 
 /// Top-k codes of `rows` rows whose preprocessed activations are in `ws.x32`, left in
 /// ws.idx / ws.val ([rows, k]). `gemm_only` skips the selection (the cuBLAS-only baseline).
-pub fn encode_topk_chunk(gpu: &Gpu, sae: &DeviceSae, ws: &Workspace, rows: usize, k: usize, gemm_only: bool) -> Result<()> {
+/// `bad` (device i32) receives the smallest row with a non-finite pre-activation.
+pub fn encode_topk_chunk(gpu: &Gpu, sae: &DeviceSae, ws: &Workspace, rows: usize, k: usize, gemm_only: bool, bad: u64) -> Result<()> {
     let (state, idx, val) = match (&ws.state, &ws.idx, &ws.val) {
         (Some(s), Some(i), Some(v)) => (s, i, v),
         _ => return Err(Error::Cuda("top-k workspace missing its state buffers".into())),
@@ -276,6 +280,7 @@ pub fn encode_topk_chunk(gpu: &Gpu, sae: &DeviceSae, ws: &Workspace, rows: usize
     }
     prepare_x(gpu, sae, ws, rows)?;
     gpu.zero(ws.count.ptr, rows * 4)?;
+    gpu.htod(bad, &[i32::MAX])?;
     let select = gpu.kernel("topk_select_f32")?;
     let scale = sae.dec_norm.as_ref().map(|b| b.ptr).unwrap_or(0);
     let ld = ws.plan.tile as i64;
@@ -287,14 +292,14 @@ pub fn encode_topk_chunk(gpu: &Gpu, sae: &DeviceSae, ws: &Workspace, rows: usize
         if !gemm_only {
             let (t32, l032) = (t as i32, l0 as u32);
             let mut b = gpu.stream.launch_builder(select);
-            b.arg(&ws.scores.ptr).arg(&ld).arg(&t32).arg(&l032).arg(&sae.b_enc.ptr).arg(&scale).arg(&state.ptr).arg(&ws.count.ptr).arg(&k32);
+            b.arg(&ws.scores.ptr).arg(&ld).arg(&t32).arg(&l032).arg(&sae.b_enc.ptr).arg(&scale).arg(&state.ptr).arg(&ws.count.ptr).arg(&k32).arg(&bad);
             let cfg = LaunchConfig {
                 grid_dim: (rows as u32, 1, 1),
                 block_dim: (TOPK_THREADS, 1, 1),
                 shared_mem_bytes: 0,
             };
             // SAFETY: topk_select_f32(scores, ld, tile_len, latent0, b_enc, scale|null, state,
-            // count, k): scores rows x ld f32 with t valid columns; b_enc/scale cover latent0 + t;
+            // count, k, bad): scores rows x ld f32 with t valid columns; b_enc/scale cover latent0 + t;
             // state rows x k u64 and count rows i32, zeroed before the first tile.
             unsafe { b.launch(cfg) }.map_err(launch_err("topk_select_f32"))?;
         }
@@ -309,8 +314,9 @@ pub fn encode_topk_chunk(gpu: &Gpu, sae: &DeviceSae, ws: &Workspace, rows: usize
     Ok(())
 }
 
-/// Threshold codes (ReLU / JumpReLU) of `rows` rows in ws.x32, as per-row (latents ascending).
-pub fn encode_csr_chunk(gpu: &Gpu, sae: &DeviceSae, ws: &Workspace, rows: usize) -> Result<(Vec<i64>, Vec<i32>, Vec<f32>)> {
+/// Threshold codes (ReLU / JumpReLU) of `rows` rows in ws.x32 as CSR (latents ascending),
+/// or Err(row) with the smallest chunk row that has a non-finite pre-activation.
+pub fn encode_csr_chunk(gpu: &Gpu, sae: &DeviceSae, ws: &Workspace, rows: usize) -> Result<std::result::Result<(Vec<i64>, Vec<i32>, Vec<f32>), usize>> {
     let (fi, fv) = match (&ws.frag_idx, &ws.frag_val) {
         (Some(i), Some(v)) => (i, v),
         _ => return Err(Error::Cuda("CSR workspace missing its fragment buffers".into())),
@@ -330,6 +336,7 @@ pub fn encode_csr_chunk(gpu: &Gpu, sae: &DeviceSae, ws: &Workspace, rows: usize)
         let write_k = gpu.kernel("threshold_write_f32")?;
         let ld = ws.plan.tile as i64;
         let mut counts = vec![0i32; rows];
+        gpu.htod(ws.bad.ptr, &[i32::MAX])?;
         let mut l0 = 0;
         while l0 < sae.n_latents {
             let t = ws.plan.tile.min(sae.n_latents - l0);
@@ -341,11 +348,16 @@ pub fn encode_csr_chunk(gpu: &Gpu, sae: &DeviceSae, ws: &Workspace, rows: usize)
                 shared_mem_bytes: 0,
             };
             let mut b = gpu.stream.launch_builder(count_k);
-            b.arg(&ws.scores.ptr).arg(&ld).arg(&t32).arg(&l032).arg(&sae.b_enc.ptr).arg(&thresh).arg(&ws.count.ptr);
+            b.arg(&ws.scores.ptr).arg(&ld).arg(&t32).arg(&l032).arg(&sae.b_enc.ptr).arg(&thresh).arg(&ws.count.ptr).arg(&ws.bad.ptr);
             // SAFETY: threshold_count_f32(scores, ld, tile_len, latent0, b_enc, thresh|null,
-            // counts): one block per row, counts holds rows i32.
+            // counts, bad): one block per row, counts holds rows i32, bad one i32.
             unsafe { b.launch(cfg(rows)) }.map_err(launch_err("threshold_count_f32"))?;
             gpu.dtoh(&mut counts, ws.count.ptr)?;
+            let mut bad = [0i32];
+            gpu.dtoh(&mut bad, ws.bad.ptr)?;
+            if bad[0] != i32::MAX {
+                return Ok(Err(bad[0] as usize));
+            }
             // Exact overflow path: rows go out in groups whose survivors fit the fragment
             // buffer (one row never exceeds it: frag_cap >= tile).
             let mut r0 = 0;
@@ -391,6 +403,6 @@ pub fn encode_csr_chunk(gpu: &Gpu, sae: &DeviceSae, ws: &Workspace, rows: usize)
         val.extend(v);
         row_ptr.push(idx.len() as i64);
     }
-    Ok((row_ptr, idx, val))
+    Ok(Ok((row_ptr, idx, val)))
 }
 

@@ -51,6 +51,7 @@ struct Slot {
     x: PinnedHostSlice<f32>,
     idx: PinnedHostSlice<i32>,
     val: PinnedHostSlice<f32>,
+    bad: PinnedHostSlice<i32>,
     done: CudaEvent,
 }
 
@@ -130,6 +131,7 @@ impl CudaEngine {
                         x: self.gpu.ctx.alloc_pinned::<f32>(plan.rows * self.dsae.d_in).map_err(cuda_err("pinned staging"))?,
                         idx: self.gpu.ctx.alloc_pinned_with_flags::<i32>((plan.rows * k).max(1), 0).map_err(cuda_err("pinned staging"))?,
                         val: self.gpu.ctx.alloc_pinned_with_flags::<f32>((plan.rows * k).max(1), 0).map_err(cuda_err("pinned staging"))?,
+                        bad: self.gpu.ctx.alloc_pinned_with_flags::<i32>(1, 0).map_err(cuda_err("pinned staging"))?,
                         done: self.gpu.ctx.new_event(None).map_err(cuda_err("event"))?,
                     }
                 };
@@ -143,11 +145,13 @@ impl CudaEngine {
         }
     }
 
-    /// Normalizes and centers rows of `x` into `dst` as the CPU reference does; returns denorm.
-    fn preprocess(&self, x: &[f32], dst: &mut [f32], denorm: &mut Option<Denorm>) {
+    /// Normalizes and centers rows of `x` into `dst` exactly as the CPU engine does (same
+    /// `Normalization::apply`, same f32 subtraction), appending to `denorm`. `first_row` is
+    /// the global index of x's first row, for the error of a row that normalizes to non-finite.
+    fn preprocess(&self, x: &[f32], dst: &mut [f32], denorm: &mut Option<Denorm>, first_row: u64) -> Result<()> {
         let d = self.sae.d_in();
         dst.copy_from_slice(x);
-        for row in dst.chunks_exact_mut(d) {
+        for (r, row) in dst.chunks_exact_mut(d).enumerate() {
             if let Some(rd) = self.sae.normalization.apply(row) {
                 if let Some(dn) = denorm.as_mut() {
                     dn.scale.push(rd.scale);
@@ -159,10 +163,25 @@ impl CudaEngine {
                     *v -= *b;
                 }
             }
+            // A constant row under layer_norm with eps = 0 divides by zero.
+            if row.iter().any(|v| !v.is_finite()) {
+                return Err(Error::NonFinite {
+                    context: "encode input after normalization".into(),
+                    row: first_row + r as u64,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn bad_preactivation(row: u64) -> Error {
+        Error::NonFinite {
+            context: "encode: non-finite pre-activation (non-finite SAE weights or biases, or overflow)".into(),
+            row,
         }
     }
 
-    fn encode_topk(&self, x: &[f32], rows: usize, k: usize, denorm: &mut Option<Denorm>) -> Result<Codes> {
+    fn encode_topk(&self, x: &[f32], rows: usize, k: usize, denorm: &mut Option<Denorm>, row_offset: u64) -> Result<Codes> {
         let d = self.sae.d_in();
         let mut indices = vec![0i32; rows * k];
         let mut values = vec![0f32; rows * k];
@@ -174,6 +193,10 @@ impl CudaEngine {
                 let (s, n) = chunks[c];
                 let slot = &st.slots[c % 2];
                 slot.done.synchronize().map_err(cuda_err("waiting for a chunk"))?;
+                let bad = slot.bad.as_slice().map_err(cuda_err("pinned"))?[0];
+                if bad != i32::MAX {
+                    return Err(Self::bad_preactivation(row_offset + (s + bad as usize) as u64));
+                }
                 indices[s * k..(s + n) * k].copy_from_slice(&slot.idx.as_slice().map_err(cuda_err("pinned"))?[..n * k]);
                 values[s * k..(s + n) * k].copy_from_slice(&slot.val.as_slice().map_err(cuda_err("pinned"))?[..n * k]);
                 Ok(())
@@ -182,11 +205,12 @@ impl CudaEngine {
                 // The slot was last used by chunk c - 2, collected before chunk c - 1 was queued.
                 let slot = &mut st.slots[c % 2];
                 let xs = slot.x.as_mut_slice().map_err(cuda_err("pinned"))?;
-                self.preprocess(&x[s * d..(s + n) * d], &mut xs[..n * d], denorm);
+                self.preprocess(&x[s * d..(s + n) * d], &mut xs[..n * d], denorm, row_offset + s as u64)?;
                 // SAFETY: x32 holds plan.rows * d f32; the pinned source stays untouched until
                 // `done` of this slot has been waited for.
                 unsafe { drv::memcpy_htod_async(st.ws.x32.ptr, &xs[..n * d], stream) }.map_err(cuda_err("staging copy"))?;
-                encode::encode_topk_chunk(&self.gpu, &self.dsae, &st.ws, n, k, false)?;
+                let bad_dev = st.ws.bad.at((c % 2) * 4);
+                encode::encode_topk_chunk(&self.gpu, &self.dsae, &st.ws, n, k, false, bad_dev)?;
                 let (idx, val) = match (&st.ws.idx, &st.ws.val) {
                     (Some(i), Some(v)) => (i.ptr, v.ptr),
                     _ => return Err(Error::Cuda("top-k workspace missing outputs".into())),
@@ -198,6 +222,8 @@ impl CudaEngine {
                     drv::memcpy_dtoh_async(&mut slot.idx.as_mut_slice().map_err(cuda_err("pinned"))?[..n * k], idx, stream)
                         .map_err(cuda_err("codes copy"))?;
                     drv::memcpy_dtoh_async(&mut slot.val.as_mut_slice().map_err(cuda_err("pinned"))?[..n * k], val, stream)
+                        .map_err(cuda_err("codes copy"))?;
+                    drv::memcpy_dtoh_async(slot.bad.as_mut_slice().map_err(cuda_err("pinned"))?, bad_dev, stream)
                         .map_err(cuda_err("codes copy"))?;
                 }
                 slot.done.record(&self.gpu.stream).map_err(cuda_err("event record"))?;
@@ -213,7 +239,7 @@ impl CudaEngine {
         Ok(Codes::TopK { n: rows, k, indices, values })
     }
 
-    fn encode_csr(&self, x: &[f32], rows: usize, denorm: &mut Option<Denorm>) -> Result<Codes> {
+    fn encode_csr(&self, x: &[f32], rows: usize, denorm: &mut Option<Denorm>, row_offset: u64) -> Result<Codes> {
         let d = self.sae.d_in();
         let mut out = Codes::empty(None);
         self.with_state(|st| {
@@ -222,9 +248,12 @@ impl CudaEngine {
                 let n = r.min(rows - s);
                 let slot = &mut st.slots[0];
                 let xs = slot.x.as_mut_slice().map_err(cuda_err("pinned"))?;
-                self.preprocess(&x[s * d..(s + n) * d], &mut xs[..n * d], denorm);
+                self.preprocess(&x[s * d..(s + n) * d], &mut xs[..n * d], denorm, row_offset + s as u64)?;
                 self.gpu.htod(st.ws.x32.ptr, &xs[..n * d])?;
-                let (row_ptr, indices, values) = encode::encode_csr_chunk(&self.gpu, &self.dsae, &st.ws, n)?;
+                let (row_ptr, indices, values) = match encode::encode_csr_chunk(&self.gpu, &self.dsae, &st.ws, n)? {
+                    Ok(c) => c,
+                    Err(r) => return Err(Self::bad_preactivation(row_offset + (s + r) as u64)),
+                };
                 out.append(&Codes::Csr { n, row_ptr, indices, values })?;
             }
             Ok(())
@@ -385,9 +414,9 @@ impl Engine for CudaEngine {
         };
         let codes = match self.sae.activation {
             Activation::TopK { k } if rows == 0 => Codes::empty(Some(k)),
-            Activation::TopK { k } => self.encode_topk(x, rows, k, &mut denorm)?,
+            Activation::TopK { k } => self.encode_topk(x, rows, k, &mut denorm, row_offset)?,
             _ if rows == 0 => Codes::empty(None),
-            _ => self.encode_csr(x, rows, &mut denorm)?,
+            _ => self.encode_csr(x, rows, &mut denorm, row_offset)?,
         };
         Ok(Encoded { codes, denorm })
     }

@@ -24,6 +24,7 @@ pub mod kernels;
 pub mod loader;
 pub mod ops;
 pub mod pipeline;
+pub mod verify;
 pub mod weights;
 
 pub use device::{DeviceInfo, Gpu};
