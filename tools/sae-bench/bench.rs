@@ -25,16 +25,21 @@ pub struct Shape {
     pub k: usize,
     pub dtype: DType,
     pub precision: Precision,
+    /// Rows per chunk and latents per tile forced (None: planned from a 1 GiB workspace).
+    /// The forced variants keep a tile's scores (rows x tile x 4 bytes) inside L2.
+    pub force: Option<(usize, usize)>,
 }
 
 /// The default set: the paper shape first, then the anchors' other shapes.
 pub const SHAPES: &[Shape] = &[
-    Shape { name: "paper", n: 4096, d: 4096, l: 1 << 21, k: 64, dtype: DType::BF16, precision: Precision::Fast },
-    Shape { name: "l262k", n: 4096, d: 4096, l: 1 << 18, k: 64, dtype: DType::BF16, precision: Precision::Fast },
-    Shape { name: "l65k", n: 4096, d: 4096, l: 1 << 16, k: 64, dtype: DType::BF16, precision: Precision::Fast },
-    Shape { name: "qwen", n: 4096, d: 3584, l: 1 << 17, k: 64, dtype: DType::BF16, precision: Precision::Fast },
-    Shape { name: "f32-tf32", n: 4096, d: 4096, l: 1 << 18, k: 64, dtype: DType::F32, precision: Precision::Fast },
-    Shape { name: "l65k-exact", n: 4096, d: 4096, l: 1 << 16, k: 64, dtype: DType::BF16, precision: Precision::Exact },
+    Shape { name: "paper", n: 4096, d: 4096, l: 1 << 21, k: 64, dtype: DType::BF16, precision: Precision::Fast, force: None },
+    Shape { name: "paper-r1024-t8k", n: 4096, d: 4096, l: 1 << 21, k: 64, dtype: DType::BF16, precision: Precision::Fast, force: Some((1024, 8192)) },
+    Shape { name: "paper-r2048-t4k", n: 4096, d: 4096, l: 1 << 21, k: 64, dtype: DType::BF16, precision: Precision::Fast, force: Some((2048, 4096)) },
+    Shape { name: "l262k", n: 4096, d: 4096, l: 1 << 18, k: 64, dtype: DType::BF16, precision: Precision::Fast, force: None },
+    Shape { name: "l65k", n: 4096, d: 4096, l: 1 << 16, k: 64, dtype: DType::BF16, precision: Precision::Fast, force: None },
+    Shape { name: "qwen", n: 4096, d: 3584, l: 1 << 17, k: 64, dtype: DType::BF16, precision: Precision::Fast, force: None },
+    Shape { name: "f32-tf32", n: 4096, d: 4096, l: 1 << 18, k: 64, dtype: DType::F32, precision: Precision::Fast, force: None },
+    Shape { name: "l65k-exact", n: 4096, d: 4096, l: 1 << 16, k: 64, dtype: DType::BF16, precision: Precision::Exact, force: None },
 ];
 
 fn err(what: &str) -> impl Fn(cudarc::driver::DriverError) -> Error + '_ {
@@ -79,7 +84,10 @@ fn bench_shape(gpu: &Gpu, s: &Shape, reps: usize) -> Result<Value> {
     let sae = DeviceSae::random_topk(gpu, s.l, s.d, s.k, s.dtype, 0xbe7c4)?;
     gpu.sync()?;
     let free1 = free_mem(gpu)?;
-    let plan = encode::plan(&sae, s.precision, 1 << 30, s.n, None)?;
+    let plan = match s.force {
+        Some((rows, tile)) => encode::plan(&sae, s.precision, 1 << 30, rows, Some(tile))?,
+        None => encode::plan(&sae, s.precision, 1 << 30, s.n, None)?,
+    };
     let ws = Workspace::new(gpu, &sae, s.precision, plan)?;
     let rows = plan.rows.min(s.n);
     gpu.fill_random(DType::F32, ws.x32.ptr, rows * s.d, 0x1234, 1.0)?;
@@ -173,7 +181,7 @@ fn bench_shape(gpu: &Gpu, s: &Shape, reps: usize) -> Result<Value> {
         "steer_tbs": steer_tbs,
     });
     println!(
-        "{:<11} encode {:8.2} ms ({:6.1} TFLOP/s) | GEMM only {:8.2} ms | top-k +{:6.2} ms | decode {:6.3} ms ({:5.2} TB/s) | stats x{models} {:6.3} ms ({:.2}% of encode) | steer {:6.3} ms | mem beyond weights {:.0} MiB",
+        "{:<16} encode {:8.2} ms ({:6.1} TFLOP/s) | GEMM only {:8.2} ms | top-k +{:6.2} ms | decode {:6.3} ms ({:5.2} TB/s) | stats x{models} {:6.3} ms ({:.2}% of encode) | steer {:6.3} ms | mem beyond weights {:.0} MiB",
         s.name,
         enc,
         flops / (enc * 1e-3) / 1e12,
@@ -295,6 +303,7 @@ pub fn run(device: usize, shapes: &str, reps: usize, stream: bool, scratch: Opti
     let selected: Vec<&Shape> = match shapes {
         "all" => SHAPES.iter().collect(),
         "small" => SHAPES.iter().filter(|s| s.l <= 1 << 16).collect(),
+        "default" => SHAPES.iter().filter(|s| s.force.is_none()).collect(),
         list => {
             let names: Vec<&str> = list.split(',').map(str::trim).collect();
             for n in &names {
@@ -315,7 +324,7 @@ pub fn run(device: usize, shapes: &str, reps: usize, stream: bool, scratch: Opti
         match bench_shape(&gpu, s, reps) {
             Ok(v) => results.push(v),
             Err(e) => {
-                println!("{:<11} FAILED: {e}", s.name);
+                println!("{:<16} FAILED: {e}", s.name);
                 results.push(json!({ "shape": s.name, "error": e.to_string() }));
             }
         }
