@@ -53,21 +53,21 @@ device)
     export PYTHONUNBUFFERED=1
     log="$out/log.txt"
     status=0
-    step() { # name, command...
-        local name="$1"; shift
+    step() { # name, time limit (s), command...  A hung step cannot eat the whole lease.
+        local name="$1" limit="$2"; shift 2
         echo "=== $name: $*" | tee -a "$log"
         local t0=$SECONDS
-        "$@" 2>&1 | tee -a "$log"
+        timeout -k 5 "$limit" "$@" 2>&1 | tee -a "$log"
         local rc=${PIPESTATUS[0]}
         echo "=== $name: exit $rc after $((SECONDS - t0)) s" | tee -a "$log"
         [ "$rc" -eq 0 ] || status=1
     }
     { date -u; nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv 2>/dev/null; cat "$here/COMMIT" 2>/dev/null; } | tee -a "$log"
-    step info "$here/sae-bench" info --json "$out/info.json"
-    step verify "$here/sae-bench" verify --json "$out/verify.json"
-    step parity "$here/cuda_parity" --test-threads=1 --nocapture
-    step bench "$here/sae-bench" run --reps "${REPS:-5}" --scratch "${TMPDIR:-/tmp}" --json "$out/bench.json"
-    step torch python3 "$here/torch_baseline.py" --reps "${REPS:-5}" --json "$out/torch.json"
+    step info 30 "$here/sae-bench" info --json "$out/info.json"
+    step verify 120 "$here/sae-bench" verify --json "$out/verify.json"
+    step parity 90 "$here/cuda_parity" --test-threads=1 --nocapture
+    step bench 180 "$here/sae-bench" run --reps "${REPS:-5}" --scratch "${TMPDIR:-/tmp}" --json "$out/bench.json"
+    step torch 150 python3 "$here/torch_baseline.py" --reps "${REPS:-5}" --json "$out/torch.json"
     exit $status
     ;;
 *)
