@@ -32,7 +32,12 @@ fn verify_cases_match_cpu() {
     for r in &failed {
         eprintln!("FAIL {}: {:?}", r.name, r.detail);
     }
-    assert!(failed.is_empty(), "{} of {} cases failed", failed.len(), results.len());
+    assert!(
+        failed.is_empty(),
+        "{} of {} cases failed",
+        failed.len(),
+        results.len()
+    );
 }
 
 #[test]
@@ -50,7 +55,11 @@ fn missing_gpu_is_an_ordinary_error_and_auto_falls_back() {
         }
         Err(err) => {
             assert!(matches!(err, Error::BackendUnavailable(_)), "{err}");
-            let cuda = engine(BackendKind::Cuda { device: 0 }, sae.clone(), &EngineOptions::default());
+            let cuda = engine(
+                BackendKind::Cuda { device: 0 },
+                sae.clone(),
+                &EngineOptions::default(),
+            );
             assert!(matches!(cuda, Err(Error::BackendUnavailable(_))));
             let auto = engine(BackendKind::Auto, sae, &EngineOptions::default()).unwrap();
             assert!(auto.name().starts_with("cpu"), "{}", auto.name());
@@ -67,5 +76,8 @@ fn device_out_of_range_is_unavailable() {
             return;
         }
     };
-    assert!(matches!(sae_engine::cuda::available(n), Err(Error::BackendUnavailable(_))));
+    assert!(matches!(
+        sae_engine::cuda::available(n),
+        Err(Error::BackendUnavailable(_))
+    ));
 }

@@ -5,7 +5,9 @@
 use std::sync::Arc;
 
 use cudarc::cublas::CudaBlas;
-use cudarc::driver::{result as drv, CudaContext, CudaFunction, CudaStream, LaunchConfig, PushKernelArg};
+use cudarc::driver::{
+    result as drv, CudaContext, CudaFunction, CudaStream, LaunchConfig, PushKernelArg,
+};
 
 use super::kernels::{KernelSource, Kernels};
 use super::loader::{self, Lib};
@@ -69,8 +71,11 @@ impl Gpu {
         // SAFETY: every buffer of this engine is used on `stream` alone, in stream order.
         unsafe { ctx.disable_event_tracking() };
         let stream = ctx.default_stream();
-        let blas = CudaBlas::new(stream.clone()).map_err(|e| Error::Cuda(format!("creating the cuBLAS handle: {e}")))?;
-        let cc = ctx.compute_capability().map_err(cuda_err("compute capability"))?;
+        let blas = CudaBlas::new(stream.clone())
+            .map_err(|e| Error::Cuda(format!("creating the cuBLAS handle: {e}")))?;
+        let cc = ctx
+            .compute_capability()
+            .map_err(cuda_err("compute capability"))?;
         if cc.0 < 7 {
             return Err(Error::BackendUnavailable(format!(
                 "CUDA device {ordinal} has compute capability {}.{}; 7.0 or newer is needed",
@@ -99,7 +104,9 @@ impl Gpu {
 
     /// Makes this context current on the calling thread (engines may move between threads).
     pub fn bind(&self) -> Result<()> {
-        self.ctx.bind_to_thread().map_err(cuda_err("binding the CUDA context"))
+        self.ctx
+            .bind_to_thread()
+            .map_err(cuda_err("binding the CUDA context"))
     }
 
     /// Allocates `bytes` of device memory (uninitialized).
@@ -121,7 +128,8 @@ impl Gpu {
         }
         // SAFETY: dst is a live allocation of at least size_of_val(src) bytes (callers size
         // it); pageable copies are staged before the call returns.
-        unsafe { drv::memcpy_htod_async(dst, src, self.stream.cu_stream()) }.map_err(cuda_err("host-to-device copy"))
+        unsafe { drv::memcpy_htod_async(dst, src, self.stream.cu_stream()) }
+            .map_err(cuda_err("host-to-device copy"))
     }
 
     /// Copies device `src` into host `dst` and waits for it.
@@ -130,7 +138,8 @@ impl Gpu {
             return Ok(());
         }
         // SAFETY: src holds at least size_of_val(dst) bytes written by earlier stream work.
-        unsafe { drv::memcpy_dtoh_async(dst, src, self.stream.cu_stream()) }.map_err(cuda_err("device-to-host copy"))?;
+        unsafe { drv::memcpy_dtoh_async(dst, src, self.stream.cu_stream()) }
+            .map_err(cuda_err("device-to-host copy"))?;
         self.sync()
     }
 
@@ -140,12 +149,15 @@ impl Gpu {
             return Ok(());
         }
         // SAFETY: dst is a live allocation of at least `bytes` bytes.
-        unsafe { drv::memset_d8_async(dst, 0, bytes, self.stream.cu_stream()) }.map_err(cuda_err("memset"))
+        unsafe { drv::memset_d8_async(dst, 0, bytes, self.stream.cu_stream()) }
+            .map_err(cuda_err("memset"))
     }
 
     /// Waits for all queued work and surfaces asynchronous errors.
     pub fn sync(&self) -> Result<()> {
-        self.stream.synchronize().map_err(cuda_err("stream synchronize"))
+        self.stream
+            .synchronize()
+            .map_err(cuda_err("stream synchronize"))
     }
 
     /// The kernel `name`.
@@ -155,7 +167,9 @@ impl Gpu {
 
     /// A 1-D grid-stride launch configuration for `n` elements.
     pub fn grid_for(&self, n: usize, threads: u32) -> LaunchConfig {
-        let blocks = n.div_ceil(threads as usize).clamp(1, (self.info.multiprocessors.max(1) as usize) * 32);
+        let blocks = n
+            .div_ceil(threads as usize)
+            .clamp(1, (self.info.multiprocessors.max(1) as usize) * 32);
         LaunchConfig {
             grid_dim: (blocks as u32, 1, 1),
             block_dim: (threads, 1, 1),
@@ -164,7 +178,14 @@ impl Gpu {
     }
 
     /// Fills `n` elements of dtype `dtype` at `dst` with uniform values in [-scale, scale).
-    pub fn fill_random(&self, dtype: crate::DType, dst: u64, n: usize, seed: u64, scale: f32) -> Result<()> {
+    pub fn fill_random(
+        &self,
+        dtype: crate::DType,
+        dst: u64,
+        n: usize,
+        seed: u64,
+        scale: f32,
+    ) -> Result<()> {
         let name = match dtype {
             crate::DType::F32 => "fill_random_f32",
             crate::DType::F16 => "fill_random_f16",
@@ -189,12 +210,12 @@ pub struct DevBuf {
 
 impl DevBuf {
     fn new(ctx: Arc<CudaContext>, bytes: usize) -> Result<DevBuf> {
-        ctx.bind_to_thread().map_err(cuda_err("binding the CUDA context"))?;
+        ctx.bind_to_thread()
+            .map_err(cuda_err("binding the CUDA context"))?;
         // SAFETY: plain cuMemAlloc in the bound context; a zero-byte request is rounded up
         // because the driver rejects it.
-        let ptr = unsafe { drv::malloc_sync(bytes.max(256)) }.map_err(|e| {
-            Error::Cuda(format!("allocating {bytes} bytes of device memory: {e}"))
-        })?;
+        let ptr = unsafe { drv::malloc_sync(bytes.max(256)) }
+            .map_err(|e| Error::Cuda(format!("allocating {bytes} bytes of device memory: {e}")))?;
         Ok(DevBuf { ptr, bytes, ctx })
     }
 

@@ -57,7 +57,13 @@ fn low_precision(dtype: DType) -> bool {
 
 /// Chooses the largest tile (a power of two, at most 65536 latents) that fits the workspace
 /// with up to `max_rows` rows per chunk, halving the rows when even 128 latents do not fit.
-pub fn plan(sae: &DeviceSae, precision: Precision, workspace_bytes: usize, max_rows: usize, tile_override: Option<usize>) -> Result<Plan> {
+pub fn plan(
+    sae: &DeviceSae,
+    precision: Precision,
+    workspace_bytes: usize,
+    max_rows: usize,
+    tile_override: Option<usize>,
+) -> Result<Plan> {
     let d = sae.d_in;
     let l = sae.n_latents;
     let k = match sae.activation {
@@ -73,10 +79,20 @@ pub fn plan(sae: &DeviceSae, precision: Precision, workspace_bytes: usize, max_r
     let mut rows = max_rows.max(1);
     loop {
         let fixed = rows * d * 4
-            + if precision == Precision::Fast && lp { rows * d * 2 } else { 0 }
+            + if precision == Precision::Fast && lp {
+                rows * d * 2
+            } else {
+                0
+            }
             + rows * k * 16
             + rows * 16;
-        let per_col = rows * 4 + if precision == Precision::Exact && lp { d * 4 } else { 0 } + if csr { rows * 2 } else { 0 };
+        let per_col = rows * 4
+            + if precision == Precision::Exact && lp {
+                d * 4
+            } else {
+                0
+            }
+            + if csr { rows * 2 } else { 0 };
         if budget > fixed {
             let cols = (budget - fixed) / per_col;
             let tile = match tile_override {
@@ -145,28 +161,69 @@ impl Workspace {
             plan,
             precision,
             x32: gpu.alloc(r * d * 4)?,
-            xlp: if precision == Precision::Fast && lp { Some(gpu.alloc(r * d * 2)?) } else { None },
+            xlp: if precision == Precision::Fast && lp {
+                Some(gpu.alloc(r * d * 2)?)
+            } else {
+                None
+            },
             scores: gpu.alloc(r * t * 4)?,
-            wtile: if precision == Precision::Exact && lp { Some(gpu.alloc(t * d * 4)?) } else { None },
-            state: if k > 0 { Some(gpu.alloc(r * k * 8)?) } else { None },
+            wtile: if precision == Precision::Exact && lp {
+                Some(gpu.alloc(t * d * 4)?)
+            } else {
+                None
+            },
+            state: if k > 0 {
+                Some(gpu.alloc(r * k * 8)?)
+            } else {
+                None
+            },
             count: gpu.alloc(r * 4)?,
-            idx: if k > 0 { Some(gpu.alloc(r * k * 4)?) } else { None },
-            val: if k > 0 { Some(gpu.alloc(r * k * 4)?) } else { None },
+            idx: if k > 0 {
+                Some(gpu.alloc(r * k * 4)?)
+            } else {
+                None
+            },
+            val: if k > 0 {
+                Some(gpu.alloc(r * k * 4)?)
+            } else {
+                None
+            },
             offsets: gpu.alloc(r * 8)?,
             bad: gpu.alloc(8)?,
-            frag_idx: if k == 0 { Some(gpu.alloc(frag_cap * 4)?) } else { None },
-            frag_val: if k == 0 { Some(gpu.alloc(frag_cap * 4)?) } else { None },
+            frag_idx: if k == 0 {
+                Some(gpu.alloc(frag_cap * 4)?)
+            } else {
+                None
+            },
+            frag_val: if k == 0 {
+                Some(gpu.alloc(frag_cap * 4)?)
+            } else {
+                None
+            },
             frag_cap,
         })
     }
 
     /// Device bytes held.
     pub fn bytes(&self) -> usize {
-        [Some(&self.x32), self.xlp.as_ref(), Some(&self.scores), self.wtile.as_ref(), self.state.as_ref(), Some(&self.count), self.idx.as_ref(), self.val.as_ref(), Some(&self.offsets), Some(&self.bad), self.frag_idx.as_ref(), self.frag_val.as_ref()]
-            .into_iter()
-            .flatten()
-            .map(|b| b.bytes)
-            .sum()
+        [
+            Some(&self.x32),
+            self.xlp.as_ref(),
+            Some(&self.scores),
+            self.wtile.as_ref(),
+            self.state.as_ref(),
+            Some(&self.count),
+            self.idx.as_ref(),
+            self.val.as_ref(),
+            Some(&self.offsets),
+            Some(&self.bad),
+            self.frag_idx.as_ref(),
+            self.frag_val.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        .map(|b| b.bytes)
+        .sum()
     }
 }
 
@@ -185,7 +242,11 @@ fn launch_err(name: &'static str) -> impl Fn(cudarc::driver::DriverError) -> Err
 /// Prepares the GEMM's B operand: rounds x32 into the weights' dtype for Fast.
 pub fn prepare_x(gpu: &Gpu, sae: &DeviceSae, ws: &Workspace, rows: usize) -> Result<()> {
     if let Some(xlp) = &ws.xlp {
-        let name = if sae.w_enc.dtype == DType::BF16 { "narrow_bf16" } else { "narrow_f16" };
+        let name = if sae.w_enc.dtype == DType::BF16 {
+            "narrow_bf16"
+        } else {
+            "narrow_f16"
+        };
         let f = gpu.kernel(name)?;
         let n = (rows * sae.d_in) as i64;
         let mut b = gpu.stream.launch_builder(f);
@@ -197,23 +258,57 @@ pub fn prepare_x(gpu: &Gpu, sae: &DeviceSae, ws: &Workspace, rows: usize) -> Res
 }
 
 /// scores[r, j] = x[r] . W_enc[l0 + j] for j < t, rows r < rows; row stride = plan.tile.
-pub fn gemm_tile(gpu: &Gpu, w: &DeviceMatrix, n_latents: usize, d: usize, ws: &Workspace, rows: usize, l0: usize, t: usize) -> Result<()> {
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_tile(
+    gpu: &Gpu,
+    w: &DeviceMatrix,
+    n_latents: usize,
+    d: usize,
+    ws: &Workspace,
+    rows: usize,
+    l0: usize,
+    t: usize,
+) -> Result<()> {
     let es = w.dtype.size();
     let lp = low_precision(w.dtype);
     let ld_c = ws.plan.tile as i32;
     // Column-major view: C [t, rows] = op(A) [t, d] x B [d, rows], B = x^T read as [d, rows].
     let (a_ptr, a_type, lda, op_a, b_ptr, b_type, compute) = match (ws.precision, lp) {
         (Precision::Exact, true) => {
-            let wt = ws.wtile.as_ref().ok_or_else(|| Error::Cuda("exact workspace lacks its weight tile".into()))?;
+            let wt = ws
+                .wtile
+                .as_ref()
+                .ok_or_else(|| Error::Cuda("exact workspace lacks its weight tile".into()))?;
             // Widen the tile to f32 as [t, d] row-major (ld d): read transposed storage in place.
-            let name = if w.dtype == DType::BF16 { "widen_bf16" } else { "widen_f16" };
+            let name = if w.dtype == DType::BF16 {
+                "widen_bf16"
+            } else {
+                "widen_f16"
+            };
             let (src, src_ld, dst_ld, wrows, wcols) = match w.layout {
-                Layout::RowMajor => (w.buf.at(l0 * d * es), d as i64, d as i64, t as i32, d as i32),
-                Layout::Transposed => (w.buf.at(l0 * es), n_latents as i64, t as i64, d as i32, t as i32),
+                Layout::RowMajor => (
+                    w.buf.at(l0 * d * es),
+                    d as i64,
+                    d as i64,
+                    t as i32,
+                    d as i32,
+                ),
+                Layout::Transposed => (
+                    w.buf.at(l0 * es),
+                    n_latents as i64,
+                    t as i64,
+                    d as i32,
+                    t as i32,
+                ),
             };
             let f = gpu.kernel(name)?;
             let mut b = gpu.stream.launch_builder(f);
-            b.arg(&src).arg(&src_ld).arg(&wt.ptr).arg(&dst_ld).arg(&wrows).arg(&wcols);
+            b.arg(&src)
+                .arg(&src_ld)
+                .arg(&wt.ptr)
+                .arg(&dst_ld)
+                .arg(&wrows)
+                .arg(&wcols);
             // SAFETY: widen_*(src, src_ld, dst, dst_ld, rows, cols): src covers the tile in its
             // stored layout; dst (t * d f32) holds rows x cols at dst_ld.
             unsafe { b.launch(gpu.grid_for(t * d, 256)) }.map_err(launch_err("widen"))?;
@@ -221,12 +316,28 @@ pub fn gemm_tile(gpu: &Gpu, w: &DeviceMatrix, n_latents: usize, d: usize, ws: &W
                 Layout::RowMajor => (d as i32, bsys::cublasOperation_t::CUBLAS_OP_T),
                 Layout::Transposed => (t as i32, bsys::cublasOperation_t::CUBLAS_OP_N),
             };
-            (wt.ptr, bsys::cudaDataType::CUDA_R_32F, lda, op, ws.x32.ptr, bsys::cudaDataType::CUDA_R_32F, bsys::cublasComputeType_t::CUBLAS_COMPUTE_32F)
+            (
+                wt.ptr,
+                bsys::cudaDataType::CUDA_R_32F,
+                lda,
+                op,
+                ws.x32.ptr,
+                bsys::cudaDataType::CUDA_R_32F,
+                bsys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+            )
         }
         (prec, _) => {
             let (a, lda, op) = match w.layout {
-                Layout::RowMajor => (w.buf.at(l0 * d * es), d as i32, bsys::cublasOperation_t::CUBLAS_OP_T),
-                Layout::Transposed => (w.buf.at(l0 * es), n_latents as i32, bsys::cublasOperation_t::CUBLAS_OP_N),
+                Layout::RowMajor => (
+                    w.buf.at(l0 * d * es),
+                    d as i32,
+                    bsys::cublasOperation_t::CUBLAS_OP_T,
+                ),
+                Layout::Transposed => (
+                    w.buf.at(l0 * es),
+                    n_latents as i32,
+                    bsys::cublasOperation_t::CUBLAS_OP_N,
+                ),
             };
             let b = ws.xlp.as_ref().map(|b| b.ptr).unwrap_or(ws.x32.ptr);
             let compute = if !lp && prec == Precision::Fast {
@@ -234,7 +345,19 @@ pub fn gemm_tile(gpu: &Gpu, w: &DeviceMatrix, n_latents: usize, d: usize, ws: &W
             } else {
                 bsys::cublasComputeType_t::CUBLAS_COMPUTE_32F
             };
-            (a, cuda_type(w.dtype), lda, op, b, cuda_type(if prec == Precision::Fast { w.dtype } else { DType::F32 }), compute)
+            (
+                a,
+                cuda_type(w.dtype),
+                lda,
+                op,
+                b,
+                cuda_type(if prec == Precision::Fast {
+                    w.dtype
+                } else {
+                    DType::F32
+                }),
+                compute,
+            )
         }
     };
     let alpha = 1.0f32;
@@ -264,16 +387,34 @@ pub fn gemm_tile(gpu: &Gpu, w: &DeviceMatrix, n_latents: usize, d: usize, ws: &W
             bsys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
         )
     }
-    .map_err(|e| Error::Cuda(format!("cuBLAS GEMM ({} weights, tile {l0}..{}): {e}", w.dtype, l0 + t)))
+    .map_err(|e| {
+        Error::Cuda(format!(
+            "cuBLAS GEMM ({} weights, tile {l0}..{}): {e}",
+            w.dtype,
+            l0 + t
+        ))
+    })
 }
 
 /// Top-k codes of `rows` rows whose preprocessed activations are in `ws.x32`, left in
 /// ws.idx / ws.val ([rows, k]). `gemm_only` skips the selection (the cuBLAS-only baseline).
 /// `bad` (device i32) receives the smallest row with a non-finite pre-activation.
-pub fn encode_topk_chunk(gpu: &Gpu, sae: &DeviceSae, ws: &Workspace, rows: usize, k: usize, gemm_only: bool, bad: u64) -> Result<()> {
+pub fn encode_topk_chunk(
+    gpu: &Gpu,
+    sae: &DeviceSae,
+    ws: &Workspace,
+    rows: usize,
+    k: usize,
+    gemm_only: bool,
+    bad: u64,
+) -> Result<()> {
     let (state, idx, val) = match (&ws.state, &ws.idx, &ws.val) {
         (Some(s), Some(i), Some(v)) => (s, i, v),
-        _ => return Err(Error::Cuda("top-k workspace missing its state buffers".into())),
+        _ => {
+            return Err(Error::Cuda(
+                "top-k workspace missing its state buffers".into(),
+            ))
+        }
     };
     if rows == 0 {
         return Ok(());
@@ -292,7 +433,16 @@ pub fn encode_topk_chunk(gpu: &Gpu, sae: &DeviceSae, ws: &Workspace, rows: usize
         if !gemm_only {
             let (t32, l032) = (t as i32, l0 as u32);
             let mut b = gpu.stream.launch_builder(select);
-            b.arg(&ws.scores.ptr).arg(&ld).arg(&t32).arg(&l032).arg(&sae.b_enc.ptr).arg(&scale).arg(&state.ptr).arg(&ws.count.ptr).arg(&k32).arg(&bad);
+            b.arg(&ws.scores.ptr)
+                .arg(&ld)
+                .arg(&t32)
+                .arg(&l032)
+                .arg(&sae.b_enc.ptr)
+                .arg(&scale)
+                .arg(&state.ptr)
+                .arg(&ws.count.ptr)
+                .arg(&k32)
+                .arg(&bad);
             let cfg = LaunchConfig {
                 grid_dim: (rows as u32, 1, 1),
                 block_dim: (TOPK_THREADS, 1, 1),
@@ -308,18 +458,35 @@ pub fn encode_topk_chunk(gpu: &Gpu, sae: &DeviceSae, ws: &Workspace, rows: usize
     let fin = gpu.kernel("topk_finish_f32")?;
     let r32 = rows as i32;
     let mut b = gpu.stream.launch_builder(fin);
-    b.arg(&state.ptr).arg(&ws.count.ptr).arg(&r32).arg(&k32).arg(&idx.ptr).arg(&val.ptr);
+    b.arg(&state.ptr)
+        .arg(&ws.count.ptr)
+        .arg(&r32)
+        .arg(&k32)
+        .arg(&idx.ptr)
+        .arg(&val.ptr);
     // SAFETY: topk_finish_f32(state, count, rows, k, idx_out, val_out): all [rows, k] / [rows].
     unsafe { b.launch(gpu.grid_for(rows * k, 256)) }.map_err(launch_err("topk_finish_f32"))?;
     Ok(())
 }
 
+/// CSR arrays of one chunk: row_ptr [rows + 1], latent indices, values.
+pub type CsrParts = (Vec<i64>, Vec<i32>, Vec<f32>);
+
 /// Threshold codes (ReLU / JumpReLU) of `rows` rows in ws.x32 as CSR (latents ascending),
 /// or Err(row) with the smallest chunk row that has a non-finite pre-activation.
-pub fn encode_csr_chunk(gpu: &Gpu, sae: &DeviceSae, ws: &Workspace, rows: usize) -> Result<std::result::Result<(Vec<i64>, Vec<i32>, Vec<f32>), usize>> {
+pub fn encode_csr_chunk(
+    gpu: &Gpu,
+    sae: &DeviceSae,
+    ws: &Workspace,
+    rows: usize,
+) -> Result<std::result::Result<CsrParts, usize>> {
     let (fi, fv) = match (&ws.frag_idx, &ws.frag_val) {
         (Some(i), Some(v)) => (i, v),
-        _ => return Err(Error::Cuda("CSR workspace missing its fragment buffers".into())),
+        _ => {
+            return Err(Error::Cuda(
+                "CSR workspace missing its fragment buffers".into(),
+            ))
+        }
     };
     let mut per_row: Vec<(Vec<i32>, Vec<f32>)> = vec![(Vec::new(), Vec::new()); rows];
     if rows > 0 {
@@ -348,7 +515,14 @@ pub fn encode_csr_chunk(gpu: &Gpu, sae: &DeviceSae, ws: &Workspace, rows: usize)
                 shared_mem_bytes: 0,
             };
             let mut b = gpu.stream.launch_builder(count_k);
-            b.arg(&ws.scores.ptr).arg(&ld).arg(&t32).arg(&l032).arg(&sae.b_enc.ptr).arg(&thresh).arg(&ws.count.ptr).arg(&ws.bad.ptr);
+            b.arg(&ws.scores.ptr)
+                .arg(&ld)
+                .arg(&t32)
+                .arg(&l032)
+                .arg(&sae.b_enc.ptr)
+                .arg(&thresh)
+                .arg(&ws.count.ptr)
+                .arg(&ws.bad.ptr);
             // SAFETY: threshold_count_f32(scores, ld, tile_len, latent0, b_enc, thresh|null,
             // counts, bad): one block per row, counts holds rows i32, bad one i32.
             unsafe { b.launch(cfg(rows)) }.map_err(launch_err("threshold_count_f32"))?;
@@ -374,7 +548,16 @@ pub fn encode_csr_chunk(gpu: &Gpu, sae: &DeviceSae, ws: &Workspace, rows: usize)
                     gpu.htod(ws.offsets.ptr, &offsets)?;
                     let r032 = r0 as i32;
                     let mut b = gpu.stream.launch_builder(write_k);
-                    b.arg(&ws.scores.ptr).arg(&ld).arg(&t32).arg(&l032).arg(&sae.b_enc.ptr).arg(&thresh).arg(&r032).arg(&ws.offsets.ptr).arg(&fi.ptr).arg(&fv.ptr);
+                    b.arg(&ws.scores.ptr)
+                        .arg(&ld)
+                        .arg(&t32)
+                        .arg(&l032)
+                        .arg(&sae.b_enc.ptr)
+                        .arg(&thresh)
+                        .arg(&r032)
+                        .arg(&ws.offsets.ptr)
+                        .arg(&fi.ptr)
+                        .arg(&fv.ptr);
                     // SAFETY: threshold_write_f32(scores, ld, tile_len, latent0, b_enc, thresh|null,
                     // row0, offsets, idx_out, val_out): rows row0..row0+grid, offsets from the
                     // counts just read, total <= frag_cap entries.
@@ -405,4 +588,3 @@ pub fn encode_csr_chunk(gpu: &Gpu, sae: &DeviceSae, ws: &Workspace, rows: usize)
     }
     Ok(Ok((row_ptr, idx, val)))
 }
-

@@ -33,8 +33,9 @@ impl CudaOptions {
     /// From the shared engine options (precision from SAE_CUDA_PRECISION, default exact).
     pub fn from_engine(opts: &EngineOptions) -> Result<CudaOptions> {
         let precision = match std::env::var("SAE_CUDA_PRECISION") {
-            Ok(s) => Precision::parse(&s)
-                .ok_or_else(|| Error::invalid(format!("SAE_CUDA_PRECISION={s}: expected exact or fast")))?,
+            Ok(s) => Precision::parse(&s).ok_or_else(|| {
+                Error::invalid(format!("SAE_CUDA_PRECISION={s}: expected exact or fast"))
+            })?,
             Err(_) => Precision::Exact,
         };
         Ok(CudaOptions {
@@ -59,6 +60,9 @@ struct State {
     ws: Workspace,
     slots: Vec<Slot>,
 }
+
+/// One model's codes in a statistics batch: (model index, codes, optional row mask).
+pub type StatsPart<'a> = (usize, &'a Codes, Option<&'a [u8]>);
 
 /// The CUDA engine bound to one SAE on one device.
 pub struct CudaEngine {
@@ -112,12 +116,21 @@ impl CudaEngine {
 
     /// The chunk/tile plan for this SAE and options.
     pub fn plan(&self) -> Result<Plan> {
-        encode::plan(&self.dsae, self.opts.precision, self.opts.workspace_bytes, self.opts.max_rows, self.opts.tile_latents)
+        encode::plan(
+            &self.dsae,
+            self.opts.precision,
+            self.opts.workspace_bytes,
+            self.opts.max_rows,
+            self.opts.tile_latents,
+        )
     }
 
     fn with_state<T>(&self, f: impl FnOnce(&mut State) -> Result<T>) -> Result<T> {
         self.gpu.bind()?;
-        let mut guard = self.state.lock().map_err(|_| Error::Cuda("engine state poisoned by an earlier panic".into()))?;
+        let mut guard = self
+            .state
+            .lock()
+            .map_err(|_| Error::Cuda("engine state poisoned by an earlier panic".into()))?;
         if guard.is_none() {
             let plan = self.plan()?;
             let ws = Workspace::new(&self.gpu, &self.dsae, self.opts.precision, plan)?;
@@ -128,10 +141,26 @@ impl CudaEngine {
                 // written by the host, the outputs are read back by the host (default flags).
                 let slot = unsafe {
                     Slot {
-                        x: self.gpu.ctx.alloc_pinned::<f32>(plan.rows * self.dsae.d_in).map_err(cuda_err("pinned staging"))?,
-                        idx: self.gpu.ctx.alloc_pinned_with_flags::<i32>((plan.rows * k).max(1), 0).map_err(cuda_err("pinned staging"))?,
-                        val: self.gpu.ctx.alloc_pinned_with_flags::<f32>((plan.rows * k).max(1), 0).map_err(cuda_err("pinned staging"))?,
-                        bad: self.gpu.ctx.alloc_pinned_with_flags::<i32>(1, 0).map_err(cuda_err("pinned staging"))?,
+                        x: self
+                            .gpu
+                            .ctx
+                            .alloc_pinned::<f32>(plan.rows * self.dsae.d_in)
+                            .map_err(cuda_err("pinned staging"))?,
+                        idx: self
+                            .gpu
+                            .ctx
+                            .alloc_pinned_with_flags::<i32>((plan.rows * k).max(1), 0)
+                            .map_err(cuda_err("pinned staging"))?,
+                        val: self
+                            .gpu
+                            .ctx
+                            .alloc_pinned_with_flags::<f32>((plan.rows * k).max(1), 0)
+                            .map_err(cuda_err("pinned staging"))?,
+                        bad: self
+                            .gpu
+                            .ctx
+                            .alloc_pinned_with_flags::<i32>(1, 0)
+                            .map_err(cuda_err("pinned staging"))?,
                         done: self.gpu.ctx.new_event(None).map_err(cuda_err("event"))?,
                     }
                 };
@@ -148,7 +177,13 @@ impl CudaEngine {
     /// Normalizes and centers rows of `x` into `dst` exactly as the CPU engine does (same
     /// `Normalization::apply`, same f32 subtraction), appending to `denorm`. `first_row` is
     /// the global index of x's first row, for the error of a row that normalizes to non-finite.
-    fn preprocess(&self, x: &[f32], dst: &mut [f32], denorm: &mut Option<Denorm>, first_row: u64) -> Result<()> {
+    fn preprocess(
+        &self,
+        x: &[f32],
+        dst: &mut [f32],
+        denorm: &mut Option<Denorm>,
+        first_row: u64,
+    ) -> Result<()> {
         let d = self.sae.d_in();
         dst.copy_from_slice(x);
         for (r, row) in dst.chunks_exact_mut(d).enumerate() {
@@ -176,39 +211,64 @@ impl CudaEngine {
 
     fn bad_preactivation(row: u64) -> Error {
         Error::NonFinite {
-            context: "encode: non-finite pre-activation (non-finite SAE weights or biases, or overflow)".into(),
+            context:
+                "encode: non-finite pre-activation (non-finite SAE weights or biases, or overflow)"
+                    .into(),
             row,
         }
     }
 
-    fn encode_topk(&self, x: &[f32], rows: usize, k: usize, denorm: &mut Option<Denorm>, row_offset: u64) -> Result<Codes> {
+    fn encode_topk(
+        &self,
+        x: &[f32],
+        rows: usize,
+        k: usize,
+        denorm: &mut Option<Denorm>,
+        row_offset: u64,
+    ) -> Result<Codes> {
         let d = self.sae.d_in();
         let mut indices = vec![0i32; rows * k];
         let mut values = vec![0f32; rows * k];
         self.with_state(|st| {
             let r = st.ws.plan.rows;
-            let chunks: Vec<(usize, usize)> = (0..rows).step_by(r).map(|s| (s, r.min(rows - s))).collect();
+            let chunks: Vec<(usize, usize)> =
+                (0..rows).step_by(r).map(|s| (s, r.min(rows - s))).collect();
             let stream = self.gpu.stream.cu_stream();
-            let collect = |st: &mut State, c: usize, indices: &mut [i32], values: &mut [f32]| -> Result<()> {
-                let (s, n) = chunks[c];
-                let slot = &st.slots[c % 2];
-                slot.done.synchronize().map_err(cuda_err("waiting for a chunk"))?;
-                let bad = slot.bad.as_slice().map_err(cuda_err("pinned"))?[0];
-                if bad != i32::MAX {
-                    return Err(Self::bad_preactivation(row_offset + (s + bad as usize) as u64));
-                }
-                indices[s * k..(s + n) * k].copy_from_slice(&slot.idx.as_slice().map_err(cuda_err("pinned"))?[..n * k]);
-                values[s * k..(s + n) * k].copy_from_slice(&slot.val.as_slice().map_err(cuda_err("pinned"))?[..n * k]);
-                Ok(())
-            };
+            let collect =
+                |st: &mut State, c: usize, indices: &mut [i32], values: &mut [f32]| -> Result<()> {
+                    let (s, n) = chunks[c];
+                    let slot = &st.slots[c % 2];
+                    slot.done
+                        .synchronize()
+                        .map_err(cuda_err("waiting for a chunk"))?;
+                    let bad = slot.bad.as_slice().map_err(cuda_err("pinned"))?[0];
+                    if bad != i32::MAX {
+                        return Err(Self::bad_preactivation(
+                            row_offset + (s + bad as usize) as u64,
+                        ));
+                    }
+                    indices[s * k..(s + n) * k].copy_from_slice(
+                        &slot.idx.as_slice().map_err(cuda_err("pinned"))?[..n * k],
+                    );
+                    values[s * k..(s + n) * k].copy_from_slice(
+                        &slot.val.as_slice().map_err(cuda_err("pinned"))?[..n * k],
+                    );
+                    Ok(())
+                };
             for (c, &(s, n)) in chunks.iter().enumerate() {
                 // The slot was last used by chunk c - 2, collected before chunk c - 1 was queued.
                 let slot = &mut st.slots[c % 2];
                 let xs = slot.x.as_mut_slice().map_err(cuda_err("pinned"))?;
-                self.preprocess(&x[s * d..(s + n) * d], &mut xs[..n * d], denorm, row_offset + s as u64)?;
+                self.preprocess(
+                    &x[s * d..(s + n) * d],
+                    &mut xs[..n * d],
+                    denorm,
+                    row_offset + s as u64,
+                )?;
                 // SAFETY: x32 holds plan.rows * d f32; the pinned source stays untouched until
                 // `done` of this slot has been waited for.
-                unsafe { drv::memcpy_htod_async(st.ws.x32.ptr, &xs[..n * d], stream) }.map_err(cuda_err("staging copy"))?;
+                unsafe { drv::memcpy_htod_async(st.ws.x32.ptr, &xs[..n * d], stream) }
+                    .map_err(cuda_err("staging copy"))?;
                 let bad_dev = st.ws.bad.at((c % 2) * 4);
                 encode::encode_topk_chunk(&self.gpu, &self.dsae, &st.ws, n, k, false, bad_dev)?;
                 let (idx, val) = match (&st.ws.idx, &st.ws.val) {
@@ -219,14 +279,28 @@ impl CudaEngine {
                 // SAFETY: idx/val on the device hold n * k elements written by topk_finish on this
                 // stream; the pinned destinations hold plan.rows * k.
                 unsafe {
-                    drv::memcpy_dtoh_async(&mut slot.idx.as_mut_slice().map_err(cuda_err("pinned"))?[..n * k], idx, stream)
-                        .map_err(cuda_err("codes copy"))?;
-                    drv::memcpy_dtoh_async(&mut slot.val.as_mut_slice().map_err(cuda_err("pinned"))?[..n * k], val, stream)
-                        .map_err(cuda_err("codes copy"))?;
-                    drv::memcpy_dtoh_async(slot.bad.as_mut_slice().map_err(cuda_err("pinned"))?, bad_dev, stream)
-                        .map_err(cuda_err("codes copy"))?;
+                    drv::memcpy_dtoh_async(
+                        &mut slot.idx.as_mut_slice().map_err(cuda_err("pinned"))?[..n * k],
+                        idx,
+                        stream,
+                    )
+                    .map_err(cuda_err("codes copy"))?;
+                    drv::memcpy_dtoh_async(
+                        &mut slot.val.as_mut_slice().map_err(cuda_err("pinned"))?[..n * k],
+                        val,
+                        stream,
+                    )
+                    .map_err(cuda_err("codes copy"))?;
+                    drv::memcpy_dtoh_async(
+                        slot.bad.as_mut_slice().map_err(cuda_err("pinned"))?,
+                        bad_dev,
+                        stream,
+                    )
+                    .map_err(cuda_err("codes copy"))?;
                 }
-                slot.done.record(&self.gpu.stream).map_err(cuda_err("event record"))?;
+                slot.done
+                    .record(&self.gpu.stream)
+                    .map_err(cuda_err("event record"))?;
                 if c > 0 {
                     collect(st, c - 1, &mut indices, &mut values)?;
                 }
@@ -236,10 +310,21 @@ impl CudaEngine {
             }
             Ok(())
         })?;
-        Ok(Codes::TopK { n: rows, k, indices, values })
+        Ok(Codes::TopK {
+            n: rows,
+            k,
+            indices,
+            values,
+        })
     }
 
-    fn encode_csr(&self, x: &[f32], rows: usize, denorm: &mut Option<Denorm>, row_offset: u64) -> Result<Codes> {
+    fn encode_csr(
+        &self,
+        x: &[f32],
+        rows: usize,
+        denorm: &mut Option<Denorm>,
+        row_offset: u64,
+    ) -> Result<Codes> {
         let d = self.sae.d_in();
         let mut out = Codes::empty(None);
         self.with_state(|st| {
@@ -248,13 +333,24 @@ impl CudaEngine {
                 let n = r.min(rows - s);
                 let slot = &mut st.slots[0];
                 let xs = slot.x.as_mut_slice().map_err(cuda_err("pinned"))?;
-                self.preprocess(&x[s * d..(s + n) * d], &mut xs[..n * d], denorm, row_offset + s as u64)?;
+                self.preprocess(
+                    &x[s * d..(s + n) * d],
+                    &mut xs[..n * d],
+                    denorm,
+                    row_offset + s as u64,
+                )?;
                 self.gpu.htod(st.ws.x32.ptr, &xs[..n * d])?;
-                let (row_ptr, indices, values) = match encode::encode_csr_chunk(&self.gpu, &self.dsae, &st.ws, n)? {
-                    Ok(c) => c,
-                    Err(r) => return Err(Self::bad_preactivation(row_offset + (s + r) as u64)),
-                };
-                out.append(&Codes::Csr { n, row_ptr, indices, values })?;
+                let (row_ptr, indices, values) =
+                    match encode::encode_csr_chunk(&self.gpu, &self.dsae, &st.ws, n)? {
+                        Ok(c) => c,
+                        Err(r) => return Err(Self::bad_preactivation(row_offset + (s + r) as u64)),
+                    };
+                out.append(&Codes::Csr {
+                    n,
+                    row_ptr,
+                    indices,
+                    values,
+                })?;
             }
             Ok(())
         })?;
@@ -263,19 +359,30 @@ impl CudaEngine {
 
     /// Decodes and, when `x` (the original activations) is given, returns per-row
     /// [||x - x_hat||^2, ||x||^2, ||x_hat||^2, x . x_hat] computed in the same kernel.
-    pub fn decode_with_metrics(&self, codes: &Codes, denorm: Option<&Denorm>, x: Option<&[f32]>) -> Result<(Vec<f32>, Vec<[f64; 4]>)> {
+    pub fn decode_with_metrics(
+        &self,
+        codes: &Codes,
+        denorm: Option<&Denorm>,
+        x: Option<&[f32]>,
+    ) -> Result<(Vec<f32>, Vec<[f64; 4]>)> {
         self.gpu.bind()?;
         let d = self.sae.d_in();
         let n = codes.n_rows();
         codes.validate(self.sae.n_latents())?;
         if let Some(dn) = denorm {
             if dn.scale.len() != n || dn.shift.len() != n {
-                return Err(Error::invalid(format!("denorm has {} scales for {n} rows of codes", dn.scale.len())));
+                return Err(Error::invalid(format!(
+                    "denorm has {} scales for {n} rows of codes",
+                    dn.scale.len()
+                )));
             }
         }
         if let Some(x) = x {
             if x.len() != n * d {
-                return Err(Error::invalid(format!("metrics input has {} values, expected {n} x {d}", x.len())));
+                return Err(Error::invalid(format!(
+                    "metrics input has {} values, expected {n} x {d}",
+                    x.len()
+                )));
             }
         }
         let mut out = vec![0f32; n * d];
@@ -313,7 +420,16 @@ impl CudaEngine {
                 }
                 None => None,
             };
-            ops::decode(&self.gpu, &self.dsae, m, dc.row_ptr.ptr, dc.idx.ptr, dc.val.ptr, out_d.ptr, ex)?;
+            ops::decode(
+                &self.gpu,
+                &self.dsae,
+                m,
+                dc.row_ptr.ptr,
+                dc.idx.ptr,
+                dc.val.ptr,
+                out_d.ptr,
+                ex,
+            )?;
             self.gpu.dtoh(&mut out[s * d..(s + m) * d], out_d.ptr)?;
             if let Some(md) = metd {
                 let mut flat = vec![0f64; m * 4];
@@ -331,25 +447,51 @@ impl CudaEngine {
         self.gpu.bind()?;
         let d = self.sae.d_in();
         if x.len() != rows * d {
-            return Err(Error::invalid(format!("steer: {} values for {rows} rows of width {d}", x.len())));
+            return Err(Error::invalid(format!(
+                "steer: {} values for {rows} rows of width {d}",
+                x.len()
+            )));
         }
         if latent >= self.sae.n_latents() {
-            return Err(Error::invalid(format!("steer: latent {latent} out of range 0..{}", self.sae.n_latents())));
+            return Err(Error::invalid(format!(
+                "steer: latent {latent} out of range 0..{}",
+                self.sae.n_latents()
+            )));
         }
-        let norm = self.sae.w_dec.row_f32(latent).iter().map(|v| (*v as f64) * (*v as f64)).sum::<f64>().sqrt();
+        let norm = self
+            .sae
+            .w_dec
+            .row_f32(latent)
+            .iter()
+            .map(|v| (*v as f64) * (*v as f64))
+            .sum::<f64>()
+            .sqrt();
         if norm == 0.0 {
-            return Err(Error::invalid(format!("steer: decoder row {latent} is zero")));
+            return Err(Error::invalid(format!(
+                "steer: decoder row {latent} is zero"
+            )));
         }
         if rows == 0 {
             return Ok(());
         }
         let xd = self.gpu.upload(x)?;
-        ops::steer(&self.gpu, &self.dsae, xd.ptr, rows, latent, (strength as f64 / norm) as f32)?;
+        ops::steer(
+            &self.gpu,
+            &self.dsae,
+            xd.ptr,
+            rows,
+            latent,
+            (strength as f64 / norm) as f32,
+        )?;
         self.gpu.dtoh(x, xd.ptr)
     }
 
     /// Statistics of several models' codes in one launch per call (`parts[i] = (model, codes, mask)`).
-    pub fn batched_stats(&self, n_models: usize, batches: &[Vec<(usize, &Codes, Option<&[u8]>)>]) -> Result<Vec<crate::LatentStats>> {
+    pub fn batched_stats(
+        &self,
+        n_models: usize,
+        batches: &[Vec<StatsPart<'_>>],
+    ) -> Result<Vec<crate::LatentStats>> {
         self.gpu.bind()?;
         let mut st = DeviceStats::new(&self.gpu, n_models, self.sae.n_latents())?;
         for b in batches {
@@ -362,13 +504,20 @@ impl CudaEngine {
 /// Rows s..s+m of `codes` as their own codes (CSR offsets rebased).
 fn slice_rows(codes: &Codes, s: usize, m: usize) -> Codes {
     match codes {
-        Codes::TopK { k, indices, values, .. } => Codes::TopK {
+        Codes::TopK {
+            k, indices, values, ..
+        } => Codes::TopK {
             n: m,
             k: *k,
             indices: indices[s * k..(s + m) * k].to_vec(),
             values: values[s * k..(s + m) * k].to_vec(),
         },
-        Codes::Csr { row_ptr, indices, values, .. } => {
+        Codes::Csr {
+            row_ptr,
+            indices,
+            values,
+            ..
+        } => {
             let (a, b) = (row_ptr[s] as usize, row_ptr[s + m] as usize);
             Codes::Csr {
                 n: m,
@@ -385,12 +534,16 @@ pub fn first_non_finite(x: &[f32], d: usize) -> Option<usize> {
     if d == 0 {
         return None;
     }
-    x.chunks_exact(d).position(|r| r.iter().any(|v| !v.is_finite()))
+    x.chunks_exact(d)
+        .position(|r| r.iter().any(|v| !v.is_finite()))
 }
 
 impl Engine for CudaEngine {
     fn name(&self) -> String {
-        format!("cuda:{} ({}, {:?})", self.gpu.info.ordinal, self.gpu.info.name, self.opts.precision)
+        format!(
+            "cuda:{} ({}, {:?})",
+            self.gpu.info.ordinal, self.gpu.info.name, self.opts.precision
+        )
     }
 
     fn sae(&self) -> &Sae {
@@ -400,7 +553,10 @@ impl Engine for CudaEngine {
     fn encode(&self, x: &[f32], rows: usize, row_offset: u64) -> Result<Encoded> {
         let d = self.sae.d_in();
         if x.len() != rows * d {
-            return Err(Error::invalid(format!("encode: {} values for {rows} rows of width {d}", x.len())));
+            return Err(Error::invalid(format!(
+                "encode: {} values for {rows} rows of width {d}",
+                x.len()
+            )));
         }
         if let Some(r) = first_non_finite(x, d) {
             return Err(Error::NonFinite {

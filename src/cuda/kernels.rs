@@ -24,11 +24,26 @@ const FUNCTIONS: &[(&str, &[&str])] = &[
     ("threshold", &["threshold_count_f32", "threshold_write_f32"]),
     (
         "convert",
-        &["narrow_bf16", "narrow_f16", "widen_bf16", "widen_f16", "fill_random_f32", "fill_random_bf16", "fill_random_f16"],
+        &[
+            "narrow_bf16",
+            "narrow_f16",
+            "widen_bf16",
+            "widen_f16",
+            "fill_random_f32",
+            "fill_random_bf16",
+            "fill_random_f16",
+        ],
     ),
     (
         "decode",
-        &["decode_f32", "decode_f16", "decode_bf16", "decode_strided_f32", "decode_strided_f16", "decode_strided_bf16"],
+        &[
+            "decode_f32",
+            "decode_f16",
+            "decode_bf16",
+            "decode_strided_f32",
+            "decode_strided_f16",
+            "decode_strided_bf16",
+        ],
     ),
     ("stats", &["stats_f32"]),
     ("steer", &["steer_f32", "steer_f16", "steer_bf16"]),
@@ -70,7 +85,9 @@ impl Kernels {
                 .iter()
                 .find(|(m, _)| m == module)
                 .map(|(_, f)| *f)
-                .ok_or_else(|| Error::Cuda(format!("kernel module `{module}` has no function list")))?;
+                .ok_or_else(|| {
+                    Error::Cuda(format!("kernel module `{module}` has no function list"))
+                })?;
             let mut loaded = None;
             let mut fatbin_err = String::new();
             if !fatbin.is_empty() {
@@ -83,19 +100,23 @@ impl Kernels {
                 Some(x) => x,
                 None => {
                     let (ptx, how) = nvrtc_ptx(module, src, cc).map_err(|e| match e {
-                        Error::BackendUnavailable(m) => Error::BackendUnavailable(format!("{m}{fatbin_err}")),
+                        Error::BackendUnavailable(m) => {
+                            Error::BackendUnavailable(format!("{m}{fatbin_err}"))
+                        }
                         other => other,
                     })?;
-                    let m = ctx
-                        .load_module(Ptx::from_src(ptx))
-                        .map_err(|e| Error::Cuda(format!("loading NVRTC-compiled module `{module}`: {e}")))?;
+                    let m = ctx.load_module(Ptx::from_src(ptx)).map_err(|e| {
+                        Error::Cuda(format!("loading NVRTC-compiled module `{module}`: {e}"))
+                    })?;
                     (m, how)
                 }
             };
             for name in names {
-                let f = m
-                    .load_function(name)
-                    .map_err(|e| Error::Cuda(format!("kernel `{name}` missing from module `{module}`: {e}")))?;
+                let f = m.load_function(name).map_err(|e| {
+                    Error::Cuda(format!(
+                        "kernel `{name}` missing from module `{module}`: {e}"
+                    ))
+                })?;
                 funcs.insert(*name, f);
             }
             sources.push((*module, how));
@@ -156,7 +177,11 @@ fn nvrtc_ptx(module: &str, src: &str, cc: (i32, i32)) -> Result<(String, KernelS
         ..Default::default()
     };
     let ptx = cudarc::nvrtc::compile_ptx_with_opts(&full, opts)
-        .map_err(|e| Error::Cuda(format!("NVRTC failed on kernels/{module}.cu for {arch}: {e}")))?
+        .map_err(|e| {
+            Error::Cuda(format!(
+                "NVRTC failed on kernels/{module}.cu for {arch}: {e}"
+            ))
+        })?
         .to_src();
     if let Some(p) = &cached {
         // Best effort: a read-only home only costs a recompile next time.
@@ -179,18 +204,34 @@ mod tests {
     #[test]
     fn every_module_is_embedded_and_listed() {
         for (m, _) in FUNCTIONS {
-            assert!(embedded::MODULES.iter().any(|(n, _, _)| n == m), "module {m} not embedded");
+            assert!(
+                embedded::MODULES.iter().any(|(n, _, _)| n == m),
+                "module {m} not embedded"
+            );
         }
         for (m, fatbin, src) in embedded::MODULES {
-            assert!(FUNCTIONS.iter().any(|(n, _)| n == m), "module {m} has no function list");
+            assert!(
+                FUNCTIONS.iter().any(|(n, _)| n == m),
+                "module {m} has no function list"
+            );
             let full = full_source(src);
-            assert!(!full.contains("#include"), "{m}: NVRTC source still includes a header");
+            assert!(
+                !full.contains("#include"),
+                "{m}: NVRTC source still includes a header"
+            );
             for (_, names) in FUNCTIONS.iter().filter(|(n, _)| n == m) {
                 for f in *names {
-                    assert!(src.contains(&format!("{f}(")), "{m}: kernel {f} not in source");
+                    assert!(
+                        src.contains(&format!("{f}(")),
+                        "{m}: kernel {f} not in source"
+                    );
                 }
             }
-            assert_eq!(fatbin.is_empty(), !fatbins_embedded(), "{m}: fatbin presence disagrees with cfg");
+            assert_eq!(
+                fatbin.is_empty(),
+                !fatbins_embedded(),
+                "{m}: fatbin presence disagrees with cfg"
+            );
         }
     }
 }

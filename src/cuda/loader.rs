@@ -71,7 +71,10 @@ pub fn search_dirs() -> Vec<PathBuf> {
     site.push("/usr/local/lib".into());
     site.push("/usr/lib".into());
     for base in site {
-        for py in read_dir_sorted(&base).into_iter().filter(|p| file_name_starts(p, "python3")) {
+        for py in read_dir_sorted(&base)
+            .into_iter()
+            .filter(|p| file_name_starts(p, "python3"))
+        {
             for pkgs in ["site-packages", "dist-packages"] {
                 for pkg in read_dir_sorted(&py.join(pkgs).join("nvidia")) {
                     dirs.push(pkg.join("lib"));
@@ -83,7 +86,9 @@ pub fn search_dirs() -> Vec<PathBuf> {
 }
 
 fn file_name_starts(p: &Path, prefix: &str) -> bool {
-    p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(prefix))
+    p.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with(prefix))
 }
 
 fn read_dir_sorted(dir: &Path) -> Vec<PathBuf> {
@@ -168,8 +173,9 @@ fn preload_named(stem: &str) -> Option<PathBuf> {
 /// Number of CUDA devices, or BackendUnavailable when there is no driver or no device.
 pub fn device_count() -> Result<usize> {
     ensure(Lib::Driver)?;
-    let n = cudarc::driver::CudaContext::device_count()
-        .map_err(|e| Error::BackendUnavailable(format!("CUDA driver present but not usable: {e}")))?;
+    let n = cudarc::driver::CudaContext::device_count().map_err(|e| {
+        Error::BackendUnavailable(format!("CUDA driver present but not usable: {e}"))
+    })?;
     if n <= 0 {
         return Err(Error::BackendUnavailable("no CUDA device found".into()));
     }

@@ -27,8 +27,23 @@ impl DeviceCodes {
     /// Uploads host codes.
     pub fn upload(gpu: &Gpu, codes: &crate::Codes) -> Result<DeviceCodes> {
         let (rows, row_ptr, idx, val): (usize, Vec<i64>, &[i32], &[f32]) = match codes {
-            crate::Codes::TopK { n, k, indices, values } => ((*n), (0..=*n).map(|i| (i * k) as i64).collect(), indices, values),
-            crate::Codes::Csr { n, row_ptr, indices, values } => (*n, row_ptr.clone(), indices, values),
+            crate::Codes::TopK {
+                n,
+                k,
+                indices,
+                values,
+            } => (
+                (*n),
+                (0..=*n).map(|i| (i * k) as i64).collect(),
+                indices,
+                values,
+            ),
+            crate::Codes::Csr {
+                n,
+                row_ptr,
+                indices,
+                values,
+            } => (*n, row_ptr.clone(), indices, values),
         };
         Ok(DeviceCodes {
             rows,
@@ -58,7 +73,16 @@ pub fn vector_decode(w: &DeviceMatrix, d: usize) -> bool {
 
 /// out[rows, d] = decode of `rows` rows whose CSR arrays start at the given device addresses.
 #[allow(clippy::too_many_arguments)]
-pub fn decode(gpu: &Gpu, sae: &DeviceSae, rows: usize, row_ptr: u64, idx: u64, val: u64, out: u64, extras: DecodeExtras) -> Result<()> {
+pub fn decode(
+    gpu: &Gpu,
+    sae: &DeviceSae,
+    rows: usize,
+    row_ptr: u64,
+    idx: u64,
+    val: u64,
+    out: u64,
+    extras: DecodeExtras,
+) -> Result<()> {
     if rows == 0 {
         return Ok(());
     }
@@ -81,8 +105,18 @@ pub fn decode(gpu: &Gpu, sae: &DeviceSae, rows: usize, row_ptr: u64, idx: u64, v
         };
         let f = gpu.kernel(name)?;
         let mut b = gpu.stream.launch_builder(f);
-        b.arg(&row_ptr).arg(&idx).arg(&val).arg(&w.buf.ptr).arg(&d32);
-        b.arg(&norm).arg(&sae.b_dec.ptr).arg(&extras.scale).arg(&extras.shift).arg(&out).arg(&extras.x).arg(&extras.metrics);
+        b.arg(&row_ptr)
+            .arg(&idx)
+            .arg(&val)
+            .arg(&w.buf.ptr)
+            .arg(&d32);
+        b.arg(&norm)
+            .arg(&sae.b_dec.ptr)
+            .arg(&extras.scale)
+            .arg(&extras.shift)
+            .arg(&out)
+            .arg(&extras.x)
+            .arg(&extras.metrics);
         // SAFETY: decode_<dt>(row_ptr, idx, val, W, d, norm|null, b_dec, scale|null, shift|null,
         // out, x|null, metrics|null): row_ptr has rows + 1 entries indexing idx/val; every index
         // is -1 or < L (validated on the host); W is [L, d] row-major with d % vec == 0.
@@ -99,8 +133,20 @@ pub fn decode(gpu: &Gpu, sae: &DeviceSae, rows: usize, row_ptr: u64, idx: u64, v
         };
         let f = gpu.kernel(name)?;
         let mut b = gpu.stream.launch_builder(f);
-        b.arg(&row_ptr).arg(&idx).arg(&val).arg(&w.buf.ptr).arg(&d32).arg(&rs).arg(&cs);
-        b.arg(&norm).arg(&sae.b_dec.ptr).arg(&extras.scale).arg(&extras.shift).arg(&out).arg(&extras.x).arg(&extras.metrics);
+        b.arg(&row_ptr)
+            .arg(&idx)
+            .arg(&val)
+            .arg(&w.buf.ptr)
+            .arg(&d32)
+            .arg(&rs)
+            .arg(&cs);
+        b.arg(&norm)
+            .arg(&sae.b_dec.ptr)
+            .arg(&extras.scale)
+            .arg(&extras.shift)
+            .arg(&out)
+            .arg(&extras.x)
+            .arg(&extras.metrics);
         // SAFETY: decode_strided_<dt>(row_ptr, idx, val, W, d, row_stride, col_stride, then as
         // decode_<dt>): element (l, c) of W at l * rs + c * cs lies inside the L x d matrix.
         unsafe { b.launch(cfg(d.div_ceil(4))) }.map_err(launch_err("decode_strided"))?;
@@ -141,18 +187,29 @@ impl DeviceStats {
     }
 
     /// Adds one batch: `parts[i] = (model, codes, mask)`; all parts go in one launch.
-    pub fn add(&mut self, gpu: &Gpu, parts: &[(usize, &crate::Codes, Option<&[u8]>)]) -> Result<()> {
+    pub fn add(
+        &mut self,
+        gpu: &Gpu,
+        parts: &[(usize, &crate::Codes, Option<&[u8]>)],
+    ) -> Result<()> {
         let mut row_ptr = vec![0i64];
-        let (mut idx, mut val, mut mask, mut model) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut idx, mut val, mut mask, mut model) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for (m, codes, mk) in parts {
             if *m >= self.n_models {
-                return Err(Error::invalid(format!("model {m} of {} in a statistics batch", self.n_models)));
+                return Err(Error::invalid(format!(
+                    "model {m} of {} in a statistics batch",
+                    self.n_models
+                )));
             }
             codes.validate(self.n_latents)?;
             let n = codes.n_rows();
             if let Some(mk) = mk {
                 if mk.len() != n {
-                    return Err(Error::invalid(format!("mask has {} entries for {n} rows of codes", mk.len())));
+                    return Err(Error::invalid(format!(
+                        "mask has {} entries for {n} rows of codes",
+                        mk.len()
+                    )));
                 }
             }
             for r in 0..n {
@@ -172,19 +229,51 @@ impl DeviceStats {
         if rows == 0 {
             return Ok(());
         }
-        let (d_rp, d_idx, d_val, d_mask, d_model) = (gpu.upload(&row_ptr)?, gpu.upload(&idx)?, gpu.upload(&val)?, gpu.upload(&mask)?, gpu.upload(&model)?);
-        self.launch(gpu, rows, d_rp.ptr, d_idx.ptr, d_val.ptr, d_mask.ptr, d_model.ptr)?;
+        let (d_rp, d_idx, d_val, d_mask, d_model) = (
+            gpu.upload(&row_ptr)?,
+            gpu.upload(&idx)?,
+            gpu.upload(&val)?,
+            gpu.upload(&mask)?,
+            gpu.upload(&model)?,
+        );
+        self.launch(
+            gpu,
+            rows,
+            d_rp.ptr,
+            d_idx.ptr,
+            d_val.ptr,
+            d_mask.ptr,
+            d_model.ptr,
+        )?;
         gpu.sync()
     }
 
     /// The stats kernel over device-resident codes (rows of all models concatenated).
     #[allow(clippy::too_many_arguments)]
-    pub fn launch(&self, gpu: &Gpu, rows: usize, row_ptr: u64, idx: u64, val: u64, mask: u64, row_model: u64) -> Result<()> {
+    pub fn launch(
+        &self,
+        gpu: &Gpu,
+        rows: usize,
+        row_ptr: u64,
+        idx: u64,
+        val: u64,
+        mask: u64,
+        row_model: u64,
+    ) -> Result<()> {
         let f = gpu.kernel("stats_f32")?;
         let (r32, l32) = (rows as i32, self.n_latents as i32);
         let mut b = gpu.stream.launch_builder(f);
-        b.arg(&row_ptr).arg(&idx).arg(&val).arg(&mask).arg(&row_model).arg(&r32).arg(&l32);
-        b.arg(&self.sum.ptr).arg(&self.sum_sq.ptr).arg(&self.n_active.ptr).arg(&self.max_bits.ptr);
+        b.arg(&row_ptr)
+            .arg(&idx)
+            .arg(&val)
+            .arg(&mask)
+            .arg(&row_model)
+            .arg(&r32)
+            .arg(&l32);
+        b.arg(&self.sum.ptr)
+            .arg(&self.sum_sq.ptr)
+            .arg(&self.n_active.ptr)
+            .arg(&self.max_bits.ptr);
         // SAFETY: stats_f32(row_ptr, idx, val, mask|null, row_model, total_rows, n_latents, sum,
         // sum_sq, n_active, max_bits): row_model < n_models and indices < n_latents (validated),
         // accumulators [n_models, n_latents].
@@ -221,9 +310,19 @@ impl DeviceStats {
 }
 
 /// x[rows, d] (device, f32) += coeff * W_dec[latent].
-pub fn steer(gpu: &Gpu, sae: &DeviceSae, x: u64, rows: usize, latent: usize, coeff: f32) -> Result<()> {
+pub fn steer(
+    gpu: &Gpu,
+    sae: &DeviceSae,
+    x: u64,
+    rows: usize,
+    latent: usize,
+    coeff: f32,
+) -> Result<()> {
     if latent >= sae.n_latents {
-        return Err(Error::invalid(format!("latent {latent} out of range 0..{}", sae.n_latents)));
+        return Err(Error::invalid(format!(
+            "latent {latent} out of range 0..{}",
+            sae.n_latents
+        )));
     }
     let w = sae.decoder();
     let (off, cs) = match w.layout {
@@ -238,7 +337,13 @@ pub fn steer(gpu: &Gpu, sae: &DeviceSae, x: u64, rows: usize, latent: usize, coe
     let f = gpu.kernel(name)?;
     let (r32, d32) = (rows as i32, sae.d_in as i32);
     let mut b = gpu.stream.launch_builder(f);
-    b.arg(&x).arg(&r32).arg(&d32).arg(&w.buf.ptr).arg(&off).arg(&cs).arg(&coeff);
+    b.arg(&x)
+        .arg(&r32)
+        .arg(&d32)
+        .arg(&w.buf.ptr)
+        .arg(&off)
+        .arg(&cs)
+        .arg(&coeff);
     // SAFETY: steer_<dt>(x, rows, d, W, row_offset, col_stride, coeff): x holds rows x d f32;
     // the decoder row addressed by (row_offset, col_stride) lies inside W.
     unsafe { b.launch(gpu.grid_for(rows * sae.d_in, 256)) }.map_err(launch_err("steer"))?;

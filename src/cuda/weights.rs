@@ -25,7 +25,14 @@ impl DeviceMatrix {
     }
 
     /// A random row-major matrix generated on the device (benchmarks: no 17 GB upload).
-    pub fn random(gpu: &Gpu, rows: usize, cols: usize, dtype: DType, seed: u64, scale: f32) -> Result<DeviceMatrix> {
+    pub fn random(
+        gpu: &Gpu,
+        rows: usize,
+        cols: usize,
+        dtype: DType,
+        seed: u64,
+        scale: f32,
+    ) -> Result<DeviceMatrix> {
         let n = rows
             .checked_mul(cols)
             .ok_or_else(|| Error::invalid(format!("matrix {rows}x{cols} overflows")))?;
@@ -81,7 +88,14 @@ impl DeviceSae {
 
     /// A random TopK SAE generated on the device (benchmarks). The decoder is the encoder
     /// (tied weights, `w_dec: None`) so an L = 2^21, d = 4096 bf16 SAE needs 17 GB, not 34.
-    pub fn random_topk(gpu: &Gpu, n_latents: usize, d_in: usize, k: usize, dtype: DType, seed: u64) -> Result<DeviceSae> {
+    pub fn random_topk(
+        gpu: &Gpu,
+        n_latents: usize,
+        d_in: usize,
+        k: usize,
+        dtype: DType,
+        seed: u64,
+    ) -> Result<DeviceSae> {
         let scale = 1.0 / (d_in as f32).sqrt();
         let w_enc = DeviceMatrix::random(gpu, n_latents, d_in, dtype, seed, scale)?;
         let b_enc = gpu.alloc(n_latents * 4)?;

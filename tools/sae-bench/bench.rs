@@ -32,14 +32,86 @@ pub struct Shape {
 
 /// The default set: the paper shape first, then the anchors' other shapes.
 pub const SHAPES: &[Shape] = &[
-    Shape { name: "paper", n: 4096, d: 4096, l: 1 << 21, k: 64, dtype: DType::BF16, precision: Precision::Fast, force: None },
-    Shape { name: "paper-r1024-t8k", n: 4096, d: 4096, l: 1 << 21, k: 64, dtype: DType::BF16, precision: Precision::Fast, force: Some((1024, 8192)) },
-    Shape { name: "paper-r2048-t4k", n: 4096, d: 4096, l: 1 << 21, k: 64, dtype: DType::BF16, precision: Precision::Fast, force: Some((2048, 4096)) },
-    Shape { name: "l262k", n: 4096, d: 4096, l: 1 << 18, k: 64, dtype: DType::BF16, precision: Precision::Fast, force: None },
-    Shape { name: "l65k", n: 4096, d: 4096, l: 1 << 16, k: 64, dtype: DType::BF16, precision: Precision::Fast, force: None },
-    Shape { name: "qwen", n: 4096, d: 3584, l: 1 << 17, k: 64, dtype: DType::BF16, precision: Precision::Fast, force: None },
-    Shape { name: "f32-tf32", n: 4096, d: 4096, l: 1 << 18, k: 64, dtype: DType::F32, precision: Precision::Fast, force: None },
-    Shape { name: "l65k-exact", n: 4096, d: 4096, l: 1 << 16, k: 64, dtype: DType::BF16, precision: Precision::Exact, force: None },
+    Shape {
+        name: "paper",
+        n: 4096,
+        d: 4096,
+        l: 1 << 21,
+        k: 64,
+        dtype: DType::BF16,
+        precision: Precision::Fast,
+        force: None,
+    },
+    Shape {
+        name: "paper-r1024-t8k",
+        n: 4096,
+        d: 4096,
+        l: 1 << 21,
+        k: 64,
+        dtype: DType::BF16,
+        precision: Precision::Fast,
+        force: Some((1024, 8192)),
+    },
+    Shape {
+        name: "paper-r2048-t4k",
+        n: 4096,
+        d: 4096,
+        l: 1 << 21,
+        k: 64,
+        dtype: DType::BF16,
+        precision: Precision::Fast,
+        force: Some((2048, 4096)),
+    },
+    Shape {
+        name: "l262k",
+        n: 4096,
+        d: 4096,
+        l: 1 << 18,
+        k: 64,
+        dtype: DType::BF16,
+        precision: Precision::Fast,
+        force: None,
+    },
+    Shape {
+        name: "l65k",
+        n: 4096,
+        d: 4096,
+        l: 1 << 16,
+        k: 64,
+        dtype: DType::BF16,
+        precision: Precision::Fast,
+        force: None,
+    },
+    Shape {
+        name: "qwen",
+        n: 4096,
+        d: 3584,
+        l: 1 << 17,
+        k: 64,
+        dtype: DType::BF16,
+        precision: Precision::Fast,
+        force: None,
+    },
+    Shape {
+        name: "f32-tf32",
+        n: 4096,
+        d: 4096,
+        l: 1 << 18,
+        k: 64,
+        dtype: DType::F32,
+        precision: Precision::Fast,
+        force: None,
+    },
+    Shape {
+        name: "l65k-exact",
+        n: 4096,
+        d: 4096,
+        l: 1 << 16,
+        k: 64,
+        dtype: DType::BF16,
+        precision: Precision::Exact,
+        force: None,
+    },
 ];
 
 fn err(what: &str) -> impl Fn(cudarc::driver::DriverError) -> Error + '_ {
@@ -49,7 +121,10 @@ fn err(what: &str) -> impl Fn(cudarc::driver::DriverError) -> Error + '_ {
 /// Median of the device times of `reps` runs of `f` (after one warm-up run).
 fn time_ms(gpu: &Gpu, reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
     let flags = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
-    let (a, b) = (gpu.ctx.new_event(flags).map_err(err("event"))?, gpu.ctx.new_event(flags).map_err(err("event"))?);
+    let (a, b) = (
+        gpu.ctx.new_event(flags).map_err(err("event"))?,
+        gpu.ctx.new_event(flags).map_err(err("event"))?,
+    );
     f()?;
     gpu.sync()?;
     let mut t = Vec::with_capacity(reps);
@@ -122,7 +197,18 @@ fn bench_shape(gpu: &Gpu, s: &Shape, reps: usize) -> Result<Value> {
     let row_ptr: Vec<i64> = (0..=rows).map(|r| (r * s.k) as i64).collect();
     let rp = gpu.upload(&row_ptr)?;
     let out = gpu.alloc(rows * s.d * 4)?;
-    let dec = time_ms(gpu, reps, || ops::decode(gpu, &sae, rows, rp.ptr, idx.ptr, val.ptr, out.ptr, DecodeExtras::default()))?;
+    let dec = time_ms(gpu, reps, || {
+        ops::decode(
+            gpu,
+            &sae,
+            rows,
+            rp.ptr,
+            idx.ptr,
+            val.ptr,
+            out.ptr,
+            DecodeExtras::default(),
+        )
+    })?;
     let gathered = active as f64 * s.d as f64 * s.dtype.size() as f64;
     let dec_tbs = gathered / (dec * 1e-3) / 1e12;
     let metrics = gpu.alloc(rows * 32)?;
@@ -150,7 +236,17 @@ fn bench_shape(gpu: &Gpu, s: &Shape, reps: usize) -> Result<Value> {
     let all_rp = gpu.upload(&all_rp)?;
     let row_model: Vec<i32> = (0..models * rows).map(|r| (r / rows) as i32).collect();
     let row_model = gpu.upload(&row_model)?;
-    let st = time_ms(gpu, reps, || stats.launch(gpu, models * rows, all_rp.ptr, all_idx.ptr, all_val.ptr, 0, row_model.ptr))?;
+    let st = time_ms(gpu, reps, || {
+        stats.launch(
+            gpu,
+            models * rows,
+            all_rp.ptr,
+            all_idx.ptr,
+            all_val.ptr,
+            0,
+            row_model.ptr,
+        )
+    })?;
 
     // Steering one latent into the batch.
     let steer = time_ms(gpu, reps, || ops::steer(gpu, &sae, out.ptr, rows, 7, 0.5))?;
@@ -202,12 +298,19 @@ fn host_sae(l: usize, d: usize, k: usize) -> Result<Sae> {
     let n = l * d;
     let mut bytes = vec![0u8; n * 2];
     let scale = 1.0 / (d as f32).sqrt();
-    bytes.par_chunks_mut(1 << 20).enumerate().for_each(|(c, chunk)| {
-        let mut rng = sae_engine::cuda::verify::Rng::new(0x77 + c as u64);
-        for e in chunk.chunks_exact_mut(2) {
-            e.copy_from_slice(&half::bf16::from_f32(rng.unit() * scale).to_bits().to_le_bytes());
-        }
-    });
+    bytes
+        .par_chunks_mut(1 << 20)
+        .enumerate()
+        .for_each(|(c, chunk)| {
+            let mut rng = sae_engine::cuda::verify::Rng::new(0x77 + c as u64);
+            for e in chunk.chunks_exact_mut(2) {
+                e.copy_from_slice(
+                    &half::bf16::from_f32(rng.unit() * scale)
+                        .to_bits()
+                        .to_le_bytes(),
+                );
+            }
+        });
     let b = Bytes::Owned(Arc::new(bytes));
     let w = Matrix::new(b, DType::BF16, l, d, Layout::RowMajor)?;
     let mut rng = sae_engine::cuda::verify::Rng::new(5);
@@ -252,7 +355,10 @@ fn bench_stream(device: usize, scratch: Option<&Path>) -> Result<Value> {
         },
     )?;
     let setup_s = t0.elapsed().as_secs_f64();
-    let dir = scratch.map(Path::to_path_buf).unwrap_or_else(std::env::temp_dir).join(format!("sae-bench-{}", std::process::id()));
+    let dir = scratch
+        .map(Path::to_path_buf)
+        .unwrap_or_else(std::env::temp_dir)
+        .join(format!("sae-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
     let path = dir.join("acts.npy");
     let mut rng = sae_engine::cuda::verify::Rng::new(9);
@@ -262,7 +368,11 @@ fn bench_stream(device: usize, scratch: Option<&Path>) -> Result<Value> {
     engine.encode(&x[..batch * d], batch, 0)?;
     let t = Instant::now();
     for b in 0..batches {
-        engine.encode(&x[b * batch * d..(b + 1) * batch * d], batch, (b * batch) as u64)?;
+        engine.encode(
+            &x[b * batch * d..(b + 1) * batch * d],
+            batch,
+            (b * batch) as u64,
+        )?;
     }
     let mem_s = t.elapsed().as_secs_f64();
     drop(x);
@@ -298,7 +408,13 @@ fn bench_stream(device: usize, scratch: Option<&Path>) -> Result<Value> {
 }
 
 /// Runs the selected shapes and the streaming measurement.
-pub fn run(device: usize, shapes: &str, reps: usize, stream: bool, scratch: Option<&Path>) -> Result<Value> {
+pub fn run(
+    device: usize,
+    shapes: &str,
+    reps: usize,
+    stream: bool,
+    scratch: Option<&Path>,
+) -> Result<Value> {
     let gpu = Gpu::open(device)?;
     let selected: Vec<&Shape> = match shapes {
         "all" => SHAPES.iter().collect(),
@@ -317,7 +433,14 @@ pub fn run(device: usize, shapes: &str, reps: usize, stream: bool, scratch: Opti
             SHAPES.iter().filter(|s| names.contains(&s.name)).collect()
         }
     };
-    println!("device: {} (cc {}.{}, {} SMs, {:.1} GiB)", gpu.info.name, gpu.info.compute_capability.0, gpu.info.compute_capability.1, gpu.info.multiprocessors, gpu.info.total_mem as f64 / (1u64 << 30) as f64);
+    println!(
+        "device: {} (cc {}.{}, {} SMs, {:.1} GiB)",
+        gpu.info.name,
+        gpu.info.compute_capability.0,
+        gpu.info.compute_capability.1,
+        gpu.info.multiprocessors,
+        gpu.info.total_mem as f64 / (1u64 << 30) as f64
+    );
     let mut results = Vec::new();
     for s in selected {
         // Each shape in its own scope: its buffers are freed before the next one.

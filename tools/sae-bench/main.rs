@@ -16,7 +16,10 @@ use sae_engine::error::{Error, Result};
 mod bench;
 
 #[derive(clap::Parser, Debug)]
-#[command(name = "sae-bench", about = "Verify and profile the CUDA kernels of sae-engine")]
+#[command(
+    name = "sae-bench",
+    about = "Verify and profile the CUDA kernels of sae-engine"
+)]
 struct Cli {
     /// CUDA device ordinal.
     #[arg(long, default_value_t = 0, global = true)]
@@ -62,7 +65,8 @@ enum Cmd {
 /// Writes `value` as pretty JSON to `path` via a temporary file renamed when complete.
 pub fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
     let tmp = path.with_extension("json.tmp");
-    let text = serde_json::to_string_pretty(value).map_err(|e| Error::format(path, e.to_string()))?;
+    let text =
+        serde_json::to_string_pretty(value).map_err(|e| Error::format(path, e.to_string()))?;
     std::fs::write(&tmp, text).map_err(|e| Error::io(&tmp, e))?;
     std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
 }
@@ -114,14 +118,37 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     println!("       {d}");
                 }
             }
-            println!("verify: {} cases, {failed} failed, {:.1} s", results.len(), t0.elapsed().as_secs_f64());
+            println!(
+                "verify: {} cases, {failed} failed, {:.1} s",
+                results.len(),
+                t0.elapsed().as_secs_f64()
+            );
             if let Some(p) = json {
-                write_json(&p, &serde_json::json!({ "cases": results, "failed": failed }))?;
+                write_json(
+                    &p,
+                    &serde_json::json!({ "cases": results, "failed": failed }),
+                )?;
             }
-            Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            Ok(if failed == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
-        Cmd::Run { shapes, reps, no_stream, scratch, json } => {
-            let report = bench::run(cli.device, &shapes, reps.max(1), !no_stream, scratch.as_deref())?;
+        Cmd::Run {
+            shapes,
+            reps,
+            no_stream,
+            scratch,
+            json,
+        } => {
+            let report = bench::run(
+                cli.device,
+                &shapes,
+                reps.max(1),
+                !no_stream,
+                scratch.as_deref(),
+            )?;
             if let Some(p) = json {
                 write_json(&p, &report)?;
             }
