@@ -4,10 +4,13 @@
 //! - [`dump`]: stream activation dumps (npy / safetensors shards) with bounded memory.
 //! - [`ops`]: the backend-agnostic engine (encode, decode, statistics) over [`cpu`] and [`cuda`].
 //! - [`stats`]: per-latent statistics that merge exactly across shards.
+//! - [`scaleout`]: per-shard statistics fanned out over several devices, resumable.
 //! - [`io`]: codes and statistics files.
 //! - [`pipeline`]: streaming loops over whole dumps (encode to a codes file, statistics, decode).
+//! - [`workflow`]: the audit workflow: diff, steer, detect, monitor, top examples, demo.
 
 pub mod codes;
+pub mod convert;
 pub mod cpu;
 pub mod cuda;
 pub mod dtype;
@@ -19,7 +22,9 @@ pub mod matrix;
 pub mod ops;
 pub mod pipeline;
 pub mod sae;
+pub mod scaleout;
 pub mod stats;
+pub mod workflow;
 
 pub use codes::{Codes, Denorm, Encoded};
 pub use dtype::DType;

@@ -66,7 +66,16 @@ fn shape(norms: bool) -> impl Strategy<Value = Shape> {
         norm,
     )
         .prop_map(
-            |(rows, d, l, (tile_kind, tile), (act, kf), dtype, (enc_t, dec_t, subtract, rescale), norm)| {
+            |(
+                rows,
+                d,
+                l,
+                (tile_kind, tile),
+                (act, kf),
+                dtype,
+                (enc_t, dec_t, subtract, rescale),
+                norm,
+            )| {
                 let act = match act {
                     0 => Act::TopK(1 + ((l - 1) as f64 * kf) as usize),
                     1 => Act::Relu,
@@ -196,7 +205,9 @@ fn build(s: &Shape, data: &Data) -> Sae {
     b = match s.act {
         Act::TopK(k) => b.activation(Activation::TopK { k }),
         Act::Relu => b.activation(Activation::Relu),
-        Act::Jump => b.activation(Activation::JumpRelu).threshold(data.thr.clone()),
+        Act::Jump => b
+            .activation(Activation::JumpRelu)
+            .threshold(data.thr.clone()),
     };
     b.build().expect("test SAE is valid")
 }
@@ -218,10 +229,15 @@ fn tolerance(sae: &Sae, x: &[f32]) -> f32 {
     }
     let norms = sae.w_dec.row_norms();
     let mut worst = 0f32;
-    for i in 0..sae.n_latents() {
+    for (i, norm) in norms.iter().enumerate() {
         let w = sae.w_enc.row_f32(i);
-        let mag: f32 = xr.iter().zip(&w).map(|(a, b)| (a * b).abs()).sum::<f32>() + sae.b_enc[i].abs();
-        let s = if sae.rescale_acts_by_decoder_norm { norms[i] } else { 1.0 };
+        let mag: f32 =
+            xr.iter().zip(&w).map(|(a, b)| (a * b).abs()).sum::<f32>() + sae.b_enc[i].abs();
+        let s = if sae.rescale_acts_by_decoder_norm {
+            *norm
+        } else {
+            1.0
+        };
         worst = worst.max(mag * s);
     }
     1e-6 + 8.0 * f32::EPSILON * (sae.d_in() as f32 + 2.0) * worst
@@ -231,7 +247,9 @@ fn tolerance(sae: &Sae, x: &[f32]) -> f32 {
 fn check_topk_row(idx: &[i32], val: &[f32], h: &[f32], k: usize, tol: f32) -> Result<(), String> {
     let active = idx.iter().take_while(|i| **i >= 0).count();
     if idx[active..].iter().any(|i| *i != -1) || val[active..].iter().any(|v| *v != 0.0) {
-        return Err(format!("padding must be a suffix of (-1, 0.0): {idx:?} {val:?}"));
+        return Err(format!(
+            "padding must be a suffix of (-1, 0.0): {idx:?} {val:?}"
+        ));
     }
     let mut seen = std::collections::HashSet::new();
     for s in 0..active {
@@ -249,10 +267,18 @@ fn check_topk_row(idx: &[i32], val: &[f32], h: &[f32], k: usize, tol: f32) -> Re
     let strict = h.iter().filter(|v| **v > tol).count();
     let loose = h.iter().filter(|v| **v > -tol).count();
     if active < k.min(strict) || active > k.min(loose) {
-        return Err(format!("{active} active, expected between {} and {}", k.min(strict), k.min(loose)));
+        return Err(format!(
+            "{active} active, expected between {} and {}",
+            k.min(strict),
+            k.min(loose)
+        ));
     }
     let floor = if active == k {
-        idx[..active].iter().map(|i| h[*i as usize]).fold(f32::INFINITY, f32::min) + 2.0 * tol
+        idx[..active]
+            .iter()
+            .map(|i| h[*i as usize])
+            .fold(f32::INFINITY, f32::min)
+            + 2.0 * tol
     } else {
         tol
     };
@@ -265,7 +291,13 @@ fn check_topk_row(idx: &[i32], val: &[f32], h: &[f32], k: usize, tol: f32) -> Re
 }
 
 /// Checks a CSR row: ascending, positive, close to h, and exactly the latents above the cut.
-fn check_csr_row(idx: &[i32], val: &[f32], h: &[f32], cut: &dyn Fn(usize) -> f32, tol: f32) -> Result<(), String> {
+fn check_csr_row(
+    idx: &[i32],
+    val: &[f32],
+    h: &[f32],
+    cut: &dyn Fn(usize) -> f32,
+    tol: f32,
+) -> Result<(), String> {
     if idx.windows(2).any(|w| w[0] >= w[1]) {
         return Err(format!("indices not ascending: {idx:?}"));
     }
@@ -274,12 +306,19 @@ fn check_csr_row(idx: &[i32], val: &[f32], h: &[f32], cut: &dyn Fn(usize) -> f32
         let i = i as usize;
         sel[i] = true;
         if v <= 0.0 || (v - h[i]).abs() > tol || h[i] <= cut(i) - tol {
-            return Err(format!("latent {i}: value {v}, reference {}, cut {}", h[i], cut(i)));
+            return Err(format!(
+                "latent {i}: value {v}, reference {}, cut {}",
+                h[i],
+                cut(i)
+            ));
         }
     }
     for (j, hj) in h.iter().enumerate() {
         if !sel[j] && *hj > cut(j) + tol {
-            return Err(format!("latent {j} (h = {hj}) above cut {} not kept", cut(j)));
+            return Err(format!(
+                "latent {j} (h = {hj}) above cut {} not kept",
+                cut(j)
+            ));
         }
     }
     Ok(())
@@ -378,7 +417,10 @@ fn nan_weights_are_an_error_not_dropped() {
     for act in [Activation::TopK { k: 2 }, Activation::Relu] {
         let mut w: Vec<f32> = vec![1.0; 40 * 3];
         w[17 * 3 + 1] = f32::NAN;
-        let sae = SaeBuilder::new(40, 3, w.clone(), vec![1.0; 120]).activation(act).build().unwrap();
+        let sae = SaeBuilder::new(40, 3, w.clone(), vec![1.0; 120])
+            .activation(act)
+            .build()
+            .unwrap();
         let eng = engine(sae, 16);
         let x = vec![-1.0f32; 2 * 3];
         match eng.encode(&x, 2, 5) {
@@ -394,7 +436,10 @@ fn nan_weights_are_an_error_not_dropped() {
 #[test]
 fn bad_arguments_are_errors() {
     let eng = engine(small_topk(2).build().unwrap(), 3);
-    assert!(matches!(eng.encode(&[0.0; 5], 2, 0), Err(Error::InvalidArgument(_))));
+    assert!(matches!(
+        eng.encode(&[0.0; 5], 2, 0),
+        Err(Error::InvalidArgument(_))
+    ));
     assert!(small_topk(5).build().is_err(), "k > L must be rejected");
     let opts = EngineOptions {
         tile_latents: 0,
@@ -407,7 +452,10 @@ fn bad_arguments_are_errors() {
         indices: vec![0, 4],
         values: vec![1.0, 1.0],
     };
-    assert!(eng.decode(&bad, None).is_err(), "latent 4 is out of range for L = 4");
+    assert!(
+        eng.decode(&bad, None).is_err(),
+        "latent 4 is out of range for L = 4"
+    );
     let ok = Codes::TopK {
         n: 1,
         k: 2,
@@ -418,13 +466,26 @@ fn bad_arguments_are_errors() {
         scale: vec![1.0, 2.0],
         shift: vec![0.0, 0.0],
     };
-    assert!(eng.decode(&ok, Some(&dn)).is_err(), "denorm for 2 rows, codes for 1");
+    assert!(
+        eng.decode(&ok, Some(&dn)).is_err(),
+        "denorm for 2 rows, codes for 1"
+    );
 }
 
 #[test]
 fn engine_factory_builds_cpu_and_results_do_not_depend_on_tile() {
-    let sae = Arc::new(small_topk(3).b_enc(vec![0.5, 0.0, -0.5, 1.0]).build().unwrap());
-    let e = sae_engine::engine(sae_engine::BackendKind::Cpu, sae.clone(), &EngineOptions::default()).unwrap();
+    let sae = Arc::new(
+        small_topk(3)
+            .b_enc(vec![0.5, 0.0, -0.5, 1.0])
+            .build()
+            .unwrap(),
+    );
+    let e = sae_engine::engine(
+        sae_engine::BackendKind::Cpu,
+        sae.clone(),
+        &EngineOptions::default(),
+    )
+    .unwrap();
     assert!(e.name().starts_with("cpu"));
     let x = [1.0f32, -2.0, 0.5, 3.0, 3.0, 3.0];
     let a = e.encode(&x, 2, 0).unwrap();

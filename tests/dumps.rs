@@ -13,6 +13,9 @@ use sae_engine::io::npy::{self, NpyDtype};
 use sae_engine::io::stats;
 use sae_engine::stats::LatentStats;
 
+/// Named tensors of a test file.
+type Tensors = Vec<(&'static str, OwnedTensor)>;
+
 fn ramp(rows: usize, d: usize, base: f32) -> Vec<f32> {
     (0..rows * d).map(|i| base + i as f32 * 0.25).collect()
 }
@@ -182,7 +185,7 @@ fn bad_shards_are_errors_naming_the_file() {
     let e = Dump::open(&st).unwrap_err().to_string();
     assert!(e.contains("t.safetensors"), "{e}");
     // missing activations, side tensor of the wrong length, float mask
-    let cases: Vec<(&str, Vec<(&str, OwnedTensor)>, &str)> = vec![
+    let cases: Vec<(&str, Tensors, &str)> = vec![
         (
             "noact.safetensors",
             vec![("acts", float_tensor(DType::F32, vec![2, 2], &[0.0; 4]))],

@@ -37,23 +37,41 @@ pub(crate) fn decode(
         _ => None,
     };
     let mut out = vec![0f32; n * d];
+    let coeff = |i: usize, v: f32| match dec_norms {
+        // A zero decoder row contributes nothing whatever its code says.
+        Some(norms) if norms[i] > 0.0 => v / norms[i],
+        Some(_) => 0.0,
+        None => v,
+    };
     out.par_chunks_mut(d).enumerate().for_each_init(
-        || vec![0f32; d],
+        || vec![0f32; 4 * d],
         |buf, (r, o)| {
             o.copy_from_slice(&sae.b_dec);
             let (idx, vals) = codes.row(r);
-            for (&i, &v) in idx.iter().zip(vals) {
-                if i < 0 {
-                    continue; // top-k padding
+            // Skip top-k padding; gather four rows at a time so four independent
+            // memory streams are in flight (the gather is latency-bound otherwise).
+            let live: Vec<(usize, f32)> = idx
+                .iter()
+                .zip(vals)
+                .filter(|(i, _)| **i >= 0)
+                .map(|(i, v)| (*i as usize, coeff(*i as usize, *v)))
+                .collect();
+            let (b01, b23) = buf.split_at_mut(2 * d);
+            let (b0, b1) = b01.split_at_mut(d);
+            let (b2, b3) = b23.split_at_mut(d);
+            let mut quads = live.chunks_exact(4);
+            for q in &mut quads {
+                let r0 = decoder_row(w, direct, q[0].0, b0);
+                let r1 = decoder_row(w, direct, q[1].0, b1);
+                let r2 = decoder_row(w, direct, q[2].0, b2);
+                let r3 = decoder_row(w, direct, q[3].0, b3);
+                let (c0, c1, c2, c3) = (q[0].1, q[1].1, q[2].1, q[3].1);
+                for j in 0..d {
+                    o[j] += (c0 * r0[j] + c1 * r1[j]) + (c2 * r2[j] + c3 * r3[j]);
                 }
-                let i = i as usize;
-                let c = match dec_norms {
-                    // A zero decoder row contributes nothing whatever its code says.
-                    Some(norms) if norms[i] > 0.0 => v / norms[i],
-                    Some(_) => 0.0,
-                    None => v,
-                };
-                let row = decoder_row(w, direct, i, buf);
+            }
+            for &(i, c) in quads.remainder() {
+                let row = decoder_row(w, direct, i, b0);
                 o.iter_mut().zip(row).for_each(|(a, b)| *a += c * b);
             }
             if let Some(dn) = denorm {
@@ -67,7 +85,12 @@ pub(crate) fn decode(
 
 /// Decoder row `i` as f32: a slice of the mapped matrix, or converted into `buf`.
 #[inline]
-fn decoder_row<'a>(w: &Matrix, direct: Option<&'a [f32]>, i: usize, buf: &'a mut [f32]) -> &'a [f32] {
+fn decoder_row<'a>(
+    w: &Matrix,
+    direct: Option<&'a [f32]>,
+    i: usize,
+    buf: &'a mut [f32],
+) -> &'a [f32] {
     let d = w.cols();
     match direct {
         Some(all) => &all[i * d..(i + 1) * d],

@@ -13,6 +13,7 @@
 //! weights are not directly usable f32, and O(rows x k) top-k state.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Mutex;
 
 use rayon::prelude::*;
 
@@ -40,6 +41,26 @@ pub(crate) struct EncodeParams<'a> {
     pub(crate) cuts: Option<&'a [f32]>,
     /// Worker threads.
     pub(crate) threads: usize,
+    /// Buffers kept between calls (fresh multi-MB buffers cost a page fault per 4 KiB).
+    pub(crate) pool: &'a BufferPool,
+}
+
+/// Per-worker buffers kept between encode calls: (GEMM scratch, converted weight tile).
+/// Holds at most one pair per worker thread, so it stays within the documented bound.
+#[derive(Default)]
+pub(crate) struct BufferPool(Mutex<Vec<(Vec<f32>, Vec<f32>)>>);
+
+impl BufferPool {
+    fn take(&self) -> (Vec<f32>, Vec<f32>) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop()
+            .unwrap_or_default()
+    }
+    fn give(&self, bufs: (Vec<f32>, Vec<f32>)) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).push(bufs);
+    }
 }
 
 /// Encodes `rows` rows of `x` ([rows, d_in] row-major).
@@ -263,10 +284,19 @@ struct Worker<'a> {
 impl Worker<'_> {
     /// Takes tiles until none are left (or another worker failed).
     fn run(&self) -> Result<WorkerOut, BadValue> {
+        let (mut scratch, mut wbuf) = self.p.pool.take();
+        let need = self.rows * self.tile;
+        if scratch.len() < need {
+            scratch.resize(need, 0.0);
+        }
+        let out = self.run_with(&mut scratch, &mut wbuf);
+        self.p.pool.give((scratch, wbuf));
+        out
+    }
+
+    fn run_with(&self, scratch: &mut [f32], wbuf: &mut Vec<f32>) -> Result<WorkerOut, BadValue> {
         let sae = self.p.sae;
         let l = sae.n_latents();
-        let mut scratch = vec![0f32; self.rows * self.tile];
-        let mut wbuf = Vec::new();
         let mut out = match sae.activation {
             Activation::TopK { k } => WorkerOut::TopK(TopKState::new(self.rows, k)),
             Activation::Relu | Activation::JumpRelu => WorkerOut::Csr(Vec::new()),
@@ -280,7 +310,7 @@ impl Worker<'_> {
             }
             let t0 = ti * self.tile;
             let t = self.tile.min(l - t0);
-            let view = weight_tile(&sae.w_enc, t0, t, &mut wbuf);
+            let view = weight_tile(&sae.w_enc, t0, t, wbuf);
             let h = &mut scratch[..self.rows * t];
             gemm_tile(self.xp, self.rows, self.d, &view, t, h);
             let b = &sae.b_enc[t0..t0 + t];

@@ -26,6 +26,8 @@ pub struct CpuEngine {
     dec_norms: Option<Vec<f32>>,
     /// JumpReLU cut-offs max(threshold, 0): a latent fires when h is strictly above.
     cuts: Option<Vec<f32>>,
+    /// Encode buffers reused across batches: threads x (rows x tile + tile x d_in) f32 at most.
+    pool: encode::BufferPool,
 }
 
 impl CpuEngine {
@@ -49,6 +51,7 @@ impl CpuEngine {
             sae,
             dec_norms,
             cuts,
+            pool: encode::BufferPool::default(),
         })
     }
 
@@ -72,6 +75,7 @@ impl Engine for CpuEngine {
             dec_norms: self.dec_norms.as_deref(),
             cuts: self.cuts.as_deref(),
             threads: self.threads(),
+            pool: &self.pool,
         };
         encode::encode(&params, x, rows, row_offset)
     }

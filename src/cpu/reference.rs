@@ -200,7 +200,9 @@ pub fn preactivations(sae: &Sae, x: &[f32]) -> (Vec<f32>, Option<RowDenorm>) {
 pub fn encode(sae: &Sae, x: &[f32], rows: usize, row_offset: u64) -> Result<Encoded> {
     let d = sae.d_in();
     if x.len() != rows * d {
-        return Err(Error::invalid("reference encode: input length is not rows x d_in"));
+        return Err(Error::invalid(
+            "reference encode: input length is not rows x d_in",
+        ));
     }
     let mut codes = Codes::empty(sae.k());
     let mut denorm = Denorm::default();
@@ -212,7 +214,10 @@ pub fn encode(sae: &Sae, x: &[f32], rows: usize, row_offset: u64) -> Result<Enco
             });
         }
         let (h, dn) = preactivations(sae, row);
-        let dn = dn.unwrap_or(RowDenorm { scale: 1.0, shift: 0.0 });
+        let dn = dn.unwrap_or(RowDenorm {
+            scale: 1.0,
+            shift: 0.0,
+        });
         denorm.scale.push(dn.scale);
         denorm.shift.push(dn.shift);
         if let Some(i) = h.iter().position(|v| v.is_nan()) {
@@ -273,8 +278,11 @@ fn select(sae: &Sae, h: &[f32]) -> Codes {
 /// Dense reference decode: same contract as `Engine::decode`, accumulating in f64.
 pub fn decode(sae: &Sae, codes: &Codes, denorm: Option<&Denorm>) -> Result<Vec<f32>> {
     codes.validate(sae.n_latents())?;
-    if denorm.is_some_and(|dn| dn.scale.len() != codes.n_rows() || dn.shift.len() != codes.n_rows()) {
-        return Err(Error::invalid("reference decode: denorm does not cover every row"));
+    if denorm.is_some_and(|dn| dn.scale.len() != codes.n_rows() || dn.shift.len() != codes.n_rows())
+    {
+        return Err(Error::invalid(
+            "reference decode: denorm does not cover every row",
+        ));
     }
     let d = sae.d_in();
     let norms = sae

@@ -156,7 +156,9 @@ mod tests {
         );
         h[3] = -1.0;
         h[9] = f32::INFINITY;
-        let err = scan_threshold(&h, 10, 0, 100, &b, None).err().map(|e| (e.0, e.1));
+        let err = scan_threshold(&h, 10, 0, 100, &b, None)
+            .err()
+            .map(|e| (e.0, e.1));
         assert_eq!(err, Some((0, 109)));
     }
 

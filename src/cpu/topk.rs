@@ -147,7 +147,14 @@ mod tests {
     #[test]
     fn keeps_k_largest_positive_with_ties_by_index() {
         let mut s = TopKState::new(1, 3);
-        let offered = [(0.5f32, 0u32), (2.0, 1), (0.5, 2), (2.0, 3), (0.5, 4), (1.0, 5)];
+        let offered = [
+            (0.5f32, 0u32),
+            (2.0, 1),
+            (0.5, 2),
+            (2.0, 3),
+            (0.5, 4),
+            (1.0, 5),
+        ];
         {
             let mut row = s.row(0);
             for (v, i) in offered {

@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 
+pub mod arrow;
+pub mod crosscoder;
 pub mod npy;
 pub mod safetensors;
 
@@ -68,6 +70,12 @@ impl Dump {
     pub fn open(path: impl AsRef<Path>) -> Result<Dump> {
         let path = path.as_ref();
         let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+        if meta.is_dir() && crosscoder::looks_like(path) {
+            return Dump::from_shards(path, crosscoder::open_shards(path)?);
+        }
+        if meta.is_dir() && arrow::looks_like(path) {
+            return Dump::from_shards(path, arrow::open_shards(path, None)?);
+        }
         let files = if meta.is_dir() {
             let mut files: Vec<PathBuf> = std::fs::read_dir(path)
                 .map_err(|e| Error::io(path, e))?
@@ -137,6 +145,10 @@ impl Dump {
     /// The shards in read order.
     pub fn shards(&self) -> &[Box<dyn Shard>] {
         &self.shards
+    }
+    /// The shards in read order, giving up the dump (e.g. to hand them to several workers).
+    pub fn into_shards(self) -> Vec<Box<dyn Shard>> {
+        self.shards
     }
 
     /// Keeps shards `i, i + n, i + 2n, ...` (0-based `i` of `n`): the unit a cluster job

@@ -74,7 +74,11 @@ fn hook_from_path(path: &Path) -> (Option<String>, Option<i64>) {
             }
         }
         if c.contains("gemma-scope") {
-            for (k, s) in [("-res", "resid_post"), ("-mlp", "mlp_out"), ("-att", "attn_out")] {
+            for (k, s) in [
+                ("-res", "resid_post"),
+                ("-mlp", "mlp_out"),
+                ("-att", "attn_out"),
+            ] {
                 if c.contains(k) {
                     site = Some(s);
                 }
@@ -185,7 +189,14 @@ fn load_npz(file: &Path) -> Result<Sae> {
         let n = sf.header.numel();
         check_scaling_factor(file, &npz_vector(&npz, "scaling_factor", n)?)?;
     }
-    assemble(meta(file, w_enc.dtype()), w_enc, w_dec, b_enc, b_dec, threshold)
+    assemble(
+        meta(file, w_enc.dtype()),
+        w_enc,
+        w_dec,
+        b_enc,
+        b_dec,
+        threshold,
+    )
 }
 
 // ---------------------------------------------------------- params.safetensors

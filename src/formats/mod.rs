@@ -47,6 +47,8 @@ pub fn detect(path: &Path) -> Result<Format> {
             "sae.safetensors" => Ok(Format::Sparsify),
             "sae_weights.safetensors" | "cfg.json" => detect_dir(dir),
             n if n.ends_with(".npz") => Ok(Format::GemmaScope),
+            _ if dictionary_learning::looks_like(path) => Ok(Format::DictionaryLearning),
+            _ if openai::looks_like(path) => Ok(Format::OpenAi),
             _ => Err(Error::format(
                 path,
                 "cannot tell the SAE format from this file name (expected params.npz, \
@@ -123,13 +125,8 @@ pub fn load(path: impl AsRef<Path>, format: Option<Format>) -> Result<Sae> {
         Format::SaeLensLegacy => saelens::load(path, Some(true)),
         Format::Sparsify => sparsify::load(path),
         Format::GemmaScope => gemma_scope::load(path),
-        Format::DictionaryLearning | Format::OpenAi => Err(Error::format(
-            path,
-            format!(
-                "the {} format (a torch pickle) is not supported yet; convert it to SAELens first",
-                format.name()
-            ),
-        )),
+        Format::DictionaryLearning => dictionary_learning::load(path),
+        Format::OpenAi => openai::load(path),
     }
 }
 
@@ -142,3 +139,7 @@ pub fn write_saelens(sae: &Sae, dir: &Path) -> Result<()> {
 pub fn sae_dir(path: &Path) -> PathBuf {
     saelens::dir_of(path)
 }
+
+pub mod dictionary_learning;
+pub mod openai;
+pub mod pickle;

@@ -116,12 +116,8 @@ fn k_value(cfg: &Cfg, legacy: bool) -> Result<usize> {
         cfg.get("k").cloned().or(from_kwargs)
     };
     let v = v.ok_or_else(|| Error::missing(&cfg.path, "config key `k` of a TopK SAE"))?;
-    value_usize(&v).ok_or_else(|| {
-        Error::format(
-            &cfg.path,
-            format!("k must be a positive integer, got {v}"),
-        )
-    })
+    value_usize(&v)
+        .ok_or_else(|| Error::format(&cfg.path, format!("k must be a positive integer, got {v}")))
 }
 
 fn parse(cfg: &Cfg, legacy: bool) -> Result<Parsed> {
@@ -140,18 +136,21 @@ fn parse(cfg: &Cfg, legacy: bool) -> Result<Parsed> {
     };
     let kind = match architecture.as_str() {
         "standard" | "relu" => {
-            // Before 6.0, TopK SAEs were "standard" with activation_fn_str = "topk".
+            // Before 6.0, TopK SAEs were "standard" with activation_fn_str = "topk"; v6
+            // configs carry no activation_fn, so this only ever reads old files.
             let act = cfg
                 .str_opt("activation_fn_str")?
                 .or(cfg.str_opt("activation_fn")?)
                 .unwrap_or("relu");
             match act {
                 "relu" => Kind::Relu,
-                "topk" if legacy => Kind::TopK(k_value(cfg, legacy)?),
+                "topk" => Kind::TopK(k_value(cfg, legacy)?),
                 other => {
                     return Err(Error::format(
                         &cfg.path,
-                        format!("activation function `{other}` is not supported (expected relu or topk)"),
+                        format!(
+                        "activation function `{other}` is not supported (expected relu or topk)"
+                    ),
                     ))
                 }
             }
@@ -160,11 +159,7 @@ fn parse(cfg: &Cfg, legacy: bool) -> Result<Parsed> {
         "jumprelu" | "batchtopk" | "matryoshka_batchtopk" => Kind::Threshold,
         "gated" => return refuse("gated SAE"),
         a if a.contains("transcoder") || a == "clt" => return refuse("transcoder"),
-        _ => {
-            return refuse(
-                "unknown; expected standard, topk, jumprelu or batchtopk",
-            )
-        }
+        _ => return refuse("unknown; expected standard, topk, jumprelu or batchtopk"),
     };
     let rescale = cfg
         .bool_opt("rescale_acts_by_decoder_norm")?
@@ -186,22 +181,21 @@ fn parse(cfg: &Cfg, legacy: bool) -> Result<Parsed> {
             ));
         }
     }
-    // Hook metadata: v6 nests it, older configs are flat.
+    // Hook metadata: v6 nests it, older configs are flat; read whichever is there so a
+    // forced reading of either layout still finds it.
     let empty = serde_json::Map::new();
-    let meta = if legacy {
-        &cfg.obj
-    } else {
-        cfg.object("metadata")?
-            .or(cfg.object("meta")?)
-            .unwrap_or(&empty)
-    };
-    let hook_name = map_str(meta, "hook_name")
-        .or_else(|| map_str(meta, "hook_point"))
-        .or_else(|| map_str(&cfg.obj, "hook_name"));
-    let hook_layer = map_i64(meta, "hook_layer")
-        .or_else(|| map_i64(meta, "hook_point_layer"))
+    let nested = cfg
+        .object("metadata")?
+        .or(cfg.object("meta")?)
+        .unwrap_or(&empty);
+    let flat = &cfg.obj;
+    let pick = |key: &str| map_str(nested, key).or_else(|| map_str(flat, key));
+    let hook_name = pick("hook_name").or_else(|| pick("hook_point"));
+    let hook_layer = [nested, flat]
+        .iter()
+        .find_map(|m| map_i64(m, "hook_layer").or_else(|| map_i64(m, "hook_point_layer")))
         .or_else(|| hook_name.as_deref().and_then(layer_from_hook));
-    let model_name = map_str(meta, "model_name").or_else(|| map_str(&cfg.obj, "model_name"));
+    let model_name = pick("model_name");
     Ok(Parsed {
         architecture,
         d_in,

@@ -155,7 +155,8 @@ pub fn write_saelens(sae: &Sae, dir: &Path) -> Result<()> {
             },
         },
     ];
-    let mut vectors: Vec<(&'static str, &[f32])> = vec![("b_enc", &sae.b_enc), ("b_dec", &sae.b_dec)];
+    let mut vectors: Vec<(&'static str, &[f32])> =
+        vec![("b_enc", &sae.b_enc), ("b_dec", &sae.b_dec)];
     if let (Activation::JumpRelu, Some(t)) = (sae.activation, &sae.threshold) {
         vectors.push(("threshold", t));
     }
@@ -214,7 +215,9 @@ fn write_safetensors(target: &Path, tmp: &Path, entries: &[Entry]) -> Result<()>
             Source::Vector { values, dtype } => {
                 f.write_all(&convert_from_f32(*dtype, values)).map_err(io)?;
             }
-            Source::Matrix { m, want } => write_matrix(&mut f, base, m, *want).map_err(io)?,
+            Source::Matrix { m, want } => {
+                write_matrix(&mut f, base, m, *want, BAND_BYTES).map_err(io)?
+            }
         }
         base += e.len() as u64;
         f.seek(SeekFrom::Start(base)).map_err(io)?;
@@ -223,11 +226,17 @@ fn write_safetensors(target: &Path, tmp: &Path, entries: &[Entry]) -> Result<()>
 }
 
 /// Writes logical matrix `m` at `base` stored in layout `want`, from its stored bytes.
-fn write_matrix(f: &mut File, base: u64, m: &Matrix, want: Layout) -> std::io::Result<()> {
+fn write_matrix(
+    f: &mut File,
+    base: u64,
+    m: &Matrix,
+    want: Layout,
+    band_bytes: usize,
+) -> std::io::Result<()> {
     let raw = m.raw();
     if m.layout() == want {
         f.seek(SeekFrom::Start(base))?;
-        for chunk in raw.chunks(BAND_BYTES) {
+        for chunk in raw.chunks(band_bytes.max(1)) {
             f.write_all(chunk)?;
         }
         return Ok(());
@@ -241,7 +250,7 @@ fn write_matrix(f: &mut File, base: u64, m: &Matrix, want: Layout) -> std::io::R
     if a == 0 || b == 0 {
         return Ok(());
     }
-    let band = (BAND_BYTES / (b * s)).clamp(1, a);
+    let band = (band_bytes / (b * s)).clamp(1, a);
     let mut col = vec![0u8; band * s];
     let mut r0 = 0;
     while r0 < a {
@@ -260,4 +269,75 @@ fn write_matrix(f: &mut File, base: u64, m: &Matrix, want: Layout) -> std::io::R
         r0 = r1;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::sync::Arc;
+
+    use crate::matrix::Bytes;
+
+    fn read_at(path: &Path, base: usize, n: usize) -> Vec<f32> {
+        let mut b = Vec::new();
+        File::open(path).unwrap().read_to_end(&mut b).unwrap();
+        crate::formats::common::bytes_to_f32(DType::F32, &b[base..base + n * 4])
+    }
+
+    #[test]
+    fn banded_transpose_matches_naive_for_every_band_size() {
+        let (rows, cols) = (7usize, 5usize);
+        let vals: Vec<f32> = (0..rows * cols).map(|v| v as f32 - 3.5).collect();
+        let row_major = Matrix::from_f32(&vals, rows, cols, DType::F32).unwrap();
+        let mut t = vec![0f32; rows * cols];
+        for r in 0..rows {
+            for c in 0..cols {
+                t[c * rows + r] = vals[r * cols + c];
+            }
+        }
+        let transposed = Matrix::new(
+            Bytes::Owned(Arc::new(convert_from_f32(DType::F32, &t))),
+            DType::F32,
+            rows,
+            cols,
+            Layout::Transposed,
+        )
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.bin");
+        for band in [1, 4, 8, 20, 44, 1 << 20] {
+            for (m, want, expect) in [
+                (&row_major, Layout::Transposed, &t),
+                (&row_major, Layout::RowMajor, &vals),
+                (&transposed, Layout::RowMajor, &vals),
+                (&transposed, Layout::Transposed, &t),
+            ] {
+                let mut f = File::create(&path).unwrap();
+                f.write_all(&[0u8; 3]).unwrap();
+                write_matrix(&mut f, 3, m, want, band).unwrap();
+                drop(f);
+                assert_eq!(&read_at(&path, 3, rows * cols), expect, "band {band}");
+            }
+        }
+    }
+
+    #[test]
+    fn header_is_accepted_by_the_reference_reader() {
+        let b = [1.0f32, 2.0];
+        let entries = vec![Entry {
+            name: "b_enc",
+            dtype: DType::BF16,
+            shape: vec![2],
+            source: Source::Vector {
+                values: &b,
+                dtype: DType::BF16,
+            },
+        }];
+        let mut bytes = header(&entries);
+        assert_eq!(bytes.len() % 8, 0);
+        bytes.extend(convert_from_f32(DType::BF16, &b));
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        assert_eq!(st.tensor("b_enc").unwrap().shape(), &[2]);
+    }
 }

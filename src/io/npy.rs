@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 pub enum NpyDtype {
     F32,
     F16,
-    /// numpy has no bfloat16; ml_dtypes writes it as descr `<V2` or `bfloat16`.
+    /// numpy has no bfloat16; ml_dtypes arrays are saved with descr `<V2`.
     BF16,
     F64,
     I64,
@@ -44,7 +44,7 @@ impl NpyDtype {
         match self {
             NpyDtype::F32 => "<f4",
             NpyDtype::F16 => "<f2",
-            NpyDtype::BF16 => "bfloat16",
+            NpyDtype::BF16 => "<V2",
             NpyDtype::F64 => "<f8",
             NpyDtype::I64 => "<i8",
             NpyDtype::I32 => "<i4",
@@ -71,95 +71,59 @@ impl NpyHeader {
     }
 
     /// Parses the header at the start of `bytes` (the whole file or at least its header);
-    /// errors name `path`.
+    /// errors name `path`. The dictionary itself is parsed by the `npyz` crate; we keep
+    /// only what a memory-mapped read needs (dtype, shape, order, data offset).
     pub fn parse(path: &Path, bytes: &[u8]) -> Result<NpyHeader> {
-        let bad = |m: &str| Error::format(path, format!("not a valid .npy file: {m}"));
-        if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
-            return Err(bad("missing the \\x93NUMPY magic"));
-        }
-        let major = bytes[6];
-        let (hlen, start) = match major {
-            1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
-            2 | 3 => {
-                if bytes.len() < 12 {
-                    return Err(bad("truncated header"));
-                }
-                (
-                    u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
-                    12,
-                )
-            }
-            v => return Err(bad(&format!("unsupported version {v}"))),
-        };
-        let end = start + hlen;
-        if bytes.len() < end {
-            return Err(bad("truncated header"));
-        }
-        let text =
-            std::str::from_utf8(&bytes[start..end]).map_err(|_| bad("header is not text"))?;
-        let descr = dict_value(text, "descr").ok_or_else(|| bad("header has no 'descr'"))?;
-        let descr = descr.trim().trim_matches(|c| c == '\'' || c == '"');
-        let dtype = match descr {
-            "<f4" | "=f4" | "f4" => NpyDtype::F32,
-            "<f2" | "=f2" | "f2" => NpyDtype::F16,
-            "<V2" | "V2" | "bfloat16" | "<bf16" => NpyDtype::BF16,
-            "<f8" | "=f8" | "f8" => NpyDtype::F64,
-            "<i8" | "=i8" | "i8" => NpyDtype::I64,
-            "<i4" | "=i4" | "i4" => NpyDtype::I32,
-            "|u1" | "u1" => NpyDtype::U8,
-            "|b1" | "b1" => NpyDtype::Bool,
+        let mut rest: &[u8] = bytes;
+        let h = npyz::NpyHeader::from_reader(&mut rest)
+            .map_err(|e| Error::format(path, format!("not a valid .npy file: {e}")))?;
+        let data_offset = bytes.len() - rest.len();
+        let descr = match h.dtype() {
+            npyz::DType::Plain(t) => t,
             other => {
                 return Err(Error::format(
                     path,
-                    format!("unsupported .npy dtype '{other}' (expected little-endian f4, f2, bf16, f8, i8, i4, u1 or b1)"),
+                    format!(
+                        "unsupported .npy dtype '{}' (structured arrays are not activations)",
+                        other.descr()
+                    ),
                 ))
             }
         };
-        let fortran = dict_value(text, "fortran_order")
-            .ok_or_else(|| bad("header has no 'fortran_order'"))?;
-        let fortran_order = match fortran.trim() {
-            "True" => true,
-            "False" => false,
-            _ => return Err(bad("bad 'fortran_order'")),
+        use npyz::{Endianness as E, TypeChar as T};
+        let little = matches!(descr.endianness(), E::Little | E::Irrelevant);
+        let dtype = match (descr.type_char(), descr.size_field(), little) {
+            (T::Float, 4, true) => NpyDtype::F32,
+            (T::Float, 2, true) => NpyDtype::F16,
+            // numpy has no bfloat16: ml_dtypes arrays are saved as 2-byte void.
+            (T::RawData, 2, _) => NpyDtype::BF16,
+            (T::Float, 8, true) => NpyDtype::F64,
+            (T::Int, 8, true) => NpyDtype::I64,
+            (T::Int, 4, true) => NpyDtype::I32,
+            (T::Uint, 1, _) => NpyDtype::U8,
+            (T::Bool, 1, _) => NpyDtype::Bool,
+            _ => {
+                return Err(Error::format(
+                    path,
+                    format!("unsupported .npy dtype '{descr}' (expected little-endian f4, f2, bf16 (V2), f8, i8, i4, u1 or b1)"),
+                ))
+            }
         };
-        let shape_txt = dict_value(text, "shape").ok_or_else(|| bad("header has no 'shape'"))?;
-        let shape_txt = shape_txt
-            .trim()
-            .trim_start_matches('(')
-            .trim_end_matches(')');
-        let shape = shape_txt
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(|s| s.trim_end_matches('L').parse::<usize>())
+        let shape = h
+            .shape()
+            .iter()
+            .map(|v| usize::try_from(*v))
             .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(|_| bad("bad 'shape'"))?;
+            .map_err(|_| {
+                Error::format(path, "not a valid .npy file: shape does not fit in memory")
+            })?;
         Ok(NpyHeader {
             dtype,
             shape,
-            fortran_order,
-            data_offset: end,
+            fortran_order: h.order() == npyz::Order::Fortran,
+            data_offset,
         })
     }
-}
-
-/// The raw text of `key`'s value in a Python dict literal (up to the next top-level comma).
-fn dict_value<'a>(text: &'a str, key: &str) -> Option<&'a str> {
-    let pos = text
-        .find(&format!("'{key}'"))
-        .or_else(|| text.find(&format!("\"{key}\"")))?;
-    let rest = &text[pos + key.len() + 2..];
-    let rest = rest.trim_start().strip_prefix(':')?;
-    let mut depth = 0i32;
-    for (i, c) in rest.char_indices() {
-        match c {
-            '(' | '[' => depth += 1,
-            ')' | ']' => depth -= 1,
-            ',' | '}' if depth == 0 => return Some(&rest[..i]),
-            _ => {}
-        }
-    }
-    None
 }
 
 /// Serializes an npy header for a C-order array of `shape` (version 1.0, 64-byte aligned).

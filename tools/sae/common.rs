@@ -71,10 +71,7 @@ impl Ctx {
     /// Builds the engine the flags ask for. `auto` with `--device N` tries that CUDA
     /// device and falls back to the CPU when CUDA cannot run here.
     pub fn engine(&self, sae: Arc<Sae>) -> Result<Box<dyn Engine>> {
-        let mut opts = EngineOptions::default();
-        if let Some(t) = self.g.tile_latents {
-            opts.tile_latents = t as usize;
-        }
+        let opts = self.engine_options();
         let device = self.g.device.unwrap_or(0);
         let kind = BackendKind::parse(&self.g.backend, device)?;
         let engine = match kind {
@@ -92,6 +89,15 @@ impl Ctx {
         Ok(engine)
     }
 
+    /// Engine options from the flags (--tile-latents).
+    pub fn engine_options(&self) -> EngineOptions {
+        let mut opts = EngineOptions::default();
+        if let Some(t) = self.g.tile_latents {
+            opts.tile_latents = t as usize;
+        }
+        opts
+    }
+
     /// A line on stderr for a person watching (not with --quiet or --json).
     pub fn note(&self, msg: &str) {
         if !self.g.quiet && !self.g.json {
@@ -107,9 +113,15 @@ impl Ctx {
         }
         let pb = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
         let style = ProgressStyle::with_template(
-            "{msg:>8} [{elapsed_precise}] {wide_bar} {human_pos}/{human_len} rows ({per_sec}, ETA {eta})",
+            "{msg:>8} [{elapsed_precise}] {wide_bar} {human_pos}/{human_len} rows ({rate}, ETA {eta})",
         )
-        .unwrap_or_else(|_| ProgressStyle::default_bar());
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .with_key(
+            "rate",
+            |s: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                let _ = write!(w, "{:.0} rows/s", s.per_sec());
+            },
+        );
         pb.set_style(style);
         pb.set_message(what.to_string());
         pb.enable_steady_tick(Duration::from_millis(200));

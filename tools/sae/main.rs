@@ -4,10 +4,12 @@
 //! naming the file and what was expected), 2 on a usage error.
 
 mod common;
+mod convert;
 mod decode;
 mod encode;
 mod inspect;
 mod stats;
+mod workflow;
 
 use std::process::ExitCode;
 
@@ -17,7 +19,7 @@ use clap::Parser;
 #[command(
     name = "sae",
     version,
-    about = "Sparse autoencoders at audit scale: inspect, encode, decode and per-latent statistics",
+    about = "Sparse autoencoders at audit scale: encode, statistics, model diffing, steering, detection",
     propagate_version = true
 )]
 struct Cli {
@@ -37,6 +39,20 @@ enum Command {
     Decode(decode::Args),
     /// Per-latent statistics of a dump (`sae stats merge` combines shard results).
     Stats(stats::Args),
+    /// Convert an SAE to the SAELens layout, or a dump / activation cache to safetensors shards.
+    Convert(convert::ConvertArgs),
+    /// Rank latents by how fine-tunes moved them from the base, averaged over fine-tunes.
+    Diff(workflow::DiffArgs),
+    /// Build a steering vector from decoder rows; export it (npy, safetensors, GGUF) or dry-run it on a dump.
+    Steer(workflow::SteerArgs),
+    /// Rank latents as detectors of misaligned vs aligned fine-tunes (AUROC, margin, leave-one-out).
+    Detect(workflow::DetectArgs),
+    /// Follow latents over checkpoints and report the first that crosses a threshold.
+    Monitor(workflow::MonitorArgs),
+    /// Top-activating tokens of a latent, with context and a histogram.
+    TopExamples(workflow::TopExamplesArgs),
+    /// Run the whole audit on a synthetic scenario and check what it recovers.
+    Demo(workflow::DemoArgs),
 }
 
 fn main() -> ExitCode {
@@ -47,6 +63,13 @@ fn main() -> ExitCode {
         Command::Encode(a) => encode::run(&ctx, a),
         Command::Decode(a) => decode::run(&ctx, a),
         Command::Stats(a) => stats::run(&ctx, a),
+        Command::Convert(a) => convert::run(&ctx, a),
+        Command::Diff(a) => workflow::run_diff(&ctx, a),
+        Command::Steer(a) => workflow::run_steer(&ctx, a),
+        Command::Detect(a) => workflow::run_detect(&ctx, a),
+        Command::Monitor(a) => workflow::run_monitor(&ctx, a),
+        Command::TopExamples(a) => workflow::run_top_examples(&ctx, a),
+        Command::Demo(a) => workflow::run_demo(&ctx, a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -4,7 +4,11 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use sae_engine::{Dump, Format, LatentStats, Result};
+use std::path::Path;
+use std::sync::Arc;
+
+use sae_engine::scaleout::{self, Devices, FanOutOptions, FanOutReport, StatsJob};
+use sae_engine::{Dump, Error, Format, LatentStats, Result, Sae};
 use serde_json::json;
 
 use crate::common::{parse_format, rate, Ctx};
@@ -32,6 +36,19 @@ pub struct Args {
     /// Force the SAE format instead of detecting it.
     #[arg(long, value_parser = parse_format)]
     pub format: Option<Format>,
+    /// Split the shard files over several devices, one worker each: CUDA device
+    /// indices (0,1 or cuda:0,cuda:1), cpu, or cpu:N for N CPU workers (overrides
+    /// --backend/--device). A failed shard is reported with its device; rerunning the
+    /// same command computes only the shards that have no statistics yet.
+    #[arg(long, value_name = "LIST", value_parser = parse_devices)]
+    pub devices: Option<Devices>,
+    /// With --devices: directory of the per-shard statistics files
+    /// (default: OUT.units beside --out).
+    #[arg(long, value_name = "DIR", requires = "devices")]
+    pub work_dir: Option<PathBuf>,
+    /// With --devices: keep the per-shard statistics files after a successful merge.
+    #[arg(long, requires = "devices")]
+    pub keep_units: bool,
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -60,6 +77,10 @@ fn parse_shard(s: &str) -> std::result::Result<(usize, usize), String> {
     Ok((i, n))
 }
 
+fn parse_devices(s: &str) -> std::result::Result<Devices, String> {
+    Devices::parse(s).map_err(|e| e.to_string())
+}
+
 fn summary(s: &LatentStats) -> serde_json::Value {
     let fired = s.n_active.iter().filter(|a| **a > 0).count();
     json!({
@@ -81,6 +102,17 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
         ));
     };
     let sae = ctx.load_sae(&sae_path, a.format)?;
+    if let Some(devices) = &a.devices {
+        let work_dir = a.work_dir.unwrap_or_else(|| default_work_dir(&out));
+        let units = scaleout::shard_units(&acts, a.shard)?;
+        let opts = FanOutOptions {
+            work_dir,
+            batch_rows: ctx.batch_rows(),
+            use_mask: !a.no_mask,
+            worker_names: devices.names().to_vec(),
+        };
+        return fan_out(ctx, sae, devices, units, opts, a.keep_units, &out);
+    }
     let mut dump = Dump::open(&acts)?;
     if let Some((i, n)) = a.shard {
         dump = dump.select_shards(i, n)?;
@@ -118,6 +150,117 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
     );
     ctx.output(json, &human);
     Ok(())
+}
+
+/// `stats.safetensors` -> `stats.safetensors.units` beside it.
+fn default_work_dir(out: &Path) -> PathBuf {
+    let name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "stats".into());
+    out.with_file_name(format!("{name}.units"))
+}
+
+/// `--devices`: per-shard statistics on several workers, then a merge in shard order.
+fn fan_out(
+    ctx: &Ctx,
+    sae: Arc<Sae>,
+    devices: &Devices,
+    units: Vec<scaleout::Unit>,
+    opts: FanOutOptions,
+    keep_units: bool,
+    out: &Path,
+) -> Result<()> {
+    let work_dir = opts.work_dir.clone();
+    let job = StatsJob::plan(&sae, units, opts)?;
+    for n in job.notes() {
+        ctx.note(n);
+    }
+    let eopts = ctx.engine_options();
+    let factory = |w: usize| sae_engine::engine(devices.kinds()[w], sae.clone(), &eopts);
+    let t0 = Instant::now();
+    let pb = ctx.progress(job.pending_rows(), "stats");
+    let report = job.run(&factory, &|n| pb.inc(n));
+    pb.finish_and_clear();
+    let secs = t0.elapsed().as_secs_f64();
+    let mut json = json!({
+        "work_dir": work_dir,
+        "units": report.n_units,
+        "computed": report.computed,
+        "reused": report.reused,
+        "failures": report.failures,
+        "not_run": report.not_run,
+        "devices": report.workers,
+        "seconds": secs,
+    });
+    if !report.ok() {
+        // One line per failed shard, naming the shard file and the device (even with --quiet).
+        for line in report.failure_lines() {
+            eprintln!("sae: failed: {line}");
+        }
+        if ctx.g.json {
+            println!("{json}");
+        }
+        let bad = report.failures.len() + report.not_run.len();
+        return Err(Error::invalid(format!(
+            "{bad} of {} shard files have no statistics; the {} finished are kept in {}; \
+             rerun the same command to compute only the missing ones",
+            report.n_units,
+            report.n_units - bad,
+            work_dir.display()
+        )));
+    }
+    for line in report.device_setup_failures() {
+        ctx.note(&format!(
+            "warning: {line} (its share went to the other devices)"
+        ));
+    }
+    let s = job.merge_into(out)?;
+    if !keep_units {
+        job.remove_unit_files()?;
+    }
+    let rows: u64 = report.workers.iter().map(|w| w.rows).sum();
+    for (k, v) in summary(&s).as_object().into_iter().flatten() {
+        json[k] = v.clone();
+    }
+    json["out"] = json!(out);
+    json["rows_computed"] = json!(rows);
+    json["rows_per_second"] = json!(rate(rows, secs));
+    let human = format!(
+        "statistics of {} tokens over {} latents ({} fired) from {} shard files \
+         ({} computed, {} reused) -> {}{}",
+        s.n_tokens,
+        s.n_latents(),
+        json["latents_fired"],
+        report.n_units,
+        report.computed.len(),
+        report.reused.len(),
+        out.display(),
+        device_lines(&report)
+    );
+    ctx.output(json, &human);
+    Ok(())
+}
+
+/// Per-device lines of the human report: units, rows and rows/s.
+fn device_lines(r: &FanOutReport) -> String {
+    r.workers
+        .iter()
+        .map(|w| {
+            let state = match (&w.backend, &w.failure) {
+                (_, Some(f)) => format!(", FAILED: {f}"),
+                _ => String::new(),
+            };
+            format!(
+                "\n  {}: {} shards, {} rows, {:.0} rows/s ({}){state}",
+                w.device,
+                w.units,
+                w.rows,
+                w.rows_per_second,
+                w.backend.as_deref().unwrap_or("no engine"),
+            )
+        })
+        .collect()
 }
 
 fn merge(ctx: &Ctx, inputs: Vec<PathBuf>, out: PathBuf) -> Result<()> {

@@ -1,0 +1,192 @@
+//! Monitoring (DESIGN.md, "The job", step 5): chosen latents' change from the base
+//! over a series of checkpoints (training or re-alignment), and the first checkpoint
+//! that crosses an alarm threshold.
+
+use crate::error::{Error, Result};
+use crate::stats::LatentStats;
+
+use super::detect::Direction;
+
+/// When a checkpoint raises the alarm.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Alarm {
+    /// delta >= value (direction up) or delta <= value (direction down).
+    Delta { value: f64, direction: Direction },
+    /// |Welch z of the mean difference| >= value: a clear change in either direction.
+    ZScore { value: f64 },
+}
+
+impl Alarm {
+    /// The default: a change of four standard errors.
+    pub const DEFAULT: Alarm = Alarm::ZScore { value: 4.0 };
+
+    /// A delta threshold whose direction follows its sign (>= 0: up, < 0: down).
+    pub fn delta(value: f64) -> Alarm {
+        let direction = if value >= 0.0 {
+            Direction::Up
+        } else {
+            Direction::Down
+        };
+        Alarm::Delta { value, direction }
+    }
+
+    /// A detector's threshold and direction (from `detect`).
+    pub fn from_detector(direction: Direction, value: f64) -> Alarm {
+        Alarm::Delta { value, direction }
+    }
+
+    fn fires(&self, delta: f64, z: f64) -> bool {
+        match *self {
+            Alarm::Delta { value, direction } => direction.alarms(delta, value),
+            Alarm::ZScore { value } => z.abs() >= value,
+        }
+    }
+
+    fn describe(&self) -> String {
+        match *self {
+            Alarm::Delta {
+                value,
+                direction: Direction::Up,
+            } => format!("delta >= {value:.6}"),
+            Alarm::Delta { value, .. } => format!("delta <= {value:.6}"),
+            Alarm::ZScore { value } => format!("|z| >= {value}"),
+        }
+    }
+}
+
+/// One latent over the checkpoints.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Trajectory {
+    pub latent: usize,
+    pub base_mean: f64,
+    /// Per checkpoint, in input order.
+    pub means: Vec<f64>,
+    pub deltas: Vec<f64>,
+    pub freqs: Vec<f64>,
+    pub z: Vec<f64>,
+    pub alarm: Alarm,
+    pub rule: String,
+    /// Index of the first checkpoint that crosses, and its name.
+    pub first_crossing: Option<usize>,
+    pub first_crossing_name: Option<String>,
+}
+
+/// The monitoring result.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct MonitorReport {
+    pub base: String,
+    pub checkpoints: Vec<String>,
+    pub trajectories: Vec<Trajectory>,
+}
+
+/// Trajectories of `latents` over `checkpoints`, each with its alarm (one for all
+/// when `alarms` has one entry).
+pub fn monitor(
+    base_name: &str,
+    base: &LatentStats,
+    checkpoints: &[(String, &LatentStats)],
+    latents: &[usize],
+    alarms: &[Alarm],
+) -> Result<MonitorReport> {
+    if checkpoints.is_empty() {
+        return Err(Error::invalid("monitor needs at least one checkpoint"));
+    }
+    if latents.is_empty() {
+        return Err(Error::invalid("monitor needs at least one --latents id"));
+    }
+    if alarms.len() != 1 && alarms.len() != latents.len() {
+        return Err(Error::invalid(format!(
+            "{} thresholds for {} latents: give one, or one per latent",
+            alarms.len(),
+            latents.len()
+        )));
+    }
+    let l = base.n_latents();
+    super::check_latents(latents, l)?;
+    for (name, s) in checkpoints {
+        if s.fingerprint != base.fingerprint || s.n_latents() != l {
+            return Err(Error::Incompatible(format!(
+                "{name}: statistics come from a different SAE than the base {base_name}"
+            )));
+        }
+    }
+    let nb = base.n_tokens.max(1) as f64;
+    let trajectories = latents
+        .iter()
+        .enumerate()
+        .map(|(j, &i)| {
+            let alarm = if alarms.len() == 1 {
+                alarms[0]
+            } else {
+                alarms[j]
+            };
+            let base_mean = base.sum[i] / nb;
+            let means: Vec<f64> = checkpoints
+                .iter()
+                .map(|(_, s)| s.sum[i] / s.n_tokens.max(1) as f64)
+                .collect();
+            let deltas: Vec<f64> = means.iter().map(|m| m - base_mean).collect();
+            let z: Vec<f64> = checkpoints
+                .iter()
+                .map(|(_, s)| super::diff::welch_z(base, s, i))
+                .collect();
+            let first = (0..deltas.len()).find(|k| alarm.fires(deltas[*k], z[*k]));
+            Trajectory {
+                latent: i,
+                base_mean,
+                freqs: checkpoints
+                    .iter()
+                    .map(|(_, s)| s.n_active[i] as f64 / s.n_tokens.max(1) as f64)
+                    .collect(),
+                means,
+                deltas,
+                z,
+                rule: alarm.describe(),
+                alarm,
+                first_crossing: first,
+                first_crossing_name: first.map(|k| checkpoints[k].0.clone()),
+            }
+        })
+        .collect();
+    Ok(MonitorReport {
+        base: base_name.to_string(),
+        checkpoints: checkpoints.iter().map(|(n, _)| n.clone()).collect(),
+        trajectories,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stats(m: f64) -> LatentStats {
+        let mut s = LatentStats::new("fp", 2);
+        s.n_tokens = 100;
+        s.sum = vec![m * 100.0, 10.0];
+        s.sum_sq = vec![m * m * 200.0, 20.0];
+        s.n_active = vec![50, 10];
+        s
+    }
+
+    #[test]
+    fn first_crossing() {
+        let base = stats(0.0);
+        let c: Vec<LatentStats> = [0.0, 0.05, 0.2, 0.4, 0.1]
+            .iter()
+            .map(|m| stats(*m))
+            .collect();
+        let cp: Vec<(String, &LatentStats)> = c
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (format!("c{i}"), s))
+            .collect();
+        let r = monitor("b", &base, &cp, &[0, 1], &[Alarm::delta(0.15)]).unwrap();
+        assert_eq!(r.trajectories[0].first_crossing, Some(2));
+        assert_eq!(r.trajectories[0].first_crossing_name.as_deref(), Some("c2"));
+        assert_eq!(r.trajectories[1].first_crossing, None);
+        let down = monitor("b", &stats(0.5), &cp, &[0], &[Alarm::delta(-0.3)]).unwrap();
+        assert_eq!(down.trajectories[0].first_crossing, Some(0));
+        assert!(monitor("b", &base, &cp, &[7], &[Alarm::DEFAULT]).is_err());
+    }
+}

@@ -1,0 +1,170 @@
+"""Tests of tools/python without model weights or torch: the dump writer's pure
+functions, the vector loader, and an independent read of `sae steer`'s GGUF with the
+`gguf` package (the reader llama.cpp's own Python tooling uses).
+
+Run: python3 -m unittest discover -s tools/python/tests  (needs numpy, safetensors, gguf;
+finds the `sae` binary via $SAE_BIN, $CARGO_TARGET_DIR or target/, building it if absent)."""
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import unittest
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.abspath(os.path.join(HERE, "..", "..", ".."))
+sys.path.insert(0, os.path.join(ROOT, "tools", "python"))
+
+import dump_activations as da  # noqa: E402
+import steer_generate as sg  # noqa: E402
+
+
+def sae_bin():
+    if os.environ.get("SAE_BIN"):
+        return os.environ["SAE_BIN"]
+    target = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
+    path = os.path.join(target, "debug", "sae")
+    if not os.path.exists(path):
+        subprocess.run(["cargo", "build", "--quiet", "--bin", "sae"], cwd=ROOT, check=True)
+    return path
+
+
+def run_sae(*args):
+    r = subprocess.run([sae_bin(), *args], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise AssertionError(f"sae {' '.join(args)} failed ({r.returncode}): {r.stderr}")
+    return r.stdout
+
+
+def write_saelens(dir_, w_dec, k):
+    """A TopK SAE in the SAELens v6 layout, tied weights."""
+    from safetensors.numpy import save_file
+
+    l, d = w_dec.shape
+    os.makedirs(dir_, exist_ok=True)
+    save_file(
+        {
+            "W_enc": np.ascontiguousarray(w_dec.T),
+            "W_dec": w_dec,
+            "b_enc": np.zeros(l, np.float32),
+            "b_dec": np.zeros(d, np.float32),
+        },
+        os.path.join(dir_, "sae_weights.safetensors"),
+    )
+    cfg = {
+        "architecture": "topk", "d_in": d, "d_sae": l, "k": k, "dtype": "float32",
+        "apply_b_dec_to_input": True, "normalize_activations": "none",
+        "rescale_acts_by_decoder_norm": False,
+        "metadata": {"hook_name": "blocks.5.hook_resid_post", "hook_layer": 5},
+    }
+    with open(os.path.join(dir_, "cfg.json"), "w") as f:
+        json.dump(cfg, f)
+
+
+class DumpWriterTest(unittest.TestCase):
+    def test_layer_numbering(self):
+        self.assertEqual(da.hidden_state_index(0), 1)
+        self.assertEqual(da.hidden_state_index(12), 13)
+        with self.assertRaises(ValueError):
+            da.hidden_state_index(-1)
+
+    def test_response_mask(self):
+        self.assertEqual(da.response_mask(2, 5).tolist(), [0, 0, 1, 1, 1])
+        self.assertEqual(da.response_mask(0, 2).tolist(), [1, 1])
+        with self.assertRaises(ValueError):
+            da.response_mask(6, 5)
+
+    def test_read_prompts(self):
+        with tempfile.TemporaryDirectory() as t:
+            p = os.path.join(t, "e.jsonl")
+            with open(p, "w") as f:
+                f.write('{"prompt": "hi", "response": "there"}\n\n{"prompt": "x"}\n')
+            self.assertEqual(da.read_prompts(p), [("hi", "there"), ("x", None)])
+            with open(p, "w") as f:
+                f.write('{"response": "no prompt"}\n')
+            with self.assertRaises(ValueError):
+                da.read_prompts(p)
+
+    def test_assemble_and_engine_reads_it(self):
+        rng = np.random.default_rng(0)
+        d = 16
+        chunks = [
+            (rng.normal(size=(3, d)).astype(np.float32), [5, 6, 7], da.response_mask(1, 3)),
+            (rng.normal(size=(2, d)).astype(np.float32), [8, 9], da.response_mask(0, 2)),
+        ]
+        arr = da.assemble(chunks)
+        self.assertEqual(arr["activations"].shape, (5, d))
+        self.assertEqual(arr["doc_ids"].tolist(), [0, 0, 0, 1, 1])
+        self.assertEqual(arr["mask"].tolist(), [0, 1, 1, 1, 1])
+        with self.assertRaises(ValueError):
+            da.assemble([(np.zeros((2, d), np.float32), [1], [1, 1])])
+        with tempfile.TemporaryDirectory() as t:
+            dump = os.path.join(t, "dump.safetensors")
+            da.write_dump(dump, arr, {"layer": "5"})
+            from safetensors.numpy import load_file
+
+            back = load_file(dump)
+            self.assertEqual(back["token_ids"].dtype, np.int64)
+            np.testing.assert_array_equal(back["activations"], arr["activations"])
+            # The engine reads what the writer wrote: top examples need token_ids/doc_ids.
+            w = rng.normal(size=(32, d)).astype(np.float32)
+            w /= np.linalg.norm(w, axis=1, keepdims=True)
+            write_saelens(os.path.join(t, "sae"), w, 4)
+            out = json.loads(run_sae("top-examples", "--json", "--backend", "cpu", "--sae", os.path.join(t, "sae"),
+                                     "--acts", dump, "--latent", "0", "--top", "5", "--context", "4"))
+            for ex in out["examples"]:
+                self.assertIn(ex["token_id"], [5, 6, 7, 8, 9])
+                # context never crosses the document boundary
+                doc_tokens = [5, 6, 7] if ex["doc_id"] == 0 else [8, 9]
+                for tid in ex["before"] + ex["after"]:
+                    self.assertIn(tid, doc_tokens)
+
+
+class GgufTest(unittest.TestCase):
+    def test_sae_steer_gguf_reads_back_with_gguf_package(self):
+        from gguf import GGUFReader, GGMLQuantizationType
+
+        rng = np.random.default_rng(1)
+        l, d, latent, strength, layer = 64, 48, 3, 2.5, 5
+        w = rng.normal(size=(l, d)).astype(np.float32)
+        with tempfile.TemporaryDirectory() as t:
+            write_saelens(os.path.join(t, "sae"), w, 4)
+            paths = {fmt: os.path.join(t, f"v.{fmt}") for fmt in ["gguf", "safetensors", "npy"]}
+            for fmt, path in paths.items():
+                run_sae("steer", "--backend", "cpu", "--sae", os.path.join(t, "sae"), "--latent", str(latent),
+                        "--strength", str(strength), "--format", fmt, "--layer", str(layer), "--out", path,
+                        "--model-hint", "qwen2")
+            expected = strength * w[latent] / np.linalg.norm(w[latent])
+
+            r = GGUFReader(paths["gguf"])
+            def field_str(name):
+                f = r.fields[name]
+                return bytes(f.parts[f.data[0]]).decode()
+            self.assertEqual(field_str("general.architecture"), "controlvector")
+            self.assertEqual(field_str("controlvector.model_hint"), "qwen2")
+            lc = r.fields["controlvector.layer_count"]
+            self.assertEqual(int(lc.parts[lc.data[0]][0]), 1)
+            self.assertEqual(len(r.tensors), 1)
+            tensor = r.tensors[0]
+            self.assertEqual(tensor.name, f"direction.{layer}")
+            self.assertEqual(tensor.tensor_type, GGMLQuantizationType.F32)
+            self.assertEqual([int(x) for x in tensor.shape], [d])
+            self.assertEqual(tensor.data_offset % 32, 0)
+            np.testing.assert_allclose(np.asarray(tensor.data), expected, rtol=1e-5, atol=1e-6)
+
+            # steer_generate.load_vector agrees across the three formats
+            for fmt, path in paths.items():
+                got_layer, v = sg.load_vector(path, layer if fmt == "npy" else None)
+                self.assertEqual(got_layer, layer)
+                np.testing.assert_allclose(v, expected, rtol=1e-5, atol=1e-6)
+            with self.assertRaises(ValueError):
+                sg.load_vector(paths["npy"])
+            with self.assertRaises(ValueError):
+                sg.load_vector(paths["gguf"], layer + 1)
+
+
+if __name__ == "__main__":
+    unittest.main()

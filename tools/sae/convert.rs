@@ -1,0 +1,103 @@
+//! `sae convert sae|dump`: SAEs of any supported format to the SAELens layout, and
+//! activation dumps or caches (npy/safetensors shards, SAELens Arrow caches,
+//! crosscoder_learning memmap caches) to safetensors shards.
+
+use std::path::PathBuf;
+
+use sae_engine::convert::{convert_dump, convert_sae, DumpConvertOptions};
+use sae_engine::dump::{arrow, Dump};
+use sae_engine::{DType, Error, Format, Result};
+use serde_json::json;
+
+use crate::common::{parse_format, Ctx};
+
+#[derive(Debug, clap::Args)]
+pub struct ConvertArgs {
+    #[command(subcommand)]
+    pub what: ConvertWhat,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum ConvertWhat {
+    /// Write an SAE (any supported format) as SAELens cfg.json + sae_weights.safetensors.
+    Sae {
+        /// SAE directory or file (ae.pt, OpenAI .pt, ...).
+        input: PathBuf,
+        /// Output directory.
+        #[arg(short, long)]
+        out: PathBuf,
+        /// Force the source format.
+        #[arg(long, value_parser = parse_format)]
+        format: Option<Format>,
+    },
+    /// Write a dump or activation cache as safetensors shards with `activations` (+ token_ids, mask).
+    Dump {
+        /// Dump file or directory (npy/safetensors shards, SAELens Arrow cache, crosscoder cache).
+        input: PathBuf,
+        /// Output directory.
+        #[arg(short, long)]
+        out: PathBuf,
+        /// Rows per output shard (memory holds one shard).
+        #[arg(long, default_value_t = 65536)]
+        rows_per_shard: usize,
+        /// Stored dtype of the activations (f32, f16, bf16).
+        #[arg(long, default_value = "f32")]
+        dtype: String,
+        /// For a SAELens cache with several hooks: the column to convert.
+        #[arg(long)]
+        column: Option<String>,
+    },
+}
+
+pub fn run(ctx: &Ctx, args: ConvertArgs) -> Result<()> {
+    match args.what {
+        ConvertWhat::Sae { input, out, format } => {
+            let sae = convert_sae(&input, format, &out)?;
+            ctx.output(
+                json!({"input": input, "out": out, "format": sae.meta.format.name(),
+                       "n_latents": sae.n_latents(), "d_in": sae.d_in()}),
+                &format!(
+                    "wrote {} ({}, {} latents x d_in {}) as SAELens to {}",
+                    input.display(),
+                    sae.meta.format.name(),
+                    sae.n_latents(),
+                    sae.d_in(),
+                    out.display()
+                ),
+            );
+        }
+        ConvertWhat::Dump {
+            input,
+            out,
+            rows_per_shard,
+            dtype,
+            column,
+        } => {
+            let dtype = DType::parse(&dtype).ok_or_else(|| {
+                Error::invalid(format!("--dtype {dtype}: expected f32, f16 or bf16"))
+            })?;
+            let dump = match column {
+                Some(c) => Dump::from_shards(&input, arrow::open_shards(&input, Some(&c))?)?,
+                None => Dump::open(&input)?,
+            };
+            let opts = DumpConvertOptions {
+                rows_per_shard,
+                dtype,
+                batch_rows: ctx.batch_rows().max(1),
+            };
+            let files = convert_dump(&dump, &out, opts)?;
+            ctx.output(
+                json!({"input": input, "out": out, "rows": dump.n_rows(), "width": dump.width(),
+                       "shards": files}),
+                &format!(
+                    "wrote {} rows x {} into {} shard(s) in {}",
+                    dump.n_rows(),
+                    dump.width(),
+                    files.len(),
+                    out.display()
+                ),
+            );
+        }
+    }
+    Ok(())
+}
