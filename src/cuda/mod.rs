@@ -1,17 +1,45 @@
-//! The CUDA backend. PLACEHOLDER (issue 3).
+//! The CUDA backend: cuBLAS GEMM over latent tiles plus hand-written kernels
+//! (kernels/*.cu) for the streaming top-k, threshold compaction, gather-sum decode,
+//! batched statistics and steering.
+//!
+//! - [`loader`]: finds libcuda / libcublas / libnvrtc; absence is `Error::BackendUnavailable`.
+//! - [`kernels`]: the embedded fatbins (or NVRTC-compiled sources) loaded once per device.
+//! - [`device`]: context, stream, cuBLAS handle, raw device buffers.
+//! - [`weights`]: an SAE on the device (raw weight bytes uploaded once, stored layout kept).
+//! - [`encode`]: workspace planning, tiled GEMM, top-k and CSR encode.
+//! - [`ops`]: decode, statistics, steering.
+//! - [`engine`]: [`CudaEngine`], the `Engine` implementation.
+//! - [`pipeline`]: streaming a dump with disk, copy and compute overlapped.
 
 pub mod device_ptr;
 
 use std::sync::Arc;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::ops::{Engine, EngineOptions};
 use crate::sae::Sae;
 
+pub mod device;
+pub mod encode;
+pub mod engine;
+pub mod kernels;
+pub mod loader;
+pub mod ops;
+pub mod pipeline;
+pub mod verify;
+pub mod weights;
+
+pub use device::{DeviceInfo, Gpu};
+pub use encode::Precision;
+pub use engine::{CudaEngine, CudaOptions};
+
 /// Builds a CUDA engine on `device`, or `Error::BackendUnavailable` when CUDA cannot run here.
 pub fn engine(device: usize, sae: Arc<Sae>, opts: &EngineOptions) -> Result<Box<dyn Engine>> {
-    let _ = (device, sae, opts);
-    Err(Error::BackendUnavailable(
-        "the CUDA backend is not built yet".into(),
-    ))
+    let copts = CudaOptions::from_engine(opts)?;
+    Ok(Box::new(CudaEngine::new(device, sae, copts)?))
+}
+
+/// Whether a CUDA device can be used here; Err says why not (no driver, no device, no cuBLAS).
+pub fn available(device: usize) -> Result<DeviceInfo> {
+    Ok(Gpu::open(device)?.info)
 }

@@ -1,0 +1,590 @@
+//! Tiled encode on the device: cuBLAS GEMM of one latent tile into scratch, then the
+//! streaming top-k (TopK) or threshold compaction (ReLU, JumpReLU) over that tile.
+//! Device memory beyond the weights is the workspace planned here from
+//! `workspace_bytes`: rows per chunk and latents per tile shrink to fit it.
+
+use std::ffi::c_void;
+
+use cudarc::cublas::{result as blas, sys as bsys};
+use cudarc::driver::{LaunchConfig, PushKernelArg};
+
+use super::device::{DevBuf, Gpu};
+use super::weights::{DeviceMatrix, DeviceSae};
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use crate::matrix::Layout;
+use crate::sae::Activation;
+
+/// GEMM arithmetic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// Activations stay f32 and the GEMM runs in plain f32 (bf16/f16 weight tiles are widened
+    /// on the device first): matches the CPU reference up to summation order.
+    Exact,
+    /// Activations rounded to the weights' dtype and the tensor-core GEMM (f32 accumulate;
+    /// TF32 for f32 weights), as torch does with a bf16 model. The fast path for large SAEs.
+    Fast,
+}
+
+impl Precision {
+    /// Parses "exact" / "fast".
+    pub fn parse(s: &str) -> Option<Precision> {
+        match s {
+            "exact" => Some(Precision::Exact),
+            "fast" => Some(Precision::Fast),
+            _ => None,
+        }
+    }
+}
+
+const TOPK_THREADS: u32 = 256;
+const THR_THREADS: u32 = 256;
+/// The top-k kernel keeps kept + survivors in 2048 shared slots; k <= 512 leaves room.
+pub const MAX_K: usize = 512;
+const MAX_TILE: usize = 1 << 16;
+
+/// Rows per chunk and latents per tile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Plan {
+    pub rows: usize,
+    pub tile: usize,
+}
+
+fn low_precision(dtype: DType) -> bool {
+    dtype != DType::F32
+}
+
+/// Chooses the largest tile (a power of two, at most 65536 latents) that fits the workspace
+/// with up to `max_rows` rows per chunk, halving the rows when even 128 latents do not fit.
+pub fn plan(
+    sae: &DeviceSae,
+    precision: Precision,
+    workspace_bytes: usize,
+    max_rows: usize,
+    tile_override: Option<usize>,
+) -> Result<Plan> {
+    let d = sae.d_in;
+    let l = sae.n_latents;
+    let k = match sae.activation {
+        Activation::TopK { k } => k,
+        _ => 0,
+    };
+    let csr = k == 0;
+    let lp = low_precision(sae.w_enc.dtype);
+    // cuBLAS keeps its own workspace (tens of MB on Hopper); reserve it inside the budget.
+    let margin = (64usize << 20).min(workspace_bytes / 8);
+    let budget = workspace_bytes.saturating_sub(margin);
+    let l_cap = l.div_ceil(128) * 128;
+    let mut rows = max_rows.max(1);
+    loop {
+        let fixed = rows * d * 4
+            + if precision == Precision::Fast && lp {
+                rows * d * 2
+            } else {
+                0
+            }
+            + rows * k * 16
+            + rows * 16;
+        let per_col = rows * 4
+            + if precision == Precision::Exact && lp {
+                d * 4
+            } else {
+                0
+            }
+            + if csr { rows * 2 } else { 0 };
+        if budget > fixed {
+            let cols = (budget - fixed) / per_col;
+            let tile = match tile_override {
+                Some(t) => t.div_ceil(128) * 128,
+                None => {
+                    let mut t = 128;
+                    while t * 2 <= cols && t * 2 <= MAX_TILE {
+                        t *= 2;
+                    }
+                    t
+                }
+            };
+            if cols >= 128 && tile <= cols.max(128) {
+                return Ok(Plan {
+                    rows,
+                    tile: tile.min(l_cap).max(128),
+                });
+            }
+        }
+        if rows == 1 {
+            return Err(Error::invalid(format!(
+                "CUDA workspace of {workspace_bytes} bytes is too small for d_in = {d} (k = {k})"
+            )));
+        }
+        rows = rows.div_ceil(2);
+    }
+}
+
+/// Device buffers for one plan.
+pub struct Workspace {
+    pub plan: Plan,
+    pub precision: Precision,
+    /// f32 [rows, d]: preprocessed activations.
+    pub x32: DevBuf,
+    /// [rows, d] in the weights' dtype (Fast with bf16/f16 weights).
+    xlp: Option<DevBuf>,
+    /// f32 [rows, tile] GEMM output.
+    scores: DevBuf,
+    /// f32 tile of the encoder (Exact with bf16/f16 weights).
+    wtile: Option<DevBuf>,
+    /// TopK running state: u64 keys [rows, k], i32 count [rows], outputs i32/f32 [rows, k].
+    state: Option<DevBuf>,
+    count: DevBuf,
+    pub idx: Option<DevBuf>,
+    pub val: Option<DevBuf>,
+    /// CSR: per-row counts (i32) and write offsets (i64), fragment buffers.
+    offsets: DevBuf,
+    /// i32 per staging slot: smallest chunk row with a NaN / +inf pre-activation (i32::MAX: none).
+    pub bad: DevBuf,
+    frag_idx: Option<DevBuf>,
+    frag_val: Option<DevBuf>,
+    frag_cap: usize,
+}
+
+impl Workspace {
+    /// Allocates the buffers of `plan`.
+    pub fn new(gpu: &Gpu, sae: &DeviceSae, precision: Precision, plan: Plan) -> Result<Workspace> {
+        let (r, d, t) = (plan.rows, sae.d_in, plan.tile);
+        let lp = low_precision(sae.w_enc.dtype);
+        let k = match sae.activation {
+            Activation::TopK { k } => k,
+            _ => 0,
+        };
+        let frag_cap = if k == 0 { (r * t / 4).max(t) } else { 0 };
+        Ok(Workspace {
+            plan,
+            precision,
+            x32: gpu.alloc(r * d * 4)?,
+            xlp: if precision == Precision::Fast && lp {
+                Some(gpu.alloc(r * d * 2)?)
+            } else {
+                None
+            },
+            scores: gpu.alloc(r * t * 4)?,
+            wtile: if precision == Precision::Exact && lp {
+                Some(gpu.alloc(t * d * 4)?)
+            } else {
+                None
+            },
+            state: if k > 0 {
+                Some(gpu.alloc(r * k * 8)?)
+            } else {
+                None
+            },
+            count: gpu.alloc(r * 4)?,
+            idx: if k > 0 {
+                Some(gpu.alloc(r * k * 4)?)
+            } else {
+                None
+            },
+            val: if k > 0 {
+                Some(gpu.alloc(r * k * 4)?)
+            } else {
+                None
+            },
+            offsets: gpu.alloc(r * 8)?,
+            bad: gpu.alloc(8)?,
+            frag_idx: if k == 0 {
+                Some(gpu.alloc(frag_cap * 4)?)
+            } else {
+                None
+            },
+            frag_val: if k == 0 {
+                Some(gpu.alloc(frag_cap * 4)?)
+            } else {
+                None
+            },
+            frag_cap,
+        })
+    }
+
+    /// Device bytes held.
+    pub fn bytes(&self) -> usize {
+        [
+            Some(&self.x32),
+            self.xlp.as_ref(),
+            Some(&self.scores),
+            self.wtile.as_ref(),
+            self.state.as_ref(),
+            Some(&self.count),
+            self.idx.as_ref(),
+            self.val.as_ref(),
+            Some(&self.offsets),
+            Some(&self.bad),
+            self.frag_idx.as_ref(),
+            self.frag_val.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        .map(|b| b.bytes)
+        .sum()
+    }
+}
+
+fn cuda_type(dtype: DType) -> bsys::cudaDataType {
+    match dtype {
+        DType::F32 => bsys::cudaDataType::CUDA_R_32F,
+        DType::F16 => bsys::cudaDataType::CUDA_R_16F,
+        DType::BF16 => bsys::cudaDataType::CUDA_R_16BF,
+    }
+}
+
+fn launch_err(name: &'static str) -> impl Fn(cudarc::driver::DriverError) -> Error {
+    move |e| Error::Cuda(format!("launching {name}: {e}"))
+}
+
+/// Prepares the GEMM's B operand: rounds x32 into the weights' dtype for Fast.
+pub fn prepare_x(gpu: &Gpu, sae: &DeviceSae, ws: &Workspace, rows: usize) -> Result<()> {
+    if let Some(xlp) = &ws.xlp {
+        let name = if sae.w_enc.dtype == DType::BF16 {
+            "narrow_bf16"
+        } else {
+            "narrow_f16"
+        };
+        let f = gpu.kernel(name)?;
+        let n = (rows * sae.d_in) as i64;
+        let mut b = gpu.stream.launch_builder(f);
+        b.arg(&ws.x32.ptr).arg(&xlp.ptr).arg(&n);
+        // SAFETY: narrow_*(x f32*, out u16*, n): both buffers hold rows * d elements.
+        unsafe { b.launch(gpu.grid_for(n as usize, 256)) }.map_err(launch_err("narrow"))?;
+    }
+    Ok(())
+}
+
+/// scores[r, j] = x[r] . W_enc[l0 + j] for j < t, rows r < rows; row stride = plan.tile.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_tile(
+    gpu: &Gpu,
+    w: &DeviceMatrix,
+    n_latents: usize,
+    d: usize,
+    ws: &Workspace,
+    rows: usize,
+    l0: usize,
+    t: usize,
+) -> Result<()> {
+    let es = w.dtype.size();
+    let lp = low_precision(w.dtype);
+    let ld_c = ws.plan.tile as i32;
+    // Column-major view: C [t, rows] = op(A) [t, d] x B [d, rows], B = x^T read as [d, rows].
+    let (a_ptr, a_type, lda, op_a, b_ptr, b_type, compute) = match (ws.precision, lp) {
+        (Precision::Exact, true) => {
+            let wt = ws
+                .wtile
+                .as_ref()
+                .ok_or_else(|| Error::Cuda("exact workspace lacks its weight tile".into()))?;
+            // Widen the tile to f32 as [t, d] row-major (ld d): read transposed storage in place.
+            let name = if w.dtype == DType::BF16 {
+                "widen_bf16"
+            } else {
+                "widen_f16"
+            };
+            let (src, src_ld, dst_ld, wrows, wcols) = match w.layout {
+                Layout::RowMajor => (
+                    w.buf.at(l0 * d * es),
+                    d as i64,
+                    d as i64,
+                    t as i32,
+                    d as i32,
+                ),
+                Layout::Transposed => (
+                    w.buf.at(l0 * es),
+                    n_latents as i64,
+                    t as i64,
+                    d as i32,
+                    t as i32,
+                ),
+            };
+            let f = gpu.kernel(name)?;
+            let mut b = gpu.stream.launch_builder(f);
+            b.arg(&src)
+                .arg(&src_ld)
+                .arg(&wt.ptr)
+                .arg(&dst_ld)
+                .arg(&wrows)
+                .arg(&wcols);
+            // SAFETY: widen_*(src, src_ld, dst, dst_ld, rows, cols): src covers the tile in its
+            // stored layout; dst (t * d f32) holds rows x cols at dst_ld.
+            unsafe { b.launch(gpu.grid_for(t * d, 256)) }.map_err(launch_err("widen"))?;
+            let (lda, op) = match w.layout {
+                Layout::RowMajor => (d as i32, bsys::cublasOperation_t::CUBLAS_OP_T),
+                Layout::Transposed => (t as i32, bsys::cublasOperation_t::CUBLAS_OP_N),
+            };
+            (
+                wt.ptr,
+                bsys::cudaDataType::CUDA_R_32F,
+                lda,
+                op,
+                ws.x32.ptr,
+                bsys::cudaDataType::CUDA_R_32F,
+                bsys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+            )
+        }
+        (prec, _) => {
+            let (a, lda, op) = match w.layout {
+                Layout::RowMajor => (
+                    w.buf.at(l0 * d * es),
+                    d as i32,
+                    bsys::cublasOperation_t::CUBLAS_OP_T,
+                ),
+                Layout::Transposed => (
+                    w.buf.at(l0 * es),
+                    n_latents as i32,
+                    bsys::cublasOperation_t::CUBLAS_OP_N,
+                ),
+            };
+            let b = ws.xlp.as_ref().map(|b| b.ptr).unwrap_or(ws.x32.ptr);
+            let compute = if !lp && prec == Precision::Fast {
+                bsys::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32
+            } else {
+                bsys::cublasComputeType_t::CUBLAS_COMPUTE_32F
+            };
+            (
+                a,
+                cuda_type(w.dtype),
+                lda,
+                op,
+                b,
+                cuda_type(if prec == Precision::Fast {
+                    w.dtype
+                } else {
+                    DType::F32
+                }),
+                compute,
+            )
+        }
+    };
+    let alpha = 1.0f32;
+    let beta = 0.0f32;
+    // SAFETY: A covers t x d elements at lda, B rows x d at ldb = d, C rows x tile f32; alpha
+    // and beta are host f32 scalars, matching the 32F compute type. The handle is on gpu.stream.
+    unsafe {
+        blas::gemm_ex(
+            *gpu.blas.handle(),
+            op_a,
+            bsys::cublasOperation_t::CUBLAS_OP_N,
+            t as i32,
+            rows as i32,
+            d as i32,
+            &alpha as *const f32 as *const c_void,
+            a_ptr as *const c_void,
+            a_type,
+            lda,
+            b_ptr as *const c_void,
+            b_type,
+            d as i32,
+            &beta as *const f32 as *const c_void,
+            ws.scores.ptr as *mut c_void,
+            bsys::cudaDataType::CUDA_R_32F,
+            ld_c,
+            compute,
+            bsys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+        )
+    }
+    .map_err(|e| {
+        Error::Cuda(format!(
+            "cuBLAS GEMM ({} weights, tile {l0}..{}): {e}",
+            w.dtype,
+            l0 + t
+        ))
+    })
+}
+
+/// Top-k codes of `rows` rows whose preprocessed activations are in `ws.x32`, left in
+/// ws.idx / ws.val ([rows, k]). `gemm_only` skips the selection (the cuBLAS-only baseline).
+/// `bad` (device i32) receives the smallest row with a non-finite pre-activation.
+pub fn encode_topk_chunk(
+    gpu: &Gpu,
+    sae: &DeviceSae,
+    ws: &Workspace,
+    rows: usize,
+    k: usize,
+    gemm_only: bool,
+    bad: u64,
+) -> Result<()> {
+    let (state, idx, val) = match (&ws.state, &ws.idx, &ws.val) {
+        (Some(s), Some(i), Some(v)) => (s, i, v),
+        _ => {
+            return Err(Error::Cuda(
+                "top-k workspace missing its state buffers".into(),
+            ))
+        }
+    };
+    if rows == 0 {
+        return Ok(());
+    }
+    prepare_x(gpu, sae, ws, rows)?;
+    gpu.zero(ws.count.ptr, rows * 4)?;
+    gpu.htod(bad, &[i32::MAX])?;
+    let select = gpu.kernel("topk_select_f32")?;
+    let scale = sae.dec_norm.as_ref().map(|b| b.ptr).unwrap_or(0);
+    let ld = ws.plan.tile as i64;
+    let k32 = k as i32;
+    let mut l0 = 0;
+    while l0 < sae.n_latents {
+        let t = ws.plan.tile.min(sae.n_latents - l0);
+        gemm_tile(gpu, &sae.w_enc, sae.n_latents, sae.d_in, ws, rows, l0, t)?;
+        if !gemm_only {
+            let (t32, l032) = (t as i32, l0 as u32);
+            let mut b = gpu.stream.launch_builder(select);
+            b.arg(&ws.scores.ptr)
+                .arg(&ld)
+                .arg(&t32)
+                .arg(&l032)
+                .arg(&sae.b_enc.ptr)
+                .arg(&scale)
+                .arg(&state.ptr)
+                .arg(&ws.count.ptr)
+                .arg(&k32)
+                .arg(&bad);
+            let cfg = LaunchConfig {
+                grid_dim: (rows as u32, 1, 1),
+                block_dim: (TOPK_THREADS, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            // SAFETY: topk_select_f32(scores, ld, tile_len, latent0, b_enc, scale|null, state,
+            // count, k, bad): scores rows x ld f32 with t valid columns; b_enc/scale cover latent0 + t;
+            // state rows x k u64 and count rows i32, zeroed before the first tile.
+            unsafe { b.launch(cfg) }.map_err(launch_err("topk_select_f32"))?;
+        }
+        l0 += t;
+    }
+    let fin = gpu.kernel("topk_finish_f32")?;
+    let r32 = rows as i32;
+    let mut b = gpu.stream.launch_builder(fin);
+    b.arg(&state.ptr)
+        .arg(&ws.count.ptr)
+        .arg(&r32)
+        .arg(&k32)
+        .arg(&idx.ptr)
+        .arg(&val.ptr);
+    // SAFETY: topk_finish_f32(state, count, rows, k, idx_out, val_out): all [rows, k] / [rows].
+    unsafe { b.launch(gpu.grid_for(rows * k, 256)) }.map_err(launch_err("topk_finish_f32"))?;
+    Ok(())
+}
+
+/// CSR arrays of one chunk: row_ptr [rows + 1], latent indices, values.
+pub type CsrParts = (Vec<i64>, Vec<i32>, Vec<f32>);
+
+/// Threshold codes (ReLU / JumpReLU) of `rows` rows in ws.x32 as CSR (latents ascending),
+/// or Err(row) with the smallest chunk row that has a non-finite pre-activation.
+pub fn encode_csr_chunk(
+    gpu: &Gpu,
+    sae: &DeviceSae,
+    ws: &Workspace,
+    rows: usize,
+) -> Result<std::result::Result<CsrParts, usize>> {
+    let (fi, fv) = match (&ws.frag_idx, &ws.frag_val) {
+        (Some(i), Some(v)) => (i, v),
+        _ => {
+            return Err(Error::Cuda(
+                "CSR workspace missing its fragment buffers".into(),
+            ))
+        }
+    };
+    let mut per_row: Vec<(Vec<i32>, Vec<f32>)> = vec![(Vec::new(), Vec::new()); rows];
+    if rows > 0 {
+        prepare_x(gpu, sae, ws, rows)?;
+        let thresh = match sae.activation {
+            Activation::JumpRelu => sae
+                .threshold
+                .as_ref()
+                .map(|b| b.ptr)
+                .ok_or_else(|| Error::invalid("JumpReLU SAE without thresholds"))?,
+            _ => 0,
+        };
+        let count_k = gpu.kernel("threshold_count_f32")?;
+        let write_k = gpu.kernel("threshold_write_f32")?;
+        let ld = ws.plan.tile as i64;
+        let mut counts = vec![0i32; rows];
+        gpu.htod(ws.bad.ptr, &[i32::MAX])?;
+        let mut l0 = 0;
+        while l0 < sae.n_latents {
+            let t = ws.plan.tile.min(sae.n_latents - l0);
+            gemm_tile(gpu, &sae.w_enc, sae.n_latents, sae.d_in, ws, rows, l0, t)?;
+            let (t32, l032) = (t as i32, l0 as u32);
+            let cfg = |n: usize| LaunchConfig {
+                grid_dim: (n as u32, 1, 1),
+                block_dim: (THR_THREADS, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            let mut b = gpu.stream.launch_builder(count_k);
+            b.arg(&ws.scores.ptr)
+                .arg(&ld)
+                .arg(&t32)
+                .arg(&l032)
+                .arg(&sae.b_enc.ptr)
+                .arg(&thresh)
+                .arg(&ws.count.ptr)
+                .arg(&ws.bad.ptr);
+            // SAFETY: threshold_count_f32(scores, ld, tile_len, latent0, b_enc, thresh|null,
+            // counts, bad): one block per row, counts holds rows i32, bad one i32.
+            unsafe { b.launch(cfg(rows)) }.map_err(launch_err("threshold_count_f32"))?;
+            gpu.dtoh(&mut counts, ws.count.ptr)?;
+            let mut bad = [0i32];
+            gpu.dtoh(&mut bad, ws.bad.ptr)?;
+            if bad[0] != i32::MAX {
+                return Ok(Err(bad[0] as usize));
+            }
+            // Exact overflow path: rows go out in groups whose survivors fit the fragment
+            // buffer (one row never exceeds it: frag_cap >= tile).
+            let mut r0 = 0;
+            while r0 < rows {
+                let mut offsets = vec![0i64; rows];
+                let mut total = 0usize;
+                let mut r1 = r0;
+                while r1 < rows && total + counts[r1] as usize <= ws.frag_cap {
+                    offsets[r1] = total as i64;
+                    total += counts[r1] as usize;
+                    r1 += 1;
+                }
+                if total > 0 {
+                    gpu.htod(ws.offsets.ptr, &offsets)?;
+                    let r032 = r0 as i32;
+                    let mut b = gpu.stream.launch_builder(write_k);
+                    b.arg(&ws.scores.ptr)
+                        .arg(&ld)
+                        .arg(&t32)
+                        .arg(&l032)
+                        .arg(&sae.b_enc.ptr)
+                        .arg(&thresh)
+                        .arg(&r032)
+                        .arg(&ws.offsets.ptr)
+                        .arg(&fi.ptr)
+                        .arg(&fv.ptr);
+                    // SAFETY: threshold_write_f32(scores, ld, tile_len, latent0, b_enc, thresh|null,
+                    // row0, offsets, idx_out, val_out): rows row0..row0+grid, offsets from the
+                    // counts just read, total <= frag_cap entries.
+                    unsafe { b.launch(cfg(r1 - r0)) }.map_err(launch_err("threshold_write_f32"))?;
+                    let mut hi = vec![0i32; total];
+                    let mut hv = vec![0f32; total];
+                    gpu.dtoh(&mut hi, fi.ptr)?;
+                    gpu.dtoh(&mut hv, fv.ptr)?;
+                    for r in r0..r1 {
+                        let (a, c) = (offsets[r] as usize, counts[r] as usize);
+                        per_row[r].0.extend_from_slice(&hi[a..a + c]);
+                        per_row[r].1.extend_from_slice(&hv[a..a + c]);
+                    }
+                }
+                r0 = r1;
+            }
+            l0 += t;
+        }
+    }
+    let mut row_ptr = Vec::with_capacity(rows + 1);
+    row_ptr.push(0i64);
+    let nnz: usize = per_row.iter().map(|r| r.0.len()).sum();
+    let (mut idx, mut val) = (Vec::with_capacity(nnz), Vec::with_capacity(nnz));
+    for (i, v) in per_row {
+        idx.extend(i);
+        val.extend(v);
+        row_ptr.push(idx.len() as i64);
+    }
+    Ok(Ok((row_ptr, idx, val)))
+}

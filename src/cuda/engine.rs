@@ -1,0 +1,583 @@
+//! `CudaEngine`: the `Engine` trait on one CUDA device. Inputs are checked and normalized on
+//! the host exactly as the CPU reference does (src/sae/mod.rs), then staged through pinned,
+//! double-buffered host memory: while the device encodes chunk i, the host prepares chunk i+1.
+
+use std::sync::{Arc, Mutex};
+
+use cudarc::driver::{result as drv, CudaEvent, PinnedHostSlice};
+
+use super::device::{cuda_err, Gpu};
+use super::encode::{self, Plan, Precision, Workspace};
+use super::ops::{self, DecodeExtras, DeviceCodes, DeviceStats};
+use super::weights::DeviceSae;
+use crate::codes::{Codes, Denorm, Encoded};
+use crate::error::{Error, Result};
+use crate::ops::{Engine, EngineOptions};
+use crate::sae::{Activation, Normalization, Sae};
+
+/// CUDA-specific settings.
+#[derive(Debug, Clone)]
+pub struct CudaOptions {
+    /// GEMM arithmetic (default Exact: same results as the CPU engine up to summation order;
+    /// SAE_CUDA_PRECISION=fast selects the tensor-core path when built through `cuda::engine`).
+    pub precision: Precision,
+    /// Latents per tile (rounded up to 128); None: the largest that fits the workspace.
+    pub tile_latents: Option<usize>,
+    /// Most rows encoded per chunk (the workspace may force fewer).
+    pub max_rows: usize,
+    /// Device memory beyond the weights, in bytes.
+    pub workspace_bytes: usize,
+}
+
+impl CudaOptions {
+    /// From the shared engine options (precision from SAE_CUDA_PRECISION, default exact).
+    pub fn from_engine(opts: &EngineOptions) -> Result<CudaOptions> {
+        let precision = match std::env::var("SAE_CUDA_PRECISION") {
+            Ok(s) => Precision::parse(&s).ok_or_else(|| {
+                Error::invalid(format!("SAE_CUDA_PRECISION={s}: expected exact or fast"))
+            })?,
+            Err(_) => Precision::Exact,
+        };
+        Ok(CudaOptions {
+            precision,
+            tile_latents: None,
+            max_rows: 4096,
+            workspace_bytes: opts.workspace_bytes,
+        })
+    }
+}
+
+/// Pinned staging for one chunk: input activations and the codes coming back.
+struct Slot {
+    x: PinnedHostSlice<f32>,
+    idx: PinnedHostSlice<i32>,
+    val: PinnedHostSlice<f32>,
+    bad: PinnedHostSlice<i32>,
+    done: CudaEvent,
+}
+
+struct State {
+    ws: Workspace,
+    slots: Vec<Slot>,
+}
+
+/// One model's codes in a statistics batch: (model index, codes, optional row mask).
+pub type StatsPart<'a> = (usize, &'a Codes, Option<&'a [u8]>);
+
+/// The CUDA engine bound to one SAE on one device.
+pub struct CudaEngine {
+    sae: Arc<Sae>,
+    dsae: DeviceSae,
+    opts: CudaOptions,
+    state: Mutex<Option<State>>,
+    // Declared last: dropped after the device buffers above.
+    gpu: Gpu,
+}
+
+impl CudaEngine {
+    /// Opens `device`, uploads the SAE's weights once.
+    pub fn new(device: usize, sae: Arc<Sae>, opts: CudaOptions) -> Result<CudaEngine> {
+        if let Some(k) = sae.k() {
+            if k > encode::MAX_K {
+                return Err(Error::invalid(format!(
+                    "the CUDA backend supports k <= {} (this SAE has k = {k}); use --backend cpu",
+                    encode::MAX_K
+                )));
+            }
+        }
+        if sae.n_latents() > i32::MAX as usize || sae.d_in() > i32::MAX as usize {
+            return Err(Error::invalid("SAE dimensions exceed 2^31"));
+        }
+        let gpu = Gpu::open(device)?;
+        let dsae = DeviceSae::upload(&gpu, &sae)?;
+        Ok(CudaEngine {
+            sae,
+            dsae,
+            opts,
+            state: Mutex::new(None),
+            gpu,
+        })
+    }
+
+    /// The device.
+    pub fn gpu(&self) -> &Gpu {
+        &self.gpu
+    }
+
+    /// The SAE's device tensors.
+    pub fn device_sae(&self) -> &DeviceSae {
+        &self.dsae
+    }
+
+    /// The CUDA options in force.
+    pub fn options(&self) -> &CudaOptions {
+        &self.opts
+    }
+
+    /// The chunk/tile plan for this SAE and options.
+    pub fn plan(&self) -> Result<Plan> {
+        encode::plan(
+            &self.dsae,
+            self.opts.precision,
+            self.opts.workspace_bytes,
+            self.opts.max_rows,
+            self.opts.tile_latents,
+        )
+    }
+
+    fn with_state<T>(&self, f: impl FnOnce(&mut State) -> Result<T>) -> Result<T> {
+        self.gpu.bind()?;
+        let mut guard = self
+            .state
+            .lock()
+            .map_err(|_| Error::Cuda("engine state poisoned by an earlier panic".into()))?;
+        if guard.is_none() {
+            let plan = self.plan()?;
+            let ws = Workspace::new(&self.gpu, &self.dsae, self.opts.precision, plan)?;
+            let k = self.sae.k().unwrap_or(0);
+            let mut slots = Vec::new();
+            for _ in 0..2 {
+                // SAFETY: plain page-locked host allocations; the write-combined input is only
+                // written by the host, the outputs are read back by the host (default flags).
+                let slot = unsafe {
+                    Slot {
+                        x: self
+                            .gpu
+                            .ctx
+                            .alloc_pinned::<f32>(plan.rows * self.dsae.d_in)
+                            .map_err(cuda_err("pinned staging"))?,
+                        idx: self
+                            .gpu
+                            .ctx
+                            .alloc_pinned_with_flags::<i32>((plan.rows * k).max(1), 0)
+                            .map_err(cuda_err("pinned staging"))?,
+                        val: self
+                            .gpu
+                            .ctx
+                            .alloc_pinned_with_flags::<f32>((plan.rows * k).max(1), 0)
+                            .map_err(cuda_err("pinned staging"))?,
+                        bad: self
+                            .gpu
+                            .ctx
+                            .alloc_pinned_with_flags::<i32>(1, 0)
+                            .map_err(cuda_err("pinned staging"))?,
+                        done: self.gpu.ctx.new_event(None).map_err(cuda_err("event"))?,
+                    }
+                };
+                slots.push(slot);
+            }
+            *guard = Some(State { ws, slots });
+        }
+        match guard.as_mut() {
+            Some(s) => f(s),
+            None => Err(Error::Cuda("engine state missing".into())),
+        }
+    }
+
+    /// Normalizes and centers rows of `x` into `dst` exactly as the CPU engine does (same
+    /// `Normalization::apply`, same f32 subtraction), appending to `denorm`. `first_row` is
+    /// the global index of x's first row, for the error of a row that normalizes to non-finite.
+    fn preprocess(
+        &self,
+        x: &[f32],
+        dst: &mut [f32],
+        denorm: &mut Option<Denorm>,
+        first_row: u64,
+    ) -> Result<()> {
+        let d = self.sae.d_in();
+        dst.copy_from_slice(x);
+        for (r, row) in dst.chunks_exact_mut(d).enumerate() {
+            if let Some(rd) = self.sae.normalization.apply(row) {
+                if let Some(dn) = denorm.as_mut() {
+                    dn.scale.push(rd.scale);
+                    dn.shift.push(rd.shift);
+                }
+            }
+            if self.sae.subtract_b_dec {
+                for (v, b) in row.iter_mut().zip(&self.sae.b_dec) {
+                    *v -= *b;
+                }
+            }
+            // A constant row under layer_norm with eps = 0 divides by zero.
+            if row.iter().any(|v| !v.is_finite()) {
+                return Err(Error::NonFinite {
+                    context: "encode input after normalization".into(),
+                    row: first_row + r as u64,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn bad_preactivation(row: u64) -> Error {
+        Error::NonFinite {
+            context:
+                "encode: non-finite pre-activation (non-finite SAE weights or biases, or overflow)"
+                    .into(),
+            row,
+        }
+    }
+
+    fn encode_topk(
+        &self,
+        x: &[f32],
+        rows: usize,
+        k: usize,
+        denorm: &mut Option<Denorm>,
+        row_offset: u64,
+    ) -> Result<Codes> {
+        let d = self.sae.d_in();
+        let mut indices = vec![0i32; rows * k];
+        let mut values = vec![0f32; rows * k];
+        self.with_state(|st| {
+            let r = st.ws.plan.rows;
+            let chunks: Vec<(usize, usize)> =
+                (0..rows).step_by(r).map(|s| (s, r.min(rows - s))).collect();
+            let stream = self.gpu.stream.cu_stream();
+            let collect =
+                |st: &mut State, c: usize, indices: &mut [i32], values: &mut [f32]| -> Result<()> {
+                    let (s, n) = chunks[c];
+                    let slot = &st.slots[c % 2];
+                    slot.done
+                        .synchronize()
+                        .map_err(cuda_err("waiting for a chunk"))?;
+                    let bad = slot.bad.as_slice().map_err(cuda_err("pinned"))?[0];
+                    if bad != i32::MAX {
+                        return Err(Self::bad_preactivation(
+                            row_offset + (s + bad as usize) as u64,
+                        ));
+                    }
+                    indices[s * k..(s + n) * k].copy_from_slice(
+                        &slot.idx.as_slice().map_err(cuda_err("pinned"))?[..n * k],
+                    );
+                    values[s * k..(s + n) * k].copy_from_slice(
+                        &slot.val.as_slice().map_err(cuda_err("pinned"))?[..n * k],
+                    );
+                    Ok(())
+                };
+            for (c, &(s, n)) in chunks.iter().enumerate() {
+                // The slot was last used by chunk c - 2, collected before chunk c - 1 was queued.
+                let slot = &mut st.slots[c % 2];
+                let xs = slot.x.as_mut_slice().map_err(cuda_err("pinned"))?;
+                self.preprocess(
+                    &x[s * d..(s + n) * d],
+                    &mut xs[..n * d],
+                    denorm,
+                    row_offset + s as u64,
+                )?;
+                // SAFETY: x32 holds plan.rows * d f32; the pinned source stays untouched until
+                // `done` of this slot has been waited for.
+                unsafe { drv::memcpy_htod_async(st.ws.x32.ptr, &xs[..n * d], stream) }
+                    .map_err(cuda_err("staging copy"))?;
+                let bad_dev = st.ws.bad.at((c % 2) * 4);
+                encode::encode_topk_chunk(&self.gpu, &self.dsae, &st.ws, n, k, false, bad_dev)?;
+                let (idx, val) = match (&st.ws.idx, &st.ws.val) {
+                    (Some(i), Some(v)) => (i.ptr, v.ptr),
+                    _ => return Err(Error::Cuda("top-k workspace missing outputs".into())),
+                };
+                let slot = &mut st.slots[c % 2];
+                // SAFETY: idx/val on the device hold n * k elements written by topk_finish on this
+                // stream; the pinned destinations hold plan.rows * k.
+                unsafe {
+                    drv::memcpy_dtoh_async(
+                        &mut slot.idx.as_mut_slice().map_err(cuda_err("pinned"))?[..n * k],
+                        idx,
+                        stream,
+                    )
+                    .map_err(cuda_err("codes copy"))?;
+                    drv::memcpy_dtoh_async(
+                        &mut slot.val.as_mut_slice().map_err(cuda_err("pinned"))?[..n * k],
+                        val,
+                        stream,
+                    )
+                    .map_err(cuda_err("codes copy"))?;
+                    drv::memcpy_dtoh_async(
+                        slot.bad.as_mut_slice().map_err(cuda_err("pinned"))?,
+                        bad_dev,
+                        stream,
+                    )
+                    .map_err(cuda_err("codes copy"))?;
+                }
+                slot.done
+                    .record(&self.gpu.stream)
+                    .map_err(cuda_err("event record"))?;
+                if c > 0 {
+                    collect(st, c - 1, &mut indices, &mut values)?;
+                }
+            }
+            if let Some(last) = chunks.len().checked_sub(1) {
+                collect(st, last, &mut indices, &mut values)?;
+            }
+            Ok(())
+        })?;
+        Ok(Codes::TopK {
+            n: rows,
+            k,
+            indices,
+            values,
+        })
+    }
+
+    fn encode_csr(
+        &self,
+        x: &[f32],
+        rows: usize,
+        denorm: &mut Option<Denorm>,
+        row_offset: u64,
+    ) -> Result<Codes> {
+        let d = self.sae.d_in();
+        let mut out = Codes::empty(None);
+        self.with_state(|st| {
+            let r = st.ws.plan.rows;
+            for s in (0..rows).step_by(r) {
+                let n = r.min(rows - s);
+                let slot = &mut st.slots[0];
+                let xs = slot.x.as_mut_slice().map_err(cuda_err("pinned"))?;
+                self.preprocess(
+                    &x[s * d..(s + n) * d],
+                    &mut xs[..n * d],
+                    denorm,
+                    row_offset + s as u64,
+                )?;
+                self.gpu.htod(st.ws.x32.ptr, &xs[..n * d])?;
+                let (row_ptr, indices, values) =
+                    match encode::encode_csr_chunk(&self.gpu, &self.dsae, &st.ws, n)? {
+                        Ok(c) => c,
+                        Err(r) => return Err(Self::bad_preactivation(row_offset + (s + r) as u64)),
+                    };
+                out.append(&Codes::Csr {
+                    n,
+                    row_ptr,
+                    indices,
+                    values,
+                })?;
+            }
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// Decodes and, when `x` (the original activations) is given, returns per-row
+    /// [||x - x_hat||^2, ||x||^2, ||x_hat||^2, x . x_hat] computed in the same kernel.
+    pub fn decode_with_metrics(
+        &self,
+        codes: &Codes,
+        denorm: Option<&Denorm>,
+        x: Option<&[f32]>,
+    ) -> Result<(Vec<f32>, Vec<[f64; 4]>)> {
+        self.gpu.bind()?;
+        let d = self.sae.d_in();
+        let n = codes.n_rows();
+        codes.validate(self.sae.n_latents())?;
+        if let Some(dn) = denorm {
+            if dn.scale.len() != n || dn.shift.len() != n {
+                return Err(Error::invalid(format!(
+                    "denorm has {} scales for {n} rows of codes",
+                    dn.scale.len()
+                )));
+            }
+        }
+        if let Some(x) = x {
+            if x.len() != n * d {
+                return Err(Error::invalid(format!(
+                    "metrics input has {} values, expected {n} x {d}",
+                    x.len()
+                )));
+            }
+        }
+        let mut out = vec![0f32; n * d];
+        let mut metrics = vec![[0f64; 4]; if x.is_some() { n } else { 0 }];
+        if n == 0 {
+            return Ok((out, metrics));
+        }
+        // Row chunks bounded by the workspace: output (and x) f32 rows plus their codes.
+        let per_row = d * 4 * if x.is_some() { 2 } else { 1 } + 64;
+        let chunk = (self.opts.workspace_bytes / 2 / per_row).clamp(1, 65536);
+        for s in (0..n).step_by(chunk) {
+            let m = chunk.min(n - s);
+            let part = slice_rows(codes, s, m);
+            let dc = DeviceCodes::upload(&self.gpu, &part)?;
+            let out_d = self.gpu.alloc(m * d * 4)?;
+            let mut ex = DecodeExtras::default();
+            // Buffers live until the end of this iteration (the decode below reads them).
+            let mut keep = Vec::new();
+            if let Some(dn) = denorm {
+                let a = self.gpu.upload(&dn.scale[s..s + m])?;
+                let b = self.gpu.upload(&dn.shift[s..s + m])?;
+                ex.scale = a.ptr;
+                ex.shift = b.ptr;
+                keep.push(a);
+                keep.push(b);
+            }
+            let metd = match x {
+                Some(x) => {
+                    let xd = self.gpu.upload(&x[s * d..(s + m) * d])?;
+                    let md = self.gpu.alloc(m * 32)?;
+                    ex.x = xd.ptr;
+                    ex.metrics = md.ptr;
+                    keep.push(xd);
+                    Some(md)
+                }
+                None => None,
+            };
+            ops::decode(
+                &self.gpu,
+                &self.dsae,
+                m,
+                dc.row_ptr.ptr,
+                dc.idx.ptr,
+                dc.val.ptr,
+                out_d.ptr,
+                ex,
+            )?;
+            self.gpu.dtoh(&mut out[s * d..(s + m) * d], out_d.ptr)?;
+            if let Some(md) = metd {
+                let mut flat = vec![0f64; m * 4];
+                self.gpu.dtoh(&mut flat, md.ptr)?;
+                for (i, c) in flat.chunks_exact(4).enumerate() {
+                    metrics[s + i] = [c[0], c[1], c[2], c[3]];
+                }
+            }
+        }
+        Ok((out, metrics))
+    }
+
+    /// Adds `strength * W_dec[latent] / ||W_dec[latent]||` to every row of `x` (`[rows, d]`).
+    pub fn steer(&self, x: &mut [f32], rows: usize, latent: usize, strength: f32) -> Result<()> {
+        self.gpu.bind()?;
+        let d = self.sae.d_in();
+        if x.len() != rows * d {
+            return Err(Error::invalid(format!(
+                "steer: {} values for {rows} rows of width {d}",
+                x.len()
+            )));
+        }
+        if latent >= self.sae.n_latents() {
+            return Err(Error::invalid(format!(
+                "steer: latent {latent} out of range 0..{}",
+                self.sae.n_latents()
+            )));
+        }
+        let norm = self
+            .sae
+            .w_dec
+            .row_f32(latent)
+            .iter()
+            .map(|v| (*v as f64) * (*v as f64))
+            .sum::<f64>()
+            .sqrt();
+        if norm == 0.0 {
+            return Err(Error::invalid(format!(
+                "steer: decoder row {latent} is zero"
+            )));
+        }
+        if rows == 0 {
+            return Ok(());
+        }
+        let xd = self.gpu.upload(x)?;
+        ops::steer(
+            &self.gpu,
+            &self.dsae,
+            xd.ptr,
+            rows,
+            latent,
+            (strength as f64 / norm) as f32,
+        )?;
+        self.gpu.dtoh(x, xd.ptr)
+    }
+
+    /// Statistics of several models' codes in one launch per call (`parts[i] = (model, codes, mask)`).
+    pub fn batched_stats(
+        &self,
+        n_models: usize,
+        batches: &[Vec<StatsPart<'_>>],
+    ) -> Result<Vec<crate::LatentStats>> {
+        self.gpu.bind()?;
+        let mut st = DeviceStats::new(&self.gpu, n_models, self.sae.n_latents())?;
+        for b in batches {
+            st.add(&self.gpu, b)?;
+        }
+        st.to_host(&self.gpu, &self.sae.fingerprint())
+    }
+}
+
+/// Rows s..s+m of `codes` as their own codes (CSR offsets rebased).
+fn slice_rows(codes: &Codes, s: usize, m: usize) -> Codes {
+    match codes {
+        Codes::TopK {
+            k, indices, values, ..
+        } => Codes::TopK {
+            n: m,
+            k: *k,
+            indices: indices[s * k..(s + m) * k].to_vec(),
+            values: values[s * k..(s + m) * k].to_vec(),
+        },
+        Codes::Csr {
+            row_ptr,
+            indices,
+            values,
+            ..
+        } => {
+            let (a, b) = (row_ptr[s] as usize, row_ptr[s + m] as usize);
+            Codes::Csr {
+                n: m,
+                row_ptr: row_ptr[s..=s + m].iter().map(|p| p - a as i64).collect(),
+                indices: indices[a..b].to_vec(),
+                values: values[a..b].to_vec(),
+            }
+        }
+    }
+}
+
+/// The first row of `x` holding a NaN or infinity.
+pub fn first_non_finite(x: &[f32], d: usize) -> Option<usize> {
+    if d == 0 {
+        return None;
+    }
+    x.chunks_exact(d)
+        .position(|r| r.iter().any(|v| !v.is_finite()))
+}
+
+impl Engine for CudaEngine {
+    fn name(&self) -> String {
+        format!(
+            "cuda:{} ({}, {:?})",
+            self.gpu.info.ordinal, self.gpu.info.name, self.opts.precision
+        )
+    }
+
+    fn sae(&self) -> &Sae {
+        &self.sae
+    }
+
+    fn encode(&self, x: &[f32], rows: usize, row_offset: u64) -> Result<Encoded> {
+        let d = self.sae.d_in();
+        if x.len() != rows * d {
+            return Err(Error::invalid(format!(
+                "encode: {} values for {rows} rows of width {d}",
+                x.len()
+            )));
+        }
+        if let Some(r) = first_non_finite(x, d) {
+            return Err(Error::NonFinite {
+                context: "encode input".into(),
+                row: row_offset + r as u64,
+            });
+        }
+        let mut denorm = match self.sae.normalization {
+            Normalization::None => None,
+            _ => Some(Denorm::default()),
+        };
+        let codes = match self.sae.activation {
+            Activation::TopK { k } if rows == 0 => Codes::empty(Some(k)),
+            Activation::TopK { k } => self.encode_topk(x, rows, k, &mut denorm, row_offset)?,
+            _ if rows == 0 => Codes::empty(None),
+            _ => self.encode_csr(x, rows, &mut denorm, row_offset)?,
+        };
+        Ok(Encoded { codes, denorm })
+    }
+
+    fn decode(&self, codes: &Codes, denorm: Option<&Denorm>) -> Result<Vec<f32>> {
+        Ok(self.decode_with_metrics(codes, denorm, None)?.0)
+    }
+}

@@ -1,0 +1,714 @@
+//! GPU-against-CPU verification (`sae-bench verify`, tests/cuda_parity.rs): random and
+//! edge-case SAEs encoded and decoded by both engines, compared value by value.
+//!
+//! Rules: exact-precision top-k values must agree within f32 rounding of a different
+//! summation order; an index may differ only where the two values are equal within that
+//! rounding (a tie); on exactly representable data (the tie cases) indices must be
+//! identical. Fast precision (activations rounded to bf16/f16) is checked against the f64
+//! dense reference: every kept value is the true pre-activation of its latent within
+//! bf16 rounding, and nothing larger was missed.
+
+use std::sync::Arc;
+
+use super::encode::Precision;
+use super::engine::{CudaEngine, CudaOptions};
+use crate::codes::Codes;
+use crate::cpu::reference::{self, SaeBuilder};
+use crate::cpu::CpuEngine;
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use crate::ops::{Engine, EngineOptions};
+use crate::sae::{Activation, Normalization, Sae};
+use crate::stats::LatentStats;
+
+/// The outcome of one case.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CaseResult {
+    pub name: String,
+    pub ok: bool,
+    /// Largest |gpu - cpu| over compared values (encode and decode).
+    pub max_abs_err: f64,
+    /// Top-k positions whose index differs on a tie within rounding.
+    pub tie_swaps: usize,
+    /// First mismatches, or why the case failed.
+    pub detail: Vec<String>,
+}
+
+/// Deterministic splitmix64 stream (no RNG dependency; reproducible across runs).
+pub struct Rng(u64);
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(seed)
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e3779b97f4a7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58476d1ce4e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d049bb133111eb);
+        z ^ (z >> 31)
+    }
+    /// Uniform in [-1, 1).
+    pub fn unit(&mut self) -> f32 {
+        ((self.next_u64() >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+    pub fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
+        (0..n).map(|_| self.unit() * scale).collect()
+    }
+}
+
+struct Case {
+    name: String,
+    sae: Sae,
+    x: Vec<f32>,
+    rows: usize,
+    row_offset: u64,
+    precision: Precision,
+    /// Tile widths to run (None = planned); results must not depend on them.
+    tiles: Vec<Option<usize>>,
+    /// Rows per chunk (small values exercise the double-buffered staging).
+    max_rows: usize,
+    /// Data exactly representable: indices must match exactly.
+    exact_ties: bool,
+}
+
+fn random_sae(rng: &mut Rng, l: usize, d: usize, act: Activation, dtype: DType) -> SaeBuilder {
+    let s = 1.0 / (d as f32).sqrt();
+    SaeBuilder::new(l, d, rng.vec(l * d, s), rng.vec(l * d, s))
+        .b_enc(rng.vec(l, 0.05))
+        .b_dec(rng.vec(d, 0.1))
+        .activation(act)
+        .dtype(dtype)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn case(
+    name: &str,
+    sae: Result<Sae>,
+    x: Vec<f32>,
+    rows: usize,
+    precision: Precision,
+    tiles: Vec<Option<usize>>,
+    max_rows: usize,
+    exact_ties: bool,
+) -> Result<Case> {
+    Ok(Case {
+        name: name.into(),
+        sae: sae?,
+        x,
+        rows,
+        row_offset: 1000,
+        precision,
+        tiles,
+        max_rows,
+        exact_ties,
+    })
+}
+
+fn cases(quick: bool) -> Result<Vec<Case>> {
+    let mut rng = Rng::new(0x5ae);
+    let mut v = Vec::new();
+    let topk = |k| Activation::TopK { k };
+    let ex = Precision::Exact;
+    // Random TopK, f32, tile independence (planned tile vs 128 vs 384).
+    let (l, d, n) = (1000, 64, 37);
+    v.push(case(
+        "topk f32 random, tiles 128/384/planned",
+        random_sae(&mut rng, l, d, topk(16), DType::F32).build(),
+        rng.vec(n * d, 1.0),
+        n,
+        ex,
+        vec![None, Some(128), Some(384)],
+        4096,
+        false,
+    )?);
+    // bf16, both matrices transposed, width not a multiple of 8, b_dec subtracted, norm rescale.
+    let (l, d, n) = (777, 100, 50);
+    v.push(case(
+        "topk bf16 transposed d=100 subtract_b_dec constant_norm_rescale, chunks of 16 rows",
+        random_sae(&mut rng, l, d, topk(32), DType::BF16)
+            .transposed(true, true)
+            .subtract_b_dec(true)
+            .normalization(Normalization::ConstantNormRescale)
+            .build(),
+        rng.vec(n * d, 3.0),
+        n,
+        ex,
+        vec![None, Some(256)],
+        16,
+        false,
+    )?);
+    // f16, layer norm, decoder-norm rescale.
+    let (l, d, n) = (2048, 96, 64);
+    v.push(case(
+        "topk f16 layer_norm rescale_by_decoder_norm",
+        random_sae(&mut rng, l, d, topk(64), DType::F16)
+            .normalization(Normalization::LayerNorm { eps: 1e-5 })
+            .rescale(true)
+            .build(),
+        rng.vec(n * d, 2.0),
+        n,
+        ex,
+        vec![None, Some(512)],
+        4096,
+        false,
+    )?);
+    // k = 1.
+    let (l, d, n) = (300, 32, 20);
+    v.push(case(
+        "topk k=1",
+        random_sae(&mut rng, l, d, topk(1), DType::F32).build(),
+        rng.vec(n * d, 1.0),
+        n,
+        ex,
+        vec![None, Some(128)],
+        4096,
+        false,
+    )?);
+    // k = 512 and a first tile with more survivors than shared memory: the radix-select path.
+    let (l, d, n) = (8192, 64, 16);
+    v.push(case(
+        "topk k=512 (radix overflow path)",
+        random_sae(&mut rng, l, d, topk(512), DType::F32)
+            .b_enc(vec![0.5; l])
+            .build(),
+        rng.vec(n * d, 1.0),
+        n,
+        ex,
+        vec![None, Some(8192), Some(1024)],
+        4096,
+        false,
+    )?);
+    let (l, d, n) = (16384, 64, 8);
+    v.push(case(
+        "topk k=64 wide first tile (radix path)",
+        random_sae(&mut rng, l, d, topk(64), DType::BF16)
+            .b_enc(vec![0.3; l])
+            .build(),
+        rng.vec(n * d, 1.0),
+        n,
+        ex,
+        vec![Some(16384), Some(2048)],
+        4096,
+        false,
+    )?);
+    // Exact ties: weights in {-1, 0, 1}, integer inputs: every value exact, many equal.
+    let (l, d, n) = (500, 16, 12);
+    let tern = |rng: &mut Rng, m: usize| {
+        (0..m)
+            .map(|_| (rng.next_u64() % 3) as f32 - 1.0)
+            .collect::<Vec<f32>>()
+    };
+    let (we, wd) = (tern(&mut rng, l * d), tern(&mut rng, l * d));
+    let xi: Vec<f32> = (0..n * d)
+        .map(|_| (rng.next_u64() % 5) as f32 - 1.0)
+        .collect();
+    v.push(case(
+        "topk exact ties (ternary weights)",
+        SaeBuilder::new(l, d, we, wd).activation(topk(16)).build(),
+        xi.clone(),
+        n,
+        ex,
+        vec![None, Some(128), Some(256)],
+        4096,
+        true,
+    )?);
+    // All latents identical: one big tie, decided by index alone.
+    let (l, d, n) = (1024, 8, 4);
+    v.push(case(
+        "topk all-equal row (index order)",
+        SaeBuilder::new(l, d, vec![1.0; l * d], vec![1.0; l * d])
+            .activation(topk(64))
+            .build(),
+        vec![1.0; n * d],
+        n,
+        ex,
+        vec![None, Some(128)],
+        4096,
+        true,
+    )?);
+    // Fewer than k positives: most biases very negative.
+    let (l, d, n) = (600, 24, 10);
+    let mut b = vec![-100.0f32; l];
+    for i in (0..l).step_by(97) {
+        b[i] = 1.0;
+    }
+    v.push(case(
+        "topk fewer than k positives (padding)",
+        random_sae(&mut rng, l, d, topk(32), DType::F32)
+            .b_enc(b)
+            .build(),
+        rng.vec(n * d, 1.0),
+        n,
+        ex,
+        vec![None, Some(128)],
+        4096,
+        false,
+    )?);
+    // One row; empty batch.
+    let (l, d) = (400, 40);
+    v.push(case(
+        "topk one row",
+        random_sae(&mut rng, l, d, topk(8), DType::BF16).build(),
+        rng.vec(d, 1.0),
+        1,
+        ex,
+        vec![None],
+        4096,
+        false,
+    )?);
+    v.push(case(
+        "topk empty batch",
+        random_sae(&mut rng, l, d, topk(8), DType::F32).build(),
+        vec![],
+        0,
+        ex,
+        vec![None],
+        4096,
+        false,
+    )?);
+    // NaN in row 5: both engines must report row 1005.
+    let (l, d, n) = (256, 16, 9);
+    let mut xn = rng.vec(n * d, 1.0);
+    xn[5 * d + 3] = f32::NAN;
+    v.push(case(
+        "NaN input row",
+        random_sae(&mut rng, l, d, topk(4), DType::F32).build(),
+        xn.clone(),
+        n,
+        ex,
+        vec![None],
+        4096,
+        false,
+    )?);
+    v.push(case(
+        "NaN input row (ReLU)",
+        random_sae(&mut rng, l, d, Activation::Relu, DType::F32).build(),
+        xn,
+        n,
+        ex,
+        vec![None],
+        4096,
+        false,
+    )?);
+    // Threshold activations into CSR.
+    let (l, d, n) = (1500, 48, 30);
+    v.push(case(
+        "relu bf16 CSR",
+        random_sae(&mut rng, l, d, Activation::Relu, DType::BF16).build(),
+        rng.vec(n * d, 1.0),
+        n,
+        ex,
+        vec![None, Some(256)],
+        4096,
+        false,
+    )?);
+    let th = rng
+        .vec(l, 0.2)
+        .into_iter()
+        .map(|t| t.abs())
+        .collect::<Vec<_>>();
+    v.push(case(
+        "jumprelu f32 transposed CSR, 7-row chunks",
+        random_sae(&mut rng, l, d, Activation::JumpRelu, DType::F32)
+            .threshold(th)
+            .transposed(true, false)
+            .subtract_b_dec(true)
+            .build(),
+        rng.vec(n * d, 1.0),
+        n,
+        ex,
+        vec![None, Some(384)],
+        7,
+        false,
+    )?);
+    // Fast precision (tensor-core GEMM on rounded activations).
+    let (l, d, n) = (4096, 128, 64);
+    v.push(case(
+        "topk bf16 fast precision",
+        random_sae(&mut rng, l, d, topk(32), DType::BF16).build(),
+        rng.vec(n * d, 1.0),
+        n,
+        Precision::Fast,
+        vec![None],
+        4096,
+        false,
+    )?);
+    v.push(case(
+        "topk f16 fast precision, transposed",
+        random_sae(&mut rng, l, d, topk(32), DType::F16)
+            .transposed(true, false)
+            .build(),
+        rng.vec(n * d, 1.0),
+        n,
+        Precision::Fast,
+        vec![None],
+        4096,
+        false,
+    )?);
+    if !quick {
+        let (l, d, n) = (65536, 512, 256);
+        v.push(case(
+            "topk bf16 L=65536 d=512 k=64",
+            random_sae(&mut rng, l, d, topk(64), DType::BF16).build(),
+            rng.vec(n * d, 1.0),
+            n,
+            ex,
+            vec![None],
+            4096,
+            false,
+        )?);
+        let (l, d, n) = (32768, 256, 128);
+        v.push(case(
+            "relu f16 L=32768 CSR",
+            random_sae(&mut rng, l, d, Activation::Relu, DType::F16)
+                .b_enc(vec![-0.2; l])
+                .build(),
+            rng.vec(n * d, 1.0),
+            n,
+            ex,
+            vec![None],
+            4096,
+            false,
+        )?);
+    }
+    Ok(v)
+}
+
+/// Tolerance for one value: f32 rounding of a d-term dot product in another order.
+fn tol(d: usize, v: f32) -> f64 {
+    1e-5 * (d as f64).sqrt() * (1.0 + v.abs() as f64)
+}
+
+fn compare_topk(c: &Case, g: &Codes, r: &Codes, res: &mut CaseResult) {
+    let d = c.sae.d_in();
+    let (
+        Codes::TopK {
+            k,
+            indices: gi,
+            values: gv,
+            ..
+        },
+        Codes::TopK {
+            indices: ci,
+            values: cv,
+            ..
+        },
+    ) = (g, r)
+    else {
+        res.detail
+            .push("GPU and CPU returned different code kinds".into());
+        return;
+    };
+    if gi.len() != ci.len() {
+        res.detail.push(format!(
+            "GPU returned {} entries, CPU {}",
+            gi.len(),
+            ci.len()
+        ));
+        return;
+    }
+    for (p, ((&a, &b), (&x, &y))) in gi.iter().zip(ci).zip(gv.iter().zip(cv)).enumerate() {
+        let err = (x as f64 - y as f64).abs();
+        res.max_abs_err = res.max_abs_err.max(err);
+        let t = if c.exact_ties { 0.0 } else { tol(d, y) };
+        let bad_val = err > t;
+        let bad_idx = a != b && (c.exact_ties || err > t || (a < 0) != (b < 0));
+        if a != b && !bad_idx {
+            res.tie_swaps += 1;
+        }
+        if (bad_val || bad_idx) && res.detail.len() < 8 {
+            res.detail.push(format!(
+                "row {} pos {}: gpu ({a}, {x}) cpu ({b}, {y})",
+                p / k,
+                p % k
+            ));
+        }
+    }
+}
+
+fn compare_csr(c: &Case, g: &Codes, r: &Codes, res: &mut CaseResult) {
+    let d = c.sae.d_in();
+    for row in 0..c.rows {
+        let (gi, gv) = g.row(row);
+        let (ci, cv) = r.row(row);
+        let mut a = 0;
+        let mut b = 0;
+        // Merge by latent: an entry on one side only must sit at the cut-off within rounding.
+        while a < gi.len() || b < ci.len() {
+            let (li, lc) = (
+                gi.get(a).copied().unwrap_or(i32::MAX),
+                ci.get(b).copied().unwrap_or(i32::MAX),
+            );
+            if li == lc {
+                let err = (gv[a] as f64 - cv[b] as f64).abs();
+                res.max_abs_err = res.max_abs_err.max(err);
+                if err > tol(d, cv[b]) && res.detail.len() < 8 {
+                    res.detail.push(format!(
+                        "row {row} latent {li}: gpu {} cpu {}",
+                        gv[a], cv[b]
+                    ));
+                }
+                a += 1;
+                b += 1;
+            } else {
+                let (lat, val, side) = if li < lc {
+                    (li, gv[a], "gpu")
+                } else {
+                    (lc, cv[b], "cpu")
+                };
+                let cut = match (&c.sae.activation, &c.sae.threshold) {
+                    (Activation::JumpRelu, Some(t)) => t[lat as usize].max(0.0),
+                    _ => 0.0,
+                };
+                if (val - cut).abs() as f64 > tol(d, val) && res.detail.len() < 8 {
+                    res.detail.push(format!(
+                        "row {row}: latent {lat} ({val}) only on the {side} side"
+                    ));
+                }
+                if li < lc {
+                    a += 1
+                } else {
+                    b += 1
+                }
+            }
+        }
+    }
+}
+
+/// Fast precision: every GPU entry is its latent's true (f64 reference) pre-activation
+/// within low-precision rounding, and no latent above the GPU's k-th value was left out.
+fn check_fast(c: &Case, g: &Codes, res: &mut CaseResult) {
+    let d = c.sae.d_in();
+    let Codes::TopK {
+        k, indices, values, ..
+    } = g
+    else {
+        res.detail.push("fast check expects top-k codes".into());
+        return;
+    };
+    // bf16 rounding of x: relative 2^-8 per term, summed over d terms of random sign.
+    let rel = 2f64.powi(-8) * 4.0;
+    for r in 0..c.rows {
+        let (h, _) = reference::preactivations(&c.sae, &c.x[r * d..(r + 1) * d]);
+        let scale =
+            (d as f64).sqrt() * rel * h.iter().fold(0f64, |m, v| m.max(v.abs() as f64)).max(1e-3);
+        let row_i = &indices[r * k..(r + 1) * k];
+        let row_v = &values[r * k..(r + 1) * k];
+        let mut kth = f64::INFINITY;
+        for (&i, &v) in row_i.iter().zip(row_v) {
+            if i < 0 {
+                kth = 0.0;
+                continue;
+            }
+            let err = (v as f64 - h[i as usize] as f64).abs();
+            res.max_abs_err = res.max_abs_err.max(err);
+            if err > scale && res.detail.len() < 8 {
+                res.detail.push(format!(
+                    "row {r}: latent {i} gpu {v} true {}",
+                    h[i as usize]
+                ));
+            }
+            kth = kth.min(v as f64);
+        }
+        let missed = h
+            .iter()
+            .enumerate()
+            .filter(|(i, v)| **v as f64 > kth + 2.0 * scale && !row_i.contains(&(*i as i32)))
+            .count();
+        if missed > 0 && res.detail.len() < 8 {
+            res.detail.push(format!(
+                "row {r}: {missed} latents clearly above the k-th value were missed"
+            ));
+        }
+    }
+}
+
+fn run_case(device: usize, c: &Case) -> CaseResult {
+    let mut res = CaseResult {
+        name: c.name.clone(),
+        ok: false,
+        max_abs_err: 0.0,
+        tie_swaps: 0,
+        detail: Vec::new(),
+    };
+    let sae = Arc::new(c.sae.clone());
+    let cpu = match CpuEngine::new(sae.clone(), &EngineOptions::default()) {
+        Ok(e) => e,
+        Err(e) => {
+            res.detail.push(format!("CPU engine: {e}"));
+            return res;
+        }
+    };
+    let want = cpu.encode(&c.x, c.rows, c.row_offset);
+    for tile in &c.tiles {
+        let opts = CudaOptions {
+            precision: c.precision,
+            tile_latents: *tile,
+            max_rows: c.max_rows,
+            workspace_bytes: 1 << 30,
+        };
+        let gpu = match CudaEngine::new(device, sae.clone(), opts) {
+            Ok(e) => e,
+            Err(e) => {
+                res.detail.push(format!("CUDA engine: {e}"));
+                return res;
+            }
+        };
+        let got = gpu.encode(&c.x, c.rows, c.row_offset);
+        let tag = format!("tile {tile:?}");
+        match (&got, &want) {
+            (Err(Error::NonFinite { row: a, .. }), Err(Error::NonFinite { row: b, .. })) => {
+                if a != b {
+                    res.detail.push(format!(
+                        "{tag}: GPU reports non-finite row {a}, CPU row {b}"
+                    ));
+                }
+                continue;
+            }
+            (Err(e), _) => {
+                res.detail.push(format!("{tag}: GPU failed: {e}"));
+                continue;
+            }
+            (Ok(_), Err(e)) => {
+                res.detail
+                    .push(format!("{tag}: CPU failed ({e}) but the GPU succeeded"));
+                continue;
+            }
+            (Ok(g), Ok(w)) => {
+                let before = res.detail.len();
+                if c.precision == Precision::Fast {
+                    check_fast(c, &g.codes, &mut res);
+                } else if c.sae.activation.is_topk() {
+                    compare_topk(c, &g.codes, &w.codes, &mut res);
+                } else {
+                    compare_csr(c, &g.codes, &w.codes, &mut res);
+                }
+                if g.denorm != w.denorm {
+                    res.detail
+                        .push(format!("{tag}: normalization constants differ"));
+                }
+                // Decode the CPU's codes on both engines (same input, so exact arithmetic order).
+                match (
+                    gpu.decode(&w.codes, w.denorm.as_ref()),
+                    cpu.decode(&w.codes, w.denorm.as_ref()),
+                ) {
+                    (Ok(a), Ok(b)) => {
+                        for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+                            let err = (*x as f64 - *y as f64).abs();
+                            res.max_abs_err = res.max_abs_err.max(err);
+                            if err > 1e-5 * (1.0 + y.abs() as f64) && res.detail.len() < before + 8
+                            {
+                                res.detail.push(format!(
+                                    "{tag}: decode row {} col {}: gpu {x} cpu {y}",
+                                    i / c.sae.d_in(),
+                                    i % c.sae.d_in()
+                                ));
+                            }
+                        }
+                    }
+                    (Err(e), _) | (_, Err(e)) => {
+                        res.detail.push(format!("{tag}: decode failed: {e}"))
+                    }
+                }
+                if res.detail.len() > before {
+                    res.detail.insert(before, format!("{tag}:"));
+                }
+            }
+        }
+    }
+    res.ok = res.detail.is_empty();
+    res
+}
+
+/// Batched statistics of three "models" (CPU codes of shifted inputs) against LatentStats.
+fn stats_case(device: usize) -> CaseResult {
+    let mut res = CaseResult {
+        name: "batched stats, 3 models in one launch, masks".into(),
+        ok: false,
+        max_abs_err: 0.0,
+        tie_swaps: 0,
+        detail: Vec::new(),
+    };
+    let mut rng = Rng::new(77);
+    let (l, d, n) = (700, 32, 40);
+    let sae = match random_sae(&mut rng, l, d, Activation::TopK { k: 8 }, DType::F32).build() {
+        Ok(s) => Arc::new(s),
+        Err(e) => {
+            res.detail.push(e.to_string());
+            return res;
+        }
+    };
+    let mut run = || -> Result<()> {
+        let cpu = CpuEngine::new(sae.clone(), &EngineOptions::default())?;
+        let gpu = CudaEngine::new(
+            device,
+            sae.clone(),
+            CudaOptions::from_engine(&EngineOptions::default())?,
+        )?;
+        let mut codes = Vec::new();
+        for m in 0..3 {
+            let x = rng.vec(n * d, 1.0 + m as f32);
+            codes.push(cpu.encode(&x, n, 0)?.codes);
+        }
+        let mask: Vec<u8> = (0..n).map(|i| (i % 3 != 0) as u8).collect();
+        let masks = [None, Some(&mask[..]), None];
+        let batch: Vec<(usize, &Codes, Option<&[u8]>)> =
+            (0..3).map(|m| (m, &codes[m], masks[m])).collect();
+        // Two calls, the second adding model 0 again: accumulation across launches.
+        let extra = vec![(0usize, &codes[0], None)];
+        let got = gpu.batched_stats(3, &[batch, extra])?;
+        for m in 0..3 {
+            let mut want = LatentStats::new(sae.fingerprint(), l);
+            want.accumulate(&codes[m], masks[m])?;
+            if m == 0 {
+                want.accumulate(&codes[0], None)?;
+            }
+            let g = &got[m];
+            if g.n_tokens != want.n_tokens || g.n_active != want.n_active || g.max != want.max {
+                res.detail
+                    .push(format!("model {m}: counts or maxima differ"));
+            }
+            for i in 0..l {
+                for (a, b) in [(g.sum[i], want.sum[i]), (g.sum_sq[i], want.sum_sq[i])] {
+                    let err = (a - b).abs();
+                    res.max_abs_err = res.max_abs_err.max(err);
+                    if err > 1e-12 * (1.0 + b.abs()) && res.detail.len() < 8 {
+                        res.detail
+                            .push(format!("model {m} latent {i}: gpu {a} cpu {b}"));
+                    }
+                }
+            }
+        }
+        // Steering: x + s * w / ||w|| against the host formula.
+        let mut x = rng.vec(3 * d, 1.0);
+        let w = sae.w_dec.row_f32(5);
+        let norm = w.iter().map(|v| (*v as f64).powi(2)).sum::<f64>().sqrt();
+        let want: Vec<f32> = x
+            .iter()
+            .enumerate()
+            .map(|(i, v)| v + (2.5 / norm) as f32 * w[i % d])
+            .collect();
+        gpu.steer(&mut x, 3, 5, 2.5)?;
+        for (a, b) in x.iter().zip(&want) {
+            let err = (*a as f64 - *b as f64).abs();
+            res.max_abs_err = res.max_abs_err.max(err);
+            if err > 1e-6 * (1.0 + b.abs() as f64) && res.detail.len() < 8 {
+                res.detail.push(format!("steer: gpu {a} host {b}"));
+            }
+        }
+        Ok(())
+    };
+    if let Err(e) = run() {
+        res.detail.push(e.to_string());
+    }
+    res.ok = res.detail.is_empty();
+    res
+}
+
+/// Runs every case on `device` (`quick` drops the two larger ones).
+pub fn run(device: usize, quick: bool) -> Result<Vec<CaseResult>> {
+    super::available(device)?;
+    let mut out: Vec<CaseResult> = cases(quick)?.iter().map(|c| run_case(device, c)).collect();
+    out.push(stats_case(device));
+    Ok(out)
+}
