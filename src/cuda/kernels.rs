@@ -135,7 +135,10 @@ impl Kernels {
 /// The source with common.cuh pasted in (NVRTC gets no include path); its `#pragma once`
 /// is dropped because it warns in a main file.
 fn full_source(src: &str) -> String {
-    src.replace("#include \"common.cuh\"", &embedded::COMMON_HEADER.replace("#pragma once", ""))
+    src.replace(
+        "#include \"common.cuh\"",
+        &embedded::COMMON_HEADER.replace("#pragma once", ""),
+    )
 }
 
 fn cache_dir() -> Option<PathBuf> {
