@@ -103,11 +103,36 @@ pub fn stats_of_dump(
     progress: &dyn Fn(u64),
 ) -> Result<LatentStats> {
     let sae = engine.sae();
-    dump.check_width(sae.d_in())?;
-    let d = sae.d_in();
-    let mut stats = LatentStats::new(sae.fingerprint(), sae.n_latents());
+    let stats = LatentStats::new(sae.fingerprint(), sae.n_latents());
+    stats_of_dump_into(
+        engine,
+        dump,
+        stats,
+        batch_rows,
+        use_mask,
+        &mut |_| Ok(()),
+        progress,
+    )
+}
+
+/// [`stats_of_dump`] accumulating into `stats` (whose fingerprint the caller chose), with
+/// `on_batch` called on every batch before it is encoded: a hook to check or digest what
+/// the batch carries besides activations (token ids, masks). An error from the hook
+/// stops the pass.
+pub fn stats_of_dump_into(
+    engine: &dyn Engine,
+    dump: &Dump,
+    mut stats: LatentStats,
+    batch_rows: usize,
+    use_mask: bool,
+    on_batch: &mut dyn FnMut(&Batch) -> Result<()>,
+    progress: &dyn Fn(u64),
+) -> Result<LatentStats> {
+    let d = engine.sae().d_in();
+    dump.check_width(d)?;
     for batch in dump.batches(batch_rows) {
         let batch = batch?;
+        on_batch(&batch)?;
         match batch.mask.as_deref().filter(|_| use_mask) {
             Some(mask) => {
                 // Encode only the rows that count: masked-out tokens (prompts, padding)
