@@ -248,6 +248,22 @@ pub fn check_pairing(base: &Measured, others: &[Measured]) -> Result<()> {
     Ok(())
 }
 
+/// The (name, statistics) pairs the analyses take. Names must be unique in reports:
+/// where two inputs share a file stem, their full paths are used instead.
+pub fn named_stats(v: &[Measured]) -> Vec<(String, &LatentStats)> {
+    v.iter()
+        .map(|m| {
+            let dup = v.iter().filter(|o| o.name == m.name).count() > 1;
+            let name = if dup {
+                m.path.display().to_string()
+            } else {
+                m.name.clone()
+            };
+            (name, &m.stats)
+        })
+        .collect()
+}
+
 /// Checks that every latent id is below `n_latents`.
 pub fn check_latents(latents: &[usize], n_latents: usize) -> Result<()> {
     match latents.iter().find(|l| **l >= n_latents) {
