@@ -147,28 +147,24 @@ impl<'a> Table<'a> {
         let off = u16::from_le_bytes(rd(self.buf, vt + entry)?) as usize;
         (off != 0).then_some(self.pos + off)
     }
-    fn i64(&self, slot: usize) -> i64 {
+    /// A scalar field's little-endian bytes; absent (or out of bounds) reads as zero,
+    /// the flatbuffers default.
+    fn scalar<const N: usize>(&self, slot: usize) -> [u8; N] {
         self.field(slot)
             .and_then(|p| rd(self.buf, p))
-            .map(i64::from_le_bytes)
-            .unwrap_or(0)
+            .unwrap_or([0; N])
+    }
+    fn i64(&self, slot: usize) -> i64 {
+        i64::from_le_bytes(self.scalar(slot))
     }
     fn i32(&self, slot: usize) -> i32 {
-        self.field(slot)
-            .and_then(|p| rd(self.buf, p))
-            .map(i32::from_le_bytes)
-            .unwrap_or(0)
+        i32::from_le_bytes(self.scalar(slot))
     }
     fn i16(&self, slot: usize) -> i16 {
-        self.field(slot)
-            .and_then(|p| rd(self.buf, p))
-            .map(i16::from_le_bytes)
-            .unwrap_or(0)
+        i16::from_le_bytes(self.scalar(slot))
     }
     fn u8(&self, slot: usize) -> u8 {
-        self.field(slot)
-            .and_then(|p| self.buf.get(p).copied())
-            .unwrap_or(0)
+        self.scalar::<1>(slot)[0]
     }
     fn indirect(&self, slot: usize) -> Option<usize> {
         let p = self.field(slot)?;
