@@ -4,15 +4,14 @@
 //!
 //! `progress` callbacks receive the number of rows just finished (an increment).
 
-use std::fs::File;
-use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use crate::codes::Encoded;
 use crate::dump::{Batch, Dump};
 use crate::error::{Error, Result};
 use crate::io::codes::{CodesKind, CodesReader, CodesWriter};
-use crate::io::npy::{header_bytes, NpyDtype};
+// The writer lived here first; kept under this path for existing callers.
+pub use crate::io::npy::NpyF32Writer;
 use crate::ops::metrics::{MetricsAccumulator, ReconMetrics};
 use crate::ops::Engine;
 use crate::stats::LatentStats;
@@ -104,11 +103,36 @@ pub fn stats_of_dump(
     progress: &dyn Fn(u64),
 ) -> Result<LatentStats> {
     let sae = engine.sae();
-    dump.check_width(sae.d_in())?;
-    let d = sae.d_in();
-    let mut stats = LatentStats::new(sae.fingerprint(), sae.n_latents());
+    let stats = LatentStats::new(sae.fingerprint(), sae.n_latents());
+    stats_of_dump_into(
+        engine,
+        dump,
+        stats,
+        batch_rows,
+        use_mask,
+        &mut |_| Ok(()),
+        progress,
+    )
+}
+
+/// [`stats_of_dump`] accumulating into `stats` (whose fingerprint the caller chose), with
+/// `on_batch` called on every batch before it is encoded: a hook to check or digest what
+/// the batch carries besides activations (token ids, masks). An error from the hook
+/// stops the pass.
+pub fn stats_of_dump_into(
+    engine: &dyn Engine,
+    dump: &Dump,
+    mut stats: LatentStats,
+    batch_rows: usize,
+    use_mask: bool,
+    on_batch: &mut dyn FnMut(&Batch) -> Result<()>,
+    progress: &dyn Fn(u64),
+) -> Result<LatentStats> {
+    let d = engine.sae().d_in();
+    dump.check_width(d)?;
     for batch in dump.batches(batch_rows) {
         let batch = batch?;
+        on_batch(&batch)?;
         match batch.mask.as_deref().filter(|_| use_mask) {
             Some(mask) => {
                 // Encode only the rows that count: masked-out tokens (prompts, padding)
@@ -281,83 +305,4 @@ pub fn decode_to_npy(
         n_rows: n as u64,
         metrics,
     })
-}
-
-/// Writes a C-order f32 `.npy` `[rows, cols]` a batch at a time to a temporary name
-/// beside the target; `finish` checks the row count and renames. Dropping it unfinished
-/// removes the temporary file.
-pub struct NpyF32Writer {
-    path: PathBuf,
-    tmp: PathBuf,
-    w: Option<BufWriter<File>>,
-    rows: usize,
-    cols: usize,
-    written: usize,
-}
-
-impl NpyF32Writer {
-    /// Starts `path` for `rows x cols` values.
-    pub fn create(path: &Path, rows: usize, cols: usize) -> Result<NpyF32Writer> {
-        let tmp = crate::io::atomic::tmp_path(path);
-        let f = File::create(&tmp).map_err(|e| Error::io(path, e))?;
-        let mut w = BufWriter::with_capacity(1 << 20, f);
-        w.write_all(&header_bytes(NpyDtype::F32, &[rows, cols]))
-            .map_err(|e| Error::io(path, e))?;
-        Ok(NpyF32Writer {
-            path: path.to_path_buf(),
-            tmp,
-            w: Some(w),
-            rows,
-            cols,
-            written: 0,
-        })
-    }
-
-    /// Appends whole rows (`values.len()` a multiple of `cols`).
-    pub fn push(&mut self, values: &[f32]) -> Result<()> {
-        let cols = self.cols.max(1);
-        if values.len() % cols != 0 || self.written + values.len() / cols > self.rows {
-            return Err(Error::invalid(format!(
-                "{}: {} values do not fit the remaining {} rows of width {}",
-                self.path.display(),
-                values.len(),
-                self.rows - self.written,
-                self.cols
-            )));
-        }
-        let w = self
-            .w
-            .as_mut()
-            .ok_or_else(|| Error::invalid("npy writer already finished"))?;
-        w.write_all(bytemuck::cast_slice(values))
-            .map_err(|e| Error::io(&self.path, e))?;
-        self.written += values.len() / cols;
-        Ok(())
-    }
-
-    /// Checks that every row was written, flushes and renames into place.
-    pub fn finish(mut self) -> Result<()> {
-        if self.written != self.rows && self.cols > 0 {
-            return Err(Error::invalid(format!(
-                "{}: wrote {} of {} rows",
-                self.path.display(),
-                self.written,
-                self.rows
-            )));
-        }
-        let io = |e: std::io::Error| Error::io(&self.path, e);
-        if let Some(w) = self.w.take() {
-            let f = w.into_inner().map_err(|e| io(e.into_error()))?;
-            f.sync_all().map_err(io)?;
-        }
-        std::fs::rename(&self.tmp, &self.path).map_err(io)?;
-        Ok(())
-    }
-}
-
-impl Drop for NpyF32Writer {
-    fn drop(&mut self) {
-        // After a successful rename the temporary name no longer exists.
-        let _ = std::fs::remove_file(&self.tmp);
-    }
 }

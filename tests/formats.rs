@@ -1135,6 +1135,32 @@ fn write_v6_tensors(dir: &Path, tensors: Vec<(&str, OwnedTensor)>) {
     .unwrap();
 }
 
+/// The load error of a good v6 SAE whose weight tensors `edit` changed.
+fn v6_load_error(edit: impl FnOnce(&mut Vec<(&'static str, OwnedTensor)>)) -> String {
+    let t = tmp();
+    good_v6(t.path());
+    let mut ts = vec![
+        ("W_enc", tensor(DType::F32, &[D, L], &transposed(&W_ENC))),
+        ("W_dec", tensor(DType::F32, &[L, D], &flat(&W_DEC))),
+        ("b_enc", tensor(DType::F32, &[L], &B_ENC)),
+        ("b_dec", tensor(DType::F32, &[D], &B_DEC)),
+        ("threshold", tensor(DType::F32, &[L], &THRESH)),
+    ];
+    edit(&mut ts);
+    write_v6_tensors(t.path(), ts);
+    err_of(formats::load(t.path(), None))
+}
+
+/// The load error of a Gemma Scope params.npz whose members `edit` changed.
+fn npz_load_error(edit: impl FnOnce(&mut Vec<(&'static str, Vec<u8>)>)) -> String {
+    let t = tmp();
+    let file = t.path().join("params.npz");
+    let mut m = gemma_members(DType::F32);
+    edit(&mut m);
+    write_npz(&file, &m, false);
+    err_of(formats::load(&file, None))
+}
+
 #[test]
 fn bad_input_is_a_clear_error_naming_the_file() {
     // Truncated weights.
@@ -1149,55 +1175,24 @@ fn bad_input_is_a_clear_error_naming_the_file() {
     let e = err_of(formats::load(t.path(), None));
     assert!(e.contains("sae_weights.safetensors"), "{e}");
 
-    let full = |dt: DType| {
-        vec![
-            ("W_enc", tensor(dt, &[D, L], &transposed(&W_ENC))),
-            ("W_dec", tensor(dt, &[L, D], &flat(&W_DEC))),
-            ("b_enc", tensor(DType::F32, &[L], &B_ENC)),
-            ("b_dec", tensor(DType::F32, &[D], &B_DEC)),
-            ("threshold", tensor(DType::F32, &[L], &THRESH)),
-        ]
-    };
     // Missing tensor.
     for missing in ["W_enc", "W_dec", "b_enc", "b_dec", "threshold"] {
-        let t = tmp();
-        good_v6(t.path());
-        let ts: Vec<_> = full(DType::F32)
-            .into_iter()
-            .filter(|(n, _)| *n != missing)
-            .collect();
-        write_v6_tensors(t.path(), ts);
-        let e = err_of(formats::load(t.path(), None));
+        let e = v6_load_error(|ts| ts.retain(|(n, _)| *n != missing));
         assert!(
             e.contains("sae_weights.safetensors") && e.contains(missing),
             "{missing}: {e}"
         );
     }
     // Transposed W_enc ([L, d] where SAELens stores [d, L]).
-    let t = tmp();
-    good_v6(t.path());
-    let mut ts = full(DType::F32);
-    ts[0].1 = tensor(DType::F32, &[L, D], &flat(&W_ENC));
-    write_v6_tensors(t.path(), ts);
-    let e = err_of(formats::load(t.path(), None));
+    let e = v6_load_error(|ts| ts[0].1 = tensor(DType::F32, &[L, D], &flat(&W_ENC)));
     assert!(
         e.contains("W_enc") && e.contains("transposed") && e.contains("sae_weights"),
         "{e}"
     );
     // W_dec transposed, and a bias of the wrong length.
-    let t = tmp();
-    good_v6(t.path());
-    let mut ts = full(DType::F32);
-    ts[1].1 = tensor(DType::F32, &[D, L], &transposed(&W_DEC));
-    write_v6_tensors(t.path(), ts);
-    let e = err_of(formats::load(t.path(), None));
+    let e = v6_load_error(|ts| ts[1].1 = tensor(DType::F32, &[D, L], &transposed(&W_DEC)));
     assert!(e.contains("W_dec") && e.contains("transposed"), "{e}");
-    let t = tmp();
-    good_v6(t.path());
-    let mut ts = full(DType::F32);
-    ts[2].1 = tensor(DType::F32, &[L - 1], &B_ENC[..L - 1]);
-    write_v6_tensors(t.path(), ts);
-    let e = err_of(formats::load(t.path(), None));
+    let e = v6_load_error(|ts| ts[2].1 = tensor(DType::F32, &[L - 1], &B_ENC[..L - 1]));
     assert!(e.contains("b_enc") && e.contains("[6]"), "{e}");
     // Shapes disagreeing with the config (d_sae says 5).
     let t = tmp();
@@ -1212,12 +1207,7 @@ fn bad_input_is_a_clear_error_naming_the_file() {
     let e = err_of(formats::load(t.path(), None));
     assert!(e.contains("W_enc") && e.contains("5 latents"), "{e}");
     // Wrong dtype.
-    let t = tmp();
-    good_v6(t.path());
-    let mut ts = full(DType::F32);
-    ts[0].1 = OwnedTensor::i32(vec![D, L], &[1; D * L]);
-    write_v6_tensors(t.path(), ts);
-    let e = err_of(formats::load(t.path(), None));
+    let e = v6_load_error(|ts| ts[0].1 = OwnedTensor::i32(vec![D, L], &[1; D * L]));
     assert!(
         e.contains("W_enc") && e.contains("I32") && e.contains("sae_weights"),
         "{e}"
@@ -1237,12 +1227,7 @@ fn bad_input_is_a_clear_error_naming_the_file() {
     let e = err_of(formats::load(t.path(), None));
     assert!(e.contains("cfg.json") && e.contains("JSON"), "{e}");
     // Non-unit scaling factor.
-    let t = tmp();
-    good_v6(t.path());
-    let mut ts = full(DType::F32);
-    ts.push(("scaling_factor", tensor(DType::F32, &[L], &[2.0; L])));
-    write_v6_tensors(t.path(), ts);
-    let e = err_of(formats::load(t.path(), None));
+    let e = v6_load_error(|ts| ts.push(("scaling_factor", tensor(DType::F32, &[L], &[2.0; L]))));
     assert!(e.contains("scaling_factor"), "{e}");
 }
 
@@ -1257,41 +1242,22 @@ fn bad_npz_is_a_clear_error() {
     let e = err_of(formats::load(&file, None));
     assert!(e.contains("params.npz"), "{e}");
     // Missing member.
-    let t = tmp();
-    let file = t.path().join("params.npz");
-    let m: Vec<_> = gemma_members(DType::F32)
-        .into_iter()
-        .filter(|(n, _)| *n != "threshold")
-        .collect();
-    write_npz(&file, &m, false);
-    let e = err_of(formats::load(&file, None));
+    let e = npz_load_error(|m| m.retain(|(n, _)| *n != "threshold"));
     assert!(e.contains("params.npz") && e.contains("threshold"), "{e}");
     // Transposed encoder.
-    let t = tmp();
-    let file = t.path().join("params.npz");
-    let mut m = gemma_members(DType::F32);
-    m[0].1 = npy_bytes(DType::F32, &[L, D], &flat(&W_ENC));
-    write_npz(&file, &m, false);
-    let e = err_of(formats::load(&file, None));
+    let e = npz_load_error(|m| m[0].1 = npy_bytes(DType::F32, &[L, D], &flat(&W_ENC)));
     assert!(e.contains("W_enc") && e.contains("transposed"), "{e}");
     // Integer weights.
-    let t = tmp();
-    let file = t.path().join("params.npz");
-    let mut m = gemma_members(DType::F32);
-    let mut b = header_bytes(NpyDtype::I32, &[D, L]);
-    b.extend(vec![0u8; D * L * 4]);
-    m[0].1 = b;
-    write_npz(&file, &m, false);
-    let e = err_of(formats::load(&file, None));
+    let e = npz_load_error(|m| {
+        m[0].1 = header_bytes(NpyDtype::I32, &[D, L]);
+        m[0].1.extend(vec![0u8; D * L * 4]);
+    });
     assert!(e.contains("W_enc") && e.contains("I32"), "{e}");
     // A member whose data is shorter than its header says.
-    let t = tmp();
-    let file = t.path().join("params.npz");
-    let mut m = gemma_members(DType::F32);
-    let n = m[1].1.len();
-    m[1].1.truncate(n - 4);
-    write_npz(&file, &m, false);
-    let e = err_of(formats::load(&file, None));
+    let e = npz_load_error(|m| {
+        let n = m[1].1.len();
+        m[1].1.truncate(n - 4);
+    });
     assert!(e.contains("W_dec") && e.contains("truncated"), "{e}");
 }
 

@@ -330,17 +330,20 @@ fn dictionary_learning_variants() {
 
     // BatchTopKSAE: global threshold -> JumpReLU, b_dec subtracted.
     let dir = tempfile::tempdir().unwrap();
-    save(
-        &dir.path().join("ae.pt"),
-        vec![
-            ("encoder.weight", Entry::Tensor(f32s(&[l, d], &enc))),
-            ("encoder.bias", Entry::Tensor(f32s(&[l], &be))),
-            ("decoder.weight", Entry::Tensor(f32s(&[d, l], &dec))),
-            ("b_dec", Entry::Tensor(f32s(&[d], &bd))),
-            ("k", Entry::Tensor(long_scalar(2))),
-            ("threshold", Entry::Tensor(f32s(&[], &[0.25]))),
-        ],
-    );
+    let save_batch_topk = |threshold: f32| {
+        save(
+            &dir.path().join("ae.pt"),
+            vec![
+                ("encoder.weight", Entry::Tensor(f32s(&[l, d], &enc))),
+                ("encoder.bias", Entry::Tensor(f32s(&[l], &be))),
+                ("decoder.weight", Entry::Tensor(f32s(&[d, l], &dec))),
+                ("b_dec", Entry::Tensor(f32s(&[d], &bd))),
+                ("k", Entry::Tensor(long_scalar(2))),
+                ("threshold", Entry::Tensor(f32s(&[], &[threshold]))),
+            ],
+        )
+    };
+    save_batch_topk(0.25);
     write_config(
         dir.path(),
         r#"{"trainer": {"dict_class": "BatchTopKSAE", "k": 2, "dict_size": 5, "activation_dim": 3,
@@ -386,17 +389,7 @@ fn dictionary_learning_variants() {
         .contains("dict_size"));
 
     // Unset BatchTopK threshold (-1) is refused.
-    save(
-        &dir.path().join("ae.pt"),
-        vec![
-            ("encoder.weight", Entry::Tensor(f32s(&[l, d], &enc))),
-            ("encoder.bias", Entry::Tensor(f32s(&[l], &be))),
-            ("decoder.weight", Entry::Tensor(f32s(&[d, l], &dec))),
-            ("b_dec", Entry::Tensor(f32s(&[d], &bd))),
-            ("k", Entry::Tensor(long_scalar(2))),
-            ("threshold", Entry::Tensor(f32s(&[], &[-1.0]))),
-        ],
-    );
+    save_batch_topk(-1.0);
     write_config(dir.path(), r#"{"trainer": {"dict_class": "BatchTopKSAE"}}"#);
     assert!(dictionary_learning::load(dir.path())
         .unwrap_err()

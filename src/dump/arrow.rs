@@ -14,7 +14,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::Shard;
+use super::{json, Shard};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 
@@ -27,8 +27,7 @@ pub fn looks_like(dir: &Path) -> bool {
 pub fn arrow_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let state = dir.join("state.json");
     if let Ok(b) = std::fs::read(&state) {
-        let v: serde_json::Value = serde_json::from_slice(&b)
-            .map_err(|e| Error::format(&state, format!("invalid JSON: {e}")))?;
+        let v = json::parse(&state, &b)?;
         if let Some(files) = v.get("_data_files").and_then(|f| f.as_array()) {
             let out: Vec<PathBuf> = files
                 .iter()
@@ -61,9 +60,7 @@ pub struct ColumnInfo {
 /// only `Array2D` feature.
 pub fn column_info(dir: &Path, column: Option<&str>) -> Result<ColumnInfo> {
     let p = dir.join("dataset_info.json");
-    let v: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&p).map_err(|e| Error::io(&p, e))?)
-            .map_err(|e| Error::format(&p, format!("invalid JSON: {e}")))?;
+    let v = json::read(&p)?;
     let feats = v
         .get("features")
         .and_then(|f| f.as_object())
@@ -90,15 +87,7 @@ pub fn column_info(dir: &Path, column: Option<&str>) -> Result<ColumnInfo> {
             }
         },
     };
-    let shape: Vec<usize> = f
-        .get("shape")
-        .and_then(|s| s.as_array())
-        .map(|a| {
-            a.iter()
-                .filter_map(|x| x.as_u64().map(|x| x as usize))
-                .collect()
-        })
-        .unwrap_or_default();
+    let shape = json::shape(f, "shape");
     if shape.len() != 2 || shape[0] == 0 || shape[1] == 0 {
         return Err(Error::format(
             &p,
@@ -158,28 +147,24 @@ impl<'a> Table<'a> {
         let off = u16::from_le_bytes(rd(self.buf, vt + entry)?) as usize;
         (off != 0).then_some(self.pos + off)
     }
-    fn i64(&self, slot: usize) -> i64 {
+    /// A scalar field's little-endian bytes; absent (or out of bounds) reads as zero,
+    /// the flatbuffers default.
+    fn scalar<const N: usize>(&self, slot: usize) -> [u8; N] {
         self.field(slot)
             .and_then(|p| rd(self.buf, p))
-            .map(i64::from_le_bytes)
-            .unwrap_or(0)
+            .unwrap_or([0; N])
+    }
+    fn i64(&self, slot: usize) -> i64 {
+        i64::from_le_bytes(self.scalar(slot))
     }
     fn i32(&self, slot: usize) -> i32 {
-        self.field(slot)
-            .and_then(|p| rd(self.buf, p))
-            .map(i32::from_le_bytes)
-            .unwrap_or(0)
+        i32::from_le_bytes(self.scalar(slot))
     }
     fn i16(&self, slot: usize) -> i16 {
-        self.field(slot)
-            .and_then(|p| rd(self.buf, p))
-            .map(i16::from_le_bytes)
-            .unwrap_or(0)
+        i16::from_le_bytes(self.scalar(slot))
     }
     fn u8(&self, slot: usize) -> u8 {
-        self.field(slot)
-            .and_then(|p| self.buf.get(p).copied())
-            .unwrap_or(0)
+        self.scalar::<1>(slot)[0]
     }
     fn indirect(&self, slot: usize) -> Option<usize> {
         let p = self.field(slot)?;

@@ -9,6 +9,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use super::json;
+use super::mapped_rows::MappedRows;
 use super::Shard;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
@@ -27,11 +29,7 @@ struct Tokens {
 
 /// One `shard_I.memmap`.
 pub struct MemmapShard {
-    path: PathBuf,
-    map: Arc<memmap2::Mmap>,
-    rows: usize,
-    width: usize,
-    dtype: DType,
+    data: MappedRows,
     tokens: Option<(Arc<Tokens>, usize)>,
 }
 
@@ -50,9 +48,7 @@ fn parse_dtype(meta_path: &Path, s: Option<&str>) -> Result<DType> {
 /// Opens a cache directory as shards (with token ids when the cache stored them unshuffled).
 pub fn open_shards(dir: &Path) -> Result<Vec<Box<dyn Shard>>> {
     let cfg_path = dir.join("config.json");
-    let cfg: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?)
-            .map_err(|e| Error::format(&cfg_path, format!("invalid JSON: {e}")))?;
+    let cfg = json::read(&cfg_path)?;
     let count = cfg
         .get("shard_count")
         .and_then(|v| v.as_u64())
@@ -67,19 +63,8 @@ pub fn open_shards(dir: &Path) -> Result<Vec<Box<dyn Shard>>> {
     for i in 0..count {
         let path = dir.join(format!("shard_{i}.memmap"));
         let meta_path = dir.join(format!("shard_{i}.meta"));
-        let meta: serde_json::Value = serde_json::from_slice(
-            &std::fs::read(&meta_path).map_err(|e| Error::io(&meta_path, e))?,
-        )
-        .map_err(|e| Error::format(&meta_path, format!("invalid JSON: {e}")))?;
-        let shape: Vec<usize> = meta
-            .get("shape")
-            .and_then(|v| v.as_array())
-            .map(|a| {
-                a.iter()
-                    .filter_map(|x| x.as_u64().map(|x| x as usize))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let meta = json::read(&meta_path)?;
+        let shape = json::shape(&meta, "shape");
         if shape.len() != 2 {
             return Err(Error::format(
                 &meta_path,
@@ -111,11 +96,7 @@ pub fn open_shards(dir: &Path) -> Result<Vec<Box<dyn Shard>>> {
             ));
         }
         shards.push(MemmapShard {
-            path,
-            map,
-            rows: shape[0],
-            width: shape[1],
-            dtype,
+            data: MappedRows::new(&path, map, 0, shape[0], shape[1], dtype),
             tokens: None,
         });
         rows_total += shape[0] as u64;
@@ -159,7 +140,7 @@ pub fn open_shards(dir: &Path) -> Result<Vec<Box<dyn Shard>>> {
             let mut start = 0;
             for s in &mut shards {
                 s.tokens = Some((tokens.clone(), start));
-                start += s.rows;
+                start += s.data.rows();
             }
         }
     }
@@ -171,30 +152,19 @@ pub fn open_shards(dir: &Path) -> Result<Vec<Box<dyn Shard>>> {
 
 impl Shard for MemmapShard {
     fn path(&self) -> &Path {
-        &self.path
+        self.data.path()
     }
     fn n_rows(&self) -> usize {
-        self.rows
+        self.data.rows()
     }
     fn width(&self) -> usize {
-        self.width
+        self.data.width()
     }
     fn dtype(&self) -> DType {
-        self.dtype
+        self.data.dtype()
     }
     fn read_rows(&self, start: usize, count: usize, out: &mut [f32]) -> Result<()> {
-        if start.checked_add(count).is_none_or(|e| e > self.rows) || out.len() != count * self.width
-        {
-            return Err(Error::invalid(format!(
-                "{}: rows {start}..+{count} out of range ({} rows)",
-                self.path.display(),
-                self.rows
-            )));
-        }
-        let rb = self.width * self.dtype.size();
-        let bytes = &self.map[start * rb..(start + count) * rb];
-        crate::dtype::convert_to_f32(self.dtype, bytes, out);
-        Ok(())
+        self.data.read(start, count, out)
     }
     fn token_ids(&self, start: usize, count: usize) -> Result<Option<Vec<i64>>> {
         match &self.tokens {
@@ -212,15 +182,7 @@ impl Shard for MemmapShard {
         Ok(None)
     }
     fn release(&self, end: usize) {
-        let rb = self.width * self.dtype.size();
-        let len = end.min(self.rows) * rb;
-        if len > 0 {
-            // Dropping pages already read keeps resident memory bounded on huge caches.
-            // SAFETY: a read-only file mapping; dropped pages are re-read from the file.
-            let _ = unsafe {
-                self.map
-                    .unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, 0, len)
-            };
-        }
+        // Dropping pages already read keeps resident memory bounded on huge caches.
+        self.data.release(end)
     }
 }

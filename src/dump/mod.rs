@@ -10,6 +10,8 @@ use crate::error::{Error, Result};
 
 pub mod arrow;
 pub mod crosscoder;
+mod json;
+mod mapped_rows;
 pub mod npy;
 pub mod safetensors;
 

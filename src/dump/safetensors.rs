@@ -2,16 +2,15 @@
 //! optional per-token `token_ids` [n], `doc_ids` [n] (any integer dtype) and `mask` [n]
 //! (u8 or bool, 1 = the token counts). Memory-mapped; rows are converted on read.
 
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::Path;
 
 use safetensors::Dtype as D;
 
-use crate::dtype::{convert_to_f32, DType};
+use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::io::mapped::{MappedSafetensors, MappedTensor};
 
-use super::npy::{check_range, release_range};
+use super::mapped_rows::{check_range, release_range, MappedRows};
 
 /// A per-token side tensor: where its bytes start in the mapping and how to read them.
 #[derive(Clone, Copy)]
@@ -28,12 +27,7 @@ impl Side {
 
 /// A memory-mapped safetensors shard with `activations` [n, d].
 pub struct SafetensorsShard {
-    path: PathBuf,
-    map: Arc<memmap2::Mmap>,
-    act_offset: usize,
-    rows: usize,
-    width: usize,
-    dtype: DType,
+    acts: MappedRows,
     token_ids: Option<Side>,
     doc_ids: Option<Side>,
     mask: Option<Side>,
@@ -96,31 +90,27 @@ impl SafetensorsShard {
         let token_ids = side("token_ids", is_int, "an integer dtype")?;
         let doc_ids = side("doc_ids", is_int, "an integer dtype")?;
         let mask = side("mask", |d| matches!(d, D::U8 | D::BOOL), "U8 or BOOL")?;
-        let map = st.map().clone();
-        // Dumps are read front to back once: ask for aggressive read-ahead.
-        let _ = map.advise(memmap2::Advice::Sequential);
-        Ok(SafetensorsShard {
-            path: path.to_path_buf(),
-            act_offset: mapped_offset(path, &act)?,
-            map,
+        let acts = MappedRows::new(
+            path,
+            st.map().clone(),
+            mapped_offset(path, &act)?,
             rows,
             width,
             dtype,
+        );
+        Ok(SafetensorsShard {
+            acts,
             token_ids,
             doc_ids,
             mask,
         })
     }
 
-    fn row_bytes(&self) -> usize {
-        self.width * self.dtype.size()
-    }
-
     fn side_bytes(&self, s: &Side, start: usize, count: usize) -> Result<&[u8]> {
-        check_range(&self.path, self.rows, start, count)?;
+        check_range(self.acts.path(), self.acts.rows(), start, count)?;
         let e = s.elem();
         let a = s.offset + start * e;
-        Ok(&self.map[a..a + count * e])
+        Ok(&self.acts.map()[a..a + count * e])
     }
 
     fn ids(&self, s: Option<Side>, start: usize, count: usize) -> Result<Option<Vec<i64>>> {
@@ -155,31 +145,19 @@ fn ints_to_i64(dtype: D, b: &[u8]) -> Vec<i64> {
 
 impl super::Shard for SafetensorsShard {
     fn path(&self) -> &Path {
-        &self.path
+        self.acts.path()
     }
     fn n_rows(&self) -> usize {
-        self.rows
+        self.acts.rows()
     }
     fn width(&self) -> usize {
-        self.width
+        self.acts.width()
     }
     fn dtype(&self) -> DType {
-        self.dtype
+        self.acts.dtype()
     }
     fn read_rows(&self, start: usize, count: usize, out: &mut [f32]) -> Result<()> {
-        check_range(&self.path, self.rows, start, count)?;
-        if out.len() != count * self.width {
-            return Err(Error::invalid(format!(
-                "{}: output buffer holds {} values, {count} rows need {}",
-                self.path.display(),
-                out.len(),
-                count * self.width
-            )));
-        }
-        let rb = self.row_bytes();
-        let a = self.act_offset + start * rb;
-        convert_to_f32(self.dtype, &self.map[a..a + count * rb], out);
-        Ok(())
+        self.acts.read(start, count, out)
     }
     fn token_ids(&self, start: usize, count: usize) -> Result<Option<Vec<i64>>> {
         self.ids(self.token_ids, start, count)
@@ -194,14 +172,13 @@ impl super::Shard for SafetensorsShard {
         Ok(Some(b.iter().map(|v| (*v != 0) as u8).collect()))
     }
     fn release(&self, end: usize) {
-        let end = end.min(self.rows);
-        let rb = self.row_bytes();
-        release_range(&self.map, self.act_offset, self.act_offset + end * rb);
+        self.acts.release(end);
+        let end = end.min(self.acts.rows());
         for s in [self.token_ids, self.doc_ids, self.mask]
             .into_iter()
             .flatten()
         {
-            release_range(&self.map, s.offset, s.offset + end * s.elem());
+            release_range(self.acts.map(), s.offset, s.offset + end * s.elem());
         }
     }
 }

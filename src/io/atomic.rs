@@ -1,17 +1,26 @@
 //! Atomic output: write to a temporary name beside the target, rename when complete,
 //! so an interrupted run never leaves a half-written file under the real name.
 
+use std::fs::File;
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 
 /// The temporary path used while writing `path`.
 pub fn tmp_path(path: &Path) -> PathBuf {
+    scratch_path(path, "tmp")
+}
+
+/// A hidden per-process scratch name beside `path` (`.NAME.PID.TAG`): temporary outputs
+/// and spill files live in the target's directory, so the final rename never crosses
+/// file systems.
+pub fn scratch_path(path: &Path, tag: &str) -> PathBuf {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "out".into());
-    path.with_file_name(format!(".{name}.{}.tmp", std::process::id()))
+    path.with_file_name(format!(".{name}.{}.{tag}", std::process::id()))
 }
 
 /// Runs `write` on a temporary path, then renames it to `path`. The temporary file
@@ -46,6 +55,58 @@ pub fn write_bytes(path: &Path, bytes: &[u8]) -> Result<()> {
     write_with(path, |tmp| {
         std::fs::write(tmp, bytes).map_err(|e| Error::io(path, e))
     })
+}
+
+/// A file written in pieces under its temporary name; [`AtomicFile::commit`] flushes,
+/// syncs and renames it into place. Dropping it uncommitted removes the temporary file.
+pub struct AtomicFile {
+    path: PathBuf,
+    tmp: PathBuf,
+    w: Option<BufWriter<File>>,
+}
+
+impl AtomicFile {
+    /// Creates the temporary file for `path` (1 MiB write buffer).
+    pub fn create(path: &Path) -> Result<AtomicFile> {
+        let tmp = tmp_path(path);
+        let f = File::create(&tmp).map_err(|e| Error::io(path, e))?;
+        Ok(AtomicFile {
+            path: path.to_path_buf(),
+            tmp,
+            w: Some(BufWriter::with_capacity(1 << 20, f)),
+        })
+    }
+
+    /// The target path (for error messages).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Appends bytes; errors name the target.
+    pub fn write_all(&mut self, bytes: &[u8]) -> Result<()> {
+        let w = self
+            .w
+            .as_mut()
+            .ok_or_else(|| Error::invalid(format!("{}: already committed", self.path.display())))?;
+        w.write_all(bytes).map_err(|e| Error::io(&self.path, e))
+    }
+
+    /// Flushes, syncs and renames the file to its target name.
+    pub fn commit(mut self) -> Result<()> {
+        let io = |e: std::io::Error| Error::io(&self.path, e);
+        if let Some(w) = self.w.take() {
+            let f = w.into_inner().map_err(|e| io(e.into_error()))?;
+            f.sync_all().map_err(io)?;
+        }
+        std::fs::rename(&self.tmp, &self.path).map_err(io)
+    }
+}
+
+impl Drop for AtomicFile {
+    fn drop(&mut self) {
+        // After a successful rename the temporary name no longer exists.
+        let _ = std::fs::remove_file(&self.tmp);
+    }
 }
 
 #[cfg(test)]

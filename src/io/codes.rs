@@ -243,11 +243,7 @@ struct Spill {
 
 impl Spill {
     fn create(target: &Path, tensor: &str) -> Result<Spill> {
-        let name = target
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "codes".into());
-        let path = target.with_file_name(format!(".{name}.{}.{tensor}.spill", std::process::id()));
+        let path = crate::io::atomic::scratch_path(target, &format!("{tensor}.spill"));
         let f = File::create(&path).map_err(|e| Error::io(&path, e))?;
         Ok(Spill {
             w: BufWriter::with_capacity(1 << 20, f),

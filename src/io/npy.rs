@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use crate::error::{Error, Result};
+use crate::io::atomic::AtomicFile;
 
 /// Element types we read from npy files.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -176,6 +177,60 @@ pub fn write_f32(path: &Path, shape: &[usize], data: &[f32]) -> Result<()> {
     write(path, NpyDtype::F32, shape, bytemuck::cast_slice(data))
 }
 
+/// Writes a C-order f32 `.npy` `[rows, cols]` a batch at a time to a temporary name
+/// beside the target; `finish` checks the row count and renames. Dropping it unfinished
+/// removes the temporary file.
+pub struct NpyF32Writer {
+    file: AtomicFile,
+    rows: usize,
+    cols: usize,
+    written: usize,
+}
+
+impl NpyF32Writer {
+    /// Starts `path` for `rows x cols` values.
+    pub fn create(path: &Path, rows: usize, cols: usize) -> Result<NpyF32Writer> {
+        let mut file = AtomicFile::create(path)?;
+        file.write_all(&header_bytes(NpyDtype::F32, &[rows, cols]))?;
+        Ok(NpyF32Writer {
+            file,
+            rows,
+            cols,
+            written: 0,
+        })
+    }
+
+    /// Appends whole rows (`values.len()` a multiple of `cols`).
+    pub fn push(&mut self, values: &[f32]) -> Result<()> {
+        let cols = self.cols.max(1);
+        if values.len() % cols != 0 || self.written + values.len() / cols > self.rows {
+            return Err(Error::invalid(format!(
+                "{}: {} values do not fit the remaining {} rows of width {}",
+                self.file.path().display(),
+                values.len(),
+                self.rows - self.written,
+                self.cols
+            )));
+        }
+        self.file.write_all(bytemuck::cast_slice(values))?;
+        self.written += values.len() / cols;
+        Ok(())
+    }
+
+    /// Checks that every row was written, flushes and renames into place.
+    pub fn finish(self) -> Result<()> {
+        if self.written != self.rows && self.cols > 0 {
+            return Err(Error::invalid(format!(
+                "{}: wrote {} of {} rows",
+                self.file.path().display(),
+                self.written,
+                self.rows
+            )));
+        }
+        self.file.commit()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -214,5 +269,32 @@ mod tests {
             .to_string();
         assert!(e.contains("be.npy") && e.contains(">f4"), "{e}");
         assert!(NpyHeader::parse(Path::new("t.npy"), &b[..20]).is_err());
+    }
+
+    #[test]
+    fn streamed_f32_writer_checks_rows_and_cleans_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.npy");
+        let mut w = NpyF32Writer::create(&p, 2, 3).unwrap();
+        w.push(&[1.0, 2.0, 3.0]).unwrap();
+        assert!(w.push(&[1.0, 2.0]).is_err());
+        w.push(&[4.0, 5.0, 6.0]).unwrap();
+        w.finish().unwrap();
+        let b = std::fs::read(&p).unwrap();
+        let h = NpyHeader::parse(&p, &b).unwrap();
+        assert_eq!(h.shape, vec![2, 3]);
+        let vals: Vec<f32> = b[h.data_offset..]
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        assert_eq!(vals, vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+
+        // Unfinished or short: no file under the target name and no temporary left.
+        let q = dir.path().join("y.npy");
+        let mut w = NpyF32Writer::create(&q, 2, 1).unwrap();
+        w.push(&[1.0]).unwrap();
+        assert!(w.finish().is_err());
+        assert!(!q.exists());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 }

@@ -26,7 +26,7 @@ use super::monitor::{monitor, Alarm, MonitorReport};
 use super::rng::Rng;
 use super::steer::{dry_run, steering_vector, DryRunOptions, DryRunReport, SteerTerm, SteerUnit};
 use super::top_examples::{top_examples, TopExamplesOptions};
-use super::{check_pairing, measure, report, Measured, StatsOptions};
+use super::{check_pairing, measure, named_stats, report, Measured, StatsOptions};
 
 /// Demo options.
 #[derive(Debug, Clone)]
@@ -347,16 +347,14 @@ pub fn run(opts: &DemoOptions) -> Result<DemoReport> {
     let dr = diff(
         &base.name,
         &base.stats,
-        &pairs(&mis),
+        &named_stats(&mis),
         &DiffOptions {
             top: 20,
             bottom: 20,
             ..Default::default()
         },
     )?;
-    let dir_diff = reports.join("diff");
-    mkdir(&dir_diff)?;
-    write_diff_outputs(&dir_diff, &dr)?;
+    report::write_diff_outputs(&reports.join("diff"), &dr)?;
     check(
         &mut checks,
         "diff: the planted persona latent ranks first after averaging",
@@ -397,18 +395,14 @@ pub fn run(opts: &DemoOptions) -> Result<DemoReport> {
     let det = detect(
         &base.name,
         &base.stats,
-        &pairs(&mis),
-        &pairs(&al),
+        &named_stats(&mis),
+        &named_stats(&al),
         &DetectOptions {
             latents: None,
             top: 20,
         },
     )?;
-    let dir_det = reports.join("detect");
-    mkdir(&dir_det)?;
-    report::write_json(&dir_det.join("detect.json"), &det)?;
-    report::write_text(&dir_det.join("detect.csv"), &report::detect_csv(&det))?;
-    report::write_text(&dir_det.join("report.md"), &report::detect_markdown(&det))?;
+    report::write_detect_outputs(&reports.join("detect"), &det)?;
     let top2: Vec<usize> = det.latents.iter().take(2).map(|x| x.latent).collect();
     check(
         &mut checks,
@@ -455,9 +449,7 @@ pub fn run(opts: &DemoOptions) -> Result<DemoReport> {
         },
     )?;
     let dir_steer = reports.join("steer");
-    mkdir(&dir_steer)?;
-    report::write_json(&dir_steer.join("dry_run.json"), &sr)?;
-    report::write_text(&dir_steer.join("report.md"), &report::dry_run_markdown(&sr))?;
+    report::write_dry_run_outputs(&dir_steer, &sr)?;
     super::steer::export(
         &vector,
         super::steer::VectorFormat::Gguf,
@@ -490,19 +482,14 @@ pub fn run(opts: &DemoOptions) -> Result<DemoReport> {
         monitor(
             &base.name,
             &base.stats,
-            &pairs(&ck),
+            &named_stats(&ck),
             &[persona],
             &[Alarm::DEFAULT],
         )?
     } else {
-        monitor(&base.name, &base.stats, &pairs(&ck), &lats, &alarms)?
+        monitor(&base.name, &base.stats, &named_stats(&ck), &lats, &alarms)?
     };
-    let dir_mon = reports.join("monitor");
-    mkdir(&dir_mon)?;
-    report::write_json(&dir_mon.join("monitor.json"), &mon)?;
-    report::write_text(&dir_mon.join("monitor.csv"), &report::monitor_csv(&mon))?;
-    report::write_text(&dir_mon.join("report.md"), &report::monitor_markdown(&mon))?;
-    super::plot::trajectories(&dir_mon.join("trajectories.svg"), &mon)?;
+    report::write_monitor_outputs(&reports.join("monitor"), &mon)?;
     let pt = &mon.trajectories[0];
     let amp = (AMP_PERSONA.0 + AMP_PERSONA.1) / 2.0;
     let expected = match pt.alarm {
@@ -536,14 +523,7 @@ pub fn run(opts: &DemoOptions) -> Result<DemoReport> {
             stats: so,
         },
     )?;
-    let dir_tex = reports.join("top_examples");
-    mkdir(&dir_tex)?;
-    report::write_json(&dir_tex.join(format!("latent_{persona}.json")), &tex)?;
-    super::plot::histogram(
-        &dir_tex.join(format!("latent_{persona}_hist.svg")),
-        persona,
-        &tex.histogram,
-    )?;
+    report::write_top_examples_outputs(&reports.join("top_examples"), &tex)?;
 
     let all_ok = checks.iter().all(|c| c.ok);
     let planted = Planted {
@@ -573,18 +553,8 @@ pub fn run(opts: &DemoOptions) -> Result<DemoReport> {
     Ok(out)
 }
 
-fn pairs(v: &[Measured]) -> Vec<(String, &crate::stats::LatentStats)> {
-    v.iter().map(|x| (x.name.clone(), &x.stats)).collect()
-}
-
-/// Writes the diff's CSV, JSON, markdown and plots into `dir`.
-pub fn write_diff_outputs(dir: &Path, dr: &DiffReport) -> Result<()> {
-    report::write_json(&dir.join("diff.json"), dr)?;
-    report::write_text(&dir.join("diff.csv"), &report::diff_csv(dr))?;
-    report::write_text(&dir.join("report.md"), &report::diff_markdown(dr))?;
-    super::plot::top_deltas(&dir.join("top_deltas.svg"), dr, 10)?;
-    super::plot::delta_vs_freq(&dir.join("delta_vs_freq.svg"), dr)
-}
+/// The diff's folder writer, now in [`report`]; kept here for existing callers.
+pub use super::report::write_diff_outputs;
 
 /// The demo's top-level markdown: planted vs found.
 pub fn summary_markdown(r: &DemoReport) -> String {

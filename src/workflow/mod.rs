@@ -89,27 +89,33 @@ pub fn display_name(path: &Path) -> String {
         .unwrap_or_else(|| path.display().to_string())
 }
 
-/// Streams `dump` through `engine` and accumulates per-latent statistics.
+/// Streams `dump` through `engine` and accumulates per-latent statistics (with
+/// [`crate::pipeline::stats_of_dump_into`]), hashing the token ids for pairing checks.
+/// Under `opts.use_mask` every shard must carry a mask.
 pub fn stats_of_dump(
     engine: &dyn Engine,
     dump: &Dump,
     fingerprint: &str,
     opts: &StatsOptions,
 ) -> Result<(LatentStats, Pairing)> {
-    dump.check_width(engine.sae().d_in())?;
-    let mut stats = LatentStats::new(fingerprint, engine.sae().n_latents());
     let mut hash = Fnv::new();
     let mut all_ids = true;
-    for batch in dump.batches(opts.batch_rows) {
-        let batch = batch?;
-        let mask = mask_of(dump, &batch, opts)?;
-        match &batch.token_ids {
-            Some(ids) => ids.iter().for_each(|t| hash.write(&t.to_le_bytes())),
-            None => all_ids = false,
-        }
-        let enc = engine.encode(&batch.acts, batch.rows, batch.start)?;
-        engine.accumulate(&mut stats, &enc.codes, mask)?;
-    }
+    let stats = crate::pipeline::stats_of_dump_into(
+        engine,
+        dump,
+        LatentStats::new(fingerprint, engine.sae().n_latents()),
+        opts.batch_rows,
+        opts.use_mask,
+        &mut |batch| {
+            mask_of(dump, batch, opts)?;
+            match &batch.token_ids {
+                Some(ids) => ids.iter().for_each(|t| hash.write(&t.to_le_bytes())),
+                None => all_ids = false,
+            }
+            Ok(())
+        },
+        &|_| {},
+    )?;
     Ok((
         stats,
         Pairing {
@@ -240,6 +246,22 @@ pub fn check_pairing(base: &Measured, others: &[Measured]) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// The (name, statistics) pairs the analyses take. Names must be unique in reports:
+/// where two inputs share a file stem, their full paths are used instead.
+pub fn named_stats(v: &[Measured]) -> Vec<(String, &LatentStats)> {
+    v.iter()
+        .map(|m| {
+            let dup = v.iter().filter(|o| o.name == m.name).count() > 1;
+            let name = if dup {
+                m.path.display().to_string()
+            } else {
+                m.name.clone()
+            };
+            (name, &m.stats)
+        })
+        .collect()
 }
 
 /// Checks that every latent id is below `n_latents`.

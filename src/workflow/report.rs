@@ -10,6 +10,7 @@ use super::detect::DetectReport;
 use super::diff::{DiffReport, LatentDiff};
 use super::monitor::MonitorReport;
 use super::steer::DryRunReport;
+use super::top_examples::TopExamplesReport;
 
 /// Writes `value` as pretty JSON, atomically.
 pub fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<()> {
@@ -21,6 +22,55 @@ pub fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<()> {
 /// Writes text atomically.
 pub fn write_text(path: &Path, text: &str) -> Result<()> {
     crate::io::atomic::write_bytes(path, text.as_bytes())
+}
+
+// Each step's output folder, written the same way by the CLI and the demo. The folder
+// is created when missing.
+
+fn create_dir(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))
+}
+
+/// Writes diff.json, diff.csv, report.md, top_deltas.svg and delta_vs_freq.svg into `dir`.
+pub fn write_diff_outputs(dir: &Path, r: &DiffReport) -> Result<()> {
+    create_dir(dir)?;
+    write_json(&dir.join("diff.json"), r)?;
+    write_text(&dir.join("diff.csv"), &diff_csv(r))?;
+    write_text(&dir.join("report.md"), &diff_markdown(r))?;
+    super::plot::top_deltas(&dir.join("top_deltas.svg"), r, 10)?;
+    super::plot::delta_vs_freq(&dir.join("delta_vs_freq.svg"), r)
+}
+
+/// Writes detect.json, detect.csv and report.md into `dir`.
+pub fn write_detect_outputs(dir: &Path, r: &DetectReport) -> Result<()> {
+    create_dir(dir)?;
+    write_json(&dir.join("detect.json"), r)?;
+    write_text(&dir.join("detect.csv"), &detect_csv(r))?;
+    write_text(&dir.join("report.md"), &detect_markdown(r))
+}
+
+/// Writes monitor.json, monitor.csv, report.md and trajectories.svg into `dir`.
+pub fn write_monitor_outputs(dir: &Path, r: &MonitorReport) -> Result<()> {
+    create_dir(dir)?;
+    write_json(&dir.join("monitor.json"), r)?;
+    write_text(&dir.join("monitor.csv"), &monitor_csv(r))?;
+    write_text(&dir.join("report.md"), &monitor_markdown(r))?;
+    super::plot::trajectories(&dir.join("trajectories.svg"), r)
+}
+
+/// Writes dry_run.json and report.md into `dir`.
+pub fn write_dry_run_outputs(dir: &Path, r: &DryRunReport) -> Result<()> {
+    create_dir(dir)?;
+    write_json(&dir.join("dry_run.json"), r)?;
+    write_text(&dir.join("report.md"), &dry_run_markdown(r))
+}
+
+/// Writes latent_L.json and latent_L_hist.svg into `dir`.
+pub fn write_top_examples_outputs(dir: &Path, r: &TopExamplesReport) -> Result<()> {
+    create_dir(dir)?;
+    let l = r.latent;
+    write_json(&dir.join(format!("latent_{l}.json")), r)?;
+    super::plot::histogram(&dir.join(format!("latent_{l}_hist.svg")), l, &r.histogram)
 }
 
 fn csv_field(s: &str) -> String {

@@ -5,10 +5,10 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use sae_engine::workflow::{
-    self, demo, detect, diff, monitor, plot, report, steer, tokenizer::Vocab, top_examples,
-    Measured, StatsOptions,
+    self, demo, detect, diff, monitor, report, steer, tokenizer::Vocab, top_examples, Measured,
+    StatsOptions,
 };
-use sae_engine::{BackendKind, Dump, Engine, Error, Format, LatentStats, Result};
+use sae_engine::{BackendKind, Dump, Engine, Error, Format, Result};
 
 use crate::common::{parse_format, Ctx};
 
@@ -17,10 +17,6 @@ fn stats_opts(ctx: &Ctx, mask: bool) -> StatsOptions {
         batch_rows: ctx.batch_rows(),
         use_mask: mask,
     }
-}
-
-fn mkdir(p: &Path) -> Result<()> {
-    std::fs::create_dir_all(p).map_err(|e| Error::io(p, e))
 }
 
 fn to_json<T: serde::Serialize>(v: &T) -> serde_json::Value {
@@ -51,21 +47,6 @@ impl Session {
     fn measure_all(&self, ctx: &Ctx, paths: &[PathBuf]) -> Result<Vec<Measured>> {
         paths.iter().map(|p| self.measure(ctx, p)).collect()
     }
-}
-
-fn pairs(v: &[Measured]) -> Vec<(String, &LatentStats)> {
-    // Names must be unique for reports; fall back to the full path when stems collide.
-    v.iter()
-        .map(|m| {
-            let dup = v.iter().filter(|o| o.name == m.name).count() > 1;
-            let name = if dup {
-                m.path.display().to_string()
-            } else {
-                m.name.clone()
-            };
-            (name, &m.stats)
-        })
-        .collect()
 }
 
 // ---------------------------------------------------------------- diff
@@ -110,7 +91,7 @@ pub fn run_diff(ctx: &Ctx, a: DiffArgs) -> Result<()> {
     let r = diff::diff(
         &base.name,
         &base.stats,
-        &pairs(&tuned),
+        &workflow::named_stats(&tuned),
         &diff::DiffOptions {
             top: a.top,
             bottom: a.bottom,
@@ -118,8 +99,7 @@ pub fn run_diff(ctx: &Ctx, a: DiffArgs) -> Result<()> {
         },
     )?;
     if let Some(dir) = &a.out_dir {
-        mkdir(dir)?;
-        demo::write_diff_outputs(dir, &r)?;
+        report::write_diff_outputs(dir, &r)?;
         ctx.note(&format!(
             "wrote diff.csv, diff.json, report.md, top_deltas.svg, delta_vs_freq.svg to {}",
             dir.display()
@@ -329,18 +309,15 @@ pub fn run_detect(ctx: &Ctx, a: DetectArgs) -> Result<()> {
     let r = detect::detect(
         &base.name,
         &base.stats,
-        &pairs(&pos),
-        &pairs(&neg),
+        &workflow::named_stats(&pos),
+        &workflow::named_stats(&neg),
         &detect::DetectOptions {
             latents: a.latents,
             top: a.top,
         },
     )?;
     if let Some(dir) = &a.out_dir {
-        mkdir(dir)?;
-        report::write_json(&dir.join("detect.json"), &r)?;
-        report::write_text(&dir.join("detect.csv"), &report::detect_csv(&r))?;
-        report::write_text(&dir.join("report.md"), &report::detect_markdown(&r))?;
+        report::write_detect_outputs(dir, &r)?;
     }
     ctx.output(to_json(&r), report::detect_markdown(&r).trim_end());
     Ok(())
@@ -387,13 +364,15 @@ pub fn run_monitor(ctx: &Ctx, a: MonitorArgs) -> Result<()> {
         Some(t) => t.iter().map(|v| monitor::Alarm::delta(*v)).collect(),
         None => vec![monitor::Alarm::DEFAULT],
     };
-    let r = monitor::monitor(&base.name, &base.stats, &pairs(&cks), &a.latents, &alarms)?;
+    let r = monitor::monitor(
+        &base.name,
+        &base.stats,
+        &workflow::named_stats(&cks),
+        &a.latents,
+        &alarms,
+    )?;
     if let Some(dir) = &a.out_dir {
-        mkdir(dir)?;
-        report::write_json(&dir.join("monitor.json"), &r)?;
-        report::write_text(&dir.join("monitor.csv"), &report::monitor_csv(&r))?;
-        report::write_text(&dir.join("report.md"), &report::monitor_markdown(&r))?;
-        plot::trajectories(&dir.join("trajectories.svg"), &r)?;
+        report::write_monitor_outputs(dir, &r)?;
     }
     ctx.output(to_json(&r), report::monitor_markdown(&r).trim_end());
     Ok(())
@@ -456,13 +435,7 @@ pub fn run_top_examples(ctx: &Ctx, a: TopExamplesArgs) -> Result<()> {
         },
     )?;
     if let Some(dir) = &a.out_dir {
-        mkdir(dir)?;
-        report::write_json(&dir.join(format!("latent_{}.json", a.latent)), &r)?;
-        plot::histogram(
-            &dir.join(format!("latent_{}_hist.svg", a.latent)),
-            a.latent,
-            &r.histogram,
-        )?;
+        report::write_top_examples_outputs(dir, &r)?;
     }
     let mut h = format!(
         "latent {}: active on {} of {} tokens, max {:.4}\n",
