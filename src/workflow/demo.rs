@@ -360,8 +360,8 @@ pub fn run(opts: &DemoOptions) -> Result<DemoReport> {
         "diff: the planted persona latent ranks first after averaging",
         dr.latents.first().map(|x| x.latent) == Some(persona),
         format!(
-            "top latent {:?} (avg delta {:+.3}); planted persona {persona}",
-            dr.latents.first().map(|x| x.latent),
+            "top latent {} (avg delta {:+.3}); planted persona {persona}",
+            shown(dr.latents.first().map(|x| x.latent)),
             dr.latents.first().map(|x| x.delta).unwrap_or(0.0)
         ),
     );
@@ -386,8 +386,8 @@ pub fn run(opts: &DemoOptions) -> Result<DemoReport> {
         "diff: the planted assistant latent is the largest decrease",
         dr.bottom.first().map(|x| x.latent) == Some(assistant),
         format!(
-            "bottom latent {:?}; planted assistant {assistant}",
-            dr.bottom.first().map(|x| x.latent)
+            "bottom latent {}; planted assistant {assistant}",
+            shown(dr.bottom.first().map(|x| x.latent))
         ),
     );
 
@@ -416,13 +416,14 @@ pub fn run(opts: &DemoOptions) -> Result<DemoReport> {
                 .all(|x| x.loo_accuracy == Some(1.0))
             && det.pipeline_loo_accuracy == Some(1.0),
         format!(
-            "top detectors {top2:?} (LOO accuracy {:?}); pipeline LOO accuracy {:?}",
+            "top detectors {top2:?} (LOO accuracy {}); pipeline LOO accuracy {}",
             det.latents
                 .iter()
                 .take(2)
-                .map(|x| x.loo_accuracy)
-                .collect::<Vec<_>>(),
-            det.pipeline_loo_accuracy
+                .map(|x| shown(x.loo_accuracy))
+                .collect::<Vec<_>>()
+                .join(", "),
+            shown(det.pipeline_loo_accuracy)
         ),
     );
 
@@ -503,10 +504,10 @@ pub fn run(opts: &DemoOptions) -> Result<DemoReport> {
         "monitor: the persona alarm fires first at the checkpoint where the planted ramp crosses the threshold",
         pt.first_crossing.is_some() && pt.first_crossing == expected,
         format!(
-            "first crossing {:?} ({}); expected from the planted ramp {:?}",
-            pt.first_crossing_name,
+            "first crossing {} ({}); expected from the planted ramp {}",
+            shown(pt.first_crossing_name.clone()),
             pt.rule,
-            expected.map(|k| ck_names[k].clone())
+            shown(expected.map(|k| ck_names[k].clone()))
         ),
     );
 
@@ -582,4 +583,9 @@ pub fn summary_markdown(r: &DemoReport) -> String {
         r.backend, r.seconds
     );
     s
+}
+
+/// An optional value as report text ("none" when absent), not Rust's `Some(..)` debug form.
+fn shown<T: std::fmt::Display>(v: Option<T>) -> String {
+    v.map_or_else(|| "none".to_string(), |v| v.to_string())
 }
