@@ -43,22 +43,63 @@ pub(crate) struct EncodeParams<'a> {
     pub(crate) threads: usize,
     /// Buffers kept between calls (fresh multi-MB buffers cost a page fault per 4 KiB).
     pub(crate) pool: &'a BufferPool,
+    /// Which GEMM computes the tiles.
+    pub(crate) gemm: GemmKind,
 }
 
-/// Per-worker buffers kept between encode calls: (GEMM scratch, converted weight tile).
-/// Holds at most one pair per worker thread, so it stays within the documented bound.
+/// The GEMM behind encode tiles.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum GemmKind {
+    /// The portable `gemm` crate.
+    Crate,
+    /// System OpenBLAS (`--features openblas`).
+    #[cfg(feature = "openblas")]
+    OpenBlas,
+}
+
+impl GemmKind {
+    /// The default for this build; `SAE_CPU_GEMM=crate|openblas` overrides it
+    /// (for comparisons; a choice this build cannot run falls back to the default).
+    pub(crate) fn select() -> Self {
+        let default = if cfg!(feature = "openblas") {
+            Self::parse("openblas")
+        } else {
+            None
+        }
+        .unwrap_or(GemmKind::Crate);
+        std::env::var("SAE_CPU_GEMM")
+            .ok()
+            .and_then(|v| Self::parse(&v))
+            .unwrap_or(default)
+    }
+
+    fn parse(name: &str) -> Option<Self> {
+        match name {
+            "crate" => Some(GemmKind::Crate),
+            #[cfg(feature = "openblas")]
+            "openblas" => Some(GemmKind::OpenBlas),
+            _ => None,
+        }
+    }
+}
+
+/// One worker's buffers: GEMM output scratch, converted weight tile.
+type Buffers = (Vec<f32>, Vec<f32>);
+
+/// Per-worker buffers kept between encode calls.
+/// Holds at most one set per worker thread, so it stays within the documented bound.
 #[derive(Default)]
-pub(crate) struct BufferPool(Mutex<Vec<(Vec<f32>, Vec<f32>)>>);
+pub(crate) struct BufferPool(Mutex<Vec<Buffers>>);
 
 impl BufferPool {
-    fn take(&self) -> (Vec<f32>, Vec<f32>) {
+    fn take(&self) -> Buffers {
         self.0
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .pop()
             .unwrap_or_default()
     }
-    fn give(&self, bufs: (Vec<f32>, Vec<f32>)) {
+    fn give(&self, bufs: Buffers) {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).push(bufs);
     }
 }
@@ -312,7 +353,13 @@ impl Worker<'_> {
             let t = self.tile.min(l - t0);
             let view = weight_tile(&sae.w_enc, t0, t, wbuf);
             let h = &mut scratch[..self.rows * t];
-            gemm_tile(self.xp, self.rows, self.d, &view, t, h);
+            match self.p.gemm {
+                #[cfg(feature = "openblas")]
+                GemmKind::OpenBlas => super::blas::gemm_tile(
+                    self.xp, self.rows, self.d, view.base, view.rs, view.cs, t, h,
+                ),
+                GemmKind::Crate => gemm_tile(self.xp, self.rows, self.d, &view, t, h),
+            }
             let b = &sae.b_enc[t0..t0 + t];
             let res = match &mut out {
                 WorkerOut::TopK(state) => match self.p.dec_norms {

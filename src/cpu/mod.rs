@@ -12,6 +12,8 @@ use crate::error::{Error, Result};
 use crate::ops::{Engine, EngineOptions};
 use crate::sae::{Activation, Sae};
 
+#[cfg(feature = "openblas")]
+mod blas;
 mod decode;
 mod encode;
 pub mod reference;
@@ -28,6 +30,8 @@ pub struct CpuEngine {
     cuts: Option<Vec<f32>>,
     /// Encode buffers reused across batches: threads x (rows x tile + tile x d_in) f32 at most.
     pool: encode::BufferPool,
+    /// The GEMM behind encode tiles (see [`encode::GemmKind::select`]).
+    gemm: encode::GemmKind,
 }
 
 impl CpuEngine {
@@ -52,6 +56,7 @@ impl CpuEngine {
             dec_norms,
             cuts,
             pool: encode::BufferPool::default(),
+            gemm: encode::GemmKind::select(),
         })
     }
 
@@ -76,6 +81,7 @@ impl Engine for CpuEngine {
             cuts: self.cuts.as_deref(),
             threads: self.threads(),
             pool: &self.pool,
+            gemm: self.gemm,
         };
         encode::encode(&params, x, rows, row_offset)
     }
