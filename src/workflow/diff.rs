@@ -22,6 +22,19 @@ pub enum DiffOrder {
     SignConsistency,
 }
 
+impl std::fmt::Display for DiffOrder {
+    /// The command-line name.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let i = match self {
+            DiffOrder::AvgDelta => 0,
+            DiffOrder::ZScore => 1,
+            DiffOrder::MinDelta => 2,
+            DiffOrder::SignConsistency => 3,
+        };
+        f.write_str(Self::NAMES[i])
+    }
+}
+
 impl DiffOrder {
     /// Command-line names.
     pub const NAMES: [&'static str; 4] = ["avg-delta", "z-score", "min-delta", "sign"];

@@ -41,6 +41,17 @@ impl SteerUnit {
     }
 }
 
+impl std::fmt::Display for SteerUnit {
+    /// The command-line name.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SteerUnit::Raw => "raw",
+            SteerUnit::MedianNorm => "median-norm",
+            SteerUnit::MaxAct => "max-act",
+        })
+    }
+}
+
 /// One latent and its strength.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct SteerTerm {
@@ -225,6 +236,17 @@ impl VectorFormat {
                 "unknown format `{s}`: expected npy, safetensors or gguf"
             ))),
         }
+    }
+}
+
+impl std::fmt::Display for VectorFormat {
+    /// The command-line name.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            VectorFormat::Npy => "npy",
+            VectorFormat::Safetensors => "safetensors",
+            VectorFormat::Gguf => "gguf",
+        })
     }
 }
 

@@ -129,7 +129,7 @@ pub fn run_diff(ctx: &Ctx, a: DiffArgs) -> Result<()> {
     };
     let _ = writeln!(
         h,
-        "largest increase ({:?} over {} fine-tunes):",
+        "largest increase ({} over {} fine-tunes):",
         r.order,
         r.tuned.len()
     );
@@ -227,7 +227,7 @@ pub fn run_steer(ctx: &Ctx, a: SteerArgs) -> Result<()> {
         .collect();
     let v = steer::steering_vector(s.engine.as_ref(), &terms, unit, dump.as_ref(), &s.opts)?;
     let mut out = serde_json::json!({ "vector": to_json(&v) });
-    let mut h = format!("steering vector: norm {:.6}, unit {:?}", v.norm, v.unit);
+    let mut h = format!("steering vector: norm {:.6}, unit {}", v.norm, v.unit);
     for t in &v.terms {
         let _ = write!(
             h,
@@ -240,7 +240,7 @@ pub fn run_steer(ctx: &Ctx, a: SteerArgs) -> Result<()> {
         out["out"] = serde_json::json!({"path": path, "format": format, "layer": layer});
         let _ = write!(
             h,
-            "\nwrote {} ({:?}, layer {layer})",
+            "\nwrote {} ({}, layer {layer})",
             path.display(),
             format
         );
