@@ -98,6 +98,17 @@ pub fn stats_of_dump(
     fingerprint: &str,
     opts: &StatsOptions,
 ) -> Result<(LatentStats, Pairing)> {
+    stats_of_dump_with_progress(engine, dump, fingerprint, opts, &|_| {})
+}
+
+/// [`stats_of_dump`] reporting the rows of each finished batch to `progress`.
+pub fn stats_of_dump_with_progress(
+    engine: &dyn Engine,
+    dump: &Dump,
+    fingerprint: &str,
+    opts: &StatsOptions,
+    progress: &dyn Fn(u64),
+) -> Result<(LatentStats, Pairing)> {
     let mut hash = Fnv::new();
     let mut all_ids = true;
     let stats = crate::pipeline::stats_of_dump_into(
@@ -114,7 +125,7 @@ pub fn stats_of_dump(
             }
             Ok(())
         },
-        &|_| {},
+        progress,
     )?;
     Ok((
         stats,
@@ -154,6 +165,17 @@ pub fn measure(
     path: &Path,
     opts: &StatsOptions,
 ) -> Result<Measured> {
+    measure_with_progress(engine, fingerprint, path, opts, &|_| {})
+}
+
+/// [`measure`] reporting encoded rows to `progress` (nothing for a statistics file).
+pub fn measure_with_progress(
+    engine: &dyn Engine,
+    fingerprint: &str,
+    path: &Path,
+    opts: &StatsOptions,
+    progress: &dyn Fn(u64),
+) -> Result<Measured> {
     let (stats, pairing) = if is_stats_file(path) {
         let stats = crate::io::stats::read(path)?;
         if stats.fingerprint != fingerprint {
@@ -175,7 +197,7 @@ pub fn measure(
         (stats, Pairing::default())
     } else {
         let dump = Dump::open(path)?;
-        stats_of_dump(engine, &dump, fingerprint, opts)?
+        stats_of_dump_with_progress(engine, &dump, fingerprint, opts, progress)?
     };
     Ok(Measured {
         name: display_name(path),

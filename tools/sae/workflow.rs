@@ -42,7 +42,22 @@ impl Session {
     }
     fn measure(&self, ctx: &Ctx, path: &Path) -> Result<Measured> {
         ctx.note(&format!("measuring {}", path.display()));
-        workflow::measure(self.engine.as_ref(), &self.fingerprint, path, &self.opts)
+        // A dump is encoded (long work: a progress bar); a statistics file is only read.
+        let total = if workflow::is_stats_file(path) {
+            0
+        } else {
+            Dump::open(path).map(|d| d.n_rows()).unwrap_or(0)
+        };
+        let pb = ctx.progress(total, &workflow::display_name(path));
+        let m = workflow::measure_with_progress(
+            self.engine.as_ref(),
+            &self.fingerprint,
+            path,
+            &self.opts,
+            &|rows| pb.inc(rows),
+        );
+        pb.finish_and_clear();
+        m
     }
     fn measure_all(&self, ctx: &Ctx, paths: &[PathBuf]) -> Result<Vec<Measured>> {
         paths.iter().map(|p| self.measure(ctx, p)).collect()
@@ -238,12 +253,7 @@ pub fn run_steer(ctx: &Ctx, a: SteerArgs) -> Result<()> {
     if let (Some(path), Some(layer)) = (&a.out, a.layer) {
         steer::export(&v, format, layer, &a.model_hint, path)?;
         out["out"] = serde_json::json!({"path": path, "format": format, "layer": layer});
-        let _ = write!(
-            h,
-            "\nwrote {} ({}, layer {layer})",
-            path.display(),
-            format
-        );
+        let _ = write!(h, "\nwrote {} ({}, layer {layer})", path.display(), format);
     }
     if a.apply {
         let dump = dump
