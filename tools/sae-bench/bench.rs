@@ -189,6 +189,10 @@ fn bench_shape(gpu: &Gpu, s: &Shape, reps: usize) -> Result<Value> {
     };
     let mut hidx = vec![0i32; rows * s.k];
     gpu.dtoh(&mut hidx, idx.ptr)?;
+    // [non-finite row, uncertified row] of the last encode: the bf16-score path's selection
+    // must be certified here, or the engine would have re-encoded the chunk.
+    let mut flags = [0i32; 2];
+    gpu.dtoh(&mut flags, bad)?;
     let active = hidx.iter().filter(|i| **i >= 0).count();
     let flops = 2.0 * s.n as f64 * s.d as f64 * s.l as f64;
     let beyond = free1.saturating_sub(free2);
@@ -259,6 +263,9 @@ fn bench_shape(gpu: &Gpu, s: &Shape, reps: usize) -> Result<Value> {
         "weights_bytes": free0.saturating_sub(free1),
         "device_bytes_beyond_weights": beyond,
         "workspace_bytes": ws.bytes(),
+        "bf16_scores": ws.half_scores,
+        "candidates_per_row": ws.k2,
+        "uncertified_row": (flags[1] != i32::MAX).then_some(flags[1]),
         "encode_ms": enc,
         "gemm_only_ms": gemm,
         "topk_overhead_ms": enc - gemm,
