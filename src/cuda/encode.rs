@@ -24,6 +24,10 @@ pub enum Precision {
     Exact,
     /// Activations rounded to the weights' dtype and the tensor-core GEMM (f32 accumulate;
     /// TF32 for f32 weights), as torch does with a bf16 model. The fast path for large SAEs.
+    /// With bf16 weights and TopK the GEMM writes bf16 scores; the top k is still that of
+    /// the f32 pre-activations of the rounded input: selection runs on upper bounds of the
+    /// rounded scores, the candidates are rescored in f32, and a row whose choice cannot be
+    /// certified is re-encoded with f32 scores. Returned values are those f32 rescorings.
     Fast,
 }
 
@@ -44,23 +48,36 @@ const THR_THREADS: u32 = 256;
 pub const MAX_K: usize = 512;
 const MAX_TILE: usize = 1 << 16;
 
-/// Rows per chunk and latents per tile.
+/// Rows per chunk, latents per tile, and whether the scores scratch is bf16 (TopK only).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct Plan {
     pub rows: usize,
     pub tile: usize,
+    pub bf16_scores: bool,
 }
 
 fn low_precision(dtype: DType) -> bool {
     dtype != DType::F32
 }
 
-/// Whether the GEMM writes bf16 scores (TopK, Fast precision, bf16 encoder weights): half the
-/// scratch traffic of f32 scores. Selection then runs on upper bounds of the rounded scores
-/// and the candidates are rescored in f32 (see kernels/topk.cu). f16 weights keep f32
-/// scores: f16's range (65504) could overflow.
-pub fn bf16_scores(dtype: DType, precision: Precision) -> bool {
-    precision == Precision::Fast && dtype == DType::BF16
+/// Smallest SAE for which `bf16_scores` is chosen by default. The rescoring costs about
+/// 2.2 ms per 4096 rows at d = 4096 whatever L is, while the saving grows with L: on the H200
+/// the paper shape (L = 2^21) gained, L = 2^18 and below lost (BENCHMARKS-GPU.md).
+pub const BF16_SCORES_MIN_LATENTS: usize = 1 << 20;
+
+/// Whether the GEMM writes bf16 scores (Fast precision, bf16 encoder weights; `force`
+/// overrides the size rule): half the scratch traffic of f32 scores. Selection then runs on
+/// upper bounds of the rounded scores and the candidates are rescored in f32 (see
+/// kernels/topk.cu). f16 weights keep f32 scores: f16's range (65504) could overflow.
+pub fn bf16_scores(
+    dtype: DType,
+    precision: Precision,
+    n_latents: usize,
+    force: Option<bool>,
+) -> bool {
+    precision == Precision::Fast
+        && dtype == DType::BF16
+        && force.unwrap_or(n_latents >= BF16_SCORES_MIN_LATENTS)
 }
 
 /// Candidates kept per row on the bf16-score path: k plus a margin for the latents whose
@@ -77,6 +94,7 @@ pub fn plan(
     workspace_bytes: usize,
     max_rows: usize,
     tile_override: Option<usize>,
+    scores: Option<bool>,
 ) -> Result<Plan> {
     let d = sae.d_in;
     let l = sae.n_latents;
@@ -86,7 +104,7 @@ pub fn plan(
     };
     let csr = k == 0;
     let lp = low_precision(sae.w_enc.dtype);
-    let half = k > 0 && bf16_scores(sae.w_enc.dtype, precision);
+    let half = k > 0 && bf16_scores(sae.w_enc.dtype, precision, l, scores);
     let k2 = if half { candidates(k) } else { k };
     // cuBLAS keeps its own workspace (tens of MB on Hopper); reserve it inside the budget.
     let margin = (64usize << 20).min(workspace_bytes / 8);
@@ -125,6 +143,7 @@ pub fn plan(
                 return Ok(Plan {
                     rows,
                     tile: tile.min(l_cap).max(128),
+                    bf16_scores: half,
                 });
             }
         }
@@ -178,7 +197,9 @@ impl Workspace {
             _ => 0,
         };
         let frag_cap = if k == 0 { (r * t / 4).max(t) } else { 0 };
-        let half = k > 0 && bf16_scores(sae.w_enc.dtype, precision);
+        // The planner decided (TopK, Fast, bf16 weights only).
+        let half =
+            k > 0 && plan.bf16_scores && bf16_scores(sae.w_enc.dtype, precision, 0, Some(true));
         let k2 = if half { candidates(k) } else { k };
         Ok(Workspace {
             plan,

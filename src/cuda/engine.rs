@@ -30,6 +30,9 @@ pub struct CudaOptions {
     pub max_rows: usize,
     /// Device memory beyond the weights, in bytes.
     pub workspace_bytes: usize,
+    /// Fast precision with bf16 weights: write bf16 scores (Some(true)), f32 scores
+    /// (Some(false)), or decide by size (None: see `encode::BF16_SCORES_MIN_LATENTS`).
+    pub bf16_scores: Option<bool>,
 }
 
 impl CudaOptions {
@@ -47,6 +50,7 @@ impl CudaOptions {
             tile_latents: None,
             max_rows: 4096,
             workspace_bytes: opts.workspace_bytes,
+            bf16_scores: None,
         })
     }
 }
@@ -134,6 +138,7 @@ impl CudaEngine {
             self.opts.workspace_bytes,
             self.opts.max_rows,
             self.opts.tile_latents,
+            self.opts.bf16_scores,
         )
     }
 

@@ -686,6 +686,8 @@ fn run_case(device: usize, c: &Case) -> CaseResult {
             tile_latents: *tile,
             max_rows: c.max_rows,
             workspace_bytes: 1 << 30,
+            // Small SAEs would take f32 scores by default: force the bf16-score path.
+            bf16_scores: Some(true),
         };
         let gpu = match CudaEngine::new(device, sae.clone(), opts) {
             Ok(e) => e,
@@ -881,6 +883,7 @@ fn device_ptr_case(
             tile_latents: None,
             max_rows: 40,
             workspace_bytes: 1 << 30,
+            bf16_scores: Some(true),
         };
         let eng = CudaEngine::new(device, sae.clone(), opts)?;
         let ops = eng
