@@ -51,3 +51,18 @@ extern "C" __global__ void fill_random_f16(u16* out, long long n, u64 seed, floa
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x)
         out[i] = f32_to_f16(rand_unit(seed, i) * scale);
 }
+
+// Device-pointer encode input: copies caller rows into the workspace, subtracting b_dec
+// when given (the same single f32 subtraction as the host path), and records the
+// smallest row with a non-finite input in bad[0] and with a non-finite result in bad[1].
+extern "C" __global__ void prep_input_f32(const float* __restrict__ x, float* __restrict__ out, long long n, int d,
+                                          const float* __restrict__ b_dec, int* __restrict__ bad) {
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
+        float v = x[i];
+        int row = (int)(i / d);
+        if ((__float_as_uint(v) & 0x7f800000u) == 0x7f800000u) atomicMin(&bad[0], row);
+        if (b_dec) v = __fsub_rn(v, b_dec[i % d]);
+        if ((__float_as_uint(v) & 0x7f800000u) == 0x7f800000u) atomicMin(&bad[1], row);
+        out[i] = v;
+    }
+}

@@ -2,8 +2,8 @@
 # The whole CUDA device check, in two halves.
 #
 #   tools/gpu-check.sh prepare [DEST]   here (no GPU needed): installs the pinned nvcc
-#       (tools/install-nvcc.sh), builds `sae-bench` and the cuda_parity test binary in
-#       release mode with embedded fatbins, and copies them plus this script and
+#       (tools/install-nvcc.sh), builds `sae-bench`, the cuda_parity test binary and the
+#       C ABI library in release mode with embedded fatbins, and copies them plus this script and
 #       benches/torch_baseline.py into DEST (default .gpu/ in the repository root, which
 #       must be git-ignored, e.g. `echo /.gpu/ >> .git/info/exclude`).
 #
@@ -14,6 +14,7 @@
 #         3. cuda_parity test binary      the same cases through the test harness
 #         4. sae-bench run                per-kernel timings + dump streaming
 #         5. torch_baseline.py            PyTorch on the same shapes, same run
+#         6. ffi/tests/gpu_device_ptr.sh  C ABI device pointers with torch CUDA tensors
 #       DIR is where the carried files are (default: this script's directory).
 #
 # With the device tool, from the repository root of the session's checkout:
@@ -31,6 +32,7 @@ prepare)
     nvcc="$(bash tools/install-nvcc.sh | tail -n 1)"
     export NVCC="$nvcc" SAE_REQUIRE_NVCC=1
     cargo build --release --bin sae-bench
+    cargo build --release -p sae-engine-ffi
     test_bin="$(cargo test --release --test cuda_parity --no-run --message-format=json 2>/dev/null \
         | python3 -c 'import json,sys
 for l in sys.stdin:
@@ -42,6 +44,7 @@ for l in sys.stdin:
     # Debug info stripped: the carried tree is limited to 64 MiB.
     objcopy --strip-debug "$target/release/sae-bench" "$dest/sae-bench"
     objcopy --strip-debug "$test_bin" "$dest/cuda_parity"
+    objcopy --strip-debug "$target/release/libsae_engine_ffi.so" "$dest/libsae_engine_ffi.so"
     cp tools/gpu-check.sh benches/torch_baseline.py "$dest/"
     git rev-parse HEAD > "$dest/COMMIT" 2>/dev/null || true
     ls -la "$dest"
@@ -68,6 +71,9 @@ device)
     step parity 90 "$here/cuda_parity" --test-threads=1 --nocapture
     step bench 180 "$here/sae-bench" run --reps "${REPS:-5}" --scratch "${TMPDIR:-/tmp}" --json "$out/bench.json"
     step torch 150 python3 "$here/torch_baseline.py" --reps "${REPS:-5}" --json "$out/torch.json"
+    # The C ABI's device-pointer path through the Python binding and torch CUDA tensors
+    # (ffi/ comes with the working tree; the library was built by `prepare`).
+    step ffi_device_ptr 90 bash "$here/../ffi/tests/gpu_device_ptr.sh" "$here/libsae_engine_ffi.so"
     exit $status
     ;;
 *)

@@ -24,6 +24,10 @@ pub enum Precision {
     Exact,
     /// Activations rounded to the weights' dtype and the tensor-core GEMM (f32 accumulate;
     /// TF32 for f32 weights), as torch does with a bf16 model. The fast path for large SAEs.
+    /// With bf16 weights and TopK the GEMM writes bf16 scores; the top k is still that of
+    /// the f32 pre-activations of the rounded input: selection runs on upper bounds of the
+    /// rounded scores, the candidates are rescored in f32, and a row whose choice cannot be
+    /// certified is re-encoded with f32 scores. Returned values are those f32 rescorings.
     Fast,
 }
 
@@ -44,15 +48,42 @@ const THR_THREADS: u32 = 256;
 pub const MAX_K: usize = 512;
 const MAX_TILE: usize = 1 << 16;
 
-/// Rows per chunk and latents per tile.
+/// Rows per chunk, latents per tile, and whether the scores scratch is bf16 (TopK only).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct Plan {
     pub rows: usize,
     pub tile: usize,
+    pub bf16_scores: bool,
 }
 
 fn low_precision(dtype: DType) -> bool {
     dtype != DType::F32
+}
+
+/// Smallest SAE for which `bf16_scores` is chosen by default. The rescoring costs about
+/// 2.2 ms per 4096 rows at d = 4096 whatever L is, while the saving grows with L: on the H200
+/// the paper shape (L = 2^21) gained, L = 2^18 and below lost (BENCHMARKS-GPU.md).
+pub const BF16_SCORES_MIN_LATENTS: usize = 1 << 20;
+
+/// Whether the GEMM writes bf16 scores (Fast precision, bf16 encoder weights; `force`
+/// overrides the size rule): half the scratch traffic of f32 scores. Selection then runs on
+/// upper bounds of the rounded scores and the candidates are rescored in f32 (see
+/// kernels/topk.cu). f16 weights keep f32 scores: f16's range (65504) could overflow.
+pub fn bf16_scores(
+    dtype: DType,
+    precision: Precision,
+    n_latents: usize,
+    force: Option<bool>,
+) -> bool {
+    precision == Precision::Fast
+        && dtype == DType::BF16
+        && force.unwrap_or(n_latents >= BF16_SCORES_MIN_LATENTS)
+}
+
+/// Candidates kept per row on the bf16-score path: k plus a margin for the latents whose
+/// rounded scores land near the k-th value.
+pub fn candidates(k: usize) -> usize {
+    k + (k / 2).clamp(16, 64)
 }
 
 /// Chooses the largest tile (a power of two, at most 65536 latents) that fits the workspace
@@ -63,6 +94,7 @@ pub fn plan(
     workspace_bytes: usize,
     max_rows: usize,
     tile_override: Option<usize>,
+    scores: Option<bool>,
 ) -> Result<Plan> {
     let d = sae.d_in;
     let l = sae.n_latents;
@@ -72,6 +104,8 @@ pub fn plan(
     };
     let csr = k == 0;
     let lp = low_precision(sae.w_enc.dtype);
+    let half = k > 0 && bf16_scores(sae.w_enc.dtype, precision, l, scores);
+    let k2 = if half { candidates(k) } else { k };
     // cuBLAS keeps its own workspace (tens of MB on Hopper); reserve it inside the budget.
     let margin = (64usize << 20).min(workspace_bytes / 8);
     let budget = workspace_bytes.saturating_sub(margin);
@@ -84,9 +118,9 @@ pub fn plan(
             } else {
                 0
             }
-            + rows * k * 16
+            + rows * (k2 * 8 + k * 8)
             + rows * 16;
-        let per_col = rows * 4
+        let per_col = rows * if half { 2 } else { 4 }
             + if precision == Precision::Exact && lp {
                 d * 4
             } else {
@@ -109,6 +143,7 @@ pub fn plan(
                 return Ok(Plan {
                     rows,
                     tile: tile.min(l_cap).max(128),
+                    bf16_scores: half,
                 });
             }
         }
@@ -129,8 +164,12 @@ pub struct Workspace {
     pub x32: DevBuf,
     /// [rows, d] in the weights' dtype (Fast with bf16/f16 weights).
     xlp: Option<DevBuf>,
-    /// f32 [rows, tile] GEMM output.
+    /// [rows, tile] GEMM output: f32, or bf16 when `half_scores`.
     scores: DevBuf,
+    /// The GEMM writes bf16 scores (see [`bf16_scores`]).
+    pub half_scores: bool,
+    /// Running top-k keys kept per row: k, or [`candidates`]`(k)` with bf16 scores.
+    pub k2: usize,
     /// f32 tile of the encoder (Exact with bf16/f16 weights).
     wtile: Option<DevBuf>,
     /// TopK running state: u64 keys [rows, k], i32 count [rows], outputs i32/f32 [rows, k].
@@ -140,7 +179,8 @@ pub struct Workspace {
     pub val: Option<DevBuf>,
     /// CSR: per-row counts (i32) and write offsets (i64), fragment buffers.
     offsets: DevBuf,
-    /// i32 per staging slot: smallest chunk row with a NaN / +inf pre-activation (i32::MAX: none).
+    /// Two i32 per staging slot: [smallest chunk row with a NaN / +inf pre-activation,
+    /// smallest row whose bf16-path selection could not be certified] (i32::MAX: none).
     pub bad: DevBuf,
     frag_idx: Option<DevBuf>,
     frag_val: Option<DevBuf>,
@@ -157,6 +197,10 @@ impl Workspace {
             _ => 0,
         };
         let frag_cap = if k == 0 { (r * t / 4).max(t) } else { 0 };
+        // The planner decided (TopK, Fast, bf16 weights only).
+        let half =
+            k > 0 && plan.bf16_scores && bf16_scores(sae.w_enc.dtype, precision, 0, Some(true));
+        let k2 = if half { candidates(k) } else { k };
         Ok(Workspace {
             plan,
             precision,
@@ -166,14 +210,16 @@ impl Workspace {
             } else {
                 None
             },
-            scores: gpu.alloc(r * t * 4)?,
+            scores: gpu.alloc(r * t * if half { 2 } else { 4 })?,
+            half_scores: half,
+            k2,
             wtile: if precision == Precision::Exact && lp {
                 Some(gpu.alloc(t * d * 4)?)
             } else {
                 None
             },
             state: if k > 0 {
-                Some(gpu.alloc(r * k * 8)?)
+                Some(gpu.alloc(r * k2 * 8)?)
             } else {
                 None
             },
@@ -189,7 +235,7 @@ impl Workspace {
                 None
             },
             offsets: gpu.alloc(r * 8)?,
-            bad: gpu.alloc(8)?,
+            bad: gpu.alloc(16)?,
             frag_idx: if k == 0 {
                 Some(gpu.alloc(frag_cap * 4)?)
             } else {
@@ -257,7 +303,36 @@ pub fn prepare_x(gpu: &Gpu, sae: &DeviceSae, ws: &Workspace, rows: usize) -> Res
     Ok(())
 }
 
-/// scores[r, j] = x[r] . W_enc[l0 + j] for j < t, rows r < rows; row stride = plan.tile.
+/// Where a GEMM tile's scores go: bf16 or f32, row stride `ld` elements.
+#[derive(Debug, Clone, Copy)]
+pub struct ScoresOut {
+    pub bf16: bool,
+    pub ld: usize,
+}
+
+impl Workspace {
+    /// The scratch as the normal path writes it: the workspace's score type, ld = tile.
+    pub fn scores_out(&self) -> ScoresOut {
+        ScoresOut {
+            bf16: self.half_scores,
+            ld: self.plan.tile,
+        }
+    }
+
+    /// The same bytes as f32 scores of half-width tiles (the bf16 path's exact fallback).
+    fn scores_out_f32(&self) -> ScoresOut {
+        if self.half_scores {
+            ScoresOut {
+                bf16: false,
+                ld: self.plan.tile / 2,
+            }
+        } else {
+            self.scores_out()
+        }
+    }
+}
+
+/// scores[r, j] = x[r] . W_enc[l0 + j] for j < t, rows r < rows; row stride = out.ld.
 #[allow(clippy::too_many_arguments)]
 pub fn gemm_tile(
     gpu: &Gpu,
@@ -268,10 +343,16 @@ pub fn gemm_tile(
     rows: usize,
     l0: usize,
     t: usize,
+    out: ScoresOut,
 ) -> Result<()> {
     let es = w.dtype.size();
     let lp = low_precision(w.dtype);
-    let ld_c = ws.plan.tile as i32;
+    let ld_c = out.ld as i32;
+    let c_type = if out.bf16 {
+        bsys::cudaDataType::CUDA_R_16BF
+    } else {
+        bsys::cudaDataType::CUDA_R_32F
+    };
     // Column-major view: C [t, rows] = op(A) [t, d] x B [d, rows], B = x^T read as [d, rows].
     let (a_ptr, a_type, lda, op_a, b_ptr, b_type, compute) = match (ws.precision, lp) {
         (Precision::Exact, true) => {
@@ -362,7 +443,8 @@ pub fn gemm_tile(
     };
     let alpha = 1.0f32;
     let beta = 0.0f32;
-    // SAFETY: A covers t x d elements at lda, B rows x d at ldb = d, C rows x tile f32; alpha
+    // SAFETY: A covers t x d elements at lda, B rows x d at ldb = d, C rows x ld (f32, or bf16
+    // only with bf16 A and B: a cuBLAS-supported 16BF/16BF/16BF + 32F compute combination); alpha
     // and beta are host f32 scalars, matching the 32F compute type. The handle is on gpu.stream.
     unsafe {
         blas::gemm_ex(
@@ -381,7 +463,7 @@ pub fn gemm_tile(
             d as i32,
             &beta as *const f32 as *const c_void,
             ws.scores.ptr as *mut c_void,
-            bsys::cudaDataType::CUDA_R_32F,
+            c_type,
             ld_c,
             compute,
             bsys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
@@ -398,7 +480,10 @@ pub fn gemm_tile(
 
 /// Top-k codes of `rows` rows whose preprocessed activations are in `ws.x32`, left in
 /// ws.idx / ws.val ([rows, k]). `gemm_only` skips the selection (the cuBLAS-only baseline).
-/// `bad` (device i32) receives the smallest row with a non-finite pre-activation.
+/// `flags` (device, two i32) receives [smallest row with a non-finite pre-activation,
+/// smallest row whose bf16-path selection was not certified]; i32::MAX means none. A
+/// flagged second entry means the chunk's codes must be recomputed with
+/// [`encode_topk_chunk_f32`] (the same rows still in ws.x32).
 pub fn encode_topk_chunk(
     gpu: &Gpu,
     sae: &DeviceSae,
@@ -406,7 +491,35 @@ pub fn encode_topk_chunk(
     rows: usize,
     k: usize,
     gemm_only: bool,
-    bad: u64,
+    flags: u64,
+) -> Result<()> {
+    topk_chunk(gpu, sae, ws, rows, k, gemm_only, flags, ws.scores_out())
+}
+
+/// [`encode_topk_chunk`] with f32 scores in half-width tiles: the exact fallback of the
+/// bf16-score path (the same selection as Fast precision with f32 scratch). It never
+/// flags a retry.
+pub fn encode_topk_chunk_f32(
+    gpu: &Gpu,
+    sae: &DeviceSae,
+    ws: &Workspace,
+    rows: usize,
+    k: usize,
+    flags: u64,
+) -> Result<()> {
+    topk_chunk(gpu, sae, ws, rows, k, false, flags, ws.scores_out_f32())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn topk_chunk(
+    gpu: &Gpu,
+    sae: &DeviceSae,
+    ws: &Workspace,
+    rows: usize,
+    k: usize,
+    gemm_only: bool,
+    flags: u64,
+    out: ScoresOut,
 ) -> Result<()> {
     let (state, idx, val) = match (&ws.state, &ws.idx, &ws.val) {
         (Some(s), Some(i), Some(v)) => (s, i, v),
@@ -419,17 +532,41 @@ pub fn encode_topk_chunk(
     if rows == 0 {
         return Ok(());
     }
+    if k == 0 || k > MAX_K {
+        return Err(Error::invalid(format!("top-k with k = {k} (1..={MAX_K})")));
+    }
+    // Candidates kept per row: the rescoring margin only on the bf16 path.
+    let kk = if out.bf16 { ws.k2 } else { k };
+    if kk > ws.k2 {
+        return Err(Error::Cuda("top-k state smaller than k".into()));
+    }
+    let retry = flags + 4;
     prepare_x(gpu, sae, ws, rows)?;
     gpu.zero(ws.count.ptr, rows * 4)?;
-    gpu.htod(bad, &[i32::MAX])?;
-    let select = gpu.kernel("topk_select_f32")?;
+    gpu.htod(flags, &[i32::MAX, i32::MAX])?;
+    let select = gpu.kernel(if out.bf16 {
+        "topk_select_bf16"
+    } else {
+        "topk_select_f32"
+    })?;
     let scale = sae.dec_norm.as_ref().map(|b| b.ptr).unwrap_or(0);
-    let ld = ws.plan.tile as i64;
+    let ld = out.ld as i64;
+    let kk32 = kk as i32;
     let k32 = k as i32;
     let mut l0 = 0;
     while l0 < sae.n_latents {
-        let t = ws.plan.tile.min(sae.n_latents - l0);
-        gemm_tile(gpu, &sae.w_enc, sae.n_latents, sae.d_in, ws, rows, l0, t)?;
+        let t = out.ld.min(sae.n_latents - l0);
+        gemm_tile(
+            gpu,
+            &sae.w_enc,
+            sae.n_latents,
+            sae.d_in,
+            ws,
+            rows,
+            l0,
+            t,
+            out,
+        )?;
         if !gemm_only {
             let (t32, l032) = (t as i32, l0 as u32);
             let mut b = gpu.stream.launch_builder(select);
@@ -441,22 +578,61 @@ pub fn encode_topk_chunk(
                 .arg(&scale)
                 .arg(&state.ptr)
                 .arg(&ws.count.ptr)
-                .arg(&k32)
-                .arg(&bad);
+                .arg(&kk32)
+                .arg(&flags);
             let cfg = LaunchConfig {
                 grid_dim: (rows as u32, 1, 1),
                 block_dim: (TOPK_THREADS, 1, 1),
                 shared_mem_bytes: 0,
             };
-            // SAFETY: topk_select_f32(scores, ld, tile_len, latent0, b_enc, scale|null, state,
-            // count, k, bad): scores rows x ld f32 with t valid columns; b_enc/scale cover latent0 + t;
-            // state rows x k u64 and count rows i32, zeroed before the first tile.
-            unsafe { b.launch(cfg) }.map_err(launch_err("topk_select_f32"))?;
+            // SAFETY: topk_select_<f32|bf16>(scores, ld, tile_len, latent0, b_enc, scale|null,
+            // state, count, k, bad): scores rows x ld (of the GEMM's output type) with t valid
+            // columns; b_enc/scale cover latent0 + t; state rows x kk u64 (kk <= ws.k2) and
+            // count rows i32, zeroed before the first tile.
+            unsafe { b.launch(cfg) }.map_err(launch_err("topk_select"))?;
         }
         l0 += t;
     }
-    let fin = gpu.kernel("topk_finish_f32")?;
     let r32 = rows as i32;
+    if out.bf16 {
+        let xlp = ws
+            .xlp
+            .as_ref()
+            .ok_or_else(|| Error::Cuda("bf16 path without rounded activations".into()))?;
+        let (rs, cs) = match sae.w_enc.layout {
+            Layout::RowMajor => (sae.d_in as i64, 1i64),
+            Layout::Transposed => (1i64, sae.n_latents as i64),
+        };
+        let d32 = sae.d_in as i32;
+        let f = gpu.kernel("topk_rescore_bf16")?;
+        let mut b = gpu.stream.launch_builder(f);
+        b.arg(&state.ptr)
+            .arg(&ws.count.ptr)
+            .arg(&kk32)
+            .arg(&k32)
+            .arg(&xlp.ptr)
+            .arg(&sae.w_enc.buf.ptr)
+            .arg(&d32)
+            .arg(&rs)
+            .arg(&cs)
+            .arg(&sae.b_enc.ptr)
+            .arg(&scale)
+            .arg(&idx.ptr)
+            .arg(&val.ptr)
+            .arg(&flags)
+            .arg(&retry);
+        let cfg = LaunchConfig {
+            grid_dim: (rows as u32, 1, 1),
+            block_dim: (TOPK_THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: topk_rescore_bf16(state, count, k2, k, x bf16 [rows, d], W bf16 with element
+        // (l, i) at l * rs + i * cs, d, rs, cs, b_enc, scale|null, idx_out, val_out [rows, k],
+        // bad, retry): state holds rows x k2 keys of valid latents written by the select above.
+        unsafe { b.launch(cfg) }.map_err(launch_err("topk_rescore_bf16"))?;
+        return Ok(());
+    }
+    let fin = gpu.kernel("topk_finish_f32")?;
     let mut b = gpu.stream.launch_builder(fin);
     b.arg(&state.ptr)
         .arg(&ws.count.ptr)
@@ -507,7 +683,17 @@ pub fn encode_csr_chunk(
         let mut l0 = 0;
         while l0 < sae.n_latents {
             let t = ws.plan.tile.min(sae.n_latents - l0);
-            gemm_tile(gpu, &sae.w_enc, sae.n_latents, sae.d_in, ws, rows, l0, t)?;
+            gemm_tile(
+                gpu,
+                &sae.w_enc,
+                sae.n_latents,
+                sae.d_in,
+                ws,
+                rows,
+                l0,
+                t,
+                ws.scores_out(),
+            )?;
             let (t32, l032) = (t as i32, l0 as u32);
             let cfg = |n: usize| LaunchConfig {
                 grid_dim: (n as u32, 1, 1),

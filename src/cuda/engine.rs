@@ -2,11 +2,14 @@
 //! the host exactly as the CPU reference does (src/sae/mod.rs), then staged through pinned,
 //! double-buffered host memory: while the device encodes chunk i, the host prepares chunk i+1.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use cudarc::driver::{result as drv, CudaEvent, PinnedHostSlice};
+use cudarc::driver::sys::{self, CUstream};
+use cudarc::driver::{result as drv, CudaEvent, PinnedHostSlice, PushKernelArg};
 
 use super::device::{cuda_err, Gpu};
+use super::device_ptr::{staged_encode_topk, DecodeTopkDevice, DevicePtrOps, EncodeTopkDevice};
 use super::encode::{self, Plan, Precision, Workspace};
 use super::ops::{self, DecodeExtras, DeviceCodes, DeviceStats};
 use super::weights::DeviceSae;
@@ -18,8 +21,8 @@ use crate::sae::{Activation, Normalization, Sae};
 /// CUDA-specific settings.
 #[derive(Debug, Clone)]
 pub struct CudaOptions {
-    /// GEMM arithmetic (default Exact: same results as the CPU engine up to summation order;
-    /// SAE_CUDA_PRECISION=fast selects the tensor-core path when built through `cuda::engine`).
+    /// GEMM arithmetic (default Exact: same results as the CPU engine up to summation order).
+    /// Through `cuda::engine`: `EngineOptions::precision`, overridden by SAE_CUDA_PRECISION.
     pub precision: Precision,
     /// Latents per tile (rounded up to 128); None: the largest that fits the workspace.
     pub tile_latents: Option<usize>,
@@ -27,22 +30,27 @@ pub struct CudaOptions {
     pub max_rows: usize,
     /// Device memory beyond the weights, in bytes.
     pub workspace_bytes: usize,
+    /// Fast precision with bf16 weights: write bf16 scores (Some(true)), f32 scores
+    /// (Some(false)), or decide by size (None: see `encode::BF16_SCORES_MIN_LATENTS`).
+    pub bf16_scores: Option<bool>,
 }
 
 impl CudaOptions {
-    /// From the shared engine options (precision from SAE_CUDA_PRECISION, default exact).
+    /// From the shared engine options; SAE_CUDA_PRECISION (exact / fast), when set,
+    /// overrides `opts.precision`.
     pub fn from_engine(opts: &EngineOptions) -> Result<CudaOptions> {
         let precision = match std::env::var("SAE_CUDA_PRECISION") {
             Ok(s) => Precision::parse(&s).ok_or_else(|| {
                 Error::invalid(format!("SAE_CUDA_PRECISION={s}: expected exact or fast"))
             })?,
-            Err(_) => Precision::Exact,
+            Err(_) => opts.precision,
         };
         Ok(CudaOptions {
             precision,
             tile_latents: None,
             max_rows: 4096,
             workspace_bytes: opts.workspace_bytes,
+            bf16_scores: None,
         })
     }
 }
@@ -70,6 +78,8 @@ pub struct CudaEngine {
     dsae: DeviceSae,
     opts: CudaOptions,
     state: Mutex<Option<State>>,
+    /// Chunks re-encoded with f32 scores because a bf16-path selection was not certified.
+    fallbacks: AtomicUsize,
     // Declared last: dropped after the device buffers above.
     gpu: Gpu,
 }
@@ -95,6 +105,7 @@ impl CudaEngine {
             dsae,
             opts,
             state: Mutex::new(None),
+            fallbacks: AtomicUsize::new(0),
             gpu,
         })
     }
@@ -107,6 +118,11 @@ impl CudaEngine {
     /// The SAE's device tensors.
     pub fn device_sae(&self) -> &DeviceSae {
         &self.dsae
+    }
+
+    /// How many chunks were re-encoded with f32 scores (bf16-score selection not certified).
+    pub fn fallback_chunks(&self) -> usize {
+        self.fallbacks.load(Ordering::Relaxed)
     }
 
     /// The CUDA options in force.
@@ -122,6 +138,7 @@ impl CudaEngine {
             self.opts.workspace_bytes,
             self.opts.max_rows,
             self.opts.tile_latents,
+            self.opts.bf16_scores,
         )
     }
 
@@ -159,7 +176,7 @@ impl CudaEngine {
                         bad: self
                             .gpu
                             .ctx
-                            .alloc_pinned_with_flags::<i32>(1, 0)
+                            .alloc_pinned_with_flags::<i32>(2, 0)
                             .map_err(cuda_err("pinned staging"))?,
                         done: self.gpu.ctx.new_event(None).map_err(cuda_err("event"))?,
                     }
@@ -234,27 +251,34 @@ impl CudaEngine {
             let chunks: Vec<(usize, usize)> =
                 (0..rows).step_by(r).map(|s| (s, r.min(rows - s))).collect();
             let stream = self.gpu.stream.cu_stream();
-            let collect =
-                |st: &mut State, c: usize, indices: &mut [i32], values: &mut [f32]| -> Result<()> {
-                    let (s, n) = chunks[c];
-                    let slot = &st.slots[c % 2];
-                    slot.done
-                        .synchronize()
-                        .map_err(cuda_err("waiting for a chunk"))?;
-                    let bad = slot.bad.as_slice().map_err(cuda_err("pinned"))?[0];
-                    if bad != i32::MAX {
-                        return Err(Self::bad_preactivation(
-                            row_offset + (s + bad as usize) as u64,
-                        ));
-                    }
-                    indices[s * k..(s + n) * k].copy_from_slice(
-                        &slot.idx.as_slice().map_err(cuda_err("pinned"))?[..n * k],
-                    );
-                    values[s * k..(s + n) * k].copy_from_slice(
-                        &slot.val.as_slice().map_err(cuda_err("pinned"))?[..n * k],
-                    );
-                    Ok(())
-                };
+            let mut redo = Vec::new();
+            let collect = |st: &mut State,
+                           c: usize,
+                           indices: &mut [i32],
+                           values: &mut [f32],
+                           redo: &mut Vec<usize>|
+             -> Result<()> {
+                let (s, n) = chunks[c];
+                let slot = &st.slots[c % 2];
+                slot.done
+                    .synchronize()
+                    .map_err(cuda_err("waiting for a chunk"))?;
+                let flags = slot.bad.as_slice().map_err(cuda_err("pinned"))?;
+                let (bad, retry) = (flags[0], flags[1]);
+                if bad != i32::MAX {
+                    return Err(Self::bad_preactivation(
+                        row_offset + (s + bad as usize) as u64,
+                    ));
+                }
+                if retry != i32::MAX {
+                    redo.push(c);
+                }
+                indices[s * k..(s + n) * k]
+                    .copy_from_slice(&slot.idx.as_slice().map_err(cuda_err("pinned"))?[..n * k]);
+                values[s * k..(s + n) * k]
+                    .copy_from_slice(&slot.val.as_slice().map_err(cuda_err("pinned"))?[..n * k]);
+                Ok(())
+            };
             for (c, &(s, n)) in chunks.iter().enumerate() {
                 // The slot was last used by chunk c - 2, collected before chunk c - 1 was queued.
                 let slot = &mut st.slots[c % 2];
@@ -269,7 +293,7 @@ impl CudaEngine {
                 // `done` of this slot has been waited for.
                 unsafe { drv::memcpy_htod_async(st.ws.x32.ptr, &xs[..n * d], stream) }
                     .map_err(cuda_err("staging copy"))?;
-                let bad_dev = st.ws.bad.at((c % 2) * 4);
+                let bad_dev = st.ws.bad.at((c % 2) * 8);
                 encode::encode_topk_chunk(&self.gpu, &self.dsae, &st.ws, n, k, false, bad_dev)?;
                 let (idx, val) = match (&st.ws.idx, &st.ws.val) {
                     (Some(i), Some(v)) => (i.ptr, v.ptr),
@@ -302,11 +326,36 @@ impl CudaEngine {
                     .record(&self.gpu.stream)
                     .map_err(cuda_err("event record"))?;
                 if c > 0 {
-                    collect(st, c - 1, &mut indices, &mut values)?;
+                    collect(st, c - 1, &mut indices, &mut values, &mut redo)?;
                 }
             }
             if let Some(last) = chunks.len().checked_sub(1) {
-                collect(st, last, &mut indices, &mut values)?;
+                collect(st, last, &mut indices, &mut values, &mut redo)?;
+            }
+            // Chunks whose bf16-score selection was not certified: again with f32 scores.
+            for c in redo {
+                let (s, n) = chunks[c];
+                let xs = st.slots[0].x.as_mut_slice().map_err(cuda_err("pinned"))?;
+                let mut scratch = denorm.as_ref().map(|_| Denorm::default());
+                self.preprocess(
+                    &x[s * d..(s + n) * d],
+                    &mut xs[..n * d],
+                    &mut scratch,
+                    row_offset + s as u64,
+                )?;
+                self.gpu.htod(st.ws.x32.ptr, &xs[..n * d])?;
+                let flags = st.ws.bad.ptr;
+                encode::encode_topk_chunk_f32(&self.gpu, &self.dsae, &st.ws, n, k, flags)?;
+                self.fetch_codes(
+                    &st.ws,
+                    n,
+                    k,
+                    flags,
+                    &mut indices[s * k..(s + n) * k],
+                    &mut values[s * k..(s + n) * k],
+                    row_offset + s as u64,
+                )?;
+                self.fallbacks.fetch_add(1, Ordering::Relaxed);
             }
             Ok(())
         })?;
@@ -316,6 +365,32 @@ impl CudaEngine {
             indices,
             values,
         })
+    }
+
+    /// Copies a chunk's codes (ws.idx / ws.val) into host slices, synchronously, after
+    /// checking its flags for a non-finite pre-activation.
+    #[allow(clippy::too_many_arguments)]
+    fn fetch_codes(
+        &self,
+        ws: &Workspace,
+        n: usize,
+        k: usize,
+        flags: u64,
+        indices: &mut [i32],
+        values: &mut [f32],
+        first_row: u64,
+    ) -> Result<()> {
+        let mut f = [0i32; 2];
+        self.gpu.dtoh(&mut f, flags)?;
+        if f[0] != i32::MAX {
+            return Err(Self::bad_preactivation(first_row + f[0] as u64));
+        }
+        let (idx, val) = match (&ws.idx, &ws.val) {
+            (Some(i), Some(v)) => (i.ptr, v.ptr),
+            _ => return Err(Error::Cuda("top-k workspace missing outputs".into())),
+        };
+        self.gpu.dtoh(&mut indices[..n * k], idx)?;
+        self.gpu.dtoh(&mut values[..n * k], val)
     }
 
     fn encode_csr(
@@ -579,5 +654,187 @@ impl Engine for CudaEngine {
 
     fn decode(&self, codes: &Codes, denorm: Option<&Denorm>) -> Result<Vec<f32>> {
         Ok(self.decode_with_metrics(codes, denorm, None)?.0)
+    }
+
+    fn device_ptr(&self) -> Option<&dyn DevicePtrOps> {
+        Some(self)
+    }
+}
+
+/// An event recorded on `from` that `to` waits for: work queued on `to` afterwards starts
+/// only once everything queued on `from` so far is done (no host synchronization).
+///
+/// # Safety
+/// Both streams belong to the current context (0 = the legacy default stream).
+unsafe fn order_after(from: CUstream, to: CUstream) -> Result<()> {
+    let ev = drv::event::create(sys::CUevent_flags::CU_EVENT_DISABLE_TIMING)
+        .map_err(cuda_err("event create"))?;
+    let r = drv::event::record(ev, from)
+        .and_then(|_| {
+            drv::stream::wait_event(to, ev, sys::CUevent_wait_flags::CU_EVENT_WAIT_DEFAULT)
+        })
+        .map_err(cuda_err("stream ordering"));
+    // Destroying a recorded event is allowed; the wait keeps its own reference.
+    let _ = drv::event::destroy(ev);
+    r
+}
+
+impl CudaEngine {
+    /// The in-place device encode: the caller's rows are copied device-to-device into the
+    /// workspace (b_dec subtracted, finiteness checked on the device), encoded, and the codes
+    /// copied into the caller's buffers; our stream first waits for the caller's and the
+    /// caller's then waits for ours. SAEs that normalize go through the staged path.
+    ///
+    /// # Safety
+    /// As [`DevicePtrOps::encode_topk_device`].
+    unsafe fn encode_topk_inplace(&self, a: &EncodeTopkDevice, k: usize) -> Result<()> {
+        let d = self.sae.d_in();
+        let caller = a.stream as usize as CUstream;
+        self.with_state(|st| {
+            let ours = self.gpu.stream.cu_stream();
+            order_after(caller, ours)?;
+            let r = st.ws.plan.rows;
+            let chunks: Vec<(usize, usize)> = (0..a.rows)
+                .step_by(r)
+                .map(|s| (s, r.min(a.rows - s)))
+                .collect();
+            // Per chunk: [bad pre-activation, retry, non-finite input, non-finite after b_dec].
+            let flags = self.gpu.alloc(chunks.len().max(1) * 16)?;
+            let b_dec = if self.sae.subtract_b_dec {
+                self.dsae.b_dec.ptr
+            } else {
+                0
+            };
+            let prep = self.gpu.kernel("prep_input_f32")?;
+            let d32 = d as i32;
+            let run_chunk = |c: usize, fallback: bool| -> Result<()> {
+                let (s, n) = chunks[c];
+                let f = flags.at(c * 16);
+                self.gpu.htod(f + 8, &[i32::MAX, i32::MAX])?;
+                let src = a.x + (s * d * 4) as u64;
+                let len = (n * d) as i64;
+                let in_flags = f + 8;
+                let mut b = self.gpu.stream.launch_builder(prep);
+                b.arg(&src)
+                    .arg(&st.ws.x32.ptr)
+                    .arg(&len)
+                    .arg(&d32)
+                    .arg(&b_dec)
+                    .arg(&in_flags);
+                // SAFETY: prep_input_f32(x, out, n, d, b_dec|null, bad[2]): the caller's x holds
+                // rows * d f32 (this chunk is inside it), x32 holds plan.rows * d.
+                b.launch(self.gpu.grid_for(n * d, 256))
+                    .map_err(cuda_err("launching prep_input_f32"))?;
+                if fallback {
+                    encode::encode_topk_chunk_f32(&self.gpu, &self.dsae, &st.ws, n, k, f)?;
+                } else {
+                    encode::encode_topk_chunk(&self.gpu, &self.dsae, &st.ws, n, k, false, f)?;
+                }
+                let (idx, val) = match (&st.ws.idx, &st.ws.val) {
+                    (Some(i), Some(v)) => (i.ptr, v.ptr),
+                    _ => return Err(Error::Cuda("top-k workspace missing outputs".into())),
+                };
+                let bytes = n * k * 4;
+                // SAFETY: the caller's outputs hold rows * k elements; ws idx/val n * k.
+                drv::memcpy_dtod_async(a.out_indices + (s * k * 4) as u64, idx, bytes, ours)
+                    .and_then(|_| {
+                        drv::memcpy_dtod_async(a.out_values + (s * k * 4) as u64, val, bytes, ours)
+                    })
+                    .map_err(cuda_err("codes copy"))
+            };
+            for c in 0..chunks.len() {
+                run_chunk(c, false)?;
+            }
+            // The flags decide errors and fallbacks: one synchronization per call.
+            let mut host = vec![0i32; chunks.len() * 4];
+            self.gpu.dtoh(&mut host, flags.ptr)?;
+            let first = |slot: usize, what: &str| -> Result<()> {
+                for (c, f) in host.chunks_exact(4).enumerate() {
+                    if f[slot] != i32::MAX {
+                        let row = (chunks[c].0 + f[slot] as usize) as u64;
+                        return Err(match slot {
+                            0 => Self::bad_preactivation(row),
+                            _ => Error::NonFinite {
+                                context: what.into(),
+                                row,
+                            },
+                        });
+                    }
+                }
+                Ok(())
+            };
+            first(2, "encode input")?;
+            first(3, "encode input after normalization")?;
+            first(0, "")?;
+            for (c, f) in host.chunks_exact(4).enumerate() {
+                if f[1] != i32::MAX {
+                    run_chunk(c, true)?;
+                    self.fallbacks.fetch_add(1, Ordering::Relaxed);
+                    let mut g = [0i32; 1];
+                    self.gpu.dtoh(&mut g, flags.at(c * 16))?;
+                    if g[0] != i32::MAX {
+                        return Err(Self::bad_preactivation(
+                            (chunks[c].0 + g[0] as usize) as u64,
+                        ));
+                    }
+                }
+            }
+            // No normalization: the denorm constants are the identity.
+            if a.out_scale != 0 {
+                self.gpu.htod(a.out_scale, &vec![1.0f32; a.rows])?;
+            }
+            if a.out_shift != 0 {
+                self.gpu.htod(a.out_shift, &vec![0.0f32; a.rows])?;
+            }
+            order_after(ours, caller)
+        })
+    }
+}
+
+impl DevicePtrOps for CudaEngine {
+    unsafe fn encode_topk_device(&self, a: &EncodeTopkDevice) -> Result<()> {
+        let k = self
+            .sae
+            .k()
+            .ok_or_else(|| Error::invalid("device-pointer encoding covers TopK SAEs only"))?;
+        self.gpu.bind()?;
+        if a.rows == 0 {
+            return Ok(());
+        }
+        match self.sae.normalization {
+            Normalization::None => self.encode_topk_inplace(a, k),
+            // Normalization runs on the host (the CPU reference's arithmetic).
+            _ => staged_encode_topk(self, a),
+        }
+    }
+
+    unsafe fn decode_topk_device(&self, a: &DecodeTopkDevice) -> Result<()> {
+        self.gpu.bind()?;
+        if a.k == 0 {
+            return Err(Error::invalid("decode with k = 0"));
+        }
+        let mut ex = DecodeExtras::default();
+        match (a.scale, a.shift) {
+            (0, 0) => {}
+            (s, h) if s != 0 && h != 0 => {
+                ex.scale = s;
+                ex.shift = h;
+            }
+            _ => return Err(Error::invalid("pass both scale and shift, or neither")),
+        }
+        if a.rows == 0 {
+            return Ok(());
+        }
+        let row_ptr: Vec<i64> = (0..=a.rows).map(|r| (r * a.k) as i64).collect();
+        let rp = self.gpu.upload(&row_ptr)?;
+        let caller = a.stream as usize as CUstream;
+        let ours = self.gpu.stream.cu_stream();
+        order_after(caller, ours)?;
+        ops::decode(
+            &self.gpu, &self.dsae, a.rows, rp.ptr, a.indices, a.values, a.out_x, ex,
+        )?;
+        order_after(ours, caller)?;
+        // row_ptr is freed on return: let the decode finish reading it first.
+        self.gpu.sync()
     }
 }

@@ -20,13 +20,22 @@ mod embedded {
 /// Functions each module must export (checked at load time, so a missing kernel is an
 /// error at engine creation rather than mid-run).
 const FUNCTIONS: &[(&str, &[&str])] = &[
-    ("topk", &["topk_select_f32", "topk_finish_f32"]),
+    (
+        "topk",
+        &[
+            "topk_select_f32",
+            "topk_select_bf16",
+            "topk_rescore_bf16",
+            "topk_finish_f32",
+        ],
+    ),
     ("threshold", &["threshold_count_f32", "threshold_write_f32"]),
     (
         "convert",
         &[
             "narrow_bf16",
             "narrow_f16",
+            "prep_input_f32",
             "widen_bf16",
             "widen_f16",
             "fill_random_f32",

@@ -32,6 +32,8 @@ pub struct CaseResult {
     pub tie_swaps: usize,
     /// First mismatches, or why the case failed.
     pub detail: Vec<String>,
+    /// Chunks the bf16-score path re-encoded with f32 scores (uncertified selections).
+    pub fallback_chunks: usize,
 }
 
 /// Deterministic splitmix64 stream (no RNG dependency; reproducible across runs).
@@ -69,6 +71,8 @@ struct Case {
     max_rows: usize,
     /// Data exactly representable: indices must match exactly.
     exact_ties: bool,
+    /// The bf16-score path must have re-encoded some chunk with f32 scores (heavy ties).
+    want_fallback: bool,
 }
 
 fn random_sae(rng: &mut Rng, l: usize, d: usize, act: Activation, dtype: DType) -> SaeBuilder {
@@ -101,6 +105,7 @@ fn case(
         tiles,
         max_rows,
         exact_ties,
+        want_fallback: false,
     })
 }
 
@@ -345,7 +350,58 @@ fn cases(quick: bool) -> Result<Vec<Case>> {
         4096,
         false,
     )?);
+    // bf16 scores (Fast, bf16 weights): selection on rounded upper bounds, candidates
+    // rescored in f32. Checked against the f64 dot of the bf16-rounded input: values within
+    // f32 rounding, indices equal except near-ties. Several chunks and tiles.
+    let (l, d, n) = (16384, 256, 100);
+    v.push(case(
+        "topk bf16 fast: bf16 scores rescored, b_dec subtracted, decoder-norm rescale",
+        random_sae(&mut rng, l, d, topk(64), DType::BF16)
+            .subtract_b_dec(true)
+            .rescale(true)
+            .build(),
+        rng.vec(n * d, 1.0),
+        n,
+        Precision::Fast,
+        vec![None, Some(1024)],
+        48,
+        false,
+    )?);
+    // Ternary weights and small integer inputs are exact in bf16, so Fast equals the CPU
+    // exactly; the massive ties defeat the rescoring certificate and force the f32 fallback.
+    let (l, d, n) = (4000, 16, 40);
+    let (we, wd) = (tern(&mut rng, l * d), tern(&mut rng, l * d));
+    let xi: Vec<f32> = (0..n * d)
+        .map(|_| (rng.next_u64() % 5) as f32 - 1.0)
+        .collect();
+    v.push(case(
+        "topk bf16 fast ternary ties (f32-score fallback, identical indices)",
+        SaeBuilder::new(l, d, we, wd)
+            .activation(topk(16))
+            .dtype(DType::BF16)
+            .build(),
+        xi,
+        n,
+        Precision::Fast,
+        vec![None, Some(512)],
+        16,
+        true,
+    )?);
+    if let Some(c) = v.last_mut() {
+        c.want_fallback = true;
+    }
     if !quick {
+        let (l, d, n) = (65536, 512, 256);
+        v.push(case(
+            "topk bf16 fast L=65536 d=512 k=64 (bf16 scores)",
+            random_sae(&mut rng, l, d, topk(64), DType::BF16).build(),
+            rng.vec(n * d, 1.0),
+            n,
+            Precision::Fast,
+            vec![None],
+            4096,
+            false,
+        )?);
         let (l, d, n) = (65536, 512, 256);
         v.push(case(
             "topk bf16 L=65536 d=512 k=64",
@@ -523,6 +579,89 @@ fn check_fast(c: &Case, g: &Codes, res: &mut CaseResult) {
     }
 }
 
+/// Pre-activations of Fast precision on bf16 weights, in f64: the input preprocessed as the
+/// engine does, rounded to bf16 (nearest even), dotted with the weights, + b_enc, times the
+/// decoder norm when the SAE rescales.
+fn fast_preactivations(sae: &Sae, x: &[f32]) -> Vec<f64> {
+    let mut xr = x.to_vec();
+    sae.normalization.apply(&mut xr);
+    if sae.subtract_b_dec {
+        for (v, b) in xr.iter_mut().zip(&sae.b_dec) {
+            *v -= b;
+        }
+    }
+    let xb: Vec<f64> = xr
+        .iter()
+        .map(|v| half::bf16::from_f32(*v).to_f32() as f64)
+        .collect();
+    let norms = sae
+        .rescale_acts_by_decoder_norm
+        .then(|| sae.w_dec.row_norms());
+    (0..sae.n_latents())
+        .map(|i| {
+            let w = sae.w_enc.row_f32(i);
+            let dot: f64 = xb.iter().zip(&w).map(|(a, b)| a * *b as f64).sum();
+            let mut v = dot + sae.b_enc[i] as f64;
+            if let Some(n) = &norms {
+                v *= n[i] as f64;
+            }
+            v
+        })
+        .collect()
+}
+
+/// Fast precision with bf16 weights: the codes are exactly the top k of the f32
+/// pre-activations of the bf16-rounded input (checked against f64): each value within f32
+/// rounding of its latent's, and no latent outside the codes above the k-th value beyond that
+/// rounding (indices equal except near-ties).
+fn check_fast_selection(c: &Case, g: &Codes, res: &mut CaseResult) {
+    let d = c.sae.d_in();
+    let Codes::TopK {
+        k, indices, values, ..
+    } = g
+    else {
+        res.detail.push("fast check expects top-k codes".into());
+        return;
+    };
+    for r in 0..c.rows {
+        let h = fast_preactivations(&c.sae, &c.x[r * d..(r + 1) * d]);
+        let row_i = &indices[r * k..(r + 1) * k];
+        let row_v = &values[r * k..(r + 1) * k];
+        let mut kth = f64::INFINITY;
+        let mut full = true;
+        for (&i, &v) in row_i.iter().zip(row_v) {
+            if i < 0 {
+                full = false;
+                continue;
+            }
+            let want = h[i as usize];
+            let err = (v as f64 - want).abs();
+            res.max_abs_err = res.max_abs_err.max(err);
+            if err > tol(d, v) && res.detail.len() < 8 {
+                res.detail.push(format!(
+                    "row {r}: latent {i} gpu {v}, f32 pre-activation of the rounded input {want}"
+                ));
+            }
+            kth = kth.min(v as f64);
+        }
+        // With fewer than k entries every positive latent must be present.
+        let floor = if full { kth } else { 0.0 };
+        let missed: Vec<usize> = h
+            .iter()
+            .enumerate()
+            .filter(|(i, v)| **v > floor + tol(d, **v as f32) && !row_i.contains(&(*i as i32)))
+            .map(|(i, _)| i)
+            .collect();
+        if !missed.is_empty() && res.detail.len() < 8 {
+            res.detail.push(format!(
+                "row {r}: latents {:?} above the k-th value {floor} were left out (first: {})",
+                &missed[..missed.len().min(4)],
+                h[missed[0]]
+            ));
+        }
+    }
+}
+
 fn run_case(device: usize, c: &Case) -> CaseResult {
     let mut res = CaseResult {
         name: c.name.clone(),
@@ -530,6 +669,7 @@ fn run_case(device: usize, c: &Case) -> CaseResult {
         max_abs_err: 0.0,
         tie_swaps: 0,
         detail: Vec::new(),
+        fallback_chunks: 0,
     };
     let sae = Arc::new(c.sae.clone());
     let cpu = match CpuEngine::new(sae.clone(), &EngineOptions::default()) {
@@ -546,6 +686,8 @@ fn run_case(device: usize, c: &Case) -> CaseResult {
             tile_latents: *tile,
             max_rows: c.max_rows,
             workspace_bytes: 1 << 30,
+            // Small SAEs would take f32 scores by default: force the bf16-score path.
+            bf16_scores: Some(true),
         };
         let gpu = match CudaEngine::new(device, sae.clone(), opts) {
             Ok(e) => e,
@@ -576,8 +718,13 @@ fn run_case(device: usize, c: &Case) -> CaseResult {
             }
             (Ok(g), Ok(w)) => {
                 let before = res.detail.len();
-                if c.precision == Precision::Fast {
+                if c.precision == Precision::Fast && c.exact_ties {
+                    compare_topk(c, &g.codes, &w.codes, &mut res);
+                } else if c.precision == Precision::Fast {
                     check_fast(c, &g.codes, &mut res);
+                    if c.sae.w_enc.dtype() == DType::BF16 {
+                        check_fast_selection(c, &g.codes, &mut res);
+                    }
                 } else if c.sae.activation.is_topk() {
                     compare_topk(c, &g.codes, &w.codes, &mut res);
                 } else {
@@ -610,6 +757,12 @@ fn run_case(device: usize, c: &Case) -> CaseResult {
                         res.detail.push(format!("{tag}: decode failed: {e}"))
                     }
                 }
+                if c.want_fallback && gpu.fallback_chunks() == 0 {
+                    res.detail.push(format!(
+                        "{tag}: expected the ties to force the f32-score fallback; none ran"
+                    ));
+                }
+                res.fallback_chunks += gpu.fallback_chunks();
                 if res.detail.len() > before {
                     res.detail.insert(before, format!("{tag}:"));
                 }
@@ -628,6 +781,7 @@ fn stats_case(device: usize) -> CaseResult {
         max_abs_err: 0.0,
         tie_swaps: 0,
         detail: Vec::new(),
+        fallback_chunks: 0,
     };
     let mut rng = Rng::new(77);
     let (l, d, n) = (700, 32, 40);
@@ -705,10 +859,173 @@ fn stats_case(device: usize) -> CaseResult {
     res
 }
 
+/// Device-pointer encode/decode (`DevicePtrOps`) on device buffers against the same
+/// engine's host path: identical codes, identical reconstructions, the same non-finite row.
+fn device_ptr_case(
+    device: usize,
+    name: &str,
+    sae: Result<Sae>,
+    precision: Precision,
+) -> CaseResult {
+    let mut res = CaseResult {
+        name: name.into(),
+        ok: false,
+        max_abs_err: 0.0,
+        tie_swaps: 0,
+        detail: Vec::new(),
+        fallback_chunks: 0,
+    };
+    let run = || -> Result<()> {
+        let sae = Arc::new(sae?);
+        let (d, k) = (sae.d_in(), sae.k().unwrap_or(0));
+        let opts = CudaOptions {
+            precision,
+            tile_latents: None,
+            max_rows: 40,
+            workspace_bytes: 1 << 30,
+            bf16_scores: Some(true),
+        };
+        let eng = CudaEngine::new(device, sae.clone(), opts)?;
+        let ops = eng
+            .device_ptr()
+            .ok_or_else(|| Error::Cuda("CUDA engine without device pointers".into()))?;
+        let mut rng = Rng::new(0xde70 ^ d as u64);
+        let n = 97;
+        let mut x = rng.vec(n * d, 2.0);
+        let want = eng.encode(&x, n, 0)?;
+        let gpu = eng.gpu();
+        let xd = gpu.upload(&x)?;
+        let (idx, val) = (gpu.alloc(n * k * 4)?, gpu.alloc(n * k * 4)?);
+        let (sc, sh) = (gpu.alloc(n * 4)?, gpu.alloc(n * 4)?);
+        let args = super::device_ptr::EncodeTopkDevice {
+            x: xd.ptr,
+            rows: n,
+            out_indices: idx.ptr,
+            out_values: val.ptr,
+            out_scale: sc.ptr,
+            out_shift: sh.ptr,
+            stream: 0,
+        };
+        // SAFETY: every buffer was allocated above on this engine's device with the sizes
+        // stated in args; stream 0 is the legacy default stream.
+        unsafe { ops.encode_topk_device(&args)? };
+        let (mut gi, mut gv) = (vec![0i32; n * k], vec![0f32; n * k]);
+        let (mut gs, mut gh) = (vec![0f32; n], vec![0f32; n]);
+        gpu.dtoh(&mut gi, idx.ptr)?;
+        gpu.dtoh(&mut gv, val.ptr)?;
+        gpu.dtoh(&mut gs, sc.ptr)?;
+        gpu.dtoh(&mut gh, sh.ptr)?;
+        let Codes::TopK {
+            indices, values, ..
+        } = &want.codes
+        else {
+            return Err(Error::Cuda("host encode gave CSR codes".into()));
+        };
+        if &gi != indices
+            || gv
+                .iter()
+                .zip(values)
+                .any(|(a, b)| a.to_bits() != b.to_bits())
+        {
+            let rows = (0..n)
+                .filter(|r| gi[r * k..(r + 1) * k] != indices[r * k..(r + 1) * k])
+                .count();
+            res.detail.push(format!(
+                "device-pointer encode differs from the host encode ({rows} rows with other indices)"
+            ));
+        }
+        let (ws, wh) = match &want.denorm {
+            Some(dn) => (dn.scale.clone(), dn.shift.clone()),
+            None => (vec![1.0; n], vec![0.0; n]),
+        };
+        if gs != ws || gh != wh {
+            res.detail
+                .push("device-pointer normalization constants differ".into());
+        }
+        // Decode of the host codes, de-normalized, on device buffers.
+        let out = gpu.alloc(n * d * 4)?;
+        let (ci, cv) = (gpu.upload(indices)?, gpu.upload(values)?);
+        let (si, hi) = (gpu.upload(&ws)?, gpu.upload(&wh)?);
+        let dargs = super::device_ptr::DecodeTopkDevice {
+            indices: ci.ptr,
+            values: cv.ptr,
+            rows: n,
+            k,
+            scale: si.ptr,
+            shift: hi.ptr,
+            out_x: out.ptr,
+            stream: 0,
+        };
+        // SAFETY: as above; indices come from the engine's own encode (valid latents or -1).
+        unsafe { ops.decode_topk_device(&dargs)? };
+        let mut gx = vec![0f32; n * d];
+        gpu.dtoh(&mut gx, out.ptr)?;
+        let hx = eng.decode(&want.codes, want.denorm.as_ref())?;
+        let diff = gx
+            .iter()
+            .zip(&hx)
+            .filter(|(a, b)| a.to_bits() != b.to_bits())
+            .count();
+        if diff > 0 {
+            res.detail.push(format!(
+                "device-pointer decode differs from the host decode in {diff} values"
+            ));
+        }
+        // A NaN in row 41: the same error as the host path.
+        x[41 * d + 3] = f32::NAN;
+        gpu.htod(xd.ptr, &x)?;
+        // SAFETY: as above.
+        let got = unsafe { ops.encode_topk_device(&args) };
+        match got {
+            Err(Error::NonFinite { row: 41, .. }) => {}
+            other => res
+                .detail
+                .push(format!("NaN in row 41: device path returned {other:?}")),
+        }
+        res.fallback_chunks = eng.fallback_chunks();
+        Ok(())
+    };
+    if let Err(e) = run() {
+        res.detail.push(e.to_string());
+    }
+    res.ok = res.detail.is_empty();
+    res
+}
+
+fn device_ptr_cases(device: usize) -> Vec<CaseResult> {
+    let mut rng = Rng::new(0xd7);
+    let topk = |k| Activation::TopK { k };
+    vec![
+        device_ptr_case(
+            device,
+            "device pointers: bf16 fast (bf16 scores), b_dec subtracted, 3 chunks in place",
+            random_sae(&mut rng, 8192, 128, topk(32), DType::BF16)
+                .subtract_b_dec(true)
+                .build(),
+            Precision::Fast,
+        ),
+        device_ptr_case(
+            device,
+            "device pointers: f32 exact, in place",
+            random_sae(&mut rng, 3000, 64, topk(16), DType::F32).build(),
+            Precision::Exact,
+        ),
+        device_ptr_case(
+            device,
+            "device pointers: f16 layer_norm (staged path)",
+            random_sae(&mut rng, 2048, 96, topk(8), DType::F16)
+                .normalization(Normalization::LayerNorm { eps: 1e-5 })
+                .build(),
+            Precision::Exact,
+        ),
+    ]
+}
+
 /// Runs every case on `device` (`quick` drops the two larger ones).
 pub fn run(device: usize, quick: bool) -> Result<Vec<CaseResult>> {
     super::available(device)?;
     let mut out: Vec<CaseResult> = cases(quick)?.iter().map(|c| run_case(device, c)).collect();
     out.push(stats_case(device));
+    out.extend(device_ptr_cases(device));
     Ok(out)
 }

@@ -46,6 +46,10 @@ pub struct EngineOptions {
     pub tile_latents: usize,
     /// Device memory the CUDA backend may use beyond the weights, in bytes.
     pub workspace_bytes: usize,
+    /// CUDA encode arithmetic: Exact (default; the CPU engine's results up to summation
+    /// order) or Fast (activations rounded to the weights' dtype, tensor cores). The CPU
+    /// backend always computes exactly.
+    pub precision: crate::cuda::Precision,
 }
 
 impl Default for EngineOptions {
@@ -53,6 +57,7 @@ impl Default for EngineOptions {
         EngineOptions {
             tile_latents: 4096,
             workspace_bytes: 1 << 30,
+            precision: crate::cuda::Precision::Exact,
         }
     }
 }

@@ -28,6 +28,8 @@ pub struct Shape {
     /// Rows per chunk and latents per tile forced (None: planned from a 1 GiB workspace).
     /// The forced variants keep a tile's scores (rows x tile x 4 bytes) inside L2.
     pub force: Option<(usize, usize)>,
+    /// bf16 scores forced on or off (None: the planner's size rule).
+    pub scores: Option<bool>,
 }
 
 /// The default set: the paper shape first, then the anchors' other shapes.
@@ -41,6 +43,7 @@ pub const SHAPES: &[Shape] = &[
         dtype: DType::BF16,
         precision: Precision::Fast,
         force: None,
+        scores: None,
     },
     Shape {
         name: "paper-r1024-t8k",
@@ -51,6 +54,7 @@ pub const SHAPES: &[Shape] = &[
         dtype: DType::BF16,
         precision: Precision::Fast,
         force: Some((1024, 8192)),
+        scores: None,
     },
     Shape {
         name: "paper-r2048-t4k",
@@ -61,6 +65,30 @@ pub const SHAPES: &[Shape] = &[
         dtype: DType::BF16,
         precision: Precision::Fast,
         force: Some((2048, 4096)),
+        scores: None,
+    },
+    // Same shapes with the other scores scratch: both sides of the size rule in one run.
+    Shape {
+        name: "paper-f32scores",
+        n: 4096,
+        d: 4096,
+        l: 1 << 21,
+        k: 64,
+        dtype: DType::BF16,
+        precision: Precision::Fast,
+        force: None,
+        scores: Some(false),
+    },
+    Shape {
+        name: "l262k-bf16scores",
+        n: 4096,
+        d: 4096,
+        l: 1 << 18,
+        k: 64,
+        dtype: DType::BF16,
+        precision: Precision::Fast,
+        force: None,
+        scores: Some(true),
     },
     Shape {
         name: "l262k",
@@ -71,6 +99,7 @@ pub const SHAPES: &[Shape] = &[
         dtype: DType::BF16,
         precision: Precision::Fast,
         force: None,
+        scores: None,
     },
     Shape {
         name: "l65k",
@@ -81,6 +110,7 @@ pub const SHAPES: &[Shape] = &[
         dtype: DType::BF16,
         precision: Precision::Fast,
         force: None,
+        scores: None,
     },
     Shape {
         name: "qwen",
@@ -91,6 +121,7 @@ pub const SHAPES: &[Shape] = &[
         dtype: DType::BF16,
         precision: Precision::Fast,
         force: None,
+        scores: None,
     },
     Shape {
         name: "f32-tf32",
@@ -101,6 +132,7 @@ pub const SHAPES: &[Shape] = &[
         dtype: DType::F32,
         precision: Precision::Fast,
         force: None,
+        scores: None,
     },
     Shape {
         name: "l65k-exact",
@@ -111,6 +143,7 @@ pub const SHAPES: &[Shape] = &[
         dtype: DType::BF16,
         precision: Precision::Exact,
         force: None,
+        scores: None,
     },
 ];
 
@@ -160,8 +193,8 @@ fn bench_shape(gpu: &Gpu, s: &Shape, reps: usize) -> Result<Value> {
     gpu.sync()?;
     let free1 = free_mem(gpu)?;
     let plan = match s.force {
-        Some((rows, tile)) => encode::plan(&sae, s.precision, 1 << 30, rows, Some(tile))?,
-        None => encode::plan(&sae, s.precision, 1 << 30, s.n, None)?,
+        Some((rows, tile)) => encode::plan(&sae, s.precision, 1 << 30, rows, Some(tile), s.scores)?,
+        None => encode::plan(&sae, s.precision, 1 << 30, s.n, None, s.scores)?,
     };
     let ws = Workspace::new(gpu, &sae, s.precision, plan)?;
     let rows = plan.rows.min(s.n);
@@ -189,6 +222,10 @@ fn bench_shape(gpu: &Gpu, s: &Shape, reps: usize) -> Result<Value> {
     };
     let mut hidx = vec![0i32; rows * s.k];
     gpu.dtoh(&mut hidx, idx.ptr)?;
+    // [non-finite row, uncertified row] of the last encode: the bf16-score path's selection
+    // must be certified here, or the engine would have re-encoded the chunk.
+    let mut flags = [0i32; 2];
+    gpu.dtoh(&mut flags, bad)?;
     let active = hidx.iter().filter(|i| **i >= 0).count();
     let flops = 2.0 * s.n as f64 * s.d as f64 * s.l as f64;
     let beyond = free1.saturating_sub(free2);
@@ -259,6 +296,9 @@ fn bench_shape(gpu: &Gpu, s: &Shape, reps: usize) -> Result<Value> {
         "weights_bytes": free0.saturating_sub(free1),
         "device_bytes_beyond_weights": beyond,
         "workspace_bytes": ws.bytes(),
+        "bf16_scores": ws.half_scores,
+        "candidates_per_row": ws.k2,
+        "uncertified_row": (flags[1] != i32::MAX).then_some(flags[1]),
         "encode_ms": enc,
         "gemm_only_ms": gemm,
         "topk_overhead_ms": enc - gemm,
@@ -352,6 +392,7 @@ fn bench_stream(device: usize, scratch: Option<&Path>) -> Result<Value> {
             tile_latents: None,
             max_rows: 4096,
             workspace_bytes: 1 << 30,
+            bf16_scores: None,
         },
     )?;
     let setup_s = t0.elapsed().as_secs_f64();

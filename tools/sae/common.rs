@@ -32,6 +32,17 @@ pub struct Global {
     #[arg(long, global = true, value_name = "L",
           value_parser = clap::value_parser!(u64).range(1..))]
     pub tile_latents: Option<u64>,
+    /// CUDA encode arithmetic: exact (the CPU reference's results up to summation order) or
+    /// fast (activations rounded to the weights' dtype, tensor-core GEMM). The environment
+    /// variable SAE_CUDA_PRECISION, when set, overrides it.
+    #[arg(long, global = true, default_value = "exact", value_name = "PRECISION",
+          value_parser = parse_precision)]
+    pub precision: sae_engine::cuda::Precision,
+}
+
+/// `--precision` values.
+fn parse_precision(s: &str) -> std::result::Result<sae_engine::cuda::Precision, String> {
+    sae_engine::cuda::Precision::parse(s).ok_or_else(|| format!("`{s}`: expected exact or fast"))
 }
 
 /// `--backend` values (checked at parse time so a typo is a usage error).
@@ -89,9 +100,12 @@ impl Ctx {
         Ok(engine)
     }
 
-    /// Engine options from the flags (--tile-latents).
+    /// Engine options from the flags (--tile-latents, --precision).
     pub fn engine_options(&self) -> EngineOptions {
-        let mut opts = EngineOptions::default();
+        let mut opts = EngineOptions {
+            precision: self.g.precision,
+            ..EngineOptions::default()
+        };
         if let Some(t) = self.g.tile_latents {
             opts.tile_latents = t as usize;
         }
