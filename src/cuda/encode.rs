@@ -62,7 +62,7 @@ fn low_precision(dtype: DType) -> bool {
 
 /// Smallest SAE for which `bf16_scores` is chosen by default. The rescoring costs about
 /// 2.2 ms per 4096 rows at d = 4096 whatever L is, while the saving grows with L: on the H200
-/// the paper shape (L = 2^21) gained, L = 2^18 and below lost (BENCHMARKS-GPU.md).
+/// the paper shape (L = 2^21) gained, L = 2^18 and below lost (BENCHMARKS.md, GPU).
 pub const BF16_SCORES_MIN_LATENTS: usize = 1 << 20;
 
 /// Whether the GEMM writes bf16 scores (Fast precision, bf16 encoder weights; `force`
