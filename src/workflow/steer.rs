@@ -374,6 +374,17 @@ pub fn dry_run(
     vector: &SteeringVector,
     opts: &DryRunOptions,
 ) -> Result<DryRunReport> {
+    dry_run_with_progress(engine, dump, vector, opts, &|_| {})
+}
+
+/// [`dry_run`] reporting each batch's rows to `progress` as it is taken up.
+pub fn dry_run_with_progress(
+    engine: &dyn Engine,
+    dump: &Dump,
+    vector: &SteeringVector,
+    opts: &DryRunOptions,
+    progress: &dyn Fn(u64),
+) -> Result<DryRunReport> {
     let sae = engine.sae();
     dump.check_width(sae.d_in())?;
     if vector.values.len() != sae.d_in() {
@@ -393,6 +404,7 @@ pub fn dry_run(
     let d = sae.d_in();
     for batch in dump.batches(opts.stats.batch_rows) {
         let batch = batch?;
+        progress(batch.rows as u64);
         let mask = super::mask_of(dump, &batch, &opts.stats)?;
         let enc = engine.encode(&batch.acts, batch.rows, batch.start)?;
         engine.accumulate(&mut before, &enc.codes, mask)?;

@@ -104,6 +104,18 @@ pub fn top_examples(
     vocab: Option<&Vocab>,
     opts: &TopExamplesOptions,
 ) -> Result<TopExamplesReport> {
+    top_examples_with_progress(engine, dump, latent, vocab, opts, &|_| {})
+}
+
+/// [`top_examples`] reporting each batch's rows to `progress` as it is taken up.
+pub fn top_examples_with_progress(
+    engine: &dyn Engine,
+    dump: &Dump,
+    latent: usize,
+    vocab: Option<&Vocab>,
+    opts: &TopExamplesOptions,
+    progress: &dyn Fn(u64),
+) -> Result<TopExamplesReport> {
     let sae = engine.sae();
     super::check_latents(&[latent], sae.n_latents())?;
     dump.check_width(sae.d_in())?;
@@ -122,6 +134,7 @@ pub fn top_examples(
     let (mut n_tokens, mut zeros) = (0u64, 0u64);
     for batch in dump.batches(opts.stats.batch_rows) {
         let batch = batch?;
+        progress(batch.rows as u64);
         let mask = super::mask_of(dump, &batch, &opts.stats)?;
         let enc = engine.encode(&batch.acts, batch.rows, batch.start)?;
         for r in 0..batch.rows {

@@ -259,7 +259,8 @@ pub fn run_steer(ctx: &Ctx, a: SteerArgs) -> Result<()> {
         let dump = dump
             .as_ref()
             .ok_or_else(|| Error::invalid("--apply needs --acts DUMP"))?;
-        let r = steer::dry_run(
+        let pb = ctx.progress(dump.n_rows(), "dry run");
+        let r = steer::dry_run_with_progress(
             s.engine.as_ref(),
             dump,
             &v,
@@ -268,7 +269,10 @@ pub fn run_steer(ctx: &Ctx, a: SteerArgs) -> Result<()> {
                 seed: a.seed,
                 stats: s.opts,
             },
-        )?;
+            &|rows| pb.inc(rows),
+        );
+        pb.finish_and_clear();
+        let r = r?;
         out["dry_run"] = to_json(&r);
         let _ = write!(h, "\n{}", report::dry_run_markdown(&r).trim_end());
     }
@@ -432,7 +436,8 @@ pub fn run_top_examples(ctx: &Ctx, a: TopExamplesArgs) -> Result<()> {
         .transpose()?;
     let s = Session::new(ctx, &a.sae, a.format, a.mask)?;
     let dump = Dump::open(&a.acts)?;
-    let r = top_examples::top_examples(
+    let pb = ctx.progress(dump.n_rows(), "scanning");
+    let r = top_examples::top_examples_with_progress(
         s.engine.as_ref(),
         &dump,
         a.latent,
@@ -443,7 +448,10 @@ pub fn run_top_examples(ctx: &Ctx, a: TopExamplesArgs) -> Result<()> {
             bins: a.bins,
             stats: s.opts,
         },
-    )?;
+        &|rows| pb.inc(rows),
+    );
+    pb.finish_and_clear();
+    let r = r?;
     if let Some(dir) = &a.out_dir {
         report::write_top_examples_outputs(dir, &r)?;
     }
