@@ -59,19 +59,11 @@ pub unsafe extern "C" fn sae_encode_topk_device(
 ) -> SaeStatus {
     run("sae_encode_topk_device", || {
         let h = handle_arg(handle)?;
-        let sae_k = h.sae.k().ok_or_else(|| {
-            Failure::new(
-                SaeStatus::Unsupported,
-                "this SAE is not TopK: device-pointer encoding covers TopK SAEs only",
-            )
-        })?;
-        h.check_width(d)?;
-        if k != sae_k {
-            return Err(Failure::new(
-                SaeStatus::Shape,
-                format!("output width k = {k}, but the SAE's k is {sae_k}"),
-            ));
-        }
+        h.check_topk_shape(
+            d,
+            k,
+            "this SAE is not TopK: device-pointer encoding covers TopK SAEs only",
+        )?;
         let n_x = checked_len(rows, d, "x")?;
         let n_out = checked_len(rows, k, "outputs")?;
         let args = EncodeTopkDevice {

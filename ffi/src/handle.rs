@@ -45,6 +45,28 @@ impl SaeHandle {
         }
         Ok(())
     }
+
+    /// Checks a top-k encode's row width `d` and output width `k` against the SAE;
+    /// `not_topk` is the message for a threshold SAE (whose codes are CSR).
+    pub(crate) fn check_topk_shape(
+        &self,
+        d: usize,
+        k: usize,
+        not_topk: &str,
+    ) -> Result<(), Failure> {
+        let sae_k = self
+            .sae
+            .k()
+            .ok_or_else(|| Failure::new(SaeStatus::Unsupported, not_topk))?;
+        self.check_width(d)?;
+        if k != sae_k {
+            return Err(Failure::new(
+                SaeStatus::Shape,
+                format!("output width k = {k}, but the SAE's k is {sae_k}"),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// A handle argument; NULL is an error.

@@ -113,19 +113,11 @@ pub unsafe extern "C" fn sae_encode_topk_host(
 ) -> SaeStatus {
     run("sae_encode_topk_host", || {
         let h = handle_arg(handle)?;
-        let sae_k = h.sae.k().ok_or_else(|| {
-            Failure::new(
-                SaeStatus::Unsupported,
-                "this SAE is not TopK: its codes are CSR, use sae_encode_csr_host",
-            )
-        })?;
-        h.check_width(d)?;
-        if k != sae_k {
-            return Err(Failure::new(
-                SaeStatus::Shape,
-                format!("output width k = {k}, but the SAE's k is {sae_k}"),
-            ));
-        }
+        h.check_topk_shape(
+            d,
+            k,
+            "this SAE is not TopK: its codes are CSR, use sae_encode_csr_host",
+        )?;
         let x = in_slice(x, checked_len(rows, d, "x")?, "x")?;
         let n_out = checked_len(rows, k, "outputs")?;
         let out_i = out_slice(out_indices, n_out, "out_indices")?;
