@@ -2,8 +2,10 @@
 //
 // The GEMM writes one tile of pre-activations, scores[row, j] for latents
 // latent0 + j, into scratch. topk_select_f32 then makes one pass over each row of
-// the tile: bias, optional decoder-norm rescale, then a single compare against the
-// row's running k-th key. Rare survivors are merged into the row's sorted top-k
+// the tile: a compare of the score plus its block's largest bias (times the largest
+// decoder-norm scale) against the row's running k-th value rules out almost every
+// score; the rest get bias, optional decoder-norm rescale and the exact key compare
+// against the row's running k-th key. Rare survivors are merged into the row's sorted top-k
 // (kept in `state` as composite keys, see common.cuh). When a tile yields more
 // survivors than shared memory holds (typically the first tile), an exact radix
 // select on the composite key picks exactly the tile's top k first.
@@ -61,10 +63,22 @@ struct ScoreBF16Upper {
     }
 };
 
+// Whether a score can be skipped without computing its key: `ub` bounds the pre-activation
+// of every latent in the score's 128-latent block from above (block maxima of b_enc and of
+// the scale, NaN when the block holds a non-finite one), so ub < thr_val proves h < the
+// row's k-th value (or h < 0 while the row is not full). A -inf or NaN score always takes
+// the full path, which reports non-finite pre-activations.
+__device__ __forceinline__ bool topk_skip(float s, float bmax, const float* smax_blk, float thr_val) {
+    float ub = s + bmax;
+    if (smax_blk && ub > 0.0f) ub *= *smax_blk;
+    return ub < thr_val && s > __int_as_float(0xff800000);
+}
+
 template <class S>
 __device__ __forceinline__ void topk_select(const typename S::T* __restrict__ scores, long long ld, int tile_len,
                                             unsigned latent0, const float* __restrict__ b_enc,
-                                            const float* __restrict__ scale, u64* __restrict__ state,
+                                            const float* __restrict__ scale, const float* __restrict__ bmax,
+                                            const float* __restrict__ smax, u64* __restrict__ state,
                                             int* __restrict__ count, int k, int* __restrict__ bad) {
     __shared__ u64 buf[TOPK_CAP];
     __shared__ unsigned hist[256];
@@ -86,13 +100,20 @@ __device__ __forceinline__ void topk_select(const typename S::T* __restrict__ sc
     for (int i = tid; i < kept; i += TOPK_THREADS) buf[i] = srow_state[i];
     __syncthreads();
 
-    // Pass 1: one compare per value; survivors appended in any order (sorted below).
+    // Pass 1: one compare per value against a per-block bound (b_enc and the scale are read
+    // only for the rare scores that pass it); survivors appended in any order (sorted below).
+    const float thr_val = (kept == k) ? topk_key_value(thr) : 0.0f;
     const int vec_end = tile_len & ~(S::VEC - 1);
     for (int j = tid * S::VEC; j < vec_end; j += TOPK_THREADS * S::VEC) {
         float sv[S::VEC];
         S::vec(srow + j, sv);
+        // latent0 is a multiple of 64 and j of VEC (<= 8): the VEC latents share a block.
+        const unsigned blk = (latent0 + j) >> 7;
+        const float bm = bmax[blk];
+        const float* sm = smax ? smax + blk : nullptr;
 #pragma unroll
         for (int q = 0; q < S::VEC; q++) {
+            if (topk_skip(sv[q], bm, sm, thr_val)) continue;
             u64 key;
             if (topk_h(sv[q], j + q, latent0, b_enc, scale, &key, bad) && key > thr) {
                 int pos = atomicAdd(&n_cand, 1);
@@ -101,8 +122,11 @@ __device__ __forceinline__ void topk_select(const typename S::T* __restrict__ sc
         }
     }
     for (int j = vec_end + tid; j < tile_len; j += TOPK_THREADS) {
+        const unsigned blk = (latent0 + j) >> 7;
+        const float s = S::get(srow, j);
+        if (topk_skip(s, bmax[blk], smax ? smax + blk : nullptr, thr_val)) continue;
         u64 key;
-        if (topk_h(S::get(srow, j), j, latent0, b_enc, scale, &key, bad) && key > thr) {
+        if (topk_h(s, j, latent0, b_enc, scale, &key, bad) && key > thr) {
             int pos = atomicAdd(&n_cand, 1);
             if (pos < cap_c) buf[kept + pos] = key;
         }
@@ -183,18 +207,20 @@ __device__ __forceinline__ void topk_select(const typename S::T* __restrict__ sc
 
 extern "C" __global__ void __launch_bounds__(TOPK_THREADS)
 topk_select_f32(const float* __restrict__ scores, long long ld, int tile_len, unsigned latent0,
-                const float* __restrict__ b_enc, const float* __restrict__ scale,
-                u64* __restrict__ state, int* __restrict__ count, int k, int* __restrict__ bad) {
-    topk_select<ScoreF32>(scores, ld, tile_len, latent0, b_enc, scale, state, count, k, bad);
+                const float* __restrict__ b_enc, const float* __restrict__ scale, const float* __restrict__ bmax,
+                const float* __restrict__ smax, u64* __restrict__ state, int* __restrict__ count, int k,
+                int* __restrict__ bad) {
+    topk_select<ScoreF32>(scores, ld, tile_len, latent0, b_enc, scale, bmax, smax, state, count, k, bad);
 }
 
 // Selection over upper bounds of bf16 scores: `state` ends with the top `k` (here k2, the
 // candidate count) upper-bound keys, to be rescored by topk_rescore_bf16.
 extern "C" __global__ void __launch_bounds__(TOPK_THREADS)
 topk_select_bf16(const u16* __restrict__ scores, long long ld, int tile_len, unsigned latent0,
-                 const float* __restrict__ b_enc, const float* __restrict__ scale,
-                 u64* __restrict__ state, int* __restrict__ count, int k, int* __restrict__ bad) {
-    topk_select<ScoreBF16Upper>(scores, ld, tile_len, latent0, b_enc, scale, state, count, k, bad);
+                 const float* __restrict__ b_enc, const float* __restrict__ scale, const float* __restrict__ bmax,
+                 const float* __restrict__ smax, u64* __restrict__ state, int* __restrict__ count, int k,
+                 int* __restrict__ bad) {
+    topk_select<ScoreBF16Upper>(scores, ld, tile_len, latent0, b_enc, scale, bmax, smax, state, count, k, bad);
 }
 
 #define RESCORE_CAP 1024  // candidates per row (k2 <= 576)
@@ -222,7 +248,21 @@ topk_rescore_bf16(const u64* __restrict__ state, const int* __restrict__ count, 
         const int l = topk_key_index(st[c]);
         const u16* w = W + (long long)l * rs;
         float acc = 0.0f;
-        for (int i = lane; i < d; i += 32) acc = fmaf(bf16_to_f32(xr[i]), bf16_to_f32(w[(long long)i * cs]), acc);
+        if (cs == 1 && (d & 7) == 0) {
+            // Contiguous rows of a multiple of 8: 16-byte loads (rows start 16-byte aligned).
+            for (int i = lane * 8; i < d; i += 256) {
+                uint4 xv = *reinterpret_cast<const uint4*>(xr + i);
+                uint4 wv = *reinterpret_cast<const uint4*>(w + i);
+                u32 xa[4] = {xv.x, xv.y, xv.z, xv.w}, wa[4] = {wv.x, wv.y, wv.z, wv.w};
+#pragma unroll
+                for (int q = 0; q < 4; q++) {
+                    acc = fmaf(bf16_to_f32((u16)(xa[q] & 0xffffu)), bf16_to_f32((u16)(wa[q] & 0xffffu)), acc);
+                    acc = fmaf(bf16_to_f32((u16)(xa[q] >> 16)), bf16_to_f32((u16)(wa[q] >> 16)), acc);
+                }
+            }
+        } else {
+            for (int i = lane; i < d; i += 32) acc = fmaf(bf16_to_f32(xr[i]), bf16_to_f32(w[(long long)i * cs]), acc);
+        }
         for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
         if (lane == 0) {
             float h = __fadd_rn(acc, b_enc[l]);

@@ -67,7 +67,7 @@ device)
     }
     { date -u; nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv 2>/dev/null; cat "$here/COMMIT" 2>/dev/null; } | tee -a "$log"
     step info 30 "$here/sae-bench" info --json "$out/info.json"
-    step verify 120 "$here/sae-bench" verify --json "$out/verify.json"
+    step verify 240 "$here/sae-bench" verify --json "$out/verify.json"
     step parity 90 "$here/cuda_parity" --test-threads=1 --nocapture
     step bench 180 "$here/sae-bench" run --reps "${REPS:-5}" --scratch "${TMPDIR:-/tmp}" --json "$out/bench.json"
     step torch 150 python3 "$here/torch_baseline.py" --reps "${REPS:-5}" --json "$out/torch.json"

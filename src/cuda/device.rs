@@ -9,6 +9,7 @@ use cudarc::driver::{
     result as drv, CudaContext, CudaFunction, CudaStream, LaunchConfig, PushKernelArg,
 };
 
+use super::gemm::Gemm;
 use super::kernels::{KernelSource, Kernels};
 use super::loader::{self, Lib};
 use crate::error::{Error, Result};
@@ -52,6 +53,8 @@ pub struct Gpu {
     pub ctx: Arc<CudaContext>,
     pub stream: Arc<CudaStream>,
     pub blas: CudaBlas,
+    /// cuBLASLt handle and the encoder GEMM's algorithm choices (see [`super::gemm`]).
+    pub gemm: Gemm,
     pub kernels: Kernels,
     pub info: DeviceInfo,
 }
@@ -97,6 +100,7 @@ impl Gpu {
             ctx,
             stream,
             blas,
+            gemm: Gemm::default(),
             kernels,
             info,
         })

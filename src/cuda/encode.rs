@@ -3,12 +3,10 @@
 //! Device memory beyond the weights is the workspace planned here from
 //! `workspace_bytes`: rows per chunk and latents per tile shrink to fit it.
 
-use std::ffi::c_void;
-
-use cudarc::cublas::{result as blas, sys as bsys};
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 
 use super::device::{DevBuf, Gpu};
+use super::gemm::{self, GemmMode, GemmPtrs, GemmSpec};
 use super::weights::{DeviceMatrix, DeviceSae};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
@@ -185,6 +183,8 @@ pub struct Workspace {
     frag_idx: Option<DevBuf>,
     frag_val: Option<DevBuf>,
     frag_cap: usize,
+    /// How the encoder GEMM picks its algorithm (default: SAE_GEMM, else auto).
+    pub gemm_mode: GemmMode,
 }
 
 impl Workspace {
@@ -247,6 +247,7 @@ impl Workspace {
                 None
             },
             frag_cap,
+            gemm_mode: GemmMode::from_env()?,
         })
     }
 
@@ -270,14 +271,6 @@ impl Workspace {
         .flatten()
         .map(|b| b.bytes)
         .sum()
-    }
-}
-
-fn cuda_type(dtype: DType) -> bsys::cudaDataType {
-    match dtype {
-        DType::F32 => bsys::cudaDataType::CUDA_R_32F,
-        DType::F16 => bsys::cudaDataType::CUDA_R_16F,
-        DType::BF16 => bsys::cudaDataType::CUDA_R_16BF,
     }
 }
 
@@ -347,14 +340,8 @@ pub fn gemm_tile(
 ) -> Result<()> {
     let es = w.dtype.size();
     let lp = low_precision(w.dtype);
-    let ld_c = out.ld as i32;
-    let c_type = if out.bf16 {
-        bsys::cudaDataType::CUDA_R_16BF
-    } else {
-        bsys::cudaDataType::CUDA_R_32F
-    };
     // Column-major view: C [t, rows] = op(A) [t, d] x B [d, rows], B = x^T read as [d, rows].
-    let (a_ptr, a_type, lda, op_a, b_ptr, b_type, compute) = match (ws.precision, lp) {
+    let (a_ptr, a_type, lda, trans_a, b_ptr, b_type, tf32) = match (ws.precision, lp) {
         (Precision::Exact, true) => {
             let wt = ws
                 .wtile
@@ -393,85 +380,64 @@ pub fn gemm_tile(
             // SAFETY: widen_*(src, src_ld, dst, dst_ld, rows, cols): src covers the tile in its
             // stored layout; dst (t * d f32) holds rows x cols at dst_ld.
             unsafe { b.launch(gpu.grid_for(t * d, 256)) }.map_err(launch_err("widen"))?;
-            let (lda, op) = match w.layout {
-                Layout::RowMajor => (d as i32, bsys::cublasOperation_t::CUBLAS_OP_T),
-                Layout::Transposed => (t as i32, bsys::cublasOperation_t::CUBLAS_OP_N),
+            let (lda, trans) = match w.layout {
+                Layout::RowMajor => (d, true),
+                Layout::Transposed => (t, false),
             };
             (
                 wt.ptr,
-                bsys::cudaDataType::CUDA_R_32F,
+                DType::F32,
                 lda,
-                op,
+                trans,
                 ws.x32.ptr,
-                bsys::cudaDataType::CUDA_R_32F,
-                bsys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                DType::F32,
+                false,
             )
         }
         (prec, _) => {
-            let (a, lda, op) = match w.layout {
-                Layout::RowMajor => (
-                    w.buf.at(l0 * d * es),
-                    d as i32,
-                    bsys::cublasOperation_t::CUBLAS_OP_T,
-                ),
-                Layout::Transposed => (
-                    w.buf.at(l0 * es),
-                    n_latents as i32,
-                    bsys::cublasOperation_t::CUBLAS_OP_N,
-                ),
+            let (a, lda, trans) = match w.layout {
+                Layout::RowMajor => (w.buf.at(l0 * d * es), d, true),
+                Layout::Transposed => (w.buf.at(l0 * es), n_latents, false),
             };
             let b = ws.xlp.as_ref().map(|b| b.ptr).unwrap_or(ws.x32.ptr);
-            let compute = if !lp && prec == Precision::Fast {
-                bsys::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32
+            let b_type = if prec == Precision::Fast {
+                w.dtype
             } else {
-                bsys::cublasComputeType_t::CUBLAS_COMPUTE_32F
+                DType::F32
             };
             (
                 a,
-                cuda_type(w.dtype),
+                w.dtype,
                 lda,
-                op,
+                trans,
                 b,
-                cuda_type(if prec == Precision::Fast {
-                    w.dtype
-                } else {
-                    DType::F32
-                }),
-                compute,
+                b_type,
+                !lp && prec == Precision::Fast,
             )
         }
     };
-    let alpha = 1.0f32;
-    let beta = 0.0f32;
-    // SAFETY: A covers t x d elements at lda, B rows x d at ldb = d, C rows x ld (f32, or bf16
-    // only with bf16 A and B: a cuBLAS-supported 16BF/16BF/16BF + 32F compute combination); alpha
-    // and beta are host f32 scalars, matching the 32F compute type. The handle is on gpu.stream.
-    unsafe {
-        blas::gemm_ex(
-            *gpu.blas.handle(),
-            op_a,
-            bsys::cublasOperation_t::CUBLAS_OP_N,
-            t as i32,
-            rows as i32,
-            d as i32,
-            &alpha as *const f32 as *const c_void,
-            a_ptr as *const c_void,
-            a_type,
-            lda,
-            b_ptr as *const c_void,
-            b_type,
-            d as i32,
-            &beta as *const f32 as *const c_void,
-            ws.scores.ptr as *mut c_void,
-            c_type,
-            ld_c,
-            compute,
-            bsys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
-        )
-    }
-    .map_err(|e| {
+    // bf16 output only with bf16 A and B (a cuBLAS-supported 16BF/16BF/16BF + 32F combination).
+    let spec = GemmSpec {
+        m: t,
+        n: rows,
+        k: d,
+        trans_a,
+        lda,
+        ldb: d,
+        ldc: out.ld,
+        a_type,
+        b_type,
+        c_type: if out.bf16 { DType::BF16 } else { DType::F32 },
+        tf32,
+    };
+    let ptrs = GemmPtrs {
+        a: a_ptr,
+        b: b_ptr,
+        c: ws.scores.ptr,
+    };
+    gemm::run(gpu, ws.gemm_mode, &spec, ptrs).map_err(|e| {
         Error::Cuda(format!(
-            "cuBLAS GEMM ({} weights, tile {l0}..{}): {e}",
+            "encoder GEMM ({} weights, tile {l0}..{}): {e}",
             w.dtype,
             l0 + t
         ))
@@ -550,6 +516,7 @@ fn topk_chunk(
         "topk_select_f32"
     })?;
     let scale = sae.dec_norm.as_ref().map(|b| b.ptr).unwrap_or(0);
+    let scale_bound = sae.scale_bound.as_ref().map(|b| b.ptr).unwrap_or(0);
     let ld = out.ld as i64;
     let kk32 = kk as i32;
     let k32 = k as i32;
@@ -576,6 +543,8 @@ fn topk_chunk(
                 .arg(&l032)
                 .arg(&sae.b_enc.ptr)
                 .arg(&scale)
+                .arg(&sae.bias_bound.ptr)
+                .arg(&scale_bound)
                 .arg(&state.ptr)
                 .arg(&ws.count.ptr)
                 .arg(&kk32)
@@ -586,9 +555,10 @@ fn topk_chunk(
                 shared_mem_bytes: 0,
             };
             // SAFETY: topk_select_<f32|bf16>(scores, ld, tile_len, latent0, b_enc, scale|null,
-            // state, count, k, bad): scores rows x ld (of the GEMM's output type) with t valid
-            // columns; b_enc/scale cover latent0 + t; state rows x kk u64 (kk <= ws.k2) and
-            // count rows i32, zeroed before the first tile.
+            // bmax, smax|null, state, count, k, bad): scores rows x ld (of the GEMM's output
+            // type) with t valid columns; b_enc/scale cover latent0 + t and bmax/smax the
+            // 128-latent blocks of the SAE (smax present exactly when scale is); state
+            // rows x kk u64 (kk <= ws.k2) and count rows i32, zeroed before the first tile.
             unsafe { b.launch(cfg) }.map_err(launch_err("topk_select"))?;
         }
         l0 += t;

@@ -11,6 +11,7 @@ use cudarc::driver::{result as drv, CudaEvent, PinnedHostSlice, PushKernelArg};
 use super::device::{cuda_err, Gpu};
 use super::device_ptr::{staged_encode_topk, DecodeTopkDevice, DevicePtrOps, EncodeTopkDevice};
 use super::encode::{self, Plan, Precision, Workspace};
+use super::gemm::GemmMode;
 use super::ops::{self, DecodeExtras, DeviceCodes, DeviceStats};
 use super::weights::DeviceSae;
 use crate::codes::{Codes, Denorm, Encoded};
@@ -33,6 +34,8 @@ pub struct CudaOptions {
     /// Fast precision with bf16 weights: write bf16 scores (Some(true)), f32 scores
     /// (Some(false)), or decide by size (None: see `encode::BF16_SCORES_MIN_LATENTS`).
     pub bf16_scores: Option<bool>,
+    /// How the encoder GEMM picks its algorithm (`from_engine`: SAE_GEMM, else auto).
+    pub gemm: GemmMode,
 }
 
 impl CudaOptions {
@@ -51,6 +54,7 @@ impl CudaOptions {
             max_rows: 4096,
             workspace_bytes: opts.workspace_bytes,
             bf16_scores: None,
+            gemm: GemmMode::from_env()?,
         })
     }
 }
@@ -150,7 +154,8 @@ impl CudaEngine {
             .map_err(|_| Error::Cuda("engine state poisoned by an earlier panic".into()))?;
         if guard.is_none() {
             let plan = self.plan()?;
-            let ws = Workspace::new(&self.gpu, &self.dsae, self.opts.precision, plan)?;
+            let mut ws = Workspace::new(&self.gpu, &self.dsae, self.opts.precision, plan)?;
+            ws.gemm_mode = self.opts.gemm;
             let k = self.sae.k().unwrap_or(0);
             let mut slots = Vec::new();
             for _ in 0..2 {

@@ -55,6 +55,7 @@ const FUNCTIONS: &[(&str, &[&str])] = &[
         ],
     ),
     ("stats", &["stats_f32"]),
+    ("checksum", &["colsum_f32", "colsum_bf16"]),
     ("steer", &["steer_f32", "steer_f16", "steer_bf16"]),
 ];
 

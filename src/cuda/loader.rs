@@ -19,6 +19,8 @@ pub enum Lib {
     Driver,
     /// cuBLAS (needs cuBLASLt beside it).
     Cublas,
+    /// cuBLASLt, for the GEMM algorithm search (ships with cuBLAS).
+    CublasLt,
     /// The run-time compiler, used only when no fatbin matches the device.
     Nvrtc,
 }
@@ -28,6 +30,7 @@ impl Lib {
         match self {
             Lib::Driver => "cuda",
             Lib::Cublas => "cublas",
+            Lib::CublasLt => "cublasLt",
             Lib::Nvrtc => "nvrtc",
         }
     }
@@ -39,6 +42,7 @@ impl Lib {
             match self {
                 Lib::Driver => cudarc::driver::sys::is_culib_present(),
                 Lib::Cublas => cudarc::cublas::sys::is_culib_present(),
+                Lib::CublasLt => cudarc::cublaslt::sys::is_culib_present(),
                 Lib::Nvrtc => cudarc::nvrtc::sys::is_culib_present(),
             }
         }
@@ -124,10 +128,12 @@ fn preload(lib: Lib) -> Option<PathBuf> {
 pub fn ensure(lib: Lib) -> Result<()> {
     static DRIVER: OnceLock<std::result::Result<(), String>> = OnceLock::new();
     static CUBLAS: OnceLock<std::result::Result<(), String>> = OnceLock::new();
+    static CUBLASLT: OnceLock<std::result::Result<(), String>> = OnceLock::new();
     static NVRTC: OnceLock<std::result::Result<(), String>> = OnceLock::new();
     let cell = match lib {
         Lib::Driver => &DRIVER,
         Lib::Cublas => &CUBLAS,
+        Lib::CublasLt => &CUBLASLT,
         Lib::Nvrtc => &NVRTC,
     };
     cell.get_or_init(|| {

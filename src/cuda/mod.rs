@@ -5,6 +5,7 @@
 //! - [`loader`]: finds libcuda / libcublas / libnvrtc; absence is `Error::BackendUnavailable`.
 //! - [`kernels`]: the embedded fatbins (or NVRTC-compiled sources) loaded once per device.
 //! - [`device`]: context, stream, cuBLAS handle, raw device buffers.
+//! - [`gemm`]: the encoder GEMM (cuBLAS, or a cuBLASLt algorithm chosen by timing).
 //! - [`weights`]: an SAE on the device (raw weight bytes uploaded once, stored layout kept).
 //! - [`encode`]: workspace planning, tiled GEMM, top-k and CSR encode.
 //! - [`ops`]: decode, statistics, steering.
@@ -22,6 +23,7 @@ use crate::sae::Sae;
 pub mod device;
 pub mod encode;
 pub mod engine;
+pub mod gemm;
 pub mod kernels;
 pub mod loader;
 pub mod ops;

@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use super::encode::Precision;
 use super::engine::{CudaEngine, CudaOptions};
+use super::gemm::GemmMode;
 use crate::codes::Codes;
 use crate::cpu::reference::{self, SaeBuilder};
 use crate::cpu::CpuEngine;
@@ -240,6 +241,39 @@ fn cases(quick: bool) -> Result<Vec<Case>> {
     v.push(case(
         "topk fewer than k positives (padding)",
         random_sae(&mut rng, l, d, topk(32), DType::F32)
+            .b_enc(b)
+            .build(),
+        rng.vec(n * d, 1.0),
+        n,
+        ex,
+        vec![None, Some(128)],
+        4096,
+        false,
+    )?);
+    // Biases spread far wider than the scores, with decoder-norm rescale: the per-block
+    // bound of the top-k pass skips most scores, and must never skip a winner.
+    let (l, d, n) = (3000, 48, 24);
+    v.push(case(
+        "topk block-bound skip: wide biases, rescale_by_decoder_norm",
+        random_sae(&mut rng, l, d, topk(24), DType::F32)
+            .b_enc(rng.vec(l, 3.0))
+            .rescale(true)
+            .build(),
+        rng.vec(n * d, 1.0),
+        n,
+        ex,
+        vec![None, Some(128), Some(640)],
+        4096,
+        false,
+    )?);
+    // A NaN bias: its block's bound is NaN, so no score there is skipped and every row
+    // reports the non-finite pre-activation, as on the CPU.
+    let (l, d, n) = (700, 32, 6);
+    let mut b = rng.vec(l, 0.05);
+    b[333] = f32::NAN;
+    v.push(case(
+        "topk NaN bias (non-finite pre-activation reported)",
+        random_sae(&mut rng, l, d, topk(8), DType::F32)
             .b_enc(b)
             .build(),
         rng.vec(n * d, 1.0),
@@ -680,14 +714,21 @@ fn run_case(device: usize, c: &Case) -> CaseResult {
         }
     };
     let want = cpu.encode(&c.x, c.rows, c.row_offset);
-    for tile in &c.tiles {
+    // Every tile width with cuBLAS's GEMM and with the cuBLASLt search (which small SAEs
+    // only reach when forced): the codes must not depend on either.
+    let runs = c
+        .tiles
+        .iter()
+        .flat_map(|t| [(*t, GemmMode::Cublas), (*t, GemmMode::Lt)]);
+    for (tile, gemm) in runs {
         let opts = CudaOptions {
             precision: c.precision,
-            tile_latents: *tile,
+            tile_latents: tile,
             max_rows: c.max_rows,
             workspace_bytes: 1 << 30,
             // Small SAEs would take f32 scores by default: force the bf16-score path.
             bf16_scores: Some(true),
+            gemm,
         };
         let gpu = match CudaEngine::new(device, sae.clone(), opts) {
             Ok(e) => e,
@@ -697,7 +738,7 @@ fn run_case(device: usize, c: &Case) -> CaseResult {
             }
         };
         let got = gpu.encode(&c.x, c.rows, c.row_offset);
-        let tag = format!("tile {tile:?}");
+        let tag = format!("tile {tile:?}, GEMM {gemm:?}");
         match (&got, &want) {
             (Err(Error::NonFinite { row: a, .. }), Err(Error::NonFinite { row: b, .. })) => {
                 if a != b {
@@ -884,6 +925,7 @@ fn device_ptr_case(
             max_rows: 40,
             workspace_bytes: 1 << 30,
             bf16_scores: Some(true),
+            gemm: GemmMode::Lt,
         };
         let eng = CudaEngine::new(device, sae.clone(), opts)?;
         let ops = eng

@@ -61,18 +61,59 @@ pub struct DeviceSae {
     pub threshold: Option<DevBuf>,
     /// f32 [L] decoder row norms, when TopK rescales by them.
     pub dec_norm: Option<DevBuf>,
+    /// f32 [ceil(L / 128)]: per 128-latent block, the largest b_enc and the largest decoder
+    /// norm (see [`block_bounds`]); the top-k pass skips scores these bounds rule out.
+    pub bias_bound: DevBuf,
+    pub scale_bound: Option<DevBuf>,
     pub activation: Activation,
+}
+
+/// Latents per block of [`block_bounds`]: tiles start at multiples of 64 and the top-k
+/// kernel reads 4 or 8 aligned scores at a time, so a group never straddles two blocks.
+pub const BOUND_BLOCK: usize = 128;
+
+/// Per-block maxima of `v` (and of `scale`), NaN for a block that holds a non-finite value
+/// in either: a NaN bound never lets the kernel skip, so non-finite pre-activations are
+/// still reported.
+pub fn block_bounds(v: &[f32], scale: Option<&[f32]>) -> (Vec<f32>, Option<Vec<f32>>) {
+    let bad = |b: usize| {
+        let r = b * BOUND_BLOCK..((b + 1) * BOUND_BLOCK).min(v.len());
+        v[r.clone()].iter().any(|x| !x.is_finite())
+            || scale.is_some_and(|s| s[r].iter().any(|x| !x.is_finite()))
+    };
+    let max_of = |x: &[f32]| -> Vec<f32> {
+        x.chunks(BOUND_BLOCK)
+            .enumerate()
+            .map(|(b, c)| {
+                if bad(b) {
+                    f32::NAN
+                } else {
+                    c.iter().copied().fold(f32::NEG_INFINITY, f32::max)
+                }
+            })
+            .collect()
+    };
+    (max_of(v), scale.map(max_of))
+}
+
+fn upload_bounds(
+    gpu: &Gpu,
+    b_enc: &[f32],
+    scale: Option<&[f32]>,
+) -> Result<(DevBuf, Option<DevBuf>)> {
+    let (b, s) = block_bounds(b_enc, scale);
+    Ok((gpu.upload(&b)?, s.map(|s| gpu.upload(&s)).transpose()?))
 }
 
 impl DeviceSae {
     /// Uploads `sae` (weights once, in their stored form).
     pub fn upload(gpu: &Gpu, sae: &Sae) -> Result<DeviceSae> {
-        let dec_norm = if sae.rescale_acts_by_decoder_norm {
-            // Same f64 row norms as the CPU reference (Matrix::row_norms).
-            Some(gpu.upload(&sae.w_dec.row_norms())?)
-        } else {
-            None
-        };
+        // Same f64 row norms as the CPU reference (Matrix::row_norms).
+        let norms = sae
+            .rescale_acts_by_decoder_norm
+            .then(|| sae.w_dec.row_norms());
+        let dec_norm = norms.as_ref().map(|n| gpu.upload(n)).transpose()?;
+        let (bias_bound, scale_bound) = upload_bounds(gpu, &sae.b_enc, norms.as_deref())?;
         Ok(DeviceSae {
             n_latents: sae.n_latents(),
             d_in: sae.d_in(),
@@ -82,6 +123,8 @@ impl DeviceSae {
             b_dec: gpu.upload(&sae.b_dec)?,
             threshold: sae.threshold.as_ref().map(|t| gpu.upload(t)).transpose()?,
             dec_norm,
+            bias_bound,
+            scale_bound,
             activation: sae.activation,
         })
     }
@@ -100,6 +143,9 @@ impl DeviceSae {
         let w_enc = DeviceMatrix::random(gpu, n_latents, d_in, dtype, seed, scale)?;
         let b_enc = gpu.alloc(n_latents * 4)?;
         gpu.fill_random(DType::F32, b_enc.ptr, n_latents, seed ^ 0x5eed, 0.01)?;
+        let mut host_b = vec![0f32; n_latents];
+        gpu.dtoh(&mut host_b, b_enc.ptr)?;
+        let (bias_bound, scale_bound) = upload_bounds(gpu, &host_b, None)?;
         let b_dec = gpu.alloc(d_in * 4)?;
         gpu.zero(b_dec.ptr, d_in * 4)?;
         Ok(DeviceSae {
@@ -111,6 +157,8 @@ impl DeviceSae {
             b_dec,
             threshold: None,
             dec_norm: None,
+            bias_bound,
+            scale_bound,
             activation: Activation::TopK { k },
         })
     }
@@ -118,5 +166,38 @@ impl DeviceSae {
     /// The decoder matrix (the encoder's bytes when tied).
     pub fn decoder(&self) -> &DeviceMatrix {
         self.w_dec.as_ref().unwrap_or(&self.w_enc)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn block_bounds_take_maxima_and_poison_non_finite_blocks() {
+        let mut b: Vec<f32> = (0..300).map(|i| (i % 7) as f32 - 3.0).collect();
+        b[5] = 9.0;
+        let (bb, s) = block_bounds(&b, None);
+        assert_eq!(bb.len(), 3);
+        assert_eq!(bb[0], 9.0);
+        assert_eq!(bb[1], 3.0);
+        // The last, partial block (44 latents) bounds only its own values.
+        assert_eq!(bb[2], b[256..].iter().copied().fold(f32::MIN, f32::max));
+        assert!(s.is_none());
+
+        let mut scale = vec![1.0f32; 300];
+        scale[200] = 4.0;
+        scale[290] = f32::INFINITY;
+        b[130] = f32::NAN;
+        let (bb, s) = block_bounds(&b, Some(&scale));
+        let s = s.expect("scale bounds");
+        assert!(bb[1].is_nan(), "a NaN bias poisons its block");
+        assert!(s[1].is_nan(), "and its scale bound");
+        assert_eq!(s[0], 1.0);
+        assert!(
+            bb[2].is_nan() && s[2].is_nan(),
+            "an infinite scale poisons its block"
+        );
+        assert_eq!(bb[0], 9.0);
     }
 }

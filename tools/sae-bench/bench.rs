@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use rayon::prelude::*;
 use sae_engine::cuda::encode::{self, Precision, Workspace};
+use sae_engine::cuda::gemm::GemmMode;
 use sae_engine::cuda::ops::{self, DecodeExtras, DeviceStats};
 use sae_engine::cuda::weights::DeviceSae;
 use sae_engine::cuda::{CudaEngine, CudaOptions, Gpu};
@@ -30,6 +31,8 @@ pub struct Shape {
     pub force: Option<(usize, usize)>,
     /// bf16 scores forced on or off (None: the planner's size rule).
     pub scores: Option<bool>,
+    /// How the encoder GEMM picks its algorithm.
+    pub gemm: GemmMode,
 }
 
 /// The default set: the paper shape first, then the anchors' other shapes.
@@ -44,6 +47,20 @@ pub const SHAPES: &[Shape] = &[
         precision: Precision::Fast,
         force: None,
         scores: None,
+        gemm: GemmMode::Auto,
+    },
+    // cuBLAS's own algorithm choice (no search), the path measured before the search existed.
+    Shape {
+        name: "paper-cublas",
+        n: 4096,
+        d: 4096,
+        l: 1 << 21,
+        k: 64,
+        dtype: DType::BF16,
+        precision: Precision::Fast,
+        force: None,
+        scores: None,
+        gemm: GemmMode::Cublas,
     },
     Shape {
         name: "paper-r1024-t8k",
@@ -55,6 +72,7 @@ pub const SHAPES: &[Shape] = &[
         precision: Precision::Fast,
         force: Some((1024, 8192)),
         scores: None,
+        gemm: GemmMode::Auto,
     },
     Shape {
         name: "paper-r2048-t4k",
@@ -66,6 +84,7 @@ pub const SHAPES: &[Shape] = &[
         precision: Precision::Fast,
         force: Some((2048, 4096)),
         scores: None,
+        gemm: GemmMode::Auto,
     },
     // Same shapes with the other scores scratch: both sides of the size rule in one run.
     Shape {
@@ -78,6 +97,7 @@ pub const SHAPES: &[Shape] = &[
         precision: Precision::Fast,
         force: None,
         scores: Some(false),
+        gemm: GemmMode::Auto,
     },
     Shape {
         name: "l262k-bf16scores",
@@ -89,6 +109,7 @@ pub const SHAPES: &[Shape] = &[
         precision: Precision::Fast,
         force: None,
         scores: Some(true),
+        gemm: GemmMode::Auto,
     },
     Shape {
         name: "l262k",
@@ -100,6 +121,7 @@ pub const SHAPES: &[Shape] = &[
         precision: Precision::Fast,
         force: None,
         scores: None,
+        gemm: GemmMode::Auto,
     },
     Shape {
         name: "l65k",
@@ -111,6 +133,7 @@ pub const SHAPES: &[Shape] = &[
         precision: Precision::Fast,
         force: None,
         scores: None,
+        gemm: GemmMode::Auto,
     },
     Shape {
         name: "qwen",
@@ -122,6 +145,7 @@ pub const SHAPES: &[Shape] = &[
         precision: Precision::Fast,
         force: None,
         scores: None,
+        gemm: GemmMode::Auto,
     },
     Shape {
         name: "f32-tf32",
@@ -133,6 +157,7 @@ pub const SHAPES: &[Shape] = &[
         precision: Precision::Fast,
         force: None,
         scores: None,
+        gemm: GemmMode::Auto,
     },
     Shape {
         name: "l65k-exact",
@@ -144,6 +169,7 @@ pub const SHAPES: &[Shape] = &[
         precision: Precision::Exact,
         force: None,
         scores: None,
+        gemm: GemmMode::Auto,
     },
 ];
 
@@ -196,7 +222,9 @@ fn bench_shape(gpu: &Gpu, s: &Shape, reps: usize) -> Result<Value> {
         Some((rows, tile)) => encode::plan(&sae, s.precision, 1 << 30, rows, Some(tile), s.scores)?,
         None => encode::plan(&sae, s.precision, 1 << 30, s.n, None, s.scores)?,
     };
-    let ws = Workspace::new(gpu, &sae, s.precision, plan)?;
+    let mut ws = Workspace::new(gpu, &sae, s.precision, plan)?;
+    ws.gemm_mode = s.gemm;
+    let searches_before = gpu.gemm.records().len();
     let rows = plan.rows.min(s.n);
     gpu.fill_random(DType::F32, ws.x32.ptr, rows * s.d, 0x1234, 1.0)?;
     let chunks = s.n.div_ceil(rows);
@@ -208,6 +236,7 @@ fn bench_shape(gpu: &Gpu, s: &Shape, reps: usize) -> Result<Value> {
         Ok(())
     })?;
     let free2 = free_mem(gpu)?;
+    let searches: Vec<_> = gpu.gemm.records().split_off(searches_before);
     let gemm = time_ms(gpu, reps, || {
         for _ in 0..chunks {
             encode::encode_topk_chunk(gpu, &sae, &ws, rows, s.k, true, bad)?;
@@ -293,6 +322,8 @@ fn bench_shape(gpu: &Gpu, s: &Shape, reps: usize) -> Result<Value> {
     let v = json!({
         "shape": { "name": s.name, "n": s.n, "d": s.d, "l": s.l, "k": s.k, "dtype": s.dtype, "precision": s.precision },
         "plan": plan,
+        "gemm_mode": s.gemm,
+        "gemm_searches": searches,
         "weights_bytes": free0.saturating_sub(free1),
         "device_bytes_beyond_weights": beyond,
         "workspace_bytes": ws.bytes(),
@@ -330,6 +361,26 @@ fn bench_shape(gpu: &Gpu, s: &Shape, reps: usize) -> Result<Value> {
         steer,
         beyond as f64 / (1u64 << 20) as f64
     );
+    for r in &searches {
+        let tried: Vec<String> = r
+            .candidates
+            .iter()
+            .map(|(name, t)| match t {
+                Ok(ms) => format!("{name} {ms:.2} ms"),
+                Err(e) => format!("{name} dropped ({e})"),
+            })
+            .collect();
+        println!(
+            "{:<16}   GEMM search ({:?}, {}x{}x{}): chose {} of [{}]",
+            "",
+            r.mode,
+            r.spec.m,
+            r.spec.n,
+            r.spec.k,
+            r.chosen,
+            tried.join(", ")
+        );
+    }
     Ok(v)
 }
 
@@ -393,6 +444,7 @@ fn bench_stream(device: usize, scratch: Option<&Path>) -> Result<Value> {
             max_rows: 4096,
             workspace_bytes: 1 << 30,
             bf16_scores: None,
+            gemm: GemmMode::Auto,
         },
     )?;
     let setup_s = t0.elapsed().as_secs_f64();
