@@ -28,28 +28,27 @@ pub fn stderr_of(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-/// Runs `sae ARGS` and asserts it exits with `code`; returns its stderr.
-pub fn sae_exits(code: i32, args: &[&str]) -> String {
+/// Runs `sae ARGS` and asserts it exits with `code` (both streams in the message).
+fn run_expecting(code: i32, args: &[&str]) -> Output {
     let out = run_sae(args);
-    let err = stderr_of(&out);
     assert_eq!(
         out.status.code(),
         Some(code),
-        "sae {args:?}: expected exit {code}, stdout: {}\nstderr: {err}",
-        String::from_utf8_lossy(&out.stdout)
+        "sae {args:?}: expected exit {code}, stdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&out.stdout),
+        stderr_of(&out)
     );
-    err
+    out
+}
+
+/// Runs `sae ARGS` and asserts it exits with `code`; returns its stderr.
+pub fn sae_exits(code: i32, args: &[&str]) -> String {
+    stderr_of(&run_expecting(code, args))
 }
 
 /// Runs `sae ARGS` and asserts it succeeds; returns its output.
 pub fn sae_ok(args: &[&str]) -> Output {
-    let out = run_sae(args);
-    assert!(
-        out.status.success(),
-        "sae {args:?} failed: {}",
-        stderr_of(&out)
-    );
-    out
+    run_expecting(0, args)
 }
 
 /// Stdout of a `--json` run, parsed; the panic shows both streams.
