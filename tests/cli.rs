@@ -17,6 +17,7 @@ const D: usize = 4;
 const L: usize = 6;
 
 /// Runs `sae --json --backend cpu ARGS`, which must succeed; returns its JSON.
+#[track_caller]
 fn ok_json(args: &[&str]) -> Value {
     let mut a = vec!["--json", "--backend", "cpu"];
     a.extend_from_slice(args);
@@ -24,6 +25,7 @@ fn ok_json(args: &[&str]) -> Value {
 }
 
 /// Runs a command that must fail with exit status 1 and one `sae: error:` line; returns it.
+#[track_caller]
 fn fails(args: &[&str]) -> String {
     let err = sae_exits(1, args).trim().to_string();
     assert!(err.starts_with("sae: error: "), "{err}");

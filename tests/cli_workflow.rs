@@ -6,6 +6,7 @@ use common::{sae_exits, sae_json};
 use serde_json::Value;
 
 /// Runs `sae --json ARGS`, which must succeed; returns its JSON.
+#[track_caller]
 fn ok_json(args: &[&str]) -> Value {
     let mut a = vec!["--json"];
     a.extend_from_slice(args);

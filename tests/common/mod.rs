@@ -3,6 +3,7 @@
 //! reading its JSON, and the argument list most commands share.
 
 // Each test crate compiles its own copy of this module and uses only part of it.
+// The checking helpers are #[track_caller] so a failure names the test's line.
 #![allow(dead_code)]
 
 use std::path::Path;
@@ -29,6 +30,7 @@ pub fn stderr_of(out: &Output) -> String {
 }
 
 /// Runs `sae ARGS` and asserts it exits with `code` (both streams in the message).
+#[track_caller]
 fn run_expecting(code: i32, args: &[&str]) -> Output {
     let out = run_sae(args);
     assert_eq!(
@@ -42,11 +44,13 @@ fn run_expecting(code: i32, args: &[&str]) -> Output {
 }
 
 /// Runs `sae ARGS` and asserts it exits with `code`; returns its stderr.
+#[track_caller]
 pub fn sae_exits(code: i32, args: &[&str]) -> String {
     stderr_of(&run_expecting(code, args))
 }
 
 /// Runs `sae ARGS` and asserts it succeeds; returns its output.
+#[track_caller]
 pub fn sae_ok(args: &[&str]) -> Output {
     run_expecting(0, args)
 }
@@ -63,6 +67,7 @@ pub fn json_of(out: &Output) -> Value {
 }
 
 /// Runs `sae ARGS`, asserts it succeeds, and returns its stdout parsed as JSON.
+#[track_caller]
 pub fn sae_json(args: &[&str]) -> Value {
     json_of(&sae_ok(args))
 }
