@@ -2,10 +2,12 @@
 //! small dumps, every command, --json, and the error contract (exit 1 and one line
 //! naming the file; exit 2 for usage).
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
+use common::{acts_cmd, arg, decode_cmd, run_sae, sae_exits, sae_json};
 use sae_engine::codes::Codes;
 use sae_engine::io::mapped::{write_safetensors, OwnedTensor};
 use sae_engine::io::npy::NpyHeader;
@@ -14,45 +16,18 @@ use serde_json::Value;
 const D: usize = 4;
 const L: usize = 6;
 
-fn sae_bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_sae"))
-}
-
-fn run(args: &[&str]) -> Output {
-    sae_bin()
-        .args(args)
-        .env("RAYON_NUM_THREADS", "2")
-        .output()
-        .expect("run sae")
-}
-
+/// Runs `sae --json --backend cpu ARGS`, which must succeed; returns its JSON.
+#[track_caller]
 fn ok_json(args: &[&str]) -> Value {
     let mut a = vec!["--json", "--backend", "cpu"];
     a.extend_from_slice(args);
-    let out = run(&a);
-    assert!(
-        out.status.success(),
-        "sae {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "sae {args:?}: stdout is not JSON ({e}): {}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    })
+    sae_json(&a)
 }
 
 /// Runs a command that must fail with exit status 1 and one `sae: error:` line; returns it.
+#[track_caller]
 fn fails(args: &[&str]) -> String {
-    let out = run(args);
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "sae {args:?}: expected exit 1, stderr: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    let err = sae_exits(1, args).trim().to_string();
     assert!(err.starts_with("sae: error: "), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
     err
@@ -208,15 +183,41 @@ fn read_npy_f32(p: &Path) -> (Vec<usize>, Vec<f32>) {
     (h.shape, vals)
 }
 
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
+/// A temporary directory with an SAE in `sae/` and a dump of width D in `dump/`.
+struct Fixture {
+    dir: tempfile::TempDir,
+    sae: PathBuf,
+    dump: PathBuf,
+    /// The dump's rows, flattened.
+    x: Vec<f32>,
+    mask: Vec<u8>,
+}
+
+impl Fixture {
+    fn new(jumprelu: bool) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let sae = write_sae(&dir.path().join("sae"), jumprelu);
+        let (dump, x, mask) = write_dump(&dir.path().join("dump"), D);
+        Fixture {
+            dir,
+            sae,
+            dump,
+            x,
+            mask,
+        }
+    }
+
+    /// A path in the fixture's directory.
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
 }
 
 #[test]
 fn inspect_reports_the_sae() {
     let dir = tempfile::tempdir().unwrap();
     let sae = write_sae(&dir.path().join("sae"), false);
-    let j = ok_json(&["inspect", s(&sae)]);
+    let j = ok_json(&["inspect", arg(&sae)]);
     assert_eq!(j["format"], "saelens");
     assert_eq!(j["d_in"], D);
     assert_eq!(j["n_latents"], L);
@@ -229,7 +230,7 @@ fn inspect_reports_the_sae() {
     assert_eq!(j["sizes"]["w_dec"], L * D * 4);
     assert_eq!(j["fingerprint"].as_str().unwrap().len(), 16);
     // human output names the same things
-    let out = run(&["inspect", s(&sae)]);
+    let out = run_sae(&["inspect", arg(&sae)]);
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -237,7 +238,7 @@ fn inspect_reports_the_sae() {
         "{text}"
     );
     // forcing the wrong format fails, naming the path
-    let e = fails(&["inspect", "--format", "gemma-scope", s(&sae)]);
+    let e = fails(&["inspect", "--format", "gemma-scope", arg(&sae)]);
     assert!(e.contains("sae"), "{e}");
 }
 
@@ -257,43 +258,22 @@ fn check_codes(codes: &Codes, x: &[f32], jumprelu: bool) {
 #[test]
 fn encode_decode_round_trip_topk_and_jumprelu() {
     for jumprelu in [false, true] {
-        let dir = tempfile::tempdir().unwrap();
-        let sae = write_sae(&dir.path().join("sae"), jumprelu);
-        let (dump, x, _) = write_dump(&dir.path().join("dump"), D);
-        let codes_path = dir.path().join("codes.safetensors");
-        let j = ok_json(&[
-            "encode",
-            "--sae",
-            s(&sae),
-            "--acts",
-            s(&dump),
-            "--out",
-            s(&codes_path),
-            "--batch-size",
-            "3",
-        ]);
+        let fx = Fixture::new(jumprelu);
+        let (sae, dump, x) = (&fx.sae, &fx.dump, &fx.x);
+        let codes_path = fx.path("codes.safetensors");
+        let batch_3 = ["--batch-size", "3"];
+        let j = ok_json(&acts_cmd("encode", sae, dump, &codes_path, &batch_3));
         assert_eq!(j["n_rows"], 12);
         assert_eq!(j["kind"], if jumprelu { "csr" } else { "topk" });
         let (enc, fp) = sae_engine::io::codes::read(&codes_path).unwrap();
         assert_eq!(matches!(enc.codes, Codes::Csr { .. }), jumprelu);
-        check_codes(&enc.codes, &x, jumprelu);
-        let info = ok_json(&["inspect", s(&sae)]);
+        check_codes(&enc.codes, x, jumprelu);
+        let info = ok_json(&["inspect", arg(sae)]);
         assert_eq!(fp.as_deref(), info["fingerprint"].as_str());
 
-        let recon = dir.path().join("recon.npy");
-        let j = ok_json(&[
-            "decode",
-            "--sae",
-            s(&sae),
-            "--codes",
-            s(&codes_path),
-            "--out",
-            s(&recon),
-            "--acts",
-            s(&dump),
-            "--batch-size",
-            "5",
-        ]);
+        let recon = fx.path("recon.npy");
+        let metrics_args = ["--acts", arg(dump), "--batch-size", "5"];
+        let j = ok_json(&decode_cmd(sae, &codes_path, &recon, &metrics_args));
         let (shape, got) = read_npy_f32(&recon);
         assert_eq!(shape, vec![12, D]);
         let mut sq_err = 0f64;
@@ -322,16 +302,8 @@ fn encode_decode_round_trip_topk_and_jumprelu() {
         assert!(m["fvu"].as_f64().unwrap() > 0.0 && m["cosine"].as_f64().is_some());
 
         // without --acts: no metrics, same reconstruction
-        let recon2 = dir.path().join("recon2.npy");
-        let j = ok_json(&[
-            "decode",
-            "--sae",
-            s(&sae),
-            "--codes",
-            s(&codes_path),
-            "--out",
-            s(&recon2),
-        ]);
+        let recon2 = fx.path("recon2.npy");
+        let j = ok_json(&decode_cmd(sae, &codes_path, &recon2, &[]));
         assert!(j["metrics"].is_null());
         assert_eq!(read_npy_f32(&recon2).1, got);
     }
@@ -339,21 +311,11 @@ fn encode_decode_round_trip_topk_and_jumprelu() {
 
 #[test]
 fn stats_shards_and_merge_equal_the_whole() {
-    let dir = tempfile::tempdir().unwrap();
-    let sae = write_sae(&dir.path().join("sae"), false);
-    let (dump, x, mask) = write_dump(&dir.path().join("dump"), D);
-    let whole = dir.path().join("whole.safetensors");
-    let j = ok_json(&[
-        "stats",
-        "--sae",
-        s(&sae),
-        "--acts",
-        s(&dump),
-        "--out",
-        s(&whole),
-        "--batch-size",
-        "2",
-    ]);
+    let fx = Fixture::new(false);
+    let (sae, dump, x, mask) = (&fx.sae, &fx.dump, &fx.x, &fx.mask);
+    let whole = fx.path("whole.safetensors");
+    let batch_2 = ["--batch-size", "2"];
+    let j = ok_json(&acts_cmd("stats", sae, dump, &whole, &batch_2));
     let counted = mask.iter().filter(|m| **m != 0).count();
     assert_eq!(j["n_tokens"], counted);
     assert_eq!(j["n_rows"], 12);
@@ -373,46 +335,21 @@ fn stats_shards_and_merge_equal_the_whole() {
         assert_eq!(st.n_active[l], n_active[l], "latent {l}");
     }
     // --no-mask counts every token
-    let all = dir.path().join("all.safetensors");
-    let j = ok_json(&[
-        "stats",
-        "--sae",
-        s(&sae),
-        "--acts",
-        s(&dump),
-        "--out",
-        s(&all),
-        "--no-mask",
-    ]);
+    let all = fx.path("all.safetensors");
+    let j = ok_json(&acts_cmd("stats", sae, dump, &all, &["--no-mask"]));
     assert_eq!(j["n_tokens"], 12);
 
     // job-array slices, then merge
     let mut parts = vec![];
     for i in 0..2 {
-        let p = dir.path().join(format!("part{i}.safetensors"));
+        let p = fx.path(&format!("part{i}.safetensors"));
         let shard = format!("{i}/2");
-        ok_json(&[
-            "stats",
-            "--sae",
-            s(&sae),
-            "--acts",
-            s(&dump),
-            "--out",
-            s(&p),
-            "--shard",
-            &shard,
-        ]);
+        ok_json(&acts_cmd("stats", sae, dump, &p, &["--shard", &shard]));
         parts.push(p);
     }
-    let merged = dir.path().join("merged.safetensors");
-    let j = ok_json(&[
-        "stats",
-        "merge",
-        s(&parts[0]),
-        s(&parts[1]),
-        "--out",
-        s(&merged),
-    ]);
+    let merged = fx.path("merged.safetensors");
+    let (p0, p1) = (arg(&parts[0]), arg(&parts[1]));
+    let j = ok_json(&["stats", "merge", p0, p1, "--out", arg(&merged)]);
     assert_eq!(j["n_tokens"], counted);
     let m = sae_engine::io::stats::read(&merged).unwrap();
     assert_eq!(m.n_tokens, st.n_tokens);
@@ -426,36 +363,20 @@ fn stats_shards_and_merge_equal_the_whole() {
 
 #[test]
 fn errors_name_the_file_and_exit_1() {
-    let dir = tempfile::tempdir().unwrap();
-    let sae = write_sae(&dir.path().join("sae"), false);
-    let other = write_sae(&dir.path().join("jump"), true);
-    let (dump, _, _) = write_dump(&dir.path().join("dump"), D);
-    let (wide, _, _) = write_dump(&dir.path().join("wide"), D + 1);
-    let out = dir.path().join("o.safetensors");
+    let fx = Fixture::new(false);
+    let (sae, dump) = (&fx.sae, &fx.dump);
+    let other = write_sae(&fx.path("jump"), true);
+    let (wide, _, _) = write_dump(&fx.path("wide"), D + 1);
+    let out = fx.path("o.safetensors");
 
-    let missing = dir.path().join("missing_sae");
-    let e = fails(&["inspect", s(&missing)]);
+    let missing = fx.path("missing_sae");
+    let e = fails(&["inspect", arg(&missing)]);
     assert!(e.contains("missing_sae"), "{e}");
-    let e = fails(&[
-        "encode",
-        "--sae",
-        s(&sae),
-        "--acts",
-        s(&dir.path().join("nope.npy")),
-        "--out",
-        s(&out),
-    ]);
+    let nope = fx.path("nope.npy");
+    let e = fails(&acts_cmd("encode", sae, &nope, &out, &[]));
     assert!(e.contains("nope.npy"), "{e}");
     // width mismatch names the dump and both widths
-    let e = fails(&[
-        "encode",
-        "--sae",
-        s(&sae),
-        "--acts",
-        s(&wide),
-        "--out",
-        s(&out),
-    ]);
+    let e = fails(&acts_cmd("encode", sae, &wide, &out, &[]));
     assert!(
         e.contains("wide") && e.contains("width 5") && e.contains("d_in = 4"),
         "{e}"
@@ -463,30 +384,11 @@ fn errors_name_the_file_and_exit_1() {
     assert!(!out.exists());
 
     // statistics of different SAEs refuse to merge
-    let (a, b) = (
-        dir.path().join("a.safetensors"),
-        dir.path().join("b.safetensors"),
-    );
-    ok_json(&[
-        "stats",
-        "--sae",
-        s(&sae),
-        "--acts",
-        s(&dump),
-        "--out",
-        s(&a),
-    ]);
-    ok_json(&[
-        "stats",
-        "--sae",
-        s(&other),
-        "--acts",
-        s(&dump),
-        "--out",
-        s(&b),
-    ]);
-    let m = dir.path().join("m.safetensors");
-    let e = fails(&["stats", "merge", s(&a), s(&b), "--out", s(&m)]);
+    let (a, b) = (fx.path("a.safetensors"), fx.path("b.safetensors"));
+    ok_json(&acts_cmd("stats", sae, dump, &a, &[]));
+    ok_json(&acts_cmd("stats", &other, dump, &b, &[]));
+    let m = fx.path("m.safetensors");
+    let e = fails(&["stats", "merge", arg(&a), arg(&b), "--out", arg(&m)]);
     assert!(
         e.contains("a.safetensors") && e.contains("b.safetensors") && e.contains("different SAEs"),
         "{e}"
@@ -494,45 +396,23 @@ fn errors_name_the_file_and_exit_1() {
     assert!(!m.exists());
 
     // codes of one SAE do not decode with another
-    let codes = dir.path().join("codes.safetensors");
-    ok_json(&[
-        "encode",
-        "--sae",
-        s(&sae),
-        "--acts",
-        s(&dump),
-        "--out",
-        s(&codes),
-    ]);
-    let r = dir.path().join("r.npy");
-    let e = fails(&[
-        "decode",
-        "--sae",
-        s(&other),
-        "--codes",
-        s(&codes),
-        "--out",
-        s(&r),
-    ]);
+    let codes = fx.path("codes.safetensors");
+    ok_json(&acts_cmd("encode", sae, dump, &codes, &[]));
+    let r = fx.path("r.npy");
+    let e = fails(&decode_cmd(&other, &codes, &r, &[]));
     assert!(
         e.contains("codes.safetensors") && e.contains("different SAE"),
         "{e}"
     );
     assert!(!r.exists());
     // a statistics file is not a codes file
-    let e = fails(&["decode", "--sae", s(&sae), "--codes", s(&a), "--out", s(&r)]);
+    let e = fails(&decode_cmd(sae, &a, &r, &[]));
     assert!(e.contains("a.safetensors"), "{e}");
 
     // usage errors exit 2
-    assert_eq!(run(&["stats", "--sae", s(&sae)]).status.code(), Some(2));
-    assert_eq!(run(&["encode"]).status.code(), Some(2));
-    assert_eq!(
-        run(&["--batch-size", "0", "inspect", s(&sae)])
-            .status
-            .code(),
-        Some(2)
-    );
-    let bad = run(&["--backend", "tpu", "inspect", s(&sae)]);
-    assert_eq!(bad.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&bad.stderr).contains("tpu"));
+    sae_exits(2, &["stats", "--sae", arg(sae)]);
+    sae_exits(2, &["encode"]);
+    sae_exits(2, &["--batch-size", "0", "inspect", arg(sae)]);
+    let bad = sae_exits(2, &["--backend", "tpu", "inspect", arg(sae)]);
+    assert!(bad.contains("tpu"));
 }

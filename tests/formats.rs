@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use sae_engine::dtype::{convert_from_f32, DType};
 use sae_engine::formats::{self, common::Cfg, npz::Npz};
@@ -140,6 +140,19 @@ struct SaeLensRef {
     rescale: bool,
 }
 
+impl SaeLensRef {
+    /// No normalization, b_dec subtracted, no rescale.
+    fn plain(act: &'static str, k: usize) -> Self {
+        SaeLensRef {
+            norm: "none",
+            apply_b_dec: true,
+            act,
+            k,
+            rescale: false,
+        }
+    }
+}
+
 fn saelens_reference(r: &SaeLensRef, x: &[f32]) -> Vec<f32> {
     let w_enc_dl = transposed(&W_ENC);
     let mut sae_in = x.to_vec();
@@ -194,6 +207,11 @@ fn assert_close(got: &[f32], want: &[f32], tol: f32, what: &str) {
     }
 }
 
+/// The codes of INPUTS[0] are exactly `want`, computed by hand.
+fn assert_hand_codes(sae: &Sae, want: [f32; L], what: &str) {
+    assert_close(&canonical_encode(sae, &INPUTS[0]), &want, 0.0, what);
+}
+
 /// The fixture values are exact in bf16, so every dtype gives the same arithmetic.
 fn check_against(sae: &Sae, reference: impl Fn(&[f32]) -> Vec<f32>, what: &str) {
     for x in INPUTS {
@@ -211,10 +229,68 @@ fn assert_fixture_tensors(sae: &Sae) {
 
 // ------------------------------------------------------------------ writers of fixtures
 
+/// A SAELens directory to write: `cfg` beside the fixture weights, in f32 and without a
+/// threshold unless told otherwise.
 struct SaeLensFixture {
     cfg: serde_json::Value,
     dtype: DType,
     with_threshold: bool,
+}
+
+impl SaeLensFixture {
+    fn new(cfg: serde_json::Value) -> Self {
+        SaeLensFixture {
+            cfg,
+            dtype: DType::F32,
+            with_threshold: false,
+        }
+    }
+
+    fn dtype(self, dtype: DType) -> Self {
+        SaeLensFixture { dtype, ..self }
+    }
+
+    fn with_threshold(self) -> Self {
+        SaeLensFixture {
+            with_threshold: true,
+            ..self
+        }
+    }
+
+    fn write(&self, dir: &Path) {
+        std::fs::create_dir_all(dir).unwrap();
+        write_json(&dir.join("cfg.json"), self.cfg.clone());
+        let mut tensors = v6_tensors(self.dtype);
+        if self.with_threshold {
+            tensors.push(("threshold", tensor(self.dtype, &[L], &THRESH)));
+        }
+        write_v6_tensors(dir, tensors);
+    }
+
+    /// Writes the fixture into `dir` and loads it back, detecting the format.
+    fn load_from(&self, dir: &Path) -> Sae {
+        self.write(dir);
+        formats::load(dir, None).unwrap()
+    }
+}
+
+/// The fixture weights as SAELens stores them (W_enc [d, L]), without a threshold.
+fn v6_tensors(dt: DType) -> Vec<(&'static str, OwnedTensor)> {
+    vec![
+        ("W_enc", tensor(dt, &[D, L], &transposed(&W_ENC))),
+        ("W_dec", tensor(dt, &[L, D], &flat(&W_DEC))),
+        ("b_enc", tensor(dt, &[L], &B_ENC)),
+        ("b_dec", tensor(dt, &[D], &B_DEC)),
+    ]
+}
+
+fn write_v6_tensors(dir: &Path, tensors: Vec<(&str, OwnedTensor)>) {
+    write_safetensors(
+        &dir.join("sae_weights.safetensors"),
+        &tensors,
+        HashMap::new(),
+    )
+    .unwrap();
 }
 
 fn saelens_v6_cfg(arch: &str, extra: serde_json::Value) -> serde_json::Value {
@@ -237,27 +313,6 @@ fn saelens_v6_cfg(arch: &str, extra: serde_json::Value) -> serde_json::Value {
         cfg[k] = v.clone();
     }
     cfg
-}
-
-fn write_saelens_fixture(dir: &Path, f: &SaeLensFixture) {
-    std::fs::create_dir_all(dir).unwrap();
-    write_json(&dir.join("cfg.json"), f.cfg.clone());
-    let dt = f.dtype;
-    let mut tensors = vec![
-        ("W_enc", tensor(dt, &[D, L], &transposed(&W_ENC))),
-        ("W_dec", tensor(dt, &[L, D], &flat(&W_DEC))),
-        ("b_enc", tensor(dt, &[L], &B_ENC)),
-        ("b_dec", tensor(dt, &[D], &B_DEC)),
-    ];
-    if f.with_threshold {
-        tensors.push(("threshold", tensor(dt, &[L], &THRESH)));
-    }
-    write_safetensors(
-        &dir.join("sae_weights.safetensors"),
-        &tensors,
-        HashMap::new(),
-    )
-    .unwrap();
 }
 
 fn sparsify_cfg(extra: serde_json::Value) -> serde_json::Value {
@@ -378,6 +433,13 @@ fn tmp() -> tempfile::TempDir {
     tempfile::tempdir().unwrap()
 }
 
+/// `t/parts[0]/parts[1]/...`: the nested folders a release's layout names.
+fn path_under(t: &tempfile::TempDir, parts: &[&str]) -> PathBuf {
+    parts
+        .iter()
+        .fold(t.path().to_path_buf(), |p, part| p.join(part))
+}
+
 fn err_of(r: sae_engine::Result<Sae>) -> String {
     match r {
         Ok(_) => panic!("expected an error"),
@@ -392,14 +454,9 @@ fn saelens_v6_topk_each_dtype_matches_hand_computed_codes() {
     for dt in DTYPES {
         let t = tmp();
         let dir = t.path().join("sae");
-        write_saelens_fixture(
-            &dir,
-            &SaeLensFixture {
-                cfg: saelens_v6_cfg("topk", serde_json::json!({"k": 3})),
-                dtype: dt,
-                with_threshold: false,
-            },
-        );
+        SaeLensFixture::new(saelens_v6_cfg("topk", serde_json::json!({"k": 3})))
+            .dtype(dt)
+            .write(&dir);
         assert_eq!(formats::detect(&dir).unwrap(), Format::SaeLens);
         let sae = formats::load(&dir, None).unwrap();
         assert_fixture_tensors(&sae);
@@ -415,19 +472,8 @@ fn saelens_v6_topk_each_dtype_matches_hand_computed_codes() {
         assert_eq!(sae.meta.hook_layer, Some(5));
         assert_eq!(sae.meta.model_name.as_deref(), Some("gpt2"));
         // x = [1,2,3,4]: x - b_dec = [0.5,2.5,2,4]; h = [1,-2,-0.5,4,3.5,-3.75]; top 3.
-        assert_close(
-            &canonical_encode(&sae, &INPUTS[0]),
-            &[1.0, 0.0, 0.0, 4.0, 3.5, 0.0],
-            0.0,
-            "hand-computed",
-        );
-        let r = SaeLensRef {
-            norm: "none",
-            apply_b_dec: true,
-            act: "topk",
-            k: 3,
-            rescale: false,
-        };
+        assert_hand_codes(&sae, [1.0, 0.0, 0.0, 4.0, 3.5, 0.0], "hand-computed");
+        let r = SaeLensRef::plain("topk", 3);
         check_against(&sae, |x| saelens_reference(&r, x), &format!("topk {dt}"));
     }
 }
@@ -449,15 +495,7 @@ fn saelens_v6_topk_rescale_and_normalizations() {
                 "apply_b_dec_to_input": apply,
             }),
         );
-        write_saelens_fixture(
-            t.path(),
-            &SaeLensFixture {
-                cfg,
-                dtype: DType::F32,
-                with_threshold: false,
-            },
-        );
-        let sae = formats::load(t.path(), None).unwrap();
+        let sae = SaeLensFixture::new(cfg).load_from(t.path());
         assert_eq!(sae.rescale_acts_by_decoder_norm, rescale);
         assert_eq!(sae.subtract_b_dec, apply);
         let want_norm = match norm {
@@ -478,18 +516,12 @@ fn saelens_v6_topk_rescale_and_normalizations() {
     // Hand check of the rescale: x = [1,2,3,4], h = [1,-2,-0.5,4,3.5,-3.75] times norms
     // [1,1,1,1,sqrt2,2] -> top 2 = latent 4 (4.95) and latent 3 (4).
     let t = tmp();
-    write_saelens_fixture(
-        t.path(),
-        &SaeLensFixture {
-            cfg: saelens_v6_cfg(
-                "topk",
-                serde_json::json!({"k": 2, "rescale_acts_by_decoder_norm": true}),
-            ),
-            dtype: DType::BF16,
-            with_threshold: false,
-        },
-    );
-    let sae = formats::load(t.path(), None).unwrap();
+    let sae = SaeLensFixture::new(saelens_v6_cfg(
+        "topk",
+        serde_json::json!({"k": 2, "rescale_acts_by_decoder_norm": true}),
+    ))
+    .dtype(DType::BF16)
+    .load_from(t.path());
     let c = canonical_encode(&sae, &INPUTS[0]);
     assert_close(
         &c,
@@ -503,67 +535,36 @@ fn saelens_v6_topk_rescale_and_normalizations() {
 fn saelens_v6_jumprelu_standard_and_batchtopk() {
     for dt in DTYPES {
         let t = tmp();
-        write_saelens_fixture(
-            t.path(),
-            &SaeLensFixture {
-                cfg: saelens_v6_cfg(
-                    "jumprelu",
-                    serde_json::json!({"apply_b_dec_to_input": false}),
-                ),
-                dtype: dt,
-                with_threshold: true,
-            },
-        );
-        let sae = formats::load(t.path(), None).unwrap();
+        let sae = SaeLensFixture::new(saelens_v6_cfg(
+            "jumprelu",
+            serde_json::json!({"apply_b_dec_to_input": false}),
+        ))
+        .dtype(dt)
+        .with_threshold()
+        .load_from(t.path());
         assert_eq!(sae.activation, Activation::JumpRelu);
         assert_eq!(sae.threshold.as_deref(), Some(&THRESH[..]));
         let r = SaeLensRef {
-            norm: "none",
             apply_b_dec: false,
-            act: "jumprelu",
-            k: 0,
-            rescale: false,
+            ..SaeLensRef::plain("jumprelu", 0)
         };
         check_against(&sae, |x| saelens_reference(&r, x), "jumprelu");
         // Same arithmetic as Gemma Scope for this input: [0,0,1.5,5,4,0].
-        assert_close(
-            &canonical_encode(&sae, &INPUTS[0]),
-            &[0.0, 0.0, 1.5, 5.0, 4.0, 0.0],
-            0.0,
-            "jumprelu hand",
-        );
+        assert_hand_codes(&sae, [0.0, 0.0, 1.5, 5.0, 4.0, 0.0], "jumprelu hand");
     }
     let t = tmp();
-    write_saelens_fixture(
-        t.path(),
-        &SaeLensFixture {
-            cfg: saelens_v6_cfg("standard", serde_json::json!({})),
-            dtype: DType::F16,
-            with_threshold: false,
-        },
-    );
-    let sae = formats::load(t.path(), None).unwrap();
+    let sae = SaeLensFixture::new(saelens_v6_cfg("standard", serde_json::json!({})))
+        .dtype(DType::F16)
+        .load_from(t.path());
     assert_eq!(sae.activation, Activation::Relu);
-    let r = SaeLensRef {
-        norm: "none",
-        apply_b_dec: true,
-        act: "relu",
-        k: 0,
-        rescale: false,
-    };
+    let r = SaeLensRef::plain("relu", 0);
     check_against(&sae, |x| saelens_reference(&r, x), "standard");
 
     // BatchTopK saved with a threshold loads as JumpReLU.
     let t = tmp();
-    write_saelens_fixture(
-        t.path(),
-        &SaeLensFixture {
-            cfg: saelens_v6_cfg("batchtopk", serde_json::json!({"k": 2.5})),
-            dtype: DType::F32,
-            with_threshold: true,
-        },
-    );
-    let sae = formats::load(t.path(), None).unwrap();
+    let sae = SaeLensFixture::new(saelens_v6_cfg("batchtopk", serde_json::json!({"k": 2.5})))
+        .with_threshold()
+        .load_from(t.path());
     assert_eq!(sae.activation, Activation::JumpRelu);
     assert_eq!(sae.meta.architecture, "batchtopk");
 }
@@ -580,19 +581,9 @@ fn saelens_log_threshold_is_exponentiated() {
         .iter()
         .map(|v| v.ln())
         .collect();
-    let tensors = vec![
-        ("W_enc", tensor(DType::F32, &[D, L], &transposed(&W_ENC))),
-        ("W_dec", tensor(DType::F32, &[L, D], &flat(&W_DEC))),
-        ("b_enc", tensor(DType::F32, &[L], &B_ENC)),
-        ("b_dec", tensor(DType::F32, &[D], &B_DEC)),
-        ("log_threshold", tensor(DType::F32, &[L], &logs)),
-    ];
-    write_safetensors(
-        &dir.join("sae_weights.safetensors"),
-        &tensors,
-        HashMap::new(),
-    )
-    .unwrap();
+    let mut tensors = v6_tensors(DType::F32);
+    tensors.push(("log_threshold", tensor(DType::F32, &[L], &logs)));
+    write_v6_tensors(dir, tensors);
     let sae = formats::load(dir, None).unwrap();
     let th = sae.threshold.unwrap();
     assert_close(&th, &[0.5, 0.25, 1.0, 0.125, 2.0, 0.5], 1e-6, "exp(log)");
@@ -614,14 +605,7 @@ fn saelens_legacy_flat_cfg() {
             "normalize_activations": false,
             "sae_lens_training_version": "3.13.0",
         });
-        write_saelens_fixture(
-            t.path(),
-            &SaeLensFixture {
-                cfg,
-                dtype: dt,
-                with_threshold: false,
-            },
-        );
+        SaeLensFixture::new(cfg).dtype(dt).write(t.path());
         assert_eq!(formats::detect(t.path()).unwrap(), Format::SaeLensLegacy);
         let sae = formats::load(t.path(), None).unwrap();
         assert_eq!(sae.meta.format, Format::SaeLensLegacy);
@@ -632,25 +616,12 @@ fn saelens_legacy_flat_cfg() {
             Some("blocks.8.hook_resid_pre")
         );
         assert_eq!(sae.meta.hook_layer, Some(8));
-        assert_close(
-            &canonical_encode(&sae, &INPUTS[0]),
-            &[1.0, 0.0, 0.0, 4.0, 3.5, 0.0],
-            0.0,
-            "legacy topk",
-        );
+        assert_hand_codes(&sae, [1.0, 0.0, 0.0, 4.0, 3.5, 0.0], "legacy topk");
     }
     // Relu by default when nothing is said.
     let t = tmp();
     let cfg = serde_json::json!({"hook_name": "blocks.1.hook_mlp_out", "d_in": D, "d_sae": L});
-    write_saelens_fixture(
-        t.path(),
-        &SaeLensFixture {
-            cfg,
-            dtype: DType::F32,
-            with_threshold: false,
-        },
-    );
-    let sae = formats::load(t.path(), None).unwrap();
+    let sae = SaeLensFixture::new(cfg).load_from(t.path());
     assert_eq!(sae.activation, Activation::Relu);
     assert!(sae.subtract_b_dec);
     assert_eq!(sae.meta.hook_layer, Some(1));
@@ -687,14 +658,7 @@ fn saelens_refusals_name_the_file() {
     ];
     for (cfg, needle) in cases {
         let t = tmp();
-        write_saelens_fixture(
-            t.path(),
-            &SaeLensFixture {
-                cfg,
-                dtype: DType::F32,
-                with_threshold: true,
-            },
-        );
+        SaeLensFixture::new(cfg).with_threshold().write(t.path());
         let e = err_of(formats::load(t.path(), None));
         assert!(e.contains(needle), "{e}");
         assert!(e.contains("cfg.json"), "{e}");
@@ -718,12 +682,7 @@ fn sparsify_each_dtype_matches_hand_computed_codes() {
         assert!(sae.subtract_b_dec);
         assert_eq!(sae.meta.hook_name.as_deref(), Some("layers.6"));
         assert_eq!(sae.meta.hook_layer, Some(6));
-        assert_close(
-            &canonical_encode(&sae, &INPUTS[0]),
-            &[1.0, 0.0, 0.0, 4.0, 3.5, 0.0],
-            0.0,
-            "sparsify hand",
-        );
+        assert_hand_codes(&sae, [1.0, 0.0, 0.0, 4.0, 3.5, 0.0], "sparsify hand");
         check_against(&sae, |x| sparsify_reference(x, 3), "sparsify");
     }
 }
@@ -782,11 +741,7 @@ fn sparsify_expansion_factor_parent_dir_and_refusals() {
 fn gemma_scope_npz_stored_each_dtype() {
     for dt in DTYPES {
         let t = tmp();
-        let dir = t
-            .path()
-            .join("layer_12")
-            .join("width_16k")
-            .join("average_l0_71");
+        let dir = path_under(&t, &["layer_12", "width_16k", "average_l0_71"]);
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("params.npz");
         write_npz(&file, &gemma_members(dt), false);
@@ -802,12 +757,7 @@ fn gemma_scope_npz_stored_each_dtype() {
             assert_eq!(sae.normalization, Normalization::None);
             assert_eq!(sae.meta.hook_layer, Some(12));
             // Hand-computed: pre = [0.5,-2.5,1.5,5,4,-1.75] vs thresholds.
-            assert_close(
-                &canonical_encode(&sae, &INPUTS[0]),
-                &[0.0, 0.0, 1.5, 5.0, 4.0, 0.0],
-                0.0,
-                "gemma hand",
-            );
+            assert_hand_codes(&sae, [0.0, 0.0, 1.5, 5.0, 4.0, 0.0], "gemma hand");
             check_against(&sae, gemma_reference, "gemma npz");
         }
     }
@@ -857,10 +807,7 @@ fn write_gemma2(dir: &Path, dt: DType, config: Option<serde_json::Value>, skip: 
 fn gemma_scope_2_safetensors() {
     for dt in DTYPES {
         let t = tmp();
-        let dir = t
-            .path()
-            .join("resid_post")
-            .join("layer_17_width_16k_l0_medium");
+        let dir = path_under(&t, &["resid_post", "layer_17_width_16k_l0_medium"]);
         write_gemma2(
             &dir,
             dt,
@@ -913,32 +860,17 @@ fn gemma_scope_2_safetensors() {
 fn detection_by_file_name_and_forcing() {
     let t = tmp();
     let v6 = t.path().join("v6");
-    write_saelens_fixture(
-        &v6,
-        &SaeLensFixture {
-            cfg: saelens_v6_cfg("topk", serde_json::json!({"k": 2})),
-            dtype: DType::F32,
-            with_threshold: false,
-        },
-    );
+    SaeLensFixture::new(saelens_v6_cfg("topk", serde_json::json!({"k": 2}))).write(&v6);
     let sp = t.path().join("sp");
     write_sparsify_fixture(&sp, sparsify_cfg(serde_json::json!({})), DType::F32);
-    assert_eq!(
-        formats::detect(&v6.join("sae_weights.safetensors")).unwrap(),
-        Format::SaeLens
-    );
-    assert_eq!(
-        formats::detect(&v6.join("cfg.json")).unwrap(),
-        Format::SaeLens
-    );
-    assert_eq!(
-        formats::detect(&sp.join("sae.safetensors")).unwrap(),
-        Format::Sparsify
-    );
-    assert_eq!(
-        formats::detect(&sp.join("cfg.json")).unwrap(),
-        Format::Sparsify
-    );
+    for (file, want) in [
+        (v6.join("sae_weights.safetensors"), Format::SaeLens),
+        (v6.join("cfg.json"), Format::SaeLens),
+        (sp.join("sae.safetensors"), Format::Sparsify),
+        (sp.join("cfg.json"), Format::Sparsify),
+    ] {
+        assert_eq!(formats::detect(&file).unwrap(), want, "{file:?}");
+    }
     // Loading through the weights file works too.
     let a = formats::load(v6.join("sae_weights.safetensors"), None).unwrap();
     let b = formats::load(sp.join("sae.safetensors"), None).unwrap();
@@ -1049,18 +981,13 @@ fn writer_round_trips_every_format() {
         let t = tmp();
         // SAELens TopK with rescale and layer_norm.
         let a = t.path().join("a");
-        write_saelens_fixture(
-            &a,
-            &SaeLensFixture {
-                cfg: saelens_v6_cfg(
-                    "topk",
-                    serde_json::json!({"k": 2, "rescale_acts_by_decoder_norm": true,
+        SaeLensFixture::new(saelens_v6_cfg(
+            "topk",
+            serde_json::json!({"k": 2, "rescale_acts_by_decoder_norm": true,
                                        "normalize_activations": "layer_norm"}),
-                ),
-                dtype: dt,
-                with_threshold: false,
-            },
-        );
+        ))
+        .dtype(dt)
+        .write(&a);
         roundtrip(&formats::load(&a, None).unwrap());
         // sparsify: row-major W_enc must be transposed on the way out.
         let b = t.path().join("layers.4");
@@ -1078,18 +1005,12 @@ fn writer_round_trips_every_format() {
     // A relu SAE with constant_norm_rescale and a bias that bf16 cannot hold exactly:
     // biases are then written in f32 so the round trip stays exact.
     let t = tmp();
-    write_saelens_fixture(
-        t.path(),
-        &SaeLensFixture {
-            cfg: saelens_v6_cfg(
-                "standard",
-                serde_json::json!({"normalize_activations": "constant_norm_rescale"}),
-            ),
-            dtype: DType::BF16,
-            with_threshold: false,
-        },
-    );
-    let mut sae = formats::load(t.path(), None).unwrap();
+    let mut sae = SaeLensFixture::new(saelens_v6_cfg(
+        "standard",
+        serde_json::json!({"normalize_activations": "constant_norm_rescale"}),
+    ))
+    .dtype(DType::BF16)
+    .load_from(t.path());
     sae.b_enc[0] = 0.1;
     let back = roundtrip(&sae);
     assert_eq!(back.b_enc[0], 0.1);
@@ -1098,15 +1019,8 @@ fn writer_round_trips_every_format() {
 #[test]
 fn writer_refuses_unrepresentable_layer_norm_eps() {
     let t = tmp();
-    write_saelens_fixture(
-        t.path(),
-        &SaeLensFixture {
-            cfg: saelens_v6_cfg("standard", serde_json::json!({})),
-            dtype: DType::F32,
-            with_threshold: false,
-        },
-    );
-    let mut sae = formats::load(t.path(), None).unwrap();
+    let mut sae =
+        SaeLensFixture::new(saelens_v6_cfg("standard", serde_json::json!({}))).load_from(t.path());
     sae.normalization = Normalization::LayerNorm { eps: 1e-3 };
     let out = t.path().join("out");
     let e = formats::write_saelens(&sae, &out).unwrap_err().to_string();
@@ -1116,36 +1030,17 @@ fn writer_refuses_unrepresentable_layer_norm_eps() {
 // ------------------------------------------------------------------ bad input
 
 fn good_v6(dir: &Path) {
-    write_saelens_fixture(
-        dir,
-        &SaeLensFixture {
-            cfg: saelens_v6_cfg("jumprelu", serde_json::json!({})),
-            dtype: DType::F32,
-            with_threshold: true,
-        },
-    );
-}
-
-fn write_v6_tensors(dir: &Path, tensors: Vec<(&str, OwnedTensor)>) {
-    write_safetensors(
-        &dir.join("sae_weights.safetensors"),
-        &tensors,
-        HashMap::new(),
-    )
-    .unwrap();
+    SaeLensFixture::new(saelens_v6_cfg("jumprelu", serde_json::json!({})))
+        .with_threshold()
+        .write(dir);
 }
 
 /// The load error of a good v6 SAE whose weight tensors `edit` changed.
 fn v6_load_error(edit: impl FnOnce(&mut Vec<(&'static str, OwnedTensor)>)) -> String {
     let t = tmp();
     good_v6(t.path());
-    let mut ts = vec![
-        ("W_enc", tensor(DType::F32, &[D, L], &transposed(&W_ENC))),
-        ("W_dec", tensor(DType::F32, &[L, D], &flat(&W_DEC))),
-        ("b_enc", tensor(DType::F32, &[L], &B_ENC)),
-        ("b_dec", tensor(DType::F32, &[D], &B_DEC)),
-        ("threshold", tensor(DType::F32, &[L], &THRESH)),
-    ];
+    let mut ts = v6_tensors(DType::F32);
+    ts.push(("threshold", tensor(DType::F32, &[L], &THRESH)));
     edit(&mut ts);
     write_v6_tensors(t.path(), ts);
     err_of(formats::load(t.path(), None))
@@ -1196,14 +1091,9 @@ fn bad_input_is_a_clear_error_naming_the_file() {
     assert!(e.contains("b_enc") && e.contains("[6]"), "{e}");
     // Shapes disagreeing with the config (d_sae says 5).
     let t = tmp();
-    write_saelens_fixture(
-        t.path(),
-        &SaeLensFixture {
-            cfg: saelens_v6_cfg("jumprelu", serde_json::json!({"d_sae": 5})),
-            dtype: DType::F32,
-            with_threshold: true,
-        },
-    );
+    SaeLensFixture::new(saelens_v6_cfg("jumprelu", serde_json::json!({"d_sae": 5})))
+        .with_threshold()
+        .write(t.path());
     let e = err_of(formats::load(t.path(), None));
     assert!(e.contains("W_enc") && e.contains("5 latents"), "{e}");
     // Wrong dtype.
@@ -1340,7 +1230,7 @@ mod fuzz {
                 }
             }
             let t = tmp();
-            write_saelens_fixture(t.path(), &SaeLensFixture { cfg: cfg.clone(), dtype: DType::F32, with_threshold: true });
+            SaeLensFixture::new(cfg.clone()).with_threshold().write(t.path());
             let _ = formats::detect(t.path());
             let _ = formats::load(t.path(), None);
             let _ = formats::load(t.path(), Some(Format::SaeLensLegacy));

@@ -2,13 +2,15 @@
 //! --devices`): equal to one pass, failing devices and bad shards reported with the
 //! shard and the device, finished units kept, and a rerun computing only what failed.
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::SystemTime;
 
+use common::{acts_cmd, arg, run_sae, sae_exits, sae_json, sae_ok};
 use sae_engine::codes::{Codes, Denorm, Encoded};
 use sae_engine::cpu::reference::SaeBuilder;
 use sae_engine::io::mapped::{write_safetensors, OwnedTensor};
@@ -19,7 +21,6 @@ use sae_engine::scaleout::{
 use sae_engine::{
     Activation, BackendKind, Dump, Engine, EngineOptions, Error, LatentStats, Result, Sae,
 };
-use serde_json::Value;
 
 const D: usize = 8;
 const L: usize = 40;
@@ -101,6 +102,13 @@ fn write_dump(dir: &Path) -> PathBuf {
     dir.to_path_buf()
 }
 
+/// A temporary directory with the test dump in `dump/`, and the test SAE.
+fn setup() -> (tempfile::TempDir, PathBuf, Arc<Sae>) {
+    let dir = tempfile::tempdir().unwrap();
+    let dump = write_dump(&dir.path().join("dump"));
+    (dir, dump, Arc::new(test_sae(0.0)))
+}
+
 fn cpu_engine(sae: &Arc<Sae>) -> Result<Box<dyn Engine>> {
     sae_engine::engine(BackendKind::Cpu, sae.clone(), &EngineOptions::default())
 }
@@ -156,6 +164,11 @@ fn run_job(
     (report, merged)
 }
 
+/// `run_job` on two healthy CPU workers, with the mask.
+fn run_on_cpus(sae: &Arc<Sae>, dump: &Path, work: &Path) -> (FanOutReport, Option<LatentStats>) {
+    run_job(sae, dump, options(work, 2, true), &|_| cpu_engine(sae))
+}
+
 fn mtimes(dir: &Path) -> HashMap<String, SystemTime> {
     std::fs::read_dir(dir)
         .unwrap()
@@ -175,9 +188,7 @@ fn all_indices() -> Vec<usize> {
 
 #[test]
 fn fan_out_equals_single_pass_with_and_without_mask() {
-    let dir = tempfile::tempdir().unwrap();
-    let dump = write_dump(&dir.path().join("dump"));
-    let sae = Arc::new(test_sae(0.0));
+    let (dir, dump, sae) = setup();
     for use_mask in [true, false] {
         let work = dir.path().join(format!("work-{use_mask}"));
         let rows_seen = AtomicUsize::new(0);
@@ -224,9 +235,7 @@ fn fan_out_equals_single_pass_with_and_without_mask() {
 #[test]
 fn units_of_an_opened_dump_equal_single_pass() {
     // Layouts only Dump::open understands become units of already-opened shards.
-    let dir = tempfile::tempdir().unwrap();
-    let dump = write_dump(&dir.path().join("dump"));
-    let sae = Arc::new(test_sae(0.0));
+    let (dir, dump, sae) = setup();
     let units = units_of_dump(Dump::open(&dump).unwrap(), Some((0, 2))).unwrap();
     assert_eq!(
         units.iter().map(|u| u.index).collect::<Vec<_>>(),
@@ -247,9 +256,7 @@ fn units_of_an_opened_dump_equal_single_pass() {
 
 #[test]
 fn shard_slices_compose_with_devices() {
-    let dir = tempfile::tempdir().unwrap();
-    let dump = write_dump(&dir.path().join("dump"));
-    let sae = Arc::new(test_sae(0.0));
+    let (dir, dump, sae) = setup();
     let work = dir.path().join("work");
     let mut parts = Vec::new();
     for i in 0..2 {
@@ -305,9 +312,7 @@ impl Engine for DeadDevice {
 
 #[test]
 fn failing_device_is_reported_and_a_rerun_computes_only_its_shard() {
-    let dir = tempfile::tempdir().unwrap();
-    let dump = write_dump(&dir.path().join("dump"));
-    let sae = Arc::new(test_sae(0.0));
+    let (dir, dump, sae) = setup();
     let work = dir.path().join("work");
     let gate = Arc::new(Barrier::new(3));
     let built = AtomicUsize::new(0);
@@ -354,7 +359,7 @@ fn failing_device_is_reported_and_a_rerun_computes_only_its_shard() {
 
     // Rerun with every device healthy: only shard 0 is computed.
     std::thread::sleep(std::time::Duration::from_millis(20));
-    let (report, merged) = run_job(&sae, &dump, options(&work, 2, true), &|_| cpu_engine(&sae));
+    let (report, merged) = run_on_cpus(&sae, &dump, &work);
     assert!(report.ok(), "{:?}", report.failure_lines());
     assert_eq!(report.computed, vec![0]);
     assert_eq!(report.reused, vec![1, 2, 3, 4]);
@@ -376,23 +381,17 @@ fn failing_device_is_reported_and_a_rerun_computes_only_its_shard() {
 
 #[test]
 fn devices_that_cannot_start_leave_their_share_to_the_others() {
-    let dir = tempfile::tempdir().unwrap();
-    let dump = write_dump(&dir.path().join("dump"));
-    let sae = Arc::new(test_sae(0.0));
+    let (dir, dump, sae) = setup();
     let unavailable = || Error::BackendUnavailable("simulated: no CUDA driver".into());
+    let opts = |work: &str| options(&dir.path().join(work), 2, true);
     // One of two devices fails to start: everything runs on the other.
-    let (report, merged) = run_job(
-        &sae,
-        &dump,
-        options(&dir.path().join("w1"), 2, true),
-        &|w| {
-            if w == 0 {
-                Err(unavailable())
-            } else {
-                cpu_engine(&sae)
-            }
-        },
-    );
+    let (report, merged) = run_job(&sae, &dump, opts("w1"), &|w| {
+        if w == 0 {
+            Err(unavailable())
+        } else {
+            cpu_engine(&sae)
+        }
+    });
     assert!(report.ok());
     assert_eq!(report.workers[1].units, SIZES.len());
     assert!(report.workers[0].backend.is_none());
@@ -405,12 +404,7 @@ fn devices_that_cannot_start_leave_their_share_to_the_others() {
     assert_same_stats(&merged.unwrap(), &single_pass(&sae, &dump, true));
 
     // No device starts: every shard is reported as not run, plus one line per device.
-    let (report, merged) = run_job(
-        &sae,
-        &dump,
-        options(&dir.path().join("w2"), 2, true),
-        &|_| Err(unavailable()),
-    );
+    let (report, merged) = run_job(&sae, &dump, opts("w2"), &|_| Err(unavailable()));
     assert!(merged.is_none() && !report.ok());
     assert_eq!(report.not_run.len(), SIZES.len());
     let lines = report.failure_lines();
@@ -419,18 +413,13 @@ fn devices_that_cannot_start_leave_their_share_to_the_others() {
     assert!(lines[SIZES.len()].starts_with("device cpu#0"));
 
     // A panicking factory is a device failure too, not a crash.
-    let (report, _) = run_job(
-        &sae,
-        &dump,
-        options(&dir.path().join("w3"), 2, true),
-        &|w| {
-            if w == 0 {
-                panic!("driver bug")
-            } else {
-                cpu_engine(&sae)
-            }
-        },
-    );
+    let (report, _) = run_job(&sae, &dump, opts("w3"), &|w| {
+        if w == 0 {
+            panic!("driver bug")
+        } else {
+            cpu_engine(&sae)
+        }
+    });
     assert!(report.ok());
     assert!(report.workers[0]
         .failure
@@ -441,9 +430,7 @@ fn devices_that_cannot_start_leave_their_share_to_the_others() {
 
 #[test]
 fn bad_shards_fail_only_their_unit_and_are_recomputed_once_fixed() {
-    let dir = tempfile::tempdir().unwrap();
-    let dump = write_dump(&dir.path().join("dump"));
-    let sae = Arc::new(test_sae(0.0));
+    let (dir, dump, sae) = setup();
     let work = dir.path().join("work");
     // Shard 2 truncated; shard 4 holds a NaN in its row 7.
     let p2 = dump.join(shard_name(2));
@@ -459,7 +446,7 @@ fn bad_shards_fail_only_their_unit_and_are_recomputed_once_fixed() {
     )
     .unwrap();
 
-    let (report, merged) = run_job(&sae, &dump, options(&work, 2, true), &|_| cpu_engine(&sae));
+    let (report, merged) = run_on_cpus(&sae, &dump, &work);
     assert!(merged.is_none());
     let failed: Vec<usize> = report.failures.iter().map(|f| f.index).collect();
     assert_eq!(failed, vec![2, 4], "{:?}", report.failure_lines());
@@ -476,7 +463,7 @@ fn bad_shards_fail_only_their_unit_and_are_recomputed_once_fixed() {
     // Fix both shards: the rerun computes exactly those two.
     write_shard(&dump, 2);
     write_shard(&dump, 4);
-    let (report, merged) = run_job(&sae, &dump, options(&work, 2, true), &|_| cpu_engine(&sae));
+    let (report, merged) = run_on_cpus(&sae, &dump, &work);
     assert!(report.ok(), "{:?}", report.failure_lines());
     assert_eq!(report.computed, vec![2, 4]);
     assert_eq!(report.reused, vec![0, 1, 3]);
@@ -485,11 +472,9 @@ fn bad_shards_fail_only_their_unit_and_are_recomputed_once_fixed() {
 
 #[test]
 fn stale_unit_files_are_recomputed() {
-    let dir = tempfile::tempdir().unwrap();
-    let dump = write_dump(&dir.path().join("dump"));
-    let sae = Arc::new(test_sae(0.0));
+    let (dir, dump, sae) = setup();
     let work = dir.path().join("work");
-    let (report, _) = run_job(&sae, &dump, options(&work, 2, true), &|_| cpu_engine(&sae));
+    let (report, _) = run_on_cpus(&sae, &dump, &work);
     assert!(report.ok());
 
     // Another SAE: no file is reused, and the notes say why.
@@ -529,77 +514,26 @@ fn stale_unit_files_are_recomputed() {
 
 // ---- CLI ----
 
-fn sae_cli(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_sae"))
-        .args(args)
-        .env("RAYON_NUM_THREADS", "2")
-        .output()
-        .expect("run sae")
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-fn json_of(out: &Output) -> Value {
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "stdout is not JSON ({e}): {} / {}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
+/// `setup()` with the SAE also written in the SAELens layout to `sae/`, as the CLI
+/// reads it; returns the directory, the dump and the SAE directory.
+fn cli_setup() -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let (dir, dump, sae) = setup();
+    let sae_dir = dir.path().join("sae");
+    sae_engine::formats::write_saelens(&sae, &sae_dir).unwrap();
+    (dir, dump, sae_dir)
 }
 
 #[test]
 fn cli_stats_devices_equals_single_pass_and_resumes() {
-    let dir = tempfile::tempdir().unwrap();
-    let dump = write_dump(&dir.path().join("dump"));
-    let sae = test_sae(0.0);
-    let sae_dir = dir.path().join("sae");
-    sae_engine::formats::write_saelens(&sae, &sae_dir).unwrap();
+    let (dir, dump, sae_dir) = cli_setup();
     let whole = dir.path().join("whole.safetensors");
-    let out = sae_cli(&[
-        "--quiet",
-        "--backend",
-        "cpu",
-        "stats",
-        "--sae",
-        s(&sae_dir),
-        "--acts",
-        s(&dump),
-        "--out",
-        s(&whole),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let quiet_cpu = ["--quiet", "--backend", "cpu"];
+    sae_ok(&acts_cmd("stats", &sae_dir, &dump, &whole, &quiet_cpu));
     let want = sae_engine::io::stats::read(&whole).unwrap();
 
     let fan = dir.path().join("fan.safetensors");
-    let args = [
-        "--json",
-        "--batch-size",
-        "7",
-        "stats",
-        "--sae",
-        s(&sae_dir),
-        "--acts",
-        s(&dump),
-        "--out",
-        s(&fan),
-        "--devices",
-        "cpu,cpu",
-    ];
-    let out = sae_cli(&args);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let j = json_of(&out);
+    let two_cpus = ["--devices", "cpu,cpu", "--json", "--batch-size", "7"];
+    let j = sae_json(&acts_cmd("stats", &sae_dir, &dump, &fan, &two_cpus));
     assert_eq!(j["computed"].as_array().unwrap().len(), SIZES.len());
     assert_eq!(j["devices"].as_array().unwrap().len(), 2);
     assert_eq!(j["devices"][0]["device"], "cpu#0");
@@ -615,23 +549,10 @@ fn cli_stats_devices_equals_single_pass_and_resumes() {
     std::fs::write(&p2, &bytes[..40]).unwrap();
     let work = dir.path().join("work");
     let fan2 = dir.path().join("fan2.safetensors");
-    let args = [
-        "stats",
-        "--sae",
-        s(&sae_dir),
-        "--acts",
-        s(&dump),
-        "--out",
-        s(&fan2),
-        "--devices",
-        "cpu:2",
-        "--work-dir",
-        s(&work),
-        "--keep-units",
-    ];
-    let out = sae_cli(&args);
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let w = arg(&work);
+    let kept = ["--devices", "cpu:2", "--work-dir", w, "--keep-units"];
+    let args = acts_cmd("stats", &sae_dir, &dump, &fan2, &kept);
+    let err = sae_exits(1, &args);
     let failed: Vec<&str> = err
         .lines()
         .filter(|l| l.starts_with("sae: failed: "))
@@ -655,13 +576,7 @@ fn cli_stats_devices_equals_single_pass_and_resumes() {
     write_shard(&dump, 2);
     let mut rerun = vec!["--json"];
     rerun.extend_from_slice(&args);
-    let out = sae_cli(&rerun);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let j = json_of(&out);
+    let j = sae_json(&rerun);
     assert_eq!(j["computed"], serde_json::json!([2]));
     assert_eq!(j["reused"], serde_json::json!([0, 1, 3, 4]));
     assert_same_stats(&sae_engine::io::stats::read(&fan2).unwrap(), &want);
@@ -669,26 +584,9 @@ fn cli_stats_devices_equals_single_pass_and_resumes() {
 
     // Composes with --shard I/N.
     let part = dir.path().join("part.safetensors");
-    let out = sae_cli(&[
-        "--json",
-        "stats",
-        "--sae",
-        s(&sae_dir),
-        "--acts",
-        s(&dump),
-        "--out",
-        s(&part),
-        "--devices",
-        "cpu:2",
-        "--shard",
-        "1/2",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(json_of(&out)["computed"], serde_json::json!([1, 3]));
+    let sliced = ["--json", "--devices", "cpu:2", "--shard", "1/2"];
+    let j = sae_json(&acts_cmd("stats", &sae_dir, &dump, &part, &sliced));
+    assert_eq!(j["computed"], serde_json::json!([1, 3]));
 
     // Usage errors: a device listed twice, --work-dir without --devices.
     for bad in [
@@ -696,26 +594,14 @@ fn cli_stats_devices_equals_single_pass_and_resumes() {
         vec!["--devices", "cpu:0"],
         vec!["--work-dir", "w"],
     ] {
-        let mut a = vec![
-            "stats",
-            "--sae",
-            s(&sae_dir),
-            "--acts",
-            s(&dump),
-            "--out",
-            s(&part),
-        ];
-        a.extend(bad.iter());
-        assert_eq!(sae_cli(&a).status.code(), Some(2), "{bad:?}");
+        let a = acts_cmd("stats", &sae_dir, &dump, &part, &bad);
+        assert_eq!(run_sae(&a).status.code(), Some(2), "{bad:?}");
     }
 }
 
 #[test]
 fn cli_unavailable_cuda_devices_fail_naming_every_shard() {
-    let dir = tempfile::tempdir().unwrap();
-    let dump = write_dump(&dir.path().join("dump"));
-    let sae_dir = dir.path().join("sae");
-    sae_engine::formats::write_saelens(&test_sae(0.0), &sae_dir).unwrap();
+    let (dir, dump, sae_dir) = cli_setup();
     let out_path = dir.path().join("o.safetensors");
     // Only meaningful where CUDA cannot start (the test suite runs without a GPU).
     if sae_engine::engine(
@@ -728,19 +614,8 @@ fn cli_unavailable_cuda_devices_fail_naming_every_shard() {
         eprintln!("skipped: a CUDA device is usable here");
         return;
     }
-    let out = sae_cli(&[
-        "stats",
-        "--sae",
-        s(&sae_dir),
-        "--acts",
-        s(&dump),
-        "--out",
-        s(&out_path),
-        "--devices",
-        "0,1",
-    ]);
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let cuda_0_1 = ["--devices", "0,1"];
+    let err = sae_exits(1, &acts_cmd("stats", &sae_dir, &dump, &out_path, &cuda_0_1));
     assert_eq!(err.matches("not run").count(), SIZES.len(), "{err}");
     assert!(
         err.contains("device cuda:0") && err.contains("device cuda:1"),
