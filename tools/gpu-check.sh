@@ -12,6 +12,7 @@
 #         1. sae-bench info               device, how kernels loaded (fatbin or NVRTC)
 #         2. sae-bench verify             GPU against the CPU reference (non-zero on mismatch)
 #         3. cuda_parity test binary      the same cases through the test harness
+#            sae-bench info / verify --quick with SAE_FORCE_NVRTC=1: the NVRTC fallback
 #         4. sae-bench run                per-kernel timings + dump streaming
 #         5. torch_baseline.py            PyTorch on the same shapes, same run
 #         6. ffi/tests/gpu_device_ptr.sh  C ABI device pointers with torch CUDA tensors
@@ -69,6 +70,10 @@ device)
     step info 30 "$here/sae-bench" info --json "$out/info.json"
     step verify 240 "$here/sae-bench" verify --json "$out/verify.json"
     step parity 90 "$here/cuda_parity" --test-threads=1 --nocapture
+    # The run-time fallback of a build without nvcc: the same binary with its fatbins ignored,
+    # every module compiled by NVRTC (torch's nvidia wheels provide libnvrtc), quick verify.
+    step nvrtc_info 60 env SAE_FORCE_NVRTC=1 SAE_CACHE_DIR="$out/nvrtc-cache" "$here/sae-bench" info --json "$out/info-nvrtc.json"
+    step nvrtc_verify 180 env SAE_FORCE_NVRTC=1 SAE_CACHE_DIR="$out/nvrtc-cache" "$here/sae-bench" verify --quick --json "$out/verify-nvrtc.json"
     step bench 180 "$here/sae-bench" run --reps "${REPS:-5}" --scratch "${TMPDIR:-/tmp}" --json "$out/bench.json"
     step torch 150 python3 "$here/torch_baseline.py" --reps "${REPS:-5}" --json "$out/torch.json"
     # The C ABI's device-pointer path through the Python binding and torch CUDA tensors

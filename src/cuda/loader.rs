@@ -103,25 +103,37 @@ fn read_dir_sorted(dir: &Path) -> Vec<PathBuf> {
     v
 }
 
+/// dlopens `path` with RTLD_GLOBAL and keeps it loaded; false when it does not load.
+fn open_global(path: &Path) -> bool {
+    // SAFETY: loading a CUDA library runs only its initializers; RTLD_GLOBAL lets its
+    // soname satisfy cudarc's later dlopen. Leaked on purpose: it stays loaded.
+    let flags = libloading::os::unix::RTLD_NOW | libloading::os::unix::RTLD_GLOBAL;
+    match unsafe { libloading::os::unix::Library::open(Some(path), flags) } {
+        Ok(l) => {
+            std::mem::forget(l);
+            true
+        }
+        Err(_) => false,
+    }
+}
+
 /// Loads `lib` by full path from the search directories. Returns the path loaded.
 fn preload(lib: Lib) -> Option<PathBuf> {
-    let names = cudarc::get_lib_name_candidates(lib.stem());
-    for dir in search_dirs() {
-        for name in &names {
-            let path = dir.join(name);
-            if !path.is_file() {
-                continue;
-            }
-            // SAFETY: loading a CUDA library runs only its initializers; RTLD_GLOBAL lets
-            // its soname satisfy cudarc's later dlopen. Leaked on purpose: it stays loaded.
-            let flags = libloading::os::unix::RTLD_NOW | libloading::os::unix::RTLD_GLOBAL;
-            if let Ok(l) = unsafe { libloading::os::unix::Library::open(Some(&path), flags) } {
-                std::mem::forget(l);
-                return Some(path);
+    let path = preload_named(lib.stem())?;
+    if lib == Lib::Nvrtc {
+        // libnvrtc dlopens libnvrtc-builtins by soname when it compiles; outside the loader
+        // path that fails ("failed to open libnvrtc-builtins.so.13.0") unless the copy
+        // beside it is loaded already.
+        if let Some(dir) = path.parent() {
+            for f in read_dir_sorted(dir)
+                .into_iter()
+                .filter(|p| file_name_starts(p, "libnvrtc-builtins.so"))
+            {
+                open_global(&f);
             }
         }
     }
-    None
+    Some(path)
 }
 
 /// Makes `lib` loadable or says plainly that it is missing. Cached per library.
@@ -163,13 +175,8 @@ fn preload_named(stem: &str) -> Option<PathBuf> {
     for dir in search_dirs() {
         for name in &names {
             let path = dir.join(name);
-            if path.is_file() {
-                let flags = libloading::os::unix::RTLD_NOW | libloading::os::unix::RTLD_GLOBAL;
-                // SAFETY: as in `preload`.
-                if let Ok(l) = unsafe { libloading::os::unix::Library::open(Some(&path), flags) } {
-                    std::mem::forget(l);
-                    return Some(path);
-                }
+            if path.is_file() && open_global(&path) {
+                return Some(path);
             }
         }
     }
