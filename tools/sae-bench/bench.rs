@@ -33,143 +33,90 @@ pub struct Shape {
     pub scores: Option<bool>,
     /// How the encoder GEMM picks its algorithm.
     pub gemm: GemmMode,
+    /// Also time the GEMM on all-zero weights and activations: the anchors' cuBLAS figures
+    /// were taken on zeros, which draw less power and hold higher clocks than random data.
+    pub zero_data_gemm: bool,
 }
+
+/// The paper's shape: 4096 tokens, d = 4096, 2^21 latents, k = 64, bf16, fast precision.
+const PAPER: Shape = Shape {
+    name: "paper",
+    n: 4096,
+    d: 4096,
+    l: 1 << 21,
+    k: 64,
+    dtype: DType::BF16,
+    precision: Precision::Fast,
+    force: None,
+    scores: None,
+    gemm: GemmMode::Auto,
+    zero_data_gemm: true,
+};
+
+/// The paper's shape with L = 2^18 (the anchors' middle size).
+const L262K: Shape = Shape {
+    name: "l262k",
+    l: 1 << 18,
+    zero_data_gemm: false,
+    ..PAPER
+};
 
 /// The default set: the paper shape first, then the anchors' other shapes.
 pub const SHAPES: &[Shape] = &[
-    Shape {
-        name: "paper",
-        n: 4096,
-        d: 4096,
-        l: 1 << 21,
-        k: 64,
-        dtype: DType::BF16,
-        precision: Precision::Fast,
-        force: None,
-        scores: None,
-        gemm: GemmMode::Auto,
-    },
+    PAPER,
     // cuBLAS's own algorithm choice (no search), the path measured before the search existed.
     Shape {
         name: "paper-cublas",
-        n: 4096,
-        d: 4096,
-        l: 1 << 21,
-        k: 64,
-        dtype: DType::BF16,
-        precision: Precision::Fast,
-        force: None,
-        scores: None,
         gemm: GemmMode::Cublas,
+        zero_data_gemm: false,
+        ..PAPER
     },
     Shape {
         name: "paper-r1024-t8k",
-        n: 4096,
-        d: 4096,
-        l: 1 << 21,
-        k: 64,
-        dtype: DType::BF16,
-        precision: Precision::Fast,
         force: Some((1024, 8192)),
-        scores: None,
-        gemm: GemmMode::Auto,
+        zero_data_gemm: false,
+        ..PAPER
     },
     Shape {
         name: "paper-r2048-t4k",
-        n: 4096,
-        d: 4096,
-        l: 1 << 21,
-        k: 64,
-        dtype: DType::BF16,
-        precision: Precision::Fast,
         force: Some((2048, 4096)),
-        scores: None,
-        gemm: GemmMode::Auto,
+        zero_data_gemm: false,
+        ..PAPER
     },
     // Same shapes with the other scores scratch: both sides of the size rule in one run.
     Shape {
         name: "paper-f32scores",
-        n: 4096,
-        d: 4096,
-        l: 1 << 21,
-        k: 64,
-        dtype: DType::BF16,
-        precision: Precision::Fast,
-        force: None,
         scores: Some(false),
-        gemm: GemmMode::Auto,
+        zero_data_gemm: false,
+        ..PAPER
     },
     Shape {
         name: "l262k-bf16scores",
-        n: 4096,
-        d: 4096,
-        l: 1 << 18,
-        k: 64,
-        dtype: DType::BF16,
-        precision: Precision::Fast,
-        force: None,
         scores: Some(true),
-        gemm: GemmMode::Auto,
+        ..L262K
     },
-    Shape {
-        name: "l262k",
-        n: 4096,
-        d: 4096,
-        l: 1 << 18,
-        k: 64,
-        dtype: DType::BF16,
-        precision: Precision::Fast,
-        force: None,
-        scores: None,
-        gemm: GemmMode::Auto,
-    },
+    L262K,
     Shape {
         name: "l65k",
-        n: 4096,
-        d: 4096,
         l: 1 << 16,
-        k: 64,
-        dtype: DType::BF16,
-        precision: Precision::Fast,
-        force: None,
-        scores: None,
-        gemm: GemmMode::Auto,
+        ..L262K
     },
     Shape {
         name: "qwen",
-        n: 4096,
         d: 3584,
         l: 1 << 17,
-        k: 64,
-        dtype: DType::BF16,
-        precision: Precision::Fast,
-        force: None,
-        scores: None,
-        gemm: GemmMode::Auto,
+        ..L262K
     },
     Shape {
         name: "f32-tf32",
-        n: 4096,
-        d: 4096,
-        l: 1 << 18,
-        k: 64,
         dtype: DType::F32,
-        precision: Precision::Fast,
-        force: None,
-        scores: None,
-        gemm: GemmMode::Auto,
+        ..L262K
     },
     Shape {
         name: "l65k-exact",
-        n: 4096,
-        d: 4096,
         l: 1 << 16,
-        k: 64,
-        dtype: DType::BF16,
         precision: Precision::Exact,
-        force: None,
-        scores: None,
-        gemm: GemmMode::Auto,
+        ..L262K
     },
 ];
 
@@ -243,6 +190,24 @@ fn bench_shape(gpu: &Gpu, s: &Shape, reps: usize) -> Result<Value> {
         }
         Ok(())
     })?;
+    let gemm_zero = if s.zero_data_gemm {
+        gpu.zero(sae.w_enc.buf.ptr, sae.w_enc.buf.bytes)?;
+        gpu.zero(ws.x32.ptr, rows * s.d * 4)?;
+        let t = time_ms(gpu, reps, || {
+            for _ in 0..chunks {
+                encode::encode_topk_chunk(gpu, &sae, &ws, rows, s.k, true, bad)?;
+            }
+            Ok(())
+        })?;
+        // Back to the random data the rest of this shape measures
+        // (the same seed and scale as DeviceSae::random_topk)
+        let scale = 1.0 / (s.d as f32).sqrt();
+        gpu.fill_random(s.dtype, sae.w_enc.buf.ptr, s.l * s.d, 0xbe7c4, scale)?;
+        gpu.fill_random(DType::F32, ws.x32.ptr, rows * s.d, 0x1234, 1.0)?;
+        Some(t)
+    } else {
+        None
+    };
     // Re-run the full encode so ws holds codes for the decode and stats below.
     encode::encode_topk_chunk(gpu, &sae, &ws, rows, s.k, false, bad)?;
     let (idx, val) = match (&ws.idx, &ws.val) {
@@ -332,6 +297,7 @@ fn bench_shape(gpu: &Gpu, s: &Shape, reps: usize) -> Result<Value> {
         "uncertified_row": (flags[1] != i32::MAX).then_some(flags[1]),
         "encode_ms": enc,
         "gemm_only_ms": gemm,
+        "gemm_only_zero_data_ms": gemm_zero,
         "topk_overhead_ms": enc - gemm,
         "encode_tflops": flops / (enc * 1e-3) / 1e12,
         "gemm_tflops": flops / (gemm * 1e-3) / 1e12,
@@ -361,6 +327,14 @@ fn bench_shape(gpu: &Gpu, s: &Shape, reps: usize) -> Result<Value> {
         steer,
         beyond as f64 / (1u64 << 20) as f64
     );
+    if let Some(z) = gemm_zero {
+        println!(
+            "{:<16}   GEMM only on all-zero data {:.2} ms ({:.1} TFLOP/s)",
+            "",
+            z,
+            flops / (z * 1e-3) / 1e12
+        );
+    }
     for r in &searches {
         let tried: Vec<String> = r
             .candidates
