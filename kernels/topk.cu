@@ -74,6 +74,29 @@ __device__ __forceinline__ bool topk_skip(float s, float bmax, const float* smax
     return ub < thr_val && s > __int_as_float(0xff800000);
 }
 
+// Block-wide bitonic sort, descending, of buf[0..n) in shared memory: padded with 0 (below
+// any real key) up to the next power of two, which must fit in buf. Every thread of the
+// block calls it; it ends with the block synchronized.
+__device__ __forceinline__ void block_sort_desc(u64* buf, int n, int tid) {
+    int p = 1;
+    while (p < n) p <<= 1;
+    for (int i = n + tid; i < p; i += TOPK_THREADS) buf[i] = 0;
+    __syncthreads();
+    for (int size = 2; size <= p; size <<= 1) {
+        for (int stride = size >> 1; stride > 0; stride >>= 1) {
+            for (int i = tid; i < p; i += TOPK_THREADS) {
+                int j = i ^ stride;
+                if (j > i) {
+                    u64 a = buf[i], b = buf[j];
+                    bool desc = (i & size) == 0;
+                    if (desc ? (a < b) : (a > b)) { buf[i] = b; buf[j] = a; }
+                }
+            }
+            __syncthreads();
+        }
+    }
+}
+
 template <class S>
 __device__ __forceinline__ void topk_select(const typename S::T* __restrict__ scores, long long ld, int tile_len,
                                             unsigned latent0, const float* __restrict__ b_enc,
@@ -181,25 +204,9 @@ __device__ __forceinline__ void topk_select(const typename S::T* __restrict__ sc
         m = n_cand;
     }
 
-    // Merge: bitonic sort (descending) of kept + survivors, padded with 0 (below any real key).
+    // Merge: sort kept + survivors.
     const int total = kept + m;
-    int p = 1;
-    while (p < total) p <<= 1;
-    for (int i = total + tid; i < p; i += TOPK_THREADS) buf[i] = 0;
-    __syncthreads();
-    for (int size = 2; size <= p; size <<= 1) {
-        for (int stride = size >> 1; stride > 0; stride >>= 1) {
-            for (int i = tid; i < p; i += TOPK_THREADS) {
-                int j = i ^ stride;
-                if (j > i) {
-                    u64 a = buf[i], b = buf[j];
-                    bool desc = (i & size) == 0;
-                    if (desc ? (a < b) : (a > b)) { buf[i] = b; buf[j] = a; }
-                }
-            }
-            __syncthreads();
-        }
-    }
+    block_sort_desc(buf, total, tid);
     const int n_out = total < k ? total : k;
     for (int i = tid; i < n_out; i += TOPK_THREADS) srow_state[i] = buf[i];
     if (tid == 0) count[row] = n_out;
@@ -273,23 +280,7 @@ topk_rescore_bf16(const u64* __restrict__ state, const int* __restrict__ count, 
             buf[c] = key;
         }
     }
-    int p = 1;
-    while (p < n) p <<= 1;
-    for (int i = n + tid; i < p; i += TOPK_THREADS) buf[i] = 0;
-    __syncthreads();
-    for (int size = 2; size <= p; size <<= 1) {
-        for (int stride = size >> 1; stride > 0; stride >>= 1) {
-            for (int i = tid; i < p; i += TOPK_THREADS) {
-                int j = i ^ stride;
-                if (j > i) {
-                    u64 a = buf[i], b = buf[j];
-                    bool desc = (i & size) == 0;
-                    if (desc ? (a < b) : (a > b)) { buf[i] = b; buf[j] = a; }
-                }
-            }
-            __syncthreads();
-        }
-    }
+    block_sort_desc(buf, n, tid);
     for (int j = tid; j < k; j += TOPK_THREADS) {
         long long e = (long long)row * k + j;
         u64 key = j < n ? buf[j] : 0;

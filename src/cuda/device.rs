@@ -181,6 +181,15 @@ impl Gpu {
         }
     }
 
+    /// One block of `threads` threads per row: the launch shape of every per-row kernel.
+    pub fn per_row(rows: usize, threads: u32) -> LaunchConfig {
+        LaunchConfig {
+            grid_dim: (rows as u32, 1, 1),
+            block_dim: (threads, 1, 1),
+            shared_mem_bytes: 0,
+        }
+    }
+
     /// Fills `n` elements of dtype `dtype` at `dst` with uniform values in [-scale, scale).
     pub fn fill_random(
         &self,

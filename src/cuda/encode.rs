@@ -3,7 +3,7 @@
 //! Device memory beyond the weights is the workspace planned here from
 //! `workspace_bytes`: rows per chunk and latents per tile shrink to fit it.
 
-use cudarc::driver::{LaunchConfig, PushKernelArg};
+use cudarc::driver::PushKernelArg;
 
 use super::device::{DevBuf, Gpu};
 use super::gemm::{self, GemmMode, GemmPtrs, GemmSpec};
@@ -187,6 +187,11 @@ pub struct Workspace {
     pub gemm_mode: GemmMode,
 }
 
+/// `bytes` of device memory when `cond` holds (buffers only some plans need).
+fn alloc_if(gpu: &Gpu, cond: bool, bytes: usize) -> Result<Option<DevBuf>> {
+    cond.then(|| gpu.alloc(bytes)).transpose()
+}
+
 impl Workspace {
     /// Allocates the buffers of `plan`.
     pub fn new(gpu: &Gpu, sae: &DeviceSae, precision: Precision, plan: Plan) -> Result<Workspace> {
@@ -205,47 +210,19 @@ impl Workspace {
             plan,
             precision,
             x32: gpu.alloc(r * d * 4)?,
-            xlp: if precision == Precision::Fast && lp {
-                Some(gpu.alloc(r * d * 2)?)
-            } else {
-                None
-            },
+            xlp: alloc_if(gpu, precision == Precision::Fast && lp, r * d * 2)?,
             scores: gpu.alloc(r * t * if half { 2 } else { 4 })?,
             half_scores: half,
             k2,
-            wtile: if precision == Precision::Exact && lp {
-                Some(gpu.alloc(t * d * 4)?)
-            } else {
-                None
-            },
-            state: if k > 0 {
-                Some(gpu.alloc(r * k2 * 8)?)
-            } else {
-                None
-            },
+            wtile: alloc_if(gpu, precision == Precision::Exact && lp, t * d * 4)?,
+            state: alloc_if(gpu, k > 0, r * k2 * 8)?,
             count: gpu.alloc(r * 4)?,
-            idx: if k > 0 {
-                Some(gpu.alloc(r * k * 4)?)
-            } else {
-                None
-            },
-            val: if k > 0 {
-                Some(gpu.alloc(r * k * 4)?)
-            } else {
-                None
-            },
+            idx: alloc_if(gpu, k > 0, r * k * 4)?,
+            val: alloc_if(gpu, k > 0, r * k * 4)?,
             offsets: gpu.alloc(r * 8)?,
             bad: gpu.alloc(16)?,
-            frag_idx: if k == 0 {
-                Some(gpu.alloc(frag_cap * 4)?)
-            } else {
-                None
-            },
-            frag_val: if k == 0 {
-                Some(gpu.alloc(frag_cap * 4)?)
-            } else {
-                None
-            },
+            frag_idx: alloc_if(gpu, k == 0, frag_cap * 4)?,
+            frag_val: alloc_if(gpu, k == 0, frag_cap * 4)?,
             frag_cap,
             gemm_mode: GemmMode::from_env()?,
         })
@@ -549,11 +526,7 @@ fn topk_chunk(
                 .arg(&ws.count.ptr)
                 .arg(&kk32)
                 .arg(&flags);
-            let cfg = LaunchConfig {
-                grid_dim: (rows as u32, 1, 1),
-                block_dim: (TOPK_THREADS, 1, 1),
-                shared_mem_bytes: 0,
-            };
+            let cfg = Gpu::per_row(rows, TOPK_THREADS);
             // SAFETY: topk_select_<f32|bf16>(scores, ld, tile_len, latent0, b_enc, scale|null,
             // bmax, smax|null, state, count, k, bad): scores rows x ld (of the GEMM's output
             // type) with t valid columns; b_enc/scale cover latent0 + t and bmax/smax the
@@ -591,11 +564,7 @@ fn topk_chunk(
             .arg(&val.ptr)
             .arg(&flags)
             .arg(&retry);
-        let cfg = LaunchConfig {
-            grid_dim: (rows as u32, 1, 1),
-            block_dim: (TOPK_THREADS, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let cfg = Gpu::per_row(rows, TOPK_THREADS);
         // SAFETY: topk_rescore_bf16(state, count, k2, k, x bf16 [rows, d], W bf16 with element
         // (l, i) at l * rs + i * cs, d, rs, cs, b_enc, scale|null, idx_out, val_out [rows, k],
         // bad, retry): state holds rows x k2 keys of valid latents written by the select above.
@@ -665,11 +634,7 @@ pub fn encode_csr_chunk(
                 ws.scores_out(),
             )?;
             let (t32, l032) = (t as i32, l0 as u32);
-            let cfg = |n: usize| LaunchConfig {
-                grid_dim: (n as u32, 1, 1),
-                block_dim: (THR_THREADS, 1, 1),
-                shared_mem_bytes: 0,
-            };
+            let cfg = |n: usize| Gpu::per_row(n, THR_THREADS);
             let mut b = gpu.stream.launch_builder(count_k);
             b.arg(&ws.scores.ptr)
                 .arg(&ld)

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use cudarc::cublas::{result as blas, sys as bsys};
 use cudarc::cublaslt::{result as lt, sys as lsys};
-use cudarc::driver::{LaunchConfig, PushKernelArg};
+use cudarc::driver::PushKernelArg;
 
 use super::device::{DevBuf, Gpu};
 use super::loader::{self, Lib};
@@ -471,11 +471,7 @@ fn column_sums(gpu: &Gpu, s: &GemmSpec, c: u64, out: &DevBuf) -> Result<Vec<f32>
     let (ld, m) = (s.ldc as i64, s.m as i32);
     let mut b = gpu.stream.launch_builder(f);
     b.arg(&c).arg(&ld).arg(&m).arg(&out.ptr);
-    let cfg = LaunchConfig {
-        grid_dim: (s.n as u32, 1, 1),
-        block_dim: (256, 1, 1),
-        shared_mem_bytes: 0,
-    };
+    let cfg = Gpu::per_row(s.n, 256);
     // SAFETY: colsum_<f32|bf16>(c, ld, m, out): one block per column of C (n blocks), each
     // reading m elements at column stride ld; out holds 2n f32.
     unsafe { b.launch(cfg) }.map_err(|e| Error::Cuda(format!("launching {name}: {e}")))?;
