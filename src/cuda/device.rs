@@ -52,6 +52,9 @@ pub(crate) fn cuda_err(what: &str) -> impl Fn(drv::DriverError) -> Error + '_ {
 pub struct Gpu {
     pub ctx: Arc<CudaContext>,
     pub stream: Arc<CudaStream>,
+    /// A second stream: the top-k pass of a double-buffered encode runs here while the next
+    /// tile's GEMM runs on `stream` (ordered by events, see encode::Overlap).
+    pub aux: Arc<CudaStream>,
     pub blas: CudaBlas,
     /// cuBLASLt handle and the encoder GEMM's algorithm choices (see [`super::gemm`]).
     pub gemm: Gemm,
@@ -74,6 +77,9 @@ impl Gpu {
         // SAFETY: every buffer of this engine is used on `stream` alone, in stream order.
         unsafe { ctx.disable_event_tracking() };
         let stream = ctx.default_stream();
+        let aux = ctx
+            .new_stream()
+            .map_err(cuda_err("creating the second stream"))?;
         let blas = CudaBlas::new(stream.clone())
             .map_err(|e| Error::Cuda(format!("creating the cuBLAS handle: {e}")))?;
         let cc = ctx
@@ -99,6 +105,7 @@ impl Gpu {
         Ok(Gpu {
             ctx,
             stream,
+            aux,
             blas,
             gemm: Gemm::default(),
             kernels,

@@ -12,6 +12,7 @@ use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::matrix::Layout;
 use crate::sae::Activation;
+use cudarc::driver::CudaEvent;
 
 /// GEMM arithmetic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -52,6 +53,21 @@ pub struct Plan {
     pub rows: usize,
     pub tile: usize,
     pub bf16_scores: bool,
+    /// Two score buffers: the top-k pass over one tile runs on a second stream while the
+    /// GEMM fills the other (TopK only; see [`Plan::double_buffered`]).
+    pub double_buffer: bool,
+}
+
+impl Plan {
+    /// The same plan with two score buffers of half the tile each, so the scratch stays
+    /// within the same workspace (a 128-latent tile stays 128).
+    pub fn double_buffered(self) -> Plan {
+        Plan {
+            tile: (self.tile / 2).div_ceil(128).max(1) * 128,
+            double_buffer: true,
+            ..self
+        }
+    }
 }
 
 fn low_precision(dtype: DType) -> bool {
@@ -142,6 +158,7 @@ pub fn plan(
                     rows,
                     tile: tile.min(l_cap).max(128),
                     bf16_scores: half,
+                    double_buffer: false,
                 });
             }
         }
@@ -185,6 +202,34 @@ pub struct Workspace {
     frag_cap: usize,
     /// How the encoder GEMM picks its algorithm (default: SAE_GEMM, else auto).
     pub gemm_mode: GemmMode,
+    /// The second score buffer and its events (TopK plans with `double_buffer`).
+    overlap: Option<Overlap>,
+}
+
+/// Double buffering of the scores between the GEMM (on the main stream) and the top-k pass
+/// (on `Gpu::aux`): tile i goes to buffer i % 2; the GEMM of tile i + 2 waits for the pass
+/// over tile i, the pass over tile i waits for its GEMM.
+struct Overlap {
+    scores2: DevBuf,
+    gemm_done: [CudaEvent; 2],
+    select_done: [CudaEvent; 2],
+    end: CudaEvent,
+}
+
+impl Overlap {
+    fn new(gpu: &Gpu, bytes: usize) -> Result<Overlap> {
+        let ev = || {
+            gpu.ctx
+                .new_event(None)
+                .map_err(|e| Error::Cuda(format!("creating an event: {e}")))
+        };
+        Ok(Overlap {
+            scores2: gpu.alloc(bytes)?,
+            gemm_done: [ev()?, ev()?],
+            select_done: [ev()?, ev()?],
+            end: ev()?,
+        })
+    }
 }
 
 /// `bytes` of device memory when `cond` holds (buffers only some plans need).
@@ -206,12 +251,13 @@ impl Workspace {
         let half =
             k > 0 && plan.bf16_scores && bf16_scores(sae.w_enc.dtype, precision, 0, Some(true));
         let k2 = if half { candidates(k) } else { k };
+        let scores_bytes = r * t * if half { 2 } else { 4 };
         Ok(Workspace {
             plan,
             precision,
             x32: gpu.alloc(r * d * 4)?,
             xlp: alloc_if(gpu, precision == Precision::Fast && lp, r * d * 2)?,
-            scores: gpu.alloc(r * t * if half { 2 } else { 4 })?,
+            scores: gpu.alloc(scores_bytes)?,
             half_scores: half,
             k2,
             wtile: alloc_if(gpu, precision == Precision::Exact && lp, t * d * 4)?,
@@ -225,6 +271,11 @@ impl Workspace {
             frag_val: alloc_if(gpu, k == 0, frag_cap * 4)?,
             frag_cap,
             gemm_mode: GemmMode::from_env()?,
+            overlap: if k > 0 && plan.double_buffer {
+                Some(Overlap::new(gpu, scores_bytes)?)
+            } else {
+                None
+            },
         })
     }
 
@@ -234,6 +285,7 @@ impl Workspace {
             Some(&self.x32),
             self.xlp.as_ref(),
             Some(&self.scores),
+            self.overlap.as_ref().map(|o| &o.scores2),
             self.wtile.as_ref(),
             self.state.as_ref(),
             Some(&self.count),
@@ -278,6 +330,8 @@ pub fn prepare_x(gpu: &Gpu, sae: &DeviceSae, ws: &Workspace, rows: usize) -> Res
 pub struct ScoresOut {
     pub bf16: bool,
     pub ld: usize,
+    /// Device address of the buffer.
+    pub buf: u64,
 }
 
 impl Workspace {
@@ -286,6 +340,7 @@ impl Workspace {
         ScoresOut {
             bf16: self.half_scores,
             ld: self.plan.tile,
+            buf: self.scores.ptr,
         }
     }
 
@@ -295,6 +350,7 @@ impl Workspace {
             ScoresOut {
                 bf16: false,
                 ld: self.plan.tile / 2,
+                buf: self.scores.ptr,
             }
         } else {
             self.scores_out()
@@ -410,7 +466,7 @@ pub fn gemm_tile(
     let ptrs = GemmPtrs {
         a: a_ptr,
         b: b_ptr,
-        c: ws.scores.ptr,
+        c: out.buf,
     };
     gemm::run(gpu, ws.gemm_mode, &spec, ptrs).map_err(|e| {
         Error::Cuda(format!(
@@ -497,9 +553,25 @@ fn topk_chunk(
     let ld = out.ld as i64;
     let kk32 = kk as i32;
     let k32 = k as i32;
+    // Double buffering only on the normal path (the f32 fallback reuses the first buffer).
+    let ov = match &ws.overlap {
+        Some(o) if !gemm_only && out.buf == ws.scores.ptr && out.ld == ws.plan.tile => Some(o),
+        _ => None,
+    };
+    let ev_err = |e: cudarc::driver::DriverError| Error::Cuda(format!("stream event: {e}"));
     let mut l0 = 0;
+    let mut i = 0usize;
     while l0 < sae.n_latents {
         let t = out.ld.min(sae.n_latents - l0);
+        let slot = i % 2;
+        let buf = match ov {
+            Some(o) if slot == 1 => o.scores2.ptr,
+            _ => out.buf,
+        };
+        if let (Some(o), true) = (ov, i >= 2) {
+            // The pass over tile i - 2 must be done reading this buffer.
+            gpu.stream.wait(&o.select_done[slot]).map_err(ev_err)?;
+        }
         gemm_tile(
             gpu,
             &sae.w_enc,
@@ -509,12 +581,20 @@ fn topk_chunk(
             rows,
             l0,
             t,
-            out,
+            ScoresOut { buf, ..out },
         )?;
         if !gemm_only {
+            let stream = match ov {
+                Some(o) => {
+                    o.gemm_done[slot].record(&gpu.stream).map_err(ev_err)?;
+                    gpu.aux.wait(&o.gemm_done[slot]).map_err(ev_err)?;
+                    &gpu.aux
+                }
+                None => &gpu.stream,
+            };
             let (t32, l032) = (t as i32, l0 as u32);
-            let mut b = gpu.stream.launch_builder(select);
-            b.arg(&ws.scores.ptr)
+            let mut b = stream.launch_builder(select);
+            b.arg(&buf)
                 .arg(&ld)
                 .arg(&t32)
                 .arg(&l032)
@@ -532,9 +612,20 @@ fn topk_chunk(
             // type) with t valid columns; b_enc/scale cover latent0 + t and bmax/smax the
             // 128-latent blocks of the SAE (smax present exactly when scale is); state
             // rows x kk u64 (kk <= ws.k2) and count rows i32, zeroed before the first tile.
+            // On the second stream, the launch is ordered after this tile's GEMM (gemm_done)
+            // and before the GEMM that next overwrites `buf` (select_done).
             unsafe { b.launch(cfg) }.map_err(launch_err("topk_select"))?;
+            if let Some(o) = ov {
+                o.select_done[slot].record(&gpu.aux).map_err(ev_err)?;
+            }
         }
         l0 += t;
+        i += 1;
+    }
+    if let Some(o) = ov {
+        // Everything after (rescoring, finishing, the next chunk) waits for the last pass.
+        o.end.record(&gpu.aux).map_err(ev_err)?;
+        gpu.stream.wait(&o.end).map_err(ev_err)?;
     }
     let r32 = rows as i32;
     if out.bf16 {

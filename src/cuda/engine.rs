@@ -36,6 +36,10 @@ pub struct CudaOptions {
     pub bf16_scores: Option<bool>,
     /// How the encoder GEMM picks its algorithm (`from_engine`: SAE_GEMM, else auto).
     pub gemm: GemmMode,
+    /// TopK: two half-width score buffers, the top-k pass of one tile on a second stream
+    /// while the GEMM fills the other (`from_engine`: SAE_CUDA_OVERLAP=1; default off until
+    /// measured faster, see BENCHMARKS.md).
+    pub overlap: bool,
 }
 
 impl CudaOptions {
@@ -55,6 +59,7 @@ impl CudaOptions {
             workspace_bytes: opts.workspace_bytes,
             bf16_scores: None,
             gemm: GemmMode::from_env()?,
+            overlap: std::env::var_os("SAE_CUDA_OVERLAP").is_some_and(|v| v != "0"),
         })
     }
 }
@@ -144,6 +149,13 @@ impl CudaEngine {
             self.opts.tile_latents,
             self.opts.bf16_scores,
         )
+        .map(|p| {
+            if self.opts.overlap && self.sae.activation.is_topk() {
+                p.double_buffered()
+            } else {
+                p
+            }
+        })
     }
 
     fn with_state<T>(&self, f: impl FnOnce(&mut State) -> Result<T>) -> Result<T> {

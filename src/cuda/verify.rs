@@ -714,13 +714,14 @@ fn run_case(device: usize, c: &Case) -> CaseResult {
         }
     };
     let want = cpu.encode(&c.x, c.rows, c.row_offset);
-    // Every tile width with cuBLAS's GEMM and with the cuBLASLt search (which small SAEs
-    // only reach when forced): the codes must not depend on either.
+    // Every tile width with cuBLAS's GEMM, and with the cuBLASLt search (which small SAEs
+    // only reach when forced) plus the double-buffered top-k pass on a second stream: the
+    // codes must depend on none of them.
     let runs = c
         .tiles
         .iter()
-        .flat_map(|t| [(*t, GemmMode::Cublas), (*t, GemmMode::Lt)]);
-    for (tile, gemm) in runs {
+        .flat_map(|t| [(*t, GemmMode::Cublas, false), (*t, GemmMode::Lt, true)]);
+    for (tile, gemm, overlap) in runs {
         let opts = CudaOptions {
             precision: c.precision,
             tile_latents: tile,
@@ -729,6 +730,7 @@ fn run_case(device: usize, c: &Case) -> CaseResult {
             // Small SAEs would take f32 scores by default: force the bf16-score path.
             bf16_scores: Some(true),
             gemm,
+            overlap,
         };
         let gpu = match CudaEngine::new(device, sae.clone(), opts) {
             Ok(e) => e,
@@ -738,7 +740,7 @@ fn run_case(device: usize, c: &Case) -> CaseResult {
             }
         };
         let got = gpu.encode(&c.x, c.rows, c.row_offset);
-        let tag = format!("tile {tile:?}, GEMM {gemm:?}");
+        let tag = format!("tile {tile:?}, GEMM {gemm:?}, overlap {overlap}");
         match (&got, &want) {
             (Err(Error::NonFinite { row: a, .. }), Err(Error::NonFinite { row: b, .. })) => {
                 if a != b {
@@ -926,6 +928,7 @@ fn device_ptr_case(
             workspace_bytes: 1 << 30,
             bf16_scores: Some(true),
             gemm: GemmMode::Lt,
+            overlap: false,
         };
         let eng = CudaEngine::new(device, sae.clone(), opts)?;
         let ops = eng

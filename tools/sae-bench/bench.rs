@@ -33,6 +33,8 @@ pub struct Shape {
     pub scores: Option<bool>,
     /// How the encoder GEMM picks its algorithm.
     pub gemm: GemmMode,
+    /// Double-buffered scores, the top-k pass on a second stream (half-width tiles).
+    pub overlap: bool,
     /// Also time the GEMM on all-zero weights and activations: the anchors' cuBLAS figures
     /// were taken on zeros, which draw less power and hold higher clocks than random data.
     pub zero_data_gemm: bool,
@@ -50,6 +52,7 @@ const PAPER: Shape = Shape {
     force: None,
     scores: None,
     gemm: GemmMode::Auto,
+    overlap: false,
     zero_data_gemm: true,
 };
 
@@ -68,6 +71,12 @@ pub const SHAPES: &[Shape] = &[
     Shape {
         name: "paper-cublas",
         gemm: GemmMode::Cublas,
+        zero_data_gemm: false,
+        ..PAPER
+    },
+    Shape {
+        name: "paper-overlap",
+        overlap: true,
         zero_data_gemm: false,
         ..PAPER
     },
@@ -168,6 +177,11 @@ fn bench_shape(gpu: &Gpu, s: &Shape, reps: usize) -> Result<Value> {
     let plan = match s.force {
         Some((rows, tile)) => encode::plan(&sae, s.precision, 1 << 30, rows, Some(tile), s.scores)?,
         None => encode::plan(&sae, s.precision, 1 << 30, s.n, None, s.scores)?,
+    };
+    let plan = if s.overlap {
+        plan.double_buffered()
+    } else {
+        plan
     };
     let mut ws = Workspace::new(gpu, &sae, s.precision, plan)?;
     ws.gemm_mode = s.gemm;
@@ -419,6 +433,7 @@ fn bench_stream(device: usize, scratch: Option<&Path>) -> Result<Value> {
             workspace_bytes: 1 << 30,
             bf16_scores: None,
             gemm: GemmMode::Auto,
+            overlap: false,
         },
     )?;
     let setup_s = t0.elapsed().as_secs_f64();
