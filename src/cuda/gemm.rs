@@ -30,7 +30,8 @@ pub enum GemmMode {
     Auto,
     /// Always `cublasGemmEx` with its default algorithm (the behaviour before the search).
     Cublas,
-    /// Always a cuBLASLt algorithm (the fastest verified candidate), whatever the size.
+    /// A cuBLASLt algorithm (the fastest checked candidate) whatever the size; cuBLAS only
+    /// where cuBLASLt offers none for the shape. Every candidate failing its check is an error.
     Lt,
 }
 
@@ -538,9 +539,16 @@ fn search(gpu: &Gpu, mode: GemmMode, s: &GemmSpec, p: GemmPtrs) -> Result<Option
         return Ok(cands.pop());
     }
     if cands.is_empty() {
-        return Err(Error::Cuda(format!(
-            "cuBLASLt offers no algorithm for the GEMM {s:?}"
-        )));
+        // cuBLASLt has nothing for this shape (an alignment it does not cover): cuBLAS.
+        record.candidates.push((
+            "lt".into(),
+            Err("no cuBLASLt algorithm for this shape".into()),
+        ));
+        record.chosen = Choice::Cublas.name();
+        if let Ok(mut r) = gpu.gemm.records.lock() {
+            r.push(record);
+        }
+        return Ok(Some(Choice::Cublas));
     }
     let sums = gpu.alloc(2 * s.n * 4)?;
     let c_bytes = (s.ldc * (s.n - 1) + s.m) * s.c_type.size();
