@@ -535,15 +535,16 @@ fn search(gpu: &Gpu, mode: GemmMode, s: &GemmSpec, p: GemmPtrs) -> Result<Option
         }
         Err(e) => return Err(e),
     }
-    if cands.len() == 1 && mode == GemmMode::Auto {
-        return Ok(cands.pop());
-    }
-    if cands.is_empty() {
-        // cuBLASLt has nothing for this shape (an alignment it does not cover): cuBLAS.
-        record.candidates.push((
-            "lt".into(),
-            Err("no cuBLASLt algorithm for this shape".into()),
-        ));
+    let lt_count = cands.len() - usize::from(mode == GemmMode::Auto);
+    if lt_count == 0 {
+        // cuBLASLt has nothing for this shape (an alignment it does not cover, or, in auto
+        // mode, it failed to load: recorded above): cuBLAS, without timing anything.
+        if record.candidates.is_empty() {
+            record.candidates.push((
+                "lt".into(),
+                Err("no cuBLASLt algorithm for this shape".into()),
+            ));
+        }
         record.chosen = Choice::Cublas.name();
         if let Ok(mut r) = gpu.gemm.records.lock() {
             r.push(record);
