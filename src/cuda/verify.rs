@@ -85,118 +85,138 @@ fn random_sae(rng: &mut Rng, l: usize, d: usize, act: Activation, dtype: DType) 
         .dtype(dtype)
 }
 
-#[allow(clippy::too_many_arguments)]
-fn case(
-    name: &str,
-    sae: Result<Sae>,
-    x: Vec<f32>,
-    rows: usize,
-    precision: Precision,
-    tiles: Vec<Option<usize>>,
-    max_rows: usize,
-    exact_ties: bool,
-) -> Result<Case> {
-    Ok(Case {
-        name: name.into(),
-        sae: sae?,
-        x,
-        rows,
-        row_offset: 1000,
-        precision,
-        tiles,
-        max_rows,
-        exact_ties,
-        want_fallback: false,
-    })
+impl Case {
+    /// Exact precision, the planned tile only, up to 4096 rows per chunk; indices may differ
+    /// from the CPU's on near-ties.
+    fn new(name: &str, sae: Result<Sae>, x: Vec<f32>, rows: usize) -> Result<Case> {
+        Ok(Case {
+            name: name.into(),
+            sae: sae?,
+            x,
+            rows,
+            row_offset: 1000,
+            precision: Precision::Exact,
+            tiles: vec![None],
+            max_rows: 4096,
+            exact_ties: false,
+            want_fallback: false,
+        })
+    }
+
+    fn precision(self, precision: Precision) -> Case {
+        Case { precision, ..self }
+    }
+
+    /// Tile widths to run (None = planned).
+    fn tiles(self, tiles: &[Option<usize>]) -> Case {
+        Case {
+            tiles: tiles.to_vec(),
+            ..self
+        }
+    }
+
+    fn max_rows(self, max_rows: usize) -> Case {
+        Case { max_rows, ..self }
+    }
+
+    /// Exactly representable data: indices must equal the CPU's.
+    fn exact_ties(self) -> Case {
+        Case {
+            exact_ties: true,
+            ..self
+        }
+    }
+
+    /// The bf16-score path must fall back to f32 scores for some chunk.
+    fn want_fallback(self) -> Case {
+        Case {
+            want_fallback: true,
+            ..self
+        }
+    }
 }
 
 fn cases(quick: bool) -> Result<Vec<Case>> {
     let mut rng = Rng::new(0x5ae);
     let mut v = Vec::new();
     let topk = |k| Activation::TopK { k };
-    let ex = Precision::Exact;
     // Random TopK, f32, tile independence (planned tile vs 128 vs 384).
     let (l, d, n) = (1000, 64, 37);
-    v.push(case(
-        "topk f32 random, tiles 128/384/planned",
-        random_sae(&mut rng, l, d, topk(16), DType::F32).build(),
-        rng.vec(n * d, 1.0),
-        n,
-        ex,
-        vec![None, Some(128), Some(384)],
-        4096,
-        false,
-    )?);
+    v.push(
+        Case::new(
+            "topk f32 random, tiles 128/384/planned",
+            random_sae(&mut rng, l, d, topk(16), DType::F32).build(),
+            rng.vec(n * d, 1.0),
+            n,
+        )?
+        .tiles(&[None, Some(128), Some(384)]),
+    );
     // bf16, both matrices transposed, width not a multiple of 8, b_dec subtracted, norm rescale.
     let (l, d, n) = (777, 100, 50);
-    v.push(case(
-        "topk bf16 transposed d=100 subtract_b_dec constant_norm_rescale, chunks of 16 rows",
-        random_sae(&mut rng, l, d, topk(32), DType::BF16)
-            .transposed(true, true)
-            .subtract_b_dec(true)
-            .normalization(Normalization::ConstantNormRescale)
-            .build(),
-        rng.vec(n * d, 3.0),
-        n,
-        ex,
-        vec![None, Some(256)],
-        16,
-        false,
-    )?);
+    v.push(
+        Case::new(
+            "topk bf16 transposed d=100 subtract_b_dec constant_norm_rescale, chunks of 16 rows",
+            random_sae(&mut rng, l, d, topk(32), DType::BF16)
+                .transposed(true, true)
+                .subtract_b_dec(true)
+                .normalization(Normalization::ConstantNormRescale)
+                .build(),
+            rng.vec(n * d, 3.0),
+            n,
+        )?
+        .tiles(&[None, Some(256)])
+        .max_rows(16),
+    );
     // f16, layer norm, decoder-norm rescale.
     let (l, d, n) = (2048, 96, 64);
-    v.push(case(
-        "topk f16 layer_norm rescale_by_decoder_norm",
-        random_sae(&mut rng, l, d, topk(64), DType::F16)
-            .normalization(Normalization::LayerNorm { eps: 1e-5 })
-            .rescale(true)
-            .build(),
-        rng.vec(n * d, 2.0),
-        n,
-        ex,
-        vec![None, Some(512)],
-        4096,
-        false,
-    )?);
+    v.push(
+        Case::new(
+            "topk f16 layer_norm rescale_by_decoder_norm",
+            random_sae(&mut rng, l, d, topk(64), DType::F16)
+                .normalization(Normalization::LayerNorm { eps: 1e-5 })
+                .rescale(true)
+                .build(),
+            rng.vec(n * d, 2.0),
+            n,
+        )?
+        .tiles(&[None, Some(512)]),
+    );
     // k = 1.
     let (l, d, n) = (300, 32, 20);
-    v.push(case(
-        "topk k=1",
-        random_sae(&mut rng, l, d, topk(1), DType::F32).build(),
-        rng.vec(n * d, 1.0),
-        n,
-        ex,
-        vec![None, Some(128)],
-        4096,
-        false,
-    )?);
+    v.push(
+        Case::new(
+            "topk k=1",
+            random_sae(&mut rng, l, d, topk(1), DType::F32).build(),
+            rng.vec(n * d, 1.0),
+            n,
+        )?
+        .tiles(&[None, Some(128)]),
+    );
     // k = 512 and a first tile with more survivors than shared memory: the radix-select path.
     let (l, d, n) = (8192, 64, 16);
-    v.push(case(
-        "topk k=512 (radix overflow path)",
-        random_sae(&mut rng, l, d, topk(512), DType::F32)
-            .b_enc(vec![0.5; l])
-            .build(),
-        rng.vec(n * d, 1.0),
-        n,
-        ex,
-        vec![None, Some(8192), Some(1024)],
-        4096,
-        false,
-    )?);
+    v.push(
+        Case::new(
+            "topk k=512 (radix overflow path)",
+            random_sae(&mut rng, l, d, topk(512), DType::F32)
+                .b_enc(vec![0.5; l])
+                .build(),
+            rng.vec(n * d, 1.0),
+            n,
+        )?
+        .tiles(&[None, Some(8192), Some(1024)]),
+    );
     let (l, d, n) = (16384, 64, 8);
-    v.push(case(
-        "topk k=64 wide first tile (radix path)",
-        random_sae(&mut rng, l, d, topk(64), DType::BF16)
-            .b_enc(vec![0.3; l])
-            .build(),
-        rng.vec(n * d, 1.0),
-        n,
-        ex,
-        vec![Some(16384), Some(2048)],
-        4096,
-        false,
-    )?);
+    v.push(
+        Case::new(
+            "topk k=64 wide first tile (radix path)",
+            random_sae(&mut rng, l, d, topk(64), DType::BF16)
+                .b_enc(vec![0.3; l])
+                .build(),
+            rng.vec(n * d, 1.0),
+            n,
+        )?
+        .tiles(&[Some(16384), Some(2048)]),
+    );
     // Exact ties: weights in {-1, 0, 1}, integer inputs: every value exact, many equal.
     let (l, d, n) = (500, 16, 12);
     let tern = |rng: &mut Rng, m: usize| {
@@ -208,199 +228,178 @@ fn cases(quick: bool) -> Result<Vec<Case>> {
     let xi: Vec<f32> = (0..n * d)
         .map(|_| (rng.next_u64() % 5) as f32 - 1.0)
         .collect();
-    v.push(case(
-        "topk exact ties (ternary weights)",
-        SaeBuilder::new(l, d, we, wd).activation(topk(16)).build(),
-        xi.clone(),
-        n,
-        ex,
-        vec![None, Some(128), Some(256)],
-        4096,
-        true,
-    )?);
+    v.push(
+        Case::new(
+            "topk exact ties (ternary weights)",
+            SaeBuilder::new(l, d, we, wd).activation(topk(16)).build(),
+            xi.clone(),
+            n,
+        )?
+        .tiles(&[None, Some(128), Some(256)])
+        .exact_ties(),
+    );
     // All latents identical: one big tie, decided by index alone.
     let (l, d, n) = (1024, 8, 4);
-    v.push(case(
-        "topk all-equal row (index order)",
-        SaeBuilder::new(l, d, vec![1.0; l * d], vec![1.0; l * d])
-            .activation(topk(64))
-            .build(),
-        vec![1.0; n * d],
-        n,
-        ex,
-        vec![None, Some(128)],
-        4096,
-        true,
-    )?);
+    v.push(
+        Case::new(
+            "topk all-equal row (index order)",
+            SaeBuilder::new(l, d, vec![1.0; l * d], vec![1.0; l * d])
+                .activation(topk(64))
+                .build(),
+            vec![1.0; n * d],
+            n,
+        )?
+        .tiles(&[None, Some(128)])
+        .exact_ties(),
+    );
     // Fewer than k positives: most biases very negative.
     let (l, d, n) = (600, 24, 10);
     let mut b = vec![-100.0f32; l];
     for i in (0..l).step_by(97) {
         b[i] = 1.0;
     }
-    v.push(case(
-        "topk fewer than k positives (padding)",
-        random_sae(&mut rng, l, d, topk(32), DType::F32)
-            .b_enc(b)
-            .build(),
-        rng.vec(n * d, 1.0),
-        n,
-        ex,
-        vec![None, Some(128)],
-        4096,
-        false,
-    )?);
+    v.push(
+        Case::new(
+            "topk fewer than k positives (padding)",
+            random_sae(&mut rng, l, d, topk(32), DType::F32)
+                .b_enc(b)
+                .build(),
+            rng.vec(n * d, 1.0),
+            n,
+        )?
+        .tiles(&[None, Some(128)]),
+    );
     // Biases spread far wider than the scores, with decoder-norm rescale: the per-block
     // bound of the top-k pass skips most scores, and must never skip a winner.
     let (l, d, n) = (3000, 48, 24);
-    v.push(case(
-        "topk block-bound skip: wide biases, rescale_by_decoder_norm",
-        random_sae(&mut rng, l, d, topk(24), DType::F32)
-            .b_enc(rng.vec(l, 3.0))
-            .rescale(true)
-            .build(),
-        rng.vec(n * d, 1.0),
-        n,
-        ex,
-        vec![None, Some(128), Some(640)],
-        4096,
-        false,
-    )?);
+    v.push(
+        Case::new(
+            "topk block-bound skip: wide biases, rescale_by_decoder_norm",
+            random_sae(&mut rng, l, d, topk(24), DType::F32)
+                .b_enc(rng.vec(l, 3.0))
+                .rescale(true)
+                .build(),
+            rng.vec(n * d, 1.0),
+            n,
+        )?
+        .tiles(&[None, Some(128), Some(640)]),
+    );
     // A NaN bias: its block's bound is NaN, so no score there is skipped and every row
     // reports the non-finite pre-activation, as on the CPU.
     let (l, d, n) = (700, 32, 6);
     let mut b = rng.vec(l, 0.05);
     b[333] = f32::NAN;
-    v.push(case(
-        "topk NaN bias (non-finite pre-activation reported)",
-        random_sae(&mut rng, l, d, topk(8), DType::F32)
-            .b_enc(b)
-            .build(),
-        rng.vec(n * d, 1.0),
-        n,
-        ex,
-        vec![None, Some(128)],
-        4096,
-        false,
-    )?);
+    v.push(
+        Case::new(
+            "topk NaN bias (non-finite pre-activation reported)",
+            random_sae(&mut rng, l, d, topk(8), DType::F32)
+                .b_enc(b)
+                .build(),
+            rng.vec(n * d, 1.0),
+            n,
+        )?
+        .tiles(&[None, Some(128)]),
+    );
     // One row; empty batch.
     let (l, d) = (400, 40);
-    v.push(case(
+    v.push(Case::new(
         "topk one row",
         random_sae(&mut rng, l, d, topk(8), DType::BF16).build(),
         rng.vec(d, 1.0),
         1,
-        ex,
-        vec![None],
-        4096,
-        false,
     )?);
-    v.push(case(
+    v.push(Case::new(
         "topk empty batch",
         random_sae(&mut rng, l, d, topk(8), DType::F32).build(),
         vec![],
         0,
-        ex,
-        vec![None],
-        4096,
-        false,
     )?);
     // NaN in row 5: both engines must report row 1005.
     let (l, d, n) = (256, 16, 9);
     let mut xn = rng.vec(n * d, 1.0);
     xn[5 * d + 3] = f32::NAN;
-    v.push(case(
+    v.push(Case::new(
         "NaN input row",
         random_sae(&mut rng, l, d, topk(4), DType::F32).build(),
         xn.clone(),
         n,
-        ex,
-        vec![None],
-        4096,
-        false,
     )?);
-    v.push(case(
+    v.push(Case::new(
         "NaN input row (ReLU)",
         random_sae(&mut rng, l, d, Activation::Relu, DType::F32).build(),
         xn,
         n,
-        ex,
-        vec![None],
-        4096,
-        false,
     )?);
     // Threshold activations into CSR.
     let (l, d, n) = (1500, 48, 30);
-    v.push(case(
-        "relu bf16 CSR",
-        random_sae(&mut rng, l, d, Activation::Relu, DType::BF16).build(),
-        rng.vec(n * d, 1.0),
-        n,
-        ex,
-        vec![None, Some(256)],
-        4096,
-        false,
-    )?);
+    v.push(
+        Case::new(
+            "relu bf16 CSR",
+            random_sae(&mut rng, l, d, Activation::Relu, DType::BF16).build(),
+            rng.vec(n * d, 1.0),
+            n,
+        )?
+        .tiles(&[None, Some(256)]),
+    );
     let th = rng
         .vec(l, 0.2)
         .into_iter()
         .map(|t| t.abs())
         .collect::<Vec<_>>();
-    v.push(case(
-        "jumprelu f32 transposed CSR, 7-row chunks",
-        random_sae(&mut rng, l, d, Activation::JumpRelu, DType::F32)
-            .threshold(th)
-            .transposed(true, false)
-            .subtract_b_dec(true)
-            .build(),
-        rng.vec(n * d, 1.0),
-        n,
-        ex,
-        vec![None, Some(384)],
-        7,
-        false,
-    )?);
+    v.push(
+        Case::new(
+            "jumprelu f32 transposed CSR, 7-row chunks",
+            random_sae(&mut rng, l, d, Activation::JumpRelu, DType::F32)
+                .threshold(th)
+                .transposed(true, false)
+                .subtract_b_dec(true)
+                .build(),
+            rng.vec(n * d, 1.0),
+            n,
+        )?
+        .tiles(&[None, Some(384)])
+        .max_rows(7),
+    );
     // Fast precision (tensor-core GEMM on rounded activations).
     let (l, d, n) = (4096, 128, 64);
-    v.push(case(
-        "topk bf16 fast precision",
-        random_sae(&mut rng, l, d, topk(32), DType::BF16).build(),
-        rng.vec(n * d, 1.0),
-        n,
-        Precision::Fast,
-        vec![None],
-        4096,
-        false,
-    )?);
-    v.push(case(
-        "topk f16 fast precision, transposed",
-        random_sae(&mut rng, l, d, topk(32), DType::F16)
-            .transposed(true, false)
-            .build(),
-        rng.vec(n * d, 1.0),
-        n,
-        Precision::Fast,
-        vec![None],
-        4096,
-        false,
-    )?);
+    v.push(
+        Case::new(
+            "topk bf16 fast precision",
+            random_sae(&mut rng, l, d, topk(32), DType::BF16).build(),
+            rng.vec(n * d, 1.0),
+            n,
+        )?
+        .precision(Precision::Fast),
+    );
+    v.push(
+        Case::new(
+            "topk f16 fast precision, transposed",
+            random_sae(&mut rng, l, d, topk(32), DType::F16)
+                .transposed(true, false)
+                .build(),
+            rng.vec(n * d, 1.0),
+            n,
+        )?
+        .precision(Precision::Fast),
+    );
     // bf16 scores (Fast, bf16 weights): selection on rounded upper bounds, candidates
     // rescored in f32. Checked against the f64 dot of the bf16-rounded input: values within
     // f32 rounding, indices equal except near-ties. Several chunks and tiles.
     let (l, d, n) = (16384, 256, 100);
-    v.push(case(
-        "topk bf16 fast: bf16 scores rescored, b_dec subtracted, decoder-norm rescale",
-        random_sae(&mut rng, l, d, topk(64), DType::BF16)
-            .subtract_b_dec(true)
-            .rescale(true)
-            .build(),
-        rng.vec(n * d, 1.0),
-        n,
-        Precision::Fast,
-        vec![None, Some(1024)],
-        48,
-        false,
-    )?);
+    v.push(
+        Case::new(
+            "topk bf16 fast: bf16 scores rescored, b_dec subtracted, decoder-norm rescale",
+            random_sae(&mut rng, l, d, topk(64), DType::BF16)
+                .subtract_b_dec(true)
+                .rescale(true)
+                .build(),
+            rng.vec(n * d, 1.0),
+            n,
+        )?
+        .precision(Precision::Fast)
+        .tiles(&[None, Some(1024)])
+        .max_rows(48),
+    );
     // Ternary weights and small integer inputs are exact in bf16, so Fast equals the CPU
     // exactly; the massive ties defeat the rescoring certificate and force the f32 fallback.
     let (l, d, n) = (4000, 16, 40);
@@ -408,57 +407,48 @@ fn cases(quick: bool) -> Result<Vec<Case>> {
     let xi: Vec<f32> = (0..n * d)
         .map(|_| (rng.next_u64() % 5) as f32 - 1.0)
         .collect();
-    v.push(case(
-        "topk bf16 fast ternary ties (f32-score fallback, identical indices)",
-        SaeBuilder::new(l, d, we, wd)
-            .activation(topk(16))
-            .dtype(DType::BF16)
-            .build(),
-        xi,
-        n,
-        Precision::Fast,
-        vec![None, Some(512)],
-        16,
-        true,
-    )?);
-    if let Some(c) = v.last_mut() {
-        c.want_fallback = true;
-    }
+    v.push(
+        Case::new(
+            "topk bf16 fast ternary ties (f32-score fallback, identical indices)",
+            SaeBuilder::new(l, d, we, wd)
+                .activation(topk(16))
+                .dtype(DType::BF16)
+                .build(),
+            xi,
+            n,
+        )?
+        .precision(Precision::Fast)
+        .tiles(&[None, Some(512)])
+        .max_rows(16)
+        .exact_ties()
+        .want_fallback(),
+    );
     if !quick {
         let (l, d, n) = (65536, 512, 256);
-        v.push(case(
-            "topk bf16 fast L=65536 d=512 k=64 (bf16 scores)",
-            random_sae(&mut rng, l, d, topk(64), DType::BF16).build(),
-            rng.vec(n * d, 1.0),
-            n,
-            Precision::Fast,
-            vec![None],
-            4096,
-            false,
-        )?);
+        v.push(
+            Case::new(
+                "topk bf16 fast L=65536 d=512 k=64 (bf16 scores)",
+                random_sae(&mut rng, l, d, topk(64), DType::BF16).build(),
+                rng.vec(n * d, 1.0),
+                n,
+            )?
+            .precision(Precision::Fast),
+        );
         let (l, d, n) = (65536, 512, 256);
-        v.push(case(
+        v.push(Case::new(
             "topk bf16 L=65536 d=512 k=64",
             random_sae(&mut rng, l, d, topk(64), DType::BF16).build(),
             rng.vec(n * d, 1.0),
             n,
-            ex,
-            vec![None],
-            4096,
-            false,
         )?);
         let (l, d, n) = (32768, 256, 128);
-        v.push(case(
+        v.push(Case::new(
             "relu f16 L=32768 CSR",
             random_sae(&mut rng, l, d, Activation::Relu, DType::F16)
                 .b_enc(vec![-0.2; l])
                 .build(),
             rng.vec(n * d, 1.0),
             n,
-            ex,
-            vec![None],
-            4096,
-            false,
         )?);
     }
     Ok(v)
@@ -1073,4 +1063,26 @@ pub fn run(device: usize, quick: bool) -> Result<Vec<CaseResult>> {
     out.push(stats_case(device));
     out.extend(device_ptr_cases(device));
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The case list builds on the CPU (no device needed): every SAE is valid, every input
+    /// has rows x d_in values, names are unique, and every case runs at least one tile.
+    #[test]
+    fn cases_are_well_formed() {
+        let all = cases(false).expect("verify cases build");
+        let quick = cases(true).expect("quick verify cases build");
+        assert!(quick.len() < all.len());
+        let mut names = std::collections::HashSet::new();
+        for c in &all {
+            assert!(names.insert(c.name.clone()), "duplicate case {}", c.name);
+            assert_eq!(c.x.len(), c.rows * c.sae.d_in(), "{}", c.name);
+            assert!(!c.tiles.is_empty() && c.max_rows > 0, "{}", c.name);
+        }
+        // The fallback case is the one that must force the f32-score path.
+        assert_eq!(all.iter().filter(|c| c.want_fallback).count(), 1);
+    }
 }
