@@ -7,7 +7,7 @@ use cudarc::driver::PushKernelArg;
 
 use super::device::{DevBuf, Gpu};
 use super::gemm::{self, GemmMode, GemmPtrs, GemmSpec};
-use super::weights::{DeviceMatrix, DeviceSae};
+use super::weights::DeviceSae;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::matrix::Layout;
@@ -359,18 +359,15 @@ impl Workspace {
 }
 
 /// scores[r, j] = x[r] . W_enc[l0 + j] for j < t, rows r < rows; row stride = out.ld.
-#[allow(clippy::too_many_arguments)]
 pub fn gemm_tile(
     gpu: &Gpu,
-    w: &DeviceMatrix,
-    n_latents: usize,
-    d: usize,
+    sae: &DeviceSae,
     ws: &Workspace,
     rows: usize,
-    l0: usize,
-    t: usize,
+    (l0, t): (usize, usize),
     out: ScoresOut,
 ) -> Result<()> {
+    let (w, n_latents, d) = (&sae.w_enc, sae.n_latents, sae.d_in);
     let es = w.dtype.size();
     let lp = low_precision(w.dtype);
     // Column-major view: C [t, rows] = op(A) [t, d] x B [d, rows], B = x^T read as [d, rows].
@@ -572,17 +569,7 @@ fn topk_chunk(
             // The pass over tile i - 2 must be done reading this buffer.
             gpu.stream.wait(&o.select_done[slot]).map_err(ev_err)?;
         }
-        gemm_tile(
-            gpu,
-            &sae.w_enc,
-            sae.n_latents,
-            sae.d_in,
-            ws,
-            rows,
-            l0,
-            t,
-            ScoresOut { buf, ..out },
-        )?;
+        gemm_tile(gpu, sae, ws, rows, (l0, t), ScoresOut { buf, ..out })?;
         if !gemm_only {
             let stream = match ov {
                 Some(o) => {
@@ -713,17 +700,7 @@ pub fn encode_csr_chunk(
         let mut l0 = 0;
         while l0 < sae.n_latents {
             let t = ws.plan.tile.min(sae.n_latents - l0);
-            gemm_tile(
-                gpu,
-                &sae.w_enc,
-                sae.n_latents,
-                sae.d_in,
-                ws,
-                rows,
-                l0,
-                t,
-                ws.scores_out(),
-            )?;
+            gemm_tile(gpu, sae, ws, rows, (l0, t), ws.scores_out())?;
             let (t32, l032) = (t as i32, l0 as u32);
             let cfg = |n: usize| Gpu::per_row(n, THR_THREADS);
             let mut b = gpu.stream.launch_builder(count_k);
