@@ -551,60 +551,128 @@ fn search(gpu: &Gpu, mode: GemmMode, s: &GemmSpec, p: GemmPtrs) -> Result<Option
         }
         return Ok(Some(Choice::Cublas));
     }
-    let sums = gpu.alloc(2 * s.n * 4)?;
-    let c_bytes = (s.ldc * (s.n - 1) + s.m) * s.c_type.size();
-    execute(gpu, s, p, &Choice::Cublas)?;
-    let reference = column_sums(gpu, s, p.c, &sums)?;
-    if reference
-        .chunks(2)
-        .all(|r| !(r[0].is_finite() && r[1].is_finite()))
-    {
-        return Ok(None);
-    }
-    let mut best: Option<(f64, Choice)> = None;
-    for c in cands {
-        let name = c.name();
-        // Poison C (all bits set: NaN in f32 and bf16) so an algorithm that writes nothing
-        // cannot pass on the previous candidate's result.
-        // SAFETY: p.c holds the c_bytes that C spans.
-        unsafe {
-            cudarc::driver::result::memset_d8_async(p.c, 0xff, c_bytes, gpu.stream.cu_stream())
-        }
-        .map_err(|e| Error::Cuda(format!("memset: {e}")))?;
-        let checked = execute(gpu, s, p, &c)
-            .and_then(|_| column_sums(gpu, s, p.c, &sums))
-            .map_err(|e| e.to_string())
-            .and_then(|got| sums_agree(&reference, &got));
-        let timed = checked.and_then(|_| {
-            let mut t = Vec::with_capacity(SEARCH_REPS);
-            for _ in 0..SEARCH_REPS {
-                t.push(time_once(gpu, || execute(gpu, s, p, &c)).map_err(|e| e.to_string())?);
-            }
-            t.sort_by(|a, b| a.total_cmp(b));
-            Ok(t[t.len() / 2])
-        });
-        if let Ok(ms) = timed {
-            if best.as_ref().is_none_or(|(b, _)| ms < *b) {
-                best = Some((ms, c.clone()));
-            }
-        }
-        record.candidates.push((name, timed));
-    }
-    let chosen = match best {
-        Some((_, c)) => c,
-        None if mode == GemmMode::Auto => Choice::Cublas,
-        None => {
-            return Err(Error::Cuda(format!(
-                "no cuBLASLt algorithm reproduced cuBLAS's result for {s:?}: {:?}",
-                record.candidates
-            )))
-        }
+    let mut trial = DeviceTrial {
+        gpu,
+        s,
+        p,
+        sums: gpu.alloc(2 * s.n * 4)?,
+        c_bytes: (s.ldc * (s.n - 1) + s.m) * s.c_type.size(),
+    };
+    let named: Vec<(String, Choice)> = cands.into_iter().map(|c| (c.name(), c)).collect();
+    let chosen = match pick(
+        mode,
+        named,
+        Choice::Cublas,
+        &mut trial,
+        &mut record.candidates,
+    )
+    .map_err(|e| match e {
+        Error::Cuda(m) => Error::Cuda(format!("{m} (GEMM {s:?})")),
+        other => other,
+    })? {
+        Some(c) => c,
+        None => return Ok(None),
     };
     record.chosen = chosen.name();
     if let Ok(mut r) = gpu.gemm.records.lock() {
         r.push(record);
     }
     Ok(Some(chosen))
+}
+
+/// The device side of a search, behind a trait so that [`pick`]'s decisions are tested
+/// without a GPU.
+trait Trial<C> {
+    /// cuBLAS's result of the call: its column sums.
+    fn reference(&mut self) -> Result<Vec<f32>>;
+    /// Runs `c` once into a poisoned C and returns C's column sums.
+    fn check(&mut self, c: &C) -> Result<Vec<f32>>;
+    /// Median ms of [`SEARCH_REPS`] timed runs of `c`.
+    fn time(&mut self, c: &C) -> Result<f64>;
+}
+
+struct DeviceTrial<'a> {
+    gpu: &'a Gpu,
+    s: &'a GemmSpec,
+    p: GemmPtrs,
+    sums: DevBuf,
+    c_bytes: usize,
+}
+
+impl Trial<Choice> for DeviceTrial<'_> {
+    fn reference(&mut self) -> Result<Vec<f32>> {
+        execute(self.gpu, self.s, self.p, &Choice::Cublas)?;
+        column_sums(self.gpu, self.s, self.p.c, &self.sums)
+    }
+
+    fn check(&mut self, c: &Choice) -> Result<Vec<f32>> {
+        // Poison C (all bits set: NaN in f32 and bf16) so an algorithm that writes nothing
+        // cannot pass on the previous candidate's result.
+        // SAFETY: p.c holds the c_bytes that C spans.
+        unsafe {
+            cudarc::driver::result::memset_d8_async(
+                self.p.c,
+                0xff,
+                self.c_bytes,
+                self.gpu.stream.cu_stream(),
+            )
+        }
+        .map_err(|e| Error::Cuda(format!("memset: {e}")))?;
+        execute(self.gpu, self.s, self.p, c)?;
+        column_sums(self.gpu, self.s, self.p.c, &self.sums)
+    }
+
+    fn time(&mut self, c: &Choice) -> Result<f64> {
+        let mut t = Vec::with_capacity(SEARCH_REPS);
+        for _ in 0..SEARCH_REPS {
+            t.push(time_once(self.gpu, || {
+                execute(self.gpu, self.s, self.p, c)
+            })?);
+        }
+        t.sort_by(|a, b| a.total_cmp(b));
+        Ok(t[t.len() / 2])
+    }
+}
+
+/// Chooses among `cands` (named): each is run once and must reproduce the reference's column
+/// sums, then timed; the fastest wins. Every outcome is appended to `log`. None when the
+/// reference cannot be checked (non-finite in every column). When no candidate passes,
+/// `Auto` falls back to `fallback` and `Lt` is an error.
+fn pick<C: Clone>(
+    mode: GemmMode,
+    cands: Vec<(String, C)>,
+    fallback: C,
+    trial: &mut impl Trial<C>,
+    log: &mut Vec<(String, std::result::Result<f64, String>)>,
+) -> Result<Option<C>> {
+    let reference = trial.reference()?;
+    if reference
+        .chunks(2)
+        .all(|r| !(r[0].is_finite() && r[1].is_finite()))
+    {
+        return Ok(None);
+    }
+    let mut best: Option<(f64, C)> = None;
+    for (name, c) in cands {
+        let timed = trial
+            .check(&c)
+            .map_err(|e| e.to_string())
+            .and_then(|got| sums_agree(&reference, &got))
+            .and_then(|_| trial.time(&c).map_err(|e| e.to_string()));
+        if let Ok(ms) = timed {
+            if best.as_ref().is_none_or(|(b, _)| ms < *b) {
+                best = Some((ms, c));
+            }
+        }
+        log.push((name, timed));
+    }
+    match best {
+        Some((_, c)) => Ok(Some(c)),
+        None if mode == GemmMode::Auto => Ok(Some(fallback)),
+        None => Err(Error::Cuda(format!(
+            "no cuBLASLt algorithm reproduced cuBLAS's result: {log:?}"
+        ))),
+    }
 }
 
 #[cfg(test)]
@@ -634,6 +702,93 @@ mod tests {
             &[f32::NAN, f32::INFINITY, 1.0, 1.0]
         )
         .is_ok());
+    }
+
+    /// A fake device: candidate i yields sums[i] when checked (None: the run fails) and
+    /// takes ms[i] when timed.
+    struct Fake {
+        reference: Vec<f32>,
+        sums: Vec<Option<Vec<f32>>>,
+        ms: Vec<f64>,
+        timed: Vec<usize>,
+    }
+
+    impl Trial<usize> for Fake {
+        fn reference(&mut self) -> Result<Vec<f32>> {
+            Ok(self.reference.clone())
+        }
+        fn check(&mut self, c: &usize) -> Result<Vec<f32>> {
+            self.sums[*c]
+                .clone()
+                .ok_or_else(|| Error::Cuda("launch failed".into()))
+        }
+        fn time(&mut self, c: &usize) -> Result<f64> {
+            self.timed.push(*c);
+            Ok(self.ms[*c])
+        }
+    }
+
+    fn named(n: usize) -> Vec<(String, usize)> {
+        (0..n).map(|i| (format!("c{i}"), i)).collect()
+    }
+
+    #[test]
+    fn pick_takes_the_fastest_candidate_that_reproduces_the_reference() {
+        let good = vec![4.0, 8.0];
+        let mut f = Fake {
+            reference: good.clone(),
+            // c1 is fastest but wrong (a transposed result), c3 fails to launch.
+            sums: vec![
+                Some(good.clone()),
+                Some(vec![-4.0, 8.0]),
+                Some(good.clone()),
+                None,
+            ],
+            ms: vec![3.0, 1.0, 2.5, 0.5],
+            timed: Vec::new(),
+        };
+        let mut log = Vec::new();
+        let got = pick(GemmMode::Auto, named(4), 99, &mut f, &mut log).unwrap();
+        assert_eq!(got, Some(2));
+        // Only checked candidates are timed.
+        assert_eq!(f.timed, vec![0, 2]);
+        assert_eq!(log.len(), 4);
+        assert!(log[1].1.is_err() && log[3].1.is_err());
+        assert_eq!(log[2].1, Ok(2.5));
+    }
+
+    #[test]
+    fn pick_falls_back_in_auto_and_fails_in_lt_when_nothing_passes() {
+        let fake = || Fake {
+            reference: vec![1.0, 1.0],
+            sums: vec![Some(vec![f32::NAN, f32::NAN]), None],
+            ms: vec![1.0, 1.0],
+            timed: Vec::new(),
+        };
+        let mut log = Vec::new();
+        assert_eq!(
+            pick(GemmMode::Auto, named(2), 7, &mut fake(), &mut log).unwrap(),
+            Some(7)
+        );
+        let mut log = Vec::new();
+        let err = pick(GemmMode::Lt, named(2), 7, &mut fake(), &mut log).unwrap_err();
+        assert!(err.to_string().contains("no cuBLASLt algorithm"), "{err}");
+    }
+
+    #[test]
+    fn pick_declines_when_the_reference_cannot_be_checked() {
+        let mut f = Fake {
+            reference: vec![f32::NAN, f32::NAN, f32::INFINITY, 1.0],
+            sums: vec![Some(vec![0.0; 4])],
+            ms: vec![1.0],
+            timed: Vec::new(),
+        };
+        let mut log = Vec::new();
+        assert_eq!(
+            pick(GemmMode::Lt, named(1), 0, &mut f, &mut log).unwrap(),
+            None
+        );
+        assert!(f.timed.is_empty() && log.is_empty());
     }
 
     #[test]
