@@ -10,12 +10,12 @@
 #   .gpu/gpu-check.sh device [DIR]      on the GPU machine: runs, writing JSON and logs
 #       under $OUT (or ./gpu-out):
 #         1. sae-bench info               device, how kernels loaded (fatbin or NVRTC)
-#         2. sae-bench verify             GPU against the CPU reference (non-zero on mismatch)
-#         3. cuda_parity test binary      the same cases through the test harness
-#            sae-bench info / verify --quick with SAE_FORCE_NVRTC=1: the NVRTC fallback
-#         4. sae-bench run                per-kernel timings + dump streaming
-#         5. torch_baseline.py            PyTorch on the same shapes, same run
-#         6. ffi/tests/gpu_device_ptr.sh  C ABI device pointers with torch CUDA tensors
+#         2. sae-bench run                per-kernel timings + dump streaming
+#         3. torch_baseline.py            PyTorch on the same shapes, same run
+#         4. sae-bench verify             GPU against the CPU reference (non-zero on mismatch)
+#         5. cuda_parity test binary      the same cases through the test harness
+#         6. info / verify --quick with SAE_FORCE_NVRTC=1: the NVRTC fallback
+#         7. ffi/tests/gpu_device_ptr.sh  C ABI device pointers with torch CUDA tensors
 #       DIR is where the carried files are (default: this script's directory).
 #
 # With the device tool, from the repository root of the session's checkout:
@@ -68,14 +68,16 @@ device)
     }
     { date -u; nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv 2>/dev/null; cat "$here/COMMIT" 2>/dev/null; } | tee -a "$log"
     step info 30 "$here/sae-bench" info --json "$out/info.json"
+    # The measurements first, so a slow verify cannot cost them the lease.
+    step bench 180 "$here/sae-bench" run --reps "${REPS:-5}" --scratch "${TMPDIR:-/tmp}" --json "$out/bench.json"
+    step torch 150 python3 "$here/torch_baseline.py" --reps "${REPS:-5}" --json "$out/torch.json"
     step verify 240 "$here/sae-bench" verify --json "$out/verify.json"
     step parity 90 "$here/cuda_parity" --test-threads=1 --nocapture
     # The run-time fallback of a build without nvcc: the same binary with its fatbins ignored,
     # every module compiled by NVRTC (torch's nvidia wheels provide libnvrtc), quick verify.
-    step nvrtc_info 60 env SAE_FORCE_NVRTC=1 SAE_CACHE_DIR="$out/nvrtc-cache" "$here/sae-bench" info --json "$out/info-nvrtc.json"
-    step nvrtc_verify 180 env SAE_FORCE_NVRTC=1 SAE_CACHE_DIR="$out/nvrtc-cache" "$here/sae-bench" verify --quick --json "$out/verify-nvrtc.json"
-    step bench 180 "$here/sae-bench" run --reps "${REPS:-5}" --scratch "${TMPDIR:-/tmp}" --json "$out/bench.json"
-    step torch 150 python3 "$here/torch_baseline.py" --reps "${REPS:-5}" --json "$out/torch.json"
+    cache="${TMPDIR:-/tmp}/sae-nvrtc-cache"
+    step nvrtc_info 60 env SAE_FORCE_NVRTC=1 SAE_CACHE_DIR="$cache" "$here/sae-bench" info --json "$out/info-nvrtc.json"
+    step nvrtc_verify 180 env SAE_FORCE_NVRTC=1 SAE_CACHE_DIR="$cache" "$here/sae-bench" verify --quick --json "$out/verify-nvrtc.json"
     # The C ABI's device-pointer path through the Python binding and torch CUDA tensors
     # (ffi/ comes with the working tree; the library was built by `prepare`).
     step ffi_device_ptr 90 bash "$here/../ffi/tests/gpu_device_ptr.sh" "$here/libsae_engine_ffi.so"
