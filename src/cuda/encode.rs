@@ -777,3 +777,44 @@ pub fn encode_csr_chunk(
     }
     Ok(Ok((row_ptr, idx, val)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn double_buffering_halves_the_tile_within_the_same_scratch() {
+        let p = Plan {
+            rows: 4096,
+            tile: 65536,
+            bf16_scores: true,
+            double_buffer: false,
+        };
+        let d = p.double_buffered();
+        assert_eq!(
+            (d.rows, d.tile, d.bf16_scores, d.double_buffer),
+            (4096, 32768, true, true)
+        );
+        // Two buffers of the new tile never exceed the old scratch, except at the 128 floor.
+        for tile in [128usize, 256, 384, 640, 1024, 65536] {
+            let h = Plan { tile, ..p }.double_buffered();
+            assert_eq!(h.tile % 128, 0, "tile {tile}");
+            assert!(h.tile >= 128);
+            assert!(
+                2 * h.tile <= tile.max(128) + 128,
+                "tile {tile} -> {}",
+                h.tile
+            );
+        }
+    }
+
+    #[test]
+    fn candidates_leave_a_margin_within_the_kernel_caps() {
+        for k in [1usize, 16, 64, 128, MAX_K] {
+            let c = candidates(k);
+            assert!(c > k && c <= k + 64, "k {k}: {c}");
+        }
+        // topk_rescore_bf16 keeps at most 1024 candidates per row in shared memory.
+        assert!(candidates(MAX_K) <= 1024);
+    }
+}
