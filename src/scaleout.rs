@@ -247,18 +247,8 @@ impl Shard for SharedShard {
 pub fn shard_units(acts: &Path, shard: Option<(usize, usize)>) -> Result<Vec<Unit>> {
     let meta = std::fs::metadata(acts).map_err(|e| Error::io(acts, e))?;
     let units = if meta.is_dir() {
-        // Same filter and order as Dump::open, so unit indices match shard indices.
-        let mut files: Vec<PathBuf> = std::fs::read_dir(acts)
-            .map_err(|e| Error::io(acts, e))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| {
-                matches!(
-                    p.extension().and_then(|e| e.to_str()),
-                    Some("npy") | Some("safetensors")
-                )
-            })
-            .collect();
-        files.sort();
+        // The files Dump::open would read, in its order, so unit indices match shard indices.
+        let files = crate::dump::shard_files(acts)?.unwrap_or_default();
         if files.is_empty() {
             return units_of_dump(Dump::open(acts)?, shard);
         }

@@ -188,6 +188,27 @@ impl Gpu {
         }
     }
 
+    /// Median device time in ms of `reps` (at least one) runs of `f`, each between two CUDA
+    /// events on the stream. No warm-up: callers run `f` once first when that matters.
+    pub fn median_ms(&self, reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+        let err = cuda_err("timing event");
+        let flags = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
+        let (a, b) = (
+            self.ctx.new_event(flags).map_err(&err)?,
+            self.ctx.new_event(flags).map_err(&err)?,
+        );
+        let mut t = Vec::with_capacity(reps.max(1));
+        for _ in 0..reps.max(1) {
+            a.record(&self.stream).map_err(&err)?;
+            f()?;
+            b.record(&self.stream).map_err(&err)?;
+            b.synchronize().map_err(&err)?;
+            t.push(a.elapsed_ms(&b).map_err(&err)? as f64);
+        }
+        t.sort_by(|x, y| x.total_cmp(y));
+        Ok(t[t.len() / 2])
+    }
+
     /// One block of `threads` threads per row: the launch shape of every per-row kernel.
     pub fn per_row(rows: usize, threads: u32) -> LaunchConfig {
         LaunchConfig {

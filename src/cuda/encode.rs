@@ -200,7 +200,7 @@ pub struct Workspace {
     frag_idx: Option<DevBuf>,
     frag_val: Option<DevBuf>,
     frag_cap: usize,
-    /// How the encoder GEMM picks its algorithm (default: SAE_GEMM, else auto).
+    /// How the encoder GEMM picks its algorithm.
     pub gemm_mode: GemmMode,
     /// The second score buffer and its events (TopK plans with `double_buffer`).
     overlap: Option<Overlap>,
@@ -238,8 +238,14 @@ fn alloc_if(gpu: &Gpu, cond: bool, bytes: usize) -> Result<Option<DevBuf>> {
 }
 
 impl Workspace {
-    /// Allocates the buffers of `plan`.
-    pub fn new(gpu: &Gpu, sae: &DeviceSae, precision: Precision, plan: Plan) -> Result<Workspace> {
+    /// Allocates the buffers of `plan`; the encoder GEMM picks its algorithm by `gemm_mode`.
+    pub fn new(
+        gpu: &Gpu,
+        sae: &DeviceSae,
+        precision: Precision,
+        plan: Plan,
+        gemm_mode: GemmMode,
+    ) -> Result<Workspace> {
         let (r, d, t) = (plan.rows, sae.d_in, plan.tile);
         let lp = low_precision(sae.w_enc.dtype);
         let k = match sae.activation {
@@ -270,7 +276,7 @@ impl Workspace {
             frag_idx: alloc_if(gpu, k == 0, frag_cap * 4)?,
             frag_val: alloc_if(gpu, k == 0, frag_cap * 4)?,
             frag_cap,
-            gemm_mode: GemmMode::from_env()?,
+            gemm_mode,
             overlap: if k > 0 && plan.double_buffer {
                 Some(Overlap::new(gpu, scores_bytes)?)
             } else {
@@ -489,7 +495,18 @@ pub fn encode_topk_chunk(
     gemm_only: bool,
     flags: u64,
 ) -> Result<()> {
-    topk_chunk(gpu, sae, ws, rows, k, gemm_only, flags, ws.scores_out())
+    let double_buffer = !gemm_only && ws.overlap.is_some();
+    topk_chunk(
+        gpu,
+        sae,
+        ws,
+        rows,
+        k,
+        gemm_only,
+        flags,
+        ws.scores_out(),
+        double_buffer,
+    )
 }
 
 /// [`encode_topk_chunk`] with f32 scores in half-width tiles: the exact fallback of the
@@ -503,7 +520,18 @@ pub fn encode_topk_chunk_f32(
     k: usize,
     flags: u64,
 ) -> Result<()> {
-    topk_chunk(gpu, sae, ws, rows, k, false, flags, ws.scores_out_f32())
+    // Single-buffered: the fallback's half-width f32 tiles fill the first buffer.
+    topk_chunk(
+        gpu,
+        sae,
+        ws,
+        rows,
+        k,
+        false,
+        flags,
+        ws.scores_out_f32(),
+        false,
+    )
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -516,6 +544,7 @@ fn topk_chunk(
     gemm_only: bool,
     flags: u64,
     out: ScoresOut,
+    double_buffer: bool,
 ) -> Result<()> {
     let (state, idx, val) = match (&ws.state, &ws.idx, &ws.val) {
         (Some(s), Some(i), Some(v)) => (s, i, v),
@@ -550,11 +579,7 @@ fn topk_chunk(
     let ld = out.ld as i64;
     let kk32 = kk as i32;
     let k32 = k as i32;
-    // Double buffering only on the normal path (the f32 fallback reuses the first buffer).
-    let ov = match &ws.overlap {
-        Some(o) if !gemm_only && out.buf == ws.scores.ptr && out.ld == ws.plan.tile => Some(o),
-        _ => None,
-    };
+    let ov = ws.overlap.as_ref().filter(|_| double_buffer);
     let ev_err = |e: cudarc::driver::DriverError| Error::Cuda(format!("stream event: {e}"));
     let mut l0 = 0;
     let mut i = 0usize;

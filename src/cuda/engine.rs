@@ -166,8 +166,13 @@ impl CudaEngine {
             .map_err(|_| Error::Cuda("engine state poisoned by an earlier panic".into()))?;
         if guard.is_none() {
             let plan = self.plan()?;
-            let mut ws = Workspace::new(&self.gpu, &self.dsae, self.opts.precision, plan)?;
-            ws.gemm_mode = self.opts.gemm;
+            let ws = Workspace::new(
+                &self.gpu,
+                &self.dsae,
+                self.opts.precision,
+                plan,
+                self.opts.gemm,
+            )?;
             let k = self.sae.k().unwrap_or(0);
             let mut slots = Vec::new();
             for _ in 0..2 {

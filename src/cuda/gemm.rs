@@ -501,77 +501,53 @@ fn sums_agree(reference: &[f32], got: &[f32]) -> std::result::Result<(), String>
     Ok(())
 }
 
-fn time_once(gpu: &Gpu, f: impl Fn() -> Result<()>) -> Result<f64> {
-    let err = |e: cudarc::driver::DriverError| Error::Cuda(format!("timing event: {e}"));
-    let flags = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
-    let (a, b) = (
-        gpu.ctx.new_event(flags).map_err(err)?,
-        gpu.ctx.new_event(flags).map_err(err)?,
-    );
-    a.record(&gpu.stream).map_err(err)?;
-    f()?;
-    b.record(&gpu.stream).map_err(err)?;
-    b.synchronize().map_err(err)?;
-    Ok(a.elapsed_ms(&b).map_err(err)? as f64)
-}
-
 /// Times the candidates on the caller's buffers (C is overwritten; `run` computes it again
 /// with the winner). None when the reference result cannot be checked.
 fn search(gpu: &Gpu, mode: GemmMode, s: &GemmSpec, p: GemmPtrs) -> Result<Option<Choice>> {
-    let mut cands = Vec::new();
-    if mode == GemmMode::Auto {
-        cands.push(Choice::Cublas);
-    }
     let mut record = SearchRecord {
         spec: *s,
         mode,
         candidates: Vec::new(),
         chosen: String::new(),
     };
-    match lt_candidates(gpu, s) {
-        Ok(v) => cands.extend(v),
+    let lt = match lt_candidates(gpu, s) {
+        Ok(v) => v,
+        // In auto mode a missing cuBLASLt only means cuBLAS (recorded below).
         Err(e) if mode == GemmMode::Auto => {
-            record.candidates.push(("lt".into(), Err(e.to_string())))
+            record.candidates.push(("lt".into(), Err(e.to_string())));
+            Vec::new()
         }
         Err(e) => return Err(e),
-    }
-    let lt_count = cands.len() - usize::from(mode == GemmMode::Auto);
-    if lt_count == 0 {
-        // cuBLASLt has nothing for this shape (an alignment it does not cover, or, in auto
-        // mode, it failed to load: recorded above): cuBLAS, without timing anything.
-        if record.candidates.is_empty() {
-            record.candidates.push((
-                "lt".into(),
-                Err("no cuBLASLt algorithm for this shape".into()),
-            ));
-        }
-        record.chosen = Choice::Cublas.name();
-        if let Ok(mut r) = gpu.gemm.records.lock() {
-            r.push(record);
-        }
-        return Ok(Some(Choice::Cublas));
-    }
-    let mut trial = DeviceTrial {
-        gpu,
-        s,
-        p,
-        sums: gpu.alloc(2 * s.n * 4)?,
-        c_bytes: (s.ldc * (s.n - 1) + s.m) * s.c_type.size(),
     };
-    let named: Vec<(String, Choice)> = cands.into_iter().map(|c| (c.name(), c)).collect();
-    let chosen = match pick(
-        mode,
-        named,
-        Choice::Cublas,
-        &mut trial,
-        &mut record.candidates,
-    )
-    .map_err(|e| match e {
-        Error::Cuda(m) => Error::Cuda(format!("{m} (GEMM {s:?})")),
-        other => other,
-    })? {
-        Some(c) => c,
-        None => return Ok(None),
+    let chosen = if lt.is_empty() {
+        // Nothing to compare against cuBLAS (no algorithm for this shape, or no cuBLASLt).
+        if record.candidates.is_empty() {
+            let why = "no cuBLASLt algorithm for this shape".to_string();
+            record.candidates.push(("lt".into(), Err(why)));
+        }
+        Choice::Cublas
+    } else {
+        let mut trial = DeviceTrial {
+            gpu,
+            s,
+            p,
+            sums: gpu.alloc(2 * s.n * 4)?,
+            c_bytes: (s.ldc * (s.n - 1) + s.m) * s.c_type.size(),
+        };
+        let auto = (mode == GemmMode::Auto).then_some(Choice::Cublas);
+        let named = auto.into_iter().chain(lt).map(|c| (c.name(), c)).collect();
+        match pick(
+            mode,
+            named,
+            Choice::Cublas,
+            &mut trial,
+            &mut record.candidates,
+        ) {
+            Ok(Some(c)) => c,
+            Ok(None) => return Ok(None),
+            Err(Error::Cuda(m)) => return Err(Error::Cuda(format!("{m} (GEMM {s:?})"))),
+            Err(e) => return Err(e),
+        }
     };
     record.chosen = chosen.name();
     if let Ok(mut r) = gpu.gemm.records.lock() {
@@ -623,14 +599,8 @@ impl Trial<Choice> for DeviceTrial<'_> {
     }
 
     fn time(&mut self, c: &Choice) -> Result<f64> {
-        let mut t = Vec::with_capacity(SEARCH_REPS);
-        for _ in 0..SEARCH_REPS {
-            t.push(time_once(self.gpu, || {
-                execute(self.gpu, self.s, self.p, c)
-            })?);
-        }
-        t.sort_by(|a, b| a.total_cmp(b));
-        Ok(t[t.len() / 2])
+        self.gpu
+            .median_ms(SEARCH_REPS, || execute(self.gpu, self.s, self.p, c))
     }
 }
 

@@ -90,68 +90,47 @@ pub fn decode(
     let d = sae.d_in;
     let d32 = d as i32;
     let norm = sae.dec_norm.as_ref().map(|b| b.ptr).unwrap_or(0);
-    let dt = w.dtype.name();
-    let cfg = |threads: usize| LaunchConfig {
+    // The 16-byte kernel for row-major rows of a multiple of 16 bytes (`vec` elements per
+    // thread step), else the strided one that reads any layout one element at a time.
+    let vector = vector_decode(w, d);
+    let (name, threads) = if vector {
+        let vec = 16 / w.dtype.size();
+        (format!("decode_{}", w.dtype.name()), (d / vec).div_ceil(4))
+    } else {
+        (format!("decode_strided_{}", w.dtype.name()), d.div_ceil(4))
+    };
+    let (rs, cs) = match w.layout {
+        Layout::RowMajor => (d as i64, 1i64),
+        Layout::Transposed => (1i64, sae.n_latents as i64),
+    };
+    let f = gpu.kernel(&name)?;
+    let mut b = gpu.stream.launch_builder(f);
+    b.arg(&row_ptr)
+        .arg(&idx)
+        .arg(&val)
+        .arg(&w.buf.ptr)
+        .arg(&d32);
+    if !vector {
+        b.arg(&rs).arg(&cs);
+    }
+    b.arg(&norm)
+        .arg(&sae.b_dec.ptr)
+        .arg(&extras.scale)
+        .arg(&extras.shift)
+        .arg(&out)
+        .arg(&extras.x)
+        .arg(&extras.metrics);
+    let cfg = LaunchConfig {
         grid_dim: (rows as u32, 1, 1),
         block_dim: (threads.div_ceil(32).clamp(1, 8) as u32 * 32, 1, 1),
         shared_mem_bytes: 0,
     };
-    if vector_decode(w, d) {
-        let vec = 16 / w.dtype.size();
-        let name = match w.dtype {
-            DType::F32 => "decode_f32",
-            DType::F16 => "decode_f16",
-            DType::BF16 => "decode_bf16",
-        };
-        let f = gpu.kernel(name)?;
-        let mut b = gpu.stream.launch_builder(f);
-        b.arg(&row_ptr)
-            .arg(&idx)
-            .arg(&val)
-            .arg(&w.buf.ptr)
-            .arg(&d32);
-        b.arg(&norm)
-            .arg(&sae.b_dec.ptr)
-            .arg(&extras.scale)
-            .arg(&extras.shift)
-            .arg(&out)
-            .arg(&extras.x)
-            .arg(&extras.metrics);
-        // SAFETY: decode_<dt>(row_ptr, idx, val, W, d, norm|null, b_dec, scale|null, shift|null,
-        // out, x|null, metrics|null): row_ptr has rows + 1 entries indexing idx/val; every index
-        // is -1 or < L (validated on the host); W is [L, d] row-major with d % vec == 0.
-        unsafe { b.launch(cfg((d / vec).div_ceil(4))) }.map_err(launch_err("decode"))?;
-    } else {
-        let (rs, cs) = match w.layout {
-            Layout::RowMajor => (d as i64, 1i64),
-            Layout::Transposed => (1i64, sae.n_latents as i64),
-        };
-        let name = match w.dtype {
-            DType::F32 => "decode_strided_f32",
-            DType::F16 => "decode_strided_f16",
-            DType::BF16 => "decode_strided_bf16",
-        };
-        let f = gpu.kernel(name)?;
-        let mut b = gpu.stream.launch_builder(f);
-        b.arg(&row_ptr)
-            .arg(&idx)
-            .arg(&val)
-            .arg(&w.buf.ptr)
-            .arg(&d32)
-            .arg(&rs)
-            .arg(&cs);
-        b.arg(&norm)
-            .arg(&sae.b_dec.ptr)
-            .arg(&extras.scale)
-            .arg(&extras.shift)
-            .arg(&out)
-            .arg(&extras.x)
-            .arg(&extras.metrics);
-        // SAFETY: decode_strided_<dt>(row_ptr, idx, val, W, d, row_stride, col_stride, then as
-        // decode_<dt>): element (l, c) of W at l * rs + c * cs lies inside the L x d matrix.
-        unsafe { b.launch(cfg(d.div_ceil(4))) }.map_err(launch_err("decode_strided"))?;
-    }
-    let _ = dt;
+    // SAFETY: decode_<dt>(row_ptr, idx, val, W, d, norm|null, b_dec, scale|null, shift|null,
+    // out, x|null, metrics|null), and decode_strided_<dt> with (row_stride, col_stride) after
+    // d: row_ptr has rows + 1 entries indexing idx/val; every index is -1 or < L (validated on
+    // the host); element (l, c) of W at l * rs + c * cs lies inside the L x d matrix, and the
+    // vector kernel runs only on row-major rows with d % vec == 0.
+    unsafe { b.launch(cfg) }.map_err(|e| Error::Cuda(format!("launching {name}: {e}")))?;
     Ok(())
 }
 

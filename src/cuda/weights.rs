@@ -46,6 +46,11 @@ impl DeviceMatrix {
     }
 }
 
+/// Range of the random benchmark weights: uniform in +-1/sqrt(d), unit-scale pre-activations.
+fn random_scale(d_in: usize) -> f32 {
+    1.0 / (d_in as f32).sqrt()
+}
+
 /// Everything the kernels need of an SAE.
 pub struct DeviceSae {
     pub n_latents: usize,
@@ -76,16 +81,20 @@ pub const BOUND_BLOCK: usize = 128;
 /// in either: a NaN bound never lets the kernel skip, so non-finite pre-activations are
 /// still reported.
 pub fn block_bounds(v: &[f32], scale: Option<&[f32]>) -> (Vec<f32>, Option<Vec<f32>>) {
-    let bad = |b: usize| {
-        let r = b * BOUND_BLOCK..((b + 1) * BOUND_BLOCK).min(v.len());
-        v[r.clone()].iter().any(|x| !x.is_finite())
-            || scale.is_some_and(|s| s[r].iter().any(|x| !x.is_finite()))
+    let finite = |x: &[f32]| x.iter().all(|a| a.is_finite());
+    let poisoned: Vec<bool> = match scale {
+        Some(s) => v
+            .chunks(BOUND_BLOCK)
+            .zip(s.chunks(BOUND_BLOCK))
+            .map(|(a, b)| !finite(a) || !finite(b))
+            .collect(),
+        None => v.chunks(BOUND_BLOCK).map(|a| !finite(a)).collect(),
     };
     let max_of = |x: &[f32]| -> Vec<f32> {
         x.chunks(BOUND_BLOCK)
-            .enumerate()
-            .map(|(b, c)| {
-                if bad(b) {
+            .zip(&poisoned)
+            .map(|(c, &bad)| {
+                if bad {
                     f32::NAN
                 } else {
                     c.iter().copied().fold(f32::NEG_INFINITY, f32::max)
@@ -139,8 +148,7 @@ impl DeviceSae {
         dtype: DType,
         seed: u64,
     ) -> Result<DeviceSae> {
-        let scale = 1.0 / (d_in as f32).sqrt();
-        let w_enc = DeviceMatrix::random(gpu, n_latents, d_in, dtype, seed, scale)?;
+        let w_enc = DeviceMatrix::random(gpu, n_latents, d_in, dtype, seed, random_scale(d_in))?;
         let b_enc = gpu.alloc(n_latents * 4)?;
         gpu.fill_random(DType::F32, b_enc.ptr, n_latents, seed ^ 0x5eed, 0.01)?;
         let mut host_b = vec![0f32; n_latents];
@@ -161,6 +169,19 @@ impl DeviceSae {
             scale_bound,
             activation: Activation::TopK { k },
         })
+    }
+
+    /// Writes the encoder values [`DeviceSae::random_topk`] generated with `seed` again
+    /// (benchmarks that overwrite the weights, e.g. with zeros, and need them back).
+    pub fn refill_random_encoder(&self, gpu: &Gpu, seed: u64) -> Result<()> {
+        let n = self.n_latents * self.d_in;
+        gpu.fill_random(
+            self.w_enc.dtype,
+            self.w_enc.buf.ptr,
+            n,
+            seed,
+            random_scale(self.d_in),
+        )
     }
 
     /// The decoder matrix (the encoder's bytes when tied).

@@ -49,6 +49,27 @@ pub fn open_shard(path: &Path) -> Result<Box<dyn Shard>> {
     }
 }
 
+/// The shard files of a dump directory in the order [`Dump::open`] reads them: its `.npy`
+/// and `.safetensors` files by name. None when the directory is a cache layout that
+/// `Dump::open` reads as a whole (crosscoder memmaps, HF datasets Arrow files).
+pub fn shard_files(dir: &Path) -> Result<Option<Vec<PathBuf>>> {
+    if crosscoder::looks_like(dir) || arrow::looks_like(dir) {
+        return Ok(None);
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| Error::io(dir, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            matches!(
+                p.extension().and_then(|e| e.to_str()),
+                Some("npy") | Some("safetensors")
+            )
+        })
+        .collect();
+    files.sort();
+    Ok(Some(files))
+}
+
 /// A dump: an ordered list of shards of one width.
 pub struct Dump {
     path: PathBuf,
@@ -79,17 +100,7 @@ impl Dump {
             return Dump::from_shards(path, arrow::open_shards(path, None)?);
         }
         let files = if meta.is_dir() {
-            let mut files: Vec<PathBuf> = std::fs::read_dir(path)
-                .map_err(|e| Error::io(path, e))?
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| {
-                    matches!(
-                        p.extension().and_then(|e| e.to_str()),
-                        Some("npy") | Some("safetensors")
-                    )
-                })
-                .collect();
-            files.sort();
+            let files = shard_files(path)?.unwrap_or_default();
             if files.is_empty() {
                 return Err(Error::missing(
                     path,
@@ -262,5 +273,33 @@ impl Iterator for Batches<'_> {
             }
             return Some(out);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shard_files_lists_npy_and_safetensors_by_name_and_defers_cache_layouts() {
+        let dir = tempfile::tempdir().unwrap();
+        for f in ["b.npy", "a.safetensors", "notes.txt", "c.npy"] {
+            std::fs::write(dir.path().join(f), b"").unwrap();
+        }
+        let names: Vec<String> = shard_files(dir.path())
+            .unwrap()
+            .expect("a plain shard directory")
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["a.safetensors", "b.npy", "c.npy"]);
+
+        // A crosscoder cache is read as a whole even when .npy files lie beside it.
+        std::fs::write(dir.path().join("config.json"), b"{}").unwrap();
+        std::fs::write(dir.path().join("shard_0.memmap"), b"").unwrap();
+        assert!(shard_files(dir.path()).unwrap().is_none());
+
+        let missing = dir.path().join("nope");
+        assert!(shard_files(&missing).is_err());
     }
 }

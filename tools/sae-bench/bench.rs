@@ -135,23 +135,9 @@ fn err(what: &str) -> impl Fn(cudarc::driver::DriverError) -> Error + '_ {
 
 /// Median of the device times of `reps` runs of `f` (after one warm-up run).
 fn time_ms(gpu: &Gpu, reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
-    let flags = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
-    let (a, b) = (
-        gpu.ctx.new_event(flags).map_err(err("event"))?,
-        gpu.ctx.new_event(flags).map_err(err("event"))?,
-    );
     f()?;
     gpu.sync()?;
-    let mut t = Vec::with_capacity(reps);
-    for _ in 0..reps {
-        a.record(&gpu.stream).map_err(err("event"))?;
-        f()?;
-        b.record(&gpu.stream).map_err(err("event"))?;
-        b.synchronize().map_err(err("event"))?;
-        t.push(a.elapsed_ms(&b).map_err(err("event"))? as f64);
-    }
-    t.sort_by(|x, y| x.total_cmp(y));
-    Ok(t[t.len() / 2])
+    gpu.median_ms(reps, f)
 }
 
 fn free_mem(gpu: &Gpu) -> Result<usize> {
@@ -168,10 +154,14 @@ fn gemm_peak(bf16_peak: f64, dtype: DType, precision: Precision) -> f64 {
     }
 }
 
+/// Seeds of the device-generated weights and activations.
+const WEIGHT_SEED: u64 = 0xbe7c4;
+const INPUT_SEED: u64 = 0x1234;
+
 fn bench_shape(gpu: &Gpu, s: &Shape, reps: usize) -> Result<Value> {
     let peaks = gpu.info.peaks();
     let free0 = free_mem(gpu)?;
-    let sae = DeviceSae::random_topk(gpu, s.l, s.d, s.k, s.dtype, 0xbe7c4)?;
+    let sae = DeviceSae::random_topk(gpu, s.l, s.d, s.k, s.dtype, WEIGHT_SEED)?;
     gpu.sync()?;
     let free1 = free_mem(gpu)?;
     let plan = match s.force {
@@ -183,11 +173,10 @@ fn bench_shape(gpu: &Gpu, s: &Shape, reps: usize) -> Result<Value> {
     } else {
         plan
     };
-    let mut ws = Workspace::new(gpu, &sae, s.precision, plan)?;
-    ws.gemm_mode = s.gemm;
+    let ws = Workspace::new(gpu, &sae, s.precision, plan, s.gemm)?;
     let searches_before = gpu.gemm.records().len();
     let rows = plan.rows.min(s.n);
-    gpu.fill_random(DType::F32, ws.x32.ptr, rows * s.d, 0x1234, 1.0)?;
+    gpu.fill_random(DType::F32, ws.x32.ptr, rows * s.d, INPUT_SEED, 1.0)?;
     let chunks = s.n.div_ceil(rows);
     let bad = ws.bad.ptr;
     let enc = time_ms(gpu, reps, || {
@@ -213,11 +202,9 @@ fn bench_shape(gpu: &Gpu, s: &Shape, reps: usize) -> Result<Value> {
             }
             Ok(())
         })?;
-        // Back to the random data the rest of this shape measures
-        // (the same seed and scale as DeviceSae::random_topk)
-        let scale = 1.0 / (s.d as f32).sqrt();
-        gpu.fill_random(s.dtype, sae.w_enc.buf.ptr, s.l * s.d, 0xbe7c4, scale)?;
-        gpu.fill_random(DType::F32, ws.x32.ptr, rows * s.d, 0x1234, 1.0)?;
+        // Back to the random data the rest of this shape measures.
+        sae.refill_random_encoder(gpu, WEIGHT_SEED)?;
+        gpu.fill_random(DType::F32, ws.x32.ptr, rows * s.d, INPUT_SEED, 1.0)?;
         Some(t)
     } else {
         None
