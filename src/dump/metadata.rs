@@ -173,7 +173,10 @@ mod tests {
         ])
         .unwrap_err()
         .to_string();
-        assert!(e.contains("s1.safetensors") && e.contains("s0.safetensors"), "{e}");
+        assert!(
+            e.contains("s1.safetensors") && e.contains("s0.safetensors"),
+            "{e}"
+        );
         // a shard without the key disagrees as well
         let e = merge(&[
             (PathBuf::from("s0.safetensors"), Some(&a)),

@@ -324,10 +324,14 @@ mod tests {
         use crate::io::mapped::{write_safetensors, OwnedTensor};
         let dir = tempfile::tempdir().unwrap();
         let shard = |name: &str, layer: &str| {
-            let meta = [("layer", layer), ("hook", "blocks.3.hook_resid_post"), ("n_layers", "8")]
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect();
+            let meta = [
+                ("layer", layer),
+                ("hook", "blocks.3.hook_resid_post"),
+                ("n_layers", "8"),
+            ]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
             let acts = OwnedTensor::f32(vec![2, 4], &[0.0; 8]);
             write_safetensors(&dir.path().join(name), &[("activations", acts)], meta).unwrap();
         };
@@ -339,7 +343,11 @@ mod tests {
         let one = Dump::open(dir.path().join("a.safetensors")).unwrap();
         assert_eq!(one.metadata().unwrap(), m);
         shard("c.safetensors", "4");
-        let e = Dump::open(dir.path()).unwrap().metadata().unwrap_err().to_string();
+        let e = Dump::open(dir.path())
+            .unwrap()
+            .metadata()
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("c.safetensors") && e.contains("`layer`"), "{e}");
     }
 }

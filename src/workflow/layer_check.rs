@@ -221,7 +221,7 @@ fn model_layers(inp: &LayerInputs) -> Result<(Option<usize>, Option<String>)> {
             "--n-layers {b} disagrees with the --acts dump's metadata n_layers {a}"
         ))),
         (Some(a), _) => Ok((Some(a), Some("the --acts dump's metadata".into()))),
-        (None, Some(b)) if b == 0 => Err(Error::invalid("--n-layers must be at least 1")),
+        (None, Some(0)) => Err(Error::invalid("--n-layers must be at least 1")),
         (None, Some(b)) => Ok((Some(b), Some("--n-layers".into()))),
         (None, None) => Ok((None, None)),
     }
@@ -352,7 +352,9 @@ mod tests {
         let ok = check_layer(15, VectorFormat::Gguf, &inp(false)).unwrap();
         assert_eq!(ok.sae_block, Some(15));
         assert!(ok.notes.is_empty());
-        let e = check_layer(7, VectorFormat::Gguf, &inp(false)).unwrap_err().to_string();
+        let e = check_layer(7, VectorFormat::Gguf, &inp(false))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("--force-layer") && e.contains("block 15"), "{e}");
         let forced = check_layer(7, VectorFormat::Gguf, &inp(true)).unwrap();
         assert!(forced.notes[0].starts_with("forced"));
@@ -364,9 +366,13 @@ mod tests {
             force: true,
             ..Default::default()
         };
-        let e = check_layer(15, VectorFormat::Gguf, &flag).unwrap_err().to_string();
+        let e = check_layer(15, VectorFormat::Gguf, &flag)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("silently ignores direction.15"), "{e}");
-        let e = check_layer(15, VectorFormat::Npy, &flag).unwrap_err().to_string();
+        let e = check_layer(15, VectorFormat::Npy, &flag)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("layers 0..14"), "{e}");
         let md = DumpMetadata {
             layer: Some(15),
@@ -386,7 +392,10 @@ mod tests {
         };
         let c = check_layer(15, VectorFormat::Gguf, &dump_only).unwrap();
         assert_eq!(c.n_layers, Some(30));
-        assert!(check_layer(14, VectorFormat::Gguf, &dump_only).is_err(), "the dump is layer 15");
+        assert!(
+            check_layer(14, VectorFormat::Gguf, &dump_only).is_err(),
+            "the dump is layer 15"
+        );
         assert_eq!(check_dump_layer(&dump_only).unwrap().unwrap().layer, 15);
 
         // the last block: a note, or a refusal when the dump holds the post-norm entry
@@ -400,7 +409,9 @@ mod tests {
             dump: Some(&last),
             ..Default::default()
         };
-        let e = check_layer(29, VectorFormat::Npy, &no_sae).unwrap_err().to_string();
+        let e = check_layer(29, VectorFormat::Npy, &no_sae)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("hidden_states[30]"), "{e}");
         let plain = LayerInputs {
             n_layers_flag: Some(30),
@@ -416,11 +427,17 @@ mod tests {
             ..Default::default()
         };
         check_layer(0, VectorFormat::Safetensors, &z).unwrap();
-        let e = check_layer(0, VectorFormat::Gguf, &z).unwrap_err().to_string();
+        let e = check_layer(0, VectorFormat::Gguf, &z)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("no slot"), "{e}");
 
         // hooks that are not a block's output, or unknown, are refused unless forced
-        for hook in ["blocks.3.hook_mlp_out", "blocks.0.hook_resid_pre", "encoder.out"] {
+        for hook in [
+            "blocks.3.hook_mlp_out",
+            "blocks.0.hook_resid_pre",
+            "encoder.out",
+        ] {
             let m = meta(Some(hook));
             let i = LayerInputs {
                 sae: Some(&m),
