@@ -608,4 +608,80 @@ fn steer_cli_sweep_ablate_and_top_examples_side_by_side() {
         2,
         "{md}"
     );
+    // dumps of two different layers are not compared
+    let other = dir.path().join("other.safetensors");
+    write_dump(&other, &t, 32, Some(&ids), &[("layer", "4")]);
+    let e = sae_exits(
+        1,
+        &[
+            "top-examples",
+            "--backend",
+            "cpu",
+            "--sae",
+            s,
+            "--acts",
+            b,
+            "--compare",
+            other.to_str().unwrap(),
+            "--latent",
+            "3",
+        ],
+    );
+    assert!(e.contains("layer 3") && e.contains("layer 4"), "{e}");
+}
+
+#[test]
+fn the_logit_lens_adds_gemmas_norm_offset_and_centres_for_layernorm() {
+    let (d, vocab) = (4, 6);
+    let mut w_u = vec![0f32; vocab * d];
+    w_u[0] = 1.0; // token 0: e0
+    w_u[d + 1] = 3.0; // token 1: 3 e1
+    w_u[2 * d + 2] = 1.0; // token 2: e2
+    w_u[3 * d + 3] = 1.0;
+    w_u[5 * d] = -1.0; // token 5: -e0
+    let s = std::f32::consts::FRAC_1_SQRT_2;
+    let sae = sae_from_rows(vec![s, s, 0.0, 0.0], 1, d, 1, None);
+    let logit_of = |r: &logit_lens::LogitLensReport, id: i64| {
+        r.latents[0]
+            .promoted
+            .iter()
+            .find(|t| t.token_id == id)
+            .unwrap()
+            .logit
+    };
+
+    // Gemma stores the RMSNorm scale as an offset from 1: g = (1, -0.9, 0, 0) scales by
+    // (2, 0.1, 1, 1). Read as a plain scale, token 1 would get -2.7 s instead of +0.3 s.
+    let gemma = tempfile::tempdir().unwrap();
+    model_dir(gemma.path(), true, &[1.0, -0.9, 0.0, 0.0], &w_u, vocab, d);
+    let cfg =
+        serde_json::json!({"model_type": "gemma2", "hidden_size": d, "tie_word_embeddings": true});
+    std::fs::write(gemma.path().join("config.json"), cfg.to_string()).unwrap();
+    let r = logit_lens::logit_lens(&sae, gemma.path(), &[0], vocab, None).unwrap();
+    assert!((logit_of(&r, 0) - 2.0 * s as f64).abs() < 1e-5, "{r:?}");
+    assert!((logit_of(&r, 1) - 0.3 * s as f64).abs() < 1e-5, "{r:?}");
+    assert!(r.method.contains("(1 + g)"), "{}", r.method);
+
+    // GPT-2 style: a LayerNorm (weight and bias) named transformer.ln_f, tied wte, no
+    // lm_head: the direction is centred first, so token 2 (e2) gets -s/2, not 0.
+    let gpt2 = tempfile::tempdir().unwrap();
+    let cfg = serde_json::json!({"model_type": "gpt2", "n_embd": d});
+    std::fs::write(gpt2.path().join("config.json"), cfg.to_string()).unwrap();
+    let ones = [1.0f32; 4];
+    let t = vec![
+        ("transformer.ln_f.weight", OwnedTensor::f32(vec![d], &ones)),
+        (
+            "transformer.ln_f.bias",
+            OwnedTensor::f32(vec![d], &[0.5; 4]),
+        ),
+        (
+            "transformer.wte.weight",
+            OwnedTensor::f32(vec![vocab, d], &w_u),
+        ),
+    ];
+    write_safetensors(&gpt2.path().join("model.safetensors"), &t, HashMap::new()).unwrap();
+    let r = logit_lens::logit_lens(&sae, gpt2.path(), &[0], vocab, None).unwrap();
+    assert!(r.tied && r.unembedding == "transformer.wte.weight");
+    assert!((logit_of(&r, 2) + 0.5 * s as f64).abs() < 1e-5, "{r:?}");
+    assert!(r.method.contains("centred"), "{}", r.method);
 }

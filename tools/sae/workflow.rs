@@ -611,6 +611,20 @@ pub fn run_top_examples(ctx: &Ctx, a: TopExamplesArgs) -> Result<()> {
     };
     let r = scan(&a.acts)?;
     if let Some(tuned_path) = &a.compare {
+        // Both dumps must come from the same layer (when they record one).
+        let (lb, lt) = (
+            Dump::open(&a.acts)?.metadata()?.layer,
+            Dump::open(tuned_path)?.metadata()?.layer,
+        );
+        if let (Some(b), Some(t)) = (lb, lt) {
+            if b != t {
+                return Err(Error::Incompatible(format!(
+                    "{} records layer {b} and {} layer {t}: one SAE latent cannot be read at two layers",
+                    a.acts.display(),
+                    tuned_path.display()
+                )));
+            }
+        }
         let tuned = scan(tuned_path)?;
         let md = top_examples::compare_markdown(&r, &tuned);
         let json = serde_json::json!({ "latent": a.latent, "base": to_json(&r), "tuned": to_json(&tuned) });
