@@ -845,24 +845,38 @@ pub fn sweep(
             "a sweep needs at least one strength (or --ablate)",
         ));
     }
-    let vectors = strengths
-        .iter()
-        .map(|s| {
-            steering_vector(
-                engine,
-                &[SteerTerm {
-                    latent,
-                    strength: *s,
-                }],
-                unit,
-                Some(dump),
-                &opts.stats,
-            )
-        })
-        .collect::<Result<Vec<_>>>()?;
-    if let Some(v) = vectors.first() {
-        check_vector(engine, dump, v)?;
+    if let Some(s) = strengths.iter().find(|s| !s.is_finite()) {
+        return Err(Error::invalid(format!("strength {s} is not finite")));
     }
+    // The unit is measured once (max-act encodes the dump); each strength scales it.
+    let one = steering_vector(
+        engine,
+        &[SteerTerm {
+            latent,
+            strength: 1.0,
+        }],
+        unit,
+        Some(dump),
+        &opts.stats,
+    )?;
+    check_vector(engine, dump, &one)?;
+    let vectors: Vec<SteeringVector> = strengths
+        .iter()
+        .map(|s| SteeringVector {
+            values: one.values.iter().map(|v| v * s).collect(),
+            unit,
+            terms: one
+                .terms
+                .iter()
+                .map(|t| AppliedTerm {
+                    strength: *s,
+                    coefficient: t.coefficient * *s as f64,
+                    ..t.clone()
+                })
+                .collect(),
+            norm: one.norm * s.abs() as f64,
+        })
+        .collect();
     dump.check_width(sae.d_in())?;
     let (u, _) = unit_direction(sae, latent)?;
     let (unit_ctrl, max_cos) = control_direction(sae, &u, opts.seed)?;
