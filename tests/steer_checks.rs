@@ -240,6 +240,18 @@ fn a_sweep_reports_each_strength_and_the_ablation() {
     .is_err());
 }
 
+/// (d, vocab, W_U [vocab, d]): tokens 0..3 along e0, 3 e1, e2, e3; token 4 zero; token 5 -e0.
+fn unembedding() -> (usize, usize, Vec<f32>) {
+    let (d, vocab) = (4, 6);
+    let mut w_u = vec![0f32; vocab * d];
+    w_u[0] = 1.0;
+    w_u[d + 1] = 3.0;
+    w_u[2 * d + 2] = 1.0;
+    w_u[3 * d + 3] = 1.0;
+    w_u[5 * d] = -1.0;
+    (d, vocab, w_u)
+}
+
 /// A tiny Llama-shaped model directory: config.json, model.safetensors, tokenizer.json.
 fn model_dir(dir: &Path, tied: bool, norm: &[f32], w_u: &[f32], vocab: usize, d: usize) {
     let cfg = serde_json::json!({
@@ -268,16 +280,10 @@ fn model_dir(dir: &Path, tied: bool, norm: &[f32], w_u: &[f32], vocab: usize, d:
 
 #[test]
 fn the_logit_lens_reads_the_unembedding_through_the_final_norm() {
-    let (d, vocab) = (4, 6);
+    let (d, vocab, w_u) = unembedding();
     // Latent 0 points along (e0 + e1)/sqrt2. Token 1 lies along e1 with 3x the weight of
     // token 0 along e0: the raw direction prefers token 1, the norm's weight (2, 0.1, ..)
     // prefers token 0. Token 5 points the other way.
-    let mut w_u = vec![0f32; vocab * d];
-    w_u[0] = 1.0; // token 0: e0
-    w_u[d + 1] = 3.0; // token 1: 3 e1
-    w_u[2 * d + 2] = 1.0;
-    w_u[3 * d + 3] = 1.0;
-    w_u[5 * d] = -1.0; // token 5: -e0
     let norm = [2.0f32, 0.1, 1.0, 1.0];
     let s = std::f32::consts::FRAC_1_SQRT_2;
     let rows = vec![s, s, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0];
@@ -339,6 +345,11 @@ fn the_logit_lens_reads_the_unembedding_through_the_final_norm() {
     assert_eq!(j["latents"][0]["promoted"][0]["token"], "tok0", "{j}");
     assert_eq!(j["latents"][1]["promoted"][0]["token_id"], 2);
     assert!(j["method"].as_str().unwrap().contains("model.norm.weight"));
+}
+
+/// Whitespace-separated command-line words.
+fn words(s: &str) -> Vec<&str> {
+    s.split_whitespace().collect()
 }
 
 /// `sae steer ARGS` on the CPU backend.
@@ -502,47 +513,21 @@ fn steer_cli_sweep_ablate_and_top_examples_side_by_side() {
     let (b, tu) = (base.to_str().unwrap(), tuned.to_str().unwrap());
 
     let out_dir = dir.path().join("sweep");
-    let j = sae_json(&[
-        "--json",
-        "steer",
-        "--backend",
-        "cpu",
-        "--sae",
-        s,
-        "--latent",
-        "3",
-        "--acts",
-        b,
-        "--unit",
-        "median-norm",
-        "--strengths",
-        "0.1,1,2",
-        "--ablate",
-        "--out-dir",
-        out_dir.to_str().unwrap(),
-    ]);
+    let od = out_dir.to_str().unwrap();
+    let mut a = words(
+        "--json steer --backend cpu --latent 3 --unit median-norm --strengths 0.1,1,2 --ablate",
+    );
+    a.extend(["--sae", s, "--acts", b, "--out-dir", od]);
+    let j = sae_json(&a);
     let rows = j["sweep"]["rows"].as_array().unwrap();
     assert_eq!(rows.len(), 4, "{j}");
     assert_eq!(rows[1]["strength"], 1.0);
     assert_eq!(rows[3]["kind"], "ablate");
     assert!(out_dir.join("sweep.md").is_file() && out_dir.join("sweep.json").is_file());
     // a sweep of several latents, or without a dump, is refused
-    let e = sae_exits(
-        1,
-        &[
-            "steer",
-            "--sae",
-            s,
-            "--latent",
-            "3",
-            "--latent",
-            "4",
-            "--acts",
-            b,
-            "--strengths",
-            "1,2",
-        ],
-    );
+    let mut a = words("steer --latent 3 --latent 4 --strengths 1,2");
+    a.extend(["--sae", s, "--acts", b]);
+    let e = sae_exits(1, &a);
     assert!(e.contains("exactly one --latent"), "{e}");
     assert!(sae_exits(
         1,
@@ -550,47 +535,18 @@ fn steer_cli_sweep_ablate_and_top_examples_side_by_side() {
     )
     .contains("--acts"));
     // the dry run reports the verdict and the ablation beside the addition
-    let j = sae_json(&[
-        "--json",
-        "steer",
-        "--backend",
-        "cpu",
-        "--sae",
-        s,
-        "--latent",
-        "3",
-        "--strength",
-        "4",
-        "--acts",
-        b,
-        "--apply",
-        "--ablate",
-    ]);
+    let mut a = words("--json steer --backend cpu --latent 3 --strength 4 --apply --ablate");
+    a.extend(["--sae", s, "--acts", b]);
+    let j = sae_json(&a);
     assert!(j["dry_run"]["specificity"][0]["verdict"].is_string(), "{j}");
     assert_eq!(j["dry_run"]["ablation"]["kind"], "ablate");
 
     // top examples of base and tuned in two columns
     let out_dir = dir.path().join("te");
-    let j = sae_json(&[
-        "--json",
-        "top-examples",
-        "--backend",
-        "cpu",
-        "--sae",
-        s,
-        "--acts",
-        b,
-        "--compare",
-        tu,
-        "--latent",
-        "3",
-        "--top",
-        "4",
-        "--context",
-        "1",
-        "--out-dir",
-        out_dir.to_str().unwrap(),
-    ]);
+    let od = out_dir.to_str().unwrap();
+    let mut a = words("--json top-examples --backend cpu --latent 3 --top 4 --context 1");
+    a.extend(["--sae", s, "--acts", b, "--compare", tu, "--out-dir", od]);
+    let j = sae_json(&a);
     assert_eq!(j["tuned"]["examples"].as_array().unwrap().len(), 4, "{j}");
     assert!(
         j["tuned"]["n_active"].as_u64() > j["base"]["n_active"].as_u64(),
@@ -611,34 +567,22 @@ fn steer_cli_sweep_ablate_and_top_examples_side_by_side() {
     // dumps of two different layers are not compared
     let other = dir.path().join("other.safetensors");
     write_dump(&other, &t, 32, Some(&ids), &[("layer", "4")]);
-    let e = sae_exits(
-        1,
-        &[
-            "top-examples",
-            "--backend",
-            "cpu",
-            "--sae",
-            s,
-            "--acts",
-            b,
-            "--compare",
-            other.to_str().unwrap(),
-            "--latent",
-            "3",
-        ],
-    );
+    let mut a = words("top-examples --backend cpu --latent 3");
+    a.extend([
+        "--sae",
+        s,
+        "--acts",
+        b,
+        "--compare",
+        other.to_str().unwrap(),
+    ]);
+    let e = sae_exits(1, &a);
     assert!(e.contains("layer 3") && e.contains("layer 4"), "{e}");
 }
 
 #[test]
 fn the_logit_lens_adds_gemmas_norm_offset_and_centres_for_layernorm() {
-    let (d, vocab) = (4, 6);
-    let mut w_u = vec![0f32; vocab * d];
-    w_u[0] = 1.0; // token 0: e0
-    w_u[d + 1] = 3.0; // token 1: 3 e1
-    w_u[2 * d + 2] = 1.0; // token 2: e2
-    w_u[3 * d + 3] = 1.0;
-    w_u[5 * d] = -1.0; // token 5: -e0
+    let (d, vocab, w_u) = unembedding();
     let s = std::f32::consts::FRAC_1_SQRT_2;
     let sae = sae_from_rows(vec![s, s, 0.0, 0.0], 1, d, 1, None);
     let logit_of = |r: &logit_lens::LogitLensReport, id: i64| {
