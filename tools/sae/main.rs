@@ -43,7 +43,7 @@ enum Command {
     Convert(convert::ConvertArgs),
     /// Rank latents by how fine-tunes moved them from the base, averaged over fine-tunes.
     Diff(workflow::DiffArgs),
-    /// Build a steering vector from decoder rows; export it (npy, safetensors, GGUF) or dry-run it on a dump.
+    /// Build a steering vector from decoder rows; export it (npy, safetensors, GGUF), dry-run it on a dump beside a random control, sweep strengths, ablate.
     Steer(workflow::SteerArgs),
     /// Rank latents as detectors of misaligned vs aligned fine-tunes (AUROC, margin, leave-one-out).
     Detect(workflow::DetectArgs),
