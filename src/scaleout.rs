@@ -673,7 +673,7 @@ fn reusable(
 
 /// Tokens a statistics pass over `shard` counts: rows with mask != 0 under `use_mask`
 /// when the shard has a mask, else every row.
-fn counted_tokens(shard: &dyn Shard, use_mask: bool) -> Result<u64> {
+pub(crate) fn counted_tokens(shard: &dyn Shard, use_mask: bool) -> Result<u64> {
     let n = shard.n_rows();
     if !use_mask {
         return Ok(n as u64);

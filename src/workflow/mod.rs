@@ -18,6 +18,7 @@ pub mod diff;
 pub mod gguf;
 pub mod monitor;
 pub mod plot;
+pub mod probe;
 pub mod report;
 pub mod rng;
 pub mod steer;
