@@ -120,6 +120,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
             batch_rows: ctx.batch_rows(),
             use_mask: !a.no_mask,
             worker_names: devices.names().to_vec(),
+            result_options: format!("precision={:?}", ctx.g.precision),
         };
         return fan_out(ctx, sae, devices, units, opts, a.keep_units, &out);
     }
