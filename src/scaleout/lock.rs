@@ -1,8 +1,11 @@
 //! One fan-out per work folder: an exclusive lock on `WORK_DIR/.sae-stats.lock`, held
 //! for the job's life, holding `pid@host` of its owner so a second run can say who has it.
-//! The lock is advisory (flock on Linux; over NFS the kernel maps it to a POSIX lock).
+//! The lock is advisory (flock on Linux, through the `fs4` crate; over NFS the kernel maps it
+//! to a POSIX lock).
 
-use std::fs::{File, TryLockError};
+use std::fs::File;
+
+use fs4::TryLockError;
 use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
 
@@ -44,7 +47,8 @@ impl WorkLock {
                 .truncate(false)
                 .open(&path)
                 .map_err(|e| Error::io(&path, e))?;
-            match file.try_lock() {
+            // fs4 rather than std's File::try_lock (Rust 1.89): the crate's MSRV is 1.85.
+            match fs4::FileExt::try_lock(&file) {
                 Ok(()) => {}
                 Err(TryLockError::WouldBlock) => {
                     let mut holder = String::new();
