@@ -9,22 +9,16 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{arg, sae_exits, sae_ok};
+use common::{acts_cmd, arg, sae_exits, sae_ok};
 use sae_engine::cpu::reference::SaeBuilder;
 use sae_engine::io::mapped::{write_safetensors, OwnedTensor};
+use sae_engine::workflow::rng::Rng;
 use sae_engine::{Activation, Sae};
 
 /// Deterministic pseudo-random values in [-1, 1).
 fn noise(seed: u64, n: usize) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9e3779b97f4a7c15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
+    let mut r = Rng::new(seed);
+    (0..n).map(|_| (r.uniform() * 2.0 - 1.0) as f32).collect()
 }
 
 fn test_sae(d: usize, l: usize, seed: u64) -> Sae {
@@ -120,15 +114,7 @@ fn encode_onto_its_dump_is_refused_and_the_dump_kept() {
     let s = setup();
     let before = bytes(&s.dump);
     let e = refused(
-        &[
-            "encode",
-            "--sae",
-            arg(&s.sae),
-            "--acts",
-            arg(&s.dump),
-            "--out",
-            arg(&s.dump),
-        ],
+        &acts_cmd("encode", &s.sae, &s.dump, &s.dump, &[]),
         &[&s.dump],
     );
     assert!(
@@ -146,30 +132,14 @@ fn encode_and_stats_onto_the_sae_weights_are_refused() {
     let before = bytes(&weights);
     for cmd in ["encode", "stats"] {
         let e = refused(
-            &[
-                cmd,
-                "--sae",
-                arg(&s.sae),
-                "--acts",
-                arg(&s.dump),
-                "--out",
-                arg(&weights),
-            ],
+            &acts_cmd(cmd, &s.sae, &s.dump, &weights, &[]),
             &[&weights, &s.sae],
         );
         assert!(e.contains("--sae"), "{e}");
         // A new file inside the SAE's folder is refused too.
         let inside = s.sae.join("stats.safetensors");
         refused(
-            &[
-                cmd,
-                "--sae",
-                arg(&s.sae),
-                "--acts",
-                arg(&s.dump),
-                "--out",
-                arg(&inside),
-            ],
+            &acts_cmd(cmd, &s.sae, &s.dump, &inside, &[]),
             &[&inside, &s.sae],
         );
     }
@@ -198,17 +168,12 @@ fn convert_dump_onto_itself_is_refused() {
     assert_eq!(listing(&d), before);
     // diff --out-dir onto a dump folder.
     let e = refused(
-        &[
+        &audit_cmd(
             "diff",
-            "--sae",
-            arg(&s.sae),
-            "--base",
-            arg(&d),
-            "--tuned",
-            arg(&d),
-            "--out-dir",
-            arg(&d),
-        ],
+            &s.sae,
+            &d,
+            &["--tuned", arg(&d), "--out-dir", arg(&d)],
+        ),
         &[&d],
     );
     assert!(e.contains("--out-dir"), "{e}");
@@ -223,15 +188,7 @@ fn symlinks_and_hard_links_to_inputs_are_refused() {
     let link = s.root.join("codes.safetensors");
     std::os::unix::fs::symlink(&s.dump, &link).unwrap();
     let e = refused(
-        &[
-            "encode",
-            "--sae",
-            arg(&s.sae),
-            "--acts",
-            arg(&s.dump),
-            "--out",
-            arg(&link),
-        ],
+        &acts_cmd("encode", &s.sae, &s.dump, &link, &[]),
         &[&link, &s.dump],
     );
     assert!(e.contains("same file"), "{e}");
@@ -243,36 +200,14 @@ fn symlinks_and_hard_links_to_inputs_are_refused() {
     let hard = s.root.join("stats.safetensors");
     std::fs::hard_link(&s.dump, &hard).unwrap();
     let d = s.root.join("d");
-    let e = refused(
-        &[
-            "stats",
-            "--sae",
-            arg(&s.sae),
-            "--acts",
-            arg(&d),
-            "--out",
-            arg(&hard),
-        ],
-        &[&hard, &d],
-    );
+    let e = refused(&acts_cmd("stats", &s.sae, &d, &hard, &[]), &[&hard, &d]);
     assert!(e.contains("through a link"), "{e}");
     assert_eq!(bytes(&s.dump), before);
     // The SAE's weights through a symlinked folder.
     let sae_link = s.root.join("sae-link");
     std::os::unix::fs::symlink(&s.sae, &sae_link).unwrap();
     let w = sae_link.join("sae_weights.safetensors");
-    refused(
-        &[
-            "encode",
-            "--sae",
-            arg(&s.sae),
-            "--acts",
-            arg(&s.dump),
-            "--out",
-            arg(&w),
-        ],
-        &[&w],
-    );
+    refused(&acts_cmd("encode", &s.sae, &s.dump, &w, &[]), &[&w]);
 }
 
 #[test]
@@ -283,36 +218,14 @@ fn a_missing_destination_folder_fails_before_the_dump_is_read() {
     std::fs::write(&bad, b"not a safetensors file").unwrap();
     let out = Path::new("/nonexistent/x.safetensors");
     for cmd in ["stats", "encode"] {
-        let e = refused(
-            &[
-                cmd,
-                "--sae",
-                arg(&s.sae),
-                "--acts",
-                arg(&bad),
-                "--out",
-                arg(out),
-            ],
-            &[out],
-        );
+        let e = refused(&acts_cmd(cmd, &s.sae, &bad, out, &[]), &[out]);
         assert!(
             e.contains("does not exist") && !e.contains(arg(&bad)),
             "{e}"
         );
     }
     // An existing folder where the file should go.
-    let e = refused(
-        &[
-            "stats",
-            "--sae",
-            arg(&s.sae),
-            "--acts",
-            arg(&bad),
-            "--out",
-            arg(&s.root),
-        ],
-        &[&s.root],
-    );
+    let e = refused(&acts_cmd("stats", &s.sae, &bad, &s.root, &[]), &[&s.root]);
     assert!(e.contains("is a folder"), "{e}");
 }
 
@@ -324,27 +237,15 @@ fn diff_with_incomparable_inputs_fails_before_encoding() {
     // Statistics of another SAE.
     let other = write_sae(&s.root.join("other-sae"), D, L, 99);
     let theirs = s.root.join("theirs.stats.safetensors");
-    sae_ok(&[
-        "--backend",
-        "cpu",
+    sae_ok(&acts_cmd(
         "stats",
-        "--sae",
-        arg(&other),
-        "--acts",
-        arg(&s.dump),
-        "--out",
-        arg(&theirs),
-    ]);
+        &other,
+        &s.dump,
+        &theirs,
+        &["--backend", "cpu"],
+    ));
     let e = refused(
-        &[
-            "diff",
-            "--sae",
-            arg(&s.sae),
-            "--base",
-            arg(&base),
-            "--tuned",
-            arg(&theirs),
-        ],
+        &audit_cmd("diff", &s.sae, &base, &["--tuned", arg(&theirs)]),
         &[&theirs],
     );
     assert!(
@@ -354,50 +255,39 @@ fn diff_with_incomparable_inputs_fails_before_encoding() {
     // A fine-tune dump of another width, or of another length.
     let wide = write_dump(&s.root.join("wide.safetensors"), 64, D + 1, 9, None);
     let e = refused(
-        &[
+        &audit_cmd(
             "detect",
-            "--sae",
-            arg(&s.sae),
-            "--base",
-            arg(&base),
-            "--positive",
-            arg(&s.dump),
-            "--negative",
-            arg(&wide),
-        ],
+            &s.sae,
+            &base,
+            &["--positive", arg(&s.dump), "--negative", arg(&wide)],
+        ),
         &[&wide],
     );
     assert!(e.contains("width") && !e.contains("non-finite"), "{e}");
     let short = write_dump(&s.root.join("short.safetensors"), 40, D, 10, None);
     let e = refused(
-        &[
+        &audit_cmd(
             "monitor",
-            "--sae",
-            arg(&s.sae),
-            "--base",
-            arg(&base),
-            "--checkpoints",
-            arg(&short),
-            "--latents",
-            "0",
-        ],
+            &s.sae,
+            &base,
+            &["--checkpoints", arg(&short), "--latents", "0"],
+        ),
         &[&short],
     );
     assert!(!e.contains("non-finite"), "{e}");
     // Comparable inputs do reach the encoder (and its error on the bad row).
     let e = refused(
-        &[
-            "diff",
-            "--sae",
-            arg(&s.sae),
-            "--base",
-            arg(&base),
-            "--tuned",
-            arg(&s.dump),
-        ],
+        &audit_cmd("diff", &s.sae, &base, &["--tuned", arg(&s.dump)]),
         &[],
     );
     assert!(e.contains("non-finite"), "{e}");
+}
+
+/// `CMD --sae SAE --base BASE` then `rest`: how diff, detect and monitor are called.
+fn audit_cmd<'a>(cmd: &'a str, sae: &'a Path, base: &'a Path, rest: &[&'a str]) -> Vec<&'a str> {
+    let mut a = vec![cmd, "--sae", arg(sae), "--base", arg(base)];
+    a.extend_from_slice(rest);
+    a
 }
 
 /// Hidden entries of `dir` (temporaries).
@@ -420,30 +310,12 @@ fn kill_9_during_encode_keeps_the_old_output_and_the_rerun_leaves_no_litter() {
     let out_dir = root.join("out");
     std::fs::create_dir(&out_dir).unwrap();
     let out = out_dir.join("codes.safetensors");
-    let encode = |acts: &Path| {
-        vec![
-            "--backend",
-            "cpu",
-            "--batch-size",
-            "1024",
-            "encode",
-            "--sae",
-            arg(&sae),
-            "--acts",
-            arg(acts),
-            "--out",
-            arg(&out),
-        ]
-        .into_iter()
-        .map(String::from)
-        .collect::<Vec<String>>()
-    };
-    let a: Vec<String> = encode(&small);
-    sae_ok(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    let flags = ["--backend", "cpu", "--batch-size", "1024"];
+    sae_ok(&acts_cmd("encode", &sae, &small, &out, &flags));
     let previous = bytes(&out);
 
     let mut child = Command::new(env!("CARGO_BIN_EXE_sae"))
-        .args(encode(&big))
+        .args(acts_cmd("encode", &sae, &big, &out, &flags))
         .env("RAYON_NUM_THREADS", "2")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -472,7 +344,7 @@ fn kill_9_during_encode_keeps_the_old_output_and_the_rerun_leaves_no_litter() {
         "a kill -9 mid-run leaves its temporaries"
     );
 
-    sae_ok(&encode(&big).iter().map(String::as_str).collect::<Vec<_>>());
+    sae_ok(&acts_cmd("encode", &sae, &big, &out, &flags));
     assert_eq!(
         hidden(&out_dir),
         Vec::<String>::new(),
@@ -506,17 +378,13 @@ fn another_hosts_and_live_temporaries_are_left_alone() {
         std::fs::write(out_dir.join(f), b"x").unwrap();
     }
     let out = out_dir.join("codes.safetensors");
-    sae_ok(&[
-        "--backend",
-        "cpu",
+    sae_ok(&acts_cmd(
         "encode",
-        "--sae",
-        arg(&s.sae),
-        "--acts",
-        arg(&s.dump),
-        "--out",
-        arg(&out),
-    ]);
+        &s.sae,
+        &s.dump,
+        &out,
+        &["--backend", "cpu"],
+    ));
     let mut want: Vec<String> = keep.to_vec();
     want.push("codes.safetensors".into());
     want.sort();
