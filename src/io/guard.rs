@@ -192,7 +192,8 @@ fn resolve_input(n: &Named) -> Option<Resolved> {
     })
 }
 
-/// Ids of the regular files under `dir` (recursively, symlinks not followed).
+/// Ids of the files under `dir`, recursively; a symlinked file counts as its target (a dump
+/// folder of links to shards elsewhere), a symlinked folder is not entered (no loops).
 fn collect_ids(dir: &Path, ids: &mut HashMap<FileId, PathBuf>) {
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
@@ -206,10 +207,15 @@ fn collect_ids(dir: &Path, ids: &mut HashMap<FileId, PathBuf>) {
             let Ok(t) = e.file_type() else { continue };
             if t.is_dir() {
                 stack.push(e.path());
-            } else if t.is_file() {
-                if let Some(id) = e.metadata().ok().as_ref().and_then(file_id) {
-                    ids.insert(id, e.path());
-                }
+                continue;
+            }
+            let meta = if t.is_symlink() {
+                std::fs::metadata(e.path())
+            } else {
+                e.metadata()
+            };
+            if let Some(id) = meta.ok().filter(|m| m.is_file()).as_ref().and_then(file_id) {
+                ids.insert(id, e.path());
             }
         }
     }
@@ -434,6 +440,14 @@ mod tests {
             .input("--acts", &dump)
             .output_file("--out", &hard));
         assert!(e.contains("through a link"), "{e}");
+        // A dump folder of symlinks to shards kept elsewhere: the shards are inputs too.
+        let links = d.path().join("links");
+        std::fs::create_dir(&links).unwrap();
+        std::os::unix::fs::symlink(&file, links.join("s0.npy")).unwrap();
+        let e = err(PathGuard::new()
+            .input("--acts", &links)
+            .output_file("--out", &file));
+        assert!(e.contains("through a link"), "{e}");
         // A symlinked folder leading into the dump, with a file that does not exist yet.
         let link_dir = d.path().join("linkdir");
         std::os::unix::fs::symlink(&dump, &link_dir).unwrap();
@@ -497,14 +511,19 @@ mod tests {
     #[test]
     fn read_only_folders_are_refused() {
         use std::os::unix::fs::PermissionsExt;
-        if is_root() {
-            return; // root writes anywhere: there is nothing to refuse
-        }
         let (d, _dump, _file) = setup();
         let ro = d.path().join("ro");
         std::fs::create_dir(&ro).unwrap();
         std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o555)).unwrap();
-        let r = PathGuard::new().output_file("--out", &ro.join("x")).check();
+        // root writes through permission bits; /sys refuses it as well.
+        let dir = if is_root() {
+            PathBuf::from("/sys")
+        } else {
+            ro.clone()
+        };
+        let r = PathGuard::new()
+            .output_file("--out", &dir.join("x"))
+            .check();
         std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o755)).unwrap();
         let e = r.unwrap_err().to_string();
         assert!(e.contains("not writable"), "{e}");
