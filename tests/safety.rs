@@ -275,6 +275,24 @@ fn diff_with_incomparable_inputs_fails_before_encoding() {
         &[&short],
     );
     assert!(!e.contains("non-finite"), "{e}");
+    // Same length, other prompts (token ids).
+    let other_ids = s.root.join("other-ids.safetensors");
+    let x = noise(11, 64 * D);
+    let ids: Vec<i32> = (0..64).map(|i| 7 * i + 1).collect();
+    write_safetensors(
+        &other_ids,
+        &[
+            ("activations", OwnedTensor::f32(vec![64, D], &x)),
+            ("token_ids", OwnedTensor::i32(vec![64], &ids)),
+        ],
+        HashMap::new(),
+    )
+    .unwrap();
+    let e = refused(
+        &audit_cmd("diff", &s.sae, &base, &["--tuned", arg(&other_ids)]),
+        &[&other_ids],
+    );
+    assert!(e.contains("token_ids") && !e.contains("non-finite"), "{e}");
     // Comparable inputs do reach the encoder (and its error on the bad row).
     let e = refused(
         &audit_cmd("diff", &s.sae, &base, &["--tuned", arg(&s.dump)]),
