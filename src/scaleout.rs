@@ -331,9 +331,7 @@ impl FanOutOptions {
     pub fn results_key(&self) -> String {
         format!("use_mask={};{}", self.use_mask, self.result_options)
     }
-}
 
-impl FanOutOptions {
     /// Defaults: 4096 rows per batch, mask honored.
     pub fn new(work_dir: PathBuf, worker_names: Vec<String>) -> FanOutOptions {
         FanOutOptions {

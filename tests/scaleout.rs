@@ -700,6 +700,11 @@ fn cli_a_shard_changed_under_the_same_mtime_is_recomputed() {
         &sae_engine::io::stats::read(&out).unwrap(),
         &sae_engine::io::stats::read(&fresh).unwrap(),
     );
+    // An option that changes results is part of the key: nothing is reused.
+    let mut fast = args.to_vec();
+    fast.extend(["--precision", "fast"]);
+    let j = sae_json(&acts_cmd("stats", &sae_dir, &dump, &out, &fast));
+    assert_eq!(j["computed"].as_array().unwrap().len(), SIZES.len(), "{j}");
 }
 
 #[test]

@@ -120,7 +120,12 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
             batch_rows: ctx.batch_rows(),
             use_mask: !a.no_mask,
             worker_names: devices.names().to_vec(),
-            result_options: format!("precision={:?}", ctx.g.precision),
+            // The environment variable overrides the flag in the CUDA engine.
+            result_options: format!(
+                "precision={:?};SAE_CUDA_PRECISION={}",
+                ctx.g.precision,
+                std::env::var("SAE_CUDA_PRECISION").unwrap_or_default()
+            ),
         };
         return fan_out(ctx, sae, devices, units, opts, a.keep_units, &out);
     }
