@@ -250,8 +250,13 @@ fn check_destination(out: &Named, kind: Kind) -> Result<Destination> {
             _ => {}
         }
         let canonical = std::fs::canonicalize(path).map_err(|e| Error::io(path, e))?;
+        // A file is renamed into place beside the name given (a symlink is replaced, not
+        // followed); a folder's files are written inside it.
         let writable_dir = match kind {
-            Kind::File => canonical.parent().map(Path::to_path_buf),
+            Kind::File => std::path::absolute(path)
+                .map_err(|e| Error::io(path, e))?
+                .parent()
+                .map(Path::to_path_buf),
             Kind::Dir => Some(canonical.clone()),
         };
         if let Some(d) = writable_dir {
