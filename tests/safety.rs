@@ -410,3 +410,18 @@ fn another_hosts_and_live_temporaries_are_left_alone() {
         assert_eq!(listing(&out_dir), want);
     }
 }
+
+#[test]
+fn sae_bench_checks_its_json_destination_before_any_gpu_work() {
+    let out = Command::new(env!("CARGO_BIN_EXE_sae-bench"))
+        .args(["verify", "--quick", "--json", "/nonexistent/verify.json"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    // Refused for the destination, not for a missing GPU (this machine may have none).
+    assert!(
+        err.contains("/nonexistent/verify.json") && err.contains("does not exist"),
+        "{err}"
+    );
+}
