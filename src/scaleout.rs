@@ -9,8 +9,12 @@
 //!   taking work (the failure is recorded with the shard file and the device); the
 //!   remaining units go to the healthy devices. A bad shard (unreadable, wrong width,
 //!   NaN) fails only its unit: the device keeps working;
-//! - a rerun skips units whose file is already there with the SAE's fingerprint,
-//!   width and token count (and is newer than its shard), so only failed units run.
+//! - a rerun skips units whose file is already there and was computed from the same
+//!   content: the shard's full-file hash (xxh3-128, cached by size, mtime, ctime and
+//!   inode so an unchanged shard is not read again), the SAE fingerprint and the options
+//!   that change results (see [`reuse`]); so only failed or changed units run;
+//! - one job per work folder: a second run on the same folder fails at once, naming
+//!   the folder and the holder (see [`lock`]).
 //!
 //! The merge reads unit files in shard order, so the result does not depend on which
 //! device computed what.
@@ -49,6 +53,12 @@ use crate::error::{Error, Result};
 use crate::ops::{BackendKind, Engine};
 use crate::sae::Sae;
 use crate::stats::LatentStats;
+
+pub mod lock;
+pub mod reuse;
+
+use lock::WorkLock;
+use reuse::UnitKey;
 
 /// Most CPU workers `cpu:N` may ask for (each is a thread sharing the rayon pool).
 const MAX_CPU_WORKERS: usize = 256;
@@ -204,6 +214,12 @@ impl Unit {
             .unwrap_or_else(|| "shard".into());
         format!("shard-{:05}-{stem}.stats.safetensors", self.index)
     }
+
+    /// File name of this unit's content key (see [`reuse`]) inside the work directory.
+    pub fn key_file_name(&self) -> String {
+        let stats = self.stats_file_name();
+        format!("{}.json", stats.trim_end_matches(".safetensors"))
+    }
 }
 
 /// A shard shared between the plan and a worker (`Dump::from_shards` wants a box).
@@ -305,9 +321,17 @@ pub struct FanOutOptions {
     pub use_mask: bool,
     /// One label per worker; the number of workers is its length.
     pub worker_names: Vec<String>,
+    /// Engine settings that change results (e.g. `precision=Fast`): recorded with each
+    /// unit and compared on reuse, like the mask rule and the SAE fingerprint.
+    pub result_options: String,
 }
 
 impl FanOutOptions {
+    /// Every option that changes a unit's statistics, as recorded in its content key.
+    pub fn results_key(&self) -> String {
+        format!("use_mask={};{}", self.use_mask, self.result_options)
+    }
+
     /// Defaults: 4096 rows per batch, mask honored.
     pub fn new(work_dir: PathBuf, worker_names: Vec<String>) -> FanOutOptions {
         FanOutOptions {
@@ -315,6 +339,7 @@ impl FanOutOptions {
             batch_rows: 4096,
             use_mask: true,
             worker_names,
+            result_options: String::new(),
         }
     }
 }
@@ -441,12 +466,15 @@ pub struct StatsJob<'a> {
     reused: Vec<usize>,
     notes: Vec<String>,
     pending_rows: u64,
+    /// Held while the job lives: no other job uses the work folder meanwhile.
+    lock: WorkLock,
 }
 
 impl<'a> StatsJob<'a> {
-    /// Creates the work directory and checks the unit files already there: a file is
-    /// reused when it reads back with `sae`'s fingerprint and latent count, counts as
-    /// many tokens as its shard (under `use_mask`) and is not older than the shard.
+    /// Creates the work directory, takes its lock (failing at once when another job
+    /// holds it) and checks the unit files already there: a file is reused when its
+    /// content key matches (same shard content, SAE fingerprint and options) and it
+    /// reads back with the SAE's fingerprint, latent count and the shard's token count.
     pub fn plan(sae: &'a Sae, units: Vec<Unit>, opts: FanOutOptions) -> Result<StatsJob<'a>> {
         if opts.worker_names.is_empty() {
             return Err(Error::invalid("a fan-out needs at least one device"));
@@ -459,12 +487,13 @@ impl<'a> StatsJob<'a> {
             )));
         }
         std::fs::create_dir_all(&opts.work_dir).map_err(|e| Error::io(&opts.work_dir, e))?;
+        let lock = WorkLock::acquire(&opts.work_dir)?;
         let fingerprint = sae.fingerprint();
         let (mut pending, mut reused, mut notes) = (Vec::new(), Vec::new(), Vec::new());
         let mut pending_rows = 0u64;
         for (pos, u) in units.iter().enumerate() {
             let file = opts.work_dir.join(u.stats_file_name());
-            match reusable(sae, &fingerprint, u, &file, opts.use_mask) {
+            match reusable(sae, &fingerprint, u, &opts, &file) {
                 Ok(()) => reused.push(pos),
                 Err(why) => {
                     if let Some(why) = why {
@@ -486,6 +515,7 @@ impl<'a> StatsJob<'a> {
             reused,
             notes,
             pending_rows,
+            lock,
         })
     }
 
@@ -599,9 +629,14 @@ impl<'a> StatsJob<'a> {
         Ok(s)
     }
 
-    /// Removes this job's unit files, and the work directory when that leaves it empty.
+    /// Removes this job's unit files and their keys, and the work directory when that
+    /// leaves it empty (the lock file goes with it).
     pub fn remove_unit_files(&self) -> Result<()> {
-        for f in self.unit_files() {
+        let keys = self
+            .units
+            .iter()
+            .map(|u| self.opts.work_dir.join(u.key_file_name()));
+        for f in self.unit_files().into_iter().chain(keys) {
             match std::fs::remove_file(&f) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                     return Err(Error::io(&f, e));
@@ -610,7 +645,13 @@ impl<'a> StatsJob<'a> {
             }
         }
         // Other jobs (other --shard slices) may still have files there: keep it then.
-        let _ = std::fs::remove_dir(&self.opts.work_dir);
+        let others = std::fs::read_dir(&self.opts.work_dir)
+            .map(|d| d.flatten().any(|e| e.file_name() != lock::LOCK_NAME))
+            .unwrap_or(true);
+        if !others {
+            self.lock.remove_file();
+            let _ = std::fs::remove_dir(&self.opts.work_dir);
+        }
         Ok(())
     }
 }
@@ -621,26 +662,29 @@ fn reusable(
     sae: &Sae,
     fingerprint: &str,
     unit: &Unit,
+    opts: &FanOutOptions,
     file: &Path,
-    use_mask: bool,
 ) -> std::result::Result<(), Option<String>> {
-    let file_meta = match std::fs::metadata(file) {
-        Ok(m) => m,
-        Err(_) => return Err(None),
-    };
+    if std::fs::metadata(file).is_err() {
+        return Err(None);
+    }
     let stale = |why: String| Err(Some(why));
+    let key_file = opts.work_dir.join(unit.key_file_name());
+    let Some(old) = UnitKey::read(&key_file) else {
+        return stale("no content key beside it".into());
+    };
+    match reuse::still_valid(&old, &unit.path, fingerprint, &opts.results_key()) {
+        Ok(now) if now != old => {
+            // Same content under a new stamp: remember it so the next run need not hash.
+            let _ = now.write(&key_file);
+        }
+        Ok(_) => {}
+        Err(why) => return stale(why),
+    }
     let shard = match unit.open() {
         Ok(s) => s,
         Err(e) => return stale(format!("its shard does not open: {e}")),
     };
-    if let (Ok(unit_time), Ok(shard_time)) = (
-        file_meta.modified(),
-        std::fs::metadata(&unit.path).and_then(|m| m.modified()),
-    ) {
-        if unit_time < shard_time {
-            return stale("the shard file is newer".into());
-        }
-    }
     let stats = match crate::io::stats::read(file) {
         Ok(s) => s,
         Err(e) => return stale(format!("unreadable: {e}")),
@@ -658,7 +702,7 @@ fn reusable(
             sae.n_latents()
         ));
     }
-    let want = match counted_tokens(shard.as_ref(), use_mask) {
+    let want = match counted_tokens(shard.as_ref(), opts.use_mask) {
         Ok(n) => n,
         Err(e) => return stale(format!("its shard's mask does not read: {e}")),
     };
@@ -673,7 +717,7 @@ fn reusable(
 
 /// Tokens a statistics pass over `shard` counts: rows with mask != 0 under `use_mask`
 /// when the shard has a mask, else every row.
-fn counted_tokens(shard: &dyn Shard, use_mask: bool) -> Result<u64> {
+pub(crate) fn counted_tokens(shard: &dyn Shard, use_mask: bool) -> Result<u64> {
     let n = shard.n_rows();
     if !use_mask {
         return Ok(n as u64);
@@ -821,6 +865,23 @@ fn compute_unit(
     job: &StatsJob<'_>,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<u64> {
+    // The old key goes first: a crash below must not pair it with new statistics.
+    let key_file = job.opts.work_dir.join(unit.key_file_name());
+    match std::fs::remove_file(&key_file) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(Error::io(&key_file, e)),
+        _ => {}
+    }
+    // Keyed before reading, so a shard changed during the pass shows on the next run. A
+    // shard that is not a plain file (a cache layout's) gets no key and is never reused.
+    let key = if unit.path.is_file() {
+        Some(UnitKey::compute(
+            &unit.path,
+            &job.fingerprint,
+            &job.opts.results_key(),
+        )?)
+    } else {
+        None
+    };
     let shard = unit.open()?;
     let dump = Dump::from_shards(&unit.path, vec![shard])?;
     let stats = crate::pipeline::stats_of_dump(
@@ -831,6 +892,9 @@ fn compute_unit(
         &|n| progress(n),
     )?;
     crate::io::stats::write(&job.opts.work_dir.join(unit.stats_file_name()), &stats)?;
+    if let Some(key) = key {
+        key.write(&key_file)?;
+    }
     Ok(dump.n_rows())
 }
 

@@ -169,9 +169,16 @@ fn run_on_cpus(sae: &Arc<Sae>, dump: &Path, work: &Path) -> (FanOutReport, Optio
     run_job(sae, dump, options(work, 2, true), &|_| cpu_engine(sae))
 }
 
+/// Modification times of the unit statistics files in `dir` (not their keys or the lock).
 fn mtimes(dir: &Path) -> HashMap<String, SystemTime> {
     std::fs::read_dir(dir)
         .unwrap()
+        .filter(|e| {
+            let e = e.as_ref().unwrap();
+            e.file_name()
+                .to_string_lossy()
+                .ends_with(".stats.safetensors")
+        })
         .map(|e| {
             let e = e.unwrap();
             (
@@ -180,6 +187,34 @@ fn mtimes(dir: &Path) -> HashMap<String, SystemTime> {
             )
         })
         .collect()
+}
+
+/// Gives a shard new activations of the same shape, then sets its mtime back: size,
+/// row count and mtime are those of the old file, only the content differs.
+fn rewrite_keeping_mtime(path: &Path) {
+    let old = std::fs::metadata(path).unwrap();
+    let st = sae_engine::io::mapped::MappedSafetensors::open(path).unwrap();
+    let rows = st.tensor("activations").unwrap().shape[0];
+    drop(st);
+    let acts: Vec<f32> = noise(999, rows * D).iter().map(|v| v * 3.0).collect();
+    // The same mask as `write_shard`: the token count is kept as well.
+    let mask: Vec<u8> = (0..rows).map(|r| (r % 4 != 3) as u8).collect();
+    write_safetensors(
+        path,
+        &[
+            ("activations", OwnedTensor::f32(vec![rows, D], &acts)),
+            ("mask", OwnedTensor::u8(vec![rows], &mask)),
+        ],
+        HashMap::new(),
+    )
+    .unwrap();
+    let f = std::fs::File::options().write(true).open(path).unwrap();
+    f.set_modified(old.modified().unwrap()).unwrap();
+    let new = std::fs::metadata(path).unwrap();
+    assert_eq!(
+        (new.len(), new.modified().unwrap()),
+        (old.len(), old.modified().unwrap())
+    );
 }
 
 fn all_indices() -> Vec<usize> {
@@ -249,7 +284,8 @@ fn units_of_an_opened_dump_equal_single_pass() {
     assert!(report.ok(), "{:?}", report.failure_lines());
     assert_eq!(report.computed, all_indices());
     assert_same_stats(&job.merge().unwrap(), &single_pass(&sae, &dump, true));
-    // Resume works the same for opened shards.
+    // Resume works the same for opened shards (once the first job let go of the folder).
+    drop(job);
     let job = StatsJob::plan(&sae, units, options(&work, 2, true)).unwrap();
     assert!(job.pending().is_empty());
 }
@@ -483,29 +519,33 @@ fn stale_unit_files_are_recomputed() {
     let job = StatsJob::plan(&other, units.clone(), options(&work, 2, true)).unwrap();
     assert_eq!(job.pending().len(), SIZES.len());
     assert!(job.notes()[0].contains("fingerprint"), "{:?}", job.notes());
+    drop(job);
 
-    // The same SAE without the mask: the masked shards count other token totals.
+    // The same SAE without the mask: the token rule is part of every unit's key.
     let job = StatsJob::plan(&sae, units.clone(), options(&work, 2, false)).unwrap();
-    let pending: Vec<usize> = job.pending().iter().map(|u| u.index).collect();
-    assert_eq!(
-        pending,
-        vec![0, 2, 4],
-        "shard 1 has 1 row and shard 3 no mask"
-    );
+    assert_eq!(job.pending().len(), SIZES.len());
     assert!(
-        job.notes().iter().all(|n| n.contains("tokens")),
+        job.notes().iter().all(|n| n.contains("use_mask")),
         "{:?}",
         job.notes()
     );
+    drop(job);
 
-    // A shard rewritten after its unit file, and a unit file that is garbage.
+    // The same content rewritten later (a copy, a touch): reused without recomputing.
     std::thread::sleep(std::time::Duration::from_millis(20));
-    write_shard(&dump, 1);
+    write_shard(&dump, 0);
+    // A shard whose content changed with its size, row count and mtime kept, and a
+    // unit file that is garbage.
+    rewrite_keeping_mtime(&dump.join(shard_name(1)));
     std::fs::write(work.join("shard-00003-acts_03.stats.safetensors"), b"junk").unwrap();
     let job = StatsJob::plan(&sae, units, options(&work, 2, true)).unwrap();
     let pending: Vec<usize> = job.pending().iter().map(|u| u.index).collect();
     assert_eq!(pending, vec![1, 3], "{:?}", job.notes());
-    assert!(job.notes()[0].contains("newer"), "{:?}", job.notes());
+    assert!(
+        job.notes()[0].contains("content changed"),
+        "{:?}",
+        job.notes()
+    );
     assert!(job.notes()[1].contains("unreadable"), "{:?}", job.notes());
     let report = job.run(&|_| cpu_engine(&sae), &|_| {});
     assert_eq!(report.computed, vec![1, 3]);
@@ -570,7 +610,7 @@ fn cli_stats_devices_equals_single_pass_and_resumes() {
         "{err}"
     );
     assert!(!fan2.exists());
-    assert_eq!(std::fs::read_dir(&work).unwrap().count(), 4);
+    assert_eq!(mtimes(&work).len(), 4);
 
     // Fixed: the rerun computes shard 2 only and keeps the unit files.
     write_shard(&dump, 2);
@@ -580,7 +620,7 @@ fn cli_stats_devices_equals_single_pass_and_resumes() {
     assert_eq!(j["computed"], serde_json::json!([2]));
     assert_eq!(j["reused"], serde_json::json!([0, 1, 3, 4]));
     assert_same_stats(&sae_engine::io::stats::read(&fan2).unwrap(), &want);
-    assert_eq!(std::fs::read_dir(&work).unwrap().count(), 5);
+    assert_eq!(mtimes(&work).len(), 5);
 
     // Composes with --shard I/N.
     let part = dir.path().join("part.safetensors");
@@ -622,4 +662,81 @@ fn cli_unavailable_cuda_devices_fail_naming_every_shard() {
         "{err}"
     );
     assert!(!out_path.exists());
+}
+
+#[test]
+fn cli_a_shard_changed_under_the_same_mtime_is_recomputed() {
+    // The case: contents changed, mtime and row count kept; reuse gave
+    // "0 computed, 4 reused" and n_active off against a fresh pass.
+    let (dir, dump, sae_dir) = cli_setup();
+    let work = dir.path().join("work");
+    let out = dir.path().join("fan.safetensors");
+    let args = [
+        "--json",
+        "--devices",
+        "cpu:2",
+        "--work-dir",
+        arg(&work),
+        "--keep-units",
+    ];
+    let j = sae_json(&acts_cmd("stats", &sae_dir, &dump, &out, &args));
+    assert_eq!(j["computed"].as_array().unwrap().len(), SIZES.len());
+    let j = sae_json(&acts_cmd("stats", &sae_dir, &dump, &out, &args));
+    assert_eq!(j["reused"].as_array().unwrap().len(), SIZES.len(), "{j}");
+
+    rewrite_keeping_mtime(&dump.join(shard_name(2)));
+    let j = sae_json(&acts_cmd("stats", &sae_dir, &dump, &out, &args));
+    assert_eq!(j["computed"], serde_json::json!([2]), "{j}");
+    assert_eq!(j["reused"], serde_json::json!([0, 1, 3, 4]));
+    let fresh = dir.path().join("fresh.safetensors");
+    sae_ok(&acts_cmd(
+        "stats",
+        &sae_dir,
+        &dump,
+        &fresh,
+        &["--quiet", "--backend", "cpu"],
+    ));
+    assert_same_stats(
+        &sae_engine::io::stats::read(&out).unwrap(),
+        &sae_engine::io::stats::read(&fresh).unwrap(),
+    );
+    // An option that changes results is part of the key: nothing is reused.
+    let mut fast = args.to_vec();
+    fast.extend(["--precision", "fast"]);
+    let j = sae_json(&acts_cmd("stats", &sae_dir, &dump, &out, &fast));
+    assert_eq!(j["computed"].as_array().unwrap().len(), SIZES.len(), "{j}");
+}
+
+#[test]
+fn cli_two_runs_cannot_share_a_work_folder() {
+    let (dir, dump, sae_dir) = cli_setup();
+    let out = dir.path().join("fan.safetensors");
+    let work = dir.path().join("fan.safetensors.units");
+    // This test process holds the folder, as a concurrent `sae stats --devices` would.
+    let sae = test_sae(0.0);
+    let units = shard_units(&dump, None).unwrap();
+    let held = StatsJob::plan(&sae, units.clone(), options(&work, 1, true)).unwrap();
+    let err = sae_exits(
+        1,
+        &acts_cmd("stats", &sae_dir, &dump, &out, &["--devices", "cpu"]),
+    );
+    assert!(err.contains(arg(&work)) && err.contains("in use"), "{err}");
+    let holder = sae_engine::scaleout::lock::holder_id();
+    assert!(err.contains(&holder), "names the holder {holder}: {err}");
+    assert!(!out.exists());
+    // In the library the second plan fails the same way, and works once the first is done.
+    let e = StatsJob::plan(&sae, units.clone(), options(&work, 1, true)).unwrap_err();
+    assert!(e.to_string().contains(&holder), "{e}");
+    drop(held);
+    sae_ok(&acts_cmd(
+        "stats",
+        &sae_dir,
+        &dump,
+        &out,
+        &["--devices", "cpu"],
+    ));
+    assert!(
+        !work.exists(),
+        "the work folder and its lock are removed after the merge"
+    );
 }

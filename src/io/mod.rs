@@ -1,7 +1,9 @@
 //! Files: atomic writes, mapped safetensors, npy, and the engine's codes and statistics files.
-//! Every writer writes to a temporary name beside the target and renames when complete.
+//! Every writer writes to a temporary name beside the target and renames when complete;
+//! [`guard`] keeps outputs off inputs.
 pub mod atomic;
 pub mod codes;
+pub mod guard;
 pub mod mapped;
 pub mod npy;
 pub mod stats;

@@ -20,6 +20,7 @@ pub mod layer_check;
 pub mod logit_lens;
 pub mod monitor;
 pub mod plot;
+pub mod probe;
 pub mod report;
 pub mod rng;
 pub mod steer;

@@ -12,6 +12,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use sae_engine::error::{Error, Result};
+use sae_engine::io::guard::PathGuard;
 
 mod bench;
 
@@ -64,11 +65,9 @@ enum Cmd {
 
 /// Writes `value` as pretty JSON to `path` via a temporary file renamed when complete.
 pub fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
-    let tmp = path.with_extension("json.tmp");
     let text =
         serde_json::to_string_pretty(value).map_err(|e| Error::format(path, e.to_string()))?;
-    std::fs::write(&tmp, text).map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    sae_engine::io::atomic::write_bytes(path, text.as_bytes())
 }
 
 fn main() -> ExitCode {
@@ -87,6 +86,15 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
+    // Destinations are checked before the (long) GPU work.
+    let (json, scratch) = match &cli.cmd {
+        Cmd::Info { json } | Cmd::Verify { json, .. } => (json, &None),
+        Cmd::Run { json, scratch, .. } => (json, scratch),
+    };
+    PathGuard::new()
+        .output_file_opt("--json", json.as_ref())
+        .output_dir_opt("--scratch", scratch.as_ref())
+        .check()?;
     match cli.cmd {
         Cmd::Info { json } => {
             let info = sae_engine::cuda::available(cli.device)?;

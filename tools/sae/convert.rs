@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use sae_engine::convert::{convert_dump, convert_sae, DumpConvertOptions};
 use sae_engine::dump::{arrow, Dump};
+use sae_engine::io::guard::PathGuard;
 use sae_engine::{DType, Error, Format, Result};
 use serde_json::json;
 
@@ -52,6 +53,10 @@ pub enum ConvertWhat {
 pub fn run(ctx: &Ctx, args: ConvertArgs) -> Result<()> {
     match args.what {
         ConvertWhat::Sae { input, out, format } => {
+            PathGuard::new()
+                .sae("INPUT", &input)
+                .output_dir("--out", &out)
+                .check()?;
             let sae = convert_sae(&input, format, &out)?;
             ctx.output(
                 json!({"input": input, "out": out, "format": sae.meta.format.name(),
@@ -73,6 +78,10 @@ pub fn run(ctx: &Ctx, args: ConvertArgs) -> Result<()> {
             dtype,
             column,
         } => {
+            PathGuard::new()
+                .input("INPUT", &input)
+                .output_dir("--out", &out)
+                .check()?;
             let dtype = DType::parse(&dtype).ok_or_else(|| {
                 Error::invalid(format!("--dtype {dtype}: expected f32, f16 or bf16"))
             })?;

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use sae_engine::io::codes::CodesReader;
+use sae_engine::io::guard::PathGuard;
 use sae_engine::{Dump, Format, Result};
 use serde_json::json;
 
@@ -29,6 +30,12 @@ pub struct Args {
 }
 
 pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
+    PathGuard::new()
+        .sae("--sae", &a.sae)
+        .input("--codes", &a.codes)
+        .input_opt("--acts", a.acts.as_ref())
+        .output_file("--out", &a.out)
+        .check()?;
     let sae = ctx.load_sae(&a.sae, a.format)?;
     let codes = CodesReader::open(&a.codes)?;
     codes.check_fingerprint(&sae.fingerprint())?;

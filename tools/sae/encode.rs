@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
+use sae_engine::io::guard::PathGuard;
 use sae_engine::{Dump, Format, Result};
 use serde_json::json;
 
@@ -25,6 +26,11 @@ pub struct Args {
 }
 
 pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
+    PathGuard::new()
+        .sae("--sae", &a.sae)
+        .input("--acts", &a.acts)
+        .output_file("--out", &a.out)
+        .check()?;
     let sae = ctx.load_sae(&a.sae, a.format)?;
     let dump = Dump::open(&a.acts)?;
     dump.check_width(sae.d_in())?;

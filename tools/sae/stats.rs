@@ -7,6 +7,7 @@ use std::time::Instant;
 use std::path::Path;
 use std::sync::Arc;
 
+use sae_engine::io::guard::PathGuard;
 use sae_engine::scaleout::{self, Devices, FanOutOptions, FanOutReport, StatsJob};
 use sae_engine::{Dump, Error, Format, LatentStats, Result, Sae};
 use serde_json::json;
@@ -101,15 +102,30 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
             "sae stats needs --sae, --acts and --out (or `sae stats merge`)",
         ));
     };
+    let work_dir = a
+        .devices
+        .as_ref()
+        .map(|_| a.work_dir.unwrap_or_else(|| default_work_dir(&out)));
+    PathGuard::new()
+        .sae("--sae", &sae_path)
+        .input("--acts", &acts)
+        .output_file("--out", &out)
+        .output_dir_opt("--work-dir", work_dir.as_ref())
+        .check()?;
     let sae = ctx.load_sae(&sae_path, a.format)?;
-    if let Some(devices) = &a.devices {
-        let work_dir = a.work_dir.unwrap_or_else(|| default_work_dir(&out));
+    if let (Some(devices), Some(work_dir)) = (&a.devices, work_dir) {
         let units = scaleout::shard_units(&acts, a.shard)?;
         let opts = FanOutOptions {
             work_dir,
             batch_rows: ctx.batch_rows(),
             use_mask: !a.no_mask,
             worker_names: devices.names().to_vec(),
+            // The environment variable overrides the flag in the CUDA engine.
+            result_options: format!(
+                "precision={:?};SAE_CUDA_PRECISION={}",
+                ctx.g.precision,
+                std::env::var("SAE_CUDA_PRECISION").unwrap_or_default()
+            ),
         };
         return fan_out(ctx, sae, devices, units, opts, a.keep_units, &out);
     }
@@ -264,6 +280,10 @@ fn device_lines(r: &FanOutReport) -> String {
 }
 
 fn merge(ctx: &Ctx, inputs: Vec<PathBuf>, out: PathBuf) -> Result<()> {
+    PathGuard::new()
+        .inputs("INPUTS", &inputs)
+        .output_file("--out", &out)
+        .check()?;
     let s = sae_engine::pipeline::merge_stats_files(&inputs)?;
     sae_engine::io::stats::write(&out, &s)?;
     let mut json = summary(&s);

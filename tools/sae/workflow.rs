@@ -4,9 +4,10 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
+use sae_engine::io::guard::PathGuard;
 use sae_engine::workflow::{
-    self, demo, detect, diff, layer_check, logit_lens, monitor, report, steer, tokenizer::Vocab,
-    top_examples, Measured, StatsOptions,
+    self, demo, detect, diff, layer_check, logit_lens, monitor, probe, report, steer,
+    tokenizer::Vocab, top_examples, Measured, StatsOptions,
 };
 use sae_engine::{BackendKind, Dump, Engine, Error, Format, Result};
 
@@ -62,6 +63,17 @@ impl Session {
     fn measure_all(&self, ctx: &Ctx, paths: &[PathBuf]) -> Result<Vec<Measured>> {
         paths.iter().map(|p| self.measure(ctx, p)).collect()
     }
+    /// The checks that need no encoding, on every input, before any is encoded: each
+    /// group is paired with the base as it will be after measuring.
+    fn precheck(&self, base: &Path, groups: &[&[PathBuf]]) -> Result<()> {
+        let probe = |p: &Path| probe::probe(self.engine.as_ref(), &self.fingerprint, p, &self.opts);
+        let base = probe(base)?;
+        for group in groups {
+            let others = group.iter().map(|p| probe(p)).collect::<Result<Vec<_>>>()?;
+            workflow::check_pairing(&base, &others)?;
+        }
+        Ok(())
+    }
 }
 
 // ---------------------------------------------------------------- diff
@@ -98,8 +110,15 @@ pub struct DiffArgs {
 }
 
 pub fn run_diff(ctx: &Ctx, a: DiffArgs) -> Result<()> {
+    PathGuard::new()
+        .sae("--sae", &a.sae)
+        .input("--base", &a.base)
+        .inputs("--tuned", &a.tuned)
+        .output_dir_opt("--out-dir", a.out_dir.as_ref())
+        .check()?;
     let order = diff::DiffOrder::parse(&a.order)?;
     let s = Session::new(ctx, &a.sae, a.format, a.mask)?;
+    s.precheck(&a.base, &[&a.tuned])?;
     let base = s.measure(ctx, &a.base)?;
     let tuned = s.measure_all(ctx, &a.tuned)?;
     workflow::check_pairing(&base, &tuned)?;
@@ -261,6 +280,12 @@ pub fn run_steer(ctx: &Ctx, a: SteerArgs) -> Result<()> {
     check_steer_args(&a)?;
     let unit = steer::SteerUnit::parse(&a.unit)?;
     let format = steer::VectorFormat::parse(&a.format)?;
+    PathGuard::new()
+        .sae("--sae", &a.sae)
+        .input_opt("--acts", a.acts.as_ref())
+        .output_file_opt("--out", a.out.as_ref())
+        .output_dir_opt("--out-dir", a.out_dir.as_ref())
+        .check()?;
     let s = Session::new(ctx, &a.sae, a.sae_format, a.mask)?;
     workflow::check_latents(&a.latent, s.engine.sae().n_latents())?;
     let dump = a.acts.as_ref().map(Dump::open).transpose()?;
@@ -410,6 +435,12 @@ pub struct LogitLensArgs {
 }
 
 pub fn run_logit_lens(ctx: &Ctx, a: LogitLensArgs) -> Result<()> {
+    PathGuard::new()
+        .sae("--sae", &a.sae)
+        .input("--model-dir", &a.model_dir)
+        .input_opt("--tokenizer", a.tokenizer.as_ref())
+        .output_dir_opt("--out-dir", a.out_dir.as_ref())
+        .check()?;
     let sae = ctx.load_sae(&a.sae, a.format)?;
     let tok = a
         .tokenizer
@@ -462,7 +493,15 @@ pub struct DetectArgs {
 }
 
 pub fn run_detect(ctx: &Ctx, a: DetectArgs) -> Result<()> {
+    PathGuard::new()
+        .sae("--sae", &a.sae)
+        .input("--base", &a.base)
+        .inputs("--positive", &a.positive)
+        .inputs("--negative", &a.negative)
+        .output_dir_opt("--out-dir", a.out_dir.as_ref())
+        .check()?;
     let s = Session::new(ctx, &a.sae, a.format, a.mask)?;
+    s.precheck(&a.base, &[&a.positive, &a.negative])?;
     let base = s.measure(ctx, &a.base)?;
     let pos = s.measure_all(ctx, &a.positive)?;
     let neg = s.measure_all(ctx, &a.negative)?;
@@ -517,8 +556,15 @@ pub struct MonitorArgs {
 }
 
 pub fn run_monitor(ctx: &Ctx, a: MonitorArgs) -> Result<()> {
+    PathGuard::new()
+        .sae("--sae", &a.sae)
+        .input("--base", &a.base)
+        .inputs("--checkpoints", &a.checkpoints)
+        .output_dir_opt("--out-dir", a.out_dir.as_ref())
+        .check()?;
     let s = Session::new(ctx, &a.sae, a.format, a.mask)?;
     workflow::check_latents(&a.latents, s.engine.sae().n_latents())?;
+    s.precheck(&a.base, &[&a.checkpoints])?;
     let base = s.measure(ctx, &a.base)?;
     let cks = s.measure_all(ctx, &a.checkpoints)?;
     workflow::check_pairing(&base, &cks)?;
@@ -581,6 +627,13 @@ pub struct TopExamplesArgs {
 }
 
 pub fn run_top_examples(ctx: &Ctx, a: TopExamplesArgs) -> Result<()> {
+    PathGuard::new()
+        .sae("--sae", &a.sae)
+        .input("--acts", &a.acts)
+        .input_opt("--compare", a.compare.as_ref())
+        .input_opt("--tokenizer", a.tokenizer.as_ref())
+        .output_dir_opt("--out-dir", a.out_dir.as_ref())
+        .check()?;
     let vocab = a
         .tokenizer
         .as_deref()
@@ -681,6 +734,9 @@ pub struct DemoArgs {
 }
 
 pub fn run_demo(ctx: &Ctx, a: DemoArgs) -> Result<()> {
+    PathGuard::new()
+        .output_dir_opt("--out-dir", a.out_dir.as_ref())
+        .check()?;
     let backend = BackendKind::parse(&ctx.g.backend, ctx.g.device.unwrap_or(0))?;
     ctx.note("building a synthetic audit (SAE d=256, 4096 latents; base, 4 misaligned, 3 aligned fine-tunes, 6 checkpoints)");
     let r = demo::run(&demo::DemoOptions {
