@@ -1,7 +1,9 @@
-//! Files: atomic writes, mapped safetensors, npy, and the engine's codes and statistics files.
+//! Files: atomic writes, mapped safetensors, npy, and the engine's codes and statistics files;
+//! console lines that survive a closed pipe.
 //! Every writer writes to a temporary name beside the target and renames when complete.
 pub mod atomic;
 pub mod codes;
+pub mod console;
 pub mod mapped;
 pub mod npy;
 pub mod stats;

@@ -52,8 +52,14 @@ pub enum ConvertWhat {
 pub fn run(ctx: &Ctx, args: ConvertArgs) -> Result<()> {
     match args.what {
         ConvertWhat::Sae { input, out, format } => {
+            let mut prov = ctx.provenance("convert sae");
             let sae = convert_sae(&input, format, &out)?;
+            prov.sae(&input, &sae.fingerprint())?;
+            if let Some(f) = format {
+                prov.option("format", f.name());
+            }
             ctx.output(
+                &prov,
                 json!({"input": input, "out": out, "format": sae.meta.format.name(),
                        "n_latents": sae.n_latents(), "d_in": sae.d_in()}),
                 &format!(
@@ -64,7 +70,7 @@ pub fn run(ctx: &Ctx, args: ConvertArgs) -> Result<()> {
                     sae.d_in(),
                     out.display()
                 ),
-            );
+            )?;
         }
         ConvertWhat::Dump {
             input,
@@ -73,9 +79,13 @@ pub fn run(ctx: &Ctx, args: ConvertArgs) -> Result<()> {
             dtype,
             column,
         } => {
+            let mut prov = ctx.provenance("convert dump");
             let dtype = DType::parse(&dtype).ok_or_else(|| {
                 Error::invalid(format!("--dtype {dtype}: expected f32, f16 or bf16"))
             })?;
+            prov.option("dtype", dtype.name())
+                .option("rows_per_shard", rows_per_shard)
+                .option("column", &column);
             let dump = match column {
                 Some(c) => Dump::from_shards(&input, arrow::open_shards(&input, Some(&c))?)?,
                 None => Dump::open(&input)?,
@@ -85,8 +95,10 @@ pub fn run(ctx: &Ctx, args: ConvertArgs) -> Result<()> {
                 dtype,
                 batch_rows: ctx.batch_rows().max(1),
             };
+            prov.input("input", &input)?;
             let files = convert_dump(&dump, &out, opts)?;
             ctx.output(
+                &prov,
                 json!({"input": input, "out": out, "rows": dump.n_rows(), "width": dump.width(),
                        "shards": files}),
                 &format!(
@@ -96,7 +108,7 @@ pub fn run(ctx: &Ctx, args: ConvertArgs) -> Result<()> {
                     files.len(),
                     out.display()
                 ),
-            );
+            )?;
         }
     }
     Ok(())

@@ -29,11 +29,16 @@ pub struct Args {
 }
 
 pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
-    let sae = ctx.load_sae(&a.sae, a.format)?;
+    let mut prov = ctx.provenance("decode");
+    let sae = ctx.load_sae(&a.sae, a.format, &mut prov)?;
     let codes = CodesReader::open(&a.codes)?;
     codes.check_fingerprint(&sae.fingerprint())?;
+    prov.input("codes", &a.codes)?;
     let dump = a.acts.as_ref().map(Dump::open).transpose()?;
-    let engine = ctx.engine(sae)?;
+    if let Some(acts) = &a.acts {
+        prov.input("acts", acts)?;
+    }
+    let engine = ctx.engine(sae, &mut prov)?;
     let t0 = Instant::now();
     let pb = ctx.progress(codes.n_rows() as u64, "decode");
     let s = sae_engine::pipeline::decode_to_npy(
@@ -67,6 +72,5 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
             m.mse, m.fvu, m.cosine, m.l0
         ));
     }
-    ctx.output(json, &human);
-    Ok(())
+    ctx.output(&prov, json, &human)
 }

@@ -25,17 +25,20 @@ pub struct Args {
 }
 
 pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
-    let sae = ctx.load_sae(&a.sae, a.format)?;
+    let mut prov = ctx.provenance("encode");
+    let sae = ctx.load_sae(&a.sae, a.format, &mut prov)?;
     let dump = Dump::open(&a.acts)?;
     dump.check_width(sae.d_in())?;
-    let engine = ctx.engine(sae)?;
+    prov.input("acts", &a.acts)?;
+    let engine = ctx.engine(sae, &mut prov)?;
     let t0 = Instant::now();
     let pb = ctx.progress(dump.n_rows(), "encode");
-    let s = sae_engine::pipeline::encode_dump_to_file(
+    let s = sae_engine::pipeline::encode_dump_to_file_with_provenance(
         engine.as_ref(),
         &dump,
         ctx.batch_rows(),
         &a.out,
+        Some(&prov),
         &|n| pb.inc(n),
     );
     pb.finish_and_clear();
@@ -58,6 +61,5 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
         secs,
         rate(s.n_rows, secs)
     );
-    ctx.output(json, &human);
-    Ok(())
+    ctx.output(&prov, json, &human)
 }

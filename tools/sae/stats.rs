@@ -7,6 +7,7 @@ use std::time::Instant;
 use std::path::Path;
 use std::sync::Arc;
 
+use sae_engine::provenance::Provenance;
 use sae_engine::scaleout::{self, Devices, FanOutOptions, FanOutReport, StatsJob};
 use sae_engine::{Dump, Error, Format, LatentStats, Result, Sae};
 use serde_json::json;
@@ -101,8 +102,15 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
             "sae stats needs --sae, --acts and --out (or `sae stats merge`)",
         ));
     };
-    let sae = ctx.load_sae(&sae_path, a.format)?;
+    let mut prov = ctx.provenance("stats");
+    let sae = ctx.load_sae(&sae_path, a.format, &mut prov)?;
+    prov.option("mask", !a.no_mask);
+    if let Some((i, n)) = a.shard {
+        prov.option("shard", format!("{i}/{n}"));
+    }
+    prov.input("acts", &acts)?;
     if let Some(devices) = &a.devices {
+        prov.option("devices", devices.names());
         let work_dir = a.work_dir.unwrap_or_else(|| default_work_dir(&out));
         let units = scaleout::shard_units(&acts, a.shard)?;
         let opts = FanOutOptions {
@@ -111,14 +119,14 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
             use_mask: !a.no_mask,
             worker_names: devices.names().to_vec(),
         };
-        return fan_out(ctx, sae, devices, units, opts, a.keep_units, &out);
+        return fan_out(ctx, &prov, sae, devices, units, opts, a.keep_units, &out);
     }
     let mut dump = Dump::open(&acts)?;
     if let Some((i, n)) = a.shard {
         dump = dump.select_shards(i, n)?;
     }
     dump.check_width(sae.d_in())?;
-    let engine = ctx.engine(sae)?;
+    let engine = ctx.engine(sae, &mut prov)?;
     let t0 = Instant::now();
     let pb = ctx.progress(dump.n_rows(), "stats");
     let s = sae_engine::pipeline::stats_of_dump(
@@ -130,7 +138,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
     );
     pb.finish_and_clear();
     let s = s?;
-    sae_engine::io::stats::write(&out, &s)?;
+    sae_engine::io::stats::write_with_provenance(&out, &s, Some(&prov))?;
     let secs = t0.elapsed().as_secs_f64();
     let mut json = summary(&s);
     json["out"] = json!(out);
@@ -148,8 +156,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
         json["latents_fired"],
         out.display()
     );
-    ctx.output(json, &human);
-    Ok(())
+    ctx.output(&prov, json, &human)
 }
 
 /// `stats.safetensors` -> `stats.safetensors.units` beside it.
@@ -162,8 +169,10 @@ fn default_work_dir(out: &Path) -> PathBuf {
 }
 
 /// `--devices`: per-shard statistics on several workers, then a merge in shard order.
+#[allow(clippy::too_many_arguments)]
 fn fan_out(
     ctx: &Ctx,
+    prov: &Provenance,
     sae: Arc<Sae>,
     devices: &Devices,
     units: Vec<scaleout::Unit>,
@@ -196,11 +205,10 @@ fn fan_out(
     if !report.ok() {
         // One line per failed shard, naming the shard file and the device (even with --quiet).
         for line in report.failure_lines() {
-            eprintln!("sae: failed: {line}");
+            crate::common::print_stderr(&format!("sae: failed: {line}"));
         }
-        if ctx.g.json {
-            println!("{json}");
-        }
+        // Under --json the report rides on the error object as its `detail`.
+        ctx.set_error_detail(prov.attach(json));
         let bad = report.failures.len() + report.not_run.len();
         return Err(Error::invalid(format!(
             "{bad} of {} shard files have no statistics; the {} finished are kept in {}; \
@@ -215,7 +223,8 @@ fn fan_out(
             "warning: {line} (its share went to the other devices)"
         ));
     }
-    let s = job.merge_into(out)?;
+    let s = job.merge()?;
+    sae_engine::io::stats::write_with_provenance(out, &s, Some(prov))?;
     if !keep_units {
         job.remove_unit_files()?;
     }
@@ -238,8 +247,7 @@ fn fan_out(
         out.display(),
         device_lines(&report)
     );
-    ctx.output(json, &human);
-    Ok(())
+    ctx.output(prov, json, &human)
 }
 
 /// Per-device lines of the human report: units, rows and rows/s.
@@ -264,8 +272,10 @@ fn device_lines(r: &FanOutReport) -> String {
 }
 
 fn merge(ctx: &Ctx, inputs: Vec<PathBuf>, out: PathBuf) -> Result<()> {
+    let mut prov = ctx.provenance("stats merge");
+    prov.inputs("stats", &inputs)?;
     let s = sae_engine::pipeline::merge_stats_files(&inputs)?;
-    sae_engine::io::stats::write(&out, &s)?;
+    sae_engine::io::stats::write_with_provenance(&out, &s, Some(&prov))?;
     let mut json = summary(&s);
     json["out"] = json!(out);
     json["inputs"] = json!(inputs.len());
@@ -276,6 +286,5 @@ fn merge(ctx: &Ctx, inputs: Vec<PathBuf>, out: PathBuf) -> Result<()> {
         s.n_latents(),
         out.display()
     );
-    ctx.output(json, &human);
-    Ok(())
+    ctx.output(&prov, json, &human)
 }

@@ -4,6 +4,7 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
+use sae_engine::provenance::Provenance;
 use sae_engine::workflow::{
     self, demo, detect, diff, monitor, report, steer, tokenizer::Vocab, top_examples, Measured,
     StatsOptions,
@@ -31,11 +32,19 @@ struct Session {
 }
 
 impl Session {
-    fn new(ctx: &Ctx, sae: &Path, format: Option<Format>, mask: bool) -> Result<Session> {
-        let sae = ctx.load_sae(sae, format)?;
+    /// Loads the SAE and builds the engine, recording both and `mask` in `prov`.
+    fn new(
+        ctx: &Ctx,
+        prov: &mut Provenance,
+        sae: &Path,
+        format: Option<Format>,
+        mask: bool,
+    ) -> Result<Session> {
+        let sae = ctx.load_sae(sae, format, prov)?;
         let fingerprint = sae.fingerprint();
+        prov.option("mask", mask);
         Ok(Session {
-            engine: ctx.engine(sae)?,
+            engine: ctx.engine(sae, prov)?,
             fingerprint,
             opts: stats_opts(ctx, mask),
         })
@@ -99,7 +108,12 @@ pub struct DiffArgs {
 
 pub fn run_diff(ctx: &Ctx, a: DiffArgs) -> Result<()> {
     let order = diff::DiffOrder::parse(&a.order)?;
-    let s = Session::new(ctx, &a.sae, a.format, a.mask)?;
+    let mut prov = ctx.provenance("diff");
+    let s = Session::new(ctx, &mut prov, &a.sae, a.format, a.mask)?;
+    prov.input("base", &a.base)?.inputs("tuned", &a.tuned)?;
+    prov.option("order", order.to_string())
+        .option("top", a.top)
+        .option("bottom", a.bottom);
     let base = s.measure(ctx, &a.base)?;
     let tuned = s.measure_all(ctx, &a.tuned)?;
     workflow::check_pairing(&base, &tuned)?;
@@ -114,7 +128,7 @@ pub fn run_diff(ctx: &Ctx, a: DiffArgs) -> Result<()> {
         },
     )?;
     if let Some(dir) = &a.out_dir {
-        report::write_diff_outputs(dir, &r)?;
+        report::write_diff_outputs(dir, &r, &prov)?;
         ctx.note(&format!(
             "wrote diff.csv, diff.json, report.md, top_deltas.svg, delta_vs_freq.svg to {}",
             dir.display()
@@ -151,8 +165,7 @@ pub fn run_diff(ctx: &Ctx, a: DiffArgs) -> Result<()> {
     rows(&mut h, &r.latents);
     let _ = writeln!(h, "largest decrease:");
     rows(&mut h, &r.bottom);
-    ctx.output(to_json(&r), h.trim_end());
-    Ok(())
+    ctx.output(&prov, to_json(&r), h.trim_end())
 }
 
 // ---------------------------------------------------------------- steer
@@ -229,8 +242,18 @@ pub fn run_steer(ctx: &Ctx, a: SteerArgs) -> Result<()> {
     if a.apply && a.acts.is_none() {
         return Err(Error::invalid("--apply needs --acts DUMP"));
     }
-    let s = Session::new(ctx, &a.sae, a.sae_format, a.mask)?;
+    let mut prov = ctx.provenance("steer");
+    let s = Session::new(ctx, &mut prov, &a.sae, a.sae_format, a.mask)?;
     let dump = a.acts.as_ref().map(Dump::open).transpose()?;
+    if let Some(acts) = &a.acts {
+        prov.input("acts", acts)?;
+    }
+    prov.option("latent", &a.latent)
+        .option("strength", &a.strength)
+        .option("unit", &a.unit);
+    if a.apply {
+        prov.option("seed", a.seed);
+    }
     let terms: Vec<steer::SteerTerm> = a
         .latent
         .iter()
@@ -276,8 +299,7 @@ pub fn run_steer(ctx: &Ctx, a: SteerArgs) -> Result<()> {
         out["dry_run"] = to_json(&r);
         let _ = write!(h, "\n{}", report::dry_run_markdown(&r).trim_end());
     }
-    ctx.output(out, &h);
-    Ok(())
+    ctx.output(&prov, out, &h)
 }
 
 // ---------------------------------------------------------------- detect
@@ -314,7 +336,12 @@ pub struct DetectArgs {
 }
 
 pub fn run_detect(ctx: &Ctx, a: DetectArgs) -> Result<()> {
-    let s = Session::new(ctx, &a.sae, a.format, a.mask)?;
+    let mut prov = ctx.provenance("detect");
+    let s = Session::new(ctx, &mut prov, &a.sae, a.format, a.mask)?;
+    prov.input("base", &a.base)?
+        .inputs("positive", &a.positive)?
+        .inputs("negative", &a.negative)?;
+    prov.option("latents", &a.latents).option("top", a.top);
     let base = s.measure(ctx, &a.base)?;
     let pos = s.measure_all(ctx, &a.positive)?;
     let neg = s.measure_all(ctx, &a.negative)?;
@@ -331,10 +358,9 @@ pub fn run_detect(ctx: &Ctx, a: DetectArgs) -> Result<()> {
         },
     )?;
     if let Some(dir) = &a.out_dir {
-        report::write_detect_outputs(dir, &r)?;
+        report::write_detect_outputs(dir, &r, &prov)?;
     }
-    ctx.output(to_json(&r), report::detect_markdown(&r).trim_end());
-    Ok(())
+    ctx.output(&prov, to_json(&r), report::detect_markdown(&r).trim_end())
 }
 
 // ---------------------------------------------------------------- monitor
@@ -369,7 +395,12 @@ pub struct MonitorArgs {
 }
 
 pub fn run_monitor(ctx: &Ctx, a: MonitorArgs) -> Result<()> {
-    let s = Session::new(ctx, &a.sae, a.format, a.mask)?;
+    let mut prov = ctx.provenance("monitor");
+    let s = Session::new(ctx, &mut prov, &a.sae, a.format, a.mask)?;
+    prov.input("base", &a.base)?
+        .inputs("checkpoints", &a.checkpoints)?;
+    prov.option("latents", &a.latents)
+        .option("threshold", &a.threshold);
     workflow::check_latents(&a.latents, s.engine.sae().n_latents())?;
     let base = s.measure(ctx, &a.base)?;
     let cks = s.measure_all(ctx, &a.checkpoints)?;
@@ -386,10 +417,9 @@ pub fn run_monitor(ctx: &Ctx, a: MonitorArgs) -> Result<()> {
         &alarms,
     )?;
     if let Some(dir) = &a.out_dir {
-        report::write_monitor_outputs(dir, &r)?;
+        report::write_monitor_outputs(dir, &r, &prov)?;
     }
-    ctx.output(to_json(&r), report::monitor_markdown(&r).trim_end());
-    Ok(())
+    ctx.output(&prov, to_json(&r), report::monitor_markdown(&r).trim_end())
 }
 
 // ---------------------------------------------------------------- top-examples
@@ -434,8 +464,17 @@ pub fn run_top_examples(ctx: &Ctx, a: TopExamplesArgs) -> Result<()> {
         .as_deref()
         .map(Vocab::from_tokenizer_json)
         .transpose()?;
-    let s = Session::new(ctx, &a.sae, a.format, a.mask)?;
+    let mut prov = ctx.provenance("top-examples");
+    let s = Session::new(ctx, &mut prov, &a.sae, a.format, a.mask)?;
     let dump = Dump::open(&a.acts)?;
+    prov.input("acts", &a.acts)?;
+    if let Some(t) = &a.tokenizer {
+        prov.input("tokenizer", t)?;
+    }
+    prov.option("latent", a.latent)
+        .option("top", a.top)
+        .option("context", a.context)
+        .option("bins", a.bins);
     let pb = ctx.progress(dump.n_rows(), "scanning");
     let r = top_examples::top_examples_with_progress(
         s.engine.as_ref(),
@@ -453,7 +492,7 @@ pub fn run_top_examples(ctx: &Ctx, a: TopExamplesArgs) -> Result<()> {
     pb.finish_and_clear();
     let r = r?;
     if let Some(dir) = &a.out_dir {
-        report::write_top_examples_outputs(dir, &r)?;
+        report::write_top_examples_outputs(dir, &r, &prov)?;
     }
     let mut h = format!(
         "latent {}: active on {} of {} tokens, max {:.4}\n",
@@ -480,8 +519,7 @@ pub fn run_top_examples(ctx: &Ctx, a: TopExamplesArgs) -> Result<()> {
         r.histogram.counts,
         r.histogram.zeros
     );
-    ctx.output(to_json(&r), &h);
-    Ok(())
+    ctx.output(&prov, to_json(&r), &h)
 }
 
 // ---------------------------------------------------------------- demo
@@ -502,6 +540,8 @@ pub struct DemoArgs {
 
 pub fn run_demo(ctx: &Ctx, a: DemoArgs) -> Result<()> {
     let backend = BackendKind::parse(&ctx.g.backend, ctx.g.device.unwrap_or(0))?;
+    let mut prov = ctx.provenance("demo");
+    prov.option("seed", a.seed).option("tokens", a.tokens);
     ctx.note("building a synthetic audit (SAE d=256, 4096 latents; base, 4 misaligned, 3 aligned fine-tunes, 6 checkpoints)");
     let r = demo::run(&demo::DemoOptions {
         out_dir: a.out_dir,
@@ -535,7 +575,8 @@ pub fn run_demo(ctx: &Ctx, a: DemoArgs) -> Result<()> {
         "folder": r.folder, "backend": r.backend, "all_ok": r.all_ok, "seconds": r.seconds,
         "planted": to_json(&r.planted), "checks": to_json(&r.checks),
     });
-    ctx.output(json, &h);
+    prov.option("engine", &r.backend);
+    ctx.output(&prov, json, &h)?;
     if !r.all_ok {
         return Err(Error::invalid(
             "the demo did not recover every planted effect (see above)",
