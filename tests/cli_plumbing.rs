@@ -392,6 +392,30 @@ fn json_errors_are_objects_on_stdout_with_the_exit_status() {
         exit::NO_GPU,
         "backend_unavailable",
     );
+    // A partly failed `stats --devices`: one object, the per-shard report as its detail.
+    let j = check(
+        &[
+            "--json",
+            "stats",
+            "--sae",
+            arg(&sae),
+            "--acts",
+            arg(&dump(&dir.path().join("b.safetensors"), 4, 0)),
+            "--out",
+            arg(&out),
+            "--devices",
+            "0,1",
+        ],
+        Some(("CUDA_VISIBLE_DEVICES", "")),
+        exit::ERROR,
+        "invalid_argument",
+    );
+    let detail = &j["error"]["detail"];
+    assert_eq!(detail["units"], 1, "{j}");
+    assert_eq!(
+        detail["provenance"]["options"]["devices"],
+        serde_json::json!(["cuda:0", "cuda:1"])
+    );
     // Without --json, stdout stays empty on failure.
     let o = run_sae(&[
         "encode",

@@ -576,11 +576,16 @@ pub fn run_demo(ctx: &Ctx, a: DemoArgs) -> Result<()> {
         "planted": to_json(&r.planted), "checks": to_json(&r.checks),
     });
     prov.option("engine", &r.backend);
-    ctx.output(&prov, json, &h)?;
-    if !r.all_ok {
-        return Err(Error::invalid(
-            "the demo did not recover every planted effect (see above)",
-        ));
+    if r.all_ok {
+        return ctx.output(&prov, json, &h);
     }
-    Ok(())
+    // Under --json, stdout holds one object: the error, with the checks as its detail.
+    if ctx.g.json {
+        ctx.set_error_detail(prov.attach(json));
+    } else {
+        crate::common::print_stdout(&h)?;
+    }
+    Err(Error::invalid(
+        "the demo did not recover every planted effect (see above)",
+    ))
 }
