@@ -15,7 +15,6 @@
 //! No creation time is recorded: the same inputs and options give byte-identical outputs.
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -285,7 +284,6 @@ fn describe(path: &Path, hash_limit: u64) -> Result<(PathBuf, u64, Option<u64>, 
     let (resolved, bytes, count, files) = sizes(path)?;
     let identity = if bytes <= hash_limit {
         let mut h = Sha256::new();
-        let mut buf = vec![0u8; 1 << 16];
         for (p, _) in &files {
             if count.is_some() {
                 // A folder: each file's relative path and a NUL before its bytes.
@@ -294,13 +292,7 @@ fn describe(path: &Path, hash_limit: u64) -> Result<(PathBuf, u64, Option<u64>, 
                 h.update([0u8]);
             }
             let mut f = std::fs::File::open(p).map_err(|e| Error::io(p, e))?;
-            loop {
-                let n = f.read(&mut buf).map_err(|e| Error::io(p, e))?;
-                if n == 0 {
-                    break;
-                }
-                h.update(&buf[..n]);
-            }
+            std::io::copy(&mut f, &mut h).map_err(|e| Error::io(p, e))?;
         }
         Identity::Sha256 {
             sha256: format!("{:x}", h.finalize()),

@@ -62,6 +62,13 @@ fn dump(path: &Path, n: usize, seed: u32) -> PathBuf {
     path.to_path_buf()
 }
 
+/// `--json --backend cpu CMD --sae SAE REST...`
+fn on_cpu<'a>(cmd: &'a str, sae: &'a Path, rest: &[&'a str]) -> Vec<&'a str> {
+    let mut a = vec!["--json", "--backend", "cpu", cmd, "--sae", arg(sae)];
+    a.extend_from_slice(rest);
+    a
+}
+
 fn sha256_of(p: &Path) -> String {
     format!("{:x}", sha2::Sha256::digest(std::fs::read(p).unwrap()))
 }
@@ -94,20 +101,18 @@ fn every_output_records_inputs_options_and_version() {
 
     // encode: stdout and the codes file carry the same record.
     let codes = dir.path().join("codes.safetensors");
-    let j = sae_json(&[
-        "--json",
-        "--backend",
-        "cpu",
-        "--batch-size",
-        "16",
+    let j = sae_json(&on_cpu(
         "encode",
-        "--sae",
-        arg(&sae),
-        "--acts",
-        arg(&base),
-        "--out",
-        arg(&codes),
-    ]);
+        &sae,
+        &[
+            "--batch-size",
+            "16",
+            "--acts",
+            arg(&base),
+            "--out",
+            arg(&codes),
+        ],
+    ));
     let p = &j["provenance"];
     assert_eq!(p["version"], env!("CARGO_PKG_VERSION"));
     assert_eq!(p["command"], "sae encode");
@@ -127,18 +132,16 @@ fn every_output_records_inputs_options_and_version() {
     assert_eq!(&file_provenance(&codes), p);
 
     // decode reads the codes back (the extra metadata entry does not disturb the reader).
-    let j = sae_json(&[
-        "--json",
-        "--backend",
-        "cpu",
+    let j = sae_json(&on_cpu(
         "decode",
-        "--sae",
-        arg(&sae),
-        "--codes",
-        arg(&codes),
-        "--out",
-        arg(&dir.path().join("r.npy")),
-    ]);
+        &sae,
+        &[
+            "--codes",
+            arg(&codes),
+            "--out",
+            arg(&dir.path().join("r.npy")),
+        ],
+    ));
     assert_eq!(
         input(&j["provenance"], "codes")["sha256"],
         sha256_of(&codes)
@@ -146,19 +149,11 @@ fn every_output_records_inputs_options_and_version() {
 
     // stats, then merge: both files carry their records and still read as statistics.
     let st = dir.path().join("s.safetensors");
-    let j = sae_json(&[
-        "--json",
-        "--backend",
-        "cpu",
+    let j = sae_json(&on_cpu(
         "stats",
-        "--sae",
-        arg(&sae),
-        "--acts",
-        arg(&tuned),
-        "--out",
-        arg(&st),
-        "--no-mask",
-    ]);
+        &sae,
+        &["--acts", arg(&tuned), "--out", arg(&st), "--no-mask"],
+    ));
     assert_eq!(j["provenance"]["options"]["mask"], false);
     assert_eq!(file_provenance(&st), j["provenance"]);
     let merged = dir.path().join("m.safetensors");
@@ -168,23 +163,21 @@ fn every_output_records_inputs_options_and_version() {
 
     // diff: stdout, diff.json and report.md.
     let out = dir.path().join("diff");
-    let j = sae_json(&[
-        "--json",
-        "--backend",
-        "cpu",
+    let j = sae_json(&on_cpu(
         "diff",
-        "--sae",
-        arg(&sae),
-        "--base",
-        arg(&base),
-        "--tuned",
-        arg(&tuned),
-        arg(&merged),
-        "--order",
-        "z-score",
-        "--out-dir",
-        arg(&out),
-    ]);
+        &sae,
+        &[
+            "--base",
+            arg(&base),
+            "--tuned",
+            arg(&tuned),
+            arg(&merged),
+            "--order",
+            "z-score",
+            "--out-dir",
+            arg(&out),
+        ],
+    ));
     let p = &j["provenance"];
     assert_eq!(p["options"]["order"], "z-score");
     assert_eq!(p["options"]["mask"], false);
@@ -206,22 +199,20 @@ fn every_output_records_inputs_options_and_version() {
 
     // detect and monitor files too.
     let out = dir.path().join("detect");
-    sae_json(&[
-        "--json",
-        "--backend",
-        "cpu",
+    sae_json(&on_cpu(
         "detect",
-        "--sae",
-        arg(&sae),
-        "--base",
-        arg(&base),
-        "--positive",
-        arg(&tuned),
-        "--negative",
-        arg(&base),
-        "--out-dir",
-        arg(&out),
-    ]);
+        &sae,
+        &[
+            "--base",
+            arg(&base),
+            "--positive",
+            arg(&tuned),
+            "--negative",
+            arg(&base),
+            "--out-dir",
+            arg(&out),
+        ],
+    ));
     let file: Value =
         serde_json::from_slice(&std::fs::read(out.join("detect.json")).unwrap()).unwrap();
     assert_eq!(
@@ -229,23 +220,21 @@ fn every_output_records_inputs_options_and_version() {
         sha256_of(&tuned)
     );
     let out = dir.path().join("monitor");
-    sae_json(&[
-        "--json",
-        "--backend",
-        "cpu",
+    sae_json(&on_cpu(
         "monitor",
-        "--sae",
-        arg(&sae),
-        "--base",
-        arg(&base),
-        "--checkpoints",
-        arg(&tuned),
-        "--latents",
-        "0",
-        "1",
-        "--out-dir",
-        arg(&out),
-    ]);
+        &sae,
+        &[
+            "--base",
+            arg(&base),
+            "--checkpoints",
+            arg(&tuned),
+            "--latents",
+            "0",
+            "1",
+            "--out-dir",
+            arg(&out),
+        ],
+    ));
     let file: Value =
         serde_json::from_slice(&std::fs::read(out.join("monitor.json")).unwrap()).unwrap();
     assert_eq!(
