@@ -53,10 +53,10 @@ pub struct Provenance {
 pub struct Input {
     /// What the input is for: "sae", "acts", "base", "tuned", "codes", "tokenizer", ...
     pub role: String,
-    /// The path as given on the command line.
-    pub path: PathBuf,
+    /// The path as given on the command line (not UTF-8: lossily, as JSON needs).
+    pub path: String,
     /// The absolute path it resolved to when read.
-    pub resolved: PathBuf,
+    pub resolved: String,
     /// Total size in bytes (a folder: of every file under it).
     pub bytes: u64,
     /// Files under a folder (absent for a file).
@@ -98,6 +98,15 @@ impl Provenance {
         self
     }
 
+    /// Records this process's command line (arguments that are not UTF-8 lossily:
+    /// `std::env::args` would panic on them).
+    pub fn with_process_argv(self) -> Provenance {
+        let argv = std::env::args_os()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        self.with_argv(argv)
+    }
+
     /// Records an option that changes results (a later value for the same name replaces it).
     pub fn option(&mut self, name: &str, value: impl Serialize) -> &mut Provenance {
         let v = serde_json::to_value(value).unwrap_or(serde_json::Value::Null);
@@ -110,8 +119,8 @@ impl Provenance {
         let (resolved, bytes, files, identity) = describe(path, HASH_LIMIT)?;
         self.inputs.push(Input {
             role: role.into(),
-            path: path.to_path_buf(),
-            resolved,
+            path: path.to_string_lossy().into_owned(),
+            resolved: resolved.to_string_lossy().into_owned(),
             bytes,
             files,
             identity,
@@ -132,8 +141,8 @@ impl Provenance {
         let (resolved, bytes, files, _) = sizes(path)?;
         self.inputs.push(Input {
             role: "sae".into(),
-            path: path.to_path_buf(),
-            resolved,
+            path: path.to_string_lossy().into_owned(),
+            resolved: resolved.to_string_lossy().into_owned(),
             bytes,
             files,
             identity: Identity::Fingerprint {
@@ -206,7 +215,7 @@ impl Provenance {
                     s,
                     "| {} | `{}` | {}{files} | {id} |",
                     i.role,
-                    i.resolved.display(),
+                    i.resolved,
                     human_bytes(i.bytes)
                 );
             }

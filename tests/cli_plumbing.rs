@@ -533,3 +533,26 @@ fn without_a_terminal_long_work_logs_progress_lines() {
         assert!(!err.contains("sae: encode: "), "{quiet:?}: {err}");
     }
 }
+
+#[test]
+fn a_path_that_is_not_utf8_is_recorded_lossily() {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = tempfile::tempdir().unwrap();
+    let sae = sae(&dir.path().join("sae"), 16);
+    let acts = dump(&dir.path().join("a.safetensors"), 8, 0);
+    let out = dir
+        .path()
+        .join(std::ffi::OsStr::from_bytes(b"codes-\xff.safetensors"));
+    let o = Command::new(env!("CARGO_BIN_EXE_sae"))
+        .args(on_cpu("encode", &sae, &["--acts", arg(&acts)]))
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    let argv = json_of(&o)["provenance"]["argv"].to_string();
+    assert!(argv.contains("codes-\u{fffd}.safetensors"), "{argv}");
+    assert!(file_provenance(&out)["argv"]
+        .to_string()
+        .contains('\u{fffd}'));
+}

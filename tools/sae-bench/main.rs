@@ -109,8 +109,7 @@ impl Cmd {
                 serde_json::json!({ "shapes": shapes, "reps": reps, "stream": !no_stream }),
             ),
         };
-        let mut p =
-            Provenance::new(format!("sae-bench {name}")).with_argv(std::env::args().collect());
+        let mut p = Provenance::new(format!("sae-bench {name}")).with_process_argv();
         p.option("device", device);
         for (k, v) in opts.as_object().into_iter().flatten() {
             p.option(k, v);

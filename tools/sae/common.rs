@@ -112,7 +112,7 @@ impl Ctx {
     /// change results (backend asked for, CUDA precision, batch size, tile size). The
     /// command adds its inputs and own options; everything it writes carries the record.
     pub fn provenance(&self, command: &str) -> Provenance {
-        let mut p = Provenance::new(format!("sae {command}")).with_argv(std::env::args().collect());
+        let mut p = Provenance::new(format!("sae {command}")).with_process_argv();
         // SAE_CUDA_PRECISION overrides --precision in the CUDA engine: record what applies.
         let precision = std::env::var("SAE_CUDA_PRECISION")
             .ok()

@@ -60,7 +60,7 @@ pub fn run(ctx: &Ctx, args: ConvertArgs) -> Result<()> {
             }
             ctx.output(
                 &prov,
-                json!({"input": input, "out": out, "format": sae.meta.format.name(),
+                json!({"input": input.to_string_lossy(), "out": out.to_string_lossy(), "format": sae.meta.format.name(),
                        "n_latents": sae.n_latents(), "d_in": sae.d_in()}),
                 &format!(
                     "wrote {} ({}, {} latents x d_in {}) as SAELens to {}",
@@ -99,8 +99,8 @@ pub fn run(ctx: &Ctx, args: ConvertArgs) -> Result<()> {
             let files = convert_dump(&dump, &out, opts)?;
             ctx.output(
                 &prov,
-                json!({"input": input, "out": out, "rows": dump.n_rows(), "width": dump.width(),
-                       "shards": files}),
+                json!({"input": input.to_string_lossy(), "out": out.to_string_lossy(), "rows": dump.n_rows(), "width": dump.width(),
+                       "shards": files.iter().map(|f| f.to_string_lossy()).collect::<Vec<_>>()}),
                 &format!(
                     "wrote {} rows x {} into {} shard(s) in {}",
                     dump.n_rows(),

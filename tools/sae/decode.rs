@@ -53,7 +53,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
     let s = s?;
     let secs = t0.elapsed().as_secs_f64();
     let json = json!({
-        "out": a.out,
+        "out": a.out.to_string_lossy(),
         "n_rows": s.n_rows,
         "metrics": s.metrics,
         "backend": engine.name(),

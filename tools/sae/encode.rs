@@ -45,7 +45,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
     let s = s?;
     let secs = t0.elapsed().as_secs_f64();
     let json = json!({
-        "out": a.out,
+        "out": a.out.to_string_lossy(),
         "kind": if engine.sae().k().is_some() { "topk" } else { "csr" },
         "n_rows": s.n_rows,
         "mean_l0": s.mean_l0,

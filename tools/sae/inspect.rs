@@ -37,7 +37,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
     let fingerprint = sae.fingerprint();
     let m = &sae.meta;
     let json = json!({
-        "path": a.sae,
+        "path": a.sae.to_string_lossy(),
         "format": m.format.name(),
         "architecture": m.architecture,
         "d_in": sae.d_in(),

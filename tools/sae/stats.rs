@@ -141,7 +141,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
     sae_engine::io::stats::write_with_provenance(&out, &s, Some(&prov))?;
     let secs = t0.elapsed().as_secs_f64();
     let mut json = summary(&s);
-    json["out"] = json!(out);
+    json["out"] = json!(out.to_string_lossy());
     json["n_rows"] = json!(dump.n_rows());
     json["shard_files"] = json!(dump.shards().len());
     json["backend"] = json!(engine.name());
@@ -193,7 +193,7 @@ fn fan_out(
     pb.finish_and_clear();
     let secs = t0.elapsed().as_secs_f64();
     let mut json = json!({
-        "work_dir": work_dir,
+        "work_dir": work_dir.to_string_lossy(),
         "units": report.n_units,
         "computed": report.computed,
         "reused": report.reused,
@@ -232,7 +232,7 @@ fn fan_out(
     for (k, v) in summary(&s).as_object().into_iter().flatten() {
         json[k] = v.clone();
     }
-    json["out"] = json!(out);
+    json["out"] = json!(out.to_string_lossy());
     json["rows_computed"] = json!(rows);
     json["rows_per_second"] = json!(rate(rows, secs));
     let human = format!(
@@ -277,7 +277,7 @@ fn merge(ctx: &Ctx, inputs: Vec<PathBuf>, out: PathBuf) -> Result<()> {
     let s = sae_engine::pipeline::merge_stats_files(&inputs)?;
     sae_engine::io::stats::write_with_provenance(&out, &s, Some(&prov))?;
     let mut json = summary(&s);
-    json["out"] = json!(out);
+    json["out"] = json!(out.to_string_lossy());
     json["inputs"] = json!(inputs.len());
     let human = format!(
         "merged {} statistics files: {} tokens over {} latents -> {}",

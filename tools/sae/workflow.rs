@@ -275,7 +275,8 @@ pub fn run_steer(ctx: &Ctx, a: SteerArgs) -> Result<()> {
     }
     if let (Some(path), Some(layer)) = (&a.out, a.layer) {
         steer::export(&v, format, layer, &a.model_hint, path)?;
-        out["out"] = serde_json::json!({"path": path, "format": format, "layer": layer});
+        out["out"] =
+            serde_json::json!({"path": path.to_string_lossy(), "format": format, "layer": layer});
         let _ = write!(h, "\nwrote {} ({}, layer {layer})", path.display(), format);
     }
     if a.apply {
@@ -572,7 +573,7 @@ pub fn run_demo(ctx: &Ctx, a: DemoArgs) -> Result<()> {
         r.folder.display()
     );
     let json = serde_json::json!({
-        "folder": r.folder, "backend": r.backend, "all_ok": r.all_ok, "seconds": r.seconds,
+        "folder": r.folder.to_string_lossy(), "backend": r.backend, "all_ok": r.all_ok, "seconds": r.seconds,
         "planted": to_json(&r.planted), "checks": to_json(&r.checks),
     });
     prov.option("engine", &r.backend);
