@@ -487,7 +487,7 @@ fn stderr_in_a_log(args: &[&str]) -> String {
 fn without_a_terminal_long_work_logs_progress_lines() {
     let dir = tempfile::tempdir().unwrap();
     let sae = sae(&dir.path().join("sae"), 64);
-    let n = 300_000;
+    let n = 100_000;
     let acts = dump(&dir.path().join("big.safetensors"), n, 3);
     let out = dir.path().join("c.safetensors");
     let run = |extra: &[&str]| {
@@ -532,6 +532,25 @@ fn without_a_terminal_long_work_logs_progress_lines() {
         let err = run(quiet);
         assert!(!err.contains("sae: encode: "), "{quiet:?}: {err}");
     }
+    // diff measuring a dump logs the same way, under the dump's name.
+    let err = stderr_in_a_log(&[
+        "--backend",
+        "cpu",
+        "--progress-interval",
+        "0.01",
+        "diff",
+        "--sae",
+        arg(&sae),
+        "--base",
+        arg(&acts),
+        "--tuned",
+        arg(&acts),
+    ]);
+    assert!(
+        err.lines()
+            .any(|l| l.starts_with("sae: big: ") && l.contains(" rows/s, ")),
+        "{err}"
+    );
 }
 
 #[test]
