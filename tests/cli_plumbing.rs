@@ -333,19 +333,17 @@ fn json_errors_are_objects_on_stdout_with_the_exit_status() {
         j
     };
     // 1: an error, naming the file.
+    let encode_missing = [
+        "encode",
+        "--sae",
+        arg(&sae),
+        "--acts",
+        arg(&missing),
+        "--out",
+        arg(&out),
+    ];
     let j = check(
-        &[
-            "--json",
-            "--backend",
-            "cpu",
-            "encode",
-            "--sae",
-            arg(&sae),
-            "--acts",
-            arg(&missing),
-            "--out",
-            arg(&out),
-        ],
+        &[&["--json", "--backend", "cpu"][..], &encode_missing].concat(),
         None,
         exit::ERROR,
         "io",
@@ -406,15 +404,7 @@ fn json_errors_are_objects_on_stdout_with_the_exit_status() {
         serde_json::json!(["cuda:0", "cuda:1"])
     );
     // Without --json, stdout stays empty on failure.
-    let o = run_sae(&[
-        "encode",
-        "--sae",
-        arg(&sae),
-        "--acts",
-        arg(&missing),
-        "--out",
-        arg(&out),
-    ]);
+    let o = run_sae(&encode_missing);
     assert_eq!(o.status.code(), Some(1));
     assert!(o.stdout.is_empty());
     // --help is not an error.
