@@ -141,8 +141,10 @@ pub enum Mode {
 }
 
 impl Progress {
-    /// Starts showing progress over `total` rows of `what`.
+    /// Starts showing progress over `total` rows of `what` (nothing for 0 rows: reading a
+    /// statistics file is not long work).
     pub fn start(total: u64, what: &str, mode: Mode) -> Progress {
+        let mode = if total == 0 { Mode::Hidden } else { mode };
         let shared = Arc::new(Shared {
             total,
             what: what.to_string(),
