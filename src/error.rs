@@ -63,7 +63,68 @@ pub enum Error {
     Cuda(String),
 }
 
+/// Exit statuses of `sae` and `sae-bench`, the same for both (README, "Exit status").
+pub mod exit {
+    /// Success.
+    pub const OK: u8 = 0;
+    /// Any error (bad input, failed check, I/O), one line on stderr naming the file.
+    pub const ERROR: u8 = 1;
+    /// A usage error: unknown flag, missing or malformed argument (clap's status).
+    pub const USAGE: u8 = 2;
+    /// No usable GPU: no CUDA driver or device, or the CUDA backend cannot run here.
+    pub const NO_GPU: u8 = 3;
+    /// Every status with its README name, in order.
+    pub const ALL: [(u8, &str); 4] = [
+        (OK, "ok"),
+        (ERROR, "error"),
+        (USAGE, "usage"),
+        (NO_GPU, "no GPU"),
+    ];
+
+    /// The object printed on stdout for a failure under `--json`:
+    /// `{"error": {"code": N, "kind": "...", "message": "..."}}`.
+    pub fn error_json(code: u8, kind: &str, message: &str) -> serde_json::Value {
+        serde_json::json!({ "error": { "code": code, "kind": kind, "message": message } })
+    }
+}
+
 impl Error {
+    /// The variant's name in snake case, as the `kind` of a `--json` error object.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::Io { .. } => "io",
+            Error::Format { .. } => "format",
+            Error::Missing { .. } => "missing",
+            Error::Shape { .. } => "shape",
+            Error::DType { .. } => "dtype",
+            Error::WidthMismatch { .. } => "width_mismatch",
+            Error::NonFinite { .. } => "non_finite",
+            Error::InvalidArgument(_) => "invalid_argument",
+            Error::Incompatible(_) => "incompatible",
+            Error::BackendUnavailable(_) => "backend_unavailable",
+            Error::Cuda(_) => "cuda",
+        }
+    }
+
+    /// The process exit status for this error: [`exit::NO_GPU`] when the GPU backend
+    /// cannot run here, else [`exit::ERROR`].
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::BackendUnavailable(_) => exit::NO_GPU,
+            _ => exit::ERROR,
+        }
+    }
+
+    /// The error as one line (nested messages may carry newlines).
+    pub fn one_line(&self) -> String {
+        self.to_string().replace('\n', " ")
+    }
+
+    /// The `--json` error object of this error (see [`exit::error_json`]).
+    pub fn to_json(&self) -> serde_json::Value {
+        exit::error_json(self.exit_code(), self.kind(), &self.one_line())
+    }
+
     /// An I/O error about `path`.
     pub fn io(path: impl AsRef<Path>, source: std::io::Error) -> Self {
         Error::Io {

@@ -7,6 +7,7 @@
 //! - [`scaleout`]: per-shard statistics fanned out over several devices, resumable.
 //! - [`io`]: codes and statistics files.
 //! - [`pipeline`]: streaming loops over whole dumps (encode to a codes file, statistics, decode).
+//! - [`provenance`]: what produced an output (inputs, options, version), recorded in each.
 //! - [`workflow`]: the audit workflow: diff, steer, detect, monitor, top examples, demo.
 
 pub mod codes;
@@ -21,6 +22,7 @@ pub mod io;
 pub mod matrix;
 pub mod ops;
 pub mod pipeline;
+pub mod provenance;
 pub mod sae;
 pub mod scaleout;
 pub mod stats;

@@ -63,9 +63,25 @@ pub fn encode_dump_to_file(
     out: &Path,
     progress: &dyn Fn(u64),
 ) -> Result<EncodeSummary> {
+    encode_dump_to_file_with_provenance(engine, dump, batch_rows, out, None, progress)
+}
+
+/// [`encode_dump_to_file`], recording `provenance` in the codes file's metadata.
+pub fn encode_dump_to_file_with_provenance(
+    engine: &dyn Engine,
+    dump: &Dump,
+    batch_rows: usize,
+    out: &Path,
+    provenance: Option<&crate::provenance::Provenance>,
+    progress: &dyn Fn(u64),
+) -> Result<EncodeSummary> {
     let sae = engine.sae();
     dump.check_width(sae.d_in())?;
     let mut w = CodesWriter::create(out, CodesKind::from_k(sae.k()), &sae.fingerprint())?;
+    if let Some(p) = provenance {
+        let (k, v) = p.metadata_entry();
+        w.set_metadata(k, v);
+    }
     let s = encode_dump(engine, dump, batch_rows, &mut w, progress)?;
     w.finish()?;
     Ok(s)

@@ -281,9 +281,16 @@ pub struct CodesWriter {
     /// norm_scale, norm_shift, once the first non-empty batch says the SAE normalizes.
     denorm: Option<Option<[Spill; 2]>>,
     nnz: i64,
+    /// Extra metadata entries (the command's provenance).
+    extra_meta: BTreeMap<String, String>,
 }
 
 impl CodesWriter {
+    /// Adds a metadata entry written with the file (e.g. the command's provenance).
+    pub fn set_metadata(&mut self, key: String, value: String) {
+        self.extra_meta.insert(key, value);
+    }
+
     /// Starts a codes file at `path` (nothing appears under that name until `finish`).
     pub fn create(path: &Path, kind: CodesKind, fingerprint: &str) -> Result<CodesWriter> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -309,6 +316,7 @@ impl CodesWriter {
             spills: Vec::new(),
             denorm: None,
             nnz: 0,
+            extra_meta: BTreeMap::new(),
         };
         for name in names {
             w.spills.push(Spill::create(path, name)?);
@@ -418,7 +426,11 @@ impl CodesWriter {
             parts.push(spill_part("norm_scale", D::F32, vec![n], s));
             parts.push(spill_part("norm_shift", D::F32, vec![n], t));
         }
-        let meta = metadata(self.kind, &self.fingerprint, n);
+        let mut meta = metadata(self.kind, &self.fingerprint, n);
+        // The fixed entries win over extra ones of the same name.
+        for (k, v) in std::mem::take(&mut self.extra_meta) {
+            meta.entry(k).or_insert(v);
+        }
         crate::io::atomic::write_with(&self.path, |tmp| assemble(&self.path, tmp, &parts, meta))?;
         Ok(n)
         // Drop removes the spill files.

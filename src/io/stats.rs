@@ -12,6 +12,16 @@ use crate::stats::LatentStats;
 
 /// Writes statistics to a safetensors file, atomically.
 pub fn write(path: &Path, stats: &LatentStats) -> Result<()> {
+    write_with_provenance(path, stats, None)
+}
+
+/// [`write`], with the command's provenance as the `provenance` metadata entry (readers
+/// ignore it; [`crate::provenance::Provenance::from_metadata`] reads it back).
+pub fn write_with_provenance(
+    path: &Path,
+    stats: &LatentStats,
+    provenance: Option<&crate::provenance::Provenance>,
+) -> Result<()> {
     let l = stats.n_latents();
     if stats.sum_sq.len() != l || stats.n_active.len() != l || stats.max.len() != l {
         return Err(Error::invalid(format!(
@@ -33,6 +43,10 @@ pub fn write(path: &Path, stats: &LatentStats) -> Result<()> {
     meta.insert("n_tokens".to_string(), stats.n_tokens.to_string());
     meta.insert("fingerprint".to_string(), stats.fingerprint.clone());
     meta.insert("n_latents".to_string(), l.to_string());
+    if let Some(p) = provenance {
+        let (k, v) = p.metadata_entry();
+        meta.insert(k, v);
+    }
     write_safetensors(path, &tensors, meta)
 }
 

@@ -18,6 +18,7 @@ use crate::error::{Error, Result};
 use crate::io::mapped::{write_safetensors, OwnedTensor};
 use crate::matrix::Matrix;
 use crate::ops::{BackendKind, EngineOptions};
+use crate::provenance::Provenance;
 use crate::sae::{Activation, Format, Normalization, Sae, SaeMeta};
 
 use super::detect::{detect, DetectOptions, DetectReport};
@@ -343,6 +344,29 @@ pub fn run(opts: &DemoOptions) -> Result<DemoReport> {
     check_pairing(&base, &ck)?;
     let mut checks = Vec::new();
 
+    // Each report records the demo's options and the synthetic files it read.
+    let demo_prov = {
+        let mut p = Provenance::new("sae demo");
+        p.option("seed", opts.seed)
+            .option("tokens", opts.n_tokens)
+            .option("batch_size", opts.batch_rows)
+            .option("engine", engine.name())
+            .option("mask", so.use_mask);
+        p
+    };
+    let step = |what: &str, inputs: &[(&str, &[String])]| -> Result<Provenance> {
+        let mut p = demo_prov.clone();
+        p.command = format!("sae demo ({what})");
+        p.sae(&sae_dir, &fp)?;
+        for (role, names) in inputs {
+            for n in names.iter() {
+                p.input(role, &path(n))?;
+            }
+        }
+        Ok(p)
+    };
+    let base_name = ["base".to_string()];
+
     // Diff of the misaligned fine-tunes.
     let dr = diff(
         &base.name,
@@ -354,7 +378,9 @@ pub fn run(opts: &DemoOptions) -> Result<DemoReport> {
             ..Default::default()
         },
     )?;
-    report::write_diff_outputs(&reports.join("diff"), &dr)?;
+    let mut prov = step("diff", &[("base", &base_name), ("tuned", &mis_names)])?;
+    prov.option("order", dr.order.to_string());
+    report::write_diff_outputs(&reports.join("diff"), &dr, &prov)?;
     check(
         &mut checks,
         "diff: the planted persona latent ranks first after averaging",
@@ -402,7 +428,15 @@ pub fn run(opts: &DemoOptions) -> Result<DemoReport> {
             top: 20,
         },
     )?;
-    report::write_detect_outputs(&reports.join("detect"), &det)?;
+    let prov = step(
+        "detect",
+        &[
+            ("base", &base_name),
+            ("positive", &mis_names),
+            ("negative", &al_names),
+        ],
+    )?;
+    report::write_detect_outputs(&reports.join("detect"), &det, &prov)?;
     let top2: Vec<usize> = det.latents.iter().take(2).map(|x| x.latent).collect();
     check(
         &mut checks,
@@ -451,7 +485,11 @@ pub fn run(opts: &DemoOptions) -> Result<DemoReport> {
         },
     )?;
     let dir_steer = reports.join("steer");
-    report::write_dry_run_outputs(&dir_steer, &sr)?;
+    let mut prov = step("steer --apply", &[("acts", &base_name)])?;
+    prov.option("latent", [persona])
+        .option("strength", [0.4])
+        .option("unit", "median-norm");
+    report::write_dry_run_outputs(&dir_steer, &sr, &prov)?;
     super::steer::export(
         &vector,
         super::steer::VectorFormat::Gguf,
@@ -499,7 +537,11 @@ pub fn run(opts: &DemoOptions) -> Result<DemoReport> {
     } else {
         monitor(&base.name, &base.stats, &named_stats(&ck), &lats, &alarms)?
     };
-    report::write_monitor_outputs(&reports.join("monitor"), &mon)?;
+    let prov = step(
+        "monitor",
+        &[("base", &base_name), ("checkpoints", &ck_names)],
+    )?;
+    report::write_monitor_outputs(&reports.join("monitor"), &mon, &prov)?;
     let pt = &mon.trajectories[0];
     let amp = (AMP_PERSONA.0 + AMP_PERSONA.1) / 2.0;
     let expected = match pt.alarm {
@@ -533,7 +575,8 @@ pub fn run(opts: &DemoOptions) -> Result<DemoReport> {
             stats: so,
         },
     )?;
-    report::write_top_examples_outputs(&reports.join("top_examples"), &tex)?;
+    let prov = step("top-examples", &[("acts", &mis_names[..1])])?;
+    report::write_top_examples_outputs(&reports.join("top_examples"), &tex, &prov)?;
 
     let all_ok = checks.iter().all(|c| c.ok);
     let planted = Planted {
@@ -558,8 +601,12 @@ pub fn run(opts: &DemoOptions) -> Result<DemoReport> {
         steer: sr,
         monitor: mon,
     };
-    report::write_text(&folder.join("REPORT.md"), &summary_markdown(&out))?;
-    report::write_json(&folder.join("demo.json"), &out)?;
+    report::write_report_markdown(
+        &folder.join("REPORT.md"),
+        &summary_markdown(&out),
+        &demo_prov,
+    )?;
+    report::write_json_with_provenance(&folder.join("demo.json"), &out, &demo_prov)?;
     Ok(out)
 }
 

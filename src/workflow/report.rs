@@ -1,10 +1,13 @@
 //! Reports: CSV tables, JSON and a markdown summary. Every file is written to a
-//! temporary name beside the target and renamed when complete.
+//! temporary name beside the target and renamed when complete. Each JSON file carries the
+//! command's [`Provenance`] as its `provenance` entry and each markdown report ends with
+//! its "Provenance" section (CSV tables stay plain tables).
 
 use std::fmt::Write as _;
 use std::path::Path;
 
 use crate::error::{Error, Result};
+use crate::provenance::Provenance;
 
 use super::detect::DetectReport;
 use super::diff::{DiffReport, LatentDiff};
@@ -17,6 +20,25 @@ pub fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<()> {
     let text = serde_json::to_string_pretty(value)
         .map_err(|e| Error::format(path, format!("cannot serialize JSON: {e}")))?;
     crate::io::atomic::write_bytes(path, text.as_bytes())
+}
+
+/// Writes `value` as pretty JSON with `provenance` as its `provenance` entry, atomically.
+pub fn write_json_with_provenance<T: serde::Serialize>(
+    path: &Path,
+    value: &T,
+    provenance: &Provenance,
+) -> Result<()> {
+    let v = serde_json::to_value(value)
+        .map_err(|e| Error::format(path, format!("cannot serialize JSON: {e}")))?;
+    write_json(path, &provenance.attach(v))
+}
+
+/// Writes a markdown report followed by its "Provenance" section, atomically.
+pub fn write_report_markdown(path: &Path, text: &str, provenance: &Provenance) -> Result<()> {
+    let mut t = text.trim_end().to_string();
+    t.push_str("\n\n");
+    t.push_str(&provenance.markdown());
+    write_text(path, &t)
 }
 
 /// Writes text atomically.
@@ -37,51 +59,56 @@ pub fn write_json_and_markdown<T: serde::Serialize>(
     stem: &str,
     value: &T,
     markdown: &str,
+    prov: &Provenance,
 ) -> Result<()> {
     create_dir(dir)?;
-    write_json(&dir.join(format!("{stem}.json")), value)?;
-    write_text(&dir.join(format!("{stem}.md")), markdown)
+    write_json_with_provenance(&dir.join(format!("{stem}.json")), value, prov)?;
+    write_report_markdown(&dir.join(format!("{stem}.md")), markdown, prov)
 }
 
 /// Writes diff.json, diff.csv, report.md, top_deltas.svg and delta_vs_freq.svg into `dir`.
-pub fn write_diff_outputs(dir: &Path, r: &DiffReport) -> Result<()> {
+pub fn write_diff_outputs(dir: &Path, r: &DiffReport, prov: &Provenance) -> Result<()> {
     create_dir(dir)?;
-    write_json(&dir.join("diff.json"), r)?;
+    write_json_with_provenance(&dir.join("diff.json"), r, prov)?;
     write_text(&dir.join("diff.csv"), &diff_csv(r))?;
-    write_text(&dir.join("report.md"), &diff_markdown(r))?;
+    write_report_markdown(&dir.join("report.md"), &diff_markdown(r), prov)?;
     super::plot::top_deltas(&dir.join("top_deltas.svg"), r, 10)?;
     super::plot::delta_vs_freq(&dir.join("delta_vs_freq.svg"), r)
 }
 
 /// Writes detect.json, detect.csv and report.md into `dir`.
-pub fn write_detect_outputs(dir: &Path, r: &DetectReport) -> Result<()> {
+pub fn write_detect_outputs(dir: &Path, r: &DetectReport, prov: &Provenance) -> Result<()> {
     create_dir(dir)?;
-    write_json(&dir.join("detect.json"), r)?;
+    write_json_with_provenance(&dir.join("detect.json"), r, prov)?;
     write_text(&dir.join("detect.csv"), &detect_csv(r))?;
-    write_text(&dir.join("report.md"), &detect_markdown(r))
+    write_report_markdown(&dir.join("report.md"), &detect_markdown(r), prov)
 }
 
 /// Writes monitor.json, monitor.csv, report.md and trajectories.svg into `dir`.
-pub fn write_monitor_outputs(dir: &Path, r: &MonitorReport) -> Result<()> {
+pub fn write_monitor_outputs(dir: &Path, r: &MonitorReport, prov: &Provenance) -> Result<()> {
     create_dir(dir)?;
-    write_json(&dir.join("monitor.json"), r)?;
+    write_json_with_provenance(&dir.join("monitor.json"), r, prov)?;
     write_text(&dir.join("monitor.csv"), &monitor_csv(r))?;
-    write_text(&dir.join("report.md"), &monitor_markdown(r))?;
+    write_report_markdown(&dir.join("report.md"), &monitor_markdown(r), prov)?;
     super::plot::trajectories(&dir.join("trajectories.svg"), r)
 }
 
 /// Writes dry_run.json and report.md into `dir`.
-pub fn write_dry_run_outputs(dir: &Path, r: &DryRunReport) -> Result<()> {
+pub fn write_dry_run_outputs(dir: &Path, r: &DryRunReport, prov: &Provenance) -> Result<()> {
     create_dir(dir)?;
-    write_json(&dir.join("dry_run.json"), r)?;
-    write_text(&dir.join("report.md"), &dry_run_markdown(r))
+    write_json_with_provenance(&dir.join("dry_run.json"), r, prov)?;
+    write_report_markdown(&dir.join("report.md"), &dry_run_markdown(r), prov)
 }
 
 /// Writes latent_L.json and latent_L_hist.svg into `dir`.
-pub fn write_top_examples_outputs(dir: &Path, r: &TopExamplesReport) -> Result<()> {
+pub fn write_top_examples_outputs(
+    dir: &Path,
+    r: &TopExamplesReport,
+    prov: &Provenance,
+) -> Result<()> {
     create_dir(dir)?;
     let l = r.latent;
-    write_json(&dir.join(format!("latent_{l}.json")), r)?;
+    write_json_with_provenance(&dir.join(format!("latent_{l}.json")), r, prov)?;
     super::plot::histogram(&dir.join(format!("latent_{l}_hist.svg")), l, &r.histogram)
 }
 

@@ -314,7 +314,7 @@ fn bench_shape(gpu: &Gpu, s: &Shape, reps: usize) -> Result<Value> {
         "steer_ms": steer,
         "steer_tbs": steer_tbs,
     });
-    println!(
+    crate::outln!(
         "{:<16} encode {:8.2} ms ({:6.1} TFLOP/s) | GEMM only {:8.2} ms | top-k +{:6.2} ms | decode {:6.3} ms ({:5.2} TB/s) | stats x{models} {:6.3} ms ({:.2}% of encode) | steer {:6.3} ms | mem beyond weights {:.0} MiB",
         s.name,
         enc,
@@ -329,7 +329,7 @@ fn bench_shape(gpu: &Gpu, s: &Shape, reps: usize) -> Result<Value> {
         beyond as f64 / (1u64 << 20) as f64
     );
     if let Some(z) = gemm_zero {
-        println!(
+        crate::outln!(
             "{:<16}   GEMM only on all-zero data {:.2} ms ({:.1} TFLOP/s)",
             "",
             z,
@@ -345,7 +345,7 @@ fn bench_shape(gpu: &Gpu, s: &Shape, reps: usize) -> Result<Value> {
                 Err(e) => format!("{name} dropped ({e})"),
             })
             .collect();
-        println!(
+        crate::outln!(
             "{:<16}   GEMM search ({:?}, {}x{}x{}): chose {} of [{}]",
             "",
             r.mode,
@@ -466,7 +466,7 @@ fn bench_stream(device: usize, scratch: Option<&Path>) -> Result<Value> {
         "stream_vs_in_memory": rep.rows_per_second() / mem_rate,
         "note": "dump file just written, so reads come from the page cache",
     });
-    println!(
+    crate::outln!(
         "stream      L=2^19 bf16: from memory {:.0} rows/s, from dump {:.0} rows/s ({:.1}%), reader wait {:.3} s",
         mem_rate,
         rep.rows_per_second(),
@@ -502,7 +502,7 @@ pub fn run(
             SHAPES.iter().filter(|s| names.contains(&s.name)).collect()
         }
     };
-    println!(
+    crate::outln!(
         "device: {} (cc {}.{}, {} SMs, {:.1} GiB)",
         gpu.info.name,
         gpu.info.compute_capability.0,
@@ -516,7 +516,7 @@ pub fn run(
         match bench_shape(&gpu, s, reps) {
             Ok(v) => results.push(v),
             Err(e) => {
-                println!("{:<16} FAILED: {e}", s.name);
+                crate::outln!("{:<16} FAILED: {e}", s.name);
                 results.push(json!({ "shape": s.name, "error": e.to_string() }));
             }
         }
@@ -525,7 +525,7 @@ pub fn run(
         match bench_stream(device, scratch) {
             Ok(v) => v,
             Err(e) => {
-                println!("stream FAILED: {e}");
+                crate::outln!("stream FAILED: {e}");
                 json!({ "error": e.to_string() })
             }
         }

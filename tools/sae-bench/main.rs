@@ -1,8 +1,12 @@
 //! `sae-bench`: CUDA kernel verification (GPU against the CPU reference) and profiling.
 //!
-//!   sae-bench info                      device, kernels and libraries found (exit 2: no GPU)
-//!   sae-bench verify [--quick] [--json F]   non-zero exit on any mismatch
+//!   sae-bench info                      device, kernels and libraries found
+//!   sae-bench verify [--quick] [--json F]   exit 1 on any mismatch
 //!   sae-bench run [--shapes a,b] [--reps N] [--json F]   per-kernel timings, JSON out
+//!
+//! Exit status as `sae` (`sae_engine::error::exit`, README "Exit status"): 0 ok, 1 error or
+//! mismatch, 2 usage, 3 no usable GPU. On a failure `--json F` still gets a file, holding
+//! `{"error": {"code", "kind", "message"}, "provenance": ...}`.
 //!
 //! Timings use CUDA events around the device work, medians over repetitions after a
 //! warm-up; weights and activations are random (never zeros) and generated on the device.
@@ -11,8 +15,17 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Parser;
-use sae_engine::error::{Error, Result};
 use sae_engine::io::guard::PathGuard;
+use sae_engine::error::{exit, Error, Result};
+use sae_engine::provenance::Provenance;
+
+/// `println!` that survives a closed stdout (`sae-bench verify | head`).
+macro_rules! outln {
+    ($($t:tt)*) => {{
+        let _ = sae_engine::io::console::print_stdout(&format!($($t)*));
+    }};
+}
+pub(crate) use outln;
 
 mod bench;
 
@@ -70,22 +83,64 @@ pub fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
     sae_engine::io::atomic::write_bytes(path, text.as_bytes())
 }
 
+impl Cmd {
+    /// The `--json` file, when given.
+    fn json_path(&self) -> Option<&Path> {
+        match self {
+            Cmd::Info { json } | Cmd::Verify { json, .. } | Cmd::Run { json, .. } => {
+                json.as_deref()
+            }
+        }
+    }
+
+    /// The provenance of this command's JSON file: version, device and options.
+    fn provenance(&self, device: usize) -> Provenance {
+        let (name, opts) = match self {
+            Cmd::Info { .. } => ("info", serde_json::json!({})),
+            Cmd::Verify { quick, .. } => ("verify", serde_json::json!({ "quick": quick })),
+            Cmd::Run {
+                shapes,
+                reps,
+                no_stream,
+                ..
+            } => (
+                "run",
+                serde_json::json!({ "shapes": shapes, "reps": reps, "stream": !no_stream }),
+            ),
+        };
+        let mut p = Provenance::new(format!("sae-bench {name}")).with_process_argv();
+        p.option("device", device);
+        for (k, v) in opts.as_object().into_iter().flatten() {
+            p.option(k, v);
+        }
+        p
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(cli) {
+    let prov = cli.cmd.provenance(cli.device);
+    let json = cli.cmd.json_path().map(Path::to_path_buf);
+    match run(cli, &prov) {
         Ok(code) => code,
-        Err(Error::BackendUnavailable(why)) => {
-            eprintln!("sae-bench: no usable CUDA device: {why}");
-            ExitCode::from(2)
-        }
         Err(e) => {
-            eprintln!("sae-bench: {e}");
-            ExitCode::FAILURE
+            let line = match &e {
+                Error::BackendUnavailable(why) => format!("no usable CUDA device: {why}"),
+                other => other.one_line(),
+            };
+            sae_engine::io::console::print_stderr(&format!("sae-bench: {line}"));
+            if let Some(p) = json {
+                // The file says what happened, so a job that collects it finds an answer.
+                if let Err(w) = write_json(&p, &prov.attach(e.to_json())) {
+                    sae_engine::io::console::print_stderr(&format!("sae-bench: {}", w.one_line()));
+                }
+            }
+            ExitCode::from(e.exit_code())
         }
     }
 }
 
-fn run(cli: Cli) -> Result<ExitCode> {
+fn run(cli: Cli, prov: &Provenance) -> Result<ExitCode> {
     // Destinations are checked before the (long) GPU work.
     let (json, scratch) = match &cli.cmd {
         Cmd::Info { json } | Cmd::Verify { json, .. } => (json, &None),
@@ -104,18 +159,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 "build_nvcc": sae_engine::cuda::kernels::build_nvcc(),
                 "peaks_bf16_tflops_mem_tbs": info.peaks(),
             });
-            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            outln!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
             if let Some(p) = json {
-                write_json(&p, &v)?;
+                write_json(&p, &prov.attach(v))?;
             }
-            Ok(ExitCode::SUCCESS)
+            Ok(ExitCode::from(exit::OK))
         }
         Cmd::Verify { quick, json } => {
             let t0 = std::time::Instant::now();
             let results = sae_engine::cuda::verify::run(cli.device, quick)?;
             let failed = results.iter().filter(|r| !r.ok).count();
             for r in &results {
-                println!(
+                outln!(
                     "{} {:<72} max|err| {:.3e} tie-swaps {}",
                     if r.ok { "ok  " } else { "FAIL" },
                     r.name,
@@ -123,10 +178,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     r.tie_swaps
                 );
                 for d in &r.detail {
-                    println!("       {d}");
+                    outln!("       {d}");
                 }
             }
-            println!(
+            outln!(
                 "verify: {} cases, {failed} failed, {:.1} s",
                 results.len(),
                 t0.elapsed().as_secs_f64()
@@ -134,14 +189,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
             if let Some(p) = json {
                 write_json(
                     &p,
-                    &serde_json::json!({ "cases": results, "failed": failed }),
+                    &prov.attach(serde_json::json!({ "cases": results, "failed": failed })),
                 )?;
             }
-            Ok(if failed == 0 {
-                ExitCode::SUCCESS
+            Ok(ExitCode::from(if failed == 0 {
+                exit::OK
             } else {
-                ExitCode::FAILURE
-            })
+                exit::ERROR
+            }))
         }
         Cmd::Run {
             shapes,
@@ -158,9 +213,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 scratch.as_deref(),
             )?;
             if let Some(p) = json {
-                write_json(&p, &report)?;
+                write_json(&p, &prov.attach(report))?;
             }
-            Ok(ExitCode::SUCCESS)
+            Ok(ExitCode::from(exit::OK))
         }
     }
 }

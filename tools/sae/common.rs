@@ -1,11 +1,12 @@
 //! Flags every command takes, and the shared output helpers: engine construction,
-//! progress bars, JSON or human output.
+//! provenance, progress bars, JSON or human output on a stdout that may be closed early.
 
 use std::io::IsTerminal;
 use std::sync::Arc;
 use std::time::Duration;
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use crate::progress::{Mode, Progress};
+use sae_engine::provenance::Provenance;
 use sae_engine::{BackendKind, Engine, EngineOptions, Error, Format, Result, Sae};
 
 /// Global flags (accepted before or after the command name).
@@ -17,6 +18,11 @@ pub struct Global {
     /// No progress bar and no notes on stderr (errors are still printed).
     #[arg(long, short, global = true)]
     pub quiet: bool,
+    /// Without a terminal on stderr (a batch job's log): a progress line (rows, rate,
+    /// ETA) every SECS seconds during long work; 0 turns the lines off.
+    #[arg(long, global = true, default_value_t = 10.0, value_name = "SECS",
+          value_parser = parse_interval)]
+    pub progress_interval: f64,
     /// Backend: cpu, cuda, cuda:N or auto (CUDA when usable, else CPU).
     #[arg(long, global = true, default_value = "auto", value_name = "BACKEND",
           value_parser = parse_backend)]
@@ -38,6 +44,14 @@ pub struct Global {
     #[arg(long, global = true, default_value = "exact", value_name = "PRECISION",
           value_parser = parse_precision)]
     pub precision: sae_engine::cuda::Precision,
+}
+
+/// `--progress-interval` values: finite seconds >= 0.
+fn parse_interval(s: &str) -> std::result::Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        _ => Err(format!("`{s}`: expected seconds >= 0, e.g. 10 or 0.5")),
+    }
 }
 
 /// `--precision` values.
@@ -63,25 +77,78 @@ pub fn parse_format(s: &str) -> std::result::Result<Format, String> {
 /// What every command gets: the global flags plus helpers built on them.
 pub struct Ctx {
     pub g: Global,
+    /// What a failing command adds to its `--json` error object as `detail`.
+    error_detail: std::cell::RefCell<Option<serde_json::Value>>,
 }
 
 impl Ctx {
     pub fn new(g: Global) -> Ctx {
-        Ctx { g }
+        Ctx {
+            g,
+            error_detail: Default::default(),
+        }
+    }
+
+    /// Sets the `detail` of the `--json` error object if the command then fails (e.g. the
+    /// per-shard report of a partly failed `stats --devices`).
+    pub fn set_error_detail(&self, detail: serde_json::Value) {
+        *self.error_detail.borrow_mut() = Some(detail);
+    }
+
+    /// The `--json` error object of `e`, with the detail the command set.
+    pub fn error_json(&self, e: &Error) -> serde_json::Value {
+        let mut j = e.to_json();
+        if let Some(d) = self.error_detail.borrow_mut().take() {
+            j["error"]["detail"] = d;
+        }
+        j
     }
 
     pub fn batch_rows(&self) -> usize {
         self.g.batch_size as usize
     }
 
-    /// Loads an SAE (auto-detected unless `format` forces one).
-    pub fn load_sae(&self, path: &std::path::Path, format: Option<Format>) -> Result<Arc<Sae>> {
-        Ok(Arc::new(sae_engine::formats::load(path, format)?))
+    /// The command's provenance record: the command line and the global options that
+    /// change results (backend asked for, CUDA precision, batch size, tile size). The
+    /// command adds its inputs and own options; everything it writes carries the record.
+    pub fn provenance(&self, command: &str) -> Provenance {
+        let mut p = Provenance::new(format!("sae {command}")).with_process_argv();
+        // SAE_CUDA_PRECISION overrides --precision in the CUDA engine: record what applies.
+        let precision = std::env::var("SAE_CUDA_PRECISION")
+            .ok()
+            .and_then(|v| sae_engine::cuda::Precision::parse(&v))
+            .unwrap_or(self.g.precision);
+        p.option("backend", &self.g.backend)
+            .option("precision", precision)
+            .option("batch_size", self.g.batch_size);
+        if let Some(t) = self.g.tile_latents {
+            p.option("tile_latents", t);
+        }
+        if let Some(d) = self.g.device {
+            p.option("device", d);
+        }
+        p
     }
 
-    /// Builds the engine the flags ask for. `auto` with `--device N` tries that CUDA
-    /// device and falls back to the CPU when CUDA cannot run here.
-    pub fn engine(&self, sae: Arc<Sae>) -> Result<Box<dyn Engine>> {
+    /// Loads an SAE (auto-detected unless `format` forces one) and records it (path,
+    /// size, fingerprint) in `prov`.
+    pub fn load_sae(
+        &self,
+        path: &std::path::Path,
+        format: Option<Format>,
+        prov: &mut Provenance,
+    ) -> Result<Arc<Sae>> {
+        let sae = sae_engine::formats::load(path, format)?;
+        prov.sae(path, &sae.fingerprint())?;
+        if let Some(f) = format {
+            prov.option("format", f.name());
+        }
+        Ok(Arc::new(sae))
+    }
+
+    /// Builds the engine the flags ask for and records its name in `prov`. `auto` with
+    /// `--device N` tries that CUDA device and falls back to the CPU when CUDA cannot run.
+    pub fn engine(&self, sae: Arc<Sae>, prov: &mut Provenance) -> Result<Box<dyn Engine>> {
         let opts = self.engine_options();
         let device = self.g.device.unwrap_or(0);
         let kind = BackendKind::parse(&self.g.backend, device)?;
@@ -97,6 +164,7 @@ impl Ctx {
             k => sae_engine::engine(k, sae, &opts),
         }?;
         self.note(&format!("backend: {}", engine.name()));
+        prov.option("engine", engine.name());
         Ok(engine)
     }
 
@@ -115,42 +183,38 @@ impl Ctx {
     /// A line on stderr for a person watching (not with --quiet or --json).
     pub fn note(&self, msg: &str) {
         if !self.g.quiet && !self.g.json {
-            eprintln!("{msg}");
+            print_stderr(msg);
         }
     }
 
-    /// A progress bar over `total` rows: rate and ETA; hidden with --quiet or when
-    /// stderr is not a terminal (logs of batch jobs stay clean).
-    pub fn progress(&self, total: u64, what: &str) -> ProgressBar {
-        if self.g.quiet || !std::io::stderr().is_terminal() {
-            return ProgressBar::hidden();
-        }
-        let pb = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
-        let style = ProgressStyle::with_template(
-            "{msg:>8} [{elapsed_precise}] {wide_bar} {human_pos}/{human_len} rows ({rate}, ETA {eta})",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar())
-        .with_key(
-            "rate",
-            |s: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
-                let _ = write!(w, "{:.0} rows/s", s.per_sec());
-            },
-        );
-        pb.set_style(style);
-        pb.set_message(what.to_string());
-        pb.enable_steady_tick(Duration::from_millis(200));
-        pb
-    }
-
-    /// Prints the result: `json` with --json, else `human` (one or more lines).
-    pub fn output(&self, json: serde_json::Value, human: &str) {
-        if self.g.json {
-            println!("{json}");
+    /// Progress over `total` rows of `what`: a bar with a smoothed rate and ETA on a
+    /// terminal, a line every `--progress-interval` seconds on any other stderr (a batch
+    /// job's log), nothing with `--quiet`.
+    pub fn progress(&self, total: u64, what: &str) -> Progress {
+        let mode = if self.g.quiet {
+            Mode::Hidden
+        } else if std::io::stderr().is_terminal() {
+            Mode::Bar
+        } else if self.g.progress_interval > 0.0 {
+            Mode::Log(Duration::from_secs_f64(self.g.progress_interval))
         } else {
-            println!("{human}");
+            Mode::Hidden
+        };
+        Progress::start(total, what, mode)
+    }
+
+    /// Prints the result: `json` with its `provenance` entry under --json, else `human`
+    /// (one or more lines). A closed stdout is not an error (see [`print_stdout`]).
+    pub fn output(&self, prov: &Provenance, json: serde_json::Value, human: &str) -> Result<()> {
+        if self.g.json {
+            print_stdout(&prov.attach(json).to_string())
+        } else {
+            print_stdout(human)
         }
     }
 }
+
+pub use sae_engine::io::console::{print_stderr, print_stdout};
 
 /// Rows per second, for reports.
 pub fn rate(rows: u64, secs: f64) -> f64 {
@@ -161,18 +225,4 @@ pub fn rate(rows: u64, secs: f64) -> f64 {
     }
 }
 
-/// 1536 -> "1.5 KiB".
-pub fn human_bytes(b: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = b as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{b} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
-}
+pub use sae_engine::provenance::human_bytes;

@@ -57,9 +57,15 @@ pub fn run(ctx: &Ctx, args: ConvertArgs) -> Result<()> {
                 .sae("INPUT", &input)
                 .output_dir("--out", &out)
                 .check()?;
+            let mut prov = ctx.provenance("convert sae");
             let sae = convert_sae(&input, format, &out)?;
+            prov.sae(&input, &sae.fingerprint())?;
+            if let Some(f) = format {
+                prov.option("format", f.name());
+            }
             ctx.output(
-                json!({"input": input, "out": out, "format": sae.meta.format.name(),
+                &prov,
+                json!({"input": input.to_string_lossy(), "out": out.to_string_lossy(), "format": sae.meta.format.name(),
                        "n_latents": sae.n_latents(), "d_in": sae.d_in()}),
                 &format!(
                     "wrote {} ({}, {} latents x d_in {}) as SAELens to {}",
@@ -69,7 +75,7 @@ pub fn run(ctx: &Ctx, args: ConvertArgs) -> Result<()> {
                     sae.d_in(),
                     out.display()
                 ),
-            );
+            )?;
         }
         ConvertWhat::Dump {
             input,
@@ -82,9 +88,13 @@ pub fn run(ctx: &Ctx, args: ConvertArgs) -> Result<()> {
                 .input("INPUT", &input)
                 .output_dir("--out", &out)
                 .check()?;
+            let mut prov = ctx.provenance("convert dump");
             let dtype = DType::parse(&dtype).ok_or_else(|| {
                 Error::invalid(format!("--dtype {dtype}: expected f32, f16 or bf16"))
             })?;
+            prov.option("dtype", dtype.name())
+                .option("rows_per_shard", rows_per_shard)
+                .option("column", &column);
             let dump = match column {
                 Some(c) => Dump::from_shards(&input, arrow::open_shards(&input, Some(&c))?)?,
                 None => Dump::open(&input)?,
@@ -94,10 +104,12 @@ pub fn run(ctx: &Ctx, args: ConvertArgs) -> Result<()> {
                 dtype,
                 batch_rows: ctx.batch_rows().max(1),
             };
+            prov.input("input", &input)?;
             let files = convert_dump(&dump, &out, opts)?;
             ctx.output(
-                json!({"input": input, "out": out, "rows": dump.n_rows(), "width": dump.width(),
-                       "shards": files}),
+                &prov,
+                json!({"input": input.to_string_lossy(), "out": out.to_string_lossy(), "rows": dump.n_rows(), "width": dump.width(),
+                       "shards": files.iter().map(|f| f.to_string_lossy()).collect::<Vec<_>>()}),
                 &format!(
                     "wrote {} rows x {} into {} shard(s) in {}",
                     dump.n_rows(),
@@ -105,7 +117,7 @@ pub fn run(ctx: &Ctx, args: ConvertArgs) -> Result<()> {
                     files.len(),
                     out.display()
                 ),
-            );
+            )?;
         }
     }
     Ok(())

@@ -36,11 +36,16 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
         .input_opt("--acts", a.acts.as_ref())
         .output_file("--out", &a.out)
         .check()?;
-    let sae = ctx.load_sae(&a.sae, a.format)?;
+    let mut prov = ctx.provenance("decode");
+    let sae = ctx.load_sae(&a.sae, a.format, &mut prov)?;
     let codes = CodesReader::open(&a.codes)?;
     codes.check_fingerprint(&sae.fingerprint())?;
+    prov.input("codes", &a.codes)?;
     let dump = a.acts.as_ref().map(Dump::open).transpose()?;
-    let engine = ctx.engine(sae)?;
+    if let Some(acts) = &a.acts {
+        prov.input("acts", acts)?;
+    }
+    let engine = ctx.engine(sae, &mut prov)?;
     let t0 = Instant::now();
     let pb = ctx.progress(codes.n_rows() as u64, "decode");
     let s = sae_engine::pipeline::decode_to_npy(
@@ -55,7 +60,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
     let s = s?;
     let secs = t0.elapsed().as_secs_f64();
     let json = json!({
-        "out": a.out,
+        "out": a.out.to_string_lossy(),
         "n_rows": s.n_rows,
         "metrics": s.metrics,
         "backend": engine.name(),
@@ -74,6 +79,5 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
             m.mse, m.fvu, m.cosine, m.l0
         ));
     }
-    ctx.output(json, &human);
-    Ok(())
+    ctx.output(&prov, json, &human)
 }

@@ -31,24 +31,27 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
         .input("--acts", &a.acts)
         .output_file("--out", &a.out)
         .check()?;
-    let sae = ctx.load_sae(&a.sae, a.format)?;
+    let mut prov = ctx.provenance("encode");
+    let sae = ctx.load_sae(&a.sae, a.format, &mut prov)?;
     let dump = Dump::open(&a.acts)?;
     dump.check_width(sae.d_in())?;
-    let engine = ctx.engine(sae)?;
+    prov.input("acts", &a.acts)?;
+    let engine = ctx.engine(sae, &mut prov)?;
     let t0 = Instant::now();
     let pb = ctx.progress(dump.n_rows(), "encode");
-    let s = sae_engine::pipeline::encode_dump_to_file(
+    let s = sae_engine::pipeline::encode_dump_to_file_with_provenance(
         engine.as_ref(),
         &dump,
         ctx.batch_rows(),
         &a.out,
+        Some(&prov),
         &|n| pb.inc(n),
     );
     pb.finish_and_clear();
     let s = s?;
     let secs = t0.elapsed().as_secs_f64();
     let json = json!({
-        "out": a.out,
+        "out": a.out.to_string_lossy(),
         "kind": if engine.sae().k().is_some() { "topk" } else { "csr" },
         "n_rows": s.n_rows,
         "mean_l0": s.mean_l0,
@@ -64,6 +67,5 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
         secs,
         rate(s.n_rows, secs)
     );
-    ctx.output(json, &human);
-    Ok(())
+    ctx.output(&prov, json, &human)
 }

@@ -17,7 +17,8 @@ pub struct Args {
 }
 
 pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
-    let sae = ctx.load_sae(&a.sae, a.format)?;
+    let mut prov = ctx.provenance("inspect");
+    let sae = ctx.load_sae(&a.sae, a.format, &mut prov)?;
     let (activation, k) = match sae.activation {
         Activation::TopK { k } => ("topk", Some(k)),
         Activation::Relu => ("relu", None),
@@ -36,7 +37,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
     let fingerprint = sae.fingerprint();
     let m = &sae.meta;
     let json = json!({
-        "path": a.sae,
+        "path": a.sae.to_string_lossy(),
         "format": m.format.name(),
         "architecture": m.architecture,
         "d_in": sae.d_in(),
@@ -95,6 +96,5 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
         human_bytes(w_enc + w_dec + vectors),
         fingerprint,
     );
-    ctx.output(json, &human);
-    Ok(())
+    ctx.output(&prov, json, &human)
 }

@@ -1,19 +1,23 @@
 //! `sae`: command-line tools for SAE model diffing (see README, "CLI reference").
 //!
-//! Exit status: 0 on success, 1 on any error (one line `sae: error: <message>` on stderr,
-//! naming the file and what was expected), 2 on a usage error.
+//! Exit status (`sae_engine::error::exit`, README "Exit status"): 0 on success, 1 on any
+//! error (one line `sae: error: <message>` on stderr, naming the file and what was
+//! expected; with --json also `{"error": {...}}` on stdout), 2 on a usage error, 3 when the
+//! CUDA backend was asked for and no usable GPU is present.
 
 mod common;
 mod convert;
 mod decode;
 mod encode;
 mod inspect;
+mod progress;
 mod stats;
 mod workflow;
 
 use std::process::ExitCode;
 
 use clap::Parser;
+use sae_engine::error::exit;
 
 #[derive(clap::Parser, Debug)]
 #[command(
@@ -58,7 +62,11 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
+    let json = cli.global.json;
     let ctx = common::Ctx::new(cli.global);
     let result = match cli.command {
         Command::Inspect(a) => inspect::run(&ctx, a),
@@ -75,12 +83,34 @@ fn main() -> ExitCode {
         Command::Demo(a) => workflow::run_demo(&ctx, a),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => ExitCode::from(exit::OK),
         Err(e) => {
-            // One line: messages may embed newlines from nested sources.
-            let msg = e.to_string().replace('\n', " ");
-            eprintln!("sae: error: {msg}");
-            ExitCode::from(1)
+            common::print_stderr(&format!("sae: error: {}", e.one_line()));
+            if json {
+                // A failed stdout write changes nothing: the status tells the error.
+                let _ = common::print_stdout(&ctx.error_json(&e).to_string());
+            }
+            ExitCode::from(e.exit_code())
         }
     }
+}
+
+/// A command line clap refuses: its message on stderr, status 2 (with --json anywhere on
+/// the line, also the error object on stdout). `--help` and `--version` print and exit 0.
+fn usage_error(e: clap::Error) -> ExitCode {
+    if !e.use_stderr() {
+        let _ = e.print();
+        return ExitCode::from(exit::OK);
+    }
+    if std::env::args_os().skip(1).any(|a| a == "--json") {
+        let text = e.to_string();
+        let msg = text
+            .lines()
+            .next()
+            .unwrap_or("usage error")
+            .trim_start_matches("error: ");
+        let _ = common::print_stdout(&exit::error_json(exit::USAGE, "usage", msg).to_string());
+    }
+    let _ = e.print();
+    ExitCode::from(exit::USAGE)
 }

@@ -8,6 +8,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use sae_engine::io::guard::PathGuard;
+use sae_engine::provenance::Provenance;
 use sae_engine::scaleout::{self, Devices, FanOutOptions, FanOutReport, StatsJob};
 use sae_engine::{Dump, Error, Format, LatentStats, Result, Sae};
 use serde_json::json;
@@ -112,8 +113,15 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
         .output_file("--out", &out)
         .output_dir_opt("--work-dir", work_dir.as_ref())
         .check()?;
-    let sae = ctx.load_sae(&sae_path, a.format)?;
+    let mut prov = ctx.provenance("stats");
+    let sae = ctx.load_sae(&sae_path, a.format, &mut prov)?;
+    prov.option("mask", !a.no_mask);
+    if let Some((i, n)) = a.shard {
+        prov.option("shard", format!("{i}/{n}"));
+    }
+    prov.input("acts", &acts)?;
     if let (Some(devices), Some(work_dir)) = (&a.devices, work_dir) {
+        prov.option("devices", devices.names());
         let units = scaleout::shard_units(&acts, a.shard)?;
         let opts = FanOutOptions {
             work_dir,
@@ -127,14 +135,14 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
                 std::env::var("SAE_CUDA_PRECISION").unwrap_or_default()
             ),
         };
-        return fan_out(ctx, sae, devices, units, opts, a.keep_units, &out);
+        return fan_out(ctx, &prov, sae, devices, units, opts, a.keep_units, &out);
     }
     let mut dump = Dump::open(&acts)?;
     if let Some((i, n)) = a.shard {
         dump = dump.select_shards(i, n)?;
     }
     dump.check_width(sae.d_in())?;
-    let engine = ctx.engine(sae)?;
+    let engine = ctx.engine(sae, &mut prov)?;
     let t0 = Instant::now();
     let pb = ctx.progress(dump.n_rows(), "stats");
     let s = sae_engine::pipeline::stats_of_dump(
@@ -146,10 +154,10 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
     );
     pb.finish_and_clear();
     let s = s?;
-    sae_engine::io::stats::write(&out, &s)?;
+    sae_engine::io::stats::write_with_provenance(&out, &s, Some(&prov))?;
     let secs = t0.elapsed().as_secs_f64();
     let mut json = summary(&s);
-    json["out"] = json!(out);
+    json["out"] = json!(out.to_string_lossy());
     json["n_rows"] = json!(dump.n_rows());
     json["shard_files"] = json!(dump.shards().len());
     json["backend"] = json!(engine.name());
@@ -164,8 +172,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
         json["latents_fired"],
         out.display()
     );
-    ctx.output(json, &human);
-    Ok(())
+    ctx.output(&prov, json, &human)
 }
 
 /// `stats.safetensors` -> `stats.safetensors.units` beside it.
@@ -178,8 +185,10 @@ fn default_work_dir(out: &Path) -> PathBuf {
 }
 
 /// `--devices`: per-shard statistics on several workers, then a merge in shard order.
+#[allow(clippy::too_many_arguments)]
 fn fan_out(
     ctx: &Ctx,
+    prov: &Provenance,
     sae: Arc<Sae>,
     devices: &Devices,
     units: Vec<scaleout::Unit>,
@@ -200,7 +209,7 @@ fn fan_out(
     pb.finish_and_clear();
     let secs = t0.elapsed().as_secs_f64();
     let mut json = json!({
-        "work_dir": work_dir,
+        "work_dir": work_dir.to_string_lossy(),
         "units": report.n_units,
         "computed": report.computed,
         "reused": report.reused,
@@ -212,11 +221,10 @@ fn fan_out(
     if !report.ok() {
         // One line per failed shard, naming the shard file and the device (even with --quiet).
         for line in report.failure_lines() {
-            eprintln!("sae: failed: {line}");
+            crate::common::print_stderr(&format!("sae: failed: {line}"));
         }
-        if ctx.g.json {
-            println!("{json}");
-        }
+        // Under --json the report rides on the error object as its `detail`.
+        ctx.set_error_detail(prov.attach(json));
         let bad = report.failures.len() + report.not_run.len();
         return Err(Error::invalid(format!(
             "{bad} of {} shard files have no statistics; the {} finished are kept in {}; \
@@ -231,7 +239,8 @@ fn fan_out(
             "warning: {line} (its share went to the other devices)"
         ));
     }
-    let s = job.merge_into(out)?;
+    let s = job.merge()?;
+    sae_engine::io::stats::write_with_provenance(out, &s, Some(prov))?;
     if !keep_units {
         job.remove_unit_files()?;
     }
@@ -239,7 +248,7 @@ fn fan_out(
     for (k, v) in summary(&s).as_object().into_iter().flatten() {
         json[k] = v.clone();
     }
-    json["out"] = json!(out);
+    json["out"] = json!(out.to_string_lossy());
     json["rows_computed"] = json!(rows);
     json["rows_per_second"] = json!(rate(rows, secs));
     let human = format!(
@@ -254,8 +263,7 @@ fn fan_out(
         out.display(),
         device_lines(&report)
     );
-    ctx.output(json, &human);
-    Ok(())
+    ctx.output(prov, json, &human)
 }
 
 /// Per-device lines of the human report: units, rows and rows/s.
@@ -284,10 +292,12 @@ fn merge(ctx: &Ctx, inputs: Vec<PathBuf>, out: PathBuf) -> Result<()> {
         .inputs("INPUTS", &inputs)
         .output_file("--out", &out)
         .check()?;
+    let mut prov = ctx.provenance("stats merge");
+    prov.inputs("stats", &inputs)?;
     let s = sae_engine::pipeline::merge_stats_files(&inputs)?;
-    sae_engine::io::stats::write(&out, &s)?;
+    sae_engine::io::stats::write_with_provenance(&out, &s, Some(&prov))?;
     let mut json = summary(&s);
-    json["out"] = json!(out);
+    json["out"] = json!(out.to_string_lossy());
     json["inputs"] = json!(inputs.len());
     let human = format!(
         "merged {} statistics files: {} tokens over {} latents -> {}",
@@ -296,6 +306,5 @@ fn merge(ctx: &Ctx, inputs: Vec<PathBuf>, out: PathBuf) -> Result<()> {
         s.n_latents(),
         out.display()
     );
-    ctx.output(json, &human);
-    Ok(())
+    ctx.output(&prov, json, &human)
 }

@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use sae_engine::io::guard::PathGuard;
+use sae_engine::provenance::Provenance;
 use sae_engine::workflow::{
     self, demo, detect, diff, layer_check, logit_lens, monitor, probe, report, steer,
     tokenizer::Vocab, top_examples, Measured, StatsOptions,
@@ -32,11 +33,19 @@ struct Session {
 }
 
 impl Session {
-    fn new(ctx: &Ctx, sae: &Path, format: Option<Format>, mask: bool) -> Result<Session> {
-        let sae = ctx.load_sae(sae, format)?;
+    /// Loads the SAE and builds the engine, recording both and `mask` in `prov`.
+    fn new(
+        ctx: &Ctx,
+        prov: &mut Provenance,
+        sae: &Path,
+        format: Option<Format>,
+        mask: bool,
+    ) -> Result<Session> {
+        let sae = ctx.load_sae(sae, format, prov)?;
         let fingerprint = sae.fingerprint();
+        prov.option("mask", mask);
         Ok(Session {
-            engine: ctx.engine(sae)?,
+            engine: ctx.engine(sae, prov)?,
             fingerprint,
             opts: stats_opts(ctx, mask),
         })
@@ -117,7 +126,12 @@ pub fn run_diff(ctx: &Ctx, a: DiffArgs) -> Result<()> {
         .output_dir_opt("--out-dir", a.out_dir.as_ref())
         .check()?;
     let order = diff::DiffOrder::parse(&a.order)?;
-    let s = Session::new(ctx, &a.sae, a.format, a.mask)?;
+    let mut prov = ctx.provenance("diff");
+    let s = Session::new(ctx, &mut prov, &a.sae, a.format, a.mask)?;
+    prov.input("base", &a.base)?.inputs("tuned", &a.tuned)?;
+    prov.option("order", order.to_string())
+        .option("top", a.top)
+        .option("bottom", a.bottom);
     s.precheck(&a.base, &[&a.tuned])?;
     let base = s.measure(ctx, &a.base)?;
     let tuned = s.measure_all(ctx, &a.tuned)?;
@@ -133,7 +147,7 @@ pub fn run_diff(ctx: &Ctx, a: DiffArgs) -> Result<()> {
         },
     )?;
     if let Some(dir) = &a.out_dir {
-        report::write_diff_outputs(dir, &r)?;
+        report::write_diff_outputs(dir, &r, &prov)?;
         ctx.note(&format!(
             "wrote diff.csv, diff.json, report.md, top_deltas.svg, delta_vs_freq.svg to {}",
             dir.display()
@@ -170,8 +184,7 @@ pub fn run_diff(ctx: &Ctx, a: DiffArgs) -> Result<()> {
     rows(&mut h, &r.latents);
     let _ = writeln!(h, "largest decrease:");
     rows(&mut h, &r.bottom);
-    ctx.output(to_json(&r), h.trim_end());
-    Ok(())
+    ctx.output(&prov, to_json(&r), h.trim_end())
 }
 
 // ---------------------------------------------------------------- steer
@@ -286,9 +299,21 @@ pub fn run_steer(ctx: &Ctx, a: SteerArgs) -> Result<()> {
         .output_file_opt("--out", a.out.as_ref())
         .output_dir_opt("--out-dir", a.out_dir.as_ref())
         .check()?;
-    let s = Session::new(ctx, &a.sae, a.sae_format, a.mask)?;
+    let mut prov = ctx.provenance("steer");
+    let s = Session::new(ctx, &mut prov, &a.sae, a.sae_format, a.mask)?;
     workflow::check_latents(&a.latent, s.engine.sae().n_latents())?;
     let dump = a.acts.as_ref().map(Dump::open).transpose()?;
+    if let Some(acts) = &a.acts {
+        prov.input("acts", acts)?;
+    }
+    prov.option("latent", &a.latent)
+        .option("strength", &a.strength)
+        .option("strengths", &a.strengths)
+        .option("unit", &a.unit)
+        .option("ablate", a.ablate);
+    if a.apply || a.ablate || a.strengths.is_some() {
+        prov.option("seed", a.seed);
+    }
     let dump_meta = dump.as_ref().map(|d| d.metadata()).transpose()?;
     let sae_meta = &s.engine.sae().meta;
     let inputs = layer_check::LayerInputs {
@@ -350,12 +375,11 @@ pub fn run_steer(ctx: &Ctx, a: SteerArgs) -> Result<()> {
         let r = r?;
         let md = steer::sweep_markdown(&r);
         if let Some(dir) = &a.out_dir {
-            report::write_json_and_markdown(dir, "sweep", &r, &md)?;
+            report::write_json_and_markdown(dir, "sweep", &r, &md, &prov)?;
         }
         out["sweep"] = to_json(&r);
         h.push_str(md.trim_end());
-        ctx.output(out, &h);
-        return Ok(());
+        return ctx.output(&prov, out, &h);
     }
     let strengths = if a.strength.is_empty() {
         // --ablate alone: the addition beside it at strength 1.
@@ -384,7 +408,8 @@ pub fn run_steer(ctx: &Ctx, a: SteerArgs) -> Result<()> {
     }
     if let (Some(path), Some(layer)) = (&a.out, a.layer) {
         steer::export(&v, format, layer, &a.model_hint, path)?;
-        out["out"] = serde_json::json!({"path": path, "format": format, "layer": layer});
+        out["out"] =
+            serde_json::json!({"path": path.to_string_lossy(), "format": format, "layer": layer});
         let _ = write!(h, "\nwrote {} ({}, layer {layer})", path.display(), format);
     }
     if a.apply || a.ablate {
@@ -397,13 +422,12 @@ pub fn run_steer(ctx: &Ctx, a: SteerArgs) -> Result<()> {
         pb.finish_and_clear();
         let r = r?;
         if let Some(dir) = &a.out_dir {
-            report::write_dry_run_outputs(dir, &r)?;
+            report::write_dry_run_outputs(dir, &r, &prov)?;
         }
         out["dry_run"] = to_json(&r);
         let _ = write!(h, "\n{}", report::dry_run_markdown(&r).trim_end());
     }
-    ctx.output(out, &h);
-    Ok(())
+    ctx.output(&prov, out, &h)
 }
 
 // ---------------------------------------------------------------- logit-lens
@@ -441,22 +465,27 @@ pub fn run_logit_lens(ctx: &Ctx, a: LogitLensArgs) -> Result<()> {
         .input_opt("--tokenizer", a.tokenizer.as_ref())
         .output_dir_opt("--out-dir", a.out_dir.as_ref())
         .check()?;
-    let sae = ctx.load_sae(&a.sae, a.format)?;
+    let mut prov = ctx.provenance("logit-lens");
+    let sae = ctx.load_sae(&a.sae, a.format, &mut prov)?;
+    prov.input("model_dir", &a.model_dir)?;
+    prov.option("latents", &a.latents).option("top", a.top);
     let tok = a
         .tokenizer
         .clone()
         .or_else(|| Some(a.model_dir.join("tokenizer.json")).filter(|p| p.is_file()));
     let vocab = tok.as_deref().map(Vocab::from_tokenizer_json).transpose()?;
+    if let Some(t) = &tok {
+        prov.input("tokenizer", t)?;
+    }
     if vocab.is_none() {
         ctx.note("no tokenizer.json: tokens are shown as ids");
     }
     let r = logit_lens::logit_lens(&sae, &a.model_dir, &a.latents, a.top, vocab.as_ref())?;
     let md = logit_lens::logit_lens_markdown(&r);
     if let Some(dir) = &a.out_dir {
-        report::write_json_and_markdown(dir, "logit_lens", &r, &md)?;
+        report::write_json_and_markdown(dir, "logit_lens", &r, &md, &prov)?;
     }
-    ctx.output(to_json(&r), md.trim_end());
-    Ok(())
+    ctx.output(&prov, to_json(&r), md.trim_end())
 }
 
 // ---------------------------------------------------------------- detect
@@ -500,7 +529,12 @@ pub fn run_detect(ctx: &Ctx, a: DetectArgs) -> Result<()> {
         .inputs("--negative", &a.negative)
         .output_dir_opt("--out-dir", a.out_dir.as_ref())
         .check()?;
-    let s = Session::new(ctx, &a.sae, a.format, a.mask)?;
+    let mut prov = ctx.provenance("detect");
+    let s = Session::new(ctx, &mut prov, &a.sae, a.format, a.mask)?;
+    prov.input("base", &a.base)?
+        .inputs("positive", &a.positive)?
+        .inputs("negative", &a.negative)?;
+    prov.option("latents", &a.latents).option("top", a.top);
     s.precheck(&a.base, &[&a.positive, &a.negative])?;
     let base = s.measure(ctx, &a.base)?;
     let pos = s.measure_all(ctx, &a.positive)?;
@@ -518,10 +552,9 @@ pub fn run_detect(ctx: &Ctx, a: DetectArgs) -> Result<()> {
         },
     )?;
     if let Some(dir) = &a.out_dir {
-        report::write_detect_outputs(dir, &r)?;
+        report::write_detect_outputs(dir, &r, &prov)?;
     }
-    ctx.output(to_json(&r), report::detect_markdown(&r).trim_end());
-    Ok(())
+    ctx.output(&prov, to_json(&r), report::detect_markdown(&r).trim_end())
 }
 
 // ---------------------------------------------------------------- monitor
@@ -562,7 +595,12 @@ pub fn run_monitor(ctx: &Ctx, a: MonitorArgs) -> Result<()> {
         .inputs("--checkpoints", &a.checkpoints)
         .output_dir_opt("--out-dir", a.out_dir.as_ref())
         .check()?;
-    let s = Session::new(ctx, &a.sae, a.format, a.mask)?;
+    let mut prov = ctx.provenance("monitor");
+    let s = Session::new(ctx, &mut prov, &a.sae, a.format, a.mask)?;
+    prov.input("base", &a.base)?
+        .inputs("checkpoints", &a.checkpoints)?;
+    prov.option("latents", &a.latents)
+        .option("threshold", &a.threshold);
     workflow::check_latents(&a.latents, s.engine.sae().n_latents())?;
     s.precheck(&a.base, &[&a.checkpoints])?;
     let base = s.measure(ctx, &a.base)?;
@@ -580,10 +618,9 @@ pub fn run_monitor(ctx: &Ctx, a: MonitorArgs) -> Result<()> {
         &alarms,
     )?;
     if let Some(dir) = &a.out_dir {
-        report::write_monitor_outputs(dir, &r)?;
+        report::write_monitor_outputs(dir, &r, &prov)?;
     }
-    ctx.output(to_json(&r), report::monitor_markdown(&r).trim_end());
-    Ok(())
+    ctx.output(&prov, to_json(&r), report::monitor_markdown(&r).trim_end())
 }
 
 // ---------------------------------------------------------------- top-examples
@@ -639,7 +676,19 @@ pub fn run_top_examples(ctx: &Ctx, a: TopExamplesArgs) -> Result<()> {
         .as_deref()
         .map(Vocab::from_tokenizer_json)
         .transpose()?;
-    let s = Session::new(ctx, &a.sae, a.format, a.mask)?;
+    let mut prov = ctx.provenance("top-examples");
+    let s = Session::new(ctx, &mut prov, &a.sae, a.format, a.mask)?;
+    prov.input("acts", &a.acts)?;
+    if let Some(t) = &a.compare {
+        prov.input("compare", t)?;
+    }
+    if let Some(t) = &a.tokenizer {
+        prov.input("tokenizer", t)?;
+    }
+    prov.option("latent", a.latent)
+        .option("top", a.top)
+        .option("context", a.context)
+        .option("bins", a.bins);
     let scan = |path: &Path| -> Result<top_examples::TopExamplesReport> {
         let dump = Dump::open(path)?;
         let pb = ctx.progress(
@@ -683,13 +732,12 @@ pub fn run_top_examples(ctx: &Ctx, a: TopExamplesArgs) -> Result<()> {
         let json = serde_json::json!({ "latent": a.latent, "base": to_json(&r), "tuned": to_json(&tuned) });
         if let Some(dir) = &a.out_dir {
             let stem = format!("latent_{}_compare", a.latent);
-            report::write_json_and_markdown(dir, &stem, &json, &md)?;
+            report::write_json_and_markdown(dir, &stem, &json, &md, &prov)?;
         }
-        ctx.output(json, md.trim_end());
-        return Ok(());
+        return ctx.output(&prov, json, md.trim_end());
     }
     if let Some(dir) = &a.out_dir {
-        report::write_top_examples_outputs(dir, &r)?;
+        report::write_top_examples_outputs(dir, &r, &prov)?;
     }
     let mut h = format!(
         "latent {}: active on {} of {} tokens, max {:.4}\n",
@@ -713,8 +761,7 @@ pub fn run_top_examples(ctx: &Ctx, a: TopExamplesArgs) -> Result<()> {
         r.histogram.counts,
         r.histogram.zeros
     );
-    ctx.output(to_json(&r), &h);
-    Ok(())
+    ctx.output(&prov, to_json(&r), &h)
 }
 
 // ---------------------------------------------------------------- demo
@@ -738,6 +785,8 @@ pub fn run_demo(ctx: &Ctx, a: DemoArgs) -> Result<()> {
         .output_dir_opt("--out-dir", a.out_dir.as_ref())
         .check()?;
     let backend = BackendKind::parse(&ctx.g.backend, ctx.g.device.unwrap_or(0))?;
+    let mut prov = ctx.provenance("demo");
+    prov.option("seed", a.seed).option("tokens", a.tokens);
     ctx.note("building a synthetic audit (SAE d=256, 4096 latents; base, 4 misaligned, 3 aligned fine-tunes, 6 checkpoints)");
     let r = demo::run(&demo::DemoOptions {
         out_dir: a.out_dir,
@@ -768,14 +817,20 @@ pub fn run_demo(ctx: &Ctx, a: DemoArgs) -> Result<()> {
         r.folder.display()
     );
     let json = serde_json::json!({
-        "folder": r.folder, "backend": r.backend, "all_ok": r.all_ok, "seconds": r.seconds,
+        "folder": r.folder.to_string_lossy(), "backend": r.backend, "all_ok": r.all_ok, "seconds": r.seconds,
         "planted": to_json(&r.planted), "checks": to_json(&r.checks),
     });
-    ctx.output(json, &h);
-    if !r.all_ok {
-        return Err(Error::invalid(
-            "the demo did not recover every planted effect (see above)",
-        ));
+    prov.option("engine", &r.backend);
+    if r.all_ok {
+        return ctx.output(&prov, json, &h);
     }
-    Ok(())
+    // Under --json, stdout holds one object: the error, with the checks as its detail.
+    if ctx.g.json {
+        ctx.set_error_detail(prov.attach(json));
+    } else {
+        crate::common::print_stdout(&h)?;
+    }
+    Err(Error::invalid(
+        "the demo did not recover every planted effect (see above)",
+    ))
 }
