@@ -71,15 +71,43 @@ pub fn encode_dump_to_file(
     Ok(s)
 }
 
+/// Maps the row number of a non-finite error (input or pre-activation) through `at`.
+fn with_row(e: Error, at: impl Fn(u64) -> u64) -> Error {
+    match e {
+        Error::NonFinite { context, row } => Error::NonFinite {
+            context,
+            row: at(row),
+        },
+        Error::SaeNonFinite {
+            sae,
+            latent,
+            value,
+            row,
+            input,
+        } => Error::SaeNonFinite {
+            sae,
+            latent,
+            value,
+            row: at(row),
+            input,
+        },
+        other => other,
+    }
+}
+
+/// The shard file a batch came from (the dump's path when it has no shard list).
+fn shard_name(dump: &Dump, batch: &Batch) -> String {
+    dump.shards()
+        .get(batch.shard)
+        .map(|s| s.path().display().to_string())
+        .unwrap_or_else(|| dump.path().display().to_string())
+}
+
 /// Names the shard file in an encode error that only knows a row number.
 fn in_shard(e: Error, dump: &Dump, batch: &Batch) -> Error {
     match e {
         Error::NonFinite { context, row } => {
-            let shard = dump
-                .shards()
-                .get(batch.shard)
-                .map(|s| s.path().display().to_string())
-                .unwrap_or_else(|| dump.path().display().to_string());
+            let shard = shard_name(dump, batch);
             Error::NonFinite {
                 context: if context.is_empty() {
                     shard
@@ -89,6 +117,19 @@ fn in_shard(e: Error, dump: &Dump, batch: &Batch) -> Error {
                 row,
             }
         }
+        Error::SaeNonFinite {
+            sae,
+            latent,
+            value,
+            row,
+            input,
+        } if input.is_empty() => Error::SaeNonFinite {
+            sae,
+            latent,
+            value,
+            row,
+            input: format!(" of {}", shard_name(dump, batch)),
+        },
         other => other,
     }
 }
@@ -143,17 +184,11 @@ pub fn stats_of_dump_into(
                     for r in &kept {
                         x.extend_from_slice(&batch.acts[r * d..(r + 1) * d]);
                     }
-                    let enc = engine.encode(&x, kept.len(), 0).map_err(|e| match e {
-                        Error::NonFinite { context, row } => in_shard(
-                            Error::NonFinite {
-                                context,
-                                row: batch.start
-                                    + kept.get(row as usize).copied().unwrap_or(0) as u64,
-                            },
-                            dump,
-                            &batch,
-                        ),
-                        other => other,
+                    let enc = engine.encode(&x, kept.len(), 0).map_err(|e| {
+                        let at = |row: u64| {
+                            batch.start + kept.get(row as usize).copied().unwrap_or(0) as u64
+                        };
+                        in_shard(with_row(e, at), dump, &batch)
                     })?;
                     engine.accumulate(&mut stats, &enc.codes, None)?;
                 }

@@ -7,7 +7,7 @@ use sae_engine::io::codes::CodesReader;
 use sae_engine::{Dump, Format, Result};
 use serde_json::json;
 
-use crate::common::{parse_format, rate, Ctx};
+use crate::common::{parse_format, rate, Ctx, LoadFlags};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -26,11 +26,17 @@ pub struct Args {
     /// Force the SAE format instead of detecting it.
     #[arg(long, value_parser = parse_format)]
     pub format: Option<Format>,
+    #[command(flatten)]
+    pub load: LoadFlags,
+    /// Accept a codes file that records no SAE fingerprint (written by another tool);
+    /// without it such a file is refused, since nothing ties it to this SAE.
+    #[arg(long)]
+    pub allow_unfingerprinted: bool,
 }
 
 pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
-    let sae = ctx.load_sae(&a.sae, a.format)?;
-    let codes = CodesReader::open(&a.codes)?;
+    let sae = ctx.load_sae(&a.sae, a.format, &a.load)?;
+    let codes = CodesReader::open(&a.codes)?.allow_unfingerprinted(a.allow_unfingerprinted);
     codes.check_fingerprint(&sae.fingerprint())?;
     let dump = a.acts.as_ref().map(Dump::open).transpose()?;
     let engine = ctx.engine(sae)?;

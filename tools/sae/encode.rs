@@ -6,7 +6,7 @@ use std::time::Instant;
 use sae_engine::{Dump, Format, Result};
 use serde_json::json;
 
-use crate::common::{parse_format, rate, Ctx};
+use crate::common::{parse_format, rate, Ctx, LoadFlags};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -22,10 +22,12 @@ pub struct Args {
     /// Force the SAE format instead of detecting it.
     #[arg(long, value_parser = parse_format)]
     pub format: Option<Format>,
+    #[command(flatten)]
+    pub load: LoadFlags,
 }
 
 pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
-    let sae = ctx.load_sae(&a.sae, a.format)?;
+    let sae = ctx.load_sae(&a.sae, a.format, &a.load)?;
     let dump = Dump::open(&a.acts)?;
     dump.check_width(sae.d_in())?;
     let engine = ctx.engine(sae)?;

@@ -11,7 +11,7 @@ use sae_engine::scaleout::{self, Devices, FanOutOptions, FanOutReport, StatsJob}
 use sae_engine::{Dump, Error, Format, LatentStats, Result, Sae};
 use serde_json::json;
 
-use crate::common::{parse_format, rate, Ctx};
+use crate::common::{parse_format, rate, Ctx, LoadFlags};
 
 #[derive(clap::Args, Debug)]
 #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
@@ -36,6 +36,8 @@ pub struct Args {
     /// Force the SAE format instead of detecting it.
     #[arg(long, value_parser = parse_format)]
     pub format: Option<Format>,
+    #[command(flatten)]
+    pub load: LoadFlags,
     /// Split the shard files over several devices, one worker each: CUDA device
     /// indices (0,1 or cuda:0,cuda:1), cpu, or cpu:N for N CPU workers (overrides
     /// --backend/--device). A failed shard is reported with its device; rerunning the
@@ -101,7 +103,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
             "sae stats needs --sae, --acts and --out (or `sae stats merge`)",
         ));
     };
-    let sae = ctx.load_sae(&sae_path, a.format)?;
+    let sae = ctx.load_sae(&sae_path, a.format, &a.load)?;
     if let Some(devices) = &a.devices {
         let work_dir = a.work_dir.unwrap_or_else(|| default_work_dir(&out));
         let units = scaleout::shard_units(&acts, a.shard)?;

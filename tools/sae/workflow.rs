@@ -10,7 +10,7 @@ use sae_engine::workflow::{
 };
 use sae_engine::{BackendKind, Dump, Engine, Error, Format, Result};
 
-use crate::common::{parse_format, Ctx};
+use crate::common::{parse_format, Ctx, LoadFlags};
 
 fn stats_opts(ctx: &Ctx, mask: bool) -> StatsOptions {
     StatsOptions {
@@ -31,8 +31,14 @@ struct Session {
 }
 
 impl Session {
-    fn new(ctx: &Ctx, sae: &Path, format: Option<Format>, mask: bool) -> Result<Session> {
-        let sae = ctx.load_sae(sae, format)?;
+    fn new(
+        ctx: &Ctx,
+        sae: &Path,
+        format: Option<Format>,
+        load: &LoadFlags,
+        mask: bool,
+    ) -> Result<Session> {
+        let sae = ctx.load_sae(sae, format, load)?;
         let fingerprint = sae.fingerprint();
         Ok(Session {
             engine: ctx.engine(sae)?,
@@ -95,11 +101,13 @@ pub struct DiffArgs {
     /// Force the SAE format instead of detecting it.
     #[arg(long, value_parser = parse_format)]
     pub format: Option<Format>,
+    #[command(flatten)]
+    pub load: LoadFlags,
 }
 
 pub fn run_diff(ctx: &Ctx, a: DiffArgs) -> Result<()> {
     let order = diff::DiffOrder::parse(&a.order)?;
-    let s = Session::new(ctx, &a.sae, a.format, a.mask)?;
+    let s = Session::new(ctx, &a.sae, a.format, &a.load, a.mask)?;
     let base = s.measure(ctx, &a.base)?;
     let tuned = s.measure_all(ctx, &a.tuned)?;
     workflow::check_pairing(&base, &tuned)?;
@@ -204,6 +212,8 @@ pub struct SteerArgs {
     /// Force the SAE format instead of detecting it.
     #[arg(long, value_parser = parse_format)]
     pub sae_format: Option<Format>,
+    #[command(flatten)]
+    pub load: LoadFlags,
 }
 
 pub fn run_steer(ctx: &Ctx, a: SteerArgs) -> Result<()> {
@@ -229,7 +239,7 @@ pub fn run_steer(ctx: &Ctx, a: SteerArgs) -> Result<()> {
     if a.apply && a.acts.is_none() {
         return Err(Error::invalid("--apply needs --acts DUMP"));
     }
-    let s = Session::new(ctx, &a.sae, a.sae_format, a.mask)?;
+    let s = Session::new(ctx, &a.sae, a.sae_format, &a.load, a.mask)?;
     let dump = a.acts.as_ref().map(Dump::open).transpose()?;
     let terms: Vec<steer::SteerTerm> = a
         .latent
@@ -311,10 +321,12 @@ pub struct DetectArgs {
     /// Force the SAE format instead of detecting it.
     #[arg(long, value_parser = parse_format)]
     pub format: Option<Format>,
+    #[command(flatten)]
+    pub load: LoadFlags,
 }
 
 pub fn run_detect(ctx: &Ctx, a: DetectArgs) -> Result<()> {
-    let s = Session::new(ctx, &a.sae, a.format, a.mask)?;
+    let s = Session::new(ctx, &a.sae, a.format, &a.load, a.mask)?;
     let base = s.measure(ctx, &a.base)?;
     let pos = s.measure_all(ctx, &a.positive)?;
     let neg = s.measure_all(ctx, &a.negative)?;
@@ -366,10 +378,12 @@ pub struct MonitorArgs {
     /// Force the SAE format instead of detecting it.
     #[arg(long, value_parser = parse_format)]
     pub format: Option<Format>,
+    #[command(flatten)]
+    pub load: LoadFlags,
 }
 
 pub fn run_monitor(ctx: &Ctx, a: MonitorArgs) -> Result<()> {
-    let s = Session::new(ctx, &a.sae, a.format, a.mask)?;
+    let s = Session::new(ctx, &a.sae, a.format, &a.load, a.mask)?;
     workflow::check_latents(&a.latents, s.engine.sae().n_latents())?;
     let base = s.measure(ctx, &a.base)?;
     let cks = s.measure_all(ctx, &a.checkpoints)?;
@@ -426,6 +440,8 @@ pub struct TopExamplesArgs {
     /// Force the SAE format instead of detecting it.
     #[arg(long, value_parser = parse_format)]
     pub format: Option<Format>,
+    #[command(flatten)]
+    pub load: LoadFlags,
 }
 
 pub fn run_top_examples(ctx: &Ctx, a: TopExamplesArgs) -> Result<()> {
@@ -434,7 +450,7 @@ pub fn run_top_examples(ctx: &Ctx, a: TopExamplesArgs) -> Result<()> {
         .as_deref()
         .map(Vocab::from_tokenizer_json)
         .transpose()?;
-    let s = Session::new(ctx, &a.sae, a.format, a.mask)?;
+    let s = Session::new(ctx, &a.sae, a.format, &a.load, a.mask)?;
     let dump = Dump::open(&a.acts)?;
     let pb = ctx.progress(dump.n_rows(), "scanning");
     let r = top_examples::top_examples_with_progress(
