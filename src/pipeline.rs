@@ -72,27 +72,11 @@ pub fn encode_dump_to_file(
 }
 
 /// Maps the row number of a non-finite error (input or pre-activation) through `at`.
-fn with_row(e: Error, at: impl Fn(u64) -> u64) -> Error {
-    match e {
-        Error::NonFinite { context, row } => Error::NonFinite {
-            context,
-            row: at(row),
-        },
-        Error::SaeNonFinite {
-            sae,
-            latent,
-            value,
-            row,
-            input,
-        } => Error::SaeNonFinite {
-            sae,
-            latent,
-            value,
-            row: at(row),
-            input,
-        },
-        other => other,
+fn with_row(mut e: Error, at: impl Fn(u64) -> u64) -> Error {
+    if let Error::NonFinite { row, .. } | Error::SaeNonFinite { row, .. } = &mut e {
+        *row = at(*row);
     }
+    e
 }
 
 /// The shard file a batch came from (the dump's path when it has no shard list).
@@ -104,34 +88,22 @@ fn shard_name(dump: &Dump, batch: &Batch) -> String {
 }
 
 /// Names the shard file in an encode error that only knows a row number.
-fn in_shard(e: Error, dump: &Dump, batch: &Batch) -> Error {
-    match e {
-        Error::NonFinite { context, row } => {
+fn in_shard(mut e: Error, dump: &Dump, batch: &Batch) -> Error {
+    match &mut e {
+        Error::NonFinite { context, .. } => {
             let shard = shard_name(dump, batch);
-            Error::NonFinite {
-                context: if context.is_empty() {
-                    shard
-                } else {
-                    format!("{shard} ({context})")
-                },
-                row,
-            }
+            *context = if context.is_empty() {
+                shard
+            } else {
+                format!("{shard} ({context})")
+            };
         }
-        Error::SaeNonFinite {
-            sae,
-            latent,
-            value,
-            row,
-            input,
-        } if input.is_empty() => Error::SaeNonFinite {
-            sae,
-            latent,
-            value,
-            row,
-            input: format!(" of {}", shard_name(dump, batch)),
-        },
-        other => other,
+        Error::SaeNonFinite { input, .. } if input.is_empty() => {
+            *input = format!(" of {}", shard_name(dump, batch));
+        }
+        _ => {}
     }
+    e
 }
 
 /// Per-latent statistics of `dump` under the engine's SAE. With `use_mask`, rows whose

@@ -457,7 +457,14 @@ fn corrupt_inputs_are_refused_naming_the_file() {
     st.sum[2] = f64::NAN;
     sae_engine::io::stats::write(&tuned, &st).unwrap();
     let e = fails(&[
-        "-q", "diff", "--sae", arg(sae), "--base", arg(&base), "--tuned", arg(&tuned),
+        "-q",
+        "diff",
+        "--sae",
+        arg(sae),
+        "--base",
+        arg(&base),
+        "--tuned",
+        arg(&tuned),
     ]);
     assert!(
         e.contains("tuned.safetensors") && e.contains("`sum` of latent 2 is NaN"),
@@ -468,7 +475,13 @@ fn corrupt_inputs_are_refused_naming_the_file() {
     let codes = fx.path("codes.safetensors");
     ok_json(&acts_cmd("encode", sae, dump, &codes, &[]));
     let (enc, _) = sae_engine::io::codes::read(&codes).unwrap();
-    let Codes::TopK { n, k, indices, values } = &enc.codes else {
+    let Codes::TopK {
+        n,
+        k,
+        indices,
+        values,
+    } = &enc.codes
+    else {
         panic!("expected top-k codes")
     };
     let bare = fx.path("bare.safetensors");
@@ -504,37 +517,64 @@ fn corrupt_inputs_are_refused_naming_the_file() {
     )
     .unwrap();
     let r2 = fx.path("r2.npy");
-    let e = fails(&decode_cmd(sae, &bare, &r2, &["--allow-unfingerprinted", "-q"]));
+    let e = fails(&decode_cmd(
+        sae,
+        &bare,
+        &r2,
+        &["--allow-unfingerprinted", "-q"],
+    ));
     assert!(e.contains("bare.safetensors") && e.contains("row 5"), "{e}");
     assert!(!r2.exists());
 }
 
 #[test]
 fn inspect_says_which_library_convention_applies() {
-    let fx = |p: &str| Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(p);
+    let fx = |p: &str| {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(p)
+    };
     let dl = fx("dictionary_learning/autoencoder");
     let j = ok_json(&["inspect", arg(&dl)]);
     let conv = j["conventions"][0].as_str().unwrap();
-    assert!(conv.contains("from_pretrained") && conv.contains("folded"), "{conv}");
+    assert!(
+        conv.contains("from_pretrained") && conv.contains("folded"),
+        "{conv}"
+    );
     let raw = ok_json(&["inspect", arg(&dl), "--dl-convention", "raw"]);
-    assert!(raw["conventions"][0].as_str().unwrap().contains("raw"), "{raw}");
+    assert!(
+        raw["conventions"][0].as_str().unwrap().contains("raw"),
+        "{raw}"
+    );
     // The two readings encode differently, so their codes must not mix.
     assert_ne!(j["fingerprint"], raw["fingerprint"]);
     let out = run_sae(&["inspect", arg(&dl)]);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("convention") && text.contains("from_pretrained"), "{text}");
+    assert!(
+        text.contains("convention") && text.contains("from_pretrained"),
+        "{text}"
+    );
 
     // A normalization whose constant is missing: a warning on stderr and in the JSON.
     let ea = fx("saelens6/expected_average");
     let out = run_sae(&["inspect", arg(&ea)]);
     assert!(out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("warning") && err.contains("--norm-scale"), "{err}");
+    assert!(
+        err.contains("warning") && err.contains("--norm-scale"),
+        "{err}"
+    );
     let j = ok_json(&["inspect", arg(&ea)]);
     assert_eq!(j["normalization"], "none");
     assert_eq!(j["warnings"].as_array().unwrap().len(), 1);
     let j = ok_json(&["inspect", arg(&ea), "--norm-scale", "0.37"]);
-    assert!(j["normalization"].as_str().unwrap().starts_with("scale by 0.37"), "{j}");
+    assert!(
+        j["normalization"]
+            .as_str()
+            .unwrap()
+            .starts_with("scale by 0.37"),
+        "{j}"
+    );
     assert!(j["warnings"].as_array().unwrap().is_empty());
     // The flag on an SAE without that normalization is an error, not ignored.
     let e = fails(&["inspect", arg(&dl), "--norm-scale", "0.37"]);

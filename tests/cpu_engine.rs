@@ -432,7 +432,9 @@ fn nan_weights_are_an_error_not_dropped() {
                 assert_eq!((*row, *latent), (5, 17));
                 let msg = e.to_string();
                 assert!(
-                    msg.contains("latent 17") && msg.contains("W_enc row 17") && msg.contains("finite input row 5"),
+                    msg.contains("latent 17")
+                        && msg.contains("W_enc row 17")
+                        && msg.contains("finite input row 5"),
                     "{msg}"
                 );
             }

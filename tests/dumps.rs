@@ -506,10 +506,15 @@ fn codes_without_or_with_another_fingerprint_are_refused() {
     let r = CodesReader::open(&p).unwrap();
     let e = r.check_fingerprint("abc").unwrap_err().to_string();
     assert!(
-        e.contains("nofp.safetensors") && e.contains("fingerprint") && e.contains("--allow-unfingerprinted"),
+        e.contains("nofp.safetensors")
+            && e.contains("fingerprint")
+            && e.contains("--allow-unfingerprinted"),
         "{e}"
     );
-    assert!(r.allow_unfingerprinted(true).check_fingerprint("abc").is_ok());
+    assert!(r
+        .allow_unfingerprinted(true)
+        .check_fingerprint("abc")
+        .is_ok());
     // an explicit allowance never lets a wrong fingerprint through
     let q = dir.path().join("fp.safetensors");
     codes::write(&q, &topk_codes(), "abc").unwrap();
@@ -522,7 +527,10 @@ fn non_finite_code_values_are_refused_naming_file_and_row() {
     let dir = tempfile::tempdir().unwrap();
     // TopK: row 2 holds a NaN in its second slot.
     let mut enc = topk_codes();
-    let Codes::TopK { k, values, indices, .. } = &mut enc.codes else {
+    let Codes::TopK {
+        k, values, indices, ..
+    } = &mut enc.codes
+    else {
         unreachable!()
     };
     let k = *k;
@@ -532,7 +540,10 @@ fn non_finite_code_values_are_refused_naming_file_and_row() {
     codes::write(&p, &enc, "fp").unwrap();
     let e = codes::read(&p).err().unwrap().to_string();
     assert!(
-        e.contains("t.safetensors") && e.contains("row 2") && e.contains(&format!("latent {latent}")) && e.contains("NaN"),
+        e.contains("t.safetensors")
+            && e.contains("row 2")
+            && e.contains(&format!("latent {latent}"))
+            && e.contains("NaN"),
         "{e}"
     );
     // rows read in a range report the row counted from the file's start

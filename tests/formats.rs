@@ -674,7 +674,9 @@ fn saelens_refusals_name_the_file() {
         assert_eq!(sae.normalization, Normalization::None);
         let w = sae.meta.warnings.join(" ");
         assert!(
-            w.contains("cfg.json") && w.contains("expected_average_only_in") && w.contains("--norm-scale"),
+            w.contains("cfg.json")
+                && w.contains("expected_average_only_in")
+                && w.contains("--norm-scale"),
             "{w}"
         );
     }

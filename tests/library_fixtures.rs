@@ -70,7 +70,10 @@ fn matches_library(dir: &Path, opts: &LoadOptions, codes_name: &str, recon_name:
 
 /// The largest absolute difference between two vectors.
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 #[test]
@@ -80,7 +83,10 @@ fn saelens5_finetuning_scaling_factor_is_applied_before_decoding() {
         let sae = matches_library(&dir, &LoadOptions::default(), "codes", "recon");
         assert!(sae.scales.decode_scale.is_some());
         assert!(
-            sae.meta.conventions.iter().any(|c| c.contains("finetuning_scaling_factor")),
+            sae.meta
+                .conventions
+                .iter()
+                .any(|c| c.contains("finetuning_scaling_factor")),
             "{:?}",
             sae.meta.conventions
         );
@@ -99,7 +105,10 @@ fn saelens_batchtopk_with_decoder_norm_rescale_matches_its_inference_form() {
     assert_eq!(sae.meta.architecture, "batchtopk");
     assert!(sae.scales.code_scale.is_some());
     assert!(
-        sae.meta.conventions.iter().any(|c| c.contains("rescale_acts_by_decoder_norm")),
+        sae.meta
+            .conventions
+            .iter()
+            .any(|c| c.contains("rescale_acts_by_decoder_norm")),
         "{:?}",
         sae.meta.conventions
     );
@@ -136,7 +145,12 @@ fn saelens_normalizations_without_their_constant_load_as_identity_with_a_warning
 #[test]
 fn dictionary_learning_autoencoder_default_is_from_pretrained_and_raw_on_request() {
     let dir = fixture("dictionary_learning/autoencoder");
-    let sae = matches_library(&dir, &LoadOptions::default(), "codes_folded", "recon_folded");
+    let sae = matches_library(
+        &dir,
+        &LoadOptions::default(),
+        "codes_folded",
+        "recon_folded",
+    );
     assert!(sae.meta.conventions[0].contains("from_pretrained"));
     let raw = LoadOptions {
         dl_convention: DlConvention::Raw,
@@ -145,7 +159,12 @@ fn dictionary_learning_autoencoder_default_is_from_pretrained_and_raw_on_request
     let sae = matches_library(&dir, &raw, "codes_raw", "recon_raw");
     assert!(sae.meta.conventions[0].contains("raw"));
     // The two conventions really differ on this SAE (by the decoder norms).
-    assert!(max_diff(&oracle(&dir, "codes_folded").1, &oracle(&dir, "codes_raw").1) > 1e-2);
+    assert!(
+        max_diff(
+            &oracle(&dir, "codes_folded").1,
+            &oracle(&dir, "codes_raw").1
+        ) > 1e-2
+    );
 }
 
 #[test]
@@ -158,7 +177,11 @@ fn dictionary_learning_matryoshka_batchtopk_loads_with_its_threshold() {
 #[test]
 fn folded_conventions_survive_conversion_to_saelens() {
     for (dir, codes, recon) in [
-        ("dictionary_learning/autoencoder", "codes_folded", "recon_folded"),
+        (
+            "dictionary_learning/autoencoder",
+            "codes_folded",
+            "recon_folded",
+        ),
         ("saelens5/finetuning_scaling_disk", "codes", "recon"),
         ("saelens6/batchtopk_rescale", "codes", "recon"),
     ] {

@@ -203,9 +203,7 @@ pub fn preactivations(sae: &Sae, x: &[f32]) -> (Vec<f32>, Option<RowDenorm>) {
 /// that value: how a backend that only knows *which row* went wrong names the latent.
 pub fn first_non_finite_latent(sae: &Sae, x: &[f32]) -> Option<(usize, f32)> {
     let (h, _) = preactivations(sae, x);
-    h.iter()
-        .position(|v| !v.is_finite())
-        .map(|i| (i, h[i]))
+    h.iter().position(|v| !v.is_finite()).map(|i| (i, h[i]))
 }
 
 /// Dense reference encode: same contract as `Engine::encode`.

@@ -298,10 +298,9 @@ impl CudaEngine {
                 let (bad, retry) = (flags[0], flags[1]);
                 if bad != i32::MAX {
                     let r = s + bad as usize;
-                    return Err(self.bad_preactivation(
-                        row_offset + r as u64,
-                        &x[r * d..(r + 1) * d],
-                    ));
+                    return Err(
+                        self.bad_preactivation(row_offset + r as u64, &x[r * d..(r + 1) * d])
+                    );
                 }
                 if retry != i32::MAX {
                     redo.push(c);
@@ -456,10 +455,8 @@ impl CudaEngine {
                         Ok(c) => c,
                         Err(r) => {
                             let r = s + r;
-                            return Err(self.bad_preactivation(
-                                row_offset + r as u64,
-                                &x[r * d..(r + 1) * d],
-                            ));
+                            return Err(self
+                                .bad_preactivation(row_offset + r as u64, &x[r * d..(r + 1) * d]));
                         }
                     };
                 out.append(&Codes::Csr {
@@ -704,7 +701,10 @@ impl Engine for CudaEngine {
     fn device_ptr(&self) -> Option<&dyn DevicePtrOps> {
         // Per-latent code scales are applied on the host; device-pointer callers
         // would get codes without them, so those SAEs have no device-pointer path.
-        self.sae.scales.is_empty().then_some(self as &dyn DevicePtrOps)
+        self.sae
+            .scales
+            .is_empty()
+            .then_some(self as &dyn DevicePtrOps)
     }
 }
 

@@ -418,7 +418,7 @@ fn fold_decoder_norms(sae: &mut Sae, convention: DlConvention) -> Result<()> {
         );
         return Ok(());
     }
-    if let Some(i) = norms.iter().position(|n| !(*n > 0.0)) {
+    if let Some(i) = norms.iter().position(|n| n.is_nan() || *n <= 0.0) {
         return Err(Error::format(
             &sae.meta.source,
             format!(

@@ -19,9 +19,9 @@ use crate::matrix::Matrix;
 use crate::sae::{Activation, Format, Normalization, Sae, SaeMeta};
 
 use super::common::{
-    bytes_to_f32, check_finite, check_matrix_shape, check_scaling_factor, dims_from_biases, f64_bytes_to_f32,
-    layer_from_hook, map_str, matrix_from_bytes, matrix_from_tensor, vector_from_tensor, Cfg,
-    Stored,
+    bytes_to_f32, check_finite, check_matrix_shape, check_scaling_factor, dims_from_biases,
+    f64_bytes_to_f32, layer_from_hook, map_str, matrix_from_bytes, matrix_from_tensor,
+    vector_from_tensor, Cfg, Stored,
 };
 use super::npz::{Npz, NpzArray};
 

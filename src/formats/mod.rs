@@ -155,7 +155,11 @@ pub fn load(path: impl AsRef<Path>, format: Option<Format>) -> Result<Sae> {
 }
 
 /// [`load`] with the choices in `opts`.
-pub fn load_with(path: impl AsRef<Path>, format: Option<Format>, opts: &LoadOptions) -> Result<Sae> {
+pub fn load_with(
+    path: impl AsRef<Path>,
+    format: Option<Format>,
+    opts: &LoadOptions,
+) -> Result<Sae> {
     let path = path.as_ref();
     if !path.exists() {
         return Err(Error::io(
@@ -183,7 +187,9 @@ pub fn load_with(path: impl AsRef<Path>, format: Option<Format>, opts: &LoadOpti
         Format::OpenAi => openai::load(path),
     }?;
     // Only the SAELens loader takes the constant; anywhere else it would be ignored.
-    if opts.norm_scale.is_some() && !matches!(sae.normalization, crate::sae::Normalization::Scale { .. }) {
+    if opts.norm_scale.is_some()
+        && !matches!(sae.normalization, crate::sae::Normalization::Scale { .. })
+    {
         return Err(Error::invalid(format!(
             "--norm-scale was given, but {} does not use normalize_activations = \
              expected_average_only_in",

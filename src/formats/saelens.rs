@@ -118,9 +118,11 @@ fn parse_normalization(cfg: &Cfg, norm_scale: Option<f32>) -> Result<ParsedNorma
             )),
             None => Ok((
                 Normalization::None,
-                vec!["normalize_activations expected_average_only_in read as the identity \
+                vec![
+                    "normalize_activations expected_average_only_in read as the identity \
                       (SAELens load_from_disk)"
-                    .into()],
+                        .into(),
+                ],
                 vec![format!(
                     "{}: normalize_activations = expected_average_only_in needs the dataset's \
                      norm scaling factor (sqrt(d_in) / mean ||x||), which cfg.json does not \
@@ -132,9 +134,11 @@ fn parse_normalization(cfg: &Cfg, norm_scale: Option<f32>) -> Result<ParsedNorma
         },
         "covariance_whitening" => Ok((
             Normalization::None,
-            vec!["normalize_activations covariance_whitening read as the identity \
+            vec![
+                "normalize_activations covariance_whitening read as the identity \
                   (SAELens load_from_disk)"
-                .into()],
+                    .into(),
+            ],
             vec![format!(
                 "{}: normalize_activations = covariance_whitening needs the whitening mean \
                  and matrix, which are not saved with the SAE; encoding without them (the \
@@ -380,16 +384,18 @@ fn finetuning_scaling_factor(
     l: usize,
 ) -> Result<Option<Vec<f32>>> {
     let flag = cfg.bool_opt("finetuning_scaling_factor")?.unwrap_or(false);
-    let tensor = match (st.get("finetuning_scaling_factor"), st.get("scaling_factor")) {
-        (Some(_), Some(_)) => {
-            return Err(Error::format(
+    let tensor =
+        match (
+            st.get("finetuning_scaling_factor"),
+            st.get("scaling_factor"),
+        ) {
+            (Some(_), Some(_)) => return Err(Error::format(
                 file,
                 "holds both `finetuning_scaling_factor` and `scaling_factor`; refusing to guess \
                  which one applies",
-            ))
-        }
-        (a, b) => a.or(b),
-    };
+            )),
+            (a, b) => a.or(b),
+        };
     let Some(t) = tensor else {
         if flag {
             return Err(Error::missing(

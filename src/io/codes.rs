@@ -702,14 +702,7 @@ impl CodesReader {
     /// start) and the latent. Runs on the values just read, so it costs one pass over
     /// memory that is hot anyway.
     fn check_finite_values(&self, codes: &Codes, start: usize) -> Result<()> {
-        let (indices, values) = match codes {
-            Codes::TopK {
-                indices, values, ..
-            }
-            | Codes::Csr {
-                indices, values, ..
-            } => (indices, values),
-        };
+        let (indices, values) = codes.entries();
         let Some(j) = values.iter().position(|v| !v.is_finite()) else {
             return Ok(());
         };

@@ -150,7 +150,9 @@ pub fn first_non_finite(
     match values.into_iter().enumerate().find(|(_, v)| !v.is_finite()) {
         Some((i, v)) => Err(Error::format(
             path,
-            format!("`{name}` of latent {i} is {v}; statistics must be finite (the file is corrupt)"),
+            format!(
+                "`{name}` of latent {i} is {v}; statistics must be finite (the file is corrupt)"
+            ),
         )),
         None => Ok(()),
     }
@@ -191,8 +193,14 @@ mod tests {
     #[test]
     fn non_finite_values_are_refused_naming_array_and_latent() {
         refused(|s| s.sum[1] = f64::NAN, "`sum` of latent 1 is NaN");
-        refused(|s| s.sum_sq[2] = f64::INFINITY, "`sum_sq` of latent 2 is inf");
-        refused(|s| s.max[0] = f32::NEG_INFINITY, "`max` of latent 0 is -inf");
+        refused(
+            |s| s.sum_sq[2] = f64::INFINITY,
+            "`sum_sq` of latent 2 is inf",
+        );
+        refused(
+            |s| s.max[0] = f32::NEG_INFINITY,
+            "`max` of latent 0 is -inf",
+        );
     }
 
     #[test]

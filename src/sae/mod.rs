@@ -17,8 +17,8 @@
 use std::borrow::Cow;
 use std::path::PathBuf;
 
-use crate::dtype::DType;
 use crate::codes::Codes;
+use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::matrix::Matrix;
 
@@ -377,14 +377,7 @@ impl Sae {
         let Some(c) = &self.scales.code_scale else {
             return;
         };
-        let (indices, values) = match codes {
-            Codes::TopK {
-                indices, values, ..
-            }
-            | Codes::Csr {
-                indices, values, ..
-            } => (indices, values),
-        };
+        let (indices, values) = codes.entries_mut();
         for (i, v) in indices.iter().zip(values.iter_mut()) {
             if *i >= 0 {
                 *v *= c[*i as usize];
@@ -406,14 +399,7 @@ impl Sae {
             s / c
         };
         let mut out = codes.clone();
-        let (indices, values) = match &mut out {
-            Codes::TopK {
-                indices, values, ..
-            }
-            | Codes::Csr {
-                indices, values, ..
-            } => (indices, values),
-        };
+        let (indices, values) = out.entries_mut();
         for (i, v) in indices.iter().zip(values.iter_mut()) {
             if *i >= 0 && (*i as usize) < l {
                 *v *= coeff(*i as usize);

@@ -88,7 +88,8 @@ impl LoadFlags {
 
 /// `--dl-convention` values.
 fn parse_dl_convention(s: &str) -> std::result::Result<sae_engine::formats::DlConvention, String> {
-    sae_engine::formats::DlConvention::parse(s).ok_or_else(|| format!("`{s}`: expected folded or raw"))
+    sae_engine::formats::DlConvention::parse(s)
+        .ok_or_else(|| format!("`{s}`: expected folded or raw"))
 }
 
 /// What every command gets: the global flags plus helpers built on them.
