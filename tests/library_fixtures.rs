@@ -196,3 +196,19 @@ fn folded_conventions_survive_conversion_to_saelens() {
         assert_close(&got_recon, &oracle(&dir, recon).1, "converted recon");
     }
 }
+
+#[test]
+fn a_given_norm_scale_is_folded_into_converted_weights() {
+    let dir = fixture("saelens6/expected_average");
+    let opts = LoadOptions {
+        norm_scale: Some(oracle(&dir, "norm_scale").1[0]),
+        ..LoadOptions::default()
+    };
+    let t = tempfile::tempdir().unwrap();
+    sae_engine::convert::convert_sae_with(&dir, None, &opts, t.path()).unwrap();
+    let back = formats::load(t.path(), None).unwrap();
+    assert!(back.meta.warnings.is_empty());
+    let (codes, recon, _) = run(back, &oracle(&dir, "x").1);
+    assert_close(&codes, &oracle(&dir, "codes_scaled").1, "converted codes");
+    assert_close(&recon, &oracle(&dir, "recon_scaled").1, "converted recon");
+}

@@ -10,6 +10,9 @@
 //! in the SAELens layout, so they are folded into the weights as SAELens itself folds
 //! them: encoder rows, b_enc and thresholds times the code scale, decoder rows times
 //! decode_scale / code_scale (those matrices then go through f32, a band at a time).
+//! An input scale c (expected_average_only_in with its constant) is folded the way
+//! SAELens's `fold_activation_norm_scaling_factor` does: W_enc times c, W_dec and b_dec
+//! divided by c.
 
 use std::fs::File;
 use std::io::{Seek, SeekFrom, Write};
@@ -101,17 +104,9 @@ pub fn cfg_json(sae: &Sae, dir: &Path) -> Result<Value> {
                 format!("SAELens layer_norm uses eps = 1e-5; this SAE uses {eps}"),
             ))
         }
-        // SAELens stores no constant for expected_average_only_in: writing the name
-        // would lose the factor.
-        Normalization::Scale { factor } => {
-            return Err(Error::format(
-                dir,
-                format!(
-                    "the input scale {factor} (expected_average_only_in) has no place in a \
-                     SAELens cfg.json; SAELens would read the SAE without it"
-                ),
-            ))
-        }
+        // SAELens stores no constant for expected_average_only_in: the factor is folded
+        // into the weights as its fold_activation_norm_scaling_factor does.
+        Normalization::Scale { .. } => "none",
     };
     if sae.scales.decode_scale.is_some() && sae.rescale_acts_by_decoder_norm {
         return Err(Error::format(
@@ -171,7 +166,7 @@ pub fn write_saelens(sae: &Sae, dir: &Path) -> Result<()> {
             source: Source::Matrix {
                 m: &sae.w_enc,
                 want: Layout::Transposed,
-                row_scale: sae.scales.code_scale.as_deref(),
+                row_scale: folded.enc_scale.as_deref(),
             },
         },
         Entry {
@@ -186,7 +181,7 @@ pub fn write_saelens(sae: &Sae, dir: &Path) -> Result<()> {
         },
     ];
     let mut vectors: Vec<(&'static str, &[f32])> =
-        vec![("b_enc", &folded.b_enc), ("b_dec", &sae.b_dec)];
+        vec![("b_enc", &folded.b_enc), ("b_dec", &folded.b_dec)];
     if let (Activation::JumpRelu, Some(t)) = (sae.activation, &folded.threshold) {
         vectors.push(("threshold", t));
     }
@@ -265,7 +260,9 @@ fn write_safetensors(target: &Path, tmp: &Path, entries: &[Entry]) -> Result<()>
 /// The vectors of `sae` with its per-latent scales folded in, and the decoder rows' factor.
 struct Folded {
     b_enc: Vec<f32>,
+    b_dec: Vec<f32>,
     threshold: Option<Vec<f32>>,
+    enc_scale: Option<Vec<f32>>,
     dec_scale: Option<Vec<f32>>,
 }
 
@@ -274,13 +271,21 @@ impl Folded {
         let l = sae.n_latents();
         let c = |i: usize| sae.scales.code_scale.as_ref().map_or(1.0, |c| c[i]);
         let s = |i: usize| sae.scales.decode_scale.as_ref().map_or(1.0, |s| s[i]);
+        let input = match sae.normalization {
+            Normalization::Scale { factor } => Some(factor),
+            _ => None,
+        };
+        let k = input.unwrap_or(1.0);
+        let scaled = !sae.scales.is_empty() || input.is_some();
         Folded {
             b_enc: (0..l).map(|i| sae.b_enc[i] * c(i)).collect(),
+            b_dec: sae.b_dec.iter().map(|b| b / k).collect(),
             threshold: sae
                 .threshold
                 .as_ref()
                 .map(|t| (0..l).map(|i| t[i] * c(i)).collect()),
-            dec_scale: (!sae.scales.is_empty()).then(|| (0..l).map(|i| s(i) / c(i)).collect()),
+            enc_scale: scaled.then(|| (0..l).map(|i| c(i) * k).collect()),
+            dec_scale: scaled.then(|| (0..l).map(|i| s(i) / c(i) / k).collect()),
         }
     }
 }

@@ -4,12 +4,12 @@
 
 use std::path::PathBuf;
 
-use sae_engine::convert::{convert_dump, convert_sae, DumpConvertOptions};
+use sae_engine::convert::{convert_dump, convert_sae_with, DumpConvertOptions};
 use sae_engine::dump::{arrow, Dump};
 use sae_engine::{DType, Error, Format, Result};
 use serde_json::json;
 
-use crate::common::{parse_format, Ctx};
+use crate::common::{parse_format, Ctx, LoadFlags};
 
 #[derive(Debug, clap::Args)]
 pub struct ConvertArgs {
@@ -29,6 +29,8 @@ pub enum ConvertWhat {
         /// Force the source format.
         #[arg(long, value_parser = parse_format)]
         format: Option<Format>,
+        #[command(flatten)]
+        load: LoadFlags,
     },
     /// Write a dump or activation cache as safetensors shards with `activations` (+ token_ids, mask).
     Dump {
@@ -51,8 +53,13 @@ pub enum ConvertWhat {
 
 pub fn run(ctx: &Ctx, args: ConvertArgs) -> Result<()> {
     match args.what {
-        ConvertWhat::Sae { input, out, format } => {
-            let sae = convert_sae(&input, format, &out)?;
+        ConvertWhat::Sae {
+            input,
+            out,
+            format,
+            load,
+        } => {
+            let sae = convert_sae_with(&input, format, &load.options(), &out)?;
             ctx.output(
                 json!({"input": input, "out": out, "format": sae.meta.format.name(),
                        "n_latents": sae.n_latents(), "d_in": sae.d_in()}),
