@@ -172,6 +172,11 @@ fn dictionary_learning_matryoshka_batchtopk_loads_with_its_threshold() {
     let dir = fixture("dictionary_learning/matryoshka");
     let sae = matches_library(&dir, &LoadOptions::default(), "codes", "recon");
     assert_eq!(sae.meta.architecture, "matryoshka_batchtopk");
+    assert!(
+        sae.meta.conventions[0].contains("use_threshold=True"),
+        "{:?}",
+        sae.meta.conventions
+    );
 }
 
 #[test]

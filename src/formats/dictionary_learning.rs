@@ -196,8 +196,23 @@ pub fn load_with(path: &Path, convention: DlConvention) -> Result<Sae> {
     }
 
     let mut sae = build(&file, class, trainer, &ae_path, &cfg_path)?;
-    if class == DictClass::AutoEncoder {
-        fold_decoder_norms(&mut sae, convention)?;
+    match class {
+        DictClass::AutoEncoder => fold_decoder_norms(&mut sae, convention)?,
+        DictClass::BatchTopK | DictClass::Matryoshka => sae.meta.conventions.push(format!(
+            "dictionary_learning {}: encode(use_threshold=True), the library's default: \
+             relu(h) kept where it exceeds the global threshold{}",
+            if class == DictClass::Matryoshka {
+                "MatryoshkaBatchTopKSAE"
+            } else {
+                "BatchTopKSAE"
+            },
+            if class == DictClass::Matryoshka {
+                ", every group active (as from_pretrained leaves it)"
+            } else {
+                ""
+            }
+        )),
+        _ => {}
     }
     sae.validate()?;
     Ok(sae)

@@ -138,6 +138,19 @@ pub fn validate(path: &Path, stats: &LatentStats) -> Result<()> {
             ),
         ));
     }
+    // Activations are >= 0 and a token counts as active when its activation is > 0, so a
+    // latent that never fired has nothing to sum.
+    let silent_but_summed = (0..stats.n_latents())
+        .find(|&i| stats.n_active[i] == 0 && (stats.sum[i] != 0.0 || stats.max[i] != 0.0));
+    if let Some(i) = silent_but_summed {
+        return Err(Error::format(
+            path,
+            format!(
+                "latent {i} has `n_active` 0 but `sum` {} and `max` {}: the file is corrupt",
+                stats.sum[i], stats.max[i]
+            ),
+        ));
+    }
     Ok(())
 }
 
@@ -204,7 +217,11 @@ mod tests {
     }
 
     #[test]
-    fn more_active_tokens_than_tokens_is_refused() {
+    fn inconsistent_counts_are_refused() {
         refused(|s| s.n_active[1] = 11, "`n_active` of latent 1 is 11");
+        refused(
+            |s| s.n_active[0] = 0,
+            "latent 0 has `n_active` 0 but `sum` 1",
+        );
     }
 }
