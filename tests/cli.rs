@@ -561,9 +561,14 @@ fn inspect_says_which_library_convention_applies() {
     assert!(out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("warning") && err.contains("--norm-scale"),
+        err.contains("sae: warning: ") && err.contains("--norm-scale"),
         "{err}"
     );
+    // with --json too (stdout is the JSON), not with --quiet
+    let out = run_sae(&["--json", "inspect", arg(&ea)]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("sae: warning: "));
+    let out = run_sae(&["-q", "inspect", arg(&ea)]);
+    assert!(out.stderr.is_empty());
     let j = ok_json(&["inspect", arg(&ea)]);
     assert_eq!(j["normalization"], "none");
     assert_eq!(j["warnings"].as_array().unwrap().len(), 1);

@@ -107,7 +107,8 @@ impl Ctx {
     }
 
     /// Loads an SAE (auto-detected unless `format` forces one); the loader's warnings
-    /// go to stderr (not with --quiet or --json).
+    /// go to stderr as `sae: warning: ...` (with --json too, since stdout is the JSON;
+    /// not with --quiet).
     pub fn load_sae(
         &self,
         path: &std::path::Path,
@@ -115,8 +116,10 @@ impl Ctx {
         flags: &LoadFlags,
     ) -> Result<Arc<Sae>> {
         let sae = sae_engine::formats::load_with(path, format, &flags.options())?;
-        for w in &sae.meta.warnings {
-            self.note(&format!("warning: {w}"));
+        if !self.g.quiet {
+            for w in &sae.meta.warnings {
+                eprintln!("sae: warning: {w}");
+            }
         }
         Ok(Arc::new(sae))
     }
