@@ -133,6 +133,31 @@ impl Codes {
         }
     }
 
+    /// Every stored (latent index, value) pair's arrays, padding (-1) included.
+    pub fn entries(&self) -> (&[i32], &[f32]) {
+        match self {
+            Codes::TopK {
+                indices, values, ..
+            }
+            | Codes::Csr {
+                indices, values, ..
+            } => (indices, values),
+        }
+    }
+
+    /// [`Codes::entries`] with the values writable (indices stay as they are, so the
+    /// layout stays valid).
+    pub fn entries_mut(&mut self) -> (&[i32], &mut [f32]) {
+        match self {
+            Codes::TopK {
+                indices, values, ..
+            }
+            | Codes::Csr {
+                indices, values, ..
+            } => (indices, values),
+        }
+    }
+
     /// Checks internal consistency against `n_latents` (lengths, index range, row_ptr monotone).
     pub fn validate(&self, n_latents: usize) -> Result<()> {
         let bad = |m: String| Err(Error::invalid(m));

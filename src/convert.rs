@@ -13,7 +13,23 @@ use crate::sae::{Format, Sae};
 
 /// Writes the SAE at `src` in the SAELens v6 layout into `out_dir` (created if absent).
 pub fn convert_sae(src: &Path, format: Option<Format>, out_dir: &Path) -> Result<Sae> {
-    let sae = crate::formats::load(src, format)?;
+    convert_sae_with(
+        src,
+        format,
+        &crate::formats::LoadOptions::default(),
+        out_dir,
+    )
+}
+
+/// [`convert_sae`] reading the source with `opts` (its conventions are folded into the
+/// written weights).
+pub fn convert_sae_with(
+    src: &Path,
+    format: Option<Format>,
+    opts: &crate::formats::LoadOptions,
+    out_dir: &Path,
+) -> Result<Sae> {
+    let sae = crate::formats::load_with(src, format, opts)?;
     std::fs::create_dir_all(out_dir).map_err(|e| Error::io(out_dir, e))?;
     crate::formats::write_saelens(&sae, out_dir)?;
     Ok(sae)

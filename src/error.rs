@@ -49,6 +49,22 @@ pub enum Error {
     /// A NaN or infinity in an input row (reported with the row, never dropped).
     #[error("{context}: non-finite value (NaN or inf) in input row {row}")]
     NonFinite { context: String, row: u64 },
+    /// A NaN or infinite pre-activation computed from a finite input row: the SAE's
+    /// encoder (W_enc row or b_enc entry of that latent) is at fault, not the input.
+    /// `input` names where the row came from (" of acts.npy"), empty when unknown.
+    #[error(
+        "{}: latent {latent} gives a non-finite pre-activation ({value}) on the finite input \
+         row {row}{input}: the SAE's W_enc row {latent} or b_enc[{latent}] holds a NaN or \
+         infinity, or the product overflows f32",
+        sae.display()
+    )]
+    SaeNonFinite {
+        sae: PathBuf,
+        latent: usize,
+        value: f32,
+        row: u64,
+        input: String,
+    },
     /// A caller passed an argument outside what is accepted (k > latents, bad shard spec, ...).
     #[error("{0}")]
     InvalidArgument(String),
@@ -99,6 +115,7 @@ impl Error {
             Error::DType { .. } => "dtype",
             Error::WidthMismatch { .. } => "width_mismatch",
             Error::NonFinite { .. } => "non_finite",
+            Error::SaeNonFinite { .. } => "sae_non_finite",
             Error::InvalidArgument(_) => "invalid_argument",
             Error::Incompatible(_) => "incompatible",
             Error::BackendUnavailable(_) => "backend_unavailable",

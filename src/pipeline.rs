@@ -87,26 +87,39 @@ pub fn encode_dump_to_file_with_provenance(
     Ok(s)
 }
 
-/// Names the shard file in an encode error that only knows a row number.
-fn in_shard(e: Error, dump: &Dump, batch: &Batch) -> Error {
-    match e {
-        Error::NonFinite { context, row } => {
-            let shard = dump
-                .shards()
-                .get(batch.shard)
-                .map(|s| s.path().display().to_string())
-                .unwrap_or_else(|| dump.path().display().to_string());
-            Error::NonFinite {
-                context: if context.is_empty() {
-                    shard
-                } else {
-                    format!("{shard} ({context})")
-                },
-                row,
-            }
-        }
-        other => other,
+/// Maps the row number of a non-finite error (input or pre-activation) through `at`.
+fn with_row(mut e: Error, at: impl Fn(u64) -> u64) -> Error {
+    if let Error::NonFinite { row, .. } | Error::SaeNonFinite { row, .. } = &mut e {
+        *row = at(*row);
     }
+    e
+}
+
+/// The shard file a batch came from (the dump's path when it has no shard list).
+fn shard_name(dump: &Dump, batch: &Batch) -> String {
+    dump.shards()
+        .get(batch.shard)
+        .map(|s| s.path().display().to_string())
+        .unwrap_or_else(|| dump.path().display().to_string())
+}
+
+/// Names the shard file in an encode error that only knows a row number.
+fn in_shard(mut e: Error, dump: &Dump, batch: &Batch) -> Error {
+    match &mut e {
+        Error::NonFinite { context, .. } => {
+            let shard = shard_name(dump, batch);
+            *context = if context.is_empty() {
+                shard
+            } else {
+                format!("{shard} ({context})")
+            };
+        }
+        Error::SaeNonFinite { input, .. } if input.is_empty() => {
+            *input = format!(" of {}", shard_name(dump, batch));
+        }
+        _ => {}
+    }
+    e
 }
 
 /// Per-latent statistics of `dump` under the engine's SAE. With `use_mask`, rows whose
@@ -159,17 +172,11 @@ pub fn stats_of_dump_into(
                     for r in &kept {
                         x.extend_from_slice(&batch.acts[r * d..(r + 1) * d]);
                     }
-                    let enc = engine.encode(&x, kept.len(), 0).map_err(|e| match e {
-                        Error::NonFinite { context, row } => in_shard(
-                            Error::NonFinite {
-                                context,
-                                row: batch.start
-                                    + kept.get(row as usize).copied().unwrap_or(0) as u64,
-                            },
-                            dump,
-                            &batch,
-                        ),
-                        other => other,
+                    let enc = engine.encode(&x, kept.len(), 0).map_err(|e| {
+                        let at = |row: u64| {
+                            batch.start + kept.get(row as usize).copied().unwrap_or(0) as u64
+                        };
+                        in_shard(with_row(e, at), dump, &batch)
                     })?;
                     engine.accumulate(&mut stats, &enc.codes, None)?;
                 }

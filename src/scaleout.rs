@@ -908,7 +908,7 @@ struct Watched {
 impl Watched {
     fn watch<T>(&self, r: Result<T>) -> Result<T> {
         if let Err(e) = &r {
-            if !matches!(e, Error::NonFinite { .. }) {
+            if !matches!(e, Error::NonFinite { .. } | Error::SaeNonFinite { .. }) {
                 self.fault.set(true);
             }
         }

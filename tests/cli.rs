@@ -57,8 +57,12 @@ fn b_dec() -> Vec<f32> {
 
 /// Writes a SAELens v6 SAE (TopK k=2, or JumpReLU with `threshold`) into `dir`.
 fn write_sae(dir: &Path, jumprelu: bool) -> PathBuf {
+    write_sae_with(dir, jumprelu, w_enc(), b_enc())
+}
+
+/// [`write_sae`] with the given encoder rows (logical [L, d]) and encoder bias.
+fn write_sae_with(dir: &Path, jumprelu: bool, enc: Vec<f32>, be: Vec<f32>) -> PathBuf {
     std::fs::create_dir_all(dir).unwrap();
-    let enc = w_enc();
     // SAELens stores W_enc as [d, L]
     let mut enc_t = vec![0f32; D * L];
     for l in 0..L {
@@ -70,7 +74,7 @@ fn write_sae(dir: &Path, jumprelu: bool) -> PathBuf {
     let mut tensors = vec![
         ("W_enc", OwnedTensor::f32(vec![D, L], &enc_t)),
         ("W_dec", OwnedTensor::f32(vec![L, D], &dec)),
-        ("b_enc", OwnedTensor::f32(vec![L], &b_enc())),
+        ("b_enc", OwnedTensor::f32(vec![L], &be)),
         ("b_dec", OwnedTensor::f32(vec![D], &b_dec())),
     ];
     let arch = if jumprelu {
@@ -415,4 +419,169 @@ fn errors_name_the_file_and_exit_1() {
     sae_exits(2, &["--batch-size", "0", "inspect", arg(sae)]);
     let bad = sae_exits(2, &["--backend", "tpu", "inspect", arg(sae)]);
     assert!(bad.contains("tpu"));
+}
+
+#[test]
+fn corrupt_inputs_are_refused_naming_the_file() {
+    let fx = Fixture::new(false);
+    let (sae, dump) = (&fx.sae, &fx.dump);
+    let out = fx.path("o.safetensors");
+
+    // A NaN in W_enc (not scanned at load) is the SAE's fault: the headline names the
+    // SAE and the latent, and the (clean) dump only as where the row came from.
+    let mut enc = w_enc();
+    enc[4 * D + 2] = f32::NAN;
+    let bad_w = write_sae_with(&fx.path("nan_w"), false, enc, b_enc());
+    let e = fails(&acts_cmd("encode", &bad_w, dump, &out, &["-q"]));
+    assert!(
+        e.starts_with(&format!("sae: error: {}: latent 4 ", bad_w.display()))
+            && e.contains("finite input row 0 of")
+            && e.contains("shard_00.safetensors"),
+        "{e}"
+    );
+    assert!(!out.exists());
+    // A NaN in b_enc is refused at load, naming the file, tensor and index.
+    let mut be = b_enc();
+    be[3] = f32::NAN;
+    let bad_b = write_sae_with(&fx.path("nan_b"), false, w_enc(), be);
+    let e = fails(&["inspect", arg(&bad_b)]);
+    assert!(
+        e.contains("sae_weights.safetensors") && e.contains("`b_enc` holds NaN at index 3"),
+        "{e}"
+    );
+
+    // A NaN in a statistics file's `sum` is refused by diff, naming the file.
+    let (base, tuned) = (fx.path("base.safetensors"), fx.path("tuned.safetensors"));
+    ok_json(&acts_cmd("stats", sae, dump, &base, &[]));
+    let mut st = sae_engine::io::stats::read(&base).unwrap();
+    st.sum[2] = f64::NAN;
+    sae_engine::io::stats::write(&tuned, &st).unwrap();
+    let e = fails(&[
+        "-q",
+        "diff",
+        "--sae",
+        arg(sae),
+        "--base",
+        arg(&base),
+        "--tuned",
+        arg(&tuned),
+    ]);
+    assert!(
+        e.contains("tuned.safetensors") && e.contains("`sum` of latent 2 is NaN"),
+        "{e}"
+    );
+
+    // Codes without a fingerprint: refused unless --allow-unfingerprinted.
+    let codes = fx.path("codes.safetensors");
+    ok_json(&acts_cmd("encode", sae, dump, &codes, &[]));
+    let (enc, _) = sae_engine::io::codes::read(&codes).unwrap();
+    let Codes::TopK {
+        n,
+        k,
+        indices,
+        values,
+    } = &enc.codes
+    else {
+        panic!("expected top-k codes")
+    };
+    let bare = fx.path("bare.safetensors");
+    let meta: HashMap<String, String> = [("kind".to_string(), "topk".to_string())].into();
+    write_safetensors(
+        &bare,
+        &[
+            ("indices", OwnedTensor::i32(vec![*n, *k], indices)),
+            ("values", OwnedTensor::f32(vec![*n, *k], values)),
+        ],
+        meta.clone(),
+    )
+    .unwrap();
+    let r = fx.path("r.npy");
+    let e = fails(&decode_cmd(sae, &bare, &r, &[]));
+    assert!(
+        e.contains("bare.safetensors") && e.contains("--allow-unfingerprinted"),
+        "{e}"
+    );
+    assert!(!r.exists());
+    ok_json(&decode_cmd(sae, &bare, &r, &["--allow-unfingerprinted"]));
+    assert!(r.exists());
+    // A NaN code value is refused naming the file and row.
+    let mut vals = values.clone();
+    vals[5 * k] = f32::NAN;
+    write_safetensors(
+        &bare,
+        &[
+            ("indices", OwnedTensor::i32(vec![*n, *k], indices)),
+            ("values", OwnedTensor::f32(vec![*n, *k], &vals)),
+        ],
+        meta,
+    )
+    .unwrap();
+    let r2 = fx.path("r2.npy");
+    let e = fails(&decode_cmd(
+        sae,
+        &bare,
+        &r2,
+        &["--allow-unfingerprinted", "-q"],
+    ));
+    assert!(e.contains("bare.safetensors") && e.contains("row 5"), "{e}");
+    assert!(!r2.exists());
+}
+
+#[test]
+fn inspect_says_which_library_convention_applies() {
+    let fx = |p: &str| {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(p)
+    };
+    let dl = fx("dictionary_learning/autoencoder");
+    let j = ok_json(&["inspect", arg(&dl)]);
+    let conv = j["conventions"][0].as_str().unwrap();
+    assert!(
+        conv.contains("from_pretrained") && conv.contains("folded"),
+        "{conv}"
+    );
+    let raw = ok_json(&["inspect", arg(&dl), "--dl-convention", "raw"]);
+    assert!(
+        raw["conventions"][0].as_str().unwrap().contains("raw"),
+        "{raw}"
+    );
+    // The two readings encode differently, so their codes must not mix.
+    assert_ne!(j["fingerprint"], raw["fingerprint"]);
+    let out = run_sae(&["inspect", arg(&dl)]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("convention") && text.contains("from_pretrained"),
+        "{text}"
+    );
+
+    // A normalization whose constant is missing: a warning on stderr and in the JSON.
+    let ea = fx("saelens6/expected_average");
+    let out = run_sae(&["inspect", arg(&ea)]);
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("sae: warning: ") && err.contains("--norm-scale"),
+        "{err}"
+    );
+    // with --json too (stdout is the JSON), not with --quiet
+    let out = run_sae(&["--json", "inspect", arg(&ea)]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("sae: warning: "));
+    let out = run_sae(&["-q", "inspect", arg(&ea)]);
+    assert!(out.stderr.is_empty());
+    let j = ok_json(&["inspect", arg(&ea)]);
+    assert_eq!(j["normalization"], "none");
+    assert_eq!(j["warnings"].as_array().unwrap().len(), 1);
+    let j = ok_json(&["inspect", arg(&ea), "--norm-scale", "0.37"]);
+    assert!(
+        j["normalization"]
+            .as_str()
+            .unwrap()
+            .starts_with("scale by 0.37"),
+        "{j}"
+    );
+    assert!(j["warnings"].as_array().unwrap().is_empty());
+    // The flag on an SAE without that normalization is an error, not ignored.
+    let e = fails(&["inspect", arg(&dl), "--norm-scale", "0.37"]);
+    assert!(e.contains("--norm-scale"), "{e}");
 }

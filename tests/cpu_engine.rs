@@ -423,11 +423,28 @@ fn nan_weights_are_an_error_not_dropped() {
             .unwrap();
         let eng = engine(sae, 16);
         let x = vec![-1.0f32; 2 * 3];
+        // The input rows are finite, so the error blames the SAE and names the latent.
         match eng.encode(&x, 2, 5) {
-            Err(Error::NonFinite { row, context }) => {
-                assert_eq!(row, 5);
-                assert!(context.contains("latent 17"), "{context}");
+            Err(e @ Error::SaeNonFinite { .. }) => {
+                let Error::SaeNonFinite { row, latent, .. } = &e else {
+                    unreachable!()
+                };
+                assert_eq!((*row, *latent), (5, 17));
+                let msg = e.to_string();
+                assert!(
+                    msg.contains("latent 17")
+                        && msg.contains("W_enc row 17")
+                        && msg.contains("finite input row 5"),
+                    "{msg}"
+                );
             }
+            other => panic!("expected SaeNonFinite, got {:?}", other.map(|_| ())),
+        }
+        // A non-finite input row is still the input's fault.
+        let mut bad = x.clone();
+        bad[4] = f32::NAN;
+        match eng.encode(&bad, 2, 5) {
+            Err(Error::NonFinite { row, .. }) => assert_eq!(row, 6),
             other => panic!("expected NonFinite, got {:?}", other.map(|_| ())),
         }
     }

@@ -490,6 +490,84 @@ fn bad_codes_files_are_errors_naming_the_file() {
 }
 
 #[test]
+fn codes_without_or_with_another_fingerprint_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("nofp.safetensors");
+    let meta: HashMap<String, String> = [("kind".to_string(), "topk".to_string())].into();
+    write_safetensors(
+        &p,
+        &[
+            ("indices", OwnedTensor::i32(vec![1, 2], &[0, 1])),
+            ("values", OwnedTensor::f32(vec![1, 2], &[1.0, 0.5])),
+        ],
+        meta,
+    )
+    .unwrap();
+    let r = CodesReader::open(&p).unwrap();
+    let e = r.check_fingerprint("abc").unwrap_err().to_string();
+    assert!(
+        e.contains("nofp.safetensors")
+            && e.contains("fingerprint")
+            && e.contains("--allow-unfingerprinted"),
+        "{e}"
+    );
+    assert!(r
+        .allow_unfingerprinted(true)
+        .check_fingerprint("abc")
+        .is_ok());
+    // an explicit allowance never lets a wrong fingerprint through
+    let q = dir.path().join("fp.safetensors");
+    codes::write(&q, &topk_codes(), "abc").unwrap();
+    let r = CodesReader::open(&q).unwrap().allow_unfingerprinted(true);
+    assert!(r.check_fingerprint("other").is_err());
+}
+
+#[test]
+fn non_finite_code_values_are_refused_naming_file_and_row() {
+    let dir = tempfile::tempdir().unwrap();
+    // TopK: row 2 holds a NaN in its second slot.
+    let mut enc = topk_codes();
+    let Codes::TopK {
+        k, values, indices, ..
+    } = &mut enc.codes
+    else {
+        unreachable!()
+    };
+    let k = *k;
+    values[2 * k + 1] = f32::NAN;
+    let latent = indices[2 * k + 1];
+    let p = dir.path().join("t.safetensors");
+    codes::write(&p, &enc, "fp").unwrap();
+    let e = codes::read(&p).err().unwrap().to_string();
+    assert!(
+        e.contains("t.safetensors")
+            && e.contains("row 2")
+            && e.contains(&format!("latent {latent}"))
+            && e.contains("NaN"),
+        "{e}"
+    );
+    // rows read in a range report the row counted from the file's start
+    let r = CodesReader::open(&p).unwrap();
+    assert!(r.read_rows(0, 2).is_ok());
+    let e = r.read_rows(1, 2).err().unwrap().to_string();
+    assert!(e.contains("row 2"), "{e}");
+    // CSR: an infinity in the last stored code of the last row.
+    let mut enc = csr_codes();
+    let n = enc.codes.n_rows();
+    let Codes::Csr { values, .. } = &mut enc.codes else {
+        unreachable!()
+    };
+    *values.last_mut().unwrap() = f32::INFINITY;
+    let p = dir.path().join("c.safetensors");
+    codes::write(&p, &enc, "fp").unwrap();
+    let e = codes::read(&p).err().unwrap().to_string();
+    assert!(
+        e.contains("c.safetensors") && e.contains(&format!("row {}", n - 1)) && e.contains("inf"),
+        "{e}"
+    );
+}
+
+#[test]
 fn stats_round_trip_and_validation() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("s.safetensors");

@@ -640,9 +640,9 @@ fn saelens_refusals_name_the_file() {
         (
             saelens_v6_cfg(
                 "standard",
-                serde_json::json!({"normalize_activations": "expected_average_only_in"}),
+                serde_json::json!({"normalize_activations": "whatever_norm"}),
             ),
-            "expected_average_only_in",
+            "whatever_norm",
         ),
         (
             saelens_v6_cfg(
@@ -651,10 +651,6 @@ fn saelens_refusals_name_the_file() {
             ),
             "rescale_acts_by_decoder_norm",
         ),
-        (
-            serde_json::json!({"d_in": D, "d_sae": L, "normalize_activations": true}),
-            "expected_average_only_in",
-        ),
     ];
     for (cfg, needle) in cases {
         let t = tmp();
@@ -662,6 +658,27 @@ fn saelens_refusals_name_the_file() {
         let e = err_of(formats::load(t.path(), None));
         assert!(e.contains(needle), "{e}");
         assert!(e.contains("cfg.json"), "{e}");
+    }
+    // Normalizations whose constant is not stored load as the identity (as SAELens reads
+    // them from disk) with a warning naming cfg.json; pre-6.0 `true` is the first of them.
+    for cfg in [
+        saelens_v6_cfg(
+            "standard",
+            serde_json::json!({"normalize_activations": "expected_average_only_in"}),
+        ),
+        serde_json::json!({"d_in": D, "d_sae": L, "normalize_activations": true}),
+    ] {
+        let t = tmp();
+        SaeLensFixture::new(cfg).with_threshold().write(t.path());
+        let sae = formats::load(t.path(), None).unwrap();
+        assert_eq!(sae.normalization, Normalization::None);
+        let w = sae.meta.warnings.join(" ");
+        assert!(
+            w.contains("cfg.json")
+                && w.contains("expected_average_only_in")
+                && w.contains("--norm-scale"),
+            "{w}"
+        );
     }
 }
 
@@ -1119,6 +1136,42 @@ fn bad_input_is_a_clear_error_naming_the_file() {
     // Non-unit scaling factor.
     let e = v6_load_error(|ts| ts.push(("scaling_factor", tensor(DType::F32, &[L], &[2.0; L]))));
     assert!(e.contains("scaling_factor"), "{e}");
+}
+
+#[test]
+fn non_finite_biases_and_thresholds_are_refused_naming_tensor_and_index() {
+    let cases: [(usize, &str, usize, f32, &str); 3] = [
+        (2, "b_enc", 3, f32::NAN, "NaN"),
+        (3, "b_dec", 1, f32::INFINITY, "inf"),
+        (4, "threshold", 5, f32::NEG_INFINITY, "-inf"),
+    ];
+    for (slot, name, at, bad, shown) in cases {
+        let e = v6_load_error(|ts| {
+            let mut v = match name {
+                "b_enc" => B_ENC.to_vec(),
+                "b_dec" => B_DEC.to_vec(),
+                _ => THRESH.to_vec(),
+            };
+            v[at] = bad;
+            ts[slot].1 = tensor(DType::F32, &[v.len()], &v);
+        });
+        assert!(
+            e.contains("sae_weights.safetensors")
+                && e.contains(&format!("`{name}` holds {shown} at index {at}")),
+            "{name}: {e}"
+        );
+    }
+    // Gemma Scope npz members too.
+    let e = npz_load_error(|m| {
+        let mut v = B_ENC.to_vec();
+        v[1] = f32::NAN;
+        let i = m.iter().position(|(n, _)| *n == "b_enc").unwrap();
+        m[i].1 = npy_bytes(DType::F32, &[L], &v);
+    });
+    assert!(
+        e.contains("params.npz") && e.contains("`b_enc` holds NaN at index 1"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -27,6 +27,8 @@ fn sae_from_rows(w: Vec<f32>, l: usize, d: usize, k: usize, hook: Option<&str>) 
             hook_layer: None,
             model_name: None,
             dtype: DType::F32,
+            conventions: Vec::new(),
+            warnings: Vec::new(),
         },
         w_enc: Matrix::from_f32(&w, l, d, DType::F32).unwrap(),
         w_dec: Matrix::from_f32(&w, l, d, DType::F32).unwrap(),
@@ -37,6 +39,7 @@ fn sae_from_rows(w: Vec<f32>, l: usize, d: usize, k: usize, hook: Option<&str>) 
         subtract_b_dec: true,
         normalization: Normalization::None,
         rescale_acts_by_decoder_norm: false,
+        scales: Default::default(),
     }
 }
 

@@ -25,6 +25,8 @@ fn tied_sae(d: usize, l: usize, k: usize, seed: u64) -> Sae {
             hook_layer: None,
             model_name: None,
             dtype: DType::F32,
+            conventions: Vec::new(),
+            warnings: Vec::new(),
         },
         w_enc: Matrix::from_f32(&w, l, d, DType::F32).unwrap(),
         w_dec: Matrix::from_f32(&w, l, d, DType::F32).unwrap(),
@@ -35,6 +37,7 @@ fn tied_sae(d: usize, l: usize, k: usize, seed: u64) -> Sae {
         subtract_b_dec: true,
         normalization: Normalization::None,
         rescale_acts_by_decoder_norm: false,
+        scales: Default::default(),
     }
 }
 

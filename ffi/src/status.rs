@@ -84,7 +84,7 @@ impl SaeStatus {
             Error::Io { .. } => SaeStatus::Io,
             Error::Format { .. } | Error::Missing { .. } | Error::DType { .. } => SaeStatus::Format,
             Error::Shape { .. } | Error::WidthMismatch { .. } => SaeStatus::Shape,
-            Error::NonFinite { .. } => SaeStatus::NonFinite,
+            Error::NonFinite { .. } | Error::SaeNonFinite { .. } => SaeStatus::NonFinite,
             Error::InvalidArgument(_) => SaeStatus::InvalidArgument,
             Error::Incompatible(_) => SaeStatus::Incompatible,
             Error::BackendUnavailable(_) => SaeStatus::BackendUnavailable,

@@ -124,6 +124,8 @@ fn test_sae(activation: Activation) -> Arc<Sae> {
             hook_layer: None,
             model_name: None,
             dtype: DType::F32,
+            conventions: Vec::new(),
+            warnings: Vec::new(),
         },
         w_enc: Matrix::from_f32(&enc, l, d, DType::F32).unwrap(),
         w_dec: Matrix::from_f32(&dec, l, d, DType::F32).unwrap(),
@@ -134,6 +136,7 @@ fn test_sae(activation: Activation) -> Arc<Sae> {
         subtract_b_dec: false,
         normalization: Normalization::None,
         rescale_acts_by_decoder_norm: false,
+        scales: Default::default(),
     };
     sae.validate().unwrap();
     Arc::new(sae)

@@ -142,13 +142,8 @@ pub(crate) fn encode(p: &EncodeParams, x: &[f32], rows: usize, row_offset: u64) 
             }
         }
         if let Some((r, latent, v)) = bad {
-            return Err(Error::NonFinite {
-                context: format!(
-                    "encode: pre-activation of latent {latent} is {v} \
-                     (non-finite SAE weights or biases, or overflow)"
-                ),
-                row: row_offset + r as u64,
-            });
+            // `prepare` refused non-finite input rows, so the SAE is at fault.
+            return Err(sae.non_finite_preactivation(latent, v, row_offset + r as u64));
         }
         assemble(done, rows, sae.activation)
     };

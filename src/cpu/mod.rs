@@ -83,9 +83,12 @@ impl Engine for CpuEngine {
             pool: &self.pool,
             gemm: self.gemm,
         };
-        encode::encode(&params, x, rows, row_offset)
+        let mut enc = encode::encode(&params, x, rows, row_offset)?;
+        self.sae.scale_codes(&mut enc.codes);
+        Ok(enc)
     }
     fn decode(&self, codes: &Codes, denorm: Option<&Denorm>) -> Result<Vec<f32>> {
-        decode::decode(&self.sae, self.dec_norms.as_deref(), codes, denorm)
+        let codes = self.sae.codes_for_decoding(codes);
+        decode::decode(&self.sae, self.dec_norms.as_deref(), &codes, denorm)
     }
 }

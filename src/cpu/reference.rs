@@ -153,6 +153,8 @@ impl SaeBuilder {
                 hook_layer: None,
                 model_name: None,
                 dtype: self.dtype,
+                conventions: Vec::new(),
+                warnings: Vec::new(),
             },
             w_enc: matrix(&self.w_enc, self.enc_transposed)?,
             w_dec: matrix(&self.w_dec, self.dec_transposed)?,
@@ -163,6 +165,7 @@ impl SaeBuilder {
             subtract_b_dec: self.subtract_b_dec,
             normalization: self.normalization,
             rescale_acts_by_decoder_norm: self.rescale,
+            scales: Default::default(),
         };
         sae.validate()?;
         Ok(sae)
@@ -196,6 +199,13 @@ pub fn preactivations(sae: &Sae, x: &[f32]) -> (Vec<f32>, Option<RowDenorm>) {
     (h, dn)
 }
 
+/// The first latent whose pre-activation for the input row `x` is NaN or infinite, and
+/// that value: how a backend that only knows *which row* went wrong names the latent.
+pub fn first_non_finite_latent(sae: &Sae, x: &[f32]) -> Option<(usize, f32)> {
+    let (h, _) = preactivations(sae, x);
+    h.iter().position(|v| !v.is_finite()).map(|i| (i, h[i]))
+}
+
 /// Dense reference encode: same contract as `Engine::encode`.
 pub fn encode(sae: &Sae, x: &[f32], rows: usize, row_offset: u64) -> Result<Encoded> {
     let d = sae.d_in();
@@ -221,13 +231,11 @@ pub fn encode(sae: &Sae, x: &[f32], rows: usize, row_offset: u64) -> Result<Enco
         denorm.scale.push(dn.scale);
         denorm.shift.push(dn.shift);
         if let Some(i) = h.iter().position(|v| v.is_nan()) {
-            return Err(Error::NonFinite {
-                context: format!("reference encode: pre-activation of latent {i}"),
-                row: row_offset + r as u64,
-            });
+            return Err(sae.non_finite_preactivation(i, h[i], row_offset + r as u64));
         }
         codes.append(&select(sae, &h))?;
     }
+    sae.scale_codes(&mut codes);
     let denorm = (sae.normalization != Normalization::None).then_some(denorm);
     Ok(Encoded { codes, denorm })
 }
@@ -288,6 +296,7 @@ pub fn decode(sae: &Sae, codes: &Codes, denorm: Option<&Denorm>) -> Result<Vec<f
     let norms = sae
         .rescale_acts_by_decoder_norm
         .then(|| sae.w_dec.row_norms());
+    let codes = &*sae.codes_for_decoding(codes);
     let mut out = Vec::with_capacity(codes.n_rows() * d);
     for r in 0..codes.n_rows() {
         let mut acc: Vec<f64> = sae.b_dec.iter().map(|b| *b as f64).collect();

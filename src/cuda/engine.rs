@@ -248,12 +248,21 @@ impl CudaEngine {
         Ok(())
     }
 
-    fn bad_preactivation(row: u64) -> Error {
-        Error::NonFinite {
-            context:
-                "encode: non-finite pre-activation (non-finite SAE weights or biases, or overflow)"
-                    .into(),
-            row,
+    /// A non-finite pre-activation flagged by a kernel for `row`, whose (finite) input is
+    /// `x_row`: the latent is found by recomputing that one row on the host (O(L d), on
+    /// the error path only), so the error names the SAE and the latent as the CPU's does.
+    fn bad_preactivation(&self, row: u64, x_row: &[f32]) -> Error {
+        match crate::cpu::reference::first_non_finite_latent(&self.sae, x_row) {
+            Some((latent, value)) => self.sae.non_finite_preactivation(latent, value, row),
+            // The device overflowed where the host's f64 sums did not.
+            None => Error::NonFinite {
+                context: format!(
+                    "encode: {}: non-finite pre-activation on the device (f32 overflow in the \
+                     SAE's encoder product)",
+                    self.sae.meta.source.display()
+                ),
+                row,
+            },
         }
     }
 
@@ -288,9 +297,10 @@ impl CudaEngine {
                 let flags = slot.bad.as_slice().map_err(cuda_err("pinned"))?;
                 let (bad, retry) = (flags[0], flags[1]);
                 if bad != i32::MAX {
-                    return Err(Self::bad_preactivation(
-                        row_offset + (s + bad as usize) as u64,
-                    ));
+                    let r = s + bad as usize;
+                    return Err(
+                        self.bad_preactivation(row_offset + r as u64, &x[r * d..(r + 1) * d])
+                    );
                 }
                 if retry != i32::MAX {
                     redo.push(c);
@@ -376,6 +386,7 @@ impl CudaEngine {
                     &mut indices[s * k..(s + n) * k],
                     &mut values[s * k..(s + n) * k],
                     row_offset + s as u64,
+                    &x[s * d..(s + n) * d],
                 )?;
                 self.fallbacks.fetch_add(1, Ordering::Relaxed);
             }
@@ -401,11 +412,13 @@ impl CudaEngine {
         indices: &mut [i32],
         values: &mut [f32],
         first_row: u64,
+        x: &[f32],
     ) -> Result<()> {
         let mut f = [0i32; 2];
         self.gpu.dtoh(&mut f, flags)?;
         if f[0] != i32::MAX {
-            return Err(Self::bad_preactivation(first_row + f[0] as u64));
+            let (r, d) = (f[0] as usize, self.sae.d_in());
+            return Err(self.bad_preactivation(first_row + r as u64, &x[r * d..(r + 1) * d]));
         }
         let (idx, val) = match (&ws.idx, &ws.val) {
             (Some(i), Some(v)) => (i.ptr, v.ptr),
@@ -440,7 +453,11 @@ impl CudaEngine {
                 let (row_ptr, indices, values) =
                     match encode::encode_csr_chunk(&self.gpu, &self.dsae, &st.ws, n)? {
                         Ok(c) => c,
-                        Err(r) => return Err(Self::bad_preactivation(row_offset + (s + r) as u64)),
+                        Err(r) => {
+                            let r = s + r;
+                            return Err(self
+                                .bad_preactivation(row_offset + r as u64, &x[r * d..(r + 1) * d]));
+                        }
                     };
                 out.append(&Codes::Csr {
                     n,
@@ -463,6 +480,7 @@ impl CudaEngine {
         x: Option<&[f32]>,
     ) -> Result<(Vec<f32>, Vec<[f64; 4]>)> {
         self.gpu.bind()?;
+        let codes = &*self.sae.codes_for_decoding(codes);
         let d = self.sae.d_in();
         let n = codes.n_rows();
         codes.validate(self.sae.n_latents())?;
@@ -671,6 +689,8 @@ impl Engine for CudaEngine {
             _ if rows == 0 => Codes::empty(None),
             _ => self.encode_csr(x, rows, &mut denorm, row_offset)?,
         };
+        let mut codes = codes;
+        self.sae.scale_codes(&mut codes);
         Ok(Encoded { codes, denorm })
     }
 
@@ -679,7 +699,12 @@ impl Engine for CudaEngine {
     }
 
     fn device_ptr(&self) -> Option<&dyn DevicePtrOps> {
-        Some(self)
+        // Per-latent code scales are applied on the host; device-pointer callers
+        // would get codes without them, so those SAEs have no device-pointer path.
+        self.sae
+            .scales
+            .is_empty()
+            .then_some(self as &dyn DevicePtrOps)
     }
 }
 
@@ -702,6 +727,15 @@ unsafe fn order_after(from: CUstream, to: CUstream) -> Result<()> {
 }
 
 impl CudaEngine {
+    /// [`CudaEngine::bad_preactivation`] for a row of the caller's device input `x`
+    /// (f32 `[rows, d_in]`): that one row is copied to the host first.
+    fn bad_preactivation_on_device(&self, x: u64, row: u64) -> Result<Error> {
+        let d = self.sae.d_in();
+        let mut host = vec![0f32; d];
+        self.gpu.dtoh(&mut host, x + row * (d as u64) * 4)?;
+        Ok(self.bad_preactivation(row, &host))
+    }
+
     /// The in-place device encode: the caller's rows are copied device-to-device into the
     /// workspace (b_dec subtracted, finiteness checked on the device), encoded, and the codes
     /// copied into the caller's buffers; our stream first waits for the caller's and the
@@ -775,7 +809,7 @@ impl CudaEngine {
                     if f[slot] != i32::MAX {
                         let row = (chunks[c].0 + f[slot] as usize) as u64;
                         return Err(match slot {
-                            0 => Self::bad_preactivation(row),
+                            0 => self.bad_preactivation_on_device(a.x, row)?,
                             _ => Error::NonFinite {
                                 context: what.into(),
                                 row,
@@ -795,9 +829,8 @@ impl CudaEngine {
                     let mut g = [0i32; 1];
                     self.gpu.dtoh(&mut g, flags.at(c * 16))?;
                     if g[0] != i32::MAX {
-                        return Err(Self::bad_preactivation(
-                            (chunks[c].0 + g[0] as usize) as u64,
-                        ));
+                        let row = (chunks[c].0 + g[0] as usize) as u64;
+                        return Err(self.bad_preactivation_on_device(a.x, row)?);
                     }
                 }
             }

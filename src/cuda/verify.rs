@@ -284,16 +284,20 @@ fn cases(quick: bool) -> Result<Vec<Case>> {
         )?
         .tiles(&[None, Some(128), Some(640)]),
     );
-    // A NaN bias: its block's bound is NaN, so no score there is skipped and every row
-    // reports the non-finite pre-activation, as on the CPU.
+    // A NaN encoder weight (biases are checked at load, matrices are not): its block's
+    // bound is NaN, so no score there is skipped and every row reports the non-finite
+    // pre-activation of latent 333, as on the CPU.
     let (l, d, n) = (700, 32, 6);
-    let mut b = rng.vec(l, 0.05);
-    b[333] = f32::NAN;
+    let s = 1.0 / (d as f32).sqrt();
+    let mut w = rng.vec(l * d, s);
+    w[333 * d + 5] = f32::NAN;
     v.push(
         Case::new(
-            "topk NaN bias (non-finite pre-activation reported)",
-            random_sae(&mut rng, l, d, topk(8), DType::F32)
-                .b_enc(b)
+            "topk NaN encoder row (non-finite pre-activation reported)",
+            SaeBuilder::new(l, d, w, rng.vec(l * d, s))
+                .b_enc(rng.vec(l, 0.05))
+                .b_dec(rng.vec(d, 0.1))
+                .activation(topk(8))
                 .build(),
             rng.vec(n * d, 1.0),
             n,
@@ -736,6 +740,21 @@ fn run_case(device: usize, c: &Case) -> CaseResult {
                 if a != b {
                     res.detail.push(format!(
                         "{tag}: GPU reports non-finite row {a}, CPU row {b}"
+                    ));
+                }
+                continue;
+            }
+            (
+                Err(Error::SaeNonFinite {
+                    row: a, latent: la, ..
+                }),
+                Err(Error::SaeNonFinite {
+                    row: b, latent: lb, ..
+                }),
+            ) => {
+                if (a, la) != (b, lb) {
+                    res.detail.push(format!(
+                        "{tag}: GPU blames latent {la} on row {a}, CPU latent {lb} on row {b}"
                     ));
                 }
                 continue;

@@ -212,14 +212,36 @@ pub fn matrix_from_bytes(
 }
 
 /// A small 1-D tensor (bias, threshold) as f32; accepts f64 too since converters emit it.
+/// A NaN or infinity is refused (see [`check_finite`]).
 pub fn vector_from_tensor(path: &Path, t: &MappedTensor, len: usize) -> Result<Vec<f32>> {
     if t.shape != [len] {
         return Err(Error::shape(path, &t.name, &t.shape, format!("[{len}]")));
     }
-    if t.dtype == safetensors::Dtype::F64 {
-        return Ok(f64_bytes_to_f32(t.bytes.as_slice()));
+    let v = if t.dtype == safetensors::Dtype::F64 {
+        f64_bytes_to_f32(t.bytes.as_slice())
+    } else {
+        t.to_f32(path)?
+    };
+    check_finite(path, &t.name, &v)?;
+    Ok(v)
+}
+
+/// Refuses a bias, threshold or scale vector holding a NaN or infinity, naming the file,
+/// the tensor and the first bad index. Vectors are small, so every loader checks them
+/// all; the weight matrices are not scanned at load (17 GB for the largest SAEs): a
+/// non-finite pre-activation they cause is reported by encode, naming the latent.
+pub fn check_finite(path: &Path, tensor: &str, values: &[f32]) -> Result<()> {
+    match values.iter().position(|v| !v.is_finite()) {
+        Some(i) => Err(Error::format(
+            path,
+            format!(
+                "tensor `{tensor}` holds {} at index {i}; SAE weights must be finite \
+                 (the file is corrupt or the training diverged)",
+                values[i]
+            ),
+        )),
+        None => Ok(()),
     }
-    t.to_f32(path)
 }
 
 /// Little-endian f64 bytes to f32 values.

@@ -7,17 +7,27 @@
 //! | AutoEncoderTopK | + b_dec [d], k (buffer), threshold (unused by its default encode) | TopK(k), b_dec subtracted |
 //! | BatchTopKSAE | + b_dec [d], k, threshold (0-d) | JumpReLU with one global threshold, b_dec subtracted |
 //! | JumpReluAutoEncoder | W_enc [d,L], b_enc [L], W_dec [L,d], b_dec [d], threshold [L] | JumpReLU, b_dec not subtracted |
+//! | MatryoshkaBatchTopKSAE | W_enc [d,L], b_enc [L], W_dec [L,d], b_dec [d], k, threshold (0-d), group_sizes | JumpReLU with one global threshold, b_dec subtracted |
 //!
-//! BatchTopKSAE.encode defaults to `use_threshold=True`: relu(h) * (relu(h) > threshold),
-//! the JumpReLU form; AutoEncoderTopK.encode defaults to per-row top-k.
+//! BatchTopKSAE.encode and MatryoshkaBatchTopKSAE.encode default to `use_threshold=True`:
+//! relu(h) * (relu(h) > threshold), the JumpReLU form (every group active, as
+//! `from_pretrained` leaves it); AutoEncoderTopK.encode defaults to per-row top-k.
+//!
+//! `AutoEncoder.from_pretrained` (the library's default) calls `normalize_decoder`:
+//! unless every decoder column norm n_i is already 1 (`torch.allclose`), it divides the
+//! columns by n_i and multiplies the encoder rows and bias by it, so each code is
+//! n_i times the stored weights' code. That is [`DlConvention::Folded`] (a code scale
+//! of n_i, no weight copied); `from_pretrained(normalize_decoder=False)` is
+//! [`DlConvention::Raw`].
 //! JumpReluAutoEncoder's `apply_b_dec_to_input` is a plain attribute (False) that
 //! `ae.pt` does not store, so b_dec is never subtracted.
 
 use std::path::{Path, PathBuf};
 
 use super::pickle::{self, TorchFile, TorchTensor};
+use super::DlConvention;
 use crate::error::{Error, Result};
-use crate::sae::{Activation, Format, Normalization, Sae, SaeMeta};
+use crate::sae::{Activation, Format, LatentScales, Normalization, Sae, SaeMeta};
 
 /// The dictionary classes this loader understands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,6 +36,7 @@ pub enum DictClass {
     AutoEncoderTopK,
     BatchTopK,
     JumpRelu,
+    Matryoshka,
 }
 
 /// `(ae.pt, config.json)` for a directory or an `ae.pt` path.
@@ -75,9 +86,12 @@ fn class_from_config(trainer: &serde_json::Value) -> Option<DictClass> {
         "AutoEncoderTopK" => return Some(DictClass::AutoEncoderTopK),
         "BatchTopKSAE" => return Some(DictClass::BatchTopK),
         "JumpReluAutoEncoder" => return Some(DictClass::JumpRelu),
+        "MatryoshkaBatchTopKSAE" => return Some(DictClass::Matryoshka),
         _ => {}
     }
-    if tr.contains("BatchTopK") {
+    if tr.contains("Matryoshka") {
+        Some(DictClass::Matryoshka)
+    } else if tr.contains("BatchTopK") {
         Some(DictClass::BatchTopK)
     } else if tr.contains("TopK") {
         Some(DictClass::AutoEncoderTopK)
@@ -88,8 +102,14 @@ fn class_from_config(trainer: &serde_json::Value) -> Option<DictClass> {
     }
 }
 
-/// Loads a dictionary_learning SAE from a directory (ae.pt + config.json) or an ae.pt path.
+/// Loads a dictionary_learning SAE from a directory (ae.pt + config.json) or an ae.pt
+/// path, as the library's default `from_pretrained` reads it.
 pub fn load(path: &Path) -> Result<Sae> {
+    load_with(path, DlConvention::default())
+}
+
+/// [`load`] with an explicit convention for `AutoEncoder` (other classes have one).
+pub fn load_with(path: &Path, convention: DlConvention) -> Result<Sae> {
     let (ae_path, cfg_path) = files(path);
     let file = pickle::load(&ae_path)?;
     let config = read_config(&cfg_path)?;
@@ -97,7 +117,9 @@ pub fn load(path: &Path) -> Result<Sae> {
     let names: Vec<&str> = file.entries()?.into_iter().map(|(k, _)| k).collect();
     let has = |k: &str| names.contains(&k);
 
-    let class = if has("W_enc") {
+    let class = if has("W_enc") && has("group_sizes") {
+        DictClass::Matryoshka
+    } else if has("W_enc") {
         DictClass::JumpRelu
     } else if has("bias") && !has("b_dec") {
         DictClass::AutoEncoder
@@ -123,7 +145,8 @@ pub fn load(path: &Path) -> Result<Sae> {
             &ae_path,
             format!(
                 "unrecognized dictionary_learning state dict (keys {names:?}); supported: \
-                 AutoEncoder, AutoEncoderTopK, BatchTopKSAE, JumpReluAutoEncoder"
+                 AutoEncoder, AutoEncoderTopK, BatchTopKSAE, JumpReluAutoEncoder, \
+                 MatryoshkaBatchTopKSAE"
             ),
         ));
     };
@@ -155,6 +178,15 @@ pub fn load(path: &Path) -> Result<Sae> {
             "threshold",
         ],
         DictClass::JumpRelu => &["W_enc", "b_enc", "W_dec", "b_dec", "threshold"],
+        DictClass::Matryoshka => &[
+            "W_enc",
+            "b_enc",
+            "W_dec",
+            "b_dec",
+            "k",
+            "threshold",
+            "group_sizes",
+        ],
     };
     if let Some(extra) = names.iter().find(|n| !allowed.contains(n)) {
         return Err(Error::format(
@@ -163,7 +195,25 @@ pub fn load(path: &Path) -> Result<Sae> {
         ));
     }
 
-    let sae = build(&file, class, trainer, &ae_path, &cfg_path)?;
+    let mut sae = build(&file, class, trainer, &ae_path, &cfg_path)?;
+    match class {
+        DictClass::AutoEncoder => fold_decoder_norms(&mut sae, convention)?,
+        DictClass::BatchTopK | DictClass::Matryoshka => sae.meta.conventions.push(format!(
+            "dictionary_learning {}: encode(use_threshold=True), the library's default: \
+             relu(h) kept where it exceeds the global threshold{}",
+            if class == DictClass::Matryoshka {
+                "MatryoshkaBatchTopKSAE"
+            } else {
+                "BatchTopKSAE"
+            },
+            if class == DictClass::Matryoshka {
+                ", every group active (as from_pretrained leaves it)"
+            } else {
+                ""
+            }
+        )),
+        _ => {}
+    }
     sae.validate()?;
     Ok(sae)
 }
@@ -173,7 +223,9 @@ fn vec1(file: &TorchFile, name: &str, len: usize) -> Result<Vec<f32>> {
     if t.shape != [len] {
         return Err(Error::shape(&file.path, name, &t.shape, format!("[{len}]")));
     }
-    t.to_f32(&file.path, name)
+    let v = t.to_f32(&file.path, name)?;
+    super::common::check_finite(&file.path, name, &v)?;
+    Ok(v)
 }
 
 fn dims2<'a>(file: &'a TorchFile, name: &str) -> Result<(usize, usize, &'a TorchTensor)> {
@@ -205,7 +257,7 @@ fn build(
     cfg_path: &Path,
 ) -> Result<Sae> {
     let p = &file.path;
-    let (w_enc, w_dec, l, d) = if class == DictClass::JumpRelu {
+    let (w_enc, w_dec, l, d) = if matches!(class, DictClass::JumpRelu | DictClass::Matryoshka) {
         let (d, l, te) = dims2(file, "W_enc")?;
         let (l2, d2, td) = dims2(file, "W_dec")?;
         if (l2, d2) != (l, d) {
@@ -251,7 +303,9 @@ fn build(
         }
     }
     let (b_enc, b_dec) = match class {
-        DictClass::JumpRelu => (vec1(file, "b_enc", l)?, vec1(file, "b_dec", d)?),
+        DictClass::JumpRelu | DictClass::Matryoshka => {
+            (vec1(file, "b_enc", l)?, vec1(file, "b_dec", d)?)
+        }
         DictClass::AutoEncoder => (vec1(file, "encoder.bias", l)?, vec1(file, "bias", d)?),
         _ => (vec1(file, "encoder.bias", l)?, vec1(file, "b_dec", d)?),
     };
@@ -267,19 +321,27 @@ fn build(
             let k = k_of(file, trainer, cfg_path)?;
             (Activation::TopK { k }, None, true, "topk")
         }
-        DictClass::BatchTopK => {
+        DictClass::BatchTopK | DictClass::Matryoshka => {
             let t = file.tensor("threshold")?.scalar(p, "threshold")?;
+            super::common::check_finite(p, "threshold", &[t as f32])?;
             if t < 0.0 {
                 return Err(Error::format(
                     p,
                     format!("BatchTopK threshold is {t}: it was never set during training, so inference is undefined"),
                 ));
             }
+            if class == DictClass::Matryoshka {
+                check_group_sizes(file, l)?;
+            }
             (
                 Activation::JumpRelu,
                 Some(vec![t as f32; l]),
                 true,
-                "batchtopk",
+                if class == DictClass::Matryoshka {
+                    "matryoshka_batchtopk"
+                } else {
+                    "batchtopk"
+                },
             )
         }
     };
@@ -301,6 +363,8 @@ fn build(
                 .and_then(|v| v.as_i64()),
             model_name: s("lm_name"),
             dtype,
+            conventions: Vec::new(),
+            warnings: Vec::new(),
         },
         w_enc,
         w_dec,
@@ -311,6 +375,7 @@ fn build(
         subtract_b_dec: subtract,
         normalization: Normalization::None,
         rescale_acts_by_decoder_norm: false,
+        scales: Default::default(),
     })
 }
 
@@ -328,4 +393,65 @@ fn k_of(file: &TorchFile, trainer: Option<&serde_json::Value>, cfg_path: &Path) 
     }
     cfg_usize(trainer, "k")
         .ok_or_else(|| Error::missing(cfg_path, "trainer.k (and ae.pt has no `k` buffer)"))
+}
+
+/// A Matryoshka SAE's `group_sizes` must cover the dictionary: `from_pretrained` keeps
+/// every group active, so they only matter as a consistency check.
+fn check_group_sizes(file: &TorchFile, l: usize) -> Result<()> {
+    let t = file.tensor("group_sizes")?;
+    let sizes = t.to_i64(&file.path, "group_sizes")?;
+    let total: i64 = sizes.iter().sum();
+    if sizes.iter().any(|s| *s <= 0) || total != l as i64 {
+        return Err(Error::format(
+            &file.path,
+            format!("group_sizes {sizes:?} must be positive and sum to the {l} latents"),
+        ));
+    }
+    Ok(())
+}
+
+/// dictionary_learning's `AutoEncoder.normalize_decoder`, which `from_pretrained` calls
+/// by default, as a code scale: nothing happens when every decoder column norm is 1
+/// within `torch.allclose` (rtol 1e-5, atol 1e-8); otherwise each code is multiplied by
+/// its latent's decoder norm (the encoder row and bias are, in the library) and divided
+/// by it again before decoding (the decoder column is divided, in the library).
+fn fold_decoder_norms(sae: &mut Sae, convention: DlConvention) -> Result<()> {
+    if convention == DlConvention::Raw {
+        sae.meta.conventions.push(
+            "dictionary_learning AutoEncoder, raw (from_pretrained(normalize_decoder=False)): \
+             the stored weights as they are"
+                .into(),
+        );
+        return Ok(());
+    }
+    let norms = sae.w_dec.row_norms();
+    if norms.iter().all(|n| (n - 1.0).abs() <= 1e-8 + 1e-5) {
+        sae.meta.conventions.push(
+            "dictionary_learning AutoEncoder, from_pretrained: decoder norms are already 1, \
+             nothing to fold"
+                .into(),
+        );
+        return Ok(());
+    }
+    if let Some(i) = norms.iter().position(|n| n.is_nan() || *n <= 0.0) {
+        return Err(Error::format(
+            &sae.meta.source,
+            format!(
+                "decoder column {i} has norm {}: from_pretrained would divide by it; \
+                 read the raw weights instead (--dl-convention raw)",
+                norms[i]
+            ),
+        ));
+    }
+    sae.scales = LatentScales {
+        code_scale: Some(norms),
+        decode_scale: None,
+    };
+    sae.meta.conventions.push(
+        "dictionary_learning AutoEncoder, from_pretrained (the library default): decoder \
+         norms folded into the encoder, so each code is scaled by its latent's decoder norm \
+         (--dl-convention raw for normalize_decoder=False)"
+            .into(),
+    );
+    Ok(())
 }

@@ -19,9 +19,9 @@ use crate::matrix::Matrix;
 use crate::sae::{Activation, Format, Normalization, Sae, SaeMeta};
 
 use super::common::{
-    bytes_to_f32, check_matrix_shape, check_scaling_factor, dims_from_biases, f64_bytes_to_f32,
-    layer_from_hook, map_str, matrix_from_bytes, matrix_from_tensor, vector_from_tensor, Cfg,
-    Stored,
+    bytes_to_f32, check_finite, check_matrix_shape, check_scaling_factor, dims_from_biases,
+    f64_bytes_to_f32, layer_from_hook, map_str, matrix_from_bytes, matrix_from_tensor,
+    vector_from_tensor, Cfg, Stored,
 };
 use super::npz::{Npz, NpzArray};
 
@@ -102,6 +102,8 @@ fn meta(source: &Path, dtype: DType) -> SaeMeta {
         hook_layer,
         model_name: None,
         dtype,
+        conventions: Vec::new(),
+        warnings: Vec::new(),
     }
 }
 
@@ -124,6 +126,7 @@ fn assemble(
         subtract_b_dec: false,
         normalization: Normalization::None,
         rescale_acts_by_decoder_norm: false,
+        scales: Default::default(),
     };
     sae.validate()?;
     Ok(sae)
@@ -147,16 +150,20 @@ fn npz_vector(npz: &Npz, name: &str, len: usize) -> Result<Vec<f32>> {
     if h.shape != [len] {
         return Err(Error::shape(npz.path(), name, &h.shape, format!("[{len}]")));
     }
-    match (h.dtype, h.dtype.float()) {
-        (_, Some(dt)) => Ok(bytes_to_f32(dt, a.bytes.as_slice())),
-        (NpyDtype::F64, None) => Ok(f64_bytes_to_f32(a.bytes.as_slice())),
-        (other, None) => Err(Error::dtype(
-            npz.path(),
-            name,
-            format!("{other:?}"),
-            "a float array (f32, f16, bf16 or f64)",
-        )),
-    }
+    let v = match (h.dtype, h.dtype.float()) {
+        (_, Some(dt)) => bytes_to_f32(dt, a.bytes.as_slice()),
+        (NpyDtype::F64, None) => f64_bytes_to_f32(a.bytes.as_slice()),
+        (other, None) => {
+            return Err(Error::dtype(
+                npz.path(),
+                name,
+                format!("{other:?}"),
+                "a float array (f32, f16, bf16 or f64)",
+            ))
+        }
+    };
+    check_finite(npz.path(), name, &v)?;
+    Ok(v)
 }
 
 fn npz_matrix(npz: &Npz, name: &str, l: usize, d: usize, stored: Stored) -> Result<Matrix> {

@@ -8,8 +8,10 @@
 //! Supported: SAELens v6 and pre-6.0 (`cfg.json` + `sae_weights.safetensors`), sparsify
 //! (`cfg.json` + `sae.safetensors`), Gemma Scope (`params.npz`) and Gemma Scope 2
 //! (`params.safetensors` + `config.json`). Refused with a message naming the file:
-//! gated SAEs, transcoders and skip connections, groupmax, and input scalings whose
-//! constant is not stored (`expected_average_only_in`).
+//! gated SAEs, transcoders and skip connections, and groupmax. Input normalizations
+//! whose constant is not stored (`expected_average_only_in`, `covariance_whitening`)
+//! load as the identity, as SAELens reads them from disk, with a warning; the
+//! `expected_average_only_in` constant can be given ([`LoadOptions::norm_scale`]).
 
 use std::path::{Path, PathBuf};
 
@@ -107,8 +109,57 @@ fn detect_dir(dir: &Path) -> Result<Format> {
     ))
 }
 
+/// Which reading of a dictionary_learning `AutoEncoder` to use.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum DlConvention {
+    /// The library's default `AutoEncoder.from_pretrained(path)`: decoder row norms are
+    /// folded into the encoder, so each latent's code is multiplied by its decoder norm.
+    #[default]
+    Folded,
+    /// `from_pretrained(path, normalize_decoder=False)`: the stored weights as they are.
+    Raw,
+}
+
+impl DlConvention {
+    /// Stable command-line name.
+    pub fn name(self) -> &'static str {
+        match self {
+            DlConvention::Folded => "folded",
+            DlConvention::Raw => "raw",
+        }
+    }
+    /// Parses a command-line name.
+    pub fn parse(s: &str) -> Option<DlConvention> {
+        [DlConvention::Folded, DlConvention::Raw]
+            .into_iter()
+            .find(|c| c.name() == s)
+    }
+}
+
+/// Choices a loader cannot make from the files alone.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LoadOptions {
+    /// The dataset constant of SAELens `normalize_activations = expected_average_only_in`
+    /// (inputs are multiplied by it before encoding, outputs divided after decoding).
+    /// Without it such an SAE loads as the identity, as SAELens reads it from disk, with
+    /// a warning; given for an SAE without that normalization it is an error.
+    pub norm_scale: Option<f32>,
+    /// How a dictionary_learning `AutoEncoder` is read (default: the library's
+    /// `from_pretrained`).
+    pub dl_convention: DlConvention,
+}
+
 /// Loads an SAE, auto-detecting its format unless `format` forces one.
 pub fn load(path: impl AsRef<Path>, format: Option<Format>) -> Result<Sae> {
+    load_with(path, format, &LoadOptions::default())
+}
+
+/// [`load`] with the choices in `opts`.
+pub fn load_with(
+    path: impl AsRef<Path>,
+    format: Option<Format>,
+    opts: &LoadOptions,
+) -> Result<Sae> {
     let path = path.as_ref();
     if !path.exists() {
         return Err(Error::io(
@@ -120,14 +171,32 @@ pub fn load(path: impl AsRef<Path>, format: Option<Format>) -> Result<Sae> {
         Some(f) => f,
         None => detect(path)?,
     };
-    match format {
-        Format::SaeLens => saelens::load(path, Some(false)),
-        Format::SaeLensLegacy => saelens::load(path, Some(true)),
+    if let Some(f) = opts.norm_scale {
+        if !(f.is_finite() && f > 0.0) {
+            return Err(Error::invalid(format!(
+                "--norm-scale {f}: expected a positive finite number"
+            )));
+        }
+    }
+    let sae = match format {
+        Format::SaeLens => saelens::load(path, Some(false), opts),
+        Format::SaeLensLegacy => saelens::load(path, Some(true), opts),
         Format::Sparsify => sparsify::load(path),
         Format::GemmaScope => gemma_scope::load(path),
-        Format::DictionaryLearning => dictionary_learning::load(path),
+        Format::DictionaryLearning => dictionary_learning::load_with(path, opts.dl_convention),
         Format::OpenAi => openai::load(path),
+    }?;
+    // Only the SAELens loader takes the constant; anywhere else it would be ignored.
+    if opts.norm_scale.is_some()
+        && !matches!(sae.normalization, crate::sae::Normalization::Scale { .. })
+    {
+        return Err(Error::invalid(format!(
+            "--norm-scale was given, but {} does not use normalize_activations = \
+             expected_average_only_in",
+            path.display()
+        )));
     }
+    Ok(sae)
 }
 
 /// Writes `sae` in the SAELens v6 layout (cfg.json + sae_weights.safetensors) into `dir`.

@@ -84,7 +84,9 @@ pub fn load(path: &Path) -> Result<Sae> {
         if t.shape != [len] {
             return Err(Error::shape(path, name, &t.shape, format!("[{len}]")));
         }
-        t.to_f32(path, name)
+        let v = t.to_f32(path, name)?;
+        super::common::check_finite(path, name, &v)?;
+        Ok(v)
     };
     let b_dec = vec1("pre_bias", d)?;
     let b_enc = vec1("latent_bias", l)?;
@@ -146,6 +148,8 @@ pub fn load(path: &Path) -> Result<Sae> {
             hook_layer: None,
             model_name: None,
             dtype: w_enc.dtype(),
+            conventions: Vec::new(),
+            warnings: Vec::new(),
         },
         w_enc,
         w_dec,
@@ -156,6 +160,7 @@ pub fn load(path: &Path) -> Result<Sae> {
         subtract_b_dec: true,
         normalization,
         rescale_acts_by_decoder_norm: false,
+        scales: Default::default(),
     };
     sae.validate()?;
     Ok(sae)

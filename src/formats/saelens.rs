@@ -13,7 +13,16 @@
 //! layer_norm: (x - mean) / (unbiased std + 1e-5)), then `- b_dec` when
 //! `apply_b_dec_to_input`, `h = x . W_enc + b_enc`, TopK keeps the k largest then ReLU
 //! (optionally on `h * ||W_dec[i]||`), JumpReLU is `relu(h) * (h > threshold)`.
-//! BatchTopK trains a global threshold and is saved as JumpReLU.
+//! BatchTopK trains a global threshold and is saved as JumpReLU. A BatchTopK training
+//! checkpoint (`architecture` batchtopk, `topk_threshold`) with `rescale_acts_by_decoder_norm`
+//! (SAELens's default) compares the threshold with `h * ||W_dec[i]||` and outputs that
+//! product, as the JumpReLU that SAELens's `save_inference_model` folds it into does:
+//! here the threshold is divided by the norm and the codes carry it as a code scale.
+//!
+//! `normalize_activations` `expected_average_only_in` and `covariance_whitening` depend on
+//! dataset constants that are not saved; SAELens reads both from disk as the identity,
+//! and so does this loader, with a warning (the first takes its constant from
+//! [`LoadOptions::norm_scale`]).
 
 use std::path::{Path, PathBuf};
 
@@ -21,7 +30,9 @@ use serde_json::Value;
 
 use crate::error::{Error, Result};
 use crate::io::mapped::MappedSafetensors;
-use crate::sae::{Activation, Format, Normalization, Sae, SaeMeta};
+use crate::sae::{Activation, Format, LatentScales, Normalization, Sae, SaeMeta};
+
+use super::LoadOptions;
 
 use super::common::{
     check_scaling_factor, layer_from_hook, map_i64, map_str, matrix_from_tensor, value_usize,
@@ -56,6 +67,9 @@ struct Parsed {
     kind: Kind,
     subtract_b_dec: bool,
     normalization: Normalization,
+    /// Conventions applied and warnings, for `SaeMeta`.
+    conventions: Vec<String>,
+    warnings: Vec<String>,
     rescale: bool,
     hook_name: Option<String>,
     hook_layer: Option<i64>,
@@ -69,7 +83,10 @@ enum Kind {
     Threshold,
 }
 
-fn parse_normalization(cfg: &Cfg) -> Result<Normalization> {
+/// The normalization, plus the conventions and warnings that go with it.
+type ParsedNormalization = (Normalization, Vec<String>, Vec<String>);
+
+fn parse_normalization(cfg: &Cfg, norm_scale: Option<f32>) -> Result<ParsedNormalization> {
     let v = cfg.get("normalize_activations");
     let s = match v {
         None => "none",
@@ -84,22 +101,58 @@ fn parse_normalization(cfg: &Cfg) -> Result<Normalization> {
             ))
         }
     };
+    let plain = |n| Ok((n, Vec::new(), Vec::new()));
     match s {
-        "none" | "" => Ok(Normalization::None),
-        "constant_norm_rescale" => Ok(Normalization::ConstantNormRescale),
+        "none" | "" => plain(Normalization::None),
+        "constant_norm_rescale" => plain(Normalization::ConstantNormRescale),
         // SAELens hard-codes eps = 1e-5 for this normalization.
-        "layer_norm" => Ok(Normalization::LayerNorm { eps: 1e-5 }),
-        "expected_average_only_in" => Err(Error::format(
-            &cfg.path,
-            "normalize_activations = expected_average_only_in scales inputs by a dataset \
-             constant that cfg.json does not store; fold the scaling factor into the weights \
-             (SAELens fold_activation_norm_scaling_factor) and set it to none",
+        "layer_norm" => plain(Normalization::LayerNorm { eps: 1e-5 }),
+        "expected_average_only_in" => match norm_scale {
+            Some(factor) => Ok((
+                Normalization::Scale { factor },
+                vec![format!(
+                    "normalize_activations expected_average_only_in: inputs multiplied by \
+                     {factor} (--norm-scale) before encoding, outputs divided by it after decoding"
+                )],
+                Vec::new(),
+            )),
+            None => Ok((
+                Normalization::None,
+                vec![
+                    "normalize_activations expected_average_only_in read as the identity \
+                      (SAELens load_from_disk)"
+                        .into(),
+                ],
+                vec![format!(
+                    "{}: normalize_activations = expected_average_only_in needs the dataset's \
+                     norm scaling factor (sqrt(d_in) / mean ||x||), which cfg.json does not \
+                     store; encoding without it (the identity, as SAELens does from disk); \
+                     pass --norm-scale FACTOR to apply it",
+                    cfg.path.display()
+                )],
+            )),
+        },
+        "covariance_whitening" => Ok((
+            Normalization::None,
+            vec![
+                "normalize_activations covariance_whitening read as the identity \
+                  (SAELens load_from_disk)"
+                    .into(),
+            ],
+            vec![format!(
+                "{}: normalize_activations = covariance_whitening needs the whitening mean \
+                 and matrix, which are not saved with the SAE; encoding without them (the \
+                 identity, as SAELens does from disk); fold them into the weights with \
+                 SAELens fold_activation_whitening for whitened codes",
+                cfg.path.display()
+            )],
         )),
         other => Err(Error::format(
             &cfg.path,
             format!(
-                "normalize_activations `{other}` is not supported \
-                 (expected none, constant_norm_rescale or layer_norm)"
+                "normalize_activations `{other}` is not supported (expected none, \
+                 constant_norm_rescale, layer_norm, expected_average_only_in or \
+                 covariance_whitening)"
             ),
         )),
     }
@@ -120,7 +173,7 @@ fn k_value(cfg: &Cfg, legacy: bool) -> Result<usize> {
         .ok_or_else(|| Error::format(&cfg.path, format!("k must be a positive integer, got {v}")))
 }
 
-fn parse(cfg: &Cfg, legacy: bool) -> Result<Parsed> {
+fn parse(cfg: &Cfg, legacy: bool, opts: &LoadOptions) -> Result<Parsed> {
     let d_in = cfg.usize_req("d_in")?;
     let d_sae = cfg.usize_req("d_sae")?;
     let architecture = match cfg.str_opt("architecture")? {
@@ -164,12 +217,13 @@ fn parse(cfg: &Cfg, legacy: bool) -> Result<Parsed> {
     let rescale = cfg
         .bool_opt("rescale_acts_by_decoder_norm")?
         .unwrap_or(false);
-    if rescale && !matches!(kind, Kind::TopK(_)) {
+    let batch_topk = matches!(architecture.as_str(), "batchtopk" | "matryoshka_batchtopk");
+    if rescale && !matches!(kind, Kind::TopK(_)) && !batch_topk {
         return Err(Error::format(
             &cfg.path,
             format!(
-                "rescale_acts_by_decoder_norm with architecture `{architecture}` is not supported \
-                 (only TopK rescaling is implemented)"
+                "rescale_acts_by_decoder_norm with architecture `{architecture}` is not \
+                 supported (SAELens defines it for topk and batchtopk)"
             ),
         ));
     }
@@ -196,13 +250,16 @@ fn parse(cfg: &Cfg, legacy: bool) -> Result<Parsed> {
         .find_map(|m| map_i64(m, "hook_layer").or_else(|| map_i64(m, "hook_point_layer")))
         .or_else(|| hook_name.as_deref().and_then(layer_from_hook));
     let model_name = pick("model_name");
+    let (normalization, conventions, warnings) = parse_normalization(cfg, opts.norm_scale)?;
     Ok(Parsed {
         architecture,
         d_in,
         d_sae,
         kind,
         subtract_b_dec: cfg.bool_opt("apply_b_dec_to_input")?.unwrap_or(true),
-        normalization: parse_normalization(cfg)?,
+        normalization,
+        conventions,
+        warnings,
         rescale,
         hook_name,
         hook_layer,
@@ -221,7 +278,7 @@ pub fn dir_of(path: &Path) -> PathBuf {
 
 /// Loads a SAELens directory (or its weights / cfg file). `legacy` selects the pre-6.0
 /// reading of the config; `None` decides from the config itself.
-pub fn load(path: &Path, legacy: Option<bool>) -> Result<Sae> {
+pub fn load(path: &Path, legacy: Option<bool>, opts: &LoadOptions) -> Result<Sae> {
     let dir = dir_of(path);
     let cfg_path = dir.join(CFG);
     if !cfg_path.is_file() {
@@ -229,7 +286,7 @@ pub fn load(path: &Path, legacy: Option<bool>) -> Result<Sae> {
     }
     let cfg = Cfg::read(&cfg_path)?;
     let legacy = legacy.unwrap_or_else(|| !is_v6(&cfg));
-    let p = parse(&cfg, legacy)?;
+    let p = parse(&cfg, legacy, opts)?;
     let (l, d) = (p.d_sae, p.d_in);
 
     let file = if path.is_file()
@@ -246,14 +303,39 @@ pub fn load(path: &Path, legacy: Option<bool>) -> Result<Sae> {
     let w_dec = matrix_from_tensor(&file, &st.tensor("W_dec")?, l, d, Stored::LatentsByDim)?;
     let b_enc = vector_from_tensor(&file, &st.tensor("b_enc")?, l)?;
     let b_dec = vector_from_tensor(&file, &st.tensor("b_dec")?, d)?;
-    if let Some(sf) = st.get("scaling_factor") {
-        let n = sf.numel();
-        check_scaling_factor(&file, &vector_from_tensor(&file, &sf, n)?)?;
-    }
-    let threshold = match p.kind {
+    let decode_scale = finetuning_scaling_factor(&cfg, &file, &st, l)?;
+    let mut threshold = match p.kind {
         Kind::Threshold => Some(threshold(&file, &st, l, &p.architecture)?),
         _ => None,
     };
+    let mut conventions = p.conventions;
+    let mut scales = LatentScales {
+        code_scale: None,
+        decode_scale,
+    };
+    if scales.decode_scale.is_some() {
+        conventions.push(
+            "SAELens 5.x finetuning_scaling_factor: codes are multiplied by it before decoding"
+                .into(),
+        );
+    }
+    // BatchTopK with rescale_acts_by_decoder_norm: fire when h * n_i > t, output h * n_i
+    // (n_i = ||W_dec[i]|| clamped at 1e-8, as SAELens's get_W_dec_norm); equivalently
+    // h > t / n_i with the code scaled by n_i. TopK keeps its own rescale.
+    let rescale_topk = p.rescale && matches!(p.kind, Kind::TopK(_));
+    if let (true, Kind::Threshold, Some(t)) = (p.rescale, &p.kind, threshold.as_mut()) {
+        let norms: Vec<f32> = w_dec.row_norms().into_iter().map(|n| n.max(1e-8)).collect();
+        for (t, n) in t.iter_mut().zip(&norms) {
+            *t /= n;
+        }
+        scales.code_scale = Some(norms);
+        conventions.push(format!(
+            "SAELens {} with rescale_acts_by_decoder_norm: the threshold applies to the \
+             pre-activations times the decoder norms, and codes are in those units (as the \
+             JumpReLU SAELens's save_inference_model folds it into)",
+            p.architecture
+        ));
+    }
     let activation = match p.kind {
         Kind::Relu => Activation::Relu,
         Kind::TopK(k) => Activation::TopK { k },
@@ -272,6 +354,8 @@ pub fn load(path: &Path, legacy: Option<bool>) -> Result<Sae> {
             hook_layer: p.hook_layer,
             model_name: p.model_name,
             dtype: w_enc.dtype(),
+            conventions,
+            warnings: p.warnings,
         },
         w_enc,
         w_dec,
@@ -281,10 +365,60 @@ pub fn load(path: &Path, legacy: Option<bool>) -> Result<Sae> {
         activation,
         subtract_b_dec: p.subtract_b_dec,
         normalization: p.normalization,
-        rescale_acts_by_decoder_norm: p.rescale,
+        rescale_acts_by_decoder_norm: rescale_topk,
+        scales,
     };
     sae.validate()?;
     Ok(sae)
+}
+
+/// SAELens before 6.0: with `finetuning_scaling_factor: true` in cfg.json, decode is
+/// `(f * s) @ W_dec + b_dec` with a per-latent `s`. Its disk loader reads `s` from a
+/// tensor `scaling_factor` (dropped when all ones within `torch.allclose`; refused when
+/// not and the flag is false); `save_model` writes it as `finetuning_scaling_factor`,
+/// the module's own name, which is read the same way here.
+fn finetuning_scaling_factor(
+    cfg: &Cfg,
+    file: &Path,
+    st: &MappedSafetensors,
+    l: usize,
+) -> Result<Option<Vec<f32>>> {
+    let flag = cfg.bool_opt("finetuning_scaling_factor")?.unwrap_or(false);
+    let tensor =
+        match (
+            st.get("finetuning_scaling_factor"),
+            st.get("scaling_factor"),
+        ) {
+            (Some(_), Some(_)) => return Err(Error::format(
+                file,
+                "holds both `finetuning_scaling_factor` and `scaling_factor`; refusing to guess \
+                 which one applies",
+            )),
+            (a, b) => a.or(b),
+        };
+    let Some(t) = tensor else {
+        if flag {
+            return Err(Error::missing(
+                file,
+                "tensor `scaling_factor` (cfg.json sets finetuning_scaling_factor: true)",
+            ));
+        }
+        return Ok(None);
+    };
+    let name = t.name.clone();
+    let n = t.numel();
+    let v = vector_from_tensor(file, &t, n)?;
+    if v.iter().all(|x| (x - 1.0).abs() <= 1e-8 + 1e-5) {
+        return Ok(None);
+    }
+    if !flag {
+        // What check_scaling_factor says for the other formats.
+        return check_scaling_factor(file, &v).map(|_| None);
+    }
+    if n != l {
+        return Err(Error::shape(file, name, &[n], format!("[{l}] (d_sae)")));
+    }
+    Ok(Some(v))
 }
 
 /// The per-latent threshold: `threshold`, else `exp(log_threshold)` (SAELens training

@@ -132,6 +132,8 @@ pub fn load(path: &Path) -> Result<Sae> {
             hook_name: hook,
             model_name: None,
             dtype: w_enc.dtype(),
+            conventions: Vec::new(),
+            warnings: Vec::new(),
         },
         w_enc,
         w_dec,
@@ -142,6 +144,7 @@ pub fn load(path: &Path) -> Result<Sae> {
         subtract_b_dec: true,
         normalization: Normalization::None,
         rescale_acts_by_decoder_norm: false,
+        scales: Default::default(),
     };
     sae.validate()?;
     Ok(sae)

@@ -6,6 +6,13 @@
 //! otherwise it is transposed block by block (a band of stored rows at a time, each output
 //! row's slice written at its offset), so memory stays at one band whatever the size.
 //! Files are written under temporary names and renamed when complete, weights first.
+//! Per-latent scales (a folded decoder norm, a finetuning scaling factor) have no field
+//! in the SAELens layout, so they are folded into the weights as SAELens itself folds
+//! them: encoder rows, b_enc and thresholds times the code scale, decoder rows times
+//! decode_scale / code_scale (those matrices then go through f32, a band at a time).
+//! An input scale c (expected_average_only_in with its constant) is folded the way
+//! SAELens's `fold_activation_norm_scaling_factor` does: W_enc times c, W_dec and b_dec
+//! divided by c.
 
 use std::fs::File;
 use std::io::{Seek, SeekFrom, Write};
@@ -28,8 +35,13 @@ const DECLARED_SAELENS_VERSION: &str = "6.0.0";
 
 /// Where a tensor's bytes come from.
 enum Source<'a> {
-    /// A logical [L, d] matrix to be written stored as `[rows, cols]` of `want`.
-    Matrix { m: &'a Matrix, want: Layout },
+    /// A logical [L, d] matrix to be written stored as `[rows, cols]` of `want`, each
+    /// logical row multiplied by `row_scale[i]` when given.
+    Matrix {
+        m: &'a Matrix,
+        want: Layout,
+        row_scale: Option<&'a [f32]>,
+    },
     /// Small f32 values, written as `dtype`.
     Vector { values: &'a [f32], dtype: DType },
 }
@@ -92,7 +104,17 @@ pub fn cfg_json(sae: &Sae, dir: &Path) -> Result<Value> {
                 format!("SAELens layer_norm uses eps = 1e-5; this SAE uses {eps}"),
             ))
         }
+        // SAELens stores no constant for expected_average_only_in: the factor is folded
+        // into the weights as its fold_activation_norm_scaling_factor does.
+        Normalization::Scale { .. } => "none",
     };
+    if sae.scales.decode_scale.is_some() && sae.rescale_acts_by_decoder_norm {
+        return Err(Error::format(
+            dir,
+            "a finetuning scaling factor cannot be folded into W_dec of a TopK SAE that \
+             rescales by the decoder norms (the selection would change)",
+        ));
+    }
     let mut metadata = Map::new();
     if let Some(h) = &sae.meta.hook_name {
         metadata.insert("hook_name".into(), json!(h));
@@ -131,6 +153,7 @@ pub fn cfg_json(sae: &Sae, dir: &Path) -> Result<Value> {
 /// Writes `sae` into `dir` (created if missing) as SAELens v6.
 pub fn write_saelens(sae: &Sae, dir: &Path) -> Result<()> {
     sae.validate()?;
+    let folded = Folded::of(sae);
     let cfg = cfg_json(sae, dir)?;
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let (l, d) = (sae.n_latents(), sae.d_in());
@@ -143,6 +166,7 @@ pub fn write_saelens(sae: &Sae, dir: &Path) -> Result<()> {
             source: Source::Matrix {
                 m: &sae.w_enc,
                 want: Layout::Transposed,
+                row_scale: folded.enc_scale.as_deref(),
             },
         },
         Entry {
@@ -152,12 +176,13 @@ pub fn write_saelens(sae: &Sae, dir: &Path) -> Result<()> {
             source: Source::Matrix {
                 m: &sae.w_dec,
                 want: Layout::RowMajor,
+                row_scale: folded.dec_scale.as_deref(),
             },
         },
     ];
     let mut vectors: Vec<(&'static str, &[f32])> =
-        vec![("b_enc", &sae.b_enc), ("b_dec", &sae.b_dec)];
-    if let (Activation::JumpRelu, Some(t)) = (sae.activation, &sae.threshold) {
+        vec![("b_enc", &folded.b_enc), ("b_dec", &folded.b_dec)];
+    if let (Activation::JumpRelu, Some(t)) = (sae.activation, &folded.threshold) {
         vectors.push(("threshold", t));
     }
     for (name, values) in vectors {
@@ -215,14 +240,101 @@ fn write_safetensors(target: &Path, tmp: &Path, entries: &[Entry]) -> Result<()>
             Source::Vector { values, dtype } => {
                 f.write_all(&convert_from_f32(*dtype, values)).map_err(io)?;
             }
-            Source::Matrix { m, want } => {
-                write_matrix(&mut f, base, m, *want, BAND_BYTES).map_err(io)?
-            }
+            Source::Matrix {
+                m,
+                want,
+                row_scale: None,
+            } => write_matrix(&mut f, base, m, *want, BAND_BYTES).map_err(io)?,
+            Source::Matrix {
+                m,
+                want,
+                row_scale: Some(scale),
+            } => write_scaled_matrix(&mut f, base, m, *want, scale, BAND_BYTES).map_err(io)?,
         }
         base += e.len() as u64;
         f.seek(SeekFrom::Start(base)).map_err(io)?;
     }
     f.sync_all().map_err(io)
+}
+
+/// The vectors of `sae` with its per-latent scales folded in, and the decoder rows' factor.
+struct Folded {
+    b_enc: Vec<f32>,
+    b_dec: Vec<f32>,
+    threshold: Option<Vec<f32>>,
+    enc_scale: Option<Vec<f32>>,
+    dec_scale: Option<Vec<f32>>,
+}
+
+impl Folded {
+    fn of(sae: &Sae) -> Folded {
+        let l = sae.n_latents();
+        let c = |i: usize| sae.scales.code_scale.as_ref().map_or(1.0, |c| c[i]);
+        let s = |i: usize| sae.scales.decode_scale.as_ref().map_or(1.0, |s| s[i]);
+        let input = match sae.normalization {
+            Normalization::Scale { factor } => Some(factor),
+            _ => None,
+        };
+        let k = input.unwrap_or(1.0);
+        let scaled = !sae.scales.is_empty() || input.is_some();
+        Folded {
+            b_enc: (0..l).map(|i| sae.b_enc[i] * c(i)).collect(),
+            b_dec: sae.b_dec.iter().map(|b| b / k).collect(),
+            threshold: sae
+                .threshold
+                .as_ref()
+                .map(|t| (0..l).map(|i| t[i] * c(i)).collect()),
+            enc_scale: scaled.then(|| (0..l).map(|i| c(i) * k).collect()),
+            dec_scale: scaled.then(|| (0..l).map(|i| s(i) / c(i) / k).collect()),
+        }
+    }
+}
+
+/// [`write_matrix`] with each logical row `i` multiplied by `scale[i]`: a band of logical
+/// rows at a time through f32, written back in the matrix's dtype.
+fn write_scaled_matrix(
+    f: &mut File,
+    base: u64,
+    m: &Matrix,
+    want: Layout,
+    scale: &[f32],
+    band_bytes: usize,
+) -> std::io::Result<()> {
+    let (l, d, dt) = (m.rows(), m.cols(), m.dtype());
+    let s = dt.size();
+    if l == 0 || d == 0 {
+        return Ok(());
+    }
+    let band = (band_bytes / (d * 4)).clamp(1, l);
+    let mut rows = vec![0f32; band * d];
+    let mut col = vec![0f32; band];
+    let mut r0 = 0;
+    while r0 < l {
+        let r1 = (r0 + band).min(l);
+        let n = r1 - r0;
+        let buf = &mut rows[..n * d];
+        m.rows_f32(r0..r1, buf);
+        for (i, row) in buf.chunks_exact_mut(d).enumerate() {
+            row.iter_mut().for_each(|v| *v *= scale[r0 + i]);
+        }
+        match want {
+            Layout::RowMajor => {
+                f.seek(SeekFrom::Start(base + (r0 * d * s) as u64))?;
+                f.write_all(&convert_from_f32(dt, buf))?;
+            }
+            Layout::Transposed => {
+                for j in 0..d {
+                    for (i, v) in col[..n].iter_mut().enumerate() {
+                        *v = buf[i * d + j];
+                    }
+                    f.seek(SeekFrom::Start(base + ((j * l + r0) * s) as u64))?;
+                    f.write_all(&convert_from_f32(dt, &col[..n]))?;
+                }
+            }
+        }
+        r0 = r1;
+    }
+    Ok(())
 }
 
 /// Writes logical matrix `m` at `base` stored in layout `want`, from its stored bytes.

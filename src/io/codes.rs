@@ -470,6 +470,8 @@ pub struct CodesReader {
     n: usize,
     nnz: usize,
     fingerprint: Option<String>,
+    /// Whether a file without a fingerprint passes [`CodesReader::check_fingerprint`].
+    allow_unfingerprinted: bool,
     indices: MappedTensor,
     values: MappedTensor,
     row_ptr: Option<MappedTensor>,
@@ -599,6 +601,7 @@ impl CodesReader {
         Ok(CodesReader {
             path: path.to_path_buf(),
             fingerprint: meta.get("fingerprint").cloned(),
+            allow_unfingerprinted: false,
             kind,
             n,
             nnz,
@@ -685,22 +688,79 @@ impl CodesReader {
         codes
             .validate(i32::MAX as usize)
             .map_err(|e| Error::format(&self.path, e.to_string()))?;
+        self.check_finite_values(&codes, start)?;
         let denorm = self.denorm.as_ref().map(|(s, t)| Denorm {
             scale: read_f32(&s.bytes.as_slice()[start * 4..(start + count) * 4]),
             shift: read_f32(&t.bytes.as_slice()[start * 4..(start + count) * 4]),
         });
+        if let Some(dn) = &denorm {
+            for (name, v) in [("norm_scale", &dn.scale), ("norm_shift", &dn.shift)] {
+                if let Some(r) = v.iter().position(|x| !x.is_finite()) {
+                    return Err(Error::format(
+                        &self.path,
+                        format!(
+                            "`{name}` of row {} is {}; codes must be finite (the file is corrupt)",
+                            start + r,
+                            v[r]
+                        ),
+                    ));
+                }
+            }
+        }
         Ok(Encoded { codes, denorm })
     }
 
+    /// Refuses a NaN or infinite code value, naming the row (counted from the file's
+    /// start) and the latent. Runs on the values just read, so it costs one pass over
+    /// memory that is hot anyway.
+    fn check_finite_values(&self, codes: &Codes, start: usize) -> Result<()> {
+        let (indices, values) = codes.entries();
+        let Some(j) = values.iter().position(|v| !v.is_finite()) else {
+            return Ok(());
+        };
+        let row = match codes {
+            Codes::TopK { k, .. } => j / k,
+            // The row whose range [row_ptr[r], row_ptr[r + 1]) holds entry j.
+            Codes::Csr { row_ptr, .. } => row_ptr.partition_point(|p| *p as usize <= j) - 1,
+        };
+        Err(Error::format(
+            &self.path,
+            format!(
+                "code value of row {} (latent {}) is {}; codes must be finite (the file is corrupt)",
+                start + row,
+                indices[j],
+                values[j]
+            ),
+        ))
+    }
+
+    /// Accepts codes without a recorded fingerprint (written by another tool) in
+    /// [`CodesReader::check_fingerprint`]; off by default, since such codes cannot be
+    /// checked against the SAE that decodes them.
+    pub fn allow_unfingerprinted(mut self, allow: bool) -> Self {
+        self.allow_unfingerprinted = allow;
+        self
+    }
+
     /// Checks the recorded fingerprint against an SAE's (`Sae::fingerprint`). A file
-    /// without a fingerprint (written by another tool) is accepted.
+    /// without a fingerprint is refused unless [`CodesReader::allow_unfingerprinted`]
+    /// was set.
     pub fn check_fingerprint(&self, sae_fingerprint: &str) -> Result<()> {
         match &self.fingerprint {
             Some(f) if f != sae_fingerprint => Err(Error::Incompatible(format!(
                 "{}: codes were produced by a different SAE (fingerprint {f}, this SAE has {sae_fingerprint})",
                 self.path.display()
             ))),
-            _ => Ok(()),
+            Some(_) => Ok(()),
+            None if self.allow_unfingerprinted => Ok(()),
+            None => Err(Error::missing(
+                &self.path,
+                format!(
+                    "metadata `fingerprint` (the SAE that produced these codes), so they cannot be \
+                     checked against this SAE ({sae_fingerprint}); pass --allow-unfingerprinted if \
+                     you know they come from it"
+                ),
+            )),
         }
     }
 }

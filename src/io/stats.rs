@@ -111,18 +111,131 @@ pub fn read(path: &Path) -> Result<LatentStats> {
         .chunks_exact(8)
         .map(|c| i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
         .collect();
-    if let Some(v) = n_active.iter().find(|v| **v < 0 || **v as u64 > n_tokens) {
+    if let Some((i, v)) = n_active.iter().enumerate().find(|(_, v)| **v < 0) {
         return Err(Error::format(
             path,
-            format!("`n_active` holds {v}, outside 0..={n_tokens} (n_tokens)"),
+            format!("`n_active` holds {v} at latent {i}; a count cannot be negative"),
         ));
     }
-    Ok(LatentStats {
+    let stats = LatentStats {
         fingerprint,
         n_tokens,
         sum: f64s(sum.bytes.as_slice()),
         sum_sq: f64s(sum_sq.bytes.as_slice()),
         n_active: n_active.into_iter().map(|v| v as u64).collect(),
         max: max.to_f32(path)?,
-    })
+    };
+    validate(path, &stats)?;
+    Ok(stats)
+}
+
+/// Refuses statistics that no encoding pass can produce: a NaN or infinity in any
+/// per-latent array (it would rank that latent first or last in every comparison), and
+/// counts that contradict each other. `path` names the file in the error.
+pub fn validate(path: &Path, stats: &LatentStats) -> Result<()> {
+    let f64_arrays: [(&str, &[f64]); 2] = [("sum", &stats.sum), ("sum_sq", &stats.sum_sq)];
+    for (name, values) in f64_arrays {
+        first_non_finite(path, name, values.iter().copied())?;
+    }
+    first_non_finite(path, "max", stats.max.iter().map(|v| *v as f64))?;
+    let n_tokens = stats.n_tokens;
+    if let Some((i, v)) = stats
+        .n_active
+        .iter()
+        .enumerate()
+        .find(|(_, v)| **v > n_tokens)
+    {
+        return Err(Error::format(
+            path,
+            format!(
+                "`n_active` of latent {i} is {v}, more than the {n_tokens} tokens counted                  (metadata n_tokens): the file is corrupt"
+            ),
+        ));
+    }
+    // Activations are >= 0 and a token counts as active when its activation is > 0, so a
+    // latent that never fired has nothing to sum.
+    let silent_but_summed = (0..stats.n_latents())
+        .find(|&i| stats.n_active[i] == 0 && (stats.sum[i] != 0.0 || stats.max[i] != 0.0));
+    if let Some(i) = silent_but_summed {
+        return Err(Error::format(
+            path,
+            format!(
+                "latent {i} has `n_active` 0 but `sum` {} and `max` {}: the file is corrupt",
+                stats.sum[i], stats.max[i]
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// An error naming the array and the first latent whose value is NaN or infinite.
+pub fn first_non_finite(
+    path: &Path,
+    name: &str,
+    values: impl IntoIterator<Item = f64>,
+) -> Result<()> {
+    match values.into_iter().enumerate().find(|(_, v)| !v.is_finite()) {
+        Some((i, v)) => Err(Error::format(
+            path,
+            format!(
+                "`{name}` of latent {i} is {v}; statistics must be finite (the file is corrupt)"
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> LatentStats {
+        let mut s = LatentStats::new("fp", 3);
+        s.n_tokens = 10;
+        s.sum = vec![1.0, 2.0, 3.0];
+        s.sum_sq = vec![1.0, 4.0, 9.0];
+        s.n_active = vec![1, 2, 10];
+        s.max = vec![1.0, 2.0, 3.0];
+        s
+    }
+
+    fn refused(edit: impl Fn(&mut LatentStats), want: &str) {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("s.safetensors");
+        let mut s = sample();
+        edit(&mut s);
+        write(&p, &s).unwrap();
+        let e = read(&p).unwrap_err().to_string();
+        assert!(e.contains("s.safetensors") && e.contains(want), "{e}");
+    }
+
+    #[test]
+    fn clean_file_reads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("s.safetensors");
+        write(&p, &sample()).unwrap();
+        assert_eq!(read(&p).unwrap().sum, sample().sum);
+    }
+
+    #[test]
+    fn non_finite_values_are_refused_naming_array_and_latent() {
+        refused(|s| s.sum[1] = f64::NAN, "`sum` of latent 1 is NaN");
+        refused(
+            |s| s.sum_sq[2] = f64::INFINITY,
+            "`sum_sq` of latent 2 is inf",
+        );
+        refused(
+            |s| s.max[0] = f32::NEG_INFINITY,
+            "`max` of latent 0 is -inf",
+        );
+    }
+
+    #[test]
+    fn inconsistent_counts_are_refused() {
+        refused(|s| s.n_active[1] = 11, "`n_active` of latent 1 is 11");
+        refused(
+            |s| s.n_active[0] = 0,
+            "latent 0 has `n_active` 0 but `sum` 1",
+        );
+    }
 }

@@ -4,12 +4,20 @@
 //! x' = normalize(x)
 //! h  = (x' - b_dec if subtract_b_dec else x') . W_enc^T + b_enc      (W_enc logical [L, d])
 //! h  = h * ||W_dec[i]||            if rescale_acts_by_decoder_norm (TopK only)
-//! f  = activation(h)
-//! x_hat = denormalize((f / ||W_dec[i]|| if rescaled) . W_dec + b_dec)
+//! f  = activation(h) * code_scale[i]                    (code_scale: ReLU / JumpReLU only)
+//! x_hat = denormalize((f / ||W_dec[i]|| if rescaled) / code_scale[i] * decode_scale[i] . W_dec + b_dec)
 //! ```
+//!
+//! `code_scale` carries conventions that fold a positive per-latent factor into the
+//! encoder (dictionary_learning's `from_pretrained`, SAELens BatchTopK with
+//! `rescale_acts_by_decoder_norm`) without copying the weight matrices: for ReLU and
+//! JumpReLU, `activation(h * c) = activation(h) * c` once the threshold is divided by
+//! `c`, which the loaders do. `decode_scale` is SAELens 5.x's finetuning scaling factor.
 
+use std::borrow::Cow;
 use std::path::PathBuf;
 
+use crate::codes::Codes;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::matrix::Matrix;
@@ -91,6 +99,9 @@ pub enum Normalization {
     ConstantNormRescale,
     /// x' = (x - mean) / (std + eps) with the unbiased std (torch `x.std()`); out: x_hat * std + mean.
     LayerNorm { eps: f32 },
+    /// x' = x * factor; out: x_hat / factor. SAELens `expected_average_only_in` with its
+    /// dataset constant (sqrt(d) / E||x||), which cfg.json does not store.
+    Scale { factor: f32 },
 }
 
 /// Per-row constants that undo the normalization: `x = x_norm_out * scale + shift`.
@@ -124,6 +135,15 @@ impl Normalization {
                 }
                 Some(RowDenorm {
                     scale: (1.0 / coeff) as f32,
+                    shift: 0.0,
+                })
+            }
+            Normalization::Scale { factor } => {
+                for v in row.iter_mut() {
+                    *v *= factor;
+                }
+                Some(RowDenorm {
+                    scale: 1.0 / factor,
                     shift: 0.0,
                 })
             }
@@ -162,6 +182,13 @@ pub struct SaeMeta {
     pub model_name: Option<String>,
     /// Stored dtype of the weight matrices.
     pub dtype: DType,
+    /// Which of its source library's conventions the loader applied, one line each
+    /// (e.g. "dictionary_learning from_pretrained: decoder norms folded into the
+    /// encoder"); `sae inspect` shows them.
+    pub conventions: Vec<String>,
+    /// What the loader could not honour and how it read the SAE instead (e.g. a
+    /// normalization whose constant is not stored); commands print them on stderr.
+    pub warnings: Vec<String>,
 }
 
 /// A loaded sparse autoencoder in canonical form.
@@ -184,6 +211,26 @@ pub struct Sae {
     pub normalization: Normalization,
     /// SAELens TopK: multiply h by decoder row norms before selection, divide before decoding.
     pub rescale_acts_by_decoder_norm: bool,
+    /// Per-latent factors on the codes and before decoding (see the module docs).
+    pub scales: LatentScales,
+}
+
+/// Per-latent factors of the canonical form; both empty for most SAEs.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LatentScales {
+    /// [n_latents], positive: codes are `activation(h) * code_scale[i]`, and decoding
+    /// divides them by it again. ReLU and JumpReLU only (the threshold applies to `h`).
+    pub code_scale: Option<Vec<f32>>,
+    /// [n_latents]: codes are multiplied by it before decoding (SAELens 5.x
+    /// `finetuning_scaling_factor`).
+    pub decode_scale: Option<Vec<f32>>,
+}
+
+impl LatentScales {
+    /// Whether both are absent.
+    pub fn is_empty(&self) -> bool {
+        self.code_scale.is_none() && self.decode_scale.is_none()
+    }
 }
 
 impl Sae {
@@ -257,6 +304,53 @@ impl Sae {
             }
             _ => {}
         }
+        let vectors = [
+            ("b_enc", Some(&self.b_enc)),
+            ("b_dec", Some(&self.b_dec)),
+            ("threshold", self.threshold.as_ref()),
+        ];
+        for (name, v) in vectors {
+            if let Some(i) = v.and_then(|v| v.iter().position(|x| !x.is_finite())) {
+                return Err(Error::format(
+                    src,
+                    format!(
+                        "`{name}` holds {} at index {i}; SAE weights must be finite",
+                        v.unwrap()[i]
+                    ),
+                ));
+            }
+        }
+        let scales = [
+            ("code_scale", self.scales.code_scale.as_ref()),
+            ("decode_scale", self.scales.decode_scale.as_ref()),
+        ];
+        for (name, v) in scales {
+            let Some(v) = v else { continue };
+            if v.len() != l {
+                return Err(Error::shape(src, name, &[v.len()], format!("[{l}]")));
+            }
+            if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+                return Err(Error::format(
+                    src,
+                    format!("`{name}` holds {} at index {i}; it must be finite", v[i]),
+                ));
+            }
+        }
+        if let Some(c) = &self.scales.code_scale {
+            if self.activation.is_topk() {
+                return Err(Error::format(
+                    src,
+                    "a per-latent code scale with TopK would change the selection; \
+                     only ReLU and JumpReLU SAEs take one",
+                ));
+            }
+            if let Some(i) = c.iter().position(|x| *x <= 0.0) {
+                return Err(Error::format(
+                    src,
+                    format!("code scale of latent {i} is {}; it must be positive", c[i]),
+                ));
+            }
+        }
         if self.rescale_acts_by_decoder_norm && !self.activation.is_topk() {
             return Err(Error::format(
                 src,
@@ -264,6 +358,54 @@ impl Sae {
             ));
         }
         Ok(())
+    }
+
+    /// The error for a non-finite pre-activation of `latent` (value `value`) computed from
+    /// the finite input row `row`: it blames the SAE and names the latent.
+    pub fn non_finite_preactivation(&self, latent: usize, value: f32, row: u64) -> Error {
+        Error::SaeNonFinite {
+            sae: self.meta.source.clone(),
+            latent,
+            value,
+            row,
+            input: String::new(),
+        }
+    }
+
+    /// Applies `code_scale` to freshly encoded codes (every backend calls this last).
+    pub fn scale_codes(&self, codes: &mut Codes) {
+        let Some(c) = &self.scales.code_scale else {
+            return;
+        };
+        let (indices, values) = codes.entries_mut();
+        for (i, v) in indices.iter().zip(values.iter_mut()) {
+            if *i >= 0 {
+                *v *= c[*i as usize];
+            }
+        }
+    }
+
+    /// The codes a backend's decoder multiplies with W_dec: `codes / code_scale *
+    /// decode_scale` per latent, borrowed unchanged when the SAE has neither. Indices
+    /// outside the SAE are left for the decoder's own validation to refuse.
+    pub fn codes_for_decoding<'a>(&self, codes: &'a Codes) -> Cow<'a, Codes> {
+        if self.scales.is_empty() {
+            return Cow::Borrowed(codes);
+        }
+        let l = self.n_latents();
+        let coeff = |i: usize| {
+            let c = self.scales.code_scale.as_ref().map_or(1.0, |c| c[i]);
+            let s = self.scales.decode_scale.as_ref().map_or(1.0, |s| s[i]);
+            s / c
+        };
+        let mut out = codes.clone();
+        let (indices, values) = out.entries_mut();
+        for (i, v) in indices.iter().zip(values.iter_mut()) {
+            if *i >= 0 && (*i as usize) < l {
+                *v *= coeff(*i as usize);
+            }
+        }
+        Cow::Owned(out)
     }
 
     /// A short stable identity of the SAE's arithmetic: shape, activation, flags and a
@@ -288,6 +430,8 @@ impl Sae {
             .iter()
             .chain(&self.b_dec)
             .chain(self.threshold.iter().flatten())
+            .chain(self.scales.code_scale.iter().flatten())
+            .chain(self.scales.decode_scale.iter().flatten())
         {
             h.write(&v.to_bits().to_le_bytes());
         }

@@ -253,6 +253,8 @@ pub fn run(opts: &DemoOptions) -> Result<DemoReport> {
             hook_layer: Some(12),
             model_name: Some("sae-demo-synthetic".into()),
             dtype: crate::dtype::DType::F32,
+            conventions: Vec::new(),
+            warnings: Vec::new(),
         },
         w_enc: Matrix::from_f32(&w_dec, l, d, crate::dtype::DType::F32)?,
         w_dec: Matrix::from_f32(&w_dec, l, d, crate::dtype::DType::F32)?,
@@ -263,6 +265,7 @@ pub fn run(opts: &DemoOptions) -> Result<DemoReport> {
         subtract_b_dec: true,
         normalization: Normalization::None,
         rescale_acts_by_decoder_norm: false,
+        scales: Default::default(),
     };
     let sae_dir = data.join("sae");
     mkdir(&sae_dir)?;

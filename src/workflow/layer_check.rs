@@ -338,6 +338,8 @@ mod tests {
             hook_layer: None,
             model_name: None,
             dtype: crate::dtype::DType::F32,
+            conventions: Vec::new(),
+            warnings: Vec::new(),
         }
     }
 

@@ -389,6 +389,8 @@ fn host_sae(l: usize, d: usize, k: usize) -> Result<Sae> {
             hook_layer: None,
             model_name: None,
             dtype: DType::BF16,
+            conventions: Vec::new(),
+            warnings: Vec::new(),
         },
         w_enc: w.clone(),
         w_dec: w,
@@ -399,6 +401,7 @@ fn host_sae(l: usize, d: usize, k: usize) -> Result<Sae> {
         subtract_b_dec: false,
         normalization: Normalization::None,
         rescale_acts_by_decoder_norm: false,
+        scales: Default::default(),
     };
     sae.validate()?;
     Ok(sae)

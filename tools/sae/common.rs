@@ -74,6 +74,38 @@ pub fn parse_format(s: &str) -> std::result::Result<Format, String> {
     })
 }
 
+/// How an SAE is read where its files leave a choice (every command that takes `--sae`).
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct LoadFlags {
+    /// SAELens normalize_activations = expected_average_only_in: the dataset's norm scaling
+    /// factor (sqrt(d_in) / mean ||x||), which cfg.json does not store. Inputs are
+    /// multiplied by it, reconstructions divided. Without it the SAE is read as the
+    /// identity, as SAELens reads it from disk, with a warning.
+    #[arg(long, value_name = "FACTOR")]
+    pub norm_scale: Option<f32>,
+    /// dictionary_learning AutoEncoder: `folded` (default, the library's
+    /// from_pretrained: decoder norms folded into the encoder, codes scaled by them) or
+    /// `raw` (from_pretrained(normalize_decoder=False): the stored weights as they are).
+    #[arg(long, value_name = "CONVENTION", default_value = "folded", value_parser = parse_dl_convention)]
+    pub dl_convention: sae_engine::formats::DlConvention,
+}
+
+impl LoadFlags {
+    /// The library's load options.
+    pub fn options(&self) -> sae_engine::formats::LoadOptions {
+        sae_engine::formats::LoadOptions {
+            norm_scale: self.norm_scale,
+            dl_convention: self.dl_convention,
+        }
+    }
+}
+
+/// `--dl-convention` values.
+fn parse_dl_convention(s: &str) -> std::result::Result<sae_engine::formats::DlConvention, String> {
+    sae_engine::formats::DlConvention::parse(s)
+        .ok_or_else(|| format!("`{s}`: expected folded or raw"))
+}
+
 /// What every command gets: the global flags plus helpers built on them.
 pub struct Ctx {
     pub g: Global,
@@ -130,18 +162,32 @@ impl Ctx {
         p
     }
 
-    /// Loads an SAE (auto-detected unless `format` forces one) and records it (path,
-    /// size, fingerprint) in `prov`.
+    /// Loads an SAE (auto-detected unless `format` forces one) with the load flags and
+    /// records it (path, size, fingerprint, load options) in `prov`. The loader's warnings
+    /// go to stderr as `sae: warning: ...` (with --json too, since stdout is the JSON;
+    /// not with --quiet).
     pub fn load_sae(
         &self,
         path: &std::path::Path,
         format: Option<Format>,
+        flags: &LoadFlags,
         prov: &mut Provenance,
     ) -> Result<Arc<Sae>> {
-        let sae = sae_engine::formats::load(path, format)?;
+        let sae = sae_engine::formats::load_with(path, format, &flags.options())?;
+        if !self.g.quiet {
+            for w in &sae.meta.warnings {
+                eprintln!("sae: warning: {w}");
+            }
+        }
         prov.sae(path, &sae.fingerprint())?;
         if let Some(f) = format {
             prov.option("format", f.name());
+        }
+        if let Some(x) = flags.norm_scale {
+            prov.option("norm_scale", x);
+        }
+        if !sae.meta.conventions.is_empty() {
+            prov.option("conventions", &sae.meta.conventions);
         }
         Ok(Arc::new(sae))
     }

@@ -4,13 +4,13 @@
 
 use std::path::PathBuf;
 
-use sae_engine::convert::{convert_dump, convert_sae, DumpConvertOptions};
+use sae_engine::convert::{convert_dump, convert_sae_with, DumpConvertOptions};
 use sae_engine::dump::{arrow, Dump};
 use sae_engine::io::guard::PathGuard;
 use sae_engine::{DType, Error, Format, Result};
 use serde_json::json;
 
-use crate::common::{parse_format, Ctx};
+use crate::common::{parse_format, Ctx, LoadFlags};
 
 #[derive(Debug, clap::Args)]
 pub struct ConvertArgs {
@@ -30,6 +30,8 @@ pub enum ConvertWhat {
         /// Force the source format.
         #[arg(long, value_parser = parse_format)]
         format: Option<Format>,
+        #[command(flatten)]
+        load: LoadFlags,
     },
     /// Write a dump or activation cache as safetensors shards with `activations` (+ token_ids, mask).
     Dump {
@@ -52,16 +54,24 @@ pub enum ConvertWhat {
 
 pub fn run(ctx: &Ctx, args: ConvertArgs) -> Result<()> {
     match args.what {
-        ConvertWhat::Sae { input, out, format } => {
+        ConvertWhat::Sae {
+            input,
+            out,
+            format,
+            load,
+        } => {
             PathGuard::new()
                 .sae("INPUT", &input)
                 .output_dir("--out", &out)
                 .check()?;
             let mut prov = ctx.provenance("convert sae");
-            let sae = convert_sae(&input, format, &out)?;
+            let sae = convert_sae_with(&input, format, &load.options(), &out)?;
             prov.sae(&input, &sae.fingerprint())?;
             if let Some(f) = format {
                 prov.option("format", f.name());
+            }
+            if let Some(x) = load.norm_scale {
+                prov.option("norm_scale", x);
             }
             ctx.output(
                 &prov,

@@ -8,7 +8,7 @@ use sae_engine::io::guard::PathGuard;
 use sae_engine::{Dump, Format, Result};
 use serde_json::json;
 
-use crate::common::{parse_format, rate, Ctx};
+use crate::common::{parse_format, rate, Ctx, LoadFlags};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -27,6 +27,12 @@ pub struct Args {
     /// Force the SAE format instead of detecting it.
     #[arg(long, value_parser = parse_format)]
     pub format: Option<Format>,
+    #[command(flatten)]
+    pub load: LoadFlags,
+    /// Accept a codes file that records no SAE fingerprint (written by another tool);
+    /// without it such a file is refused, since nothing ties it to this SAE.
+    #[arg(long)]
+    pub allow_unfingerprinted: bool,
 }
 
 pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
@@ -37,8 +43,8 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
         .output_file("--out", &a.out)
         .check()?;
     let mut prov = ctx.provenance("decode");
-    let sae = ctx.load_sae(&a.sae, a.format, &mut prov)?;
-    let codes = CodesReader::open(&a.codes)?;
+    let sae = ctx.load_sae(&a.sae, a.format, &a.load, &mut prov)?;
+    let codes = CodesReader::open(&a.codes)?.allow_unfingerprinted(a.allow_unfingerprinted);
     codes.check_fingerprint(&sae.fingerprint())?;
     prov.input("codes", &a.codes)?;
     let dump = a.acts.as_ref().map(Dump::open).transpose()?;

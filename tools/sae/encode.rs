@@ -7,7 +7,7 @@ use sae_engine::io::guard::PathGuard;
 use sae_engine::{Dump, Format, Result};
 use serde_json::json;
 
-use crate::common::{parse_format, rate, Ctx};
+use crate::common::{parse_format, rate, Ctx, LoadFlags};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -23,6 +23,8 @@ pub struct Args {
     /// Force the SAE format instead of detecting it.
     #[arg(long, value_parser = parse_format)]
     pub format: Option<Format>,
+    #[command(flatten)]
+    pub load: LoadFlags,
 }
 
 pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
@@ -32,7 +34,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
         .output_file("--out", &a.out)
         .check()?;
     let mut prov = ctx.provenance("encode");
-    let sae = ctx.load_sae(&a.sae, a.format, &mut prov)?;
+    let sae = ctx.load_sae(&a.sae, a.format, &a.load, &mut prov)?;
     let dump = Dump::open(&a.acts)?;
     dump.check_width(sae.d_in())?;
     prov.input("acts", &a.acts)?;

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use sae_engine::{Activation, Format, Normalization, Result};
 use serde_json::json;
 
-use crate::common::{human_bytes, parse_format, Ctx};
+use crate::common::{human_bytes, parse_format, Ctx, LoadFlags};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -14,11 +14,13 @@ pub struct Args {
     /// Force the format instead of detecting it.
     #[arg(long, value_parser = parse_format)]
     pub format: Option<Format>,
+    #[command(flatten)]
+    pub load: LoadFlags,
 }
 
 pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
     let mut prov = ctx.provenance("inspect");
-    let sae = ctx.load_sae(&a.sae, a.format, &mut prov)?;
+    let sae = ctx.load_sae(&a.sae, a.format, &a.load, &mut prov)?;
     let (activation, k) = match sae.activation {
         Activation::TopK { k } => ("topk", Some(k)),
         Activation::Relu => ("relu", None),
@@ -28,6 +30,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
         Normalization::None => "none".to_string(),
         Normalization::ConstantNormRescale => "constant_norm_rescale".to_string(),
         Normalization::LayerNorm { eps } => format!("layer_norm (eps {eps})"),
+        Normalization::Scale { factor } => format!("scale by {factor} (expected_average_only_in)"),
     };
     let w_enc = sae.w_enc.size_bytes() as u64;
     let w_dec = sae.w_dec.size_bytes() as u64;
@@ -59,9 +62,11 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
         },
         "memory_mapped": sae.w_enc.bytes().is_mapped() && sae.w_dec.bytes().is_mapped(),
         "fingerprint": fingerprint,
+        "conventions": m.conventions,
+        "warnings": m.warnings,
     });
     let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
-    let human = format!(
+    let mut human = format!(
         "path           {}\n\
          format         {} ({})\n\
          d_in           {}\n\
@@ -96,5 +101,9 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
         human_bytes(w_enc + w_dec + vectors),
         fingerprint,
     );
+    // Which of the source library's readings applies, when it has more than one.
+    for c in &m.conventions {
+        human.push_str(&format!("\nconvention     {c}"));
+    }
     ctx.output(&prov, json, &human)
 }

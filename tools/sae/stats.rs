@@ -13,7 +13,7 @@ use sae_engine::scaleout::{self, Devices, FanOutOptions, FanOutReport, StatsJob}
 use sae_engine::{Dump, Error, Format, LatentStats, Result, Sae};
 use serde_json::json;
 
-use crate::common::{parse_format, rate, Ctx};
+use crate::common::{parse_format, rate, Ctx, LoadFlags};
 
 #[derive(clap::Args, Debug)]
 #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
@@ -38,6 +38,8 @@ pub struct Args {
     /// Force the SAE format instead of detecting it.
     #[arg(long, value_parser = parse_format)]
     pub format: Option<Format>,
+    #[command(flatten)]
+    pub load: LoadFlags,
     /// Split the shard files over several devices, one worker each: CUDA device
     /// indices (0,1 or cuda:0,cuda:1), cpu, or cpu:N for N CPU workers (overrides
     /// --backend/--device). A failed shard is reported with its device; rerunning the
@@ -114,7 +116,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
         .output_dir_opt("--work-dir", work_dir.as_ref())
         .check()?;
     let mut prov = ctx.provenance("stats");
-    let sae = ctx.load_sae(&sae_path, a.format, &mut prov)?;
+    let sae = ctx.load_sae(&sae_path, a.format, &a.load, &mut prov)?;
     prov.option("mask", !a.no_mask);
     if let Some((i, n)) = a.shard {
         prov.option("shard", format!("{i}/{n}"));

@@ -12,7 +12,7 @@ use sae_engine::workflow::{
 };
 use sae_engine::{BackendKind, Dump, Engine, Error, Format, Result};
 
-use crate::common::{parse_format, Ctx};
+use crate::common::{parse_format, Ctx, LoadFlags};
 
 fn stats_opts(ctx: &Ctx, mask: bool) -> StatsOptions {
     StatsOptions {
@@ -39,9 +39,10 @@ impl Session {
         prov: &mut Provenance,
         sae: &Path,
         format: Option<Format>,
+        load: &LoadFlags,
         mask: bool,
     ) -> Result<Session> {
-        let sae = ctx.load_sae(sae, format, prov)?;
+        let sae = ctx.load_sae(sae, format, load, prov)?;
         let fingerprint = sae.fingerprint();
         prov.option("mask", mask);
         Ok(Session {
@@ -116,6 +117,8 @@ pub struct DiffArgs {
     /// Force the SAE format instead of detecting it.
     #[arg(long, value_parser = parse_format)]
     pub format: Option<Format>,
+    #[command(flatten)]
+    pub load: LoadFlags,
 }
 
 pub fn run_diff(ctx: &Ctx, a: DiffArgs) -> Result<()> {
@@ -127,7 +130,7 @@ pub fn run_diff(ctx: &Ctx, a: DiffArgs) -> Result<()> {
         .check()?;
     let order = diff::DiffOrder::parse(&a.order)?;
     let mut prov = ctx.provenance("diff");
-    let s = Session::new(ctx, &mut prov, &a.sae, a.format, a.mask)?;
+    let s = Session::new(ctx, &mut prov, &a.sae, a.format, &a.load, a.mask)?;
     prov.input("base", &a.base)?.inputs("tuned", &a.tuned)?;
     prov.option("order", order.to_string())
         .option("top", a.top)
@@ -256,6 +259,8 @@ pub struct SteerArgs {
     /// Force the SAE format instead of detecting it.
     #[arg(long, value_parser = parse_format)]
     pub sae_format: Option<Format>,
+    #[command(flatten)]
+    pub load: LoadFlags,
 }
 
 /// Checks the steer arguments that need no file.
@@ -300,7 +305,7 @@ pub fn run_steer(ctx: &Ctx, a: SteerArgs) -> Result<()> {
         .output_dir_opt("--out-dir", a.out_dir.as_ref())
         .check()?;
     let mut prov = ctx.provenance("steer");
-    let s = Session::new(ctx, &mut prov, &a.sae, a.sae_format, a.mask)?;
+    let s = Session::new(ctx, &mut prov, &a.sae, a.sae_format, &a.load, a.mask)?;
     workflow::check_latents(&a.latent, s.engine.sae().n_latents())?;
     let dump = a.acts.as_ref().map(Dump::open).transpose()?;
     if let Some(acts) = &a.acts {
@@ -437,6 +442,8 @@ pub struct LogitLensArgs {
     /// SAE directory or file.
     #[arg(long)]
     pub sae: PathBuf,
+    #[command(flatten)]
+    pub load: LoadFlags,
     /// Hugging Face model directory: config.json, *.safetensors (lm_head.weight, or the
     /// token embeddings when tied; the final norm's weight) and tokenizer.json.
     #[arg(long)]
@@ -466,7 +473,7 @@ pub fn run_logit_lens(ctx: &Ctx, a: LogitLensArgs) -> Result<()> {
         .output_dir_opt("--out-dir", a.out_dir.as_ref())
         .check()?;
     let mut prov = ctx.provenance("logit-lens");
-    let sae = ctx.load_sae(&a.sae, a.format, &mut prov)?;
+    let sae = ctx.load_sae(&a.sae, a.format, &a.load, &mut prov)?;
     prov.input("model_dir", &a.model_dir)?;
     prov.option("latents", &a.latents).option("top", a.top);
     let tok = a
@@ -519,6 +526,8 @@ pub struct DetectArgs {
     /// Force the SAE format instead of detecting it.
     #[arg(long, value_parser = parse_format)]
     pub format: Option<Format>,
+    #[command(flatten)]
+    pub load: LoadFlags,
 }
 
 pub fn run_detect(ctx: &Ctx, a: DetectArgs) -> Result<()> {
@@ -530,7 +539,7 @@ pub fn run_detect(ctx: &Ctx, a: DetectArgs) -> Result<()> {
         .output_dir_opt("--out-dir", a.out_dir.as_ref())
         .check()?;
     let mut prov = ctx.provenance("detect");
-    let s = Session::new(ctx, &mut prov, &a.sae, a.format, a.mask)?;
+    let s = Session::new(ctx, &mut prov, &a.sae, a.format, &a.load, a.mask)?;
     prov.input("base", &a.base)?
         .inputs("positive", &a.positive)?
         .inputs("negative", &a.negative)?;
@@ -586,6 +595,8 @@ pub struct MonitorArgs {
     /// Force the SAE format instead of detecting it.
     #[arg(long, value_parser = parse_format)]
     pub format: Option<Format>,
+    #[command(flatten)]
+    pub load: LoadFlags,
 }
 
 pub fn run_monitor(ctx: &Ctx, a: MonitorArgs) -> Result<()> {
@@ -596,7 +607,7 @@ pub fn run_monitor(ctx: &Ctx, a: MonitorArgs) -> Result<()> {
         .output_dir_opt("--out-dir", a.out_dir.as_ref())
         .check()?;
     let mut prov = ctx.provenance("monitor");
-    let s = Session::new(ctx, &mut prov, &a.sae, a.format, a.mask)?;
+    let s = Session::new(ctx, &mut prov, &a.sae, a.format, &a.load, a.mask)?;
     prov.input("base", &a.base)?
         .inputs("checkpoints", &a.checkpoints)?;
     prov.option("latents", &a.latents)
@@ -661,6 +672,8 @@ pub struct TopExamplesArgs {
     /// Force the SAE format instead of detecting it.
     #[arg(long, value_parser = parse_format)]
     pub format: Option<Format>,
+    #[command(flatten)]
+    pub load: LoadFlags,
 }
 
 pub fn run_top_examples(ctx: &Ctx, a: TopExamplesArgs) -> Result<()> {
@@ -677,7 +690,7 @@ pub fn run_top_examples(ctx: &Ctx, a: TopExamplesArgs) -> Result<()> {
         .map(Vocab::from_tokenizer_json)
         .transpose()?;
     let mut prov = ctx.provenance("top-examples");
-    let s = Session::new(ctx, &mut prov, &a.sae, a.format, a.mask)?;
+    let s = Session::new(ctx, &mut prov, &a.sae, a.format, &a.load, a.mask)?;
     prov.input("acts", &a.acts)?;
     if let Some(t) = &a.compare {
         prov.input("compare", t)?;
