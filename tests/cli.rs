@@ -276,27 +276,41 @@ fn encode_decode_round_trip_topk_and_jumprelu() {
         let j = ok_json(&decode_cmd(sae, &codes_path, &recon, &metrics_args));
         let (shape, got) = read_npy_f32(&recon);
         assert_eq!(shape, vec![12, D]);
+        // every row is decoded; the metrics score the tokens the dump's mask keeps
         let mut sq_err = 0f64;
         let mut l0 = 0usize;
+        let counted = fx.mask.iter().filter(|m| **m != 0).count();
         for r in 0..12 {
             let row = &x[r * D..(r + 1) * D];
             let active = expected_row(row, jumprelu);
-            l0 += active.len();
             let want = decode_row(&active);
             for d in 0..D {
                 assert!((got[r * D + d] - want[d]).abs() < 1e-5, "row {r}");
-                sq_err += ((row[d] - want[d]) as f64).powi(2);
+            }
+            if fx.mask[r] != 0 {
+                l0 += active.len();
+                sq_err += (0..D)
+                    .map(|d| ((row[d] - want[d]) as f64).powi(2))
+                    .sum::<f64>();
             }
         }
         let m = &j["metrics"];
-        assert_eq!(m["n_rows"], 12);
-        let mse = sq_err / (12 * D) as f64;
+        assert_eq!(m["n_rows"], counted);
+        assert_eq!(j["outliers"]["n_outliers"], 0, "{j}");
+        let all = ok_json(&decode_cmd(
+            sae,
+            &codes_path,
+            &recon,
+            &[&metrics_args[..], &["--no-mask"]].concat(),
+        ));
+        assert_eq!(all["metrics"]["n_rows"], 12);
+        let mse = sq_err / (counted * D) as f64;
         assert!(
             (m["mse"].as_f64().unwrap() - mse).abs() < 1e-5 * mse.max(1.0),
             "{m}"
         );
         assert!(
-            (m["l0"].as_f64().unwrap() - l0 as f64 / 12.0).abs() < 1e-9,
+            (m["l0"].as_f64().unwrap() - l0 as f64 / counted as f64).abs() < 1e-9,
             "{m}"
         );
         assert!(m["fvu"].as_f64().unwrap() > 0.0 && m["cosine"].as_f64().is_some());

@@ -10,6 +10,8 @@ use rayon::prelude::*;
 use crate::error::{Error, Result};
 use crate::stats::LatentStats;
 
+use super::{InputSummary, Pairing};
+
 /// Which way a latent moves in positive models.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -85,6 +87,10 @@ pub struct DetectReport {
     pub base: String,
     pub positives: Vec<String>,
     pub negatives: Vec<String>,
+    /// Paired or unpaired, and why.
+    pub pairing: Pairing,
+    /// Counted tokens, token hash, median norm and outliers of each input (base first).
+    pub inputs: Vec<InputSummary>,
     pub n_evaluated: usize,
     /// Ranked: out-of-sample AUROC, then AUROC, then margin, then latent id. The margin is
     /// in activation units on purpose: a d'-style ratio favours latents that barely fire
@@ -249,6 +255,7 @@ pub fn detect(
     base: &LatentStats,
     positives: &[(String, &LatentStats)],
     negatives: &[(String, &LatentStats)],
+    pairing: &Pairing,
     opts: &DetectOptions,
 ) -> Result<DetectReport> {
     if positives.is_empty() || negatives.is_empty() {
@@ -357,6 +364,16 @@ pub fn detect(
         base: base_name.to_string(),
         positives: positives.iter().map(|(n, _)| n.clone()).collect(),
         negatives: negatives.iter().map(|(n, _)| n.clone()).collect(),
+        pairing: pairing.clone(),
+        inputs: InputSummary::all(
+            base_name,
+            base,
+            &positives
+                .iter()
+                .chain(negatives)
+                .cloned()
+                .collect::<Vec<_>>(),
+        ),
         n_evaluated: latents.len(),
         latents: all,
         pipeline_loo_accuracy,

@@ -10,7 +10,8 @@ use crate::dump::Dump;
 use crate::error::{Error, Result};
 use crate::ops::Engine;
 use crate::sae::Sae;
-use crate::stats::LatentStats;
+use crate::stats::rule::OutlierSummary;
+use crate::stats::{LatentStats, RowFilter};
 
 use super::rng::Rng;
 use super::StatsOptions;
@@ -81,6 +82,8 @@ pub struct SteeringVector {
     pub terms: Vec<AppliedTerm>,
     /// Euclidean norm of `values`.
     pub norm: f64,
+    /// The token rule's outliers in the dump the unit was measured on (None for raw).
+    pub outliers: Option<OutlierSummary>,
 }
 
 /// W_dec[latent] / ||W_dec[latent]||; an unknown latent or a zero row is an error.
@@ -104,14 +107,20 @@ pub fn unit_direction(sae: &Sae, latent: usize) -> Result<(Vec<f32>, f64)> {
     ))
 }
 
-/// Median L2 norm of the dump's rows (masked rows only with `opts.use_mask`).
-/// Keeps one f32 per row: 4 bytes a token, bounded by the dump's row count.
+/// Median L2 norm of the dump's rows under the token rule (mask, outliers left out
+/// unless kept). Keeps one f32 per row: 4 bytes a token, bounded by the dump's row count.
 pub fn median_residual_norm(dump: &Dump, opts: &StatsOptions) -> Result<f64> {
+    median_norm_of_rows(dump, &opts.filter(dump)?, opts.batch_rows)
+}
+
+/// [`median_residual_norm`] of the rows `filter` keeps.
+fn median_norm_of_rows(dump: &Dump, filter: &RowFilter, batch_rows: usize) -> Result<f64> {
     let d = dump.width();
     let mut norms: Vec<f32> = Vec::new();
-    for batch in dump.batches(opts.batch_rows) {
+    for batch in dump.batches(batch_rows) {
         let batch = batch?;
-        let mask = super::mask_of(dump, &batch, opts)?;
+        let mask = filter.keep(dump, &batch)?;
+        let mask = mask.as_deref();
         for (r, row) in batch.acts.chunks_exact(d.max(1)).enumerate() {
             if mask.is_some_and(|m| m[r] == 0) {
                 continue;
@@ -167,16 +176,23 @@ pub fn steering_vector(
     super::check_latents(&lat, sae.n_latents())?;
     let need =
         |what: &str| acts.ok_or_else(|| Error::invalid(format!("--unit {what} needs --acts DUMP")));
+    let mut outliers = None;
     let unit_values: Vec<f64> = match unit {
         SteerUnit::Raw => vec![1.0; terms.len()],
         SteerUnit::MedianNorm => {
             let dump = need("median-norm")?;
             dump.check_width(sae.d_in())?;
-            vec![median_residual_norm(dump, opts)?; terms.len()]
+            let filter = opts.filter(dump)?;
+            let m = median_norm_of_rows(dump, &filter, opts.batch_rows)?;
+            outliers = Some(filter.summary());
+            vec![m; terms.len()]
         }
         SteerUnit::MaxAct => {
             let dump = need("max-act")?;
-            let (stats, _) = super::stats_of_dump(engine, dump, "", opts)?;
+            dump.check_width(sae.d_in())?;
+            let filter = opts.filter(dump)?;
+            let stats = super::stats_of_rows(engine, dump, &filter, opts.batch_rows)?;
+            outliers = Some(filter.summary());
             let v: Vec<f64> = lat.iter().map(|l| stats.max[*l] as f64).collect();
             if let Some((l, _)) = lat.iter().zip(&v).find(|(_, m)| **m <= 0.0) {
                 return Err(Error::invalid(format!(
@@ -210,6 +226,7 @@ pub fn steering_vector(
         unit,
         terms: applied,
         norm,
+        outliers,
     })
 }
 
@@ -348,6 +365,8 @@ pub struct DryRunReport {
     pub moved: Vec<LatentShift>,
     /// Largest |delta| of any non-target latent under the random control.
     pub control_max_abs_delta: f64,
+    /// The token rule's outliers in the dump (left out unless --keep-outliers).
+    pub outliers: OutlierSummary,
 }
 
 fn shift(b: &LatentStats, s: &LatentStats, c: &LatentStats, i: usize) -> LatentShift {
@@ -402,10 +421,12 @@ pub fn dry_run_with_progress(
         LatentStats::new("", l),
     );
     let d = sae.d_in();
+    let filter = opts.stats.filter(dump)?;
     for batch in dump.batches(opts.stats.batch_rows) {
         let batch = batch?;
         progress(batch.rows as u64);
-        let mask = super::mask_of(dump, &batch, &opts.stats)?;
+        let mask = filter.keep(dump, &batch)?;
+        let mask = mask.as_deref();
         let enc = engine.encode(&batch.acts, batch.rows, batch.start)?;
         engine.accumulate(&mut before, &enc.codes, mask)?;
         for (stats, add) in [(&mut steered, &vector.values), (&mut ctrl, &control)] {
@@ -447,5 +468,6 @@ pub fn dry_run_with_progress(
             .map(|i| shift(&before, &steered, &ctrl, *i))
             .collect(),
         control_max_abs_delta,
+        outliers: filter.summary(),
     })
 }

@@ -8,6 +8,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use sae_engine::scaleout::{self, Devices, FanOutOptions, FanOutReport, StatsJob};
+use sae_engine::stats::TokenRule;
 use sae_engine::{Dump, Error, Format, LatentStats, Result, Sae};
 use serde_json::json;
 
@@ -30,9 +31,8 @@ pub struct Args {
     /// Only shard files I, I+N, I+2N, ... (0-based), e.g. a job-array task's slice.
     #[arg(long, value_name = "I/N", value_parser = parse_shard)]
     pub shard: Option<(usize, usize)>,
-    /// Count every token, ignoring the dump's `mask`.
-    #[arg(long)]
-    pub no_mask: bool,
+    #[command(flatten)]
+    pub tokens: TokenArgs,
     /// Force the SAE format instead of detecting it.
     #[arg(long, value_parser = parse_format)]
     pub format: Option<Format>,
@@ -64,6 +64,63 @@ pub enum Sub {
     },
 }
 
+/// The token rule's flags, the same on every command that reads a dump.
+#[derive(clap::Args, Debug, Clone)]
+pub struct TokenArgs {
+    /// Count every token, ignoring the dumps' `mask` (default: a dump's mask is honoured,
+    /// so only tokens whose mask is 1 count; a dump without a mask counts every token).
+    #[arg(long)]
+    pub no_mask: bool,
+    /// Accepted for old scripts and ignored: the mask is honoured by default now.
+    #[arg(long, hide = true, conflicts_with = "no_mask")]
+    pub mask: bool,
+    /// Outlier tokens are counted rows whose norm is above T x the median row norm of the
+    /// whole input (attention sinks); they are counted and reported.
+    #[arg(long, value_name = "T", default_value_t = sae_engine::stats::DEFAULT_OUTLIER_FACTOR)]
+    pub outlier_factor: f64,
+}
+
+/// `--keep-outliers`, for commands that leave outlier tokens out of per-row work.
+#[derive(clap::Args, Debug, Clone)]
+pub struct KeepOutliersArg {
+    /// Keep outlier tokens (left out by default of steering units, the dry run, top
+    /// examples and decode metrics).
+    #[arg(long)]
+    pub keep_outliers: bool,
+}
+
+impl TokenArgs {
+    /// The rule, with `keep` for commands that leave outliers out of per-row work.
+    pub fn rule(&self, keep: Option<&KeepOutliersArg>) -> TokenRule {
+        TokenRule {
+            use_mask: !self.no_mask,
+            outlier_factor: self.outlier_factor,
+            keep_outliers: keep.is_none_or(|k| k.keep_outliers),
+        }
+    }
+}
+
+/// The token-rule fields of a JSON summary.
+pub fn outlier_json(s: &LatentStats) -> serde_json::Value {
+    json!({
+        "median_norm": s.median_norm(),
+        "n_outliers": s.n_outliers(),
+        "outlier_factor": s.outlier_factor,
+        "token_hash": s.token_hash().map(|(h, _)| format!("{h:016x}")),
+    })
+}
+
+/// "N outlier tokens (norm > T x median M)" for a human summary.
+pub fn outlier_words(s: &LatentStats) -> String {
+    match (s.n_outliers(), s.median_norm()) {
+        (Some(n), Some(m)) => format!(
+            "{n} outlier tokens (norm > {} x median {m:.4})",
+            s.outlier_factor
+        ),
+        _ => "outliers not recorded".to_string(),
+    }
+}
+
 fn parse_shard(s: &str) -> std::result::Result<(usize, usize), String> {
     let bad = || format!("`{s}`: expected I/N with 0 <= I < N, e.g. 3/16");
     let (i, n) = s.split_once('/').ok_or_else(bad)?;
@@ -83,12 +140,16 @@ fn parse_devices(s: &str) -> std::result::Result<Devices, String> {
 
 fn summary(s: &LatentStats) -> serde_json::Value {
     let fired = s.n_active.iter().filter(|a| **a > 0).count();
-    json!({
+    let mut j = json!({
         "n_tokens": s.n_tokens,
         "n_latents": s.n_latents(),
         "latents_fired": fired,
         "fingerprint": s.fingerprint,
-    })
+    });
+    for (k, v) in outlier_json(s).as_object().into_iter().flatten() {
+        j[k] = v.clone();
+    }
+    j
 }
 
 pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
@@ -101,6 +162,8 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
             "sae stats needs --sae, --acts and --out (or `sae stats merge`)",
         ));
     };
+    let rule = a.tokens.rule(None);
+    rule.check()?;
     let sae = ctx.load_sae(&sae_path, a.format)?;
     if let Some(devices) = &a.devices {
         let work_dir = a.work_dir.unwrap_or_else(|| default_work_dir(&out));
@@ -108,10 +171,15 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
         let opts = FanOutOptions {
             work_dir,
             batch_rows: ctx.batch_rows(),
-            use_mask: !a.no_mask,
+            use_mask: rule.use_mask,
             worker_names: devices.names().to_vec(),
         };
-        return fan_out(ctx, sae, devices, units, opts, a.keep_units, &out);
+        let dest = Dest {
+            out: &out,
+            keep_units: a.keep_units,
+            outlier_factor: rule.outlier_factor,
+        };
+        return fan_out(ctx, sae, devices, units, opts, dest);
     }
     let mut dump = Dump::open(&acts)?;
     if let Some((i, n)) = a.shard {
@@ -125,11 +193,12 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
         engine.as_ref(),
         &dump,
         ctx.batch_rows(),
-        !a.no_mask,
+        rule.use_mask,
         &|n| pb.inc(n),
     );
     pb.finish_and_clear();
-    let s = s?;
+    let mut s = s?;
+    s.outlier_factor = rule.outlier_factor;
     sae_engine::io::stats::write(&out, &s)?;
     let secs = t0.elapsed().as_secs_f64();
     let mut json = summary(&s);
@@ -140,12 +209,13 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
     json["seconds"] = json!(secs);
     json["rows_per_second"] = json!(rate(dump.n_rows(), secs));
     let human = format!(
-        "statistics of {} tokens ({} rows, {} shard files) over {} latents ({} fired) -> {}",
+        "statistics of {} tokens ({} rows, {} shard files) over {} latents ({} fired), {} -> {}",
         s.n_tokens,
         dump.n_rows(),
         dump.shards().len(),
         s.n_latents(),
         json["latents_fired"],
+        outlier_words(&s),
         out.display()
     );
     ctx.output(json, &human);
@@ -161,6 +231,13 @@ fn default_work_dir(out: &Path) -> PathBuf {
     out.with_file_name(format!("{name}.units"))
 }
 
+/// Where a fan-out's merged statistics go.
+struct Dest<'a> {
+    out: &'a Path,
+    keep_units: bool,
+    outlier_factor: f64,
+}
+
 /// `--devices`: per-shard statistics on several workers, then a merge in shard order.
 fn fan_out(
     ctx: &Ctx,
@@ -168,9 +245,13 @@ fn fan_out(
     devices: &Devices,
     units: Vec<scaleout::Unit>,
     opts: FanOutOptions,
-    keep_units: bool,
-    out: &Path,
+    dest: Dest<'_>,
 ) -> Result<()> {
+    let Dest {
+        out,
+        keep_units,
+        outlier_factor,
+    } = dest;
     let work_dir = opts.work_dir.clone();
     let job = StatsJob::plan(&sae, units, opts)?;
     for n in job.notes() {
@@ -215,7 +296,9 @@ fn fan_out(
             "warning: {line} (its share went to the other devices)"
         ));
     }
-    let s = job.merge_into(out)?;
+    let mut s = job.merge()?;
+    s.outlier_factor = outlier_factor;
+    sae_engine::io::stats::write(out, &s)?;
     if !keep_units {
         job.remove_unit_files()?;
     }
@@ -227,11 +310,12 @@ fn fan_out(
     json["rows_computed"] = json!(rows);
     json["rows_per_second"] = json!(rate(rows, secs));
     let human = format!(
-        "statistics of {} tokens over {} latents ({} fired) from {} shard files \
+        "statistics of {} tokens over {} latents ({} fired), {}, from {} shard files \
          ({} computed, {} reused) -> {}{}",
         s.n_tokens,
         s.n_latents(),
         json["latents_fired"],
+        outlier_words(&s),
         report.n_units,
         report.computed.len(),
         report.reused.len(),
@@ -270,10 +354,11 @@ fn merge(ctx: &Ctx, inputs: Vec<PathBuf>, out: PathBuf) -> Result<()> {
     json["out"] = json!(out);
     json["inputs"] = json!(inputs.len());
     let human = format!(
-        "merged {} statistics files: {} tokens over {} latents -> {}",
+        "merged {} statistics files: {} tokens over {} latents, {} -> {}",
         inputs.len(),
         s.n_tokens,
         s.n_latents(),
+        outlier_words(&s),
         out.display()
     );
     ctx.output(json, &human);

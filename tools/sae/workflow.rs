@@ -4,18 +4,36 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
+use sae_engine::stats::TokenRule;
 use sae_engine::workflow::{
     self, demo, detect, diff, monitor, report, steer, tokenizer::Vocab, top_examples, Measured,
-    StatsOptions,
+    PairingRequest, StatsOptions,
 };
 use sae_engine::{BackendKind, Dump, Engine, Error, Format, Result};
 
 use crate::common::{parse_format, Ctx};
+use crate::stats::{KeepOutliersArg, TokenArgs};
 
-fn stats_opts(ctx: &Ctx, mask: bool) -> StatsOptions {
+fn stats_opts(ctx: &Ctx, rule: TokenRule) -> StatsOptions {
     StatsOptions {
         batch_rows: ctx.batch_rows(),
-        use_mask: mask,
+        rule,
+    }
+}
+
+/// `--pairing auto|paired|unpaired` of diff, detect and monitor.
+#[derive(clap::Args, Debug)]
+pub struct PairingArg {
+    /// auto: paired when the counted tokens match (count and token-id hash), else
+    /// unpaired; paired: refuse inputs whose counted tokens differ; unpaired: compare as
+    /// independent token sets.
+    #[arg(long, default_value = "auto", value_parser = clap::builder::PossibleValuesParser::new(PairingRequest::NAMES))]
+    pub pairing: String,
+}
+
+impl PairingArg {
+    fn request(&self) -> Result<PairingRequest> {
+        PairingRequest::parse(&self.pairing)
     }
 }
 
@@ -31,13 +49,14 @@ struct Session {
 }
 
 impl Session {
-    fn new(ctx: &Ctx, sae: &Path, format: Option<Format>, mask: bool) -> Result<Session> {
+    fn new(ctx: &Ctx, sae: &Path, format: Option<Format>, rule: TokenRule) -> Result<Session> {
+        rule.check()?;
         let sae = ctx.load_sae(sae, format)?;
         let fingerprint = sae.fingerprint();
         Ok(Session {
             engine: ctx.engine(sae)?,
             fingerprint,
-            opts: stats_opts(ctx, mask),
+            opts: stats_opts(ctx, rule),
         })
     }
     fn measure(&self, ctx: &Ctx, path: &Path) -> Result<Measured> {
@@ -86,9 +105,10 @@ pub struct DiffArgs {
     /// Ranking: avg-delta, z-score, min-delta (every fine-tune must agree) or sign.
     #[arg(long, default_value = "avg-delta")]
     pub order: String,
-    /// Count only tokens whose dump `mask` is 1 (e.g. response tokens).
-    #[arg(long)]
-    pub mask: bool,
+    #[command(flatten)]
+    pub tokens: TokenArgs,
+    #[command(flatten)]
+    pub pairing: PairingArg,
     /// Write diff.csv, diff.json, report.md and SVG plots here.
     #[arg(long)]
     pub out_dir: Option<PathBuf>,
@@ -99,14 +119,16 @@ pub struct DiffArgs {
 
 pub fn run_diff(ctx: &Ctx, a: DiffArgs) -> Result<()> {
     let order = diff::DiffOrder::parse(&a.order)?;
-    let s = Session::new(ctx, &a.sae, a.format, a.mask)?;
+    let want = a.pairing.request()?;
+    let s = Session::new(ctx, &a.sae, a.format, a.tokens.rule(None))?;
     let base = s.measure(ctx, &a.base)?;
     let tuned = s.measure_all(ctx, &a.tuned)?;
-    workflow::check_pairing(&base, &tuned)?;
+    let pairing = workflow::pair(&base, &tuned, want)?;
     let r = diff::diff(
         &base.name,
         &base.stats,
         &workflow::named_stats(&tuned),
+        &pairing,
         &diff::DiffOptions {
             top: a.top,
             bottom: a.bottom,
@@ -121,6 +143,22 @@ pub fn run_diff(ctx: &Ctx, a: DiffArgs) -> Result<()> {
         ));
     }
     let mut h = String::new();
+    let _ = writeln!(h, "pairing: {} ({})", r.pairing.mode, r.pairing.reason);
+    for i in &r.inputs {
+        let _ = writeln!(
+            h,
+            "{}: {} counted tokens, {} outlier tokens (norm > {} x median {})",
+            i.name,
+            i.n_tokens,
+            i.n_outliers
+                .map(|n| n.to_string())
+                .unwrap_or_else(|| "unknown".into()),
+            i.outlier_factor,
+            i.median_norm
+                .map(|m| format!("{m:.4}"))
+                .unwrap_or_else(|| "n/a".into()),
+        );
+    }
     let _ = writeln!(
         h,
         "{:>6} {:>8} {:>10} {:>9} {:>10} {:>10} {:>6}",
@@ -198,9 +236,10 @@ pub struct SteerArgs {
     /// Seed of the random control vector.
     #[arg(long, default_value_t = 0x5eed)]
     pub seed: u64,
-    /// Count only tokens whose dump `mask` is 1.
-    #[arg(long)]
-    pub mask: bool,
+    #[command(flatten)]
+    pub tokens: TokenArgs,
+    #[command(flatten)]
+    pub keep: KeepOutliersArg,
     /// Force the SAE format instead of detecting it.
     #[arg(long, value_parser = parse_format)]
     pub sae_format: Option<Format>,
@@ -229,7 +268,7 @@ pub fn run_steer(ctx: &Ctx, a: SteerArgs) -> Result<()> {
     if a.apply && a.acts.is_none() {
         return Err(Error::invalid("--apply needs --acts DUMP"));
     }
-    let s = Session::new(ctx, &a.sae, a.sae_format, a.mask)?;
+    let s = Session::new(ctx, &a.sae, a.sae_format, a.tokens.rule(Some(&a.keep)))?;
     let dump = a.acts.as_ref().map(Dump::open).transpose()?;
     let terms: Vec<steer::SteerTerm> = a
         .latent
@@ -243,6 +282,13 @@ pub fn run_steer(ctx: &Ctx, a: SteerArgs) -> Result<()> {
     let v = steer::steering_vector(s.engine.as_ref(), &terms, unit, dump.as_ref(), &s.opts)?;
     let mut out = serde_json::json!({ "vector": to_json(&v) });
     let mut h = format!("steering vector: norm {:.6}, unit {}", v.norm, v.unit);
+    if let Some(o) = &v.outliers {
+        let _ = write!(
+            h,
+            "\n  unit measured with {}",
+            crate::decode::outlier_line(o)
+        );
+    }
     for t in &v.terms {
         let _ = write!(
             h,
@@ -302,9 +348,10 @@ pub struct DetectArgs {
     /// Latents in the ranked output.
     #[arg(long, default_value_t = 20)]
     pub top: usize,
-    /// Count only tokens whose dump `mask` is 1.
-    #[arg(long)]
-    pub mask: bool,
+    #[command(flatten)]
+    pub tokens: TokenArgs,
+    #[command(flatten)]
+    pub pairing: PairingArg,
     /// Write detect.json, detect.csv and report.md here.
     #[arg(long)]
     pub out_dir: Option<PathBuf>,
@@ -314,17 +361,19 @@ pub struct DetectArgs {
 }
 
 pub fn run_detect(ctx: &Ctx, a: DetectArgs) -> Result<()> {
-    let s = Session::new(ctx, &a.sae, a.format, a.mask)?;
+    let want = a.pairing.request()?;
+    let s = Session::new(ctx, &a.sae, a.format, a.tokens.rule(None))?;
     let base = s.measure(ctx, &a.base)?;
     let pos = s.measure_all(ctx, &a.positive)?;
     let neg = s.measure_all(ctx, &a.negative)?;
-    workflow::check_pairing(&base, &pos)?;
-    workflow::check_pairing(&base, &neg)?;
+    let all: Vec<Measured> = pos.iter().chain(&neg).cloned().collect();
+    let pairing = workflow::pair(&base, &all, want)?;
     let r = detect::detect(
         &base.name,
         &base.stats,
         &workflow::named_stats(&pos),
         &workflow::named_stats(&neg),
+        &pairing,
         &detect::DetectOptions {
             latents: a.latents,
             top: a.top,
@@ -357,9 +406,10 @@ pub struct MonitorArgs {
     /// < 0: delta <= T). Default: |z| >= 4 (a change of four standard errors).
     #[arg(long, num_args = 1.., allow_negative_numbers = true)]
     pub threshold: Option<Vec<f64>>,
-    /// Count only tokens whose dump `mask` is 1.
-    #[arg(long)]
-    pub mask: bool,
+    #[command(flatten)]
+    pub tokens: TokenArgs,
+    #[command(flatten)]
+    pub pairing: PairingArg,
     /// Write monitor.json, monitor.csv, report.md and trajectories.svg here.
     #[arg(long)]
     pub out_dir: Option<PathBuf>,
@@ -369,11 +419,12 @@ pub struct MonitorArgs {
 }
 
 pub fn run_monitor(ctx: &Ctx, a: MonitorArgs) -> Result<()> {
-    let s = Session::new(ctx, &a.sae, a.format, a.mask)?;
+    let want = a.pairing.request()?;
+    let s = Session::new(ctx, &a.sae, a.format, a.tokens.rule(None))?;
     workflow::check_latents(&a.latents, s.engine.sae().n_latents())?;
     let base = s.measure(ctx, &a.base)?;
     let cks = s.measure_all(ctx, &a.checkpoints)?;
-    workflow::check_pairing(&base, &cks)?;
+    let pairing = workflow::pair(&base, &cks, want)?;
     let alarms: Vec<monitor::Alarm> = match &a.threshold {
         Some(t) => t.iter().map(|v| monitor::Alarm::delta(*v)).collect(),
         None => vec![monitor::Alarm::DEFAULT],
@@ -384,6 +435,7 @@ pub fn run_monitor(ctx: &Ctx, a: MonitorArgs) -> Result<()> {
         &workflow::named_stats(&cks),
         &a.latents,
         &alarms,
+        &pairing,
     )?;
     if let Some(dir) = &a.out_dir {
         report::write_monitor_outputs(dir, &r)?;
@@ -417,9 +469,10 @@ pub struct TopExamplesArgs {
     /// Histogram bins.
     #[arg(long, default_value_t = 20)]
     pub bins: usize,
-    /// Count only tokens whose dump `mask` is 1.
-    #[arg(long)]
-    pub mask: bool,
+    #[command(flatten)]
+    pub tokens: TokenArgs,
+    #[command(flatten)]
+    pub keep: KeepOutliersArg,
     /// Write the JSON and the histogram SVG here.
     #[arg(long)]
     pub out_dir: Option<PathBuf>,
@@ -434,7 +487,7 @@ pub fn run_top_examples(ctx: &Ctx, a: TopExamplesArgs) -> Result<()> {
         .as_deref()
         .map(Vocab::from_tokenizer_json)
         .transpose()?;
-    let s = Session::new(ctx, &a.sae, a.format, a.mask)?;
+    let s = Session::new(ctx, &a.sae, a.format, a.tokens.rule(Some(&a.keep)))?;
     let dump = Dump::open(&a.acts)?;
     let pb = ctx.progress(dump.n_rows(), "scanning");
     let r = top_examples::top_examples_with_progress(
@@ -456,8 +509,12 @@ pub fn run_top_examples(ctx: &Ctx, a: TopExamplesArgs) -> Result<()> {
         report::write_top_examples_outputs(dir, &r)?;
     }
     let mut h = format!(
-        "latent {}: active on {} of {} tokens, max {:.4}\n",
-        r.latent, r.n_active, r.n_tokens, r.max
+        "latent {}: active on {} of {} tokens, max {:.4}; {}\n",
+        r.latent,
+        r.n_active,
+        r.n_tokens,
+        r.max,
+        crate::decode::outlier_line(&r.outliers)
     );
     for e in &r.examples {
         let ctx_text = match (&e.text_before, &e.token, &e.text_after) {
