@@ -65,6 +65,22 @@ fn demo_then_each_command_on_its_files() {
         j["latents"][0]["delta"].as_f64().unwrap() > j["latents"][1]["delta"].as_f64().unwrap()
     );
     assert_eq!(j["latents"][0]["deltas"].as_array().unwrap().len(), 4);
+    // the persona moves far beyond token noise even counted by documents
+    assert!(
+        j["latents"][0]["z_clustered"].as_f64().unwrap() > 4.0,
+        "{}",
+        j["latents"][0]
+    );
+    assert!(
+        j["latents"][0]["q_value"].as_f64().unwrap() < 1e-3,
+        "{}",
+        j["latents"][0]
+    );
+    let csv = std::fs::read_to_string(out_dir.join("diff.csv")).unwrap();
+    assert!(
+        csv.lines().next().unwrap().contains("z_clustered,q_value"),
+        "{csv}"
+    );
     for file in [
         "diff.csv",
         "diff.json",
@@ -147,6 +163,7 @@ fn demo_then_each_command_on_its_files() {
     args.extend(["--top", "2"]);
     let j = ok_json(&on_cpu("detect", &sae_dir, &args));
     assert_eq!(j["pairing"]["mode"], "paired", "{}", j["pairing"]);
+    assert!(j["latents"][0]["q_value"].as_f64().unwrap() <= 1.0, "{j}");
     let top: Vec<u64> = j["latents"]
         .as_array()
         .unwrap()

@@ -624,6 +624,9 @@ fn token_hash_and_outliers_survive_shards_merge_and_fan_out() {
         assert_eq!(m.norms, whole.norms);
         assert_eq!(m.n_outliers(), Some(2));
         assert_eq!(m.median_norm(), whole.median_norm());
+        // documents 3 and 5 straddle shard boundaries: each counts as two clusters
+        let (md, wd) = (m.docs.as_ref().unwrap(), whole.docs.as_ref().unwrap());
+        assert_eq!((md.n_docs, md.n_tokens), (wd.n_docs + 2, wd.n_tokens));
     }
     // through files (what `sae stats merge` reads)
     let files: Vec<_> = parts
@@ -785,21 +788,11 @@ fn clustered_z_discounts_tokens_correlated_within_documents() {
         side("a.safetensors", 1.0, 1),
         side("b.safetensors", 1.15, 2),
     );
-    let so = StatsOptions::default();
-    let ma = workflow::measure(eng.as_ref(), &fp, &pa, &so).unwrap();
-    let mb = workflow::measure(eng.as_ref(), &fp, &pb, &so).unwrap();
-    let pairing = workflow::pair(&ma, std::slice::from_ref(&mb), PairingRequest::Auto).unwrap();
-    let r = diff::diff(
-        "a",
-        &ma.stats,
-        &workflow::named_stats(std::slice::from_ref(&mb)),
-        &pairing,
-        &diff::DiffOptions {
-            top: 64,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let top64 = diff::DiffOptions {
+        top: 64,
+        ..Default::default()
+    };
+    let (ma, r) = diff_two(eng.as_ref(), &fp, (&pa, &pb), top64);
     let l5 = r.latents.iter().find(|l| l.latent == 5).unwrap();
     // analytic: the cluster-robust SE of a mean of document levels is s / sqrt(G)
     let var = |v: &[f64]| {
@@ -825,8 +818,24 @@ fn clustered_z_discounts_tokens_correlated_within_documents() {
     // the statistics file carries the document sums: the same clustered z from files
     let st = dir.path().join("a.stats.safetensors");
     sae_engine::io::stats::write(&st, &ma.stats).unwrap();
-    let back = workflow::measure(eng.as_ref(), &fp, &st, &so).unwrap();
+    let back = workflow::measure(eng.as_ref(), &fp, &st, &StatsOptions::default()).unwrap();
     assert_eq!(back.stats.docs, ma.stats.docs);
+}
+
+/// Measures `a` and `b` with the default token rule and diffs `b` against `a`.
+fn diff_two(
+    eng: &dyn sae_engine::Engine,
+    fp: &str,
+    (a, b): (&Path, &Path),
+    opts: diff::DiffOptions,
+) -> (workflow::Measured, diff::DiffReport) {
+    let so = StatsOptions::default();
+    let ma = workflow::measure(eng, fp, a, &so).unwrap();
+    let mb = workflow::measure(eng, fp, b, &so).unwrap();
+    let pairing = workflow::pair(&ma, std::slice::from_ref(&mb), PairingRequest::Auto).unwrap();
+    let tuned = workflow::named_stats(std::slice::from_ref(&mb));
+    let r = diff::diff(&ma.name, &ma.stats, &tuned, &pairing, &opts).unwrap();
+    (ma, r)
 }
 
 /// Two-sided normal p-value (the q-value is never below it).
@@ -850,21 +859,11 @@ fn q_values_control_false_discoveries_over_all_latents() {
     let mut xb = random_acts(&sae, 400, 2);
     plant(&sae, &mut xb, (0..400).step_by(2), 9, 2.0);
     write_dump(&b, &xb, 32, None);
-    let so = StatsOptions::default();
-    let ma = workflow::measure(eng.as_ref(), &fp, &a, &so).unwrap();
-    let mb = workflow::measure(eng.as_ref(), &fp, &b, &so).unwrap();
-    let pairing = workflow::pair(&ma, std::slice::from_ref(&mb), PairingRequest::Auto).unwrap();
-    let r = diff::diff(
-        "a",
-        &ma.stats,
-        &workflow::named_stats(std::slice::from_ref(&mb)),
-        &pairing,
-        &diff::DiffOptions {
-            top: 64,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let top64 = diff::DiffOptions {
+        top: 64,
+        ..Default::default()
+    };
+    let (_, r) = diff_two(eng.as_ref(), &fp, (&a, &b), top64);
     // no doc ids: the clustered z is the per-token z
     for l in &r.latents {
         assert!(
@@ -876,4 +875,12 @@ fn q_values_control_false_discoveries_over_all_latents() {
     assert_eq!(r.latents[0].latent, 9);
     assert!(r.latents[0].q_value < 1e-6, "{:?}", r.latents[0]);
     assert!(r.multiple_testing.contains("Benjamini-Hochberg"));
+    let by_zc = diff::DiffOptions {
+        order: diff::DiffOrder::parse("z-clustered").unwrap(),
+        ..Default::default()
+    };
+    let (_, by_zc) = diff_two(eng.as_ref(), &fp, (&a, &b), by_zc);
+    assert_eq!(by_zc.latents[0].latent, 9);
+    let zs: Vec<f64> = by_zc.latents.iter().map(|l| l.z_clustered).collect();
+    assert!(zs.windows(2).all(|w| w[0] >= w[1]), "{zs:?}");
 }

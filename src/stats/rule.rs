@@ -105,6 +105,25 @@ pub struct OutlierSummary {
     pub left_out: bool,
 }
 
+impl OutlierSummary {
+    /// "N outlier tokens (norm > T x median M), left out (...)" for reports.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} outlier tokens (norm > {} x median {}), {}",
+            self.n_outliers,
+            self.outlier_factor,
+            self.median_norm
+                .map(|m| format!("{m:.4}"))
+                .unwrap_or_else(|| "n/a".into()),
+            if self.left_out {
+                "left out (--keep-outliers keeps them)"
+            } else {
+                "kept"
+            }
+        )
+    }
+}
+
 impl RowFilter {
     /// A filter that only applies the mask (no outlier search, no pre-pass).
     pub fn mask_only(use_mask: bool) -> RowFilter {

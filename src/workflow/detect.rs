@@ -65,6 +65,11 @@ pub struct LatentDetection {
     pub separation: f64,
     /// Suggested alarm threshold on the delta (with `direction`).
     pub threshold: f64,
+    /// The positives' average delta over its document-clustered standard error: whether
+    /// the latent's move in the misaligned models is beyond token noise at all.
+    pub z_clustered: f64,
+    /// Benjamini-Hochberg q-value of `z_clustered` over all evaluated latents.
+    pub q_value: f64,
     pub positive_deltas: Vec<f64>,
     pub negative_deltas: Vec<f64>,
 }
@@ -280,9 +285,16 @@ pub fn detect(
     };
     let ps: Vec<&LatentStats> = positives.iter().map(|(_, s)| *s).collect();
     let ns: Vec<&LatentStats> = negatives.iter().map(|(_, s)| *s).collect();
+    // The positives' move from the base, with its clustered z and q over the evaluated latents.
+    let zc: Vec<f64> = latents
+        .iter()
+        .map(|&i| super::diff::clustered_z(base, &ps, i, mean(&deltas(base, &ps, i))))
+        .collect();
+    let q = super::diff::q_values(&zc);
     let mut all: Vec<LatentDetection> = latents
         .par_iter()
-        .map(|&i| {
+        .enumerate()
+        .map(|(k, &i)| {
             let (p, n) = (deltas(base, &ps, i), deltas(base, &ns, i));
             let f = fit(&p, &n);
             let lo = loo(&p, &n);
@@ -295,6 +307,8 @@ pub fn detect(
                 margin: f.margin,
                 separation: f.separation,
                 threshold: f.threshold,
+                z_clustered: zc[k],
+                q_value: q[k],
                 positive_deltas: p,
                 negative_deltas: n,
             }

@@ -16,8 +16,10 @@ use super::{InputSummary, Pairing};
 pub enum DiffOrder {
     /// Mean of the per-fine-tune deltas (the paper's ranking).
     AvgDelta,
-    /// Mean of the per-fine-tune Welch z-scores.
+    /// Mean of the per-fine-tune Welch z-scores (per token).
     ZScore,
+    /// The average delta over its document-clustered standard error.
+    ZClustered,
     /// The smallest delta over fine-tunes (top), the largest (bottom): every model must agree.
     MinDelta,
     /// Fine-tunes that increase minus fine-tunes that decrease, then average delta.
@@ -32,6 +34,7 @@ impl std::fmt::Display for DiffOrder {
             DiffOrder::ZScore => 1,
             DiffOrder::MinDelta => 2,
             DiffOrder::SignConsistency => 3,
+            DiffOrder::ZClustered => 4,
         };
         f.write_str(Self::NAMES[i])
     }
@@ -39,7 +42,8 @@ impl std::fmt::Display for DiffOrder {
 
 impl DiffOrder {
     /// Command-line names.
-    pub const NAMES: [&'static str; 4] = ["avg-delta", "z-score", "min-delta", "sign"];
+    pub const NAMES: [&'static str; 5] =
+        ["avg-delta", "z-score", "min-delta", "sign", "z-clustered"];
 
     /// Parses a command-line name.
     pub fn parse(s: &str) -> Result<DiffOrder> {
@@ -48,6 +52,7 @@ impl DiffOrder {
             "z-score" | "z" => Ok(DiffOrder::ZScore),
             "min-delta" | "min" => Ok(DiffOrder::MinDelta),
             "sign" | "sign-consistency" => Ok(DiffOrder::SignConsistency),
+            "z-clustered" => Ok(DiffOrder::ZClustered),
             _ => Err(Error::invalid(format!(
                 "unknown order `{s}`: expected one of {}",
                 Self::NAMES.join(", ")
@@ -212,6 +217,15 @@ pub(crate) fn clustered_z(
     }
 }
 
+/// Benjamini-Hochberg q-values of the two-sided normal p-values of `z`.
+pub(crate) fn q_values(z: &[f64]) -> Vec<f64> {
+    let p: Vec<f64> = z
+        .iter()
+        .map(|z| crate::stats::clustered::p_two_sided(*z))
+        .collect();
+    crate::stats::clustered::bh_q_values(&p)
+}
+
 /// How each input's standard error is computed, in words.
 fn clustering_words(
     base_name: &str,
@@ -278,6 +292,7 @@ fn latent_diff(base: &LatentStats, tuned: &[&LatentStats], i: usize, q: &[f64]) 
 struct Keys {
     delta: Vec<f64>,
     z: Vec<f64>,
+    zc: Vec<f64>,
     min: Vec<f64>,
     max: Vec<f64>,
     signs: Vec<i64>,
@@ -289,6 +304,7 @@ impl Keys {
         let c = match order {
             DiffOrder::AvgDelta => self.delta[b].total_cmp(&self.delta[a]),
             DiffOrder::ZScore => self.z[b].total_cmp(&self.z[a]),
+            DiffOrder::ZClustered => self.zc[b].total_cmp(&self.zc[a]),
             DiffOrder::MinDelta => self.min[b].total_cmp(&self.min[a]),
             DiffOrder::SignConsistency => self.signs[b]
                 .cmp(&self.signs[a])
@@ -302,6 +318,7 @@ impl Keys {
         let c = match order {
             DiffOrder::AvgDelta => self.delta[a].total_cmp(&self.delta[b]),
             DiffOrder::ZScore => self.z[a].total_cmp(&self.z[b]),
+            DiffOrder::ZClustered => self.zc[a].total_cmp(&self.zc[b]),
             DiffOrder::MinDelta => self.max[a].total_cmp(&self.max[b]),
             DiffOrder::SignConsistency => self.signs[a]
                 .cmp(&self.signs[b])
@@ -357,6 +374,7 @@ pub fn diff(
     let mut keys = Keys {
         delta: vec![0.0; l],
         z: vec![0.0; l],
+        zc: Vec::new(),
         min: vec![f64::INFINITY; l],
         max: vec![f64::NEG_INFINITY; l],
         signs: vec![0; l],
@@ -373,11 +391,10 @@ pub fn diff(
         }
     }
     // q-values over every latent, not just the listed ones.
-    let p: Vec<f64> = (0..l)
+    keys.zc = (0..l)
         .map(|i| clustered_z(base, &ts, i, keys.delta[i]))
-        .map(crate::stats::clustered::p_two_sided)
         .collect();
-    let q = crate::stats::clustered::bh_q_values(&p);
+    let q = q_values(&keys.zc);
     let top = select(l, opts.top, |a, b| keys.top(opts.order, a, b));
     let bottom = select(l, opts.bottom, |a, b| keys.bottom(opts.order, a, b));
     let per_model_top = tuned

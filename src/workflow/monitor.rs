@@ -52,7 +52,7 @@ impl Alarm {
                 direction: Direction::Up,
             } => format!("delta >= {value:.6}"),
             Alarm::Delta { value, .. } => format!("delta <= {value:.6}"),
-            Alarm::ZScore { value } => format!("|z| >= {value}"),
+            Alarm::ZScore { value } => format!("|z clustered| >= {value}"),
         }
     }
 }
@@ -140,16 +140,7 @@ pub fn monitor(
                 .collect()
         })
         .collect();
-    let q_all: Vec<Vec<f64>> = zc_all
-        .iter()
-        .map(|zc| {
-            let p: Vec<f64> = zc
-                .iter()
-                .map(|z| crate::stats::clustered::p_two_sided(*z))
-                .collect();
-            crate::stats::clustered::bh_q_values(&p)
-        })
-        .collect();
+    let q_all: Vec<Vec<f64>> = zc_all.iter().map(|zc| super::diff::q_values(zc)).collect();
     let trajectories = latents
         .iter()
         .enumerate()

@@ -144,23 +144,6 @@ fn inputs_markdown(s: &mut String, pairing: &super::Pairing, inputs: &[super::In
     s.push('\n');
 }
 
-/// "N outlier tokens ... left out / kept" for per-row reports.
-fn outliers_sentence(o: &crate::stats::rule::OutlierSummary) -> String {
-    format!(
-        "Outlier tokens (norm > {} x the median {}): {}, {}.",
-        o.outlier_factor,
-        o.median_norm
-            .map(|m| format!("{m:.4}"))
-            .unwrap_or_else(|| "n/a".into()),
-        o.n_outliers,
-        if o.left_out {
-            "left out (--keep-outliers keeps them)"
-        } else {
-            "kept"
-        }
-    )
-}
-
 /// The diff as markdown.
 pub fn diff_markdown(r: &DiffReport) -> String {
     let mut s = String::new();
@@ -222,13 +205,13 @@ pub fn diff_markdown(r: &DiffReport) -> String {
 /// Detection as CSV.
 pub fn detect_csv(r: &DetectReport) -> String {
     let mut s = String::from(
-        "rank,latent,direction,auroc,loo_auroc,loo_accuracy,margin,separation,threshold\n",
+        "rank,latent,direction,auroc,loo_auroc,loo_accuracy,margin,separation,threshold,z_clustered,q_value\n",
     );
     let opt = |v: Option<f64>| v.map(|x| x.to_string()).unwrap_or_default();
     for (i, l) in r.latents.iter().enumerate() {
         let _ = writeln!(
             s,
-            "{i},{},{:?},{},{},{},{},{},{}",
+            "{i},{},{:?},{},{},{},{},{},{},{},{}",
             l.latent,
             l.direction,
             l.auroc,
@@ -236,7 +219,9 @@ pub fn detect_csv(r: &DetectReport) -> String {
             opt(l.loo_accuracy),
             l.margin,
             l.separation,
-            l.threshold
+            l.threshold,
+            l.z_clustered,
+            l.q_value
         );
     }
     s
@@ -256,13 +241,13 @@ pub fn detect_markdown(r: &DetectReport) -> String {
     let f = |v: Option<f64>| v.map(|x| format!("{x:.3}")).unwrap_or_else(|| "n/a".into());
     let _ = writeln!(
         s,
-        "| rank | latent | direction | AUROC | LOO AUROC | LOO acc. | margin | alarm threshold |"
+        "| rank | latent | direction | AUROC | LOO AUROC | LOO acc. | margin | alarm threshold | z clustered | q |"
     );
-    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|");
     for (i, l) in r.latents.iter().enumerate() {
         let _ = writeln!(
             s,
-            "| {} | {} | {:?} | {:.3} | {} | {} | {:+.4} | {:+.4} |",
+            "| {} | {} | {:?} | {:.3} | {} | {} | {:+.4} | {:+.4} | {:+.2} | {:.3e} |",
             i + 1,
             l.latent,
             l.direction,
@@ -270,9 +255,16 @@ pub fn detect_markdown(r: &DetectReport) -> String {
             f(l.loo_auroc),
             f(l.loo_accuracy),
             l.margin,
-            l.threshold
+            l.threshold,
+            l.z_clustered,
+            l.q_value
         );
     }
+    let _ = writeln!(
+        s,
+        "\nz clustered: the positives' average delta over its document-clustered standard error; q: Benjamini-Hochberg over the {} evaluated latents. The ranking itself is across models (AUROC), where per-token errors do not enter.",
+        r.n_evaluated
+    );
     let _ = writeln!(
         s,
         "\nPipeline leave-one-out accuracy (best latent re-chosen without each model): {}\n",
@@ -338,7 +330,7 @@ pub fn dry_run_markdown(r: &DryRunReport) -> String {
         "Vector of norm {:.4} added to every token of `{}` ({} tokens counted); control: a random vector of the same norm (seed {}).\n",
         r.vector_norm, r.dump, r.n_tokens, r.control_seed
     );
-    let _ = writeln!(s, "{}\n", outliers_sentence(&r.outliers));
+    let _ = writeln!(s, "{}.\n", r.outliers.describe());
     let _ = writeln!(
         s,
         "| latent | role | mean before | steered | control | freq before | steered | control |"

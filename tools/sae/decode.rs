@@ -84,25 +84,8 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
         ));
     }
     if let Some(o) = s.outliers {
-        human.push_str(&format!("\n{}", outlier_line(&o)));
+        human.push_str(&format!("\n{}", o.describe()));
     }
     ctx.output(json, &human);
     Ok(())
-}
-
-/// "N outlier tokens (norm > T x median M), left out" for a human summary.
-pub fn outlier_line(o: &sae_engine::stats::rule::OutlierSummary) -> String {
-    format!(
-        "{} outlier tokens (norm > {} x median {}), {}",
-        o.n_outliers,
-        o.outlier_factor,
-        o.median_norm
-            .map(|m| format!("{m:.4}"))
-            .unwrap_or_else(|| "n/a".into()),
-        if o.left_out {
-            "left out (--keep-outliers keeps them)"
-        } else {
-            "kept"
-        }
-    )
 }

@@ -102,7 +102,8 @@ pub struct DiffArgs {
     /// Latents in the bottom (largest decrease) list.
     #[arg(long, default_value_t = 20)]
     pub bottom: usize,
-    /// Ranking: avg-delta, z-score, min-delta (every fine-tune must agree) or sign.
+    /// Ranking: avg-delta, z-score, min-delta (every fine-tune must agree), sign or
+    /// z-clustered (the average delta over its document-clustered standard error).
     #[arg(long, default_value = "avg-delta")]
     pub order: String,
     #[command(flatten)]
@@ -161,18 +162,20 @@ pub fn run_diff(ctx: &Ctx, a: DiffArgs) -> Result<()> {
     }
     let _ = writeln!(
         h,
-        "{:>6} {:>8} {:>10} {:>9} {:>10} {:>10} {:>6}",
-        "rank", "latent", "avg_delta", "z", "base_mean", "tuned_mean", "agree"
+        "{:>6} {:>8} {:>10} {:>9} {:>9} {:>9} {:>10} {:>10} {:>6}",
+        "rank", "latent", "avg_delta", "z", "z_clust", "q", "base_mean", "tuned_mean", "agree"
     );
     let rows = |h: &mut String, v: &[diff::LatentDiff]| {
         for (i, l) in v.iter().enumerate() {
             let _ = writeln!(
                 h,
-                "{:>6} {:>8} {:>+10.4} {:>+9.2} {:>10.4} {:>10.4} {:>4}/{}",
+                "{:>6} {:>8} {:>+10.4} {:>+9.2} {:>+9.2} {:>9.2e} {:>10.4} {:>10.4} {:>4}/{}",
                 i + 1,
                 l.latent,
                 l.delta,
                 l.z,
+                l.z_clustered,
+                l.q_value,
                 l.base_mean,
                 l.tuned_mean,
                 l.sign_agree,
@@ -180,6 +183,7 @@ pub fn run_diff(ctx: &Ctx, a: DiffArgs) -> Result<()> {
             );
         }
     };
+    let _ = writeln!(h, "z_clust: {}; q: {}", r.clustering, r.multiple_testing);
     let _ = writeln!(
         h,
         "largest increase ({} over {} fine-tunes):",
@@ -283,11 +287,7 @@ pub fn run_steer(ctx: &Ctx, a: SteerArgs) -> Result<()> {
     let mut out = serde_json::json!({ "vector": to_json(&v) });
     let mut h = format!("steering vector: norm {:.6}, unit {}", v.norm, v.unit);
     if let Some(o) = &v.outliers {
-        let _ = write!(
-            h,
-            "\n  unit measured with {}",
-            crate::decode::outlier_line(o)
-        );
+        let _ = write!(h, "\n  unit measured with {}", o.describe());
     }
     for t in &v.terms {
         let _ = write!(
@@ -514,7 +514,7 @@ pub fn run_top_examples(ctx: &Ctx, a: TopExamplesArgs) -> Result<()> {
         r.n_active,
         r.n_tokens,
         r.max,
-        crate::decode::outlier_line(&r.outliers)
+        r.outliers.describe()
     );
     for e in &r.examples {
         let ctx_text = match (&e.text_before, &e.token, &e.text_after) {
