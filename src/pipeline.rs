@@ -14,7 +14,7 @@ use crate::io::codes::{CodesKind, CodesReader, CodesWriter};
 pub use crate::io::npy::NpyF32Writer;
 use crate::ops::metrics::{MetricsAccumulator, ReconMetrics};
 use crate::ops::Engine;
-use crate::stats::{LatentStats, RowFilter};
+use crate::stats::{LatentStats, RowFilter, TokenRule};
 
 /// What an encode pass produced.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
@@ -23,21 +23,37 @@ pub struct EncodeSummary {
     pub n_rows: u64,
     /// Mean number of active latents per row.
     pub mean_l0: f64,
+    /// Outlier tokens among the rows the token rule counts (every row is encoded, so
+    /// the codes stay aligned with the dump; this only reports them).
+    pub outliers: crate::stats::rule::OutlierSummary,
 }
 
 /// Encodes every row of `dump` and appends the codes to `writer` (which the caller
-/// finishes). Checks the dump's width against the SAE first.
+/// finishes). Checks the dump's width against the SAE first. Counts the outlier tokens
+/// among the rows `rule` counts, from a norm histogram (no second pass).
 pub fn encode_dump(
     engine: &dyn Engine,
     dump: &Dump,
     batch_rows: usize,
+    rule: &TokenRule,
     writer: &mut CodesWriter,
     progress: &dyn Fn(u64),
 ) -> Result<EncodeSummary> {
     dump.check_width(engine.sae().d_in())?;
+    rule.check()?;
     let (mut rows, mut l0) = (0u64, 0u64);
+    let mut norms = crate::stats::NormHistogram::default();
     for batch in dump.batches(batch_rows) {
         let batch = batch?;
+        let mask = crate::stats::rule::batch_mask(&batch, rule.use_mask);
+        for (r, n) in crate::stats::rule::row_norms(dump, &batch)?
+            .into_iter()
+            .enumerate()
+        {
+            if mask.is_none_or(|m| m[r] != 0) {
+                norms.add(n);
+            }
+        }
         let enc = engine
             .encode(&batch.acts, batch.rows, batch.start)
             .map_err(|e| in_shard(e, dump, &batch))?;
@@ -51,22 +67,30 @@ pub fn encode_dump(
     Ok(EncodeSummary {
         n_rows: rows,
         mean_l0: l0 as f64 / rows.max(1) as f64,
+        outliers: crate::stats::rule::OutlierSummary {
+            outlier_factor: rule.outlier_factor,
+            median_norm: norms.median(),
+            n_outliers: norms.n_above(rule.outlier_factor),
+            left_out: false,
+        },
     })
 }
 
 /// Encodes `dump` into a codes file at `out` (TopK or CSR by the SAE's activation,
-/// stamped with the SAE's fingerprint), written atomically.
+/// stamped with the SAE's fingerprint), written atomically; `rule` only decides which
+/// rows the outlier count looks at.
 pub fn encode_dump_to_file(
     engine: &dyn Engine,
     dump: &Dump,
     batch_rows: usize,
+    rule: &TokenRule,
     out: &Path,
     progress: &dyn Fn(u64),
 ) -> Result<EncodeSummary> {
     let sae = engine.sae();
     dump.check_width(sae.d_in())?;
     let mut w = CodesWriter::create(out, CodesKind::from_k(sae.k()), &sae.fingerprint())?;
-    let s = encode_dump(engine, dump, batch_rows, &mut w, progress)?;
+    let s = encode_dump(engine, dump, batch_rows, rule, &mut w, progress)?;
     w.finish()?;
     Ok(s)
 }

@@ -731,8 +731,17 @@ fn outlier_tokens_are_counted_and_left_out_of_units_and_decode_metrics() {
 
     // decode metrics: scored over the 197 kept tokens by default
     let codes_path = dir.path().join("codes.safetensors");
-    sae_engine::pipeline::encode_dump_to_file(eng.as_ref(), &dump, 64, &codes_path, &|_| {})
-        .unwrap();
+    let enc = sae_engine::pipeline::encode_dump_to_file(
+        eng.as_ref(),
+        &dump,
+        64,
+        &Default::default(),
+        &codes_path,
+        &|_| {},
+    )
+    .unwrap();
+    // encode reports them (every row is encoded)
+    assert_eq!((enc.n_rows, enc.outliers.n_outliers), (200, 2));
     let codes = sae_engine::io::codes::CodesReader::open(&codes_path).unwrap();
     let metrics = |o: &StatsOptions| {
         let f = o.filter(&dump).unwrap();

@@ -7,6 +7,7 @@ use sae_engine::{Dump, Format, Result};
 use serde_json::json;
 
 use crate::common::{parse_format, rate, Ctx};
+use crate::stats::TokenArgs;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -22,6 +23,9 @@ pub struct Args {
     /// Force the SAE format instead of detecting it.
     #[arg(long, value_parser = parse_format)]
     pub format: Option<Format>,
+    /// Every row is encoded; these decide which rows the outlier count looks at.
+    #[command(flatten)]
+    pub tokens: TokenArgs,
 }
 
 pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
@@ -35,6 +39,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
         engine.as_ref(),
         &dump,
         ctx.batch_rows(),
+        &a.tokens.rule(None),
         &a.out,
         &|n| pb.inc(n),
     );
@@ -46,17 +51,19 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
         "kind": if engine.sae().k().is_some() { "topk" } else { "csr" },
         "n_rows": s.n_rows,
         "mean_l0": s.mean_l0,
+        "outliers": s.outliers,
         "backend": engine.name(),
         "seconds": secs,
         "rows_per_second": rate(s.n_rows, secs),
     });
     let human = format!(
-        "encoded {} rows into {} (mean L0 {:.2}) in {:.2} s, {:.0} rows/s",
+        "encoded {} rows into {} (mean L0 {:.2}) in {:.2} s, {:.0} rows/s; {}",
         s.n_rows,
         a.out.display(),
         s.mean_l0,
         secs,
-        rate(s.n_rows, secs)
+        rate(s.n_rows, secs),
+        s.outliers.describe()
     );
     ctx.output(json, &human);
     Ok(())
