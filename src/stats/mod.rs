@@ -133,7 +133,11 @@ impl LatentStats {
         // Codes alone carry no row norms: statistics counted without them (the codes-only
         // path, e.g. the C ABI) have no norm histogram rather than an incomplete one. The
         // dump pipeline adds each batch's norms before its codes, so it keeps it.
-        if self.norms.as_ref().is_some_and(|h| h.n_rows() < self.n_tokens) {
+        if self
+            .norms
+            .as_ref()
+            .is_some_and(|h| h.n_rows() < self.n_tokens)
+        {
             self.norms = None;
         }
         Ok(())

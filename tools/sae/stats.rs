@@ -75,7 +75,8 @@ pub struct TokenArgs {
     #[arg(long, hide = true, conflicts_with = "no_mask")]
     pub mask: bool,
     /// Outlier tokens are counted rows whose norm is above T x the median row norm of the
-    /// whole input (attention sinks); they are counted and reported.
+    /// whole input (attention sinks): statistics count and report them; steering units,
+    /// the dry run, top examples and decode metrics leave them out unless --keep-outliers.
     #[arg(long, value_name = "T", default_value_t = sae_engine::stats::DEFAULT_OUTLIER_FACTOR)]
     pub outlier_factor: f64,
 }
