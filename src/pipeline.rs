@@ -14,7 +14,7 @@ use crate::io::codes::{CodesKind, CodesReader, CodesWriter};
 pub use crate::io::npy::NpyF32Writer;
 use crate::ops::metrics::{MetricsAccumulator, ReconMetrics};
 use crate::ops::Engine;
-use crate::stats::LatentStats;
+use crate::stats::{LatentStats, RowFilter, TokenRule};
 
 /// What an encode pass produced.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
@@ -23,21 +23,37 @@ pub struct EncodeSummary {
     pub n_rows: u64,
     /// Mean number of active latents per row.
     pub mean_l0: f64,
+    /// Outlier tokens among the rows the token rule counts (every row is encoded, so
+    /// the codes stay aligned with the dump; this only reports them).
+    pub outliers: crate::stats::rule::OutlierSummary,
 }
 
 /// Encodes every row of `dump` and appends the codes to `writer` (which the caller
-/// finishes). Checks the dump's width against the SAE first.
+/// finishes). Checks the dump's width against the SAE first. Counts the outlier tokens
+/// among the rows `rule` counts, from a norm histogram (no second pass).
 pub fn encode_dump(
     engine: &dyn Engine,
     dump: &Dump,
     batch_rows: usize,
+    rule: &TokenRule,
     writer: &mut CodesWriter,
     progress: &dyn Fn(u64),
 ) -> Result<EncodeSummary> {
     dump.check_width(engine.sae().d_in())?;
+    rule.check()?;
     let (mut rows, mut l0) = (0u64, 0u64);
+    let mut norms = crate::stats::NormHistogram::default();
     for batch in dump.batches(batch_rows) {
         let batch = batch?;
+        let mask = crate::stats::rule::batch_mask(&batch, rule.use_mask);
+        for (r, n) in crate::stats::rule::row_norms(dump, &batch)?
+            .into_iter()
+            .enumerate()
+        {
+            if mask.is_none_or(|m| m[r] != 0) {
+                norms.add(n);
+            }
+        }
         let enc = engine
             .encode(&batch.acts, batch.rows, batch.start)
             .map_err(|e| in_shard(e, dump, &batch))?;
@@ -51,19 +67,27 @@ pub fn encode_dump(
     Ok(EncodeSummary {
         n_rows: rows,
         mean_l0: l0 as f64 / rows.max(1) as f64,
+        outliers: crate::stats::rule::OutlierSummary {
+            outlier_factor: rule.outlier_factor,
+            median_norm: norms.median(),
+            n_outliers: norms.n_above(rule.outlier_factor),
+            left_out: false,
+        },
     })
 }
 
 /// Encodes `dump` into a codes file at `out` (TopK or CSR by the SAE's activation,
-/// stamped with the SAE's fingerprint), written atomically.
+/// stamped with the SAE's fingerprint), written atomically; `rule` only decides which
+/// rows the outlier count looks at.
 pub fn encode_dump_to_file(
     engine: &dyn Engine,
     dump: &Dump,
     batch_rows: usize,
+    rule: &TokenRule,
     out: &Path,
     progress: &dyn Fn(u64),
 ) -> Result<EncodeSummary> {
-    encode_dump_to_file_with_provenance(engine, dump, batch_rows, out, None, progress)
+    encode_dump_to_file_with_provenance(engine, dump, batch_rows, rule, out, None, progress)
 }
 
 /// [`encode_dump_to_file`], recording `provenance` in the codes file's metadata.
@@ -71,6 +95,7 @@ pub fn encode_dump_to_file_with_provenance(
     engine: &dyn Engine,
     dump: &Dump,
     batch_rows: usize,
+    rule: &TokenRule,
     out: &Path,
     provenance: Option<&crate::provenance::Provenance>,
     progress: &dyn Fn(u64),
@@ -82,7 +107,7 @@ pub fn encode_dump_to_file_with_provenance(
         let (k, v) = p.metadata_entry();
         w.set_metadata(k, v);
     }
-    let s = encode_dump(engine, dump, batch_rows, &mut w, progress)?;
+    let s = encode_dump(engine, dump, batch_rows, rule, &mut w, progress)?;
     w.finish()?;
     Ok(s)
 }
@@ -124,6 +149,7 @@ fn in_shard(mut e: Error, dump: &Dump, batch: &Batch) -> Error {
 
 /// Per-latent statistics of `dump` under the engine's SAE. With `use_mask`, rows whose
 /// `mask` is 0 are neither encoded nor counted (dumps without a mask count every row).
+/// The counted tokens' id digest and norm histogram are recorded beside the latents.
 pub fn stats_of_dump(
     engine: &dyn Engine,
     dump: &Dump,
@@ -138,59 +164,104 @@ pub fn stats_of_dump(
         dump,
         stats,
         batch_rows,
-        use_mask,
+        &RowFilter::mask_only(use_mask),
         &mut |_| Ok(()),
         progress,
     )
 }
 
-/// [`stats_of_dump`] accumulating into `stats` (whose fingerprint the caller chose), with
-/// `on_batch` called on every batch before it is encoded: a hook to check or digest what
-/// the batch carries besides activations (token ids, masks). An error from the hook
+/// [`stats_of_dump`] accumulating into `stats` (whose fingerprint the caller chose) the
+/// rows `filter` keeps, with `on_batch` called on every batch before it is encoded: a
+/// hook to check what the batch carries besides activations. An error from the hook
 /// stops the pass.
 pub fn stats_of_dump_into(
     engine: &dyn Engine,
     dump: &Dump,
     mut stats: LatentStats,
     batch_rows: usize,
-    use_mask: bool,
+    filter: &RowFilter,
     on_batch: &mut dyn FnMut(&Batch) -> Result<()>,
     progress: &dyn Fn(u64),
 ) -> Result<LatentStats> {
     let d = engine.sae().d_in();
     dump.check_width(d)?;
+    let mut open_doc = crate::stats::OpenDoc::default();
     for batch in dump.batches(batch_rows) {
         let batch = batch?;
         on_batch(&batch)?;
-        match batch.mask.as_deref().filter(|_| use_mask) {
-            Some(mask) => {
-                // Encode only the rows that count: masked-out tokens (prompts, padding)
-                // are often most of a dump.
-                let kept: Vec<usize> = (0..batch.rows).filter(|r| mask[*r] != 0).collect();
-                if !kept.is_empty() {
-                    let mut x = Vec::with_capacity(kept.len() * d);
-                    for r in &kept {
-                        x.extend_from_slice(&batch.acts[r * d..(r + 1) * d]);
-                    }
-                    let enc = engine.encode(&x, kept.len(), 0).map_err(|e| {
-                        let at = |row: u64| {
-                            batch.start + kept.get(row as usize).copied().unwrap_or(0) as u64
-                        };
-                        in_shard(with_row(e, at), dump, &batch)
-                    })?;
-                    engine.accumulate(&mut stats, &enc.codes, None)?;
-                }
+        let keep = filter.keep(dump, &batch)?;
+        // Encode only the rows that count: masked-out tokens (prompts, padding) are often
+        // most of a dump.
+        let kept: Vec<usize> = match &keep {
+            Some(k) => (0..batch.rows).filter(|r| k[*r] != 0).collect(),
+            None => (0..batch.rows).collect(),
+        };
+        record_tokens(&mut stats, dump, &batch, &kept)?;
+        if kept.len() == batch.rows {
+            let enc = engine
+                .encode(&batch.acts, batch.rows, batch.start)
+                .map_err(|e| in_shard(e, dump, &batch))?;
+            engine.accumulate(&mut stats, &enc.codes, None)?;
+            record_docs(&mut stats, &mut open_doc, &batch, &kept, &enc.codes);
+        } else if !kept.is_empty() {
+            let mut x = Vec::with_capacity(kept.len() * d);
+            for r in &kept {
+                x.extend_from_slice(&batch.acts[r * d..(r + 1) * d]);
             }
-            None => {
-                let enc = engine
-                    .encode(&batch.acts, batch.rows, batch.start)
-                    .map_err(|e| in_shard(e, dump, &batch))?;
-                engine.accumulate(&mut stats, &enc.codes, None)?;
-            }
+            let enc = engine.encode(&x, kept.len(), 0).map_err(|e| {
+                let at =
+                    |row: u64| batch.start + kept.get(row as usize).copied().unwrap_or(0) as u64;
+                in_shard(with_row(e, at), dump, &batch)
+            })?;
+            engine.accumulate(&mut stats, &enc.codes, None)?;
+            record_docs(&mut stats, &mut open_doc, &batch, &kept, &enc.codes);
         }
         progress(batch.rows as u64);
     }
+    if let Some(docs) = stats.docs.as_mut() {
+        open_doc.close(docs);
+    }
     Ok(stats)
+}
+
+/// Adds the `kept` rows (whose codes are `codes`, in order) to the per-document sums;
+/// a batch without doc ids leaves the statistics without them.
+fn record_docs(
+    stats: &mut LatentStats,
+    open: &mut crate::stats::OpenDoc,
+    batch: &Batch,
+    kept: &[usize],
+    codes: &crate::codes::Codes,
+) {
+    let Some(docs) = stats.docs.as_mut() else {
+        return;
+    };
+    let Some(ids) = &batch.doc_ids else {
+        stats.docs = None;
+        return;
+    };
+    for (j, r) in kept.iter().enumerate() {
+        open.add(docs, ids[*r], codes.active(j));
+    }
+}
+
+/// Adds the `kept` rows' token ids to the digest and their norms to the histogram.
+fn record_tokens(
+    stats: &mut LatentStats,
+    dump: &Dump,
+    batch: &Batch,
+    kept: &[usize],
+) -> Result<()> {
+    if let Some(h) = stats.norms.as_mut() {
+        let norms = crate::stats::rule::row_norms(dump, batch)?;
+        kept.iter().for_each(|r| h.add(norms[*r]));
+    }
+    if let (Some(t), Some(ids)) = (stats.tokens.as_mut(), &batch.token_ids) {
+        for r in kept {
+            t.add(ids[*r], batch.doc_ids.as_ref().map(|d| d[*r]));
+        }
+    }
+    Ok(())
 }
 
 /// Statistics of a codes file (no encoding): the codes must come from an SAE with
@@ -203,6 +274,10 @@ pub fn stats_of_codes(
 ) -> Result<LatentStats> {
     let fp = codes.fingerprint().unwrap_or_default().to_string();
     let mut stats = LatentStats::new(fp, n_latents);
+    // A codes file has neither token ids nor activations to take norms of.
+    stats.tokens = None;
+    stats.norms = None;
+    stats.docs = None;
     let n = codes.n_rows();
     let mut start = 0;
     while start < n {
@@ -241,17 +316,21 @@ pub fn merge_stats_files(paths: &[PathBuf]) -> Result<LatentStats> {
 pub struct DecodeSummary {
     /// Rows decoded.
     pub n_rows: u64,
-    /// Reconstruction quality over every row, when the original activations were given.
+    /// Reconstruction quality over the rows the token rule keeps, when the original
+    /// activations were given.
     pub metrics: Option<ReconMetrics>,
+    /// The token rule's outliers in the dump (left out of the metrics unless kept).
+    pub outliers: Option<crate::stats::rule::OutlierSummary>,
 }
 
 /// Decodes a codes file into an f32 `.npy` `[n, d_in]` at `out` (streamed, atomic).
 /// With `acts`, the original dump (token-aligned with the codes) is scored with MSE,
-/// FVU, cosine and L0. The codes' fingerprint must match the engine's SAE.
+/// FVU, cosine and L0 over the rows its [`RowFilter`] keeps (every row is decoded).
+/// The codes' fingerprint must match the engine's SAE.
 pub fn decode_to_npy(
     engine: &dyn Engine,
     codes: &CodesReader,
-    acts: Option<&Dump>,
+    acts: Option<(&Dump, &RowFilter)>,
     batch_rows: usize,
     out: &Path,
     progress: &dyn Fn(u64),
@@ -276,7 +355,7 @@ pub fn decode_to_npy(
         ));
     }
     let n = codes.n_rows();
-    if let Some(dump) = acts {
+    if let Some((dump, _)) = acts {
         dump.check_width(d)?;
         if dump.n_rows() != n as u64 {
             return Err(Error::Incompatible(format!(
@@ -295,17 +374,32 @@ pub fn decode_to_npy(
         engine.decode(&enc.codes, enc.denorm.as_ref())
     };
     let metrics = match acts {
-        Some(dump) => {
+        Some((dump, filter)) => {
             let mut m = MetricsAccumulator::new(d);
             for batch in dump.batches(batch_rows) {
                 let batch = batch?;
                 let enc = codes.read_rows(batch.start as usize, batch.rows)?;
                 let x_hat = decode(&enc)?;
-                m.add(
-                    &batch.acts,
-                    &x_hat,
-                    (0..batch.rows).map(|i| enc.codes.l0(i)),
-                );
+                match filter.keep(dump, &batch)? {
+                    None => m.add(
+                        &batch.acts,
+                        &x_hat,
+                        (0..batch.rows).map(|i| enc.codes.l0(i)),
+                    ),
+                    Some(keep) => {
+                        let rows: Vec<usize> = (0..batch.rows).filter(|r| keep[*r] != 0).collect();
+                        let pick = |v: &[f32]| -> Vec<f32> {
+                            rows.iter()
+                                .flat_map(|r| v[r * d..(r + 1) * d].iter().copied())
+                                .collect()
+                        };
+                        m.add(
+                            &pick(&batch.acts),
+                            &pick(&x_hat),
+                            rows.iter().map(|i| enc.codes.l0(*i)),
+                        );
+                    }
+                }
                 w.push(&x_hat)?;
                 progress(batch.rows as u64);
             }
@@ -327,5 +421,6 @@ pub fn decode_to_npy(
     Ok(DecodeSummary {
         n_rows: n as u64,
         metrics,
+        outliers: acts.map(|(_, f)| f.summary()),
     })
 }

@@ -110,13 +110,19 @@ fn write_sae_with(dir: &Path, jumprelu: bool, enc: Vec<f32>, be: Vec<f32>) -> Pa
 
 /// Three shards of 4, 3 and 5 rows with a mask.
 fn write_dump(dir: &Path, width: usize) -> (PathBuf, Vec<f32>, Vec<u8>) {
-    std::fs::create_dir_all(dir).unwrap();
-    let sizes = [4usize, 3, 5];
-    let n: usize = sizes.iter().sum();
+    let n = 12;
     let all: Vec<f32> = (0..n * width)
         .map(|i| ((i * 7919 % 23) as f32) * 0.25 - 1.5)
         .collect();
     let mask: Vec<u8> = (0..n).map(|i| (i % 3 != 1) as u8).collect();
+    write_shards(dir, width, &all, &mask);
+    (dir.to_path_buf(), all, mask)
+}
+
+/// `all` (12 rows) as shards of 4, 3 and 5 rows with `mask`.
+fn write_shards(dir: &Path, width: usize, all: &[f32], mask: &[u8]) {
+    std::fs::create_dir_all(dir).unwrap();
+    let sizes = [4usize, 3, 5];
     let mut start = 0;
     for (s, rows) in sizes.iter().enumerate() {
         write_safetensors(
@@ -140,7 +146,6 @@ fn write_dump(dir: &Path, width: usize) -> (PathBuf, Vec<f32>, Vec<u8>) {
         .unwrap();
         start += rows;
     }
-    (dir.to_path_buf(), all, mask)
 }
 
 /// Pre-activations by the SAELens formula: (x - b_dec) . W_enc^T + b_enc.
@@ -280,27 +285,41 @@ fn encode_decode_round_trip_topk_and_jumprelu() {
         let j = ok_json(&decode_cmd(sae, &codes_path, &recon, &metrics_args));
         let (shape, got) = read_npy_f32(&recon);
         assert_eq!(shape, vec![12, D]);
+        // every row is decoded; the metrics score the tokens the dump's mask keeps
         let mut sq_err = 0f64;
         let mut l0 = 0usize;
+        let counted = fx.mask.iter().filter(|m| **m != 0).count();
         for r in 0..12 {
             let row = &x[r * D..(r + 1) * D];
             let active = expected_row(row, jumprelu);
-            l0 += active.len();
             let want = decode_row(&active);
             for d in 0..D {
                 assert!((got[r * D + d] - want[d]).abs() < 1e-5, "row {r}");
-                sq_err += ((row[d] - want[d]) as f64).powi(2);
+            }
+            if fx.mask[r] != 0 {
+                l0 += active.len();
+                sq_err += (0..D)
+                    .map(|d| ((row[d] - want[d]) as f64).powi(2))
+                    .sum::<f64>();
             }
         }
         let m = &j["metrics"];
-        assert_eq!(m["n_rows"], 12);
-        let mse = sq_err / (12 * D) as f64;
+        assert_eq!(m["n_rows"], counted);
+        assert_eq!(j["outliers"]["n_outliers"], 0, "{j}");
+        let all = ok_json(&decode_cmd(
+            sae,
+            &codes_path,
+            &recon,
+            &[&metrics_args[..], &["--no-mask"]].concat(),
+        ));
+        assert_eq!(all["metrics"]["n_rows"], 12);
+        let mse = sq_err / (counted * D) as f64;
         assert!(
             (m["mse"].as_f64().unwrap() - mse).abs() < 1e-5 * mse.max(1.0),
             "{m}"
         );
         assert!(
-            (m["l0"].as_f64().unwrap() - l0 as f64 / 12.0).abs() < 1e-9,
+            (m["l0"].as_f64().unwrap() - l0 as f64 / counted as f64).abs() < 1e-9,
             "{m}"
         );
         assert!(m["fvu"].as_f64().unwrap() > 0.0 && m["cosine"].as_f64().is_some());
@@ -363,6 +382,71 @@ fn stats_shards_and_merge_equal_the_whole() {
         assert!((m.sum[l] - st.sum[l]).abs() < 1e-9);
         assert!((m.sum_sq[l] - st.sum_sq[l]).abs() < 1e-9);
     }
+}
+
+#[test]
+fn stats_merge_and_decode_report_outlier_tokens() {
+    let fx = Fixture::new(false);
+    let sae = &fx.sae;
+    // the fixture's dump with row 8 (counted, in the last shard) 1000x too large
+    let mut x = fx.x.clone();
+    x[8 * D..9 * D].iter_mut().for_each(|v| *v *= 1000.0);
+    let dump = fx.path("sinks");
+    write_shards(&dump, D, &x, &fx.mask);
+    let whole = fx.path("sinks.stats.safetensors");
+    let j = ok_json(&acts_cmd(
+        "stats",
+        sae,
+        &dump,
+        &whole,
+        &["--outlier-factor", "5"],
+    ));
+    assert_eq!(
+        (j["n_outliers"].as_u64(), j["outlier_factor"].as_f64()),
+        (Some(1), Some(5.0))
+    );
+    // job-array slices see the sink in one slice only; the merge has the whole input's count
+    let mut parts = vec![];
+    for i in 0..2 {
+        let p = fx.path(&format!("sinks{i}.safetensors"));
+        let shard = format!("{i}/2");
+        ok_json(&acts_cmd(
+            "stats",
+            sae,
+            &dump,
+            &p,
+            &["--shard", &shard, "--outlier-factor", "5"],
+        ));
+        parts.push(p);
+    }
+    let merged = fx.path("sinks.merged.safetensors");
+    let m = ok_json(&[
+        "stats",
+        "merge",
+        arg(&parts[0]),
+        arg(&parts[1]),
+        "--out",
+        arg(&merged),
+    ]);
+    for k in ["n_outliers", "median_norm", "token_hash", "outlier_factor"] {
+        assert_eq!(m[k], j[k], "{k}: {m} vs {j}");
+    }
+    // decode metrics leave it out unless --keep-outliers
+    let codes = fx.path("sinks.codes.safetensors");
+    ok_json(&acts_cmd("encode", sae, &dump, &codes, &[]));
+    let recon = fx.path("sinks.npy");
+    let counted = fx.mask.iter().filter(|m| **m != 0).count();
+    let acts = ["--acts", arg(&dump), "--outlier-factor", "5"];
+    let d = ok_json(&decode_cmd(sae, &codes, &recon, &acts));
+    assert_eq!(d["metrics"]["n_rows"], counted - 1, "{d}");
+    assert_eq!(d["outliers"]["n_outliers"], 1, "{d}");
+    let keep = ok_json(&decode_cmd(
+        sae,
+        &codes,
+        &recon,
+        &[&acts[..], &["--keep-outliers"]].concat(),
+    ));
+    assert_eq!(keep["metrics"]["n_rows"], counted, "{keep}");
 }
 
 #[test]

@@ -53,7 +53,7 @@ fn demo_then_each_command_on_its_files() {
 
     // diff: JSON ordered largest increase first; planted persona first, assistant last
     let out_dir = root.join("cli_diff");
-    let mut args = vec!["--mask", "--base", &base, "--tuned"];
+    let mut args = vec!["--base", &base, "--tuned"];
     args.extend(mis.iter().map(|s| s.as_str()));
     args.extend(["--top", "5", "--bottom", "3"]);
     args.extend(["--out-dir", out_dir.to_str().unwrap()]);
@@ -65,6 +65,22 @@ fn demo_then_each_command_on_its_files() {
         j["latents"][0]["delta"].as_f64().unwrap() > j["latents"][1]["delta"].as_f64().unwrap()
     );
     assert_eq!(j["latents"][0]["deltas"].as_array().unwrap().len(), 4);
+    // the persona moves far beyond token noise even counted by documents
+    assert!(
+        j["latents"][0]["z_clustered"].as_f64().unwrap() > 4.0,
+        "{}",
+        j["latents"][0]
+    );
+    assert!(
+        j["latents"][0]["q_value"].as_f64().unwrap() < 1e-3,
+        "{}",
+        j["latents"][0]
+    );
+    let csv = std::fs::read_to_string(out_dir.join("diff.csv")).unwrap();
+    assert!(
+        csv.lines().next().unwrap().contains("z_clustered,q_value"),
+        "{csv}"
+    );
     for file in [
         "diff.csv",
         "diff.json",
@@ -75,27 +91,79 @@ fn demo_then_each_command_on_its_files() {
         assert!(out_dir.join(file).is_file(), "{file}");
     }
 
-    // diff without --mask counts every token, so it cannot be paired with masked stats:
-    // write masked stats with `sae stats` and mix them with an unmasked dump
-    let st_path = root.join("base_stats.safetensors");
-    let st = st_path.to_str().unwrap();
-    let stats = ["--acts", &base, "--out", st];
-    sae_exits(0, &on_cpu("stats", &sae_dir, &stats));
-    let unmasked = ["--base", st, "--tuned", &mis[0]];
-    let err = sae_exits(1, &on_cpu("diff", &sae_dir, &unmasked));
-    assert!(err.contains("counted tokens"), "{err}");
-    // ... and pairs with a masked dump
-    let masked = ["--mask", "--base", st, "--tuned", &mis[0], &mis[1]];
-    let j = ok_json(&on_cpu("diff", &sae_dir, &masked));
-    assert!(j["latents"].is_array(), "{j}");
+    // the same prompts: paired, and the report says why
+    assert_eq!(j["pairing"]["mode"], "paired", "{}", j["pairing"]);
+    let why = j["pairing"]["reason"].as_str().unwrap();
+    assert!(why.contains("token-id hash"), "{why}");
+    let report = std::fs::read_to_string(out_dir.join("report.md")).unwrap();
+    assert!(report.contains("Pairing: **paired**"), "{report}");
+    assert_eq!(j["inputs"][0]["n_outliers"], 0, "{}", j["inputs"]);
+
+    // diff gives the same numbers from dumps and from their statistics files (both honour
+    // the mask by default); the old --mask opt-in is accepted and changes nothing
+    let stats_of = |dump: &str| {
+        let out = format!("{dump}.stats.safetensors");
+        let j = ok_json(&on_cpu("stats", &sae_dir, &["--acts", dump, "--out", &out]));
+        assert_eq!(j["n_outliers"], 0, "{j}");
+        assert!(j["token_hash"].is_string(), "{j}");
+        out
+    };
+    let (sb, s0, s1) = (stats_of(&base), stats_of(&mis[0]), stats_of(&mis[1]));
+    let from_dumps = ok_json(&on_cpu(
+        "diff",
+        &sae_dir,
+        &["--mask", "--base", &base, "--tuned", &mis[0], &mis[1]],
+    ));
+    let from_stats = ok_json(&on_cpu(
+        "diff",
+        &sae_dir,
+        &["--base", &sb, "--tuned", &s0, &s1],
+    ));
+    assert_eq!(from_dumps["pairing"]["mode"], from_stats["pairing"]["mode"]);
+    for list in ["latents", "bottom"] {
+        let (a, b) = (
+            from_dumps[list].as_array().unwrap(),
+            from_stats[list].as_array().unwrap(),
+        );
+        assert_eq!(a.len(), b.len());
+        for (x, y) in a.iter().zip(b) {
+            assert_eq!(x["latent"], y["latent"]);
+            for k in ["delta", "z", "base_mean", "tuned_mean"] {
+                let (u, v) = (x[k].as_f64().unwrap(), y[k].as_f64().unwrap());
+                assert!(
+                    (u - v).abs() <= 1e-12 * u.abs().max(1.0),
+                    "{list} {k}: {u} vs {v}"
+                );
+            }
+        }
+    }
+    // --no-mask counts every token of the dump: not the masked statistics' tokens, so
+    // auto runs unpaired and says why, and --pairing paired refuses
+    let unmasked = ["--no-mask", "--base", &sb, "--tuned", &mis[0]];
+    let j = ok_json(&on_cpu("diff", &sae_dir, &unmasked));
+    assert_eq!(j["pairing"]["mode"], "unpaired", "{}", j["pairing"]);
+    assert!(
+        j["pairing"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("counts 1024"),
+        "{}",
+        j["pairing"]
+    );
+    let mut forced = unmasked.to_vec();
+    forced.extend(["--pairing", "paired"]);
+    let err = sae_exits(1, &on_cpu("diff", &sae_dir, &forced));
+    assert!(err.contains("--pairing paired"), "{err}");
 
     // detect
-    let mut args = vec!["--mask", "--base", &base, "--positive"];
+    let mut args = vec!["--base", &base, "--positive"];
     args.extend(mis.iter().map(|s| s.as_str()));
     args.push("--negative");
     args.extend(al.iter().map(|s| s.as_str()));
     args.extend(["--top", "2"]);
     let j = ok_json(&on_cpu("detect", &sae_dir, &args));
+    assert_eq!(j["pairing"]["mode"], "paired", "{}", j["pairing"]);
+    assert!(j["latents"][0]["q_value"].as_f64().unwrap() <= 1.0, "{j}");
     let top: Vec<u64> = j["latents"]
         .as_array()
         .unwrap()
@@ -130,10 +198,11 @@ fn demo_then_each_command_on_its_files() {
 
     // monitor with an explicit threshold
     let cks: Vec<String> = (0..6).map(|i| f(&format!("step-{}", i * 100))).collect();
-    let mut args = vec!["--mask", "--base", &base, "--checkpoints"];
+    let mut args = vec!["--base", &base, "--checkpoints"];
     args.extend(cks.iter().map(|s| s.as_str()));
     args.extend(["--latents", &p, "--threshold", "0.15"]);
     let j = ok_json(&on_cpu("monitor", &sae_dir, &args));
+    assert_eq!(j["pairing"]["mode"], "paired", "{}", j["pairing"]);
     assert_eq!(j["trajectories"][0]["first_crossing_name"], "step-400");
 
     // top-examples
@@ -142,4 +211,64 @@ fn demo_then_each_command_on_its_files() {
     let j = ok_json(&on_cpu("top-examples", &sae_dir, &args));
     assert_eq!(j["examples"].as_array().unwrap().len(), 3);
     assert_eq!(j["examples"][0]["before"].as_array().unwrap().len(), 2);
+    assert_eq!(j["outliers"]["n_outliers"], 0, "{j}");
+
+    // README.md's audit commands, as written, in the demo's data folder
+    let cmds = readme_audit_commands();
+    assert!(cmds.len() >= 8, "{cmds:?}");
+    // the README's latent is the demo's persona
+    assert!(
+        cmds.iter()
+            .any(|w| w.contains(&"--latent".to_string()) && w.contains(&p)),
+        "{cmds:?}"
+    );
+    for words in &cmds {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_sae"))
+            .args(&words[1..])
+            .current_dir(&data)
+            .env("RAYON_NUM_THREADS", "2")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "README: {}\n{}",
+            words.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let j: Value =
+        serde_json::from_str(&std::fs::read_to_string(data.join("diff/diff.json")).unwrap())
+            .unwrap();
+    assert_eq!(j["pairing"]["mode"], "paired", "{}", j["pairing"]);
+    assert!(data.join("persona.gguf").is_file());
+}
+
+/// The `sae ...` lines of README.md's "The audit in a few commands" block as words
+/// (continuation lines joined, `# comments` dropped).
+fn readme_audit_commands() -> Vec<Vec<String>> {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let start = readme
+        .find("## The audit in a few commands")
+        .expect("README section");
+    let section = &readme[start + 3..];
+    let section = &section[..section.find("\n## ").unwrap_or(section.len())];
+    let (mut cmds, mut cur) = (Vec::new(), String::new());
+    for line in section.lines().filter(|l| l.starts_with("    ")) {
+        let code = line.split(" # ").next().unwrap().trim();
+        if cur.is_empty() && !code.starts_with("sae ") {
+            continue;
+        }
+        let (code, more) = match code.strip_suffix('\\') {
+            Some(c) => (c, true),
+            None => (code, false),
+        };
+        cur.push_str(code);
+        cur.push(' ');
+        if !more {
+            cmds.push(cur.split_whitespace().map(String::from).collect());
+            cur.clear();
+        }
+    }
+    cmds
 }

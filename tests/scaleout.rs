@@ -125,6 +125,9 @@ fn assert_same_stats(got: &LatentStats, want: &LatentStats) {
     assert_eq!(got.n_tokens, want.n_tokens);
     assert_eq!(got.n_active, want.n_active);
     assert_eq!(got.max, want.max);
+    // Token digests and norm histograms merge exactly.
+    assert_eq!(got.tokens, want.tokens);
+    assert_eq!(got.norms, want.norms);
     for (name, a, b) in [
         ("sum", &got.sum, &want.sum),
         ("sum_sq", &got.sum_sq, &want.sum_sq),

@@ -282,6 +282,8 @@ impl DeviceStats {
                     sum_sq: sum_sq[r.clone()].to_vec(),
                     n_active: act[r.clone()].to_vec(),
                     max: mx[r].iter().map(|b| f32::from_bits(*b)).collect(),
+                    // Token digests and norms are the caller's (they need the dump).
+                    ..crate::LatentStats::new(fingerprint, 0)
                 }
             })
             .collect())

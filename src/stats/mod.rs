@@ -4,6 +4,18 @@
 use crate::codes::Codes;
 use crate::error::{Error, Result};
 
+pub mod clustered;
+pub mod rule;
+pub mod tokens;
+
+pub use clustered::{DocSums, OpenDoc};
+pub use rule::{RowFilter, TokenRule};
+pub use tokens::{NormHistogram, TokenDigest};
+
+/// Default outlier factor: a counted row whose norm is above this many times the median
+/// row norm is an outlier token (attention sinks sit 100x above the median).
+pub const DEFAULT_OUTLIER_FACTOR: f64 = 10.0;
+
 /// Statistics of one dump (or shard) under one SAE.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LatentStats {
@@ -19,6 +31,16 @@ pub struct LatentStats {
     pub n_active: Vec<u64>,
     /// Per-latent maximum activation (0 when it never fires; activations are >= 0).
     pub max: Vec<f32>,
+    /// Digest of the counted tokens' ids, for pairing (None: not recorded, e.g. a
+    /// statistics file written before it existed, or statistics of a codes file).
+    pub tokens: Option<TokenDigest>,
+    /// Histogram of the counted rows' norms (None: not recorded).
+    pub norms: Option<NormHistogram>,
+    /// T of the outlier rule: rows with norm > T x the median norm are outliers.
+    pub outlier_factor: f64,
+    /// Per-document sums for document-clustered standard errors (None: not recorded, or
+    /// some counted tokens had no doc id).
+    pub docs: Option<DocSums>,
 }
 
 impl LatentStats {
@@ -31,7 +53,44 @@ impl LatentStats {
             sum_sq: vec![0.0; n_latents],
             n_active: vec![0; n_latents],
             max: vec![0.0; n_latents],
+            tokens: Some(TokenDigest::default()),
+            norms: Some(NormHistogram::default()),
+            outlier_factor: DEFAULT_OUTLIER_FACTOR,
+            docs: Some(DocSums::new(n_latents)),
         }
+    }
+
+    /// The document-clustered variance of latent `i`'s mean, when every counted token
+    /// had a doc id and there are at least two documents.
+    pub fn clustered_var_of_mean(&self, i: usize) -> Option<f64> {
+        self.docs
+            .as_ref()
+            .filter(|d| d.n_tokens == self.n_tokens && d.sum_sq.len() == self.n_latents())
+            .and_then(|d| d.var_of_mean(i, self.sum[i], self.n_tokens))
+    }
+
+    /// Documents behind the clustered variance (None when it is not available).
+    pub fn n_docs(&self) -> Option<u64> {
+        self.docs
+            .as_ref()
+            .filter(|d| d.n_tokens == self.n_tokens && d.n_docs >= 2)
+            .map(|d| d.n_docs)
+    }
+
+    /// The counted tokens' id hash and whether it covers document ids, when every
+    /// counted token had an id.
+    pub fn token_hash(&self) -> Option<(u64, bool)> {
+        self.tokens.and_then(|t| t.complete(self.n_tokens))
+    }
+
+    /// Median norm of the counted rows, when recorded.
+    pub fn median_norm(&self) -> Option<f64> {
+        self.norms.as_ref().and_then(|h| h.median())
+    }
+
+    /// Counted rows with norm above `outlier_factor` x the median norm, when recorded.
+    pub fn n_outliers(&self) -> Option<u64> {
+        self.norms.as_ref().map(|h| h.n_above(self.outlier_factor))
     }
 
     /// Number of latents.
@@ -71,6 +130,16 @@ impl LatentStats {
                 }
             }
         }
+        // Codes alone carry no row norms: statistics counted without them (the codes-only
+        // path, e.g. the C ABI) have no norm histogram rather than an incomplete one. The
+        // dump pipeline adds each batch's norms before its codes, so it keeps it.
+        if self
+            .norms
+            .as_ref()
+            .is_some_and(|h| h.n_rows() < self.n_tokens)
+        {
+            self.norms = None;
+        }
         Ok(())
     }
 
@@ -90,6 +159,29 @@ impl LatentStats {
             )));
         }
         self.n_tokens += other.n_tokens;
+        // Token digests and norm histograms merge exactly; one side without them (an
+        // older file) leaves the result without them rather than half-counted.
+        self.tokens = match (self.tokens, other.tokens) {
+            (Some(mut a), Some(b)) => {
+                a.merge(&b);
+                Some(a)
+            }
+            _ => None,
+        };
+        self.norms = match (self.norms.take(), &other.norms) {
+            (Some(mut a), Some(b)) => {
+                a.merge(b);
+                Some(a)
+            }
+            _ => None,
+        };
+        self.docs = match (self.docs.take(), &other.docs) {
+            (Some(mut a), Some(b)) if a.sum_sq.len() == b.sum_sq.len() => {
+                a.merge(b);
+                Some(a)
+            }
+            _ => None,
+        };
         for i in 0..self.n_latents() {
             self.sum[i] += other.sum[i];
             self.sum_sq[i] += other.sum_sq[i];

@@ -27,7 +27,7 @@ use super::monitor::{monitor, Alarm, MonitorReport};
 use super::rng::Rng;
 use super::steer::{dry_run, steering_vector, DryRunOptions, DryRunReport, SteerTerm, SteerUnit};
 use super::top_examples::{top_examples, TopExamplesOptions};
-use super::{check_pairing, measure, named_stats, report, Measured, StatsOptions};
+use super::{measure, named_stats, pair, report, Measured, PairingRequest, StatsOptions};
 
 /// Demo options.
 #[derive(Debug, Clone)]
@@ -335,16 +335,18 @@ pub fn run(opts: &DemoOptions) -> Result<DemoReport> {
     // Measure every input through the CLI's code path (dumps encoded on the fly).
     let so = StatsOptions {
         batch_rows: opts.batch_rows,
-        use_mask: true,
+        ..Default::default()
     };
     let m = |name: &str| measure(engine.as_ref(), &fp, &path(name), &so);
     let base = m("base")?;
     let mis: Vec<Measured> = mis_names.iter().map(|s| m(s)).collect::<Result<_>>()?;
     let al: Vec<Measured> = al_names.iter().map(|s| m(s)).collect::<Result<_>>()?;
     let ck: Vec<Measured> = ck_names.iter().map(|s| m(s)).collect::<Result<_>>()?;
-    check_pairing(&base, &mis)?;
-    check_pairing(&base, &al)?;
-    check_pairing(&base, &ck)?;
+    let auto = PairingRequest::Auto;
+    let mis_pairing = pair(&base, &mis, auto)?;
+    let all_models: Vec<Measured> = mis.iter().chain(&al).cloned().collect();
+    let det_pairing = pair(&base, &all_models, auto)?;
+    let ck_pairing = pair(&base, &ck, auto)?;
     let mut checks = Vec::new();
 
     // Each report records the demo's options and the synthetic files it read.
@@ -354,7 +356,7 @@ pub fn run(opts: &DemoOptions) -> Result<DemoReport> {
             .option("tokens", opts.n_tokens)
             .option("batch_size", opts.batch_rows)
             .option("engine", engine.name())
-            .option("mask", so.use_mask);
+            .option("mask", so.rule.use_mask);
         p
     };
     let step = |what: &str, inputs: &[(&str, &[String])]| -> Result<Provenance> {
@@ -375,6 +377,7 @@ pub fn run(opts: &DemoOptions) -> Result<DemoReport> {
         &base.name,
         &base.stats,
         &named_stats(&mis),
+        &mis_pairing,
         &DiffOptions {
             top: 20,
             bottom: 20,
@@ -426,6 +429,7 @@ pub fn run(opts: &DemoOptions) -> Result<DemoReport> {
         &base.stats,
         &named_stats(&mis),
         &named_stats(&al),
+        &det_pairing,
         &DetectOptions {
             latents: None,
             top: 20,
@@ -536,9 +540,17 @@ pub fn run(opts: &DemoOptions) -> Result<DemoReport> {
             &named_stats(&ck),
             &[persona],
             &[Alarm::DEFAULT],
+            &ck_pairing,
         )?
     } else {
-        monitor(&base.name, &base.stats, &named_stats(&ck), &lats, &alarms)?
+        monitor(
+            &base.name,
+            &base.stats,
+            &named_stats(&ck),
+            &lats,
+            &alarms,
+            &ck_pairing,
+        )?
     };
     let prov = step(
         "monitor",

@@ -10,6 +10,8 @@ use rayon::prelude::*;
 use crate::error::{Error, Result};
 use crate::stats::LatentStats;
 
+use super::{InputSummary, Pairing};
+
 /// Which way a latent moves in positive models.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -63,6 +65,11 @@ pub struct LatentDetection {
     pub separation: f64,
     /// Suggested alarm threshold on the delta (with `direction`).
     pub threshold: f64,
+    /// The positives' average delta over its document-clustered standard error: whether
+    /// the latent's move in the misaligned models is beyond token noise at all.
+    pub z_clustered: f64,
+    /// Benjamini-Hochberg q-value of `z_clustered` over all evaluated latents.
+    pub q_value: f64,
     pub positive_deltas: Vec<f64>,
     pub negative_deltas: Vec<f64>,
 }
@@ -85,6 +92,10 @@ pub struct DetectReport {
     pub base: String,
     pub positives: Vec<String>,
     pub negatives: Vec<String>,
+    /// Paired or unpaired, and why.
+    pub pairing: Pairing,
+    /// Counted tokens, token hash, median norm and outliers of each input (base first).
+    pub inputs: Vec<InputSummary>,
     pub n_evaluated: usize,
     /// Ranked: out-of-sample AUROC, then AUROC, then margin, then latent id. The margin is
     /// in activation units on purpose: a d'-style ratio favours latents that barely fire
@@ -249,6 +260,7 @@ pub fn detect(
     base: &LatentStats,
     positives: &[(String, &LatentStats)],
     negatives: &[(String, &LatentStats)],
+    pairing: &Pairing,
     opts: &DetectOptions,
 ) -> Result<DetectReport> {
     if positives.is_empty() || negatives.is_empty() {
@@ -273,9 +285,16 @@ pub fn detect(
     };
     let ps: Vec<&LatentStats> = positives.iter().map(|(_, s)| *s).collect();
     let ns: Vec<&LatentStats> = negatives.iter().map(|(_, s)| *s).collect();
+    // The positives' move from the base, with its clustered z and q over the evaluated latents.
+    let zc: Vec<f64> = latents
+        .iter()
+        .map(|&i| super::diff::clustered_z(base, &ps, i, mean(&deltas(base, &ps, i))))
+        .collect();
+    let q = super::diff::q_values(&zc);
     let mut all: Vec<LatentDetection> = latents
         .par_iter()
-        .map(|&i| {
+        .enumerate()
+        .map(|(k, &i)| {
             let (p, n) = (deltas(base, &ps, i), deltas(base, &ns, i));
             let f = fit(&p, &n);
             let lo = loo(&p, &n);
@@ -288,6 +307,8 @@ pub fn detect(
                 margin: f.margin,
                 separation: f.separation,
                 threshold: f.threshold,
+                z_clustered: zc[k],
+                q_value: q[k],
                 positive_deltas: p,
                 negative_deltas: n,
             }
@@ -357,6 +378,16 @@ pub fn detect(
         base: base_name.to_string(),
         positives: positives.iter().map(|(n, _)| n.clone()).collect(),
         negatives: negatives.iter().map(|(n, _)| n.clone()).collect(),
+        pairing: pairing.clone(),
+        inputs: InputSummary::all(
+            base_name,
+            base,
+            &positives
+                .iter()
+                .chain(negatives)
+                .cloned()
+                .collect::<Vec<_>>(),
+        ),
         n_evaluated: latents.len(),
         latents: all,
         pipeline_loo_accuracy,

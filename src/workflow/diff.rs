@@ -8,14 +8,18 @@ use std::cmp::Ordering;
 use crate::error::{Error, Result};
 use crate::stats::LatentStats;
 
+use super::{InputSummary, Pairing};
+
 /// Ranking orders.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum DiffOrder {
     /// Mean of the per-fine-tune deltas (the paper's ranking).
     AvgDelta,
-    /// Mean of the per-fine-tune Welch z-scores.
+    /// Mean of the per-fine-tune Welch z-scores (per token).
     ZScore,
+    /// The average delta over its document-clustered standard error.
+    ZClustered,
     /// The smallest delta over fine-tunes (top), the largest (bottom): every model must agree.
     MinDelta,
     /// Fine-tunes that increase minus fine-tunes that decrease, then average delta.
@@ -30,6 +34,7 @@ impl std::fmt::Display for DiffOrder {
             DiffOrder::ZScore => 1,
             DiffOrder::MinDelta => 2,
             DiffOrder::SignConsistency => 3,
+            DiffOrder::ZClustered => 4,
         };
         f.write_str(Self::NAMES[i])
     }
@@ -37,7 +42,8 @@ impl std::fmt::Display for DiffOrder {
 
 impl DiffOrder {
     /// Command-line names.
-    pub const NAMES: [&'static str; 4] = ["avg-delta", "z-score", "min-delta", "sign"];
+    pub const NAMES: [&'static str; 5] =
+        ["avg-delta", "z-score", "min-delta", "sign", "z-clustered"];
 
     /// Parses a command-line name.
     pub fn parse(s: &str) -> Result<DiffOrder> {
@@ -46,6 +52,7 @@ impl DiffOrder {
             "z-score" | "z" => Ok(DiffOrder::ZScore),
             "min-delta" | "min" => Ok(DiffOrder::MinDelta),
             "sign" | "sign-consistency" => Ok(DiffOrder::SignConsistency),
+            "z-clustered" => Ok(DiffOrder::ZClustered),
             _ => Err(Error::invalid(format!(
                 "unknown order `{s}`: expected one of {}",
                 Self::NAMES.join(", ")
@@ -90,8 +97,15 @@ pub struct LatentDiff {
     pub deltas: Vec<f64>,
     /// Per fine-tune mean activation.
     pub tuned_means: Vec<f64>,
-    /// Mean over fine-tunes of the Welch z-score of the mean difference.
+    /// Mean over fine-tunes of the Welch z-score of the mean difference (per token: it
+    /// treats every token as independent).
     pub z: f64,
+    /// The average delta over its document-clustered standard error (each side's
+    /// cluster-robust variance by `doc_ids`; a side without doc ids uses its per-token
+    /// variance, so with one fine-tune and no doc ids this equals `z`).
+    pub z_clustered: f64,
+    /// Benjamini-Hochberg q-value of `z_clustered`'s two-sided p-value, over all latents.
+    pub q_value: f64,
     /// Smallest and largest per-fine-tune delta.
     pub min_delta: f64,
     pub max_delta: f64,
@@ -119,6 +133,14 @@ pub struct ModelTop {
 pub struct DiffReport {
     pub base: String,
     pub tuned: Vec<String>,
+    /// Paired or unpaired, and why.
+    pub pairing: Pairing,
+    /// Counted tokens, token hash, median norm and outliers of each input (base first).
+    pub inputs: Vec<InputSummary>,
+    /// What `z_clustered` is clustered by, per input.
+    pub clustering: String,
+    /// The multiple-testing correction behind `q_value`.
+    pub multiple_testing: String,
     pub order: DiffOrder,
     pub n_latents: usize,
     pub n_tokens: u64,
@@ -166,8 +188,62 @@ pub(crate) fn welch_z(a: &LatentStats, b: &LatentStats, i: usize) -> f64 {
     }
 }
 
+/// Variance of latent `i`'s mean: document-clustered when the statistics have doc sums,
+/// else per token (population variance / n).
+fn var_of_mean(s: &LatentStats, i: usize) -> f64 {
+    s.clustered_var_of_mean(i).unwrap_or_else(|| {
+        let n = s.n_tokens.max(1) as f64;
+        let m = s.sum[i] / n;
+        (s.sum_sq[i] / n - m * m).max(0.0) / n
+    })
+}
+
+/// The average delta of latent `i` over its standard error: the fine-tunes are
+/// independent samples, the base is shared, so Var = V_base + sum_t V_t / m^2.
+pub(crate) fn clustered_z(
+    base: &LatentStats,
+    tuned: &[&LatentStats],
+    i: usize,
+    avg_delta: f64,
+) -> f64 {
+    let m = tuned.len() as f64;
+    let v = var_of_mean(base, i) + tuned.iter().map(|t| var_of_mean(t, i)).sum::<f64>() / (m * m);
+    if v > 0.0 {
+        avg_delta / v.sqrt()
+    } else if avg_delta == 0.0 {
+        0.0
+    } else {
+        avg_delta.signum() * 1e9
+    }
+}
+
+/// Benjamini-Hochberg q-values of the two-sided normal p-values of `z`.
+pub(crate) fn q_values(z: &[f64]) -> Vec<f64> {
+    let p: Vec<f64> = z
+        .iter()
+        .map(|z| crate::stats::clustered::p_two_sided(*z))
+        .collect();
+    crate::stats::clustered::bh_q_values(&p)
+}
+
+/// How each input's standard error is computed, in words.
+fn clustering_words(
+    base_name: &str,
+    base: &LatentStats,
+    tuned: &[(String, &LatentStats)],
+) -> String {
+    std::iter::once((base_name, base))
+        .chain(tuned.iter().map(|(n, s)| (n.as_str(), *s)))
+        .map(|(n, s)| match s.n_docs() {
+            Some(g) => format!("{n}: {g} documents"),
+            None => format!("{n}: per token (no doc ids)"),
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 /// Computes one latent's diff.
-fn latent_diff(base: &LatentStats, tuned: &[&LatentStats], i: usize) -> LatentDiff {
+fn latent_diff(base: &LatentStats, tuned: &[&LatentStats], i: usize, q: &[f64]) -> LatentDiff {
     let nb = base.n_tokens.max(1) as f64;
     let base_mean = base.sum[i] / nb;
     let base_freq = base.n_active[i] as f64 / nb;
@@ -179,6 +255,7 @@ fn latent_diff(base: &LatentStats, tuned: &[&LatentStats], i: usize) -> LatentDi
     let deltas: Vec<f64> = tuned_means.iter().map(|t| t - base_mean).collect();
     let delta = deltas.iter().sum::<f64>() / m;
     let z = tuned.iter().map(|t| welch_z(base, t, i)).sum::<f64>() / m;
+    let z_clustered = clustered_z(base, tuned, i, delta);
     let freq_change = tuned
         .iter()
         .map(|t| t.n_active[i] as f64 / t.n_tokens.max(1) as f64 - base_freq)
@@ -201,6 +278,8 @@ fn latent_diff(base: &LatentStats, tuned: &[&LatentStats], i: usize) -> LatentDi
         deltas,
         tuned_means,
         z,
+        z_clustered,
+        q_value: q[i],
         base_freq,
         freq_change,
         n_up,
@@ -213,6 +292,7 @@ fn latent_diff(base: &LatentStats, tuned: &[&LatentStats], i: usize) -> LatentDi
 struct Keys {
     delta: Vec<f64>,
     z: Vec<f64>,
+    zc: Vec<f64>,
     min: Vec<f64>,
     max: Vec<f64>,
     signs: Vec<i64>,
@@ -224,6 +304,7 @@ impl Keys {
         let c = match order {
             DiffOrder::AvgDelta => self.delta[b].total_cmp(&self.delta[a]),
             DiffOrder::ZScore => self.z[b].total_cmp(&self.z[a]),
+            DiffOrder::ZClustered => self.zc[b].total_cmp(&self.zc[a]),
             DiffOrder::MinDelta => self.min[b].total_cmp(&self.min[a]),
             DiffOrder::SignConsistency => self.signs[b]
                 .cmp(&self.signs[a])
@@ -237,6 +318,7 @@ impl Keys {
         let c = match order {
             DiffOrder::AvgDelta => self.delta[a].total_cmp(&self.delta[b]),
             DiffOrder::ZScore => self.z[a].total_cmp(&self.z[b]),
+            DiffOrder::ZClustered => self.zc[a].total_cmp(&self.zc[b]),
             DiffOrder::MinDelta => self.max[a].total_cmp(&self.max[b]),
             DiffOrder::SignConsistency => self.signs[a]
                 .cmp(&self.signs[b])
@@ -261,12 +343,14 @@ fn select(n_latents: usize, n: usize, cmp: impl Fn(usize, usize) -> Ordering) ->
     idx
 }
 
-/// Diffs fine-tunes against a base. Inputs must come from the same SAE and cover the
-/// same number of tokens (see [`super::check_pairing`] for the file-level checks).
+/// Diffs fine-tunes against a base. Inputs must come from the same SAE; each side's own
+/// token count, mean and variance are used, so paired and unpaired inputs take the same
+/// arithmetic ([`super::pair`] decides `pairing`, which the report carries).
 pub fn diff(
     base_name: &str,
     base: &LatentStats,
     tuned: &[(String, &LatentStats)],
+    pairing: &Pairing,
     opts: &DiffOptions,
 ) -> Result<DiffReport> {
     if tuned.is_empty() {
@@ -290,6 +374,7 @@ pub fn diff(
     let mut keys = Keys {
         delta: vec![0.0; l],
         z: vec![0.0; l],
+        zc: Vec::new(),
         min: vec![f64::INFINITY; l],
         max: vec![f64::NEG_INFINITY; l],
         signs: vec![0; l],
@@ -305,6 +390,11 @@ pub fn diff(
             keys.signs[i] += (d > 0.0) as i64 - (d < 0.0) as i64;
         }
     }
+    // q-values over every latent, not just the listed ones.
+    keys.zc = (0..l)
+        .map(|i| clustered_z(base, &ts, i, keys.delta[i]))
+        .collect();
+    let q = q_values(&keys.zc);
     let top = select(l, opts.top, |a, b| keys.top(opts.order, a, b));
     let bottom = select(l, opts.bottom, |a, b| keys.bottom(opts.order, a, b));
     let per_model_top = tuned
@@ -325,12 +415,22 @@ pub fn diff(
     Ok(DiffReport {
         base: base_name.to_string(),
         tuned: tuned.iter().map(|(n, _)| n.clone()).collect(),
+        pairing: pairing.clone(),
+        inputs: InputSummary::all(base_name, base, tuned),
         order: opts.order,
         n_latents: l,
         n_tokens: base.n_tokens,
         fingerprint: base.fingerprint.clone(),
-        latents: top.iter().map(|i| latent_diff(base, &ts, *i)).collect(),
-        bottom: bottom.iter().map(|i| latent_diff(base, &ts, *i)).collect(),
+        latents: top.iter().map(|i| latent_diff(base, &ts, *i, &q)).collect(),
+        bottom: bottom
+            .iter()
+            .map(|i| latent_diff(base, &ts, *i, &q))
+            .collect(),
+        clustering: clustering_words(base_name, base, tuned),
+        multiple_testing: format!(
+            "Benjamini-Hochberg false discovery rate over all {l} latents, from two-sided normal \
+             p-values of z_clustered"
+        ),
         per_model_top,
         all_base_freq: base.freq(),
         all_delta: keys.delta,
@@ -340,6 +440,14 @@ pub fn diff(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::workflow::PairingMode;
+
+    fn paired() -> Pairing {
+        Pairing {
+            mode: PairingMode::Paired,
+            reason: "test".into(),
+        }
+    }
 
     fn stats(means: &[f64], n: u64) -> LatentStats {
         let mut s = LatentStats::new("fp", means.len());
@@ -369,7 +477,7 @@ mod tests {
             .enumerate()
             .map(|(i, s)| (format!("m{i}"), s))
             .collect();
-        let r = diff("base", &base, &tuned, &DiffOptions::default()).unwrap();
+        let r = diff("base", &base, &tuned, &paired(), &DiffOptions::default()).unwrap();
         assert_eq!(r.latents[0].latent, 0);
         assert_eq!(r.latents[0].sign_agree, 3);
         assert!((r.latents[0].delta - 0.3).abs() < 1e-12);
@@ -383,7 +491,10 @@ mod tests {
                 order,
                 ..Default::default()
             };
-            assert_eq!(diff("b", &base, &tuned, &o).unwrap().latents[0].latent, 0);
+            assert_eq!(
+                diff("b", &base, &tuned, &paired(), &o).unwrap().latents[0].latent,
+                0
+            );
         }
     }
 
@@ -392,7 +503,14 @@ mod tests {
         let base = stats(&[0.0, 1.0], 10);
         let mut other = stats(&[0.0, 1.0], 10);
         other.fingerprint = "zz".into();
-        let e = diff("b", &base, &[("t".into(), &other)], &DiffOptions::default()).unwrap_err();
+        let e = diff(
+            "b",
+            &base,
+            &[("t".into(), &other)],
+            &paired(),
+            &DiffOptions::default(),
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("different SAE"), "{e}");
     }
 
@@ -405,7 +523,7 @@ mod tests {
             bottom: 2,
             order: DiffOrder::AvgDelta,
         };
-        let r = diff("b", &base, &[("t".into(), &t)], &o).unwrap();
+        let r = diff("b", &base, &[("t".into(), &t)], &paired(), &o).unwrap();
         let ids: Vec<usize> = r.latents.iter().map(|l| l.latent).collect();
         assert_eq!(ids, vec![0, 1, 2]);
         assert_eq!(r.bottom.len(), 2);

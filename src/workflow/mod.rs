@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use crate::dump::Dump;
 use crate::error::{Error, Result};
 use crate::ops::Engine;
-use crate::stats::LatentStats;
+use crate::stats::{LatentStats, RowFilter, TokenRule};
 
 pub mod demo;
 pub mod detect;
@@ -19,6 +19,7 @@ pub mod gguf;
 pub mod layer_check;
 pub mod logit_lens;
 pub mod monitor;
+pub mod pairing;
 pub mod plot;
 pub mod probe;
 pub mod report;
@@ -32,28 +33,29 @@ pub mod top_examples;
 pub struct StatsOptions {
     /// Rows per encode batch.
     pub batch_rows: usize,
-    /// Count only tokens whose dump `mask` is 1 (e.g. response tokens). A dump without
-    /// a mask is then an error, so a scoped run never silently counts every token.
-    pub use_mask: bool,
+    /// The token rule: mask honoured by default, outlier factor, keep outliers.
+    pub rule: TokenRule,
 }
 
 impl Default for StatsOptions {
     fn default() -> Self {
-        StatsOptions {
-            batch_rows: 1024,
-            use_mask: false,
-        }
+        StatsOptions::with_rule(TokenRule::default())
     }
 }
 
-/// What is known about the tokens behind a set of statistics, used to check that
-/// base and fine-tune measurements come from the same prompts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
-pub struct Pairing {
-    /// Rows in the dump (None for a statistics file).
-    pub n_rows: Option<u64>,
-    /// FNV-1a hash of the dump's token ids, if it has them.
-    pub token_hash: Option<u64>,
+impl StatsOptions {
+    /// Default batch size with `rule`.
+    pub fn with_rule(rule: TokenRule) -> Self {
+        StatsOptions {
+            batch_rows: 1024,
+            rule,
+        }
+    }
+
+    /// The rule applied to `dump` (a norm-only pre-pass finds the dump-wide median).
+    pub fn filter(&self, dump: &Dump) -> Result<RowFilter> {
+        RowFilter::prepare(dump, &self.rule, self.batch_rows.max(1))
+    }
 }
 
 /// Statistics of one input, with its name and provenance.
@@ -63,10 +65,8 @@ pub struct Measured {
     pub name: String,
     /// Where it came from.
     pub path: PathBuf,
-    /// Per-latent statistics.
+    /// Per-latent statistics (with the counted tokens' digest, for pairing).
     pub stats: LatentStats,
-    /// Token identity, for pairing checks.
-    pub pairing: Pairing,
 }
 
 /// Whether `path` is a statistics file written by `sae stats` (a safetensors file with a
@@ -92,15 +92,15 @@ pub fn display_name(path: &Path) -> String {
         .unwrap_or_else(|| path.display().to_string())
 }
 
-/// Streams `dump` through `engine` and accumulates per-latent statistics (with
-/// [`crate::pipeline::stats_of_dump_into`]), hashing the token ids for pairing checks.
-/// Under `opts.use_mask` every shard must carry a mask.
+/// Streams `dump` through `engine` and accumulates per-latent statistics of the tokens
+/// the rule counts (with [`crate::pipeline::stats_of_dump_into`]: the same numbers
+/// `sae stats` writes, token digest and norm histogram included).
 pub fn stats_of_dump(
     engine: &dyn Engine,
     dump: &Dump,
     fingerprint: &str,
     opts: &StatsOptions,
-) -> Result<(LatentStats, Pairing)> {
+) -> Result<LatentStats> {
     stats_of_dump_with_progress(engine, dump, fingerprint, opts, &|_| {})
 }
 
@@ -111,53 +111,40 @@ pub fn stats_of_dump_with_progress(
     fingerprint: &str,
     opts: &StatsOptions,
     progress: &dyn Fn(u64),
-) -> Result<(LatentStats, Pairing)> {
-    let mut hash = Fnv::new();
-    let mut all_ids = true;
-    let stats = crate::pipeline::stats_of_dump_into(
+) -> Result<LatentStats> {
+    opts.rule.check()?;
+    let mut stats = LatentStats::new(fingerprint, engine.sae().n_latents());
+    stats.outlier_factor = opts.rule.outlier_factor;
+    crate::pipeline::stats_of_dump_into(
         engine,
         dump,
-        LatentStats::new(fingerprint, engine.sae().n_latents()),
-        opts.batch_rows,
-        opts.use_mask,
-        &mut |batch| {
-            mask_of(dump, batch, opts)?;
-            match &batch.token_ids {
-                Some(ids) => ids.iter().for_each(|t| hash.write(&t.to_le_bytes())),
-                None => all_ids = false,
-            }
-            Ok(())
-        },
-        progress,
-    )?;
-    Ok((
         stats,
-        Pairing {
-            n_rows: Some(dump.n_rows()),
-            token_hash: all_ids.then(|| hash.finish()),
-        },
-    ))
+        opts.batch_rows,
+        &RowFilter::mask_only(opts.rule.use_mask),
+        &mut |_| Ok(()),
+        progress,
+    )
 }
 
-/// The mask a batch is counted with under `opts` (None = every token).
-pub(crate) fn mask_of<'a>(
+/// Statistics of the rows `filter` keeps (mask, then outliers left out unless kept):
+/// what per-row work such as steering units measures.
+pub fn stats_of_rows(
+    engine: &dyn Engine,
     dump: &Dump,
-    batch: &'a crate::dump::Batch,
-    opts: &StatsOptions,
-) -> Result<Option<&'a [u8]>> {
-    if !opts.use_mask {
-        return Ok(None);
-    }
-    match &batch.mask {
-        Some(m) => Ok(Some(m.as_slice())),
-        None => Err(Error::missing(
-            dump.path(),
-            format!(
-                "tensor `mask` in the shard holding row {} (--mask scopes to masked tokens)",
-                batch.start
-            ),
-        )),
-    }
+    filter: &RowFilter,
+    batch_rows: usize,
+) -> Result<LatentStats> {
+    let mut stats = LatentStats::new("", engine.sae().n_latents());
+    stats.outlier_factor = filter.rule.outlier_factor;
+    crate::pipeline::stats_of_dump_into(
+        engine,
+        dump,
+        stats,
+        batch_rows,
+        filter,
+        &mut |_| Ok(()),
+        &|_| {},
+    )
 }
 
 /// Statistics of `path` under the engine's SAE: a statistics file is read and its
@@ -179,8 +166,8 @@ pub fn measure_with_progress(
     opts: &StatsOptions,
     progress: &dyn Fn(u64),
 ) -> Result<Measured> {
-    let (stats, pairing) = if is_stats_file(path) {
-        let stats = crate::io::stats::read(path)?;
+    let stats = if is_stats_file(path) {
+        let mut stats = crate::io::stats::read(path)?;
         if stats.fingerprint != fingerprint {
             return Err(Error::Incompatible(format!(
                 "{}: statistics were computed with another SAE (fingerprint {}, this SAE is {})",
@@ -197,7 +184,9 @@ pub fn measure_with_progress(
                 engine.sae().n_latents()
             )));
         }
-        (stats, Pairing::default())
+        // The histogram does not depend on T: this run's factor applies.
+        stats.outlier_factor = opts.rule.outlier_factor;
+        stats
     } else {
         let dump = Dump::open(path)?;
         stats_of_dump_with_progress(engine, &dump, fingerprint, opts, progress)?
@@ -206,71 +195,52 @@ pub fn measure_with_progress(
         name: display_name(path),
         path: path.to_path_buf(),
         stats,
-        pairing,
     })
 }
 
-/// Checks that `others` can be compared with `base`: same SAE, same number of counted
-/// tokens, and (for dumps) the same rows and token ids, since base and fine-tune dumps
-/// must come from the same prompts.
-pub fn check_pairing(base: &Measured, others: &[Measured]) -> Result<()> {
-    for o in others {
-        let what = || format!("{} and {}", base.path.display(), o.path.display());
-        if o.stats.fingerprint != base.stats.fingerprint {
-            return Err(Error::Incompatible(format!(
-                "{}: statistics come from different SAEs (fingerprints {} and {})",
-                what(),
-                base.stats.fingerprint,
-                o.stats.fingerprint
-            )));
-        }
-        if o.stats.n_latents() != base.stats.n_latents() {
-            return Err(Error::Incompatible(format!(
-                "{}: {} and {} latents",
-                what(),
-                base.stats.n_latents(),
-                o.stats.n_latents()
-            )));
-        }
-        if o.stats.n_tokens != base.stats.n_tokens {
-            return Err(Error::Incompatible(format!(
-                "{}: {} and {} counted tokens; dumps of the base and a fine-tune must cover the same \
-                 prompts (and the same mask) to be paired",
-                what(),
-                base.stats.n_tokens,
-                o.stats.n_tokens
-            )));
-        }
-        if let (Some(a), Some(b)) = (base.pairing.n_rows, o.pairing.n_rows) {
-            if a != b {
-                return Err(Error::Incompatible(format!(
-                    "{}: dumps have {a} and {b} rows and cannot be paired token by token",
-                    what()
-                )));
-            }
-        }
-        if let (Some(a), Some(b)) = (base.pairing.token_hash, o.pairing.token_hash) {
-            if a != b {
-                return Err(Error::Incompatible(format!(
-                    "{}: the dumps' token_ids differ, so they do not come from the same prompts",
-                    what()
-                )));
-            }
-        }
-        if o.stats.n_tokens == 0 {
-            return Err(Error::invalid(format!(
-                "{}: no tokens counted (empty dump, or a mask that selects nothing)",
-                o.path.display()
-            )));
+pub use pairing::{pair, Pairing, PairingMode, PairingRequest};
+
+/// What a report says about each input's tokens: how many counted, their id hash, the
+/// median row norm and the outlier tokens among them.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct InputSummary {
+    /// Display name.
+    pub name: String,
+    /// Counted tokens.
+    pub n_tokens: u64,
+    /// Token-id hash (16 hex digits) when every counted token had an id.
+    pub token_hash: Option<String>,
+    /// Median norm of the counted rows (None: not recorded, e.g. an older statistics file).
+    pub median_norm: Option<f64>,
+    /// Counted rows with norm above `outlier_factor` x the median (statistics keep them).
+    pub n_outliers: Option<u64>,
+    /// T of the outlier rule.
+    pub outlier_factor: f64,
+}
+
+impl InputSummary {
+    /// The summary of one input's statistics.
+    pub fn of(name: &str, s: &LatentStats) -> InputSummary {
+        InputSummary {
+            name: name.to_string(),
+            n_tokens: s.n_tokens,
+            token_hash: s.token_hash().map(|(h, _)| format!("{h:016x}")),
+            median_norm: s.median_norm(),
+            n_outliers: s.n_outliers(),
+            outlier_factor: s.outlier_factor,
         }
     }
-    if base.stats.n_tokens == 0 {
-        return Err(Error::invalid(format!(
-            "{}: no tokens counted (empty dump, or a mask that selects nothing)",
-            base.path.display()
-        )));
+
+    /// Summaries of a base and the inputs compared with it, in order.
+    pub fn all(
+        base_name: &str,
+        base: &LatentStats,
+        others: &[(String, &LatentStats)],
+    ) -> Vec<Self> {
+        std::iter::once(InputSummary::of(base_name, base))
+            .chain(others.iter().map(|(n, s)| InputSummary::of(n, s)))
+            .collect()
     }
-    Ok(())
 }
 
 /// The (name, statistics) pairs the analyses take. Names must be unique in reports:
@@ -296,22 +266,5 @@ pub fn check_latents(latents: &[usize], n_latents: usize) -> Result<()> {
             "unknown latent {l}: the SAE has latents 0..{n_latents}"
         ))),
         None => Ok(()),
-    }
-}
-
-/// FNV-1a, 64 bit, for token-id identity checks.
-pub(crate) struct Fnv(u64);
-impl Fnv {
-    pub(crate) fn new() -> Self {
-        Fnv(0xcbf29ce484222325)
-    }
-    pub(crate) fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 ^= *b as u64;
-            self.0 = self.0.wrapping_mul(0x100000001b3);
-        }
-    }
-    pub(crate) fn finish(&self) -> u64 {
-        self.0
     }
 }

@@ -6,6 +6,7 @@ use crate::error::{Error, Result};
 use crate::stats::LatentStats;
 
 use super::detect::Direction;
+use super::{InputSummary, Pairing};
 
 /// When a checkpoint raises the alarm.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
@@ -13,7 +14,8 @@ use super::detect::Direction;
 pub enum Alarm {
     /// delta >= value (direction up) or delta <= value (direction down).
     Delta { value: f64, direction: Direction },
-    /// |Welch z of the mean difference| >= value: a clear change in either direction.
+    /// |document-clustered z of the mean difference| >= value: a clear change in either
+    /// direction (the per-token z when the inputs have no doc ids).
     ZScore { value: f64 },
 }
 
@@ -50,7 +52,7 @@ impl Alarm {
                 direction: Direction::Up,
             } => format!("delta >= {value:.6}"),
             Alarm::Delta { value, .. } => format!("delta <= {value:.6}"),
-            Alarm::ZScore { value } => format!("|z| >= {value}"),
+            Alarm::ZScore { value } => format!("|z clustered| >= {value}"),
         }
     }
 }
@@ -64,7 +66,12 @@ pub struct Trajectory {
     pub means: Vec<f64>,
     pub deltas: Vec<f64>,
     pub freqs: Vec<f64>,
+    /// Per-token Welch z (treats every token as independent).
     pub z: Vec<f64>,
+    /// The delta over its document-clustered standard error (equal to `z` without doc ids).
+    pub z_clustered: Vec<f64>,
+    /// Benjamini-Hochberg q-value of `z_clustered` over all latents of that checkpoint.
+    pub q_value: Vec<f64>,
     pub alarm: Alarm,
     pub rule: String,
     /// Index of the first checkpoint that crosses, and its name.
@@ -77,6 +84,10 @@ pub struct Trajectory {
 pub struct MonitorReport {
     pub base: String,
     pub checkpoints: Vec<String>,
+    /// Paired or unpaired, and why.
+    pub pairing: Pairing,
+    /// Counted tokens, token hash, median norm and outliers of each input (base first).
+    pub inputs: Vec<InputSummary>,
     pub trajectories: Vec<Trajectory>,
 }
 
@@ -88,6 +99,7 @@ pub fn monitor(
     checkpoints: &[(String, &LatentStats)],
     latents: &[usize],
     alarms: &[Alarm],
+    pairing: &Pairing,
 ) -> Result<MonitorReport> {
     if checkpoints.is_empty() {
         return Err(Error::invalid("monitor needs at least one checkpoint"));
@@ -112,6 +124,23 @@ pub fn monitor(
         }
     }
     let nb = base.n_tokens.max(1) as f64;
+    // Per checkpoint: clustered z of every latent, then q-values over all of them.
+    let zc_all: Vec<Vec<f64>> = checkpoints
+        .iter()
+        .map(|(_, s)| {
+            (0..l)
+                .map(|i| {
+                    super::diff::clustered_z(
+                        base,
+                        &[*s],
+                        i,
+                        s.sum[i] / s.n_tokens.max(1) as f64 - base.sum[i] / nb,
+                    )
+                })
+                .collect()
+        })
+        .collect();
+    let q_all: Vec<Vec<f64>> = zc_all.iter().map(|zc| super::diff::q_values(zc)).collect();
     let trajectories = latents
         .iter()
         .enumerate()
@@ -131,7 +160,8 @@ pub fn monitor(
                 .iter()
                 .map(|(_, s)| super::diff::welch_z(base, s, i))
                 .collect();
-            let first = (0..deltas.len()).find(|k| alarm.fires(deltas[*k], z[*k]));
+            let z_clustered: Vec<f64> = zc_all.iter().map(|v| v[i]).collect();
+            let first = (0..deltas.len()).find(|k| alarm.fires(deltas[*k], z_clustered[*k]));
             Trajectory {
                 latent: i,
                 base_mean,
@@ -142,6 +172,8 @@ pub fn monitor(
                 means,
                 deltas,
                 z,
+                z_clustered,
+                q_value: q_all.iter().map(|v| v[i]).collect(),
                 rule: alarm.describe(),
                 alarm,
                 first_crossing: first,
@@ -152,6 +184,8 @@ pub fn monitor(
     Ok(MonitorReport {
         base: base_name.to_string(),
         checkpoints: checkpoints.iter().map(|(n, _)| n.clone()).collect(),
+        pairing: pairing.clone(),
+        inputs: InputSummary::all(base_name, base, checkpoints),
         trajectories,
     })
 }
@@ -159,6 +193,14 @@ pub fn monitor(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::workflow::PairingMode;
+
+    fn paired() -> Pairing {
+        Pairing {
+            mode: PairingMode::Paired,
+            reason: "test".into(),
+        }
+    }
 
     fn stats(m: f64) -> LatentStats {
         let mut s = LatentStats::new("fp", 2);
@@ -181,12 +223,20 @@ mod tests {
             .enumerate()
             .map(|(i, s)| (format!("c{i}"), s))
             .collect();
-        let r = monitor("b", &base, &cp, &[0, 1], &[Alarm::delta(0.15)]).unwrap();
+        let r = monitor("b", &base, &cp, &[0, 1], &[Alarm::delta(0.15)], &paired()).unwrap();
         assert_eq!(r.trajectories[0].first_crossing, Some(2));
         assert_eq!(r.trajectories[0].first_crossing_name.as_deref(), Some("c2"));
         assert_eq!(r.trajectories[1].first_crossing, None);
-        let down = monitor("b", &stats(0.5), &cp, &[0], &[Alarm::delta(-0.3)]).unwrap();
+        let down = monitor(
+            "b",
+            &stats(0.5),
+            &cp,
+            &[0],
+            &[Alarm::delta(-0.3)],
+            &paired(),
+        )
+        .unwrap();
         assert_eq!(down.trajectories[0].first_crossing, Some(0));
-        assert!(monitor("b", &base, &cp, &[7], &[Alarm::DEFAULT]).is_err());
+        assert!(monitor("b", &base, &cp, &[7], &[Alarm::DEFAULT], &paired()).is_err());
     }
 }

@@ -122,7 +122,7 @@ fn csv_field(s: &str) -> String {
 
 /// The diff as CSV: one row per latent of the top list, then the bottom list.
 pub fn diff_csv(r: &DiffReport) -> String {
-    let mut s = String::from("list,rank,latent,delta,z,base_mean,tuned_mean,base_freq,freq_change,sign_agree,min_delta,max_delta");
+    let mut s = String::from("list,rank,latent,delta,z,z_clustered,q_value,base_mean,tuned_mean,base_freq,freq_change,sign_agree,min_delta,max_delta");
     for t in &r.tuned {
         let _ = write!(s, ",delta_{}", csv_field(t));
     }
@@ -131,10 +131,12 @@ pub fn diff_csv(r: &DiffReport) -> String {
         for (rank, l) in v.iter().enumerate() {
             let _ = write!(
                 s,
-                "{list},{rank},{},{},{},{},{},{},{},{},{},{}",
+                "{list},{rank},{},{},{},{},{},{},{},{},{},{},{},{}",
                 l.latent,
                 l.delta,
                 l.z,
+                l.z_clustered,
+                l.q_value,
                 l.base_mean,
                 l.tuned_mean,
                 l.base_freq,
@@ -154,13 +156,40 @@ pub fn diff_csv(r: &DiffReport) -> String {
     s
 }
 
+/// The pairing line and a table of each input's counted tokens and outlier tokens.
+fn inputs_markdown(s: &mut String, pairing: &super::Pairing, inputs: &[super::InputSummary]) {
+    let _ = writeln!(s, "Pairing: **{}**: {}.\n", pairing.mode, pairing.reason);
+    let _ = writeln!(
+        s,
+        "| input | counted tokens | token-id hash | median norm | outlier tokens |"
+    );
+    let _ = writeln!(s, "|---|---|---|---|---|");
+    for i in inputs {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} |",
+            i.name,
+            i.n_tokens,
+            i.token_hash.as_deref().unwrap_or("none"),
+            i.median_norm
+                .map(|m| format!("{m:.4}"))
+                .unwrap_or_else(|| "n/a".into()),
+            match i.n_outliers {
+                Some(n) => format!("{n} (norm > {} x median; counted)", i.outlier_factor),
+                None => "not recorded".into(),
+            }
+        );
+    }
+    s.push('\n');
+}
+
 /// The diff as markdown.
 pub fn diff_markdown(r: &DiffReport) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "# Model diff\n");
     let _ = writeln!(
         s,
-        "Base `{}` against {} fine-tune(s): {}. {} latents, {} tokens counted per model, SAE fingerprint `{}`, order `{:?}`.\n",
+        "Base `{}` against {} fine-tune(s): {}. {} latents, {} tokens counted in the base, SAE fingerprint `{}`, order `{:?}`.\n",
         r.base,
         r.tuned.len(),
         r.tuned.iter().map(|t| format!("`{t}`")).collect::<Vec<_>>().join(", "),
@@ -169,21 +198,29 @@ pub fn diff_markdown(r: &DiffReport) -> String {
         r.fingerprint,
         r.order
     );
+    inputs_markdown(&mut s, &r.pairing, &r.inputs);
+    let _ = writeln!(
+        s,
+        "z: per-token Welch z (treats tokens as independent); z clustered: the average delta over its document-clustered standard error ({}); q: {}.\n",
+        r.clustering, r.multiple_testing
+    );
     let table = |s: &mut String, title: &str, v: &[LatentDiff]| {
         let _ = writeln!(s, "## {title}\n");
         let _ = writeln!(
             s,
-            "| rank | latent | avg delta | z | base mean | tuned mean | freq change | sign agree |"
+            "| rank | latent | avg delta | z | z clustered | q | base mean | tuned mean | freq change | sign agree |"
         );
-        let _ = writeln!(s, "|---|---|---|---|---|---|---|---|");
+        let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|");
         for (i, l) in v.iter().enumerate() {
             let _ = writeln!(
                 s,
-                "| {} | {} | {:+.4} | {:+.2} | {:.4} | {:.4} | {:+.4} | {}/{} |",
+                "| {} | {} | {:+.4} | {:+.2} | {:+.2} | {:.3e} | {:.4} | {:.4} | {:+.4} | {}/{} |",
                 i + 1,
                 l.latent,
                 l.delta,
                 l.z,
+                l.z_clustered,
+                l.q_value,
                 l.base_mean,
                 l.tuned_mean,
                 l.freq_change,
@@ -207,13 +244,13 @@ pub fn diff_markdown(r: &DiffReport) -> String {
 /// Detection as CSV.
 pub fn detect_csv(r: &DetectReport) -> String {
     let mut s = String::from(
-        "rank,latent,direction,auroc,loo_auroc,loo_accuracy,margin,separation,threshold\n",
+        "rank,latent,direction,auroc,loo_auroc,loo_accuracy,margin,separation,threshold,z_clustered,q_value\n",
     );
     let opt = |v: Option<f64>| v.map(|x| x.to_string()).unwrap_or_default();
     for (i, l) in r.latents.iter().enumerate() {
         let _ = writeln!(
             s,
-            "{i},{},{:?},{},{},{},{},{},{}",
+            "{i},{},{:?},{},{},{},{},{},{},{},{}",
             l.latent,
             l.direction,
             l.auroc,
@@ -221,7 +258,9 @@ pub fn detect_csv(r: &DetectReport) -> String {
             opt(l.loo_accuracy),
             l.margin,
             l.separation,
-            l.threshold
+            l.threshold,
+            l.z_clustered,
+            l.q_value
         );
     }
     s
@@ -237,16 +276,17 @@ pub fn detect_markdown(r: &DetectReport) -> String {
         r.negatives.join(", "),
         r.n_evaluated
     );
+    inputs_markdown(&mut s, &r.pairing, &r.inputs);
     let f = |v: Option<f64>| v.map(|x| format!("{x:.3}")).unwrap_or_else(|| "n/a".into());
     let _ = writeln!(
         s,
-        "| rank | latent | direction | AUROC | LOO AUROC | LOO acc. | margin | alarm threshold |"
+        "| rank | latent | direction | AUROC | LOO AUROC | LOO acc. | margin | alarm threshold | z clustered | q |"
     );
-    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|");
     for (i, l) in r.latents.iter().enumerate() {
         let _ = writeln!(
             s,
-            "| {} | {} | {:?} | {:.3} | {} | {} | {:+.4} | {:+.4} |",
+            "| {} | {} | {:?} | {:.3} | {} | {} | {:+.4} | {:+.4} | {:+.2} | {:.3e} |",
             i + 1,
             l.latent,
             l.direction,
@@ -254,9 +294,16 @@ pub fn detect_markdown(r: &DetectReport) -> String {
             f(l.loo_auroc),
             f(l.loo_accuracy),
             l.margin,
-            l.threshold
+            l.threshold,
+            l.z_clustered,
+            l.q_value
         );
     }
+    let _ = writeln!(
+        s,
+        "\nz clustered: the positives' average delta over its document-clustered standard error; q: Benjamini-Hochberg over the {} evaluated latents. The ranking itself is across models (AUROC), where per-token errors do not enter.",
+        r.n_evaluated
+    );
     let _ = writeln!(
         s,
         "\nPipeline leave-one-out accuracy (best latent re-chosen without each model): {}\n",
@@ -267,18 +314,22 @@ pub fn detect_markdown(r: &DetectReport) -> String {
 
 /// Monitoring as CSV: one row per checkpoint and latent.
 pub fn monitor_csv(r: &MonitorReport) -> String {
-    let mut s = String::from("checkpoint_index,checkpoint,latent,mean,delta,freq,z,alarm\n");
+    let mut s = String::from(
+        "checkpoint_index,checkpoint,latent,mean,delta,freq,z,z_clustered,q_value,alarm\n",
+    );
     for t in &r.trajectories {
         for (k, name) in r.checkpoints.iter().enumerate() {
             let _ = writeln!(
                 s,
-                "{k},{},{},{},{},{},{},{}",
+                "{k},{},{},{},{},{},{},{},{},{}",
                 csv_field(name),
                 t.latent,
                 t.means[k],
                 t.deltas[k],
                 t.freqs[k],
                 t.z[k],
+                t.z_clustered[k],
+                t.q_value[k],
                 t.first_crossing.is_some_and(|f| k >= f)
             );
         }
@@ -289,6 +340,7 @@ pub fn monitor_csv(r: &MonitorReport) -> String {
 /// Monitoring as markdown.
 pub fn monitor_markdown(r: &MonitorReport) -> String {
     let mut s = String::from("# Monitoring\n\n");
+    inputs_markdown(&mut s, &r.pairing, &r.inputs);
     let _ = write!(s, "| latent | rule |");
     for c in &r.checkpoints {
         let _ = write!(s, " {c} |");
@@ -317,6 +369,7 @@ pub fn dry_run_markdown(r: &DryRunReport) -> String {
         "Vector of norm {:.4} added to every token of `{}` ({} tokens counted); control: a random vector of the same norm (seed {}).\n",
         r.vector_norm, r.dump, r.n_tokens, r.control_seed
     );
+    let _ = writeln!(s, "{}.\n", r.outliers.describe());
     let _ = writeln!(
         s,
         "| latent | role | mean before | steered | control | freq before | steered | control |"

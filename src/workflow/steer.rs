@@ -10,7 +10,8 @@ use crate::dump::Dump;
 use crate::error::{Error, Result};
 use crate::ops::Engine;
 use crate::sae::Sae;
-use crate::stats::LatentStats;
+use crate::stats::rule::OutlierSummary;
+use crate::stats::{LatentStats, RowFilter};
 
 use super::rng::Rng;
 use super::StatsOptions;
@@ -81,6 +82,8 @@ pub struct SteeringVector {
     pub terms: Vec<AppliedTerm>,
     /// Euclidean norm of `values`.
     pub norm: f64,
+    /// The token rule's outliers in the dump the unit was measured on (None for raw).
+    pub outliers: Option<OutlierSummary>,
 }
 
 /// W_dec[latent] / ||W_dec[latent]||; an unknown latent or a zero row is an error.
@@ -104,14 +107,20 @@ pub fn unit_direction(sae: &Sae, latent: usize) -> Result<(Vec<f32>, f64)> {
     ))
 }
 
-/// Median L2 norm of the dump's rows (masked rows only with `opts.use_mask`).
-/// Keeps one f32 per row: 4 bytes a token, bounded by the dump's row count.
+/// Median L2 norm of the dump's rows under the token rule (mask, outliers left out
+/// unless kept). Keeps one f32 per row: 4 bytes a token, bounded by the dump's row count.
 pub fn median_residual_norm(dump: &Dump, opts: &StatsOptions) -> Result<f64> {
+    median_norm_of_rows(dump, &opts.filter(dump)?, opts.batch_rows)
+}
+
+/// [`median_residual_norm`] of the rows `filter` keeps.
+fn median_norm_of_rows(dump: &Dump, filter: &RowFilter, batch_rows: usize) -> Result<f64> {
     let d = dump.width();
     let mut norms: Vec<f32> = Vec::new();
-    for batch in dump.batches(opts.batch_rows) {
+    for batch in dump.batches(batch_rows) {
         let batch = batch?;
-        let mask = super::mask_of(dump, &batch, opts)?;
+        let mask = filter.keep(dump, &batch)?;
+        let mask = mask.as_deref();
         for (r, row) in batch.acts.chunks_exact(d.max(1)).enumerate() {
             if mask.is_some_and(|m| m[r] == 0) {
                 continue;
@@ -167,16 +176,23 @@ pub fn steering_vector(
     super::check_latents(&lat, sae.n_latents())?;
     let need =
         |what: &str| acts.ok_or_else(|| Error::invalid(format!("--unit {what} needs --acts DUMP")));
+    let mut outliers = None;
     let unit_values: Vec<f64> = match unit {
         SteerUnit::Raw => vec![1.0; terms.len()],
         SteerUnit::MedianNorm => {
             let dump = need("median-norm")?;
             dump.check_width(sae.d_in())?;
-            vec![median_residual_norm(dump, opts)?; terms.len()]
+            let filter = opts.filter(dump)?;
+            let m = median_norm_of_rows(dump, &filter, opts.batch_rows)?;
+            outliers = Some(filter.summary());
+            vec![m; terms.len()]
         }
         SteerUnit::MaxAct => {
             let dump = need("max-act")?;
-            let (stats, _) = super::stats_of_dump(engine, dump, "", opts)?;
+            dump.check_width(sae.d_in())?;
+            let filter = opts.filter(dump)?;
+            let stats = super::stats_of_rows(engine, dump, &filter, opts.batch_rows)?;
+            outliers = Some(filter.summary());
             let v: Vec<f64> = lat.iter().map(|l| stats.max[*l] as f64).collect();
             if let Some((l, _)) = lat.iter().zip(&v).find(|(_, m)| **m <= 0.0) {
                 return Err(Error::invalid(format!(
@@ -210,6 +226,7 @@ pub fn steering_vector(
         unit,
         terms: applied,
         norm,
+        outliers,
     })
 }
 
@@ -482,6 +499,8 @@ pub struct DryRunReport {
     pub specificity: Vec<Specificity>,
     /// With `ablate`: the target's direction projected out, beside the addition.
     pub ablation: Option<SweepRow>,
+    /// The token rule's outliers in the dump (left out unless --keep-outliers).
+    pub outliers: OutlierSummary,
 }
 
 /// What is done to every row in one condition.
@@ -526,6 +545,7 @@ struct EditStats {
     before: LatentStats,
     after: Vec<LatentStats>,
     removed: Vec<f64>,
+    outliers: OutlierSummary,
 }
 
 /// One pass over the dump: the unedited statistics, then one set per edit.
@@ -541,10 +561,12 @@ fn measure_edits(
     let mut before = LatentStats::new("", l);
     let mut after: Vec<LatentStats> = edits.iter().map(|_| LatentStats::new("", l)).collect();
     let mut removed = vec![0f64; edits.len()];
+    let filter = stats_opts.filter(dump)?;
     for batch in dump.batches(stats_opts.batch_rows) {
         let batch = batch?;
         progress(batch.rows as u64);
-        let mask = super::mask_of(dump, &batch, stats_opts)?;
+        let mask = filter.keep(dump, &batch)?;
+        let mask = mask.as_deref();
         let enc = engine.encode(&batch.acts, batch.rows, batch.start)?;
         engine.accumulate(&mut before, &enc.codes, mask)?;
         for ((stats, edit), sum) in after.iter_mut().zip(edits).zip(removed.iter_mut()) {
@@ -567,6 +589,7 @@ fn measure_edits(
         before,
         after,
         removed,
+        outliers: filter.summary(),
     })
 }
 
@@ -763,6 +786,7 @@ pub fn dry_run_with_progress(
         before,
         after,
         removed,
+        outliers,
     } = measure_edits(engine, dump, &edits, &opts.stats, progress)?;
     let (steered, ctrl) = (&after[0], &after[1]);
     let mb = before.mean();
@@ -805,6 +829,7 @@ pub fn dry_run_with_progress(
             .map(|t| specificity(*t, ds[*t], other_max, ctrl_any_max))
             .collect(),
         ablation,
+        outliers,
     })
 }
 
@@ -823,6 +848,8 @@ pub struct SweepReport {
     pub rows: Vec<SweepRow>,
     /// The factor a target move must clear over the collateral moves to be specific.
     pub specificity_factor: f64,
+    /// The token rule's outliers in the dump (left out unless --keep-outliers).
+    pub outliers: OutlierSummary,
 }
 
 /// Steers `latent` at each of `strengths` (in `unit`), each beside a random control of
@@ -875,6 +902,7 @@ pub fn sweep(
                 })
                 .collect(),
             norm: one.norm * s.abs() as f64,
+            outliers: one.outliers,
         })
         .collect();
     dump.check_width(sae.d_in())?;
@@ -898,6 +926,7 @@ pub fn sweep(
         before,
         after,
         removed,
+        outliers,
     } = measure_edits(engine, dump, &edits, &opts.stats, progress)?;
     let mut rows: Vec<SweepRow> = vectors
         .iter()
@@ -931,6 +960,7 @@ pub fn sweep(
         control_max_cos_decoder: max_cos,
         rows,
         specificity_factor: SPECIFICITY_FACTOR,
+        outliers,
     })
 }
 

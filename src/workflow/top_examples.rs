@@ -72,6 +72,8 @@ pub struct TopExamplesReport {
     pub max: f32,
     pub examples: Vec<Example>,
     pub histogram: Histogram,
+    /// The token rule's outliers in the dump (left out unless --keep-outliers).
+    pub outliers: crate::stats::rule::OutlierSummary,
 }
 
 /// Reads one per-row integer tensor (token ids, doc ids) of a shard.
@@ -132,10 +134,12 @@ pub fn top_examples_with_progress(
     let mut heap: BinaryHeap<Reverse<(OrdF32, Reverse<u64>)>> = BinaryHeap::new();
     let mut values: Vec<f32> = Vec::new();
     let (mut n_tokens, mut zeros) = (0u64, 0u64);
+    let filter = opts.stats.filter(dump)?;
     for batch in dump.batches(opts.stats.batch_rows) {
         let batch = batch?;
         progress(batch.rows as u64);
-        let mask = super::mask_of(dump, &batch, &opts.stats)?;
+        let mask = filter.keep(dump, &batch)?;
+        let mask = mask.as_deref();
         let enc = engine.encode(&batch.acts, batch.rows, batch.start)?;
         for r in 0..batch.rows {
             if mask.is_some_and(|m| m[r] == 0) {
@@ -226,6 +230,7 @@ pub fn top_examples_with_progress(
             counts,
             zeros,
         },
+        outliers: filter.summary(),
     })
 }
 

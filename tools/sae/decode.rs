@@ -5,10 +5,12 @@ use std::time::Instant;
 
 use sae_engine::io::codes::CodesReader;
 use sae_engine::io::guard::PathGuard;
+use sae_engine::stats::RowFilter;
 use sae_engine::{Dump, Format, Result};
 use serde_json::json;
 
 use crate::common::{parse_format, rate, Ctx, LoadFlags};
+use crate::stats::{KeepOutliersArg, TokenArgs};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -21,9 +23,14 @@ pub struct Args {
     /// Output reconstruction, f32 .npy [n, d_in].
     #[arg(long)]
     pub out: PathBuf,
-    /// The encoded dump: adds MSE, FVU, cosine and L0 over all rows.
+    /// The encoded dump: adds MSE, FVU, cosine and L0 over the tokens the token rule
+    /// keeps (the dump's mask, outlier tokens left out).
     #[arg(long)]
     pub acts: Option<PathBuf>,
+    #[command(flatten)]
+    pub tokens: TokenArgs,
+    #[command(flatten)]
+    pub keep: KeepOutliersArg,
     /// Force the SAE format instead of detecting it.
     #[arg(long, value_parser = parse_format)]
     pub format: Option<Format>,
@@ -51,13 +58,21 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
     if let Some(acts) = &a.acts {
         prov.input("acts", acts)?;
     }
+    let filter = match &dump {
+        Some(d) => Some(RowFilter::prepare(
+            d,
+            &a.tokens.rule(Some(&a.keep)),
+            ctx.batch_rows(),
+        )?),
+        None => None,
+    };
     let engine = ctx.engine(sae, &mut prov)?;
     let t0 = Instant::now();
     let pb = ctx.progress(codes.n_rows() as u64, "decode");
     let s = sae_engine::pipeline::decode_to_npy(
         engine.as_ref(),
         &codes,
-        dump.as_ref(),
+        dump.as_ref().zip(filter.as_ref()),
         ctx.batch_rows(),
         &a.out,
         &|n| pb.inc(n),
@@ -69,6 +84,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
         "out": a.out.to_string_lossy(),
         "n_rows": s.n_rows,
         "metrics": s.metrics,
+        "outliers": s.outliers,
         "backend": engine.name(),
         "seconds": secs,
         "rows_per_second": rate(s.n_rows, secs),
@@ -81,9 +97,12 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
     );
     if let Some(m) = s.metrics {
         human.push_str(&format!(
-            "\nmse {:.6e}  fvu {:.6}  cosine {:.6}  l0 {:.2}",
-            m.mse, m.fvu, m.cosine, m.l0
+            "\nmse {:.6e}  fvu {:.6}  cosine {:.6}  l0 {:.2}  over {} tokens",
+            m.mse, m.fvu, m.cosine, m.l0, m.n_rows
         ));
+    }
+    if let Some(o) = s.outliers {
+        human.push_str(&format!("\n{}", o.describe()));
     }
     ctx.output(&prov, json, &human)
 }

@@ -8,6 +8,7 @@ use sae_engine::{Dump, Format, Result};
 use serde_json::json;
 
 use crate::common::{parse_format, rate, Ctx, LoadFlags};
+use crate::stats::TokenArgs;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -25,6 +26,9 @@ pub struct Args {
     pub format: Option<Format>,
     #[command(flatten)]
     pub load: LoadFlags,
+    /// Every row is encoded; these decide which rows the outlier count looks at.
+    #[command(flatten)]
+    pub tokens: TokenArgs,
 }
 
 pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
@@ -45,6 +49,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
         engine.as_ref(),
         &dump,
         ctx.batch_rows(),
+        &a.tokens.rule(None),
         &a.out,
         Some(&prov),
         &|n| pb.inc(n),
@@ -57,17 +62,19 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
         "kind": if engine.sae().k().is_some() { "topk" } else { "csr" },
         "n_rows": s.n_rows,
         "mean_l0": s.mean_l0,
+        "outliers": s.outliers,
         "backend": engine.name(),
         "seconds": secs,
         "rows_per_second": rate(s.n_rows, secs),
     });
     let human = format!(
-        "encoded {} rows into {} (mean L0 {:.2}) in {:.2} s, {:.0} rows/s",
+        "encoded {} rows into {} (mean L0 {:.2}) in {:.2} s, {:.0} rows/s; {}",
         s.n_rows,
         a.out.display(),
         s.mean_l0,
         secs,
-        rate(s.n_rows, secs)
+        rate(s.n_rows, secs),
+        s.outliers.describe()
     );
     ctx.output(&prov, json, &human)
 }

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use sae_engine::io::guard::PathGuard;
 use sae_engine::provenance::Provenance;
 use sae_engine::scaleout::{self, Devices, FanOutOptions, FanOutReport, StatsJob};
+use sae_engine::stats::TokenRule;
 use sae_engine::{Dump, Error, Format, LatentStats, Result, Sae};
 use serde_json::json;
 
@@ -32,9 +33,8 @@ pub struct Args {
     /// Only shard files I, I+N, I+2N, ... (0-based), e.g. a job-array task's slice.
     #[arg(long, value_name = "I/N", value_parser = parse_shard)]
     pub shard: Option<(usize, usize)>,
-    /// Count every token, ignoring the dump's `mask`.
-    #[arg(long)]
-    pub no_mask: bool,
+    #[command(flatten)]
+    pub tokens: TokenArgs,
     /// Force the SAE format instead of detecting it.
     #[arg(long, value_parser = parse_format)]
     pub format: Option<Format>,
@@ -68,6 +68,64 @@ pub enum Sub {
     },
 }
 
+/// The token rule's flags, the same on every command that reads a dump.
+#[derive(clap::Args, Debug, Clone)]
+pub struct TokenArgs {
+    /// Count every token, ignoring the dumps' `mask` (default: a dump's mask is honoured,
+    /// so only tokens whose mask is 1 count; a dump without a mask counts every token).
+    #[arg(long)]
+    pub no_mask: bool,
+    /// Accepted for old scripts and ignored: the mask is honoured by default now.
+    #[arg(long, hide = true, conflicts_with = "no_mask")]
+    pub mask: bool,
+    /// Outlier tokens are counted rows whose norm is above T x the median row norm of the
+    /// whole input (attention sinks): statistics count and report them; steering units,
+    /// the dry run, top examples and decode metrics leave them out unless --keep-outliers.
+    #[arg(long, value_name = "T", default_value_t = sae_engine::stats::DEFAULT_OUTLIER_FACTOR)]
+    pub outlier_factor: f64,
+}
+
+/// `--keep-outliers`, for commands that leave outlier tokens out of per-row work.
+#[derive(clap::Args, Debug, Clone)]
+pub struct KeepOutliersArg {
+    /// Keep outlier tokens (left out by default of steering units, the dry run, top
+    /// examples and decode metrics).
+    #[arg(long)]
+    pub keep_outliers: bool,
+}
+
+impl TokenArgs {
+    /// The rule, with `keep` for commands that leave outliers out of per-row work.
+    pub fn rule(&self, keep: Option<&KeepOutliersArg>) -> TokenRule {
+        TokenRule {
+            use_mask: !self.no_mask,
+            outlier_factor: self.outlier_factor,
+            keep_outliers: keep.is_none_or(|k| k.keep_outliers),
+        }
+    }
+}
+
+/// The token-rule fields of a JSON summary.
+pub fn outlier_json(s: &LatentStats) -> serde_json::Value {
+    json!({
+        "median_norm": s.median_norm(),
+        "n_outliers": s.n_outliers(),
+        "outlier_factor": s.outlier_factor,
+        "token_hash": s.token_hash().map(|(h, _)| format!("{h:016x}")),
+    })
+}
+
+/// "N outlier tokens (norm > T x median M)" for a human summary.
+pub fn outlier_words(s: &LatentStats) -> String {
+    match (s.n_outliers(), s.median_norm()) {
+        (Some(n), Some(m)) => format!(
+            "{n} outlier tokens (norm > {} x median {m:.4})",
+            s.outlier_factor
+        ),
+        _ => "outliers not recorded".to_string(),
+    }
+}
+
 fn parse_shard(s: &str) -> std::result::Result<(usize, usize), String> {
     let bad = || format!("`{s}`: expected I/N with 0 <= I < N, e.g. 3/16");
     let (i, n) = s.split_once('/').ok_or_else(bad)?;
@@ -87,12 +145,16 @@ fn parse_devices(s: &str) -> std::result::Result<Devices, String> {
 
 fn summary(s: &LatentStats) -> serde_json::Value {
     let fired = s.n_active.iter().filter(|a| **a > 0).count();
-    json!({
+    let mut j = json!({
         "n_tokens": s.n_tokens,
         "n_latents": s.n_latents(),
         "latents_fired": fired,
         "fingerprint": s.fingerprint,
-    })
+    });
+    for (k, v) in outlier_json(s).as_object().into_iter().flatten() {
+        j[k] = v.clone();
+    }
+    j
 }
 
 pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
@@ -115,9 +177,12 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
         .output_file("--out", &out)
         .output_dir_opt("--work-dir", work_dir.as_ref())
         .check()?;
+    let rule = a.tokens.rule(None);
+    rule.check()?;
     let mut prov = ctx.provenance("stats");
     let sae = ctx.load_sae(&sae_path, a.format, &a.load, &mut prov)?;
-    prov.option("mask", !a.no_mask);
+    prov.option("mask", rule.use_mask)
+        .option("outlier_factor", rule.outlier_factor);
     if let Some((i, n)) = a.shard {
         prov.option("shard", format!("{i}/{n}"));
     }
@@ -128,7 +193,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
         let opts = FanOutOptions {
             work_dir,
             batch_rows: ctx.batch_rows(),
-            use_mask: !a.no_mask,
+            use_mask: rule.use_mask,
             worker_names: devices.names().to_vec(),
             // The environment variable overrides the flag in the CUDA engine.
             result_options: format!(
@@ -137,7 +202,12 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
                 std::env::var("SAE_CUDA_PRECISION").unwrap_or_default()
             ),
         };
-        return fan_out(ctx, &prov, sae, devices, units, opts, a.keep_units, &out);
+        let dest = Dest {
+            out: &out,
+            keep_units: a.keep_units,
+            outlier_factor: rule.outlier_factor,
+        };
+        return fan_out(ctx, &prov, sae, devices, units, opts, dest);
     }
     let mut dump = Dump::open(&acts)?;
     if let Some((i, n)) = a.shard {
@@ -151,11 +221,12 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
         engine.as_ref(),
         &dump,
         ctx.batch_rows(),
-        !a.no_mask,
+        rule.use_mask,
         &|n| pb.inc(n),
     );
     pb.finish_and_clear();
-    let s = s?;
+    let mut s = s?;
+    s.outlier_factor = rule.outlier_factor;
     sae_engine::io::stats::write_with_provenance(&out, &s, Some(&prov))?;
     let secs = t0.elapsed().as_secs_f64();
     let mut json = summary(&s);
@@ -166,12 +237,13 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
     json["seconds"] = json!(secs);
     json["rows_per_second"] = json!(rate(dump.n_rows(), secs));
     let human = format!(
-        "statistics of {} tokens ({} rows, {} shard files) over {} latents ({} fired) -> {}",
+        "statistics of {} tokens ({} rows, {} shard files) over {} latents ({} fired), {} -> {}",
         s.n_tokens,
         dump.n_rows(),
         dump.shards().len(),
         s.n_latents(),
         json["latents_fired"],
+        outlier_words(&s),
         out.display()
     );
     ctx.output(&prov, json, &human)
@@ -186,6 +258,13 @@ fn default_work_dir(out: &Path) -> PathBuf {
     out.with_file_name(format!("{name}.units"))
 }
 
+/// Where a fan-out's merged statistics go.
+struct Dest<'a> {
+    out: &'a Path,
+    keep_units: bool,
+    outlier_factor: f64,
+}
+
 /// `--devices`: per-shard statistics on several workers, then a merge in shard order.
 #[allow(clippy::too_many_arguments)]
 fn fan_out(
@@ -195,9 +274,13 @@ fn fan_out(
     devices: &Devices,
     units: Vec<scaleout::Unit>,
     opts: FanOutOptions,
-    keep_units: bool,
-    out: &Path,
+    dest: Dest<'_>,
 ) -> Result<()> {
+    let Dest {
+        out,
+        keep_units,
+        outlier_factor,
+    } = dest;
     let work_dir = opts.work_dir.clone();
     let job = StatsJob::plan(&sae, units, opts)?;
     for n in job.notes() {
@@ -241,7 +324,8 @@ fn fan_out(
             "warning: {line} (its share went to the other devices)"
         ));
     }
-    let s = job.merge()?;
+    let mut s = job.merge()?;
+    s.outlier_factor = outlier_factor;
     sae_engine::io::stats::write_with_provenance(out, &s, Some(prov))?;
     if !keep_units {
         job.remove_unit_files()?;
@@ -254,11 +338,12 @@ fn fan_out(
     json["rows_computed"] = json!(rows);
     json["rows_per_second"] = json!(rate(rows, secs));
     let human = format!(
-        "statistics of {} tokens over {} latents ({} fired) from {} shard files \
+        "statistics of {} tokens over {} latents ({} fired), {}, from {} shard files \
          ({} computed, {} reused) -> {}{}",
         s.n_tokens,
         s.n_latents(),
         json["latents_fired"],
+        outlier_words(&s),
         report.n_units,
         report.computed.len(),
         report.reused.len(),
@@ -302,10 +387,11 @@ fn merge(ctx: &Ctx, inputs: Vec<PathBuf>, out: PathBuf) -> Result<()> {
     json["out"] = json!(out.to_string_lossy());
     json["inputs"] = json!(inputs.len());
     let human = format!(
-        "merged {} statistics files: {} tokens over {} latents -> {}",
+        "merged {} statistics files: {} tokens over {} latents, {} -> {}",
         inputs.len(),
         s.n_tokens,
         s.n_latents(),
+        outlier_words(&s),
         out.display()
     );
     ctx.output(&prov, json, &human)

@@ -6,18 +6,36 @@ use std::path::{Path, PathBuf};
 
 use sae_engine::io::guard::PathGuard;
 use sae_engine::provenance::Provenance;
+use sae_engine::stats::TokenRule;
 use sae_engine::workflow::{
     self, demo, detect, diff, layer_check, logit_lens, monitor, probe, report, steer,
-    tokenizer::Vocab, top_examples, Measured, StatsOptions,
+    tokenizer::Vocab, top_examples, Measured, PairingRequest, StatsOptions,
 };
 use sae_engine::{BackendKind, Dump, Engine, Error, Format, Result};
 
 use crate::common::{parse_format, Ctx, LoadFlags};
+use crate::stats::{KeepOutliersArg, TokenArgs};
 
-fn stats_opts(ctx: &Ctx, mask: bool) -> StatsOptions {
+fn stats_opts(ctx: &Ctx, rule: TokenRule) -> StatsOptions {
     StatsOptions {
         batch_rows: ctx.batch_rows(),
-        use_mask: mask,
+        rule,
+    }
+}
+
+/// `--pairing auto|paired|unpaired` of diff, detect and monitor.
+#[derive(clap::Args, Debug)]
+pub struct PairingArg {
+    /// auto: paired when the counted tokens match (count and token-id hash), else
+    /// unpaired; paired: refuse inputs whose counted tokens differ; unpaired: compare as
+    /// independent token sets.
+    #[arg(long, default_value = "auto", value_parser = clap::builder::PossibleValuesParser::new(PairingRequest::NAMES))]
+    pub pairing: String,
+}
+
+impl PairingArg {
+    fn request(&self) -> Result<PairingRequest> {
+        PairingRequest::parse(&self.pairing)
     }
 }
 
@@ -33,22 +51,25 @@ struct Session {
 }
 
 impl Session {
-    /// Loads the SAE and builds the engine, recording both and `mask` in `prov`.
+    /// Loads the SAE and builds the engine, recording both and the token rule in `prov`.
     fn new(
         ctx: &Ctx,
         prov: &mut Provenance,
         sae: &Path,
         format: Option<Format>,
         load: &LoadFlags,
-        mask: bool,
+        rule: TokenRule,
     ) -> Result<Session> {
+        rule.check()?;
         let sae = ctx.load_sae(sae, format, load, prov)?;
         let fingerprint = sae.fingerprint();
-        prov.option("mask", mask);
+        prov.option("mask", rule.use_mask)
+            .option("outlier_factor", rule.outlier_factor)
+            .option("keep_outliers", rule.keep_outliers);
         Ok(Session {
             engine: ctx.engine(sae, prov)?,
             fingerprint,
-            opts: stats_opts(ctx, mask),
+            opts: stats_opts(ctx, rule),
         })
     }
     fn measure(&self, ctx: &Ctx, path: &Path) -> Result<Measured> {
@@ -75,12 +96,12 @@ impl Session {
     }
     /// The checks that need no encoding, on every input, before any is encoded: each
     /// group is paired with the base as it will be after measuring.
-    fn precheck(&self, base: &Path, groups: &[&[PathBuf]]) -> Result<()> {
+    fn precheck(&self, base: &Path, groups: &[&[PathBuf]], want: PairingRequest) -> Result<()> {
         let probe = |p: &Path| probe::probe(self.engine.as_ref(), &self.fingerprint, p, &self.opts);
         let base = probe(base)?;
         for group in groups {
             let others = group.iter().map(|p| probe(p)).collect::<Result<Vec<_>>>()?;
-            workflow::check_pairing(&base, &others)?;
+            workflow::pair(&base, &others, want)?;
         }
         Ok(())
     }
@@ -105,12 +126,14 @@ pub struct DiffArgs {
     /// Latents in the bottom (largest decrease) list.
     #[arg(long, default_value_t = 20)]
     pub bottom: usize,
-    /// Ranking: avg-delta, z-score, min-delta (every fine-tune must agree) or sign.
+    /// Ranking: avg-delta, z-score, min-delta (every fine-tune must agree), sign or
+    /// z-clustered (the average delta over its document-clustered standard error).
     #[arg(long, default_value = "avg-delta")]
     pub order: String,
-    /// Count only tokens whose dump `mask` is 1 (e.g. response tokens).
-    #[arg(long)]
-    pub mask: bool,
+    #[command(flatten)]
+    pub tokens: TokenArgs,
+    #[command(flatten)]
+    pub pairing: PairingArg,
     /// Write diff.csv, diff.json, report.md and SVG plots here.
     #[arg(long)]
     pub out_dir: Option<PathBuf>,
@@ -129,20 +152,23 @@ pub fn run_diff(ctx: &Ctx, a: DiffArgs) -> Result<()> {
         .output_dir_opt("--out-dir", a.out_dir.as_ref())
         .check()?;
     let order = diff::DiffOrder::parse(&a.order)?;
+    let want = a.pairing.request()?;
     let mut prov = ctx.provenance("diff");
-    let s = Session::new(ctx, &mut prov, &a.sae, a.format, &a.load, a.mask)?;
+    let s = Session::new(ctx, &mut prov, &a.sae, a.format, &a.load, a.tokens.rule(None))?;
     prov.input("base", &a.base)?.inputs("tuned", &a.tuned)?;
     prov.option("order", order.to_string())
         .option("top", a.top)
-        .option("bottom", a.bottom);
-    s.precheck(&a.base, &[&a.tuned])?;
+        .option("bottom", a.bottom)
+        .option("pairing", format!("{want:?}"));
+    s.precheck(&a.base, &[&a.tuned], want)?;
     let base = s.measure(ctx, &a.base)?;
     let tuned = s.measure_all(ctx, &a.tuned)?;
-    workflow::check_pairing(&base, &tuned)?;
+    let pairing = workflow::pair(&base, &tuned, want)?;
     let r = diff::diff(
         &base.name,
         &base.stats,
         &workflow::named_stats(&tuned),
+        &pairing,
         &diff::DiffOptions {
             top: a.top,
             bottom: a.bottom,
@@ -157,20 +183,38 @@ pub fn run_diff(ctx: &Ctx, a: DiffArgs) -> Result<()> {
         ));
     }
     let mut h = String::new();
+    let _ = writeln!(h, "pairing: {} ({})", r.pairing.mode, r.pairing.reason);
+    for i in &r.inputs {
+        let _ = writeln!(
+            h,
+            "{}: {} counted tokens, {} outlier tokens (norm > {} x median {})",
+            i.name,
+            i.n_tokens,
+            i.n_outliers
+                .map(|n| n.to_string())
+                .unwrap_or_else(|| "unknown".into()),
+            i.outlier_factor,
+            i.median_norm
+                .map(|m| format!("{m:.4}"))
+                .unwrap_or_else(|| "n/a".into()),
+        );
+    }
     let _ = writeln!(
         h,
-        "{:>6} {:>8} {:>10} {:>9} {:>10} {:>10} {:>6}",
-        "rank", "latent", "avg_delta", "z", "base_mean", "tuned_mean", "agree"
+        "{:>6} {:>8} {:>10} {:>9} {:>9} {:>9} {:>10} {:>10} {:>6}",
+        "rank", "latent", "avg_delta", "z", "z_clust", "q", "base_mean", "tuned_mean", "agree"
     );
     let rows = |h: &mut String, v: &[diff::LatentDiff]| {
         for (i, l) in v.iter().enumerate() {
             let _ = writeln!(
                 h,
-                "{:>6} {:>8} {:>+10.4} {:>+9.2} {:>10.4} {:>10.4} {:>4}/{}",
+                "{:>6} {:>8} {:>+10.4} {:>+9.2} {:>+9.2} {:>9.2e} {:>10.4} {:>10.4} {:>4}/{}",
                 i + 1,
                 l.latent,
                 l.delta,
                 l.z,
+                l.z_clustered,
+                l.q_value,
                 l.base_mean,
                 l.tuned_mean,
                 l.sign_agree,
@@ -178,6 +222,7 @@ pub fn run_diff(ctx: &Ctx, a: DiffArgs) -> Result<()> {
             );
         }
     };
+    let _ = writeln!(h, "z_clust: {}; q: {}", r.clustering, r.multiple_testing);
     let _ = writeln!(
         h,
         "largest increase ({} over {} fine-tunes):",
@@ -250,9 +295,10 @@ pub struct SteerArgs {
     /// Seed of the random control vector.
     #[arg(long, default_value_t = 0x5eed)]
     pub seed: u64,
-    /// Count only tokens whose dump `mask` is 1.
-    #[arg(long)]
-    pub mask: bool,
+    #[command(flatten)]
+    pub tokens: TokenArgs,
+    #[command(flatten)]
+    pub keep: KeepOutliersArg,
     /// Write the dry run's or the sweep's report (markdown and JSON) here.
     #[arg(long)]
     pub out_dir: Option<PathBuf>,
@@ -305,7 +351,14 @@ pub fn run_steer(ctx: &Ctx, a: SteerArgs) -> Result<()> {
         .output_dir_opt("--out-dir", a.out_dir.as_ref())
         .check()?;
     let mut prov = ctx.provenance("steer");
-    let s = Session::new(ctx, &mut prov, &a.sae, a.sae_format, &a.load, a.mask)?;
+    let s = Session::new(
+        ctx,
+        &mut prov,
+        &a.sae,
+        a.sae_format,
+        &a.load,
+        a.tokens.rule(Some(&a.keep)),
+    )?;
     workflow::check_latents(&a.latent, s.engine.sae().n_latents())?;
     let dump = a.acts.as_ref().map(Dump::open).transpose()?;
     if let Some(acts) = &a.acts {
@@ -404,6 +457,9 @@ pub fn run_steer(ctx: &Ctx, a: SteerArgs) -> Result<()> {
     let v = steer::steering_vector(s.engine.as_ref(), &terms, unit, dump.as_ref(), &s.opts)?;
     out["vector"] = to_json(&v);
     let _ = write!(h, "steering vector: norm {:.6}, unit {}", v.norm, v.unit);
+    if let Some(o) = &v.outliers {
+        let _ = write!(h, "\n  unit measured with {}", o.describe());
+    }
     for t in &v.terms {
         let _ = write!(
             h,
@@ -517,9 +573,10 @@ pub struct DetectArgs {
     /// Latents in the ranked output.
     #[arg(long, default_value_t = 20)]
     pub top: usize,
-    /// Count only tokens whose dump `mask` is 1.
-    #[arg(long)]
-    pub mask: bool,
+    #[command(flatten)]
+    pub tokens: TokenArgs,
+    #[command(flatten)]
+    pub pairing: PairingArg,
     /// Write detect.json, detect.csv and report.md here.
     #[arg(long)]
     pub out_dir: Option<PathBuf>,
@@ -531,6 +588,7 @@ pub struct DetectArgs {
 }
 
 pub fn run_detect(ctx: &Ctx, a: DetectArgs) -> Result<()> {
+    let want = a.pairing.request()?;
     PathGuard::new()
         .sae("--sae", &a.sae)
         .input("--base", &a.base)
@@ -539,22 +597,23 @@ pub fn run_detect(ctx: &Ctx, a: DetectArgs) -> Result<()> {
         .output_dir_opt("--out-dir", a.out_dir.as_ref())
         .check()?;
     let mut prov = ctx.provenance("detect");
-    let s = Session::new(ctx, &mut prov, &a.sae, a.format, &a.load, a.mask)?;
+    let s = Session::new(ctx, &mut prov, &a.sae, a.format, &a.load, a.tokens.rule(None))?;
     prov.input("base", &a.base)?
         .inputs("positive", &a.positive)?
         .inputs("negative", &a.negative)?;
     prov.option("latents", &a.latents).option("top", a.top);
-    s.precheck(&a.base, &[&a.positive, &a.negative])?;
+    s.precheck(&a.base, &[&a.positive, &a.negative], want)?;
     let base = s.measure(ctx, &a.base)?;
     let pos = s.measure_all(ctx, &a.positive)?;
     let neg = s.measure_all(ctx, &a.negative)?;
-    workflow::check_pairing(&base, &pos)?;
-    workflow::check_pairing(&base, &neg)?;
+    let all: Vec<Measured> = pos.iter().chain(&neg).cloned().collect();
+    let pairing = workflow::pair(&base, &all, want)?;
     let r = detect::detect(
         &base.name,
         &base.stats,
         &workflow::named_stats(&pos),
         &workflow::named_stats(&neg),
+        &pairing,
         &detect::DetectOptions {
             latents: a.latents,
             top: a.top,
@@ -586,9 +645,10 @@ pub struct MonitorArgs {
     /// < 0: delta <= T). Default: |z| >= 4 (a change of four standard errors).
     #[arg(long, num_args = 1.., allow_negative_numbers = true)]
     pub threshold: Option<Vec<f64>>,
-    /// Count only tokens whose dump `mask` is 1.
-    #[arg(long)]
-    pub mask: bool,
+    #[command(flatten)]
+    pub tokens: TokenArgs,
+    #[command(flatten)]
+    pub pairing: PairingArg,
     /// Write monitor.json, monitor.csv, report.md and trajectories.svg here.
     #[arg(long)]
     pub out_dir: Option<PathBuf>,
@@ -600,6 +660,7 @@ pub struct MonitorArgs {
 }
 
 pub fn run_monitor(ctx: &Ctx, a: MonitorArgs) -> Result<()> {
+    let want = a.pairing.request()?;
     PathGuard::new()
         .sae("--sae", &a.sae)
         .input("--base", &a.base)
@@ -607,16 +668,16 @@ pub fn run_monitor(ctx: &Ctx, a: MonitorArgs) -> Result<()> {
         .output_dir_opt("--out-dir", a.out_dir.as_ref())
         .check()?;
     let mut prov = ctx.provenance("monitor");
-    let s = Session::new(ctx, &mut prov, &a.sae, a.format, &a.load, a.mask)?;
+    let s = Session::new(ctx, &mut prov, &a.sae, a.format, &a.load, a.tokens.rule(None))?;
     prov.input("base", &a.base)?
         .inputs("checkpoints", &a.checkpoints)?;
     prov.option("latents", &a.latents)
         .option("threshold", &a.threshold);
     workflow::check_latents(&a.latents, s.engine.sae().n_latents())?;
-    s.precheck(&a.base, &[&a.checkpoints])?;
+    s.precheck(&a.base, &[&a.checkpoints], want)?;
     let base = s.measure(ctx, &a.base)?;
     let cks = s.measure_all(ctx, &a.checkpoints)?;
-    workflow::check_pairing(&base, &cks)?;
+    let pairing = workflow::pair(&base, &cks, want)?;
     let alarms: Vec<monitor::Alarm> = match &a.threshold {
         Some(t) => t.iter().map(|v| monitor::Alarm::delta(*v)).collect(),
         None => vec![monitor::Alarm::DEFAULT],
@@ -627,6 +688,7 @@ pub fn run_monitor(ctx: &Ctx, a: MonitorArgs) -> Result<()> {
         &workflow::named_stats(&cks),
         &a.latents,
         &alarms,
+        &pairing,
     )?;
     if let Some(dir) = &a.out_dir {
         report::write_monitor_outputs(dir, &r, &prov)?;
@@ -659,9 +721,10 @@ pub struct TopExamplesArgs {
     /// Histogram bins.
     #[arg(long, default_value_t = 20)]
     pub bins: usize,
-    /// Count only tokens whose dump `mask` is 1.
-    #[arg(long)]
-    pub mask: bool,
+    #[command(flatten)]
+    pub tokens: TokenArgs,
+    #[command(flatten)]
+    pub keep: KeepOutliersArg,
     /// A second dump (e.g. the fine-tune's, with --acts the base's): the same latent's top
     /// examples from both, side by side in two columns.
     #[arg(long)]
@@ -690,7 +753,14 @@ pub fn run_top_examples(ctx: &Ctx, a: TopExamplesArgs) -> Result<()> {
         .map(Vocab::from_tokenizer_json)
         .transpose()?;
     let mut prov = ctx.provenance("top-examples");
-    let s = Session::new(ctx, &mut prov, &a.sae, a.format, &a.load, a.mask)?;
+    let s = Session::new(
+        ctx,
+        &mut prov,
+        &a.sae,
+        a.format,
+        &a.load,
+        a.tokens.rule(Some(&a.keep)),
+    )?;
     prov.input("acts", &a.acts)?;
     if let Some(t) = &a.compare {
         prov.input("compare", t)?;
@@ -753,8 +823,12 @@ pub fn run_top_examples(ctx: &Ctx, a: TopExamplesArgs) -> Result<()> {
         report::write_top_examples_outputs(dir, &r, &prov)?;
     }
     let mut h = format!(
-        "latent {}: active on {} of {} tokens, max {:.4}\n",
-        r.latent, r.n_active, r.n_tokens, r.max
+        "latent {}: active on {} of {} tokens, max {:.4}; {}\n",
+        r.latent,
+        r.n_active,
+        r.n_tokens,
+        r.max,
+        r.outliers.describe()
     );
     for e in &r.examples {
         let ctx_text = top_examples::example_text(e).replace('\n', "\\n");
