@@ -4,9 +4,10 @@
 exits 1 when any check fails.
 
   replicate  the audit finds what the prompt sets differ in, robustly: the top latents of the
-             diff on half A of the documents (by the report's own ranking: the largest increases
-             and decreases) keep their sign on half B, with a document-clustered z (`z_clustered`)
-             beyond --z-bar there. Both diffs must say they ran unpaired.
+             diff on half A of the documents (the --up largest and --down most negative
+             document-clustered z, `z_clustered`) keep their sign on half B, with a clustered z
+             beyond --z-bar there. Both diffs must say they ran unpaired, and both must list every
+             latent (`sae diff --top N_LATENTS`).
   examples   the full diff's top latent is a persona latent: its largest activation on the
              persona set is --min-ratio times its largest on the neutral set, and of the largest
              activations over both sets at least --min-share are on the persona set.
@@ -48,13 +49,15 @@ def clustered_z(row, where):
     return z
 
 
-def top_latents(diff, n_up, n_down):
-    """[(latent, +1 | -1)]: the report's first n_up increases and first n_down decreases."""
-    up = [(r["latent"], 1) for r in diff.get("latents", []) if r["delta"] > 0][:n_up]
-    down = [(r["latent"], -1) for r in diff.get("bottom", []) if r["delta"] < 0][:n_down]
+def top_latents(diff, n_up, n_down, where="half A"):
+    """[(latent, +1 | -1)]: the n_up largest positive and n_down most negative clustered z of
+    the report (a latent found by its mean difference alone can come from a few documents)."""
+    rows = list(rows_by_latent(diff).values())
+    zs = [(clustered_z(r, where), r["latent"]) for r in rows]
+    up = [(latent, 1) for z, latent in sorted(zs, key=lambda t: (-t[0], t[1])) if z > 0][:n_up]
+    down = [(latent, -1) for z, latent in sorted(zs, key=lambda t: (t[0], t[1])) if z < 0][:n_down]
     if len(up) < n_up or len(down) < n_down:
-        raise ValueError(f"the report lists {len(up)} increases and {len(down)} decreases; "
-                         f"{n_up} and {n_down} wanted")
+        raise ValueError(f"{where}: {len(up)} increases and {len(down)} decreases; {n_up} and {n_down} wanted")
     return up + down
 
 
@@ -202,9 +205,9 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("replicate")
-    r.add_argument("--a", required=True, help="diff.json of half A")
+    r.add_argument("--a", required=True, help="diff.json of half A (written with --top >= the latent count)")
     r.add_argument("--b", required=True, help="diff.json of half B (written with --top >= the latent count)")
-    r.add_argument("--up", type=int, default=3)
+    r.add_argument("--up", type=int, default=5)
     r.add_argument("--down", type=int, default=0)
     r.add_argument("--z-bar", type=float, default=3.0)
     e = sub.add_parser("examples")

@@ -11,8 +11,8 @@
 # 3. a TopK SAE trained with eai-sparsify on all four dumps (seeded), saved with its save_to_disk.
 # 4. the engine: inspect, stats, diff (unpaired, chosen automatically), top-examples, steer
 #    --apply, vectors exported at the SAE's hook layer and generated with by steer_generate.py.
-# 5. assertions (check_audit.py): the pirate latents found on half A of the documents keep their
-#    sign and a document-clustered z above 2.5 on half B; the top latent fires on the pirate set
+# 5. assertions (check_audit.py): the five latents with the largest document-clustered z on half A
+#    of the documents keep their sign and a clustered z above 3 on half B; the top latent fires on the pirate set
 #    and barely on the neutral one; steering moves it more than any other latent and more than
 #    a random vector; steering changes the model's generation.
 #
@@ -132,11 +132,11 @@ done
 step diff sae diff --sae "$sae_dir" --base "$work/stats/neutral.safetensors" --tuned "$work/stats/pirate.safetensors" \
     --top 20 --out-dir "$work/out/diff"
 step diff-half-a sae diff --sae "$sae_dir" --base "$work/stats/neutral.a.safetensors" \
-    --tuned "$work/stats/pirate.a.safetensors" --top 20 --out-dir "$work/out/diff-a"
+    --tuned "$work/stats/pirate.a.safetensors" --top "$n_latents" --out-dir "$work/out/diff-a"
 step diff-half-b sae diff --sae "$sae_dir" --base "$work/stats/neutral.b.safetensors" \
     --tuned "$work/stats/pirate.b.safetensors" --top "$n_latents" --out-dir "$work/out/diff-b"
 step check-replicates "$py" "$here/check_audit.py" replicate --a "$work/out/diff-a/diff.json" \
-    --b "$work/out/diff-b/diff.json" --up 3 --z-bar 2.5
+    --b "$work/out/diff-b/diff.json" --up 5 --z-bar 3
 
 top="$(json "$work/out/diff/diff.json" 'd["latents"][0]["latent"]' 2>/dev/null || echo missing)"
 for set in neutral pirate; do

@@ -58,6 +58,10 @@ class ReplicateTest(unittest.TestCase):
         with self.assertRaises(ValueError):
             ca.top_latents(self.A, 4, 0)
 
+    def test_half_a_is_ranked_by_clustered_z(self):
+        a = diff([row(1, 3.0, 2.0), row(2, 1.0, 9.0), row(3, 0.5, 4.0)], [row(4, -0.2, -6.0), row(5, -2.0, -1.0)])
+        self.assertEqual(ca.top_latents(a, 2, 1), [(2, 1), (3, 1), (4, -1)])
+
     def test_pairing_mode_is_required(self):
         self.assertEqual(ca.pairing_mode(self.A, "a"), "unpaired")
         with self.assertRaisesRegex(ValueError, "pairing"):
