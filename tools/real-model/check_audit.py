@@ -13,6 +13,8 @@ exits 1 when any check fails.
              activations over both sets at least --min-share are on the persona set.
   steer      the dry run moved the target latent up, by more than the largest move of any
              other latent and more than the random control moved it.
+  same       two diff.json of the same data (from dumps and from their statistics files) rank the
+             same latents in the same order with the same numbers.
   vectors    the exported vector files (safetensors, npy, gguf) hold the same vector, of the
              model's width, at the SAE's hook layer (read with steer_generate.load_vector).
   generation steer_generate.py's --compare output: the steered generation ran at the SAE's
@@ -97,6 +99,35 @@ def cmd_replicate(a):
               f"z_clustered {z:+.2f} on half B (bar {a.z_bar})")
         fails += not ok
     return fails
+
+
+def same_reports(a, b, rel=1e-9):
+    """[what differs] between two diff.json of the same data: the ranked latents, their order,
+    delta, z, z_clustered and q_value."""
+    out = []
+    for part in ("latents", "bottom"):
+        ra, rb = a.get(part, []), b.get(part, [])
+        if [r["latent"] for r in ra] != [r["latent"] for r in rb]:
+            out.append(f"{part}: latents {[r['latent'] for r in ra][:8]}... vs {[r['latent'] for r in rb][:8]}...")
+            continue
+        for x, y in zip(ra, rb):
+            for key in ("delta", "z", "z_clustered", "q_value"):
+                u, v = x.get(key), y.get(key)
+                if u is None or v is None:
+                    if u != v:
+                        out.append(f"{part}: latent {x['latent']} {key} {u} vs {v}")
+                elif abs(u - v) > rel * max(abs(u), abs(v), 1e-300):
+                    out.append(f"{part}: latent {x['latent']} {key} {u!r} vs {v!r}")
+    if (a.get("pairing") or {}).get("mode") != (b.get("pairing") or {}).get("mode"):
+        out.append(f"pairing {a.get('pairing')} vs {b.get('pairing')}")
+    return out
+
+
+def cmd_same(a):
+    diffs = same_reports(load(a.a), load(a.b))
+    n = len(load(a.a).get("latents", []))
+    print(f"{'FAIL' if diffs else 'ok'} {a.a} and {a.b}: " + ("; ".join(diffs[:5]) if diffs else f"the same {n} top latents, same numbers"))
+    return len(diffs)
 
 
 def max_activation(top):
@@ -218,6 +249,9 @@ def main(argv=None):
     e.add_argument("--min-share", type=float, default=0.9)
     s = sub.add_parser("steer")
     s.add_argument("--report", required=True)
+    m = sub.add_parser("same")
+    m.add_argument("--a", required=True)
+    m.add_argument("--b", required=True)
     v = sub.add_parser("vectors")
     v.add_argument("--layer", type=int, required=True)
     v.add_argument("--width", type=int, required=True)
@@ -226,7 +260,7 @@ def main(argv=None):
     g.add_argument("--log", required=True)
     g.add_argument("--layer", type=int, required=True)
     a = p.parse_args(argv)
-    commands = {"replicate": cmd_replicate, "examples": cmd_examples, "steer": cmd_steer,
+    commands = {"replicate": cmd_replicate, "examples": cmd_examples, "steer": cmd_steer, "same": cmd_same,
                 "vectors": cmd_vectors, "generation": cmd_generation}
     try:
         fails = commands[a.cmd](a)

@@ -131,6 +131,11 @@ done
 # Unpaired: different prompts and token counts; auto pairing must notice.
 step diff sae diff --sae "$sae_dir" --base "$work/stats/neutral.safetensors" --tuned "$work/stats/pirate.safetensors" \
     --top 20 --out-dir "$work/out/diff"
+# The same diff straight from the dumps must give the same numbers as from their statistics.
+step diff-from-dumps sae diff --sae "$sae_dir" --base "$work/dumps/neutral" --tuned "$work/dumps/pirate" \
+    --top 20 --out-dir "$work/out/diff-dumps"
+step check-dumps-equal-stats "$py" "$here/check_audit.py" same --a "$work/out/diff-dumps/diff.json" \
+    --b "$work/out/diff/diff.json"
 step diff-half-a sae diff --sae "$sae_dir" --base "$work/stats/neutral.a.safetensors" \
     --tuned "$work/stats/pirate.a.safetensors" --top "$n_latents" --out-dir "$work/out/diff-a"
 step diff-half-b sae diff --sae "$sae_dir" --base "$work/stats/neutral.b.safetensors" \

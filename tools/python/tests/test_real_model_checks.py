@@ -84,6 +84,19 @@ class ReplicateTest(unittest.TestCase):
             self.assertEqual(e.exception.code, 0)
 
 
+class SameReportsTest(unittest.TestCase):
+    def test_same_and_different(self):
+        a = diff([row(1, 2.0, 5.0), row(2, 1.0, 4.0)], [row(3, -1.0, -2.0)])
+        self.assertEqual(ca.same_reports(a, json.loads(json.dumps(a))), [])
+        b = json.loads(json.dumps(a))
+        b["latents"][1]["z_clustered"] = 4.001
+        self.assertEqual(len(ca.same_reports(a, b)), 1)
+        b = diff([row(2, 1.0, 4.0), row(1, 2.0, 5.0)], [row(3, -1.0, -2.0)])
+        self.assertIn("latents", ca.same_reports(a, b)[0])
+        b = diff(a["latents"], a["bottom"], mode="paired")
+        self.assertIn("pairing", ca.same_reports(a, b)[0])
+
+
 class ExamplesSteerGenerationTest(unittest.TestCase):
     def test_persona_share(self):
         persona = {"examples": [{"activation": a} for a in [9, 8, 7]]}
