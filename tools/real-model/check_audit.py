@@ -15,6 +15,10 @@ exits 1 when any check fails.
              other latent and more than the random control moved it.
   same       two diff.json of the same data (from dumps and from their statistics files) rank the
              same latents in the same order with the same numbers.
+  sweep      `sae steer --strengths ... --ablate --json`: the target's move grows with the
+             strength, the run's working strength is `specific`, and ablation lowers the target.
+  kl         `steer_generate.py --sweep ... --json`: the next-token KL divergence on neutral text
+             grows with the scale and is positive.
   vectors    the exported vector files (safetensors, npy, gguf) hold the same vector, of the
              model's width, at the SAE's hook layer (read with steer_generate.load_vector).
   generation steer_generate.py's --compare output: the steered generation ran at the SAE's
@@ -128,6 +132,36 @@ def cmd_same(a):
     n = len(load(a.a).get("latents", []))
     print(f"{'FAIL' if diffs else 'ok'} {a.a} and {a.b}: " + ("; ".join(diffs[:5]) if diffs else f"the same {n} top latents, same numbers"))
     return len(diffs)
+
+
+def sweep_verdicts(report, strength):
+    """[(what, ok)] for a `sae steer --strengths ... --ablate --json` report."""
+    rows = report["sweep"]["rows"]
+    adds = sorted((r for r in rows if r["kind"] == "add"), key=lambda r: r["strength"])
+    ablate = [r for r in rows if r["kind"] != "add"]
+    moves = [r["target_delta"] for r in adds]
+    at = [r for r in adds if abs(r["strength"] - strength) < 1e-12]
+    return [
+        (f"the target's move grows with the strength: {[round(m, 3) for m in moves]}",
+         len(moves) >= 2 and all(b > a for a, b in zip(moves, moves[1:])) and moves[0] > 0),
+        (f"strength {strength} is specific", bool(at) and at[0]["specific"] is True),
+        (f"ablation lowers the target: {[round(r['target_delta'], 3) for r in ablate]}",
+         len(ablate) == 1 and ablate[0]["target_delta"] < 0),
+    ]
+
+
+def kl_verdicts(report):
+    """[(what, ok)] for `steer_generate.py --sweep` JSON."""
+    adds = sorted((r for r in report["rows"] if r["kind"] == "add"), key=lambda r: r["scale"])
+    kls = [r["kl_mean"] for r in adds]
+    return [(f"next-token KL on neutral text grows with the scale: {[round(k, 3) for k in kls]}",
+             len(kls) >= 2 and kls[0] > 0 and all(b > a for a, b in zip(kls, kls[1:])))]
+
+
+def print_verdicts(verdicts):
+    for what, ok in verdicts:
+        print(f"{'ok' if ok else 'FAIL'} {what}")
+    return sum(not ok for _, ok in verdicts)
 
 
 def max_activation(top):
@@ -252,6 +286,11 @@ def main(argv=None):
     m = sub.add_parser("same")
     m.add_argument("--a", required=True)
     m.add_argument("--b", required=True)
+    w = sub.add_parser("sweep")
+    w.add_argument("--report", required=True)
+    w.add_argument("--strength", type=float, required=True, help="the strength the run works at")
+    k = sub.add_parser("kl")
+    k.add_argument("--report", required=True)
     v = sub.add_parser("vectors")
     v.add_argument("--layer", type=int, required=True)
     v.add_argument("--width", type=int, required=True)
@@ -261,7 +300,9 @@ def main(argv=None):
     g.add_argument("--layer", type=int, required=True)
     a = p.parse_args(argv)
     commands = {"replicate": cmd_replicate, "examples": cmd_examples, "steer": cmd_steer, "same": cmd_same,
-                "vectors": cmd_vectors, "generation": cmd_generation}
+                "vectors": cmd_vectors, "generation": cmd_generation,
+                "sweep": lambda a: print_verdicts(sweep_verdicts(load(a.report), a.strength)),
+                "kl": lambda a: print_verdicts(kl_verdicts(load(a.report)))}
     try:
         fails = commands[a.cmd](a)
     except (OSError, ValueError, KeyError, IndexError) as err:

@@ -14,7 +14,9 @@
 # 5. assertions (check_audit.py): the five latents with the largest document-clustered z on half A
 #    of the documents keep their sign and a clustered z above 3 on half B; the top latent fires on the pirate set
 #    and barely on the neutral one; steering moves it more than any other latent and more than
-#    a random vector; steering changes the model's generation.
+#    a random vector, grows with the strength (sweep) and is specific at the working strength;
+#    ablation lowers it; a vector for another layer than the SAE's is refused; steering changes
+#    the model's generation and its next-token KL on neutral text grows with the scale.
 #
 # Prints one line per step (`ok NAME (s)` / `FAIL NAME (s)` with the end of its log), a table of
 # timings, and last `N passed, M failed`; exits 1 on any failure. Nothing is skipped: a step
@@ -155,6 +157,25 @@ step steer-apply bash -c "'$sae_bin' --backend cpu steer --json --sae '$sae_dir'
     --unit median-norm --acts '$work/dumps/neutral' --apply > '$work/out/steer-apply.json'"
 step check-steer "$py" "$here/check_audit.py" steer --report "$work/out/steer-apply.json"
 
+# The strength sweep with ablation, in one pass over the neutral dump.
+step steer-sweep bash -c "'$sae_bin' --backend cpu steer --json --sae '$sae_dir' --latent '$top' --strengths 0.25,0.5,1 \
+    --unit median-norm --acts '$work/dumps/neutral' --ablate > '$work/out/steer-sweep.json'"
+step check-sweep "$py" "$here/check_audit.py" sweep --report "$work/out/steer-sweep.json" --strength 0.5
+# A layer that is not the SAE's must be refused (the SAE's hook layers.15 is block 15's output).
+refuses_wrong_layer() {
+    local wrong=$((hook_layer - 1)) rc=0
+    sae steer --sae "$sae_dir" --latent "$top" --strength 0.5 --unit median-norm --acts "$work/dumps/neutral" \
+        --format gguf --layer "$wrong" --out "$work/out/wrong-layer.gguf" 2> "$work/out/wrong-layer.err" || rc=$?
+    cat "$work/out/wrong-layer.err"
+    # exit 1 (an error, not 2 = a usage error such as a missing latent), naming the SAE's hook
+    if [ "$rc" -ne 1 ] || ! grep -q "layers.$hook_layer" "$work/out/wrong-layer.err"; then
+        echo "FAIL --layer $wrong for an SAE on layers.$hook_layer: exit $rc"
+        return 1
+    fi
+    [ ! -e "$work/out/wrong-layer.gguf" ] && echo "ok --layer $wrong refused (exit 1), nothing written"
+}
+step steer-refuses-wrong-layer refuses_wrong_layer
+
 for fmt in safetensors npy gguf; do
     step "steer-export-$fmt" sae steer --sae "$sae_dir" --latent "$top" --strength 0.5 --unit median-norm \
         --acts "$work/dumps/neutral" --format "$fmt" --layer "$hook_layer" --out "$work/out/persona.$fmt"
@@ -164,6 +185,10 @@ step check-vectors "$py" "$here/check_audit.py" vectors --layer "$hook_layer" --
 step steer-generate "$py" "$root/tools/python/steer_generate.py" --model "$model" --vector "$work/out/persona.safetensors" \
     --prompt "What is the best way to learn to cook?" --chat --compare --max-new-tokens 32
 step check-generation "$py" "$here/check_audit.py" generation --log "$work/logs/steer-generate.log" --layer "$hook_layer"
+# The same vector's effect on the model: next-token KL on neutral text per scale, and ablation.
+step steer-generate-sweep bash -c "'$py' '$root/tools/python/steer_generate.py' --model '$model' \
+    --vector '$work/out/persona.safetensors' --sweep 0.5,1,2 --ablate --threads '$threads' > '$work/out/kl-sweep.json'"
+step check-kl-sweep "$py" "$here/check_audit.py" kl --report "$work/out/kl-sweep.json"
 
 echo
 echo "timings (seconds):"

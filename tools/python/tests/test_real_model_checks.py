@@ -111,6 +111,27 @@ class ExamplesSteerGenerationTest(unittest.TestCase):
                                         {"latent": 2, "delta": 2.0}]}}
         self.assertEqual(ca.steer_moves(report), (10.0, -0.5, 3.0))
 
+    def test_sweep_verdicts(self):
+        def sweep(moves, specific=True, ablate=-0.1):
+            rows = [{"kind": "add", "strength": s, "target_delta": m, "specific": specific}
+                    for s, m in zip([0.25, 0.5, 1.0], moves)]
+            rows.append({"kind": "ablate", "strength": None, "target_delta": ablate, "specific": False})
+            return {"sweep": {"rows": rows}}
+        ok = [v for _, v in ca.sweep_verdicts(sweep([1, 2, 4]), 0.5)]
+        self.assertEqual(ok, [True, True, True])
+        self.assertEqual([v for _, v in ca.sweep_verdicts(sweep([1, 3, 2]), 0.5)], [False, True, True])
+        self.assertEqual([v for _, v in ca.sweep_verdicts(sweep([1, 2, 4], specific=False), 0.5)], [True, False, True])
+        self.assertEqual([v for _, v in ca.sweep_verdicts(sweep([1, 2, 4], ablate=0.2), 0.5)], [True, True, False])
+        self.assertFalse(ca.sweep_verdicts(sweep([1, 2, 4]), 2.0)[1][1])
+
+    def test_kl_verdicts(self):
+        def kl(values):
+            return {"rows": [{"kind": "add", "scale": s, "kl_mean": k} for s, k in zip([0.5, 1, 2], values)]
+                    + [{"kind": "ablate", "scale": None, "kl_mean": 9.0}]}
+        self.assertTrue(ca.kl_verdicts(kl([0.1, 0.5, 2.0]))[0][1])
+        self.assertFalse(ca.kl_verdicts(kl([0.1, 0.05, 2.0]))[0][1])
+        self.assertFalse(ca.kl_verdicts(kl([0.0, 0.5, 2.0]))[0][1])
+
     def test_generations_both_output_styles(self):
         old = "--- unsteered ---\nplain text\n--- steered (layer 15, norm 86.873) ---\nArr matey\n"
         new = ("--- unsteered: 'q' ---\nplain text\n--- steered (layer 15, norm 86.873): 'q' ---\n"
