@@ -12,6 +12,7 @@ pub mod arrow;
 pub mod crosscoder;
 mod json;
 mod mapped_rows;
+pub mod metadata;
 pub mod npy;
 pub mod safetensors;
 
@@ -35,6 +36,10 @@ pub trait Shard: Send + Sync {
     fn mask(&self, start: usize, count: usize) -> Result<Option<Vec<u8>>>;
     /// Tells the OS that rows before `end` will not be read again (drops mapped pages).
     fn release(&self, _end: usize) {}
+    /// The file's string metadata (safetensors `__metadata__`), if its format has any.
+    fn metadata(&self) -> Option<&std::collections::HashMap<String, String>> {
+        None
+    }
 }
 
 /// Opens one shard file by its extension (`.npy`, `.safetensors`).
@@ -187,6 +192,17 @@ impl Dump {
         Dump::from_shards(self.path, shards)
     }
 
+    /// The provenance the dump records (layer, hook, model, n_layers, ...; see
+    /// [`metadata`]). Every shard must agree; a disagreeing shard is an error naming it.
+    pub fn metadata(&self) -> Result<metadata::DumpMetadata> {
+        let raw: Vec<_> = self
+            .shards
+            .iter()
+            .map(|s| (s.path().to_path_buf(), s.metadata()))
+            .collect();
+        metadata::merge(&raw)
+    }
+
     /// Checks the dump's width against an SAE's d_in.
     pub fn check_width(&self, d_in: usize) -> Result<()> {
         if self.width != d_in {
@@ -301,5 +317,37 @@ mod tests {
 
         let missing = dir.path().join("nope");
         assert!(shard_files(&missing).is_err());
+    }
+
+    #[test]
+    fn metadata_is_read_from_every_shard_and_must_agree() {
+        use crate::io::mapped::{write_safetensors, OwnedTensor};
+        let dir = tempfile::tempdir().unwrap();
+        let shard = |name: &str, layer: &str| {
+            let meta = [
+                ("layer", layer),
+                ("hook", "blocks.3.hook_resid_post"),
+                ("n_layers", "8"),
+            ]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+            let acts = OwnedTensor::f32(vec![2, 4], &[0.0; 8]);
+            write_safetensors(&dir.path().join(name), &[("activations", acts)], meta).unwrap();
+        };
+        shard("a.safetensors", "3");
+        shard("b.safetensors", "3");
+        let m = Dump::open(dir.path()).unwrap().metadata().unwrap();
+        assert_eq!((m.layer, m.n_layers), (Some(3), Some(8)));
+        assert_eq!(m.hook.as_deref(), Some("blocks.3.hook_resid_post"));
+        let one = Dump::open(dir.path().join("a.safetensors")).unwrap();
+        assert_eq!(one.metadata().unwrap(), m);
+        shard("c.safetensors", "4");
+        let e = Dump::open(dir.path())
+            .unwrap()
+            .metadata()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("c.safetensors") && e.contains("`layer`"), "{e}");
     }
 }

@@ -31,6 +31,8 @@ pub struct SafetensorsShard {
     token_ids: Option<Side>,
     doc_ids: Option<Side>,
     mask: Option<Side>,
+    /// The file's `__metadata__` (the dump tool's layer, hook, model, ...).
+    metadata: std::collections::HashMap<String, String>,
 }
 
 /// Byte offset of a tensor in the file mapping.
@@ -103,6 +105,7 @@ impl SafetensorsShard {
             token_ids,
             doc_ids,
             mask,
+            metadata: st.metadata().clone(),
         })
     }
 
@@ -170,6 +173,9 @@ impl super::Shard for SafetensorsShard {
         // Any non-zero byte counts (bool tensors store 0/1, some writers use 255).
         let b = self.side_bytes(&s, start, count)?;
         Ok(Some(b.iter().map(|v| (*v != 0) as u8).collect()))
+    }
+    fn metadata(&self) -> Option<&std::collections::HashMap<String, String>> {
+        Some(&self.metadata)
     }
     fn release(&self, end: usize) {
         self.acts.release(end);

@@ -446,6 +446,7 @@ pub fn run(opts: &DemoOptions) -> Result<DemoReport> {
         &DryRunOptions {
             top_moved: 10,
             seed: opts.seed,
+            ablate: false,
             stats: so,
         },
     )?;
@@ -462,10 +463,18 @@ pub fn run(opts: &DemoOptions) -> Result<DemoReport> {
     check(
         &mut checks,
         "steer: the persona direction raises the persona latent, a random vector of the same norm does not",
-        t.delta > 0.5 * vector.norm && t.control_delta.abs() < 0.1 * t.delta,
+        t.delta > 0.5 * vector.norm
+            && t.control_delta.abs() < 0.1 * t.delta
+            && sr.specificity.iter().all(|s| s.specific),
         format!(
-            "persona mean {:.3} -> {:.3} steered, {:.3} under the control (vector norm {:.3})",
-            t.before_mean, t.steered_mean, t.control_mean, vector.norm
+            "persona mean {:.3} -> {:.3} steered, {:.3} under the control (vector norm {:.3}); {}",
+            t.before_mean,
+            t.steered_mean,
+            t.control_mean,
+            vector.norm,
+            sr.specificity
+                .first()
+                .map_or(String::new(), |s| s.verdict.clone())
         ),
     );
 

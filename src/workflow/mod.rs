@@ -16,6 +16,8 @@ pub mod demo;
 pub mod detect;
 pub mod diff;
 pub mod gguf;
+pub mod layer_check;
+pub mod logit_lens;
 pub mod monitor;
 pub mod plot;
 pub mod report;

@@ -31,6 +31,18 @@ fn create_dir(dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))
 }
 
+/// Writes `{stem}.json` and `{stem}.md` into `dir` (a sweep, a logit lens, a comparison).
+pub fn write_json_and_markdown<T: serde::Serialize>(
+    dir: &Path,
+    stem: &str,
+    value: &T,
+    markdown: &str,
+) -> Result<()> {
+    create_dir(dir)?;
+    write_json(&dir.join(format!("{stem}.json")), value)?;
+    write_text(&dir.join(format!("{stem}.md")), markdown)
+}
+
 /// Writes diff.json, diff.csv, report.md, top_deltas.svg and delta_vs_freq.svg into `dir`.
 pub fn write_diff_outputs(dir: &Path, r: &DiffReport) -> Result<()> {
     create_dir(dir)?;
@@ -300,8 +312,30 @@ pub fn dry_run_markdown(r: &DryRunReport) -> String {
     }
     let _ = writeln!(
         s,
-        "\nLargest change of any other latent under the random control: {:.4}\n",
-        r.control_max_abs_delta
+        "\nLargest change of any other latent under the random control: {:.4} (control: {}; largest |cos| \
+         with a decoder row {:.3}).\n",
+        r.control_max_abs_delta, r.control, r.control_max_cos_decoder
     );
+    for sp in &r.specificity {
+        let _ = writeln!(s, "- {}", sp.verdict);
+    }
+    if let Some(a) = &r.ablation {
+        let _ = writeln!(
+            s,
+            "- ablation (latent {}'s direction projected out, mean removed norm {:.4} = {:.3} x median): \
+             target {:+.4}, largest other move {}, mean |move| of others {:.5}; the same for a random \
+             direction: target {:+.4}, largest {}",
+            r.targets.first().map_or(0, |t| t.latent),
+            a.norm,
+            a.norm_over_median,
+            a.target_delta,
+            a.collateral_max
+                .map_or("-".into(), |m| format!("{:+.4} (#{})", m.delta, m.latent)),
+            a.collateral_mean_abs,
+            a.control_target_delta,
+            a.control_collateral_max
+                .map_or("-".into(), |m| format!("{:+.4} (#{})", m.delta, m.latent)),
+        );
+    }
     s
 }

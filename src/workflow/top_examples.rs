@@ -243,3 +243,56 @@ impl Ord for OrdF32 {
         self.0.total_cmp(&other.0)
     }
 }
+
+/// Text safe inside a markdown table cell: pipes escaped, line breaks and backticks shown.
+pub fn markdown_cell(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('|', "\\|")
+        .replace('`', "'")
+        .replace('\r', "\\r")
+        .replace('\n', "\\n")
+}
+
+/// An example's context as one line: `before[[token]]after`, decoded when a tokenizer
+/// was given, token ids otherwise.
+pub fn example_text(e: &Example) -> String {
+    match (&e.text_before, &e.token, &e.text_after) {
+        (Some(b), Some(t), Some(a)) => format!("{b}[[{t}]]{a}"),
+        _ => format!("{:?} [[{}]] {:?}", e.before, e.token_id, e.after),
+    }
+}
+
+/// The same latent's top examples in a base and a tuned dump, side by side: one row per
+/// rank, each side's activation and context in its own columns.
+pub fn compare_markdown(base: &TopExamplesReport, tuned: &TopExamplesReport) -> String {
+    use std::fmt::Write as _;
+    let mut s = format!("# Latent {}: top examples, base and tuned\n\n", base.latent);
+    for (name, r) in [("base", base), ("tuned", tuned)] {
+        let _ = writeln!(
+            s,
+            "- {name} `{}`: active on {} of {} counted tokens ({:.4}%), max {:.4}",
+            r.dump,
+            r.n_active,
+            r.n_tokens,
+            100.0 * r.n_active as f64 / r.n_tokens.max(1) as f64,
+            r.max
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\n| rank | base act | base context | tuned act | tuned context |\n|---|---|---|---|---|"
+    );
+    let side = |e: Option<&Example>| match e {
+        Some(e) => (
+            format!("{:.4}", e.activation),
+            format!("`{}`", markdown_cell(&example_text(e))),
+        ),
+        None => (String::new(), String::new()),
+    };
+    for i in 0..base.examples.len().max(tuned.examples.len()) {
+        let (ba, bc) = side(base.examples.get(i));
+        let (ta, tc) = side(tuned.examples.get(i));
+        let _ = writeln!(s, "| {} | {ba} | {bc} | {ta} | {tc} |", i + 1);
+    }
+    s
+}

@@ -43,7 +43,7 @@ enum Command {
     Convert(convert::ConvertArgs),
     /// Rank latents by how fine-tunes moved them from the base, averaged over fine-tunes.
     Diff(workflow::DiffArgs),
-    /// Build a steering vector from decoder rows; export it (npy, safetensors, GGUF) or dry-run it on a dump.
+    /// Build a steering vector from decoder rows; export it (npy, safetensors, GGUF), dry-run it on a dump beside a random control, sweep strengths, ablate.
     Steer(workflow::SteerArgs),
     /// Rank latents as detectors of misaligned vs aligned fine-tunes (AUROC, margin, leave-one-out).
     Detect(workflow::DetectArgs),
@@ -51,6 +51,8 @@ enum Command {
     Monitor(workflow::MonitorArgs),
     /// Top-activating tokens of a latent, with context and a histogram.
     TopExamples(workflow::TopExamplesArgs),
+    /// A latent's decoder direction through the model's unembedding: promoted and suppressed tokens.
+    LogitLens(workflow::LogitLensArgs),
     /// Run the whole audit on a synthetic scenario and check what it recovers.
     Demo(workflow::DemoArgs),
 }
@@ -69,6 +71,7 @@ fn main() -> ExitCode {
         Command::Detect(a) => workflow::run_detect(&ctx, a),
         Command::Monitor(a) => workflow::run_monitor(&ctx, a),
         Command::TopExamples(a) => workflow::run_top_examples(&ctx, a),
+        Command::LogitLens(a) => workflow::run_logit_lens(&ctx, a),
         Command::Demo(a) => workflow::run_demo(&ctx, a),
     };
     match result {

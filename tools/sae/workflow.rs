@@ -5,8 +5,8 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use sae_engine::workflow::{
-    self, demo, detect, diff, monitor, report, steer, tokenizer::Vocab, top_examples, Measured,
-    StatsOptions,
+    self, demo, detect, diff, layer_check, logit_lens, monitor, report, steer, tokenizer::Vocab,
+    top_examples, Measured, StatsOptions,
 };
 use sae_engine::{BackendKind, Dump, Engine, Error, Format, Result};
 
@@ -166,22 +166,39 @@ pub struct SteerArgs {
     #[arg(long, required = true, num_args = 1)]
     pub latent: Vec<usize>,
     /// Strength of each --latent, in --unit (negative suppresses).
-    #[arg(long, required = true, num_args = 1, allow_negative_numbers = true)]
+    #[arg(long, num_args = 1, allow_negative_numbers = true)]
     pub strength: Vec<f32>,
+    /// Strength sweep on --acts: several strengths of one --latent in one run (e.g.
+    /// 0.5,1,2,4), each beside a random control of the same norm.
+    #[arg(long, value_delimiter = ',', allow_negative_numbers = true, conflicts_with_all = ["strength", "out"])]
+    pub strengths: Option<Vec<f32>>,
+    /// Also project the latent's decoder direction out of every row of --acts and report
+    /// the same columns beside the addition (one --latent).
+    #[arg(long)]
+    pub ablate: bool,
     /// raw (vector norm = strength), median-norm (x median residual norm of --acts) or
     /// max-act (x the latent's max activation in --acts).
     #[arg(long, default_value = "raw")]
     pub unit: String,
-    /// Activation dump: for median-norm / max-act units and for --apply.
+    /// Activation dump: for median-norm / max-act units, --apply, --strengths and --ablate;
+    /// its metadata (layer, n_layers) is checked against --layer.
     #[arg(long)]
     pub acts: Option<PathBuf>,
     /// Export format: npy, safetensors or gguf (llama.cpp control vector).
     #[arg(long, default_value = "gguf")]
     pub format: String,
     /// Layer N the vector is for: the output of block N (0-based) = HF hidden_states[N+1]
-    /// = llama.cpp direction.N (N >= 1).
+    /// = blocks.N.hook_resid_post = llama.cpp direction.N (N >= 1). Checked against the
+    /// SAE's hook and the model's block count.
     #[arg(long)]
     pub layer: Option<usize>,
+    /// The model's number of blocks, when --acts does not record it (n_layers metadata).
+    #[arg(long)]
+    pub n_layers: Option<usize>,
+    /// Write the vector even though --layer disagrees with the SAE's hook (or the dump's
+    /// layer), or the SAE's hook is not the residual stream between blocks.
+    #[arg(long)]
+    pub force_layer: bool,
     /// Output file for the vector.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -201,48 +218,138 @@ pub struct SteerArgs {
     /// Count only tokens whose dump `mask` is 1.
     #[arg(long)]
     pub mask: bool,
+    /// Write the dry run's or the sweep's report (markdown and JSON) here.
+    #[arg(long)]
+    pub out_dir: Option<PathBuf>,
     /// Force the SAE format instead of detecting it.
     #[arg(long, value_parser = parse_format)]
     pub sae_format: Option<Format>,
 }
 
-pub fn run_steer(ctx: &Ctx, a: SteerArgs) -> Result<()> {
-    if a.latent.len() != a.strength.len() {
+/// Checks the steer arguments that need no file.
+fn check_steer_args(a: &SteerArgs) -> Result<()> {
+    let sweep = a.strengths.is_some();
+    if !sweep && a.latent.len() != a.strength.len() {
         return Err(Error::invalid(format!(
-            "{} --latent but {} --strength: give one strength per latent",
+            "{} --latent but {} --strength: give one strength per latent (or --strengths for a sweep)",
             a.latent.len(),
             a.strength.len()
         )));
     }
+    if (sweep || a.ablate) && a.latent.len() != 1 {
+        return Err(Error::invalid(
+            "--strengths and --ablate take exactly one --latent (strength is tuned per latent)",
+        ));
+    }
+    if a.strengths.as_ref().is_some_and(|s| s.is_empty()) {
+        return Err(Error::invalid("--strengths needs at least one value"));
+    }
+    if (a.apply || sweep || a.ablate) && a.acts.is_none() {
+        return Err(Error::invalid(
+            "--apply, --strengths and --ablate need --acts DUMP",
+        ));
+    }
+    if a.out.is_none() && !a.apply && !sweep && !a.ablate {
+        return Err(Error::invalid(
+            "nothing to do: give --out FILE (export), --apply (dry run), --strengths (sweep) or --ablate",
+        ));
+    }
+    Ok(())
+}
+
+pub fn run_steer(ctx: &Ctx, a: SteerArgs) -> Result<()> {
+    check_steer_args(&a)?;
     let unit = steer::SteerUnit::parse(&a.unit)?;
     let format = steer::VectorFormat::parse(&a.format)?;
-    if a.out.is_none() && !a.apply {
-        return Err(Error::invalid(
-            "nothing to do: give --out FILE (export) and/or --apply (dry run)",
-        ));
-    }
-    if a.out.is_some() && a.layer.is_none() {
-        return Err(Error::invalid(
-            "--out needs --layer N (the block whose output the vector is added to)",
-        ));
-    }
-    if a.apply && a.acts.is_none() {
-        return Err(Error::invalid("--apply needs --acts DUMP"));
-    }
     let s = Session::new(ctx, &a.sae, a.sae_format, a.mask)?;
+    workflow::check_latents(&a.latent, s.engine.sae().n_latents())?;
     let dump = a.acts.as_ref().map(Dump::open).transpose()?;
+    let dump_meta = dump.as_ref().map(|d| d.metadata()).transpose()?;
+    let sae_meta = &s.engine.sae().meta;
+    let inputs = layer_check::LayerInputs {
+        sae: Some(sae_meta),
+        dump: dump_meta.as_ref(),
+        n_layers_flag: a.n_layers,
+        force: a.force_layer,
+    };
+    // Checked before any pass over the dump: the layer written, or the dump's own layer.
+    let check = match (a.out.is_some(), a.layer) {
+        (true, Some(layer)) => Some(layer_check::check_layer(layer, format, &inputs)?),
+        (true, None) => {
+            let hint = sae_meta
+                .hook_name
+                .as_deref()
+                .and_then(layer_check::parse_hook)
+                .and_then(|h| match h {
+                    layer_check::HookSite::BlockOutput(b) => Some(b),
+                    _ => None,
+                })
+                .map(|b| format!(" (the SAE's hook is block {b}'s output: --layer {b})"))
+                .unwrap_or_default();
+            return Err(Error::invalid(format!(
+                "--out needs --layer N (the block whose output the vector is added to){hint}"
+            )));
+        }
+        (false, _) => layer_check::check_dump_layer(&inputs)?,
+    };
+    let mut out = serde_json::json!({});
+    let mut h = String::new();
+    if let Some(c) = &check {
+        out["layer_check"] = to_json(c);
+        for n in &c.notes {
+            let _ = writeln!(h, "note: {n}");
+        }
+    }
+    let opts = steer::DryRunOptions {
+        top_moved: a.top_moved,
+        seed: a.seed,
+        ablate: a.ablate,
+        stats: s.opts,
+    };
+    if let Some(strengths) = &a.strengths {
+        let dump = dump
+            .as_ref()
+            .ok_or_else(|| Error::invalid("--strengths needs --acts DUMP"))?;
+        let pb = ctx.progress(dump.n_rows(), "sweep");
+        let r = steer::sweep(
+            s.engine.as_ref(),
+            dump,
+            a.latent[0],
+            strengths,
+            unit,
+            a.ablate,
+            &opts,
+            &|rows| pb.inc(rows),
+        );
+        pb.finish_and_clear();
+        let r = r?;
+        let md = steer::sweep_markdown(&r);
+        if let Some(dir) = &a.out_dir {
+            report::write_json_and_markdown(dir, "sweep", &r, &md)?;
+        }
+        out["sweep"] = to_json(&r);
+        h.push_str(md.trim_end());
+        ctx.output(out, &h);
+        return Ok(());
+    }
+    let strengths = if a.strength.is_empty() {
+        // --ablate alone: the addition beside it at strength 1.
+        vec![1.0]
+    } else {
+        a.strength.clone()
+    };
     let terms: Vec<steer::SteerTerm> = a
         .latent
         .iter()
-        .zip(&a.strength)
+        .zip(&strengths)
         .map(|(l, st)| steer::SteerTerm {
             latent: *l,
             strength: *st,
         })
         .collect();
     let v = steer::steering_vector(s.engine.as_ref(), &terms, unit, dump.as_ref(), &s.opts)?;
-    let mut out = serde_json::json!({ "vector": to_json(&v) });
-    let mut h = format!("steering vector: norm {:.6}, unit {}", v.norm, v.unit);
+    out["vector"] = to_json(&v);
+    let _ = write!(h, "steering vector: norm {:.6}, unit {}", v.norm, v.unit);
     for t in &v.terms {
         let _ = write!(
             h,
@@ -255,28 +362,69 @@ pub fn run_steer(ctx: &Ctx, a: SteerArgs) -> Result<()> {
         out["out"] = serde_json::json!({"path": path, "format": format, "layer": layer});
         let _ = write!(h, "\nwrote {} ({}, layer {layer})", path.display(), format);
     }
-    if a.apply {
+    if a.apply || a.ablate {
         let dump = dump
             .as_ref()
             .ok_or_else(|| Error::invalid("--apply needs --acts DUMP"))?;
         let pb = ctx.progress(dump.n_rows(), "dry run");
-        let r = steer::dry_run_with_progress(
-            s.engine.as_ref(),
-            dump,
-            &v,
-            &steer::DryRunOptions {
-                top_moved: a.top_moved,
-                seed: a.seed,
-                stats: s.opts,
-            },
-            &|rows| pb.inc(rows),
-        );
+        let r =
+            steer::dry_run_with_progress(s.engine.as_ref(), dump, &v, &opts, &|rows| pb.inc(rows));
         pb.finish_and_clear();
         let r = r?;
+        if let Some(dir) = &a.out_dir {
+            report::write_dry_run_outputs(dir, &r)?;
+        }
         out["dry_run"] = to_json(&r);
         let _ = write!(h, "\n{}", report::dry_run_markdown(&r).trim_end());
     }
     ctx.output(out, &h);
+    Ok(())
+}
+
+// ---------------------------------------------------------------- logit-lens
+
+#[derive(clap::Args, Debug)]
+pub struct LogitLensArgs {
+    /// SAE directory or file.
+    #[arg(long)]
+    pub sae: PathBuf,
+    /// Hugging Face model directory: config.json, *.safetensors (lm_head.weight, or the
+    /// token embeddings when tied; the final norm's weight) and tokenizer.json.
+    #[arg(long)]
+    pub model_dir: PathBuf,
+    /// Latents to read (comma-separated or repeated).
+    #[arg(long, required = true, value_delimiter = ',', num_args = 1..)]
+    pub latents: Vec<usize>,
+    /// Tokens to show each way (promoted, suppressed).
+    #[arg(long, default_value_t = 20)]
+    pub top: usize,
+    /// tokenizer.json to decode tokens (default: the model directory's, when present).
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+    /// Write logit_lens.json and logit_lens.md here.
+    #[arg(long)]
+    pub out_dir: Option<PathBuf>,
+    /// Force the SAE format instead of detecting it.
+    #[arg(long, value_parser = parse_format)]
+    pub format: Option<Format>,
+}
+
+pub fn run_logit_lens(ctx: &Ctx, a: LogitLensArgs) -> Result<()> {
+    let sae = ctx.load_sae(&a.sae, a.format)?;
+    let tok = a
+        .tokenizer
+        .clone()
+        .or_else(|| Some(a.model_dir.join("tokenizer.json")).filter(|p| p.is_file()));
+    let vocab = tok.as_deref().map(Vocab::from_tokenizer_json).transpose()?;
+    if vocab.is_none() {
+        ctx.note("no tokenizer.json: tokens are shown as ids");
+    }
+    let r = logit_lens::logit_lens(&sae, &a.model_dir, &a.latents, a.top, vocab.as_ref())?;
+    let md = logit_lens::logit_lens_markdown(&r);
+    if let Some(dir) = &a.out_dir {
+        report::write_json_and_markdown(dir, "logit_lens", &r, &md)?;
+    }
+    ctx.output(to_json(&r), md.trim_end());
     Ok(())
 }
 
@@ -420,7 +568,11 @@ pub struct TopExamplesArgs {
     /// Count only tokens whose dump `mask` is 1.
     #[arg(long)]
     pub mask: bool,
-    /// Write the JSON and the histogram SVG here.
+    /// A second dump (e.g. the fine-tune's, with --acts the base's): the same latent's top
+    /// examples from both, side by side in two columns.
+    #[arg(long)]
+    pub compare: Option<PathBuf>,
+    /// Write the JSON and the histogram SVG here (with --compare: latent_L_compare.md and .json).
     #[arg(long)]
     pub out_dir: Option<PathBuf>,
     /// Force the SAE format instead of detecting it.
@@ -435,23 +587,54 @@ pub fn run_top_examples(ctx: &Ctx, a: TopExamplesArgs) -> Result<()> {
         .map(Vocab::from_tokenizer_json)
         .transpose()?;
     let s = Session::new(ctx, &a.sae, a.format, a.mask)?;
-    let dump = Dump::open(&a.acts)?;
-    let pb = ctx.progress(dump.n_rows(), "scanning");
-    let r = top_examples::top_examples_with_progress(
-        s.engine.as_ref(),
-        &dump,
-        a.latent,
-        vocab.as_ref(),
-        &top_examples::TopExamplesOptions {
-            top: a.top,
-            context: a.context,
-            bins: a.bins,
-            stats: s.opts,
-        },
-        &|rows| pb.inc(rows),
-    );
-    pb.finish_and_clear();
-    let r = r?;
+    let scan = |path: &Path| -> Result<top_examples::TopExamplesReport> {
+        let dump = Dump::open(path)?;
+        let pb = ctx.progress(
+            dump.n_rows(),
+            &format!("scanning {}", workflow::display_name(path)),
+        );
+        let r = top_examples::top_examples_with_progress(
+            s.engine.as_ref(),
+            &dump,
+            a.latent,
+            vocab.as_ref(),
+            &top_examples::TopExamplesOptions {
+                top: a.top,
+                context: a.context,
+                bins: a.bins,
+                stats: s.opts,
+            },
+            &|rows| pb.inc(rows),
+        );
+        pb.finish_and_clear();
+        r
+    };
+    let r = scan(&a.acts)?;
+    if let Some(tuned_path) = &a.compare {
+        // Both dumps must come from the same layer (when they record one).
+        let (lb, lt) = (
+            Dump::open(&a.acts)?.metadata()?.layer,
+            Dump::open(tuned_path)?.metadata()?.layer,
+        );
+        if let (Some(b), Some(t)) = (lb, lt) {
+            if b != t {
+                return Err(Error::Incompatible(format!(
+                    "{} records layer {b} and {} layer {t}: one SAE latent cannot be read at two layers",
+                    a.acts.display(),
+                    tuned_path.display()
+                )));
+            }
+        }
+        let tuned = scan(tuned_path)?;
+        let md = top_examples::compare_markdown(&r, &tuned);
+        let json = serde_json::json!({ "latent": a.latent, "base": to_json(&r), "tuned": to_json(&tuned) });
+        if let Some(dir) = &a.out_dir {
+            let stem = format!("latent_{}_compare", a.latent);
+            report::write_json_and_markdown(dir, &stem, &json, &md)?;
+        }
+        ctx.output(json, md.trim_end());
+        return Ok(());
+    }
     if let Some(dir) = &a.out_dir {
         report::write_top_examples_outputs(dir, &r)?;
     }
@@ -460,10 +643,7 @@ pub fn run_top_examples(ctx: &Ctx, a: TopExamplesArgs) -> Result<()> {
         r.latent, r.n_active, r.n_tokens, r.max
     );
     for e in &r.examples {
-        let ctx_text = match (&e.text_before, &e.token, &e.text_after) {
-            (Some(b), Some(t), Some(a)) => format!("{b}[[{t}]]{a}").replace('\n', "\\n"),
-            _ => format!("{:?} [[{}]] {:?}", e.before, e.token_id, e.after),
-        };
+        let ctx_text = top_examples::example_text(e).replace('\n', "\\n");
         let _ = writeln!(
             h,
             "{:>3} {:>9.4} row {:>8}  {ctx_text}",

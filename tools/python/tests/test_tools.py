@@ -5,6 +5,7 @@ functions, the vector loader, and an independent read of `sae steer`'s GGUF with
 Run: python3 -m unittest discover -s tools/python/tests  (needs numpy, safetensors, gguf;
 finds the `sae` binary via $SAE_BIN, $CARGO_TARGET_DIR or target/, building it if absent)."""
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -214,10 +215,97 @@ class GgufTest(unittest.TestCase):
                 got_layer, v = sg.load_vector(path, layer if fmt == "npy" else None)
                 self.assertEqual(got_layer, layer)
                 np.testing.assert_allclose(v, expected, rtol=1e-5, atol=1e-6)
+                # a writable copy: torch.from_numpy warns on the readers' read-only maps
+                self.assertTrue(v.flags.writeable, fmt)
             with self.assertRaises(ValueError):
                 sg.load_vector(paths["npy"])
             with self.assertRaises(ValueError):
                 sg.load_vector(paths["gguf"], layer + 1)
+
+
+class FakeModel:
+    """A torch-free stand-in for a causal LM: embeddings, one tanh block whose output
+    the edit changes (where the real hook sits), an unembedding."""
+
+    def __init__(self, vocab=50, d=16, seed=0):
+        rng = np.random.default_rng(seed)
+        self.emb = rng.normal(size=(vocab, d))
+        self.w = rng.normal(size=(d, d)) / np.sqrt(d)
+        self.unembed = rng.normal(size=(vocab, d))
+        self.vocab = vocab
+        self.calls = []
+
+    def logits(self, texts, edit):
+        ids = np.concatenate([[ord(c) % self.vocab for c in t] for t in texts])
+        h = np.tanh(self.emb[ids] @ self.w)
+        if edit is not None:
+            h = edit.apply(h, edit.vector)
+        self.calls.append(len(texts))
+        return h @ self.unembed.T
+
+
+class SweepTest(unittest.TestCase):
+    def test_edits_add_and_project_out(self):
+        v = np.array([3.0, 4.0], np.float32)
+        h = np.array([[1.0, 1.0], [0.0, 2.0]])
+        add = sg.Edit("add", v, 2.0)
+        np.testing.assert_allclose(add.apply(h, add.vector), h + 2 * v)
+        ab = sg.Edit("ablate", v)
+        out = ab.apply(h, ab.vector)
+        np.testing.assert_allclose(out @ (v / 5.0), [0.0, 0.0], atol=1e-6)  # nothing left along v
+        np.testing.assert_allclose(out @ np.array([-4.0, 3.0]) / 5.0, h @ np.array([-4.0, 3.0]) / 5.0, atol=1e-6)
+        with self.assertRaises(ValueError):
+            sg.Edit("ablate", np.zeros(2))
+        with self.assertRaises(ValueError):
+            sg.Edit("scale", v)
+
+    def test_kl(self):
+        x = np.array([[0.0, 1.0, 2.0]])
+        self.assertAlmostEqual(float(sg.kl_rows(x, x)[0]), 0.0, places=12)
+        p, q = np.log([[0.5, 0.5]]), np.log([[0.9, 0.1]])
+        want = 0.5 * np.log(0.5 / 0.9) + 0.5 * np.log(0.5 / 0.1)
+        self.assertAlmostEqual(float(sg.kl_rows(p, q)[0]), want, places=10)
+
+    def test_sweep_grows_with_scale_and_reports_ablation_in_batches(self):
+        m = FakeModel()
+        texts = ["the cat sat", "on a mat", "quietly", "in the sun"]
+        chunks = sg.batches(texts, 3)
+        self.assertEqual([len(c) for c in chunks], [3, 1])
+        v = np.random.default_rng(1).normal(size=16).astype(np.float32)
+        r = sg.sweep(lambda e, i: m.logits(chunks[i], e), len(chunks), v, [0.0, 0.5, 1, 2, 4], ablate=True)
+        self.assertEqual(r["n_positions"], sum(len(t) for t in texts))
+        kinds = [row["kind"] for row in r["rows"]]
+        self.assertEqual(kinds, ["add"] * 5 + ["ablate"])
+        kl = [row["kl_mean"] for row in r["rows"][:5]]
+        self.assertAlmostEqual(kl[0], 0.0, places=10)  # scale 0 changes nothing
+        self.assertTrue(all(a < b for a, b in zip(kl, kl[1:])), kl)
+        self.assertGreater(r["rows"][-1]["kl_mean"], 0.0)
+        self.assertIsNone(r["rows"][-1]["scale"])
+        self.assertAlmostEqual(r["rows"][2]["norm"], float(np.linalg.norm(v)), places=5)
+        json.dumps(r)  # the CLI prints it as JSON
+        self.assertEqual(max(m.calls), 3)  # never more than one batch at a time
+        self.assertEqual(sg.parse_scales("0.5, 1,2"), [0.5, 1.0, 2.0])
+        with self.assertRaises(ValueError):
+            sg.parse_scales("a,b")
+        with self.assertRaises(ValueError):
+            sg.batches(texts, 0)
+
+    @unittest.skipUnless(importlib.util.find_spec("torch"), "torch is not installed: the torch hook is not exercised")
+    def test_torch_hook_adds_and_ablates(self):
+        import torch
+
+        block = torch.nn.Linear(4, 4)
+        x = torch.randn(2, 3, 4)
+        v = np.array([1.0, 0.0, 2.0, 0.0], np.float32)
+        plain = block(x)
+        h = sg.add_hook(block, v, 2.0)
+        torch.testing.assert_close(block(x), plain + 2 * torch.from_numpy(v))
+        h.remove()
+        h = sg.add_hook(block, v, kind="ablate")
+        u = torch.from_numpy(v / np.linalg.norm(v))
+        torch.testing.assert_close(block(x) @ u, torch.zeros(2, 3), atol=1e-5, rtol=0)
+        h.remove()
+        torch.testing.assert_close(block(x), plain)
 
 
 if __name__ == "__main__":
