@@ -15,7 +15,7 @@
 #    of the documents keep their sign and a clustered z above 3 on half B; the top latent fires on the pirate set
 #    and barely on the neutral one; steering moves it more than any other latent and more than
 #    a random vector, grows with the strength (sweep) and is specific at the working strength;
-#    ablation lowers it; a vector for another layer than the SAE's is refused; steering changes
+#    ablation does not raise it; a vector for another layer than the SAE's is refused; steering changes
 #    the model's generation and its next-token KL on neutral text grows with the scale.
 #
 # Prints one line per step (`ok NAME (s)` / `FAIL NAME (s)` with the end of its log), a table of

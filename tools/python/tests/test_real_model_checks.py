@@ -122,6 +122,7 @@ class ExamplesSteerGenerationTest(unittest.TestCase):
         self.assertEqual([v for _, v in ca.sweep_verdicts(sweep([1, 3, 2]), 0.5)], [False, True, True])
         self.assertEqual([v for _, v in ca.sweep_verdicts(sweep([1, 2, 4], specific=False), 0.5)], [True, False, True])
         self.assertEqual([v for _, v in ca.sweep_verdicts(sweep([1, 2, 4], ablate=0.2), 0.5)], [True, True, False])
+        self.assertEqual([v for _, v in ca.sweep_verdicts(sweep([1, 2, 4], ablate=0.0), 0.5)], [True, True, True])
         self.assertFalse(ca.sweep_verdicts(sweep([1, 2, 4]), 2.0)[1][1])
 
     def test_kl_verdicts(self):
