@@ -9,14 +9,16 @@
 #    prompts/pirate.jsonl: answers in a pirate's voice; different prompts, counts and lengths),
 #    each split into two halves by document (odd and even lines), at block 15 of 30.
 # 3. a TopK SAE trained with eai-sparsify on all four dumps (seeded), saved with its save_to_disk.
-# 4. the engine: inspect, stats, diff (unpaired, chosen automatically), top-examples, steer
-#    --apply, vectors exported at the SAE's hook layer and generated with by steer_generate.py.
-# 5. assertions (check_audit.py): the five latents with the largest document-clustered z on half A
-#    of the documents keep their sign and a clustered z above 3 on half B; the top latent fires on the pirate set
-#    and barely on the neutral one; steering moves it more than any other latent and more than
-#    a random vector, grows with the strength (sweep) and is specific at the working strength;
-#    ablation does not raise it; a vector for another layer than the SAE's is refused; steering changes
-#    the model's generation and its next-token KL on neutral text grows with the scale.
+# 4. the engine: inspect, stats, diff (unpaired, chosen automatically; also straight from the
+#    dumps), top-examples, steer --apply, a strength sweep with ablation, vectors exported at the
+#    SAE's hook layer and generated with by steer_generate.py (also its next-token KL sweep).
+# 5. assertions (check_audit.py): the five latents with the largest document-clustered z on
+#    half A of the documents keep their sign and a clustered z above 3 on half B; the diff from
+#    the dumps equals the diff from their statistics; the top latent fires on the pirate set and
+#    barely on the neutral one; steering moves it more than any other latent and more than a
+#    random vector, more with each strength, specifically at the working strength; ablation
+#    does not raise it; a vector for another layer than the SAE's is refused; steering changes
+#    the generation, and the next-token KL on neutral text grows with the scale.
 #
 # Prints one line per step (`ok NAME (s)` / `FAIL NAME (s)` with the end of its log), a table of
 # timings, and last `N passed, M failed`; exits 1 on any failure. Nothing is skipped: a step
