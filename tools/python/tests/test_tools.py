@@ -78,6 +78,59 @@ class DumpWriterTest(unittest.TestCase):
         with self.assertRaises(ValueError):
             da.response_mask(6, 5)
 
+    def test_response_mask_leaves_sinks_out(self):
+        self.assertEqual(da.response_mask(0, 4, [0]).tolist(), [0, 1, 1, 1])
+        self.assertEqual(da.response_mask(2, 5, [0, 3, 9]).tolist(), [0, 0, 1, 0, 1])
+
+    def test_parse_positions(self):
+        self.assertEqual(da.parse_positions("0"), [0])
+        self.assertEqual(da.parse_positions("3,0,3"), [0, 3])
+        self.assertEqual(da.parse_positions(""), [])
+        self.assertEqual(da.parse_positions("none"), [])
+        for bad in ["-1", "a", "0,,1"]:
+            with self.assertRaises(ValueError):
+                da.parse_positions(bad)
+
+    def test_check_layer_refuses_the_last_block(self):
+        da.check_layer(0, 30)
+        da.check_layer(28, 30)
+        with self.assertRaisesRegex(ValueError, "final norm"):
+            da.check_layer(29, 30)
+        for bad in [-1, 30]:
+            with self.assertRaisesRegex(ValueError, "blocks 0..29"):
+                da.check_layer(bad, 30)
+
+    def test_common_prefix(self):
+        self.assertEqual(da.common_prefix([1, 2, 3], [1, 2, 3, 4]), 3)
+        self.assertEqual(da.common_prefix([1, 2, 3], [1, 2, 7, 4]), 2)
+        self.assertEqual(da.common_prefix([], [1]), 0)
+
+    def test_plan_batches_groups_similar_lengths_and_covers_all(self):
+        lengths = [5, 1, 9, 3, 7, 2, 8]
+        batches = da.plan_batches(lengths, 3)
+        self.assertEqual(sorted(i for b in batches for i in b), list(range(len(lengths))))
+        self.assertTrue(all(len(b) <= 3 for b in batches))
+        self.assertEqual([[lengths[i] for i in b] for b in batches], [[1, 2, 3], [5, 7, 8], [9]])
+        with self.assertRaises(ValueError):
+            da.plan_batches(lengths, 0)
+
+    def test_pad_right_positions_ignore_padding(self):
+        ids, att, pos = da.pad_right([[7, 8, 9], [4]], pad_id=0)
+        self.assertEqual(ids.tolist(), [[7, 8, 9], [4, 0, 0]])
+        self.assertEqual(att.tolist(), [[1, 1, 1], [1, 0, 0]])
+        # a document's positions are those it has alone: 0..len-1
+        self.assertEqual(pos[0].tolist(), [0, 1, 2])
+        self.assertEqual(pos[1, :1].tolist(), [0])
+        with self.assertRaises(ValueError):
+            da.pad_right([[1], []], 0)
+
+    def test_dump_metadata_records_layer_count_and_sinks(self):
+        meta = da.dump_metadata("m", 15, 30, [0, 1])
+        self.assertEqual(meta, {"model": "m", "layer": "15", "hook": "blocks.15.hook_resid_post",
+                                "hf_hidden_states_index": "16", "n_layers": "30", "sink_positions": "0,1"})
+        self.assertEqual(da.dump_metadata("m", 3, 30, [])["sink_positions"], "")
+        self.assertTrue(all(isinstance(v, str) for v in meta.values()))
+
     def test_read_prompts(self):
         with tempfile.TemporaryDirectory() as t:
             p = os.path.join(t, "e.jsonl")
@@ -102,6 +155,7 @@ class DumpWriterTest(unittest.TestCase):
         self.assertEqual(arr["mask"].tolist(), [0, 1, 1, 1, 1])
         with self.assertRaises(ValueError):
             da.assemble([(np.zeros((2, d), np.float32), [1], [1, 1])])
+        self.assertEqual(da.assemble(chunks, first_doc_id=7)["doc_ids"].tolist(), [7, 7, 7, 8, 8])
         with tempfile.TemporaryDirectory() as t:
             dump = os.path.join(t, "dump.safetensors")
             da.write_dump(dump, arr, {"layer": "5"})
