@@ -563,7 +563,9 @@ fn sae_convert_writes_saelens_that_loads_back_the_same() {
     );
     let src = sae_engine::formats::load(dir.path(), None).unwrap();
     assert_eq!(src.meta.format, sae_engine::Format::DictionaryLearning);
-    let out = dir.path().join("saelens");
+    // Beside the input, not inside it: an output inside an input folder is refused.
+    let out_root = tempfile::tempdir().unwrap();
+    let out = out_root.path().join("saelens");
     let st = std::process::Command::new(env!("CARGO_BIN_EXE_sae"))
         .args(["convert", "sae"])
         .arg(dir.path())

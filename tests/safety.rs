@@ -252,7 +252,7 @@ fn diff_with_incomparable_inputs_fails_before_encoding() {
         e.contains("another SAE") && !e.contains("non-finite"),
         "{e}"
     );
-    // A fine-tune dump of another width, or of another length.
+    // A fine-tune dump of another width, or of another length when pairing is asked for.
     let wide = write_dump(&s.root.join("wide.safetensors"), 64, D + 1, 9, None);
     let e = refused(
         &audit_cmd(
@@ -270,12 +270,19 @@ fn diff_with_incomparable_inputs_fails_before_encoding() {
             "monitor",
             &s.sae,
             &base,
-            &["--checkpoints", arg(&short), "--latents", "0"],
+            &[
+                "--checkpoints",
+                arg(&short),
+                "--latents",
+                "0",
+                "--pairing",
+                "paired",
+            ],
         ),
         &[&short],
     );
     assert!(!e.contains("non-finite"), "{e}");
-    // Same length, other prompts (token ids).
+    // Same length, other prompts (token ids), when pairing is asked for.
     let other_ids = s.root.join("other-ids.safetensors");
     let x = noise(11, 64 * D);
     let ids: Vec<i32> = (0..64).map(|i| 7 * i + 1).collect();
@@ -289,10 +296,18 @@ fn diff_with_incomparable_inputs_fails_before_encoding() {
     )
     .unwrap();
     let e = refused(
-        &audit_cmd("diff", &s.sae, &base, &["--tuned", arg(&other_ids)]),
+        &audit_cmd(
+            "diff",
+            &s.sae,
+            &base,
+            &["--tuned", arg(&other_ids), "--pairing", "paired"],
+        ),
         &[&other_ids],
     );
-    assert!(e.contains("token_ids") && !e.contains("non-finite"), "{e}");
+    assert!(
+        e.contains("token ids differ") && !e.contains("non-finite"),
+        "{e}"
+    );
     // Comparable inputs do reach the encoder (and its error on the bad row).
     let e = refused(
         &audit_cmd("diff", &s.sae, &base, &["--tuned", arg(&s.dump)]),

@@ -5,8 +5,10 @@
 //! cluster-robust (sandwich) variance of a mean over G documents, document g holding
 //! n_g counted tokens whose activations sum to S_g, is
 //!
-//!     V = G/(G-1) * sum_g (S_g - n_g mu)^2 / N^2
-//!       = G/(G-1) * (sum_g S_g^2 - 2 mu sum_g n_g S_g + mu^2 sum_g n_g^2) / N^2,
+//! ```text
+//! V = G/(G-1) * sum_g (S_g - n_g mu)^2 / N^2
+//!   = G/(G-1) * (sum_g S_g^2 - 2 mu sum_g n_g S_g + mu^2 sum_g n_g^2) / N^2,
+//! ```
 //!
 //! so per latent it needs only sum_g S_g^2 and sum_g n_g S_g (16 bytes a latent: 32 MB
 //! at 2M latents), plus G and sum_g n_g^2 once. These add up across shards exactly when

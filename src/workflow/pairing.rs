@@ -179,11 +179,23 @@ pub fn pair(base: &Measured, others: &[Measured], want: PairingRequest) -> Resul
             reason: why(true),
         },
         PairingRequest::Paired => {
+            // The reasons use short names; the error names the files in full.
+            let files: Vec<String> = std::iter::once(base)
+                .chain(
+                    others
+                        .iter()
+                        .zip(&verdicts)
+                        .filter(|(_, v)| !v.0)
+                        .map(|(o, _)| o),
+                )
+                .map(|m| m.path.display().to_string())
+                .collect();
             return Err(Error::Incompatible(format!(
-                "--pairing paired, but the counted tokens differ: {}; drop --pairing paired \
-                 to compare them as independent token sets",
-                why(false)
-            )))
+                "--pairing paired, but the counted tokens differ: {} ({}); drop --pairing \
+                 paired to compare them as independent token sets",
+                why(false),
+                files.join(", ")
+            )));
         }
         PairingRequest::Auto => Pairing {
             mode: PairingMode::Unpaired,

@@ -154,7 +154,14 @@ pub fn run_diff(ctx: &Ctx, a: DiffArgs) -> Result<()> {
     let order = diff::DiffOrder::parse(&a.order)?;
     let want = a.pairing.request()?;
     let mut prov = ctx.provenance("diff");
-    let s = Session::new(ctx, &mut prov, &a.sae, a.format, &a.load, a.tokens.rule(None))?;
+    let s = Session::new(
+        ctx,
+        &mut prov,
+        &a.sae,
+        a.format,
+        &a.load,
+        a.tokens.rule(None),
+    )?;
     prov.input("base", &a.base)?.inputs("tuned", &a.tuned)?;
     prov.option("order", order.to_string())
         .option("top", a.top)
@@ -597,7 +604,14 @@ pub fn run_detect(ctx: &Ctx, a: DetectArgs) -> Result<()> {
         .output_dir_opt("--out-dir", a.out_dir.as_ref())
         .check()?;
     let mut prov = ctx.provenance("detect");
-    let s = Session::new(ctx, &mut prov, &a.sae, a.format, &a.load, a.tokens.rule(None))?;
+    let s = Session::new(
+        ctx,
+        &mut prov,
+        &a.sae,
+        a.format,
+        &a.load,
+        a.tokens.rule(None),
+    )?;
     prov.input("base", &a.base)?
         .inputs("positive", &a.positive)?
         .inputs("negative", &a.negative)?;
@@ -668,7 +682,14 @@ pub fn run_monitor(ctx: &Ctx, a: MonitorArgs) -> Result<()> {
         .output_dir_opt("--out-dir", a.out_dir.as_ref())
         .check()?;
     let mut prov = ctx.provenance("monitor");
-    let s = Session::new(ctx, &mut prov, &a.sae, a.format, &a.load, a.tokens.rule(None))?;
+    let s = Session::new(
+        ctx,
+        &mut prov,
+        &a.sae,
+        a.format,
+        &a.load,
+        a.tokens.rule(None),
+    )?;
     prov.input("base", &a.base)?
         .inputs("checkpoints", &a.checkpoints)?;
     prov.option("latents", &a.latents)
