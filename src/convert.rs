@@ -14,9 +14,14 @@ use crate::sae::{Format, Sae};
 /// Writes the SAE at `src` in the SAELens v6 layout into `out_dir` (created if absent).
 pub fn convert_sae(src: &Path, format: Option<Format>, out_dir: &Path) -> Result<Sae> {
     let sae = crate::formats::load(src, format)?;
-    std::fs::create_dir_all(out_dir).map_err(|e| Error::io(out_dir, e))?;
-    crate::formats::write_saelens(&sae, out_dir)?;
+    write_sae_as_saelens(&sae, out_dir)?;
     Ok(sae)
+}
+
+/// Writes a loaded SAE in the SAELens v6 layout into `out_dir` (created if absent).
+pub fn write_sae_as_saelens(sae: &Sae, out_dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(out_dir).map_err(|e| Error::io(out_dir, e))?;
+    crate::formats::write_saelens(sae, out_dir)
 }
 
 /// Options for [`convert_dump`].

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use sae_engine::hub::{HubOptions, Resolved};
 use sae_engine::{BackendKind, Engine, EngineOptions, Error, Format, Result, Sae};
 
 /// Global flags (accepted before or after the command name).
@@ -38,6 +39,10 @@ pub struct Global {
     #[arg(long, global = true, default_value = "exact", value_name = "PRECISION",
           value_parser = parse_precision)]
     pub precision: sae_engine::cuda::Precision,
+    /// Resolve `--sae hf:...` / `saelens:...` names from the local Hugging Face cache only,
+    /// never downloading (as HF_HUB_OFFLINE=1 does).
+    #[arg(long, global = true)]
+    pub offline: bool,
 }
 
 /// `--precision` values.
@@ -74,9 +79,44 @@ impl Ctx {
         self.g.batch_size as usize
     }
 
-    /// Loads an SAE (auto-detected unless `format` forces one).
+    /// Loads an SAE (auto-detected unless `format` forces one) from a path or a name
+    /// (`hf:ORG/NAME/PATH[@REV]`, `saelens:RELEASE/SAE_ID`).
     pub fn load_sae(&self, path: &std::path::Path, format: Option<Format>) -> Result<Arc<Sae>> {
-        Ok(Arc::new(sae_engine::formats::load(path, format)?))
+        Ok(self.load_sae_resolved(path, format)?.0)
+    }
+
+    /// [`Ctx::load_sae`], also saying where a name resolved (None for a plain path).
+    pub fn load_sae_resolved(
+        &self,
+        path: &std::path::Path,
+        format: Option<Format>,
+    ) -> Result<(Arc<Sae>, Option<Resolved>)> {
+        let (sae, resolved) = sae_engine::hub::load(path, format, &self.hub_options())?;
+        if let Some(r) = &resolved {
+            self.note(&format!(
+                "{} -> {} ({} @ {}, commit {}{})",
+                r.name,
+                r.local.display(),
+                r.repo,
+                r.revision,
+                r.commit,
+                if r.downloaded.is_empty() {
+                    ""
+                } else {
+                    ", downloaded"
+                }
+            ));
+        }
+        Ok((Arc::new(sae), resolved))
+    }
+
+    /// Hub options from the environment and the flags (--offline; progress bars only for
+    /// a person watching a terminal).
+    pub fn hub_options(&self) -> HubOptions {
+        let mut o = HubOptions::from_env();
+        o.offline |= self.g.offline;
+        o.progress = !self.g.quiet && !self.g.json && std::io::stderr().is_terminal();
+        o
     }
 
     /// Builds the engine the flags ask for. `auto` with `--device N` tries that CUDA

@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use sae_engine::convert::{convert_dump, convert_sae, DumpConvertOptions};
+use sae_engine::convert::{convert_dump, write_sae_as_saelens, DumpConvertOptions};
 use sae_engine::dump::{arrow, Dump};
 use sae_engine::{DType, Error, Format, Result};
 use serde_json::json;
@@ -21,7 +21,7 @@ pub struct ConvertArgs {
 pub enum ConvertWhat {
     /// Write an SAE (any supported format) as SAELens cfg.json + sae_weights.safetensors.
     Sae {
-        /// SAE directory or file (ae.pt, OpenAI .pt, ...).
+        /// SAE directory or file (ae.pt, OpenAI .pt, ...), or hf:... / saelens:... name.
         input: PathBuf,
         /// Output directory.
         #[arg(short, long)]
@@ -52,7 +52,9 @@ pub enum ConvertWhat {
 pub fn run(ctx: &Ctx, args: ConvertArgs) -> Result<()> {
     match args.what {
         ConvertWhat::Sae { input, out, format } => {
-            let sae = convert_sae(&input, format, &out)?;
+            // Through the CLI's loader so that hf:/saelens: names resolve here too.
+            let sae = ctx.load_sae(&input, format)?;
+            write_sae_as_saelens(&sae, &out)?;
             ctx.output(
                 json!({"input": input, "out": out, "format": sae.meta.format.name(),
                        "n_latents": sae.n_latents(), "d_in": sae.d_in()}),

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use sae_engine::hub::Resolved;
 use sae_engine::{Activation, Format, Normalization, Result};
 use serde_json::json;
 
@@ -9,7 +10,8 @@ use crate::common::{human_bytes, parse_format, Ctx};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// SAE directory or file.
+    /// SAE directory or file, or a name: hf:ORG/NAME/PATH[@REVISION] or
+    /// saelens:RELEASE/SAE_ID (resolved in the Hugging Face cache, downloaded when allowed).
     pub sae: PathBuf,
     /// Force the format instead of detecting it.
     #[arg(long, value_parser = parse_format)]
@@ -17,7 +19,7 @@ pub struct Args {
 }
 
 pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
-    let sae = ctx.load_sae(&a.sae, a.format)?;
+    let (sae, resolved) = ctx.load_sae_resolved(&a.sae, a.format)?;
     let (activation, k) = match sae.activation {
         Activation::TopK { k } => ("topk", Some(k)),
         Activation::Relu => ("relu", None),
@@ -58,6 +60,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
         },
         "memory_mapped": sae.w_enc.bytes().is_mapped() && sae.w_dec.bytes().is_mapped(),
         "fingerprint": fingerprint,
+        "resolved": resolved,
     });
     let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
     let human = format!(
@@ -72,7 +75,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
          normalization  {}\n\
          b_dec on input {}\n\
          weights        W_enc {}, W_dec {}, vectors {} (total {})\n\
-         fingerprint    {}",
+         fingerprint    {}{}",
         a.sae.display(),
         m.format.name(),
         m.architecture,
@@ -94,7 +97,31 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
         human_bytes(vectors),
         human_bytes(w_enc + w_dec + vectors),
         fingerprint,
+        resolved.as_ref().map(resolved_lines).unwrap_or_default(),
     );
     ctx.output(json, &human);
     Ok(())
+}
+
+/// Where a name resolved, as extra `inspect` lines.
+fn resolved_lines(r: &Resolved) -> String {
+    let mut s = format!(
+        "\nresolved from  {}\nrepository     {} (revision {}, commit {})\npath in repo   {}\nlocal path     {}",
+        r.name,
+        r.repo,
+        r.revision,
+        r.commit,
+        r.path_in_repo,
+        r.local.display()
+    );
+    if let Some(rel) = &r.release {
+        s += &format!(
+            "\nSAELens        release {}, SAE {} (conversion {}; table of sae-lens {})",
+            rel.release, rel.sae_id, rel.conversion, rel.table_version
+        );
+    }
+    if !r.downloaded.is_empty() {
+        s += &format!("\ndownloaded     {}", r.downloaded.join(", "));
+    }
+    s
 }
