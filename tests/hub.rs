@@ -47,8 +47,8 @@ fn gemma_npz(scale: f32) -> Vec<u8> {
         ("threshold", npy(&[L], &[0.1 * scale; L])),
     ];
     let mut z = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
-    let opts = zip::write::SimpleFileOptions::default()
-        .compression_method(zip::CompressionMethod::Stored);
+    let opts =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
     for (name, bytes) in members {
         z.start_file(format!("{name}.npy"), opts).unwrap();
         z.write_all(&bytes).unwrap();
@@ -183,7 +183,10 @@ fn saelens_native_release_resolves_offline_from_the_cache() {
     let cache = build_cache(t.path());
     let (sae, r) = load(NATIVE_NAME, &offline(&cache)).unwrap();
     let r = r.unwrap();
-    assert_eq!((r.repo.as_str(), r.path_in_repo.as_str()), (NATIVE_REPO, NATIVE_PATH));
+    assert_eq!(
+        (r.repo.as_str(), r.path_in_repo.as_str()),
+        (NATIVE_REPO, NATIVE_PATH)
+    );
     assert_eq!(r.release.unwrap().conversion, "sae_lens");
     assert_eq!(sae.meta.format, Format::SaeLens);
     assert_eq!((sae.d_in(), sae.n_latents()), (D, L));
@@ -196,7 +199,13 @@ fn a_release_normalization_override_is_applied() {
     let cache = t.path().join("hub");
     let repo = "JoshEngels/Mistral-7B-Residual-Stream-SAEs";
     for (name, bytes) in native_files(t.path()) {
-        cache_file(&cache, repo, COMMIT_MAIN, &format!("mistral_7b_layer_8/{name}"), &bytes);
+        cache_file(
+            &cache,
+            repo,
+            COMMIT_MAIN,
+            &format!("mistral_7b_layer_8/{name}"),
+            &bytes,
+        );
     }
     cache_ref(&cache, repo, "main", COMMIT_MAIN);
     let o = offline(&cache);
@@ -252,7 +261,10 @@ fn errors_name_what_was_expected() {
     let cache = build_cache(t.path());
     let o = offline(&cache);
     // Missing from the snapshot: names the path it expected there.
-    let e = err(&format!("hf:{GEMMA_REPO}/layer_20/width_16k/average_l0_999"), &o);
+    let e = err(
+        &format!("hf:{GEMMA_REPO}/layer_20/width_16k/average_l0_999"),
+        &o,
+    );
     assert!(
         e.contains(&format!("{COMMIT_MAIN}/layer_20/width_16k/average_l0_999"))
             && e.contains("offline"),
@@ -260,9 +272,15 @@ fn errors_name_what_was_expected() {
     );
     // Unknown revision: names the ref file it looked for.
     let e = err(&format!("hf:{GEMMA_REPO}/{GEMMA_PATH}@nope"), &o);
-    assert!(e.contains("refs/nope") && e.contains("not in the cache"), "{e}");
+    assert!(
+        e.contains("refs/nope") && e.contains("not in the cache"),
+        "{e}"
+    );
     // Not cached at all, offline.
-    let e = err("saelens:gemma-scope-2b-pt-res-canonical/layer_3/width_16k/canonical", &o);
+    let e = err(
+        "saelens:gemma-scope-2b-pt-res-canonical/layer_3/width_16k/canonical",
+        &o,
+    );
     assert!(
         e.contains("layer_3/width_16k/average_l0_")
             && e.contains(GEMMA_REPO)
@@ -272,13 +290,22 @@ fn errors_name_what_was_expected() {
     let e = err("hf:someone/absent/sae", &o);
     assert!(e.contains("models--someone--absent/refs/main"), "{e}");
     // Unknown release, unknown id (with near names).
-    let e = err("saelens:gemma-scope-2b-pt-res-canonicl/layer_20/width_16k/canonical", &o);
+    let e = err(
+        "saelens:gemma-scope-2b-pt-res-canonicl/layer_20/width_16k/canonical",
+        &o,
+    );
     assert!(
         e.contains("not a release") && e.contains("gemma-scope-2b-pt-res-canonical"),
         "{e}"
     );
-    let e = err("saelens:gemma-scope-2b-pt-res-canonical/layer_20/width_16k/canonica", &o);
-    assert!(e.contains("no SAE id") && e.contains("layer_20/width_16k/canonical"), "{e}");
+    let e = err(
+        "saelens:gemma-scope-2b-pt-res-canonical/layer_20/width_16k/canonica",
+        &o,
+    );
+    assert!(
+        e.contains("no SAE id") && e.contains("layer_20/width_16k/canonical"),
+        "{e}"
+    );
     // A release converted by a function we have no loader for.
     let e = err("saelens:llama_scope_lxr_8x/l0r_8x", &o);
     assert!(e.contains("needs the `llama_scope` converter"), "{e}");
@@ -317,17 +344,43 @@ fn env_and_flags_pick_the_cache_and_offline_mode() {
     };
     // HF_HUB_CACHE + HF_HUB_OFFLINE, JSON.
     let out = run(
-        &[("HF_HUB_CACHE", cache.as_path()), ("HF_HUB_OFFLINE", Path::new("1"))],
+        &[
+            ("HF_HUB_CACHE", cache.as_path()),
+            ("HF_HUB_OFFLINE", Path::new("1")),
+        ],
         &["--json", "inspect", GEMMA_NAME],
     );
     let j = common::json_of(&out);
     assert_eq!(j["resolved"]["commit"], COMMIT_MAIN, "{j}");
     assert_eq!(j["resolved"]["repo"], GEMMA_REPO);
-    assert_eq!(j["resolved"]["release"]["release"], "gemma-scope-2b-pt-res-canonical");
+    assert_eq!(
+        j["resolved"]["release"]["release"],
+        "gemma-scope-2b-pt-res-canonical"
+    );
     assert_eq!(j["resolved"]["local"], r_local(&cache).to_str().unwrap());
     assert_eq!(j["format"], "gemma-scope");
+    // `sae convert sae` takes names too.
+    let conv = t.path().join("converted");
+    let out = run(
+        &[
+            ("HF_HUB_CACHE", cache.as_path()),
+            ("HF_HUB_OFFLINE", Path::new("1")),
+        ],
+        &[
+            "convert",
+            "sae",
+            GEMMA_NAME,
+            "--out",
+            conv.to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success(), "{}", common::stderr_of(&out));
+    assert!(conv.join("cfg.json").is_file() && conv.join("sae_weights.safetensors").is_file());
     // HF_HOME/hub + --offline, human output.
-    let out = run(&[("HF_HOME", hf_home.as_path())], &["--offline", "inspect", NATIVE_NAME]);
+    let out = run(
+        &[("HF_HOME", hf_home.as_path())],
+        &["--offline", "inspect", NATIVE_NAME],
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}", common::stderr_of(&out));
     assert!(
@@ -337,7 +390,10 @@ fn env_and_flags_pick_the_cache_and_offline_mode() {
         "{text}"
     );
     // --offline with a name not in the cache: exit 1 naming the cache path expected.
-    let out = run(&[("HF_HOME", hf_home.as_path())], &["--offline", "inspect", "hf:a/b/c"]);
+    let out = run(
+        &[("HF_HOME", hf_home.as_path())],
+        &["--offline", "inspect", "hf:a/b/c"],
+    );
     assert_eq!(out.status.code(), Some(1));
     assert!(common::stderr_of(&out).contains("models--a--b/refs/main"));
     // No variable: ~/.cache/huggingface/hub (HOME points at an empty folder here).
@@ -423,14 +479,21 @@ fn serve_one(hub: &FakeHub, mut s: TcpStream) {
         None => (0, bytes.len() - 1),
     };
     let end = end.min(bytes.len() - 1);
-    let etag = format!("\"etag-{}-{}\"", bytes.len(), bytes.iter().map(|b| *b as u64).sum::<u64>());
+    let etag = format!(
+        "\"etag-{}-{}\"",
+        bytes.len(),
+        bytes.iter().map(|b| *b as u64).sum::<u64>()
+    );
     respond(
         &mut s,
         "206 Partial Content",
         &[
             ("ETag", etag),
             ("X-Repo-Commit", hub.commit.clone()),
-            ("Content-Range", format!("bytes {start}-{end}/{}", bytes.len())),
+            (
+                "Content-Range",
+                format!("bytes {start}-{end}/{}", bytes.len()),
+            ),
         ],
         &bytes[start..=end],
     );
@@ -497,7 +560,9 @@ fn downloads_into_the_cache_from_a_fake_hub_then_resolves_offline() {
     assert_eq!((sae.d_in(), sae.n_latents()), (D, L));
     let repo_dir = cache.join("models--jbloom--GPT2-Small-SAEs-Reformatted");
     assert_eq!(
-        std::fs::read_to_string(repo_dir.join("refs/main")).unwrap().trim(),
+        std::fs::read_to_string(repo_dir.join("refs/main"))
+            .unwrap()
+            .trim(),
         hub_srv.commit
     );
     assert!(hub_srv
@@ -516,10 +581,17 @@ fn downloads_into_the_cache_from_a_fake_hub_then_resolves_offline() {
     // Online but cached: still no request.
     o.offline = false;
     load(NATIVE_NAME, &o).unwrap();
-    assert_eq!(hub_srv.seen.lock().unwrap().len(), n, "a cache hit needs no network");
+    assert_eq!(
+        hub_srv.seen.lock().unwrap().len(),
+        n,
+        "a cache hit needs no network"
+    );
     // A path the repository lacks: named, with the commit.
     let e = err(&format!("hf:{NATIVE_REPO}/blocks.7.hook_resid_pre"), &o);
-    assert!(e.contains("blocks.7.hook_resid_pre") && e.contains("no such file"), "{e}");
+    assert!(
+        e.contains("blocks.7.hook_resid_pre") && e.contains("no such file"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -538,4 +610,36 @@ fn unreachable_hub_says_how_to_work_offline() {
     };
     let e = err(NATIVE_NAME, &o);
     assert!(e.contains("--offline") && e.contains(NATIVE_REPO), "{e}");
+}
+
+#[test]
+fn the_cli_downloads_through_hf_endpoint_with_hf_token() {
+    let t = tempfile::tempdir().unwrap();
+    let hub_srv = fake_hub(t.path(), Some("from-env"));
+    let endpoint = start(hub_srv.clone());
+    let cache = t.path().join("cache");
+    let run = |token: &str| {
+        Command::new(env!("CARGO_BIN_EXE_sae"))
+            .args(["--json", "inspect", NATIVE_NAME])
+            .env("HF_HUB_CACHE", &cache)
+            .env("HF_ENDPOINT", &endpoint)
+            .env("HF_TOKEN", token)
+            .env_remove("HF_HUB_OFFLINE")
+            .output()
+            .unwrap()
+    };
+    let out = run("wrong");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        common::stderr_of(&out).contains("has no access"),
+        "{}",
+        common::stderr_of(&out)
+    );
+    let j = common::json_of(&run("from-env"));
+    assert_eq!(j["resolved"]["commit"], hub_srv.commit.as_str(), "{j}");
+    assert!(
+        !j["resolved"]["downloaded"].as_array().unwrap().is_empty(),
+        "{j}"
+    );
+    assert_eq!(j["n_latents"], L);
 }

@@ -400,7 +400,11 @@ fn argument_errors_have_statuses_and_messages() {
             &mut out,
         );
         assert_eq!(st, SaeStatus::InvalidArgument);
-        assert!(last_error().contains("`llama_scope` converter"), "{}", last_error());
+        assert!(
+            last_error().contains("`llama_scope` converter"),
+            "{}",
+            last_error()
+        );
         assert_eq!(sae_d_in(null()), 0);
         sae_free(h);
     }

@@ -20,7 +20,9 @@ pub fn snapshot_path(repo_dir: &Path, commit: &str, path: &str) -> PathBuf {
 
 /// A full commit hash (40 lowercase hex digits), as the cache names snapshots.
 pub fn is_commit_hash(s: &str) -> bool {
-    s.len() == 40 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.len() == 40
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// What the cache holds for one (revision, path).

@@ -42,7 +42,10 @@ pub fn fetch(opts: &HubOptions, repo: &str, revision: &str, path: &str) -> Resul
     let files = select(&names, path).map_err(|msg| {
         Error::missing(
             format!("{}/{repo}", opts.endpoint),
-            format!("`{path}` at revision {revision} (commit {}): {msg}", info.sha),
+            format!(
+                "`{path}` at revision {revision} (commit {}): {msg}",
+                info.sha
+            ),
         )
     })?;
     for f in &files {

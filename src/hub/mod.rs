@@ -88,13 +88,17 @@ fn parse_hf(spec: &str, rest: &str) -> Result<SaeName> {
     };
     let mut parts = body.splitn(3, '/');
     let (org, name, path) = (parts.next(), parts.next(), parts.next());
-    let (Some(org), Some(name)) = (org.filter(|s| !s.is_empty()), name.filter(|s| !s.is_empty()))
-    else {
+    let (Some(org), Some(name)) = (
+        org.filter(|s| !s.is_empty()),
+        name.filter(|s| !s.is_empty()),
+    ) else {
         return Err(bad("no ORG/NAME"));
     };
     let path = path.unwrap_or("").trim_matches('/');
     if path.is_empty() {
-        return Err(bad("no path inside the repository (the SAE's file or folder)"));
+        return Err(bad(
+            "no path inside the repository (the SAE's file or folder)",
+        ));
     }
     // The path is joined under a snapshot folder: it must stay inside it.
     if path
@@ -226,7 +230,14 @@ pub fn resolve(spec: &str, name: &SaeName, opts: &HubOptions) -> Result<Resolved
             repo,
             path,
             revision,
-        } => (repo.clone(), path.clone(), revision.clone(), None, None, None),
+        } => (
+            repo.clone(),
+            path.clone(),
+            revision.clone(),
+            None,
+            None,
+            None,
+        ),
         SaeName::SaeLens { release, sae_id } => {
             let table = releases::table()?;
             let e = table.lookup(release, sae_id)?;
@@ -357,9 +368,10 @@ mod tests {
 
     #[test]
     fn parses_saelens_names_with_slashes_in_the_id() {
-        let n = SaeName::parse("saelens:gemma-scope-2b-pt-res-canonical/layer_20/width_16k/canonical")
-            .unwrap()
-            .unwrap();
+        let n =
+            SaeName::parse("saelens:gemma-scope-2b-pt-res-canonical/layer_20/width_16k/canonical")
+                .unwrap()
+                .unwrap();
         assert_eq!(
             n,
             SaeName::SaeLens {

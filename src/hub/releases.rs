@@ -156,7 +156,10 @@ mod tests {
         let t = table().unwrap();
         assert!(!t.sae_lens_version.is_empty());
         let e = t
-            .lookup("gemma-scope-2b-pt-res-canonical", "layer_20/width_16k/canonical")
+            .lookup(
+                "gemma-scope-2b-pt-res-canonical",
+                "layer_20/width_16k/canonical",
+            )
             .unwrap();
         assert_eq!(e.repo, "google/gemma-scope-2b-pt-res");
         assert_eq!(e.path, "layer_20/width_16k/average_l0_71");
