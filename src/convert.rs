@@ -30,9 +30,14 @@ pub fn convert_sae_with(
     out_dir: &Path,
 ) -> Result<Sae> {
     let sae = crate::formats::load_with(src, format, opts)?;
-    std::fs::create_dir_all(out_dir).map_err(|e| Error::io(out_dir, e))?;
-    crate::formats::write_saelens(&sae, out_dir)?;
+    write_sae_as_saelens(&sae, out_dir)?;
     Ok(sae)
+}
+
+/// Writes a loaded SAE in the SAELens v6 layout into `out_dir` (created if absent).
+pub fn write_sae_as_saelens(sae: &Sae, out_dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(out_dir).map_err(|e| Error::io(out_dir, e))?;
+    crate::formats::write_saelens(sae, out_dir)
 }
 
 /// Options for [`convert_dump`].

@@ -1,6 +1,7 @@
 //! sae-engine: sparse autoencoders at audit scale.
 //!
 //! - [`formats`]: load the public SAE formats into one canonical [`sae::Sae`]; write SAELens.
+//! - [`hub`]: SAEs by Hugging Face or SAELens name, from the local Hub cache or downloaded.
 //! - [`dump`]: stream activation dumps (npy / safetensors shards) with bounded memory.
 //! - [`ops`]: the backend-agnostic engine (encode, decode, statistics) over [`cpu`] and [`cuda`].
 //! - [`stats`]: per-latent statistics that merge exactly across shards.
@@ -18,6 +19,7 @@ pub mod dtype;
 pub mod dump;
 pub mod error;
 pub mod formats;
+pub mod hub;
 pub mod io;
 pub mod matrix;
 pub mod ops;

@@ -148,7 +148,10 @@ enum SaeStatus sae_decode_topk_device(const struct SaeHandle *handle,
 size_t sae_last_error_message(char *buf, size_t len);
 
 /**
- * Loads the SAE at `path` and binds it to a backend.
+ * Loads the SAE at `path` and binds it to a backend. `path` may also be a name,
+ * `hf:ORG/NAME/PATH[@REVISION]` or `saelens:RELEASE/SAE_ID`, resolved in the Hugging Face
+ * cache and downloaded when absent, as the `sae` CLI does (HF_HUB_CACHE, HF_HOME,
+ * HF_HUB_OFFLINE, HF_ENDPOINT, HF_TOKEN are read from the environment).
  *
  * - `format`: NULL to auto-detect, or one of "saelens", "saelens-legacy", "sparsify",
  *   "gemma-scope", "dictionary-learning", "openai".

@@ -77,7 +77,10 @@ pub(crate) unsafe fn handle_arg<'a>(h: *const SaeHandle) -> Result<&'a SaeHandle
     h.as_ref().ok_or_else(|| Failure::null("handle"))
 }
 
-/// Loads the SAE at `path` and binds it to a backend.
+/// Loads the SAE at `path` and binds it to a backend. `path` may also be a name,
+/// `hf:ORG/NAME/PATH[@REVISION]` or `saelens:RELEASE/SAE_ID`, resolved in the Hugging Face
+/// cache and downloaded when absent, as the `sae` CLI does (HF_HUB_CACHE, HF_HOME,
+/// HF_HUB_OFFLINE, HF_ENDPOINT, HF_TOKEN are read from the environment).
 ///
 /// - `format`: NULL to auto-detect, or one of "saelens", "saelens-legacy", "sparsify",
 ///   "gemma-scope", "dictionary-learning", "openai".
@@ -115,7 +118,9 @@ pub unsafe extern "C" fn sae_open(
         let backend = opt_str_arg(backend, "backend")?.unwrap_or("auto");
         // Parse before loading so a typo fails fast, not after mapping gigabytes.
         let kind = BackendKind::parse(backend, device)?;
-        let sae = Arc::new(sae_engine::formats::load(path, format)?);
+        // A name (hf:..., saelens:...) resolves through the Hugging Face cache, as in the CLI.
+        let hub = sae_engine::hub::HubOptions::from_env();
+        let sae = Arc::new(sae_engine::hub::load(std::path::Path::new(path), format, &hub)?.0);
         let eng = open_engine(kind, device, sae.clone())?;
         write_out(
             out_handle,

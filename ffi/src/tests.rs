@@ -394,6 +394,20 @@ fn argument_errors_have_statuses_and_messages() {
             sae_open(c"/none".as_ptr(), null(), null(), 0, null_mut()),
             SaeStatus::NullArgument
         );
+        // Names go through the Hub resolver (no network: the release is refused by name).
+        let st = sae_open(
+            c"saelens:llama_scope_lxr_8x/l0r_8x".as_ptr(),
+            null(),
+            c"cpu".as_ptr(),
+            0,
+            &mut out,
+        );
+        assert_eq!(st, SaeStatus::InvalidArgument);
+        assert!(
+            last_error().contains("`llama_scope` converter"),
+            "{}",
+            last_error()
+        );
         assert_eq!(sae_d_in(null()), 0);
         sae_free(h);
     }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::progress::{Mode, Progress};
+use sae_engine::hub::{HubOptions, Resolved};
 use sae_engine::provenance::Provenance;
 use sae_engine::{BackendKind, Engine, EngineOptions, Error, Format, Result, Sae};
 
@@ -44,6 +45,10 @@ pub struct Global {
     #[arg(long, global = true, default_value = "exact", value_name = "PRECISION",
           value_parser = parse_precision)]
     pub precision: sae_engine::cuda::Precision,
+    /// Resolve `--sae hf:...` / `saelens:...` names from the local Hugging Face cache only,
+    /// never downloading (as HF_HUB_OFFLINE=1 does).
+    #[arg(long, global = true)]
+    pub offline: bool,
 }
 
 /// `--progress-interval` values: finite seconds >= 0.
@@ -162,10 +167,20 @@ impl Ctx {
         p
     }
 
-    /// Loads an SAE (auto-detected unless `format` forces one) with the load flags and
-    /// records it (path, size, fingerprint, load options) in `prov`. The loader's warnings
-    /// go to stderr as `sae: warning: ...` (with --json too, since stdout is the JSON;
-    /// not with --quiet).
+    /// Hub options from the environment and the flags (--offline; progress bars only for
+    /// a person watching a terminal).
+    pub fn hub_options(&self) -> HubOptions {
+        let mut o = HubOptions::from_env();
+        o.offline |= self.g.offline;
+        o.progress = !self.g.quiet && !self.g.json && std::io::stderr().is_terminal();
+        o
+    }
+
+    /// Loads an SAE (auto-detected unless `format` forces one) from a path or a name
+    /// (`hf:ORG/NAME/PATH[@REV]`, `saelens:RELEASE/SAE_ID`) with the load flags, and
+    /// records it (path, size, fingerprint, load options, where a name resolved) in
+    /// `prov`. The loader's warnings go to stderr as `sae: warning: ...` (with --json
+    /// too, since stdout is the JSON; not with --quiet).
     pub fn load_sae(
         &self,
         path: &std::path::Path,
@@ -173,13 +188,46 @@ impl Ctx {
         flags: &LoadFlags,
         prov: &mut Provenance,
     ) -> Result<Arc<Sae>> {
-        let sae = sae_engine::formats::load_with(path, format, &flags.options())?;
+        Ok(self.load_sae_resolved(path, format, flags, prov)?.0)
+    }
+
+    /// [`Ctx::load_sae`], also saying where a name resolved (None for a plain path).
+    pub fn load_sae_resolved(
+        &self,
+        path: &std::path::Path,
+        format: Option<Format>,
+        flags: &LoadFlags,
+        prov: &mut Provenance,
+    ) -> Result<(Arc<Sae>, Option<Resolved>)> {
+        let (sae, resolved) =
+            sae_engine::hub::load_with(path, format, &flags.options(), &self.hub_options())?;
+        if let Some(r) = &resolved {
+            self.note(&format!(
+                "{} -> {} ({} @ {}, commit {}{})",
+                r.name,
+                r.local.display(),
+                r.repo,
+                r.revision,
+                r.commit,
+                if r.downloaded.is_empty() {
+                    ""
+                } else {
+                    ", downloaded"
+                }
+            ));
+        }
         if !self.g.quiet {
             for w in &sae.meta.warnings {
                 eprintln!("sae: warning: {w}");
             }
         }
-        prov.sae(path, &sae.fingerprint())?;
+        // A name is recorded by the local files it resolved to, and by itself.
+        let local = resolved.as_ref().map_or(path, |r| r.local.as_path());
+        prov.sae(local, &sae.fingerprint())?;
+        if let Some(r) = &resolved {
+            prov.option("sae_name", &r.name)
+                .option("sae_commit", &r.commit);
+        }
         if let Some(f) = format {
             prov.option("format", f.name());
         }
@@ -189,7 +237,7 @@ impl Ctx {
         if !sae.meta.conventions.is_empty() {
             prov.option("conventions", &sae.meta.conventions);
         }
-        Ok(Arc::new(sae))
+        Ok((Arc::new(sae), resolved))
     }
 
     /// Builds the engine the flags ask for and records its name in `prov`. `auto` with

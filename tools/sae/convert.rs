@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use sae_engine::convert::{convert_dump, convert_sae_with, DumpConvertOptions};
+use sae_engine::convert::{convert_dump, write_sae_as_saelens, DumpConvertOptions};
 use sae_engine::dump::{arrow, Dump};
 use sae_engine::io::guard::PathGuard;
 use sae_engine::{DType, Error, Format, Result};
@@ -22,7 +22,7 @@ pub struct ConvertArgs {
 pub enum ConvertWhat {
     /// Write an SAE (any supported format) as SAELens cfg.json + sae_weights.safetensors.
     Sae {
-        /// SAE directory or file (ae.pt, OpenAI .pt, ...).
+        /// SAE directory or file (ae.pt, OpenAI .pt, ...), or hf:... / saelens:... name.
         input: PathBuf,
         /// Output directory.
         #[arg(short, long)]
@@ -65,14 +65,9 @@ pub fn run(ctx: &Ctx, args: ConvertArgs) -> Result<()> {
                 .output_dir("--out", &out)
                 .check()?;
             let mut prov = ctx.provenance("convert sae");
-            let sae = convert_sae_with(&input, format, &load.options(), &out)?;
-            prov.sae(&input, &sae.fingerprint())?;
-            if let Some(f) = format {
-                prov.option("format", f.name());
-            }
-            if let Some(x) = load.norm_scale {
-                prov.option("norm_scale", x);
-            }
+            // Through the CLI's loader so that hf:/saelens: names resolve here too.
+            let sae = ctx.load_sae(&input, format, &load, &mut prov)?;
+            write_sae_as_saelens(&sae, &out)?;
             ctx.output(
                 &prov,
                 json!({"input": input.to_string_lossy(), "out": out.to_string_lossy(), "format": sae.meta.format.name(),

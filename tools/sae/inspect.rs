@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use sae_engine::hub::Resolved;
 use sae_engine::{Activation, Format, Normalization, Result};
 use serde_json::json;
 
@@ -9,7 +10,8 @@ use crate::common::{human_bytes, parse_format, Ctx, LoadFlags};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// SAE directory or file.
+    /// SAE directory or file, or a name: hf:ORG/NAME/PATH[@REVISION] or
+    /// saelens:RELEASE/SAE_ID (resolved in the Hugging Face cache, downloaded when allowed).
     pub sae: PathBuf,
     /// Force the format instead of detecting it.
     #[arg(long, value_parser = parse_format)]
@@ -20,7 +22,7 @@ pub struct Args {
 
 pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
     let mut prov = ctx.provenance("inspect");
-    let sae = ctx.load_sae(&a.sae, a.format, &a.load, &mut prov)?;
+    let (sae, resolved) = ctx.load_sae_resolved(&a.sae, a.format, &a.load, &mut prov)?;
     let (activation, k) = match sae.activation {
         Activation::TopK { k } => ("topk", Some(k)),
         Activation::Relu => ("relu", None),
@@ -64,6 +66,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
         "fingerprint": fingerprint,
         "conventions": m.conventions,
         "warnings": m.warnings,
+        "resolved": resolved,
     });
     let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
     let mut human = format!(
@@ -78,7 +81,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
          normalization  {}\n\
          b_dec on input {}\n\
          weights        W_enc {}, W_dec {}, vectors {} (total {})\n\
-         fingerprint    {}",
+         fingerprint    {}{}",
         a.sae.display(),
         m.format.name(),
         m.architecture,
@@ -100,10 +103,34 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
         human_bytes(vectors),
         human_bytes(w_enc + w_dec + vectors),
         fingerprint,
+        resolved.as_ref().map(resolved_lines).unwrap_or_default(),
     );
     // Which of the source library's readings applies, when it has more than one.
     for c in &m.conventions {
         human.push_str(&format!("\nconvention     {c}"));
     }
     ctx.output(&prov, json, &human)
+}
+
+/// Where a name resolved, as extra `inspect` lines.
+fn resolved_lines(r: &Resolved) -> String {
+    let mut s = format!(
+        "\nresolved from  {}\nrepository     {} (revision {}, commit {})\npath in repo   {}\nlocal path     {}",
+        r.name,
+        r.repo,
+        r.revision,
+        r.commit,
+        r.path_in_repo,
+        r.local.display()
+    );
+    if let Some(rel) = &r.release {
+        s += &format!(
+            "\nSAELens        release {}, SAE {} (conversion {}; table of sae-lens {})",
+            rel.release, rel.sae_id, rel.conversion, rel.table_version
+        );
+    }
+    if !r.downloaded.is_empty() {
+        s += &format!("\ndownloaded     {}", r.downloaded.join(", "));
+    }
+    s
 }

@@ -1,7 +1,7 @@
 """Encode activations with an SAE from numpy, decode them back, and report L0 and
 reconstruction error; then accumulate per-latent statistics and list the most frequent latents.
 
-    cargo build -p sae-engine-ffi
+    pip install ./ffi/python          (or: cargo build -p sae-engine-ffi, in a checkout)
     python3 ffi/python/examples/encode_numpy.py SAE_DIR [ACTS.npy] [--backend cpu|cuda|auto]
 
 Without ACTS.npy it encodes random rows (only to show the calls)."""
@@ -12,8 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from sae_engine import Sae, Stats  # noqa: E402
+try:  # the installed package (pip install ./ffi/python) ...
+    from sae_engine import Sae, Stats
+except ImportError:  # ... else the one in this checkout, with a cargo-built library
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from sae_engine import Sae, Stats  # noqa: E402
 
 
 def main():

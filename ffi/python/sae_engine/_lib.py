@@ -31,21 +31,33 @@ OK = 0
 BUFFER_TOO_SMALL = STATUS_NAMES.index("BUFFER_TOO_SMALL")
 
 
+def _packaged():
+    """The library a wheel carries: sae_engine/_native<EXT_SUFFIX> (setuptools-rust)."""
+    here = Path(__file__).resolve().parent
+    return sorted(p for p in here.glob("_native*") if p.suffix in (".so", ".dylib", ".pyd", ".dll"))
+
+
 def _candidates():
     """Where a cargo build leaves the library: $CARGO_TARGET_DIR, then <repo>/target."""
     name = _LIB_NAMES.get(sys.platform, _LIB_NAMES["linux"])
     roots = []
     if os.environ.get("CARGO_TARGET_DIR"):
         roots.append(Path(os.environ["CARGO_TARGET_DIR"]))
-    # ffi/python/sae_engine/_lib.py -> repository root is three levels up.
-    roots.append(Path(__file__).resolve().parents[3] / "target")
+    # ffi/python/sae_engine/_lib.py -> repository root is three levels up (in a checkout).
+    parents = Path(__file__).resolve().parents
+    if len(parents) > 3:
+        roots.append(parents[3] / "target")
     for root in roots:
         for profile in ("release", "debug"):
             yield root / profile / name
 
 
 def find_library():
-    """Path of the shared library: $SAE_ENGINE_LIB, else the newest cargo build found."""
+    """Path of the shared library: the one inside the installed package (a wheel), else
+    $SAE_ENGINE_LIB, else the newest cargo build found in the checkout."""
+    packaged = _packaged()
+    if packaged:
+        return str(packaged[0])
     env = os.environ.get("SAE_ENGINE_LIB")
     if env:
         if not Path(env).is_file():
@@ -55,8 +67,9 @@ def find_library():
     if not found:
         tried = ", ".join(str(p) for p in _candidates())
         raise OSError(
-            "libsae_engine_ffi not found: build it with `cargo build -p sae-engine-ffi` "
-            f"or set SAE_ENGINE_LIB (looked in: {tried})"
+            "libsae_engine_ffi not found: install the package with `pip install ./ffi/python`, "
+            "build it with `cargo build -p sae-engine-ffi`, or set SAE_ENGINE_LIB "
+            f"(looked in the package, then: {tried})"
         )
     # Several profiles may be built; the newest is the one the user just rebuilt.
     return str(max(found, key=lambda p: p.stat().st_mtime))

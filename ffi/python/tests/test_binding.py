@@ -178,5 +178,31 @@ class BindingTest(unittest.TestCase):
         self.assertEqual(e.exception.name, "INCOMPATIBLE")
 
 
+class NoCopyAndLookupTest(unittest.TestCase):
+    def test_contiguous_float32_is_used_in_place(self):
+        x = np.arange(12, dtype=np.float32).reshape(3, 4)
+        self.assertIs(sae_engine._host(x, np.float32, "x"), x)
+        # Other layouts or dtypes are converted (once) rather than refused.
+        for y in (np.asfortranarray(x), x.astype(np.float64), x[:, ::2]):
+            got = sae_engine._host(y, np.float32, "x")
+            self.assertTrue(got.flags.c_contiguous and got.dtype == np.float32)
+            self.assertFalse(np.shares_memory(got, y))
+
+    def test_the_packaged_library_comes_first(self):
+        from unittest import mock
+        from sae_engine import _lib
+
+        with tempfile.TemporaryDirectory() as d:
+            packaged = os.path.join(d, "_native.cpython-311-x86_64-linux-gnu.so")
+            env_lib = os.path.join(d, "libsae_engine_ffi.so")
+            for p in (packaged, env_lib):
+                open(p, "wb").close()
+            with mock.patch.dict(os.environ, {"SAE_ENGINE_LIB": env_lib}):
+                with mock.patch.object(_lib, "_packaged", return_value=[packaged]):
+                    self.assertEqual(_lib.find_library(), packaged)
+                with mock.patch.object(_lib, "_packaged", return_value=[]):
+                    self.assertEqual(_lib.find_library(), env_lib)
+
+
 if __name__ == "__main__":
     unittest.main()
