@@ -37,7 +37,7 @@ pub fn write_diff_outputs(dir: &Path, r: &DiffReport) -> Result<()> {
     write_json(&dir.join("diff.json"), r)?;
     write_text(&dir.join("diff.csv"), &diff_csv(r))?;
     write_text(&dir.join("report.md"), &diff_markdown(r))?;
-    super::plot::top_deltas(&dir.join("top_deltas.svg"), r, 10)?;
+    super::plot::top_deltas(&dir.join("top_deltas.svg"), r)?;
     super::plot::delta_vs_freq(&dir.join("delta_vs_freq.svg"), r)
 }
 
@@ -130,6 +130,9 @@ pub fn diff_markdown(r: &DiffReport) -> String {
         r.fingerprint,
         r.order
     );
+    if let Some(note) = super::plot::cap_note(r.latents.len()) {
+        let _ = writeln!(s, "Plots: {note}\n");
+    }
     let table = |s: &mut String, title: &str, v: &[LatentDiff]| {
         let _ = writeln!(s, "## {title}\n");
         let _ = writeln!(
