@@ -21,6 +21,7 @@ pub mod io;
 pub mod matrix;
 pub mod ops;
 pub mod pipeline;
+pub mod plural;
 pub mod sae;
 pub mod scaleout;
 pub mod stats;

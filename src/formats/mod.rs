@@ -30,12 +30,8 @@ pub mod writer;
 /// `cfg.json` where the name alone does not decide; directories by the files they hold
 /// and their `cfg.json` contents.
 pub fn detect(path: &Path) -> Result<Format> {
-    if !path.exists() {
-        return Err(Error::io(
-            path,
-            std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or directory"),
-        ));
-    }
+    // The real reason (missing, a symlink loop, no permission), not `exists()`'s false.
+    std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
     if path.is_file() {
         let name = path
             .file_name()
@@ -110,12 +106,8 @@ fn detect_dir(dir: &Path) -> Result<Format> {
 /// Loads an SAE, auto-detecting its format unless `format` forces one.
 pub fn load(path: impl AsRef<Path>, format: Option<Format>) -> Result<Sae> {
     let path = path.as_ref();
-    if !path.exists() {
-        return Err(Error::io(
-            path,
-            std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or directory"),
-        ));
-    }
+    // The real reason (missing, a symlink loop, no permission), not `exists()`'s false.
+    std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
     let format = match format {
         Some(f) => f,
         None => detect(path)?,

@@ -19,6 +19,7 @@ pub enum DiffOrder {
     /// The smallest delta over fine-tunes (top), the largest (bottom): every model must agree.
     MinDelta,
     /// Fine-tunes that increase minus fine-tunes that decrease, then average delta.
+    #[serde(rename = "sign")]
     SignConsistency,
 }
 

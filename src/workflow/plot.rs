@@ -150,11 +150,7 @@ fn draw_legend(
                 [(sx, cy - 6), (sx + LEGEND_SWATCH, cy + 6)],
                 c.filled(),
             )),
-            Swatch::Dot(c) => area.draw(&Circle::new(
-                (sx + LEGEND_SWATCH / 2, cy),
-                4,
-                c.filled(),
-            )),
+            Swatch::Dot(c) => area.draw(&Circle::new((sx + LEGEND_SWATCH / 2, cy), 4, c.filled())),
             Swatch::Line(c) => area.draw(&PathElement::new(
                 vec![(sx, cy), (sx + LEGEND_SWATCH, cy)],
                 c.stroke_width(2),
@@ -248,7 +244,11 @@ fn draw_chart(
             .map_err(|e| e.to_string())?;
         let plot_px = area.dim_in_pixel().1 as f64 - (2 * MARGIN + X_LABEL_AREA) as f64;
         let need = legend_size(&spec.legend).1 + 2 * LEGEND_INSET;
-        let y = with_headroom(spec.y, need as f64 * f64::from(!spec.legend.is_empty()), plot_px);
+        let y = with_headroom(
+            spec.y,
+            need as f64 * f64::from(!spec.legend.is_empty()),
+            plot_px,
+        );
         let ticks: Vec<f64> = spec.x_ticks.iter().map(|t| t.0).collect();
         let mut chart = ChartBuilder::on(&area)
             .margin(MARGIN)
@@ -349,14 +349,19 @@ fn portable_text_tag(tag: &str) -> String {
         attrs.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())
     };
     let num = |attrs: &[(String, String)], k: &str| {
-        get(attrs, k).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0)
+        get(attrs, k)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
     };
     let font_size = num(&attrs, "font-size");
     let shift = get(&attrs, "dy").map_or(0.0, |d| length_px(&d, font_size));
     attrs.retain(|(n, _)| n != "dy");
     let (mut x, mut y) = (num(&attrs, "x"), num(&attrs, "y"));
     if let Some(t) = get(&attrs, "transform") {
-        let inner = t.trim().strip_prefix("rotate(").and_then(|r| r.strip_suffix(')'));
+        let inner = t
+            .trim()
+            .strip_prefix("rotate(")
+            .and_then(|r| r.strip_suffix(')'));
         let parts: Vec<f64> = inner
             .map(|r| r.split(',').filter_map(|p| p.trim().parse().ok()).collect())
             .unwrap_or_default();
@@ -365,7 +370,10 @@ fn portable_text_tag(tag: &str) -> String {
             // about the origin, then moved to (cx, cy).
             (x, y) = (x - cx, y - cy);
             let v = format!("translate({cx} {cy}) rotate({angle})");
-            attrs.iter_mut().filter(|(n, _)| n == "transform").for_each(|a| a.1 = v.clone());
+            attrs
+                .iter_mut()
+                .filter(|(n, _)| n == "transform")
+                .for_each(|a| a.1 = v.clone());
         }
     }
     y += shift;
@@ -520,14 +528,18 @@ pub fn delta_vs_freq(path: &Path, r: &DiffReport) -> Result<()> {
     draw_chart(path, spec, |chart| {
         chart
             .draw_series(
-                idx.iter()
-                    .filter(|i| !top.contains(i))
-                    .map(|i| Circle::new((r.all_base_freq[*i], r.all_delta[*i]), 2, POINT.filled())),
+                idx.iter().filter(|i| !top.contains(i)).map(|i| {
+                    Circle::new((r.all_base_freq[*i], r.all_delta[*i]), 2, POINT.filled())
+                }),
             )
             .map_err(|e| e.to_string())?;
         chart
             .draw_series(top.iter().map(|i| {
-                Circle::new((r.all_base_freq[*i], r.all_delta[*i]), 4, HIGHLIGHT.filled())
+                Circle::new(
+                    (r.all_base_freq[*i], r.all_delta[*i]),
+                    4,
+                    HIGHLIGHT.filled(),
+                )
             }))
             .map_err(|e| e.to_string())?;
         let area = chart.plotting_area();
@@ -549,15 +561,19 @@ pub fn delta_vs_freq(path: &Path, r: &DiffReport) -> Result<()> {
             lh + 2 * LEGEND_INSET,
         );
         let plain = area.strip_coord_spec();
-        for ((p, text), l) in points
-            .iter()
-            .zip(&texts)
-            .zip(place_labels(&points, &texts, (w as i32, h as i32), legend_box))
-        {
+        for ((p, text), l) in points.iter().zip(&texts).zip(place_labels(
+            &points,
+            &texts,
+            (w as i32, h as i32),
+            legend_box,
+        )) {
             if l.moved {
                 let from = (p.0 + if l.right { 4 } else { -4 }, p.1);
                 plain
-                    .draw(&PathElement::new(vec![from, (l.x, l.y)], HIGHLIGHT.stroke_width(1)))
+                    .draw(&PathElement::new(
+                        vec![from, (l.x, l.y)],
+                        HIGHLIGHT.stroke_width(1),
+                    ))
                     .map_err(|e| e.to_string())?;
             }
             let font = ("sans-serif", POINT_LABEL_FONT)
@@ -626,12 +642,7 @@ fn place_labels(
         let (right, moved, (x, y, b)) =
             choice.unwrap_or_else(|| (sides[0], false, spot(sides[0], 0)));
         taken.push(b);
-        placed.push(Placed {
-            x,
-            y,
-            right,
-            moved,
-        });
+        placed.push(Placed { x, y, right, moved });
     }
     placed
 }
@@ -663,14 +674,18 @@ pub fn trajectories(path: &Path, r: &MonitorReport) -> Result<()> {
         .trajectories
         .iter()
         .enumerate()
-        .map(|(j, t)| (format!("latent {}", t.latent), Swatch::Line(series_color(j))))
+        .map(|(j, t)| {
+            (
+                format!("latent {}", t.latent),
+                Swatch::Line(series_color(j)),
+            )
+        })
         .collect();
-    if r
-        .trajectories
+    if r.trajectories
         .iter()
         .any(|t| matches!(t.alarm, Alarm::Delta { .. }))
     {
-        legend.push(("alarm threshold".into(), Swatch::Dashed(BLACK.into())));
+        legend.push(("alarm threshold".into(), Swatch::Dashed(BLACK)));
     }
     let spec = Spec {
         caption: "Latent change from the base over checkpoints".into(),
@@ -853,7 +868,11 @@ mod tests {
     /// shift (`dy`) that ImageMagick would ignore, every text inside the canvas.
     fn read_plot(path: &Path) -> Vec<El> {
         let svg = std::fs::read_to_string(path).unwrap();
-        assert!(!svg.contains("opacity"), "{}: opacity attribute", path.display());
+        assert!(
+            !svg.contains("opacity"),
+            "{}: opacity attribute",
+            path.display()
+        );
         let els = elements(&svg);
         let canvas = els.iter().find(|e| e.tag == "svg").unwrap();
         let (w, h) = (canvas.num("width"), canvas.num("height"));
@@ -926,12 +945,7 @@ mod tests {
     fn top_deltas_draws_top_bars_each_labelled_under_its_own_group() {
         let dir = tempfile::tempdir().unwrap();
         // (latents in the SAE, fine-tunes, --top): short and six-digit ids, over the cap.
-        for (n, m, top) in [
-            (400, 1, 7),
-            (400, 3, 20),
-            (150_000, 2, 35),
-            (400, 4, 80),
-        ] {
+        for (n, m, top) in [(400, 1, 7), (400, 3, 20), (150_000, 2, 35), (400, 4, 80)] {
             let r = report(n, m, top);
             let path = dir.path().join(format!("top_{n}_{m}_{top}.svg"));
             top_deltas(&path, &r).unwrap();
@@ -959,13 +973,26 @@ mod tests {
                 assert_eq!(label.text, r.latents[i].latent.to_string());
                 let (lo, hi) = (group[0].0, group[m - 1].2);
                 let x = label.num("x");
-                assert!(lo <= x && x <= hi, "label {} at {x} outside its bars {lo}..{hi}", label.text);
+                assert!(
+                    lo <= x && x <= hi,
+                    "label {} at {x} outside its bars {lo}..{hi}",
+                    label.text
+                );
                 // Under the bars: below the lowest bar bottom of the whole plot.
                 let bottom = bars.iter().map(|b| b.3).fold(0.0, f64::max);
-                assert!(text_box(label).1 >= bottom - 0.5, "label {} not under the bars", label.text);
+                assert!(
+                    text_box(label).1 >= bottom - 0.5,
+                    "label {} not under the bars",
+                    label.text
+                );
             }
             let caption = els.iter().find(|e| e.tag == "text").unwrap();
-            assert_eq!(caption.text.contains("capped"), top > MAX_PLOTTED_LATENTS, "{}", caption.text);
+            assert_eq!(
+                caption.text.contains("capped"),
+                top > MAX_PLOTTED_LATENTS,
+                "{}",
+                caption.text
+            );
             assert_eq!(cap_note(top).is_some(), top > MAX_PLOTTED_LATENTS);
         }
     }
@@ -974,7 +1001,10 @@ mod tests {
     fn delta_vs_freq_labels_its_highlighted_points_and_explains_them() {
         let dir = tempfile::tempdir().unwrap();
         // The first 30 latents of a 1-fine-tune diff crowd near one another.
-        for (k, r) in [report(3000, 1, 30), report(3000, 2, 12)].iter().enumerate() {
+        for (k, r) in [report(3000, 1, 30), report(3000, 2, 12)]
+            .iter()
+            .enumerate()
+        {
             let path = dir.path().join(format!("scatter{k}.svg"));
             delta_vs_freq(&path, r).unwrap();
             check_scatter(&path, r);
@@ -1011,7 +1041,8 @@ mod tests {
                     .collect()
             })
             .collect();
-        let near = |a: (f64, f64), b: (f64, f64), d: f64| (a.0 - b.0).abs() <= d && (a.1 - b.1).abs() <= d;
+        let near =
+            |a: (f64, f64), b: (f64, f64), d: f64| (a.0 - b.0).abs() <= d && (a.1 - b.1).abs() <= d;
         for l in &r.latents {
             let label = labels
                 .iter()
@@ -1019,16 +1050,29 @@ mod tests {
                 .unwrap_or_else(|| panic!("latent {} has no label", l.latent));
             let at = (label.num("x"), label.num("y"));
             // Beside one of the points, or joined to one by a leader line.
-            let beside = points.iter().any(|p| near((p.num("cx"), p.num("cy")), at, 9.0));
+            let beside = points
+                .iter()
+                .any(|p| near((p.num("cx"), p.num("cy")), at, 9.0));
             let joined = leaders.iter().any(|v| {
                 near((v[2], v[3]), at, 6.0)
-                    && points.iter().any(|p| near((p.num("cx"), p.num("cy")), (v[0], v[1]), 6.0))
+                    && points
+                        .iter()
+                        .any(|p| near((p.num("cx"), p.num("cy")), (v[0], v[1]), 6.0))
             });
-            assert!(beside || joined, "label {} is far from every point", label.text);
+            assert!(
+                beside || joined,
+                "label {} is far from every point",
+                label.text
+            );
         }
         for (i, a) in labels.iter().enumerate() {
             for b in &labels[i + 1..] {
-                assert!(!overlaps(text_box(a), text_box(b)), "labels {} and {} overlap", a.text, b.text);
+                assert!(
+                    !overlaps(text_box(a), text_box(b)),
+                    "labels {} and {} overlap",
+                    a.text,
+                    b.text
+                );
             }
         }
         let legend_text: Vec<&str> = els
@@ -1037,7 +1081,10 @@ mod tests {
             .map(|e| e.text.as_str())
             .collect();
         let want = format!("top {n} by avg-delta");
-        assert!(legend_text.iter().any(|t| t.starts_with(&want)), "{legend_text:?}");
+        assert!(
+            legend_text.iter().any(|t| t.starts_with(&want)),
+            "{legend_text:?}"
+        );
         for c in els.iter().filter(|e| e.tag == "circle") {
             let (x, y, r) = (c.num("cx"), c.num("cy"), c.num("r"));
             let inside = overlaps((x - r, y - r, x + r, y + r), legend);
@@ -1098,7 +1145,12 @@ mod tests {
             t,
             r#"<text x="0" y="7.6" text-anchor="middle" font-size="10" opacity="1" transform="translate(40 100) rotate(270)" stroke="none""#
         );
-        let svg = portable_svg(r#"<svg><text x="1" y="2" dy="-0.5ex" font-size="10" opacity="1">a</text></svg>"#);
-        assert_eq!(svg, r#"<svg><text x="1" y="-0.5" font-size="10" stroke="none">a</text></svg>"#);
+        let svg = portable_svg(
+            r#"<svg><text x="1" y="2" dy="-0.5ex" font-size="10" opacity="1">a</text></svg>"#,
+        );
+        assert_eq!(
+            svg,
+            r#"<svg><text x="1" y="-0.5" font-size="10" stroke="none">a</text></svg>"#
+        );
     }
 }

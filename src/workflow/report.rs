@@ -89,10 +89,11 @@ pub fn diff_csv(r: &DiffReport) -> String {
     }
     s.push('\n');
     let rows = |s: &mut String, list: &str, v: &[LatentDiff]| {
-        for (rank, l) in v.iter().enumerate() {
+        for (i, l) in v.iter().enumerate() {
             let _ = write!(
                 s,
-                "{list},{rank},{},{},{},{},{},{},{},{},{},{}",
+                "{list},{},{},{},{},{},{},{},{},{},{},{}",
+                i + 1,
                 l.latent,
                 l.delta,
                 l.z,
@@ -121,9 +122,9 @@ pub fn diff_markdown(r: &DiffReport) -> String {
     let _ = writeln!(s, "# Model diff\n");
     let _ = writeln!(
         s,
-        "Base `{}` against {} fine-tune(s): {}. {} latents, {} tokens counted per model, SAE fingerprint `{}`, order `{:?}`.\n",
+        "Base `{}` against {}: {}. {} latents, {} tokens counted per model, SAE fingerprint `{}`, order `{}`.\n",
         r.base,
-        r.tuned.len(),
+        crate::plural::count(r.tuned.len() as u64, "fine-tune"),
         r.tuned.iter().map(|t| format!("`{t}`")).collect::<Vec<_>>().join(", "),
         r.n_latents,
         r.n_tokens,
@@ -177,7 +178,8 @@ pub fn detect_csv(r: &DetectReport) -> String {
     for (i, l) in r.latents.iter().enumerate() {
         let _ = writeln!(
             s,
-            "{i},{},{:?},{},{},{},{},{},{}",
+            "{},{},{},{},{},{},{},{},{}",
+            i + 1,
             l.latent,
             l.direction,
             l.auroc,
@@ -201,6 +203,9 @@ pub fn detect_markdown(r: &DetectReport) -> String {
         r.negatives.join(", "),
         r.n_evaluated
     );
+    if let Some(caveat) = &r.chance.caveat {
+        let _ = writeln!(s, "**Caveat.** {caveat}\n");
+    }
     let f = |v: Option<f64>| v.map(|x| format!("{x:.3}")).unwrap_or_else(|| "n/a".into());
     let _ = writeln!(
         s,
@@ -210,7 +215,7 @@ pub fn detect_markdown(r: &DetectReport) -> String {
     for (i, l) in r.latents.iter().enumerate() {
         let _ = writeln!(
             s,
-            "| {} | {} | {:?} | {:.3} | {} | {} | {:+.4} | {:+.4} |",
+            "| {} | {} | {} | {:.3} | {} | {} | {:+.4} | {:+.4} |",
             i + 1,
             l.latent,
             l.direction,

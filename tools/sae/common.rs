@@ -1,14 +1,15 @@
-//! Flags every command takes, and the shared output helpers: engine construction,
-//! progress bars, JSON or human output.
+//! Flags every command takes, and the shared output helpers: SAE loading, progress
+//! bars, JSON or human output.
 
 use std::io::IsTerminal;
 use std::sync::Arc;
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use sae_engine::{BackendKind, Engine, EngineOptions, Error, Format, Result, Sae};
+use sae_engine::{Format, Result, Sae};
 
-/// Global flags (accepted before or after the command name).
+/// Global flags (accepted before or after the command name). The engine's flags are
+/// per command: `crate::engine_flags`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct Global {
     /// Print the result as one JSON object on stdout.
@@ -17,39 +18,6 @@ pub struct Global {
     /// No progress bar and no notes on stderr (errors are still printed).
     #[arg(long, short, global = true)]
     pub quiet: bool,
-    /// Backend: cpu, cuda, cuda:N or auto (CUDA when usable, else CPU).
-    #[arg(long, global = true, default_value = "auto", value_name = "BACKEND",
-          value_parser = parse_backend)]
-    pub backend: String,
-    /// CUDA device index.
-    #[arg(long, global = true, value_name = "N")]
-    pub device: Option<usize>,
-    /// Rows (tokens) per batch; memory grows with it.
-    #[arg(long, global = true, default_value_t = 4096, value_name = "ROWS",
-          value_parser = clap::value_parser!(u64).range(1..))]
-    pub batch_size: u64,
-    /// Latents per encode tile (the engine never holds more than batch x tile pre-activations).
-    #[arg(long, global = true, value_name = "L",
-          value_parser = clap::value_parser!(u64).range(1..))]
-    pub tile_latents: Option<u64>,
-    /// CUDA encode arithmetic: exact (the CPU reference's results up to summation order) or
-    /// fast (activations rounded to the weights' dtype, tensor-core GEMM). The environment
-    /// variable SAE_CUDA_PRECISION, when set, overrides it.
-    #[arg(long, global = true, default_value = "exact", value_name = "PRECISION",
-          value_parser = parse_precision)]
-    pub precision: sae_engine::cuda::Precision,
-}
-
-/// `--precision` values.
-fn parse_precision(s: &str) -> std::result::Result<sae_engine::cuda::Precision, String> {
-    sae_engine::cuda::Precision::parse(s).ok_or_else(|| format!("`{s}`: expected exact or fast"))
-}
-
-/// `--backend` values (checked at parse time so a typo is a usage error).
-fn parse_backend(s: &str) -> std::result::Result<String, String> {
-    BackendKind::parse(s, 0)
-        .map(|_| s.to_string())
-        .map_err(|e| e.to_string())
 }
 
 /// `--format` values.
@@ -70,46 +38,9 @@ impl Ctx {
         Ctx { g }
     }
 
-    pub fn batch_rows(&self) -> usize {
-        self.g.batch_size as usize
-    }
-
     /// Loads an SAE (auto-detected unless `format` forces one).
     pub fn load_sae(&self, path: &std::path::Path, format: Option<Format>) -> Result<Arc<Sae>> {
         Ok(Arc::new(sae_engine::formats::load(path, format)?))
-    }
-
-    /// Builds the engine the flags ask for. `auto` with `--device N` tries that CUDA
-    /// device and falls back to the CPU when CUDA cannot run here.
-    pub fn engine(&self, sae: Arc<Sae>) -> Result<Box<dyn Engine>> {
-        let opts = self.engine_options();
-        let device = self.g.device.unwrap_or(0);
-        let kind = BackendKind::parse(&self.g.backend, device)?;
-        let engine = match kind {
-            BackendKind::Auto if device != 0 => {
-                match sae_engine::engine(BackendKind::Cuda { device }, sae.clone(), &opts) {
-                    Err(Error::BackendUnavailable(_)) => {
-                        sae_engine::engine(BackendKind::Cpu, sae, &opts)
-                    }
-                    other => other,
-                }
-            }
-            k => sae_engine::engine(k, sae, &opts),
-        }?;
-        self.note(&format!("backend: {}", engine.name()));
-        Ok(engine)
-    }
-
-    /// Engine options from the flags (--tile-latents, --precision).
-    pub fn engine_options(&self) -> EngineOptions {
-        let mut opts = EngineOptions {
-            precision: self.g.precision,
-            ..EngineOptions::default()
-        };
-        if let Some(t) = self.g.tile_latents {
-            opts.tile_latents = t as usize;
-        }
-        opts
     }
 
     /// A line on stderr for a person watching (not with --quiet or --json).

@@ -6,10 +6,12 @@ use std::path::PathBuf;
 
 use sae_engine::convert::{convert_dump, convert_sae, DumpConvertOptions};
 use sae_engine::dump::{arrow, Dump};
+use sae_engine::plural::count;
 use sae_engine::{DType, Error, Format, Result};
 use serde_json::json;
 
 use crate::common::{parse_format, Ctx};
+use crate::engine_flags::BatchFlags;
 
 #[derive(Debug, clap::Args)]
 pub struct ConvertArgs {
@@ -38,7 +40,8 @@ pub enum ConvertWhat {
         #[arg(short, long)]
         out: PathBuf,
         /// Rows per output shard (memory holds one shard).
-        #[arg(long, default_value_t = 65536)]
+        #[arg(long, default_value_t = 65536, allow_negative_numbers = true,
+              value_parser = crate::numbers::positive)]
         rows_per_shard: usize,
         /// Stored dtype of the activations (f32, f16, bf16).
         #[arg(long, default_value = "f32")]
@@ -46,6 +49,8 @@ pub enum ConvertWhat {
         /// For a SAELens cache with several hooks: the column to convert.
         #[arg(long)]
         column: Option<String>,
+        #[command(flatten)]
+        batch: BatchFlags,
     },
 }
 
@@ -72,6 +77,7 @@ pub fn run(ctx: &Ctx, args: ConvertArgs) -> Result<()> {
             rows_per_shard,
             dtype,
             column,
+            batch,
         } => {
             let dtype = DType::parse(&dtype).ok_or_else(|| {
                 Error::invalid(format!("--dtype {dtype}: expected f32, f16 or bf16"))
@@ -83,17 +89,17 @@ pub fn run(ctx: &Ctx, args: ConvertArgs) -> Result<()> {
             let opts = DumpConvertOptions {
                 rows_per_shard,
                 dtype,
-                batch_rows: ctx.batch_rows().max(1),
+                batch_rows: batch.batch_size as usize,
             };
             let files = convert_dump(&dump, &out, opts)?;
             ctx.output(
                 json!({"input": input, "out": out, "rows": dump.n_rows(), "width": dump.width(),
                        "shards": files}),
                 &format!(
-                    "wrote {} rows x {} into {} shard(s) in {}",
-                    dump.n_rows(),
+                    "wrote {} x {} into {} in {}",
+                    count(dump.n_rows(), "row"),
                     dump.width(),
-                    files.len(),
+                    count(files.len() as u64, "shard"),
                     out.display()
                 ),
             );

@@ -8,6 +8,7 @@ use sae_engine::{Dump, Format, Result};
 use serde_json::json;
 
 use crate::common::{parse_format, rate, Ctx};
+use crate::engine_flags::EngineFlags;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -26,6 +27,8 @@ pub struct Args {
     /// Force the SAE format instead of detecting it.
     #[arg(long, value_parser = parse_format)]
     pub format: Option<Format>,
+    #[command(flatten)]
+    pub engine: EngineFlags,
 }
 
 pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
@@ -33,14 +36,14 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
     let codes = CodesReader::open(&a.codes)?;
     codes.check_fingerprint(&sae.fingerprint())?;
     let dump = a.acts.as_ref().map(Dump::open).transpose()?;
-    let engine = ctx.engine(sae)?;
+    let engine = a.engine.engine(ctx, sae)?;
     let t0 = Instant::now();
     let pb = ctx.progress(codes.n_rows() as u64, "decode");
     let s = sae_engine::pipeline::decode_to_npy(
         engine.as_ref(),
         &codes,
         dump.as_ref(),
-        ctx.batch_rows(),
+        a.engine.batch_rows(),
         &a.out,
         &|n| pb.inc(n),
     );

@@ -7,6 +7,7 @@ use sae_engine::{Dump, Format, Result};
 use serde_json::json;
 
 use crate::common::{parse_format, rate, Ctx};
+use crate::engine_flags::EngineFlags;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -22,19 +23,21 @@ pub struct Args {
     /// Force the SAE format instead of detecting it.
     #[arg(long, value_parser = parse_format)]
     pub format: Option<Format>,
+    #[command(flatten)]
+    pub engine: EngineFlags,
 }
 
 pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
     let sae = ctx.load_sae(&a.sae, a.format)?;
     let dump = Dump::open(&a.acts)?;
     dump.check_width(sae.d_in())?;
-    let engine = ctx.engine(sae)?;
+    let engine = a.engine.engine(ctx, sae)?;
     let t0 = Instant::now();
     let pb = ctx.progress(dump.n_rows(), "encode");
     let s = sae_engine::pipeline::encode_dump_to_file(
         engine.as_ref(),
         &dump,
-        ctx.batch_rows(),
+        a.engine.batch_rows(),
         &a.out,
         &|n| pb.inc(n),
     );

@@ -7,7 +7,9 @@ mod common;
 mod convert;
 mod decode;
 mod encode;
+mod engine_flags;
 mod inspect;
+mod numbers;
 mod stats;
 mod workflow;
 

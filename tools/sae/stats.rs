@@ -11,7 +11,10 @@ use sae_engine::scaleout::{self, Devices, FanOutOptions, FanOutReport, StatsJob}
 use sae_engine::{Dump, Error, Format, LatentStats, Result, Sae};
 use serde_json::json;
 
+use sae_engine::plural::count;
+
 use crate::common::{parse_format, rate, Ctx};
+use crate::engine_flags::EngineFlags;
 
 #[derive(clap::Args, Debug)]
 #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
@@ -28,7 +31,7 @@ pub struct Args {
     #[arg(long, required = true)]
     pub out: Option<PathBuf>,
     /// Only shard files I, I+N, I+2N, ... (0-based), e.g. a job-array task's slice.
-    #[arg(long, value_name = "I/N", value_parser = parse_shard)]
+    #[arg(long, value_name = "I/N", value_parser = parse_shard, allow_hyphen_values = true)]
     pub shard: Option<(usize, usize)>,
     /// Count every token, ignoring the dump's `mask`.
     #[arg(long)]
@@ -49,6 +52,8 @@ pub struct Args {
     /// With --devices: keep the per-shard statistics files after a successful merge.
     #[arg(long, requires = "devices")]
     pub keep_units: bool,
+    #[command(flatten)]
+    pub engine: EngineFlags,
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -107,24 +112,25 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
         let units = scaleout::shard_units(&acts, a.shard)?;
         let opts = FanOutOptions {
             work_dir,
-            batch_rows: ctx.batch_rows(),
+            batch_rows: a.engine.batch_rows(),
             use_mask: !a.no_mask,
             worker_names: devices.names().to_vec(),
         };
-        return fan_out(ctx, sae, devices, units, opts, a.keep_units, &out);
+        let eopts = a.engine.options();
+        return fan_out(ctx, sae, devices, units, (opts, eopts), a.keep_units, &out);
     }
     let mut dump = Dump::open(&acts)?;
     if let Some((i, n)) = a.shard {
         dump = dump.select_shards(i, n)?;
     }
     dump.check_width(sae.d_in())?;
-    let engine = ctx.engine(sae)?;
+    let engine = a.engine.engine(ctx, sae)?;
     let t0 = Instant::now();
     let pb = ctx.progress(dump.n_rows(), "stats");
     let s = sae_engine::pipeline::stats_of_dump(
         engine.as_ref(),
         &dump,
-        ctx.batch_rows(),
+        a.engine.batch_rows(),
         !a.no_mask,
         &|n| pb.inc(n),
     );
@@ -140,10 +146,10 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
     json["seconds"] = json!(secs);
     json["rows_per_second"] = json!(rate(dump.n_rows(), secs));
     let human = format!(
-        "statistics of {} tokens ({} rows, {} shard files) over {} latents ({} fired) -> {}",
-        s.n_tokens,
-        dump.n_rows(),
-        dump.shards().len(),
+        "statistics of {} ({}, {}) over {} latents ({} fired) -> {}",
+        count(s.n_tokens, "token"),
+        count(dump.n_rows(), "row"),
+        count(dump.shards().len() as u64, "shard file"),
         s.n_latents(),
         json["latents_fired"],
         out.display()
@@ -167,7 +173,7 @@ fn fan_out(
     sae: Arc<Sae>,
     devices: &Devices,
     units: Vec<scaleout::Unit>,
-    opts: FanOutOptions,
+    (opts, eopts): (FanOutOptions, sae_engine::EngineOptions),
     keep_units: bool,
     out: &Path,
 ) -> Result<()> {
@@ -176,7 +182,6 @@ fn fan_out(
     for n in job.notes() {
         ctx.note(n);
     }
-    let eopts = ctx.engine_options();
     let factory = |w: usize| sae_engine::engine(devices.kinds()[w], sae.clone(), &eopts);
     let t0 = Instant::now();
     let pb = ctx.progress(job.pending_rows(), "stats");
@@ -203,9 +208,9 @@ fn fan_out(
         }
         let bad = report.failures.len() + report.not_run.len();
         return Err(Error::invalid(format!(
-            "{bad} of {} shard files have no statistics; the {} finished are kept in {}; \
+            "{bad} of {} have no statistics; the {} finished are kept in {}; \
              rerun the same command to compute only the missing ones",
-            report.n_units,
+            count(report.n_units as u64, "shard file"),
             report.n_units - bad,
             work_dir.display()
         )));
@@ -227,12 +232,12 @@ fn fan_out(
     json["rows_computed"] = json!(rows);
     json["rows_per_second"] = json!(rate(rows, secs));
     let human = format!(
-        "statistics of {} tokens over {} latents ({} fired) from {} shard files \
+        "statistics of {} over {} latents ({} fired) from {} \
          ({} computed, {} reused) -> {}{}",
-        s.n_tokens,
+        count(s.n_tokens, "token"),
         s.n_latents(),
         json["latents_fired"],
-        report.n_units,
+        count(report.n_units as u64, "shard file"),
         report.computed.len(),
         report.reused.len(),
         out.display(),
@@ -252,10 +257,10 @@ fn device_lines(r: &FanOutReport) -> String {
                 _ => String::new(),
             };
             format!(
-                "\n  {}: {} shards, {} rows, {:.0} rows/s ({}){state}",
+                "\n  {}: {}, {}, {:.0} rows/s ({}){state}",
                 w.device,
-                w.units,
-                w.rows,
+                count(w.units as u64, "shard"),
+                count(w.rows, "row"),
                 w.rows_per_second,
                 w.backend.as_deref().unwrap_or("no engine"),
             )
@@ -270,9 +275,9 @@ fn merge(ctx: &Ctx, inputs: Vec<PathBuf>, out: PathBuf) -> Result<()> {
     json["out"] = json!(out);
     json["inputs"] = json!(inputs.len());
     let human = format!(
-        "merged {} statistics files: {} tokens over {} latents -> {}",
-        inputs.len(),
-        s.n_tokens,
+        "merged {}: {} over {} latents -> {}",
+        count(inputs.len() as u64, "statistics file"),
+        count(s.n_tokens, "token"),
         s.n_latents(),
         out.display()
     );

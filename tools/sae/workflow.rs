@@ -4,17 +4,19 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
+use sae_engine::plural::count;
 use sae_engine::workflow::{
     self, demo, detect, diff, monitor, report, steer, tokenizer::Vocab, top_examples, Measured,
     StatsOptions,
 };
-use sae_engine::{BackendKind, Dump, Engine, Error, Format, Result};
+use sae_engine::{Dump, Engine, Error, Format, Result};
 
 use crate::common::{parse_format, Ctx};
+use crate::engine_flags::EngineFlags;
 
-fn stats_opts(ctx: &Ctx, mask: bool) -> StatsOptions {
+fn stats_opts(engine: &EngineFlags, mask: bool) -> StatsOptions {
     StatsOptions {
-        batch_rows: ctx.batch_rows(),
+        batch_rows: engine.batch_rows(),
         use_mask: mask,
     }
 }
@@ -31,13 +33,19 @@ struct Session {
 }
 
 impl Session {
-    fn new(ctx: &Ctx, sae: &Path, format: Option<Format>, mask: bool) -> Result<Session> {
+    fn new(
+        ctx: &Ctx,
+        flags: &EngineFlags,
+        sae: &Path,
+        format: Option<Format>,
+        mask: bool,
+    ) -> Result<Session> {
         let sae = ctx.load_sae(sae, format)?;
         let fingerprint = sae.fingerprint();
         Ok(Session {
-            engine: ctx.engine(sae)?,
+            engine: flags.engine(ctx, sae)?,
             fingerprint,
-            opts: stats_opts(ctx, mask),
+            opts: stats_opts(flags, mask),
         })
     }
     fn measure(&self, ctx: &Ctx, path: &Path) -> Result<Measured> {
@@ -78,10 +86,10 @@ pub struct DiffArgs {
     #[arg(long, required = true, num_args = 1..)]
     pub tuned: Vec<PathBuf>,
     /// Latents in the top (largest increase) list.
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, allow_negative_numbers = true, value_parser = crate::numbers::count, default_value_t = 20)]
     pub top: usize,
     /// Latents in the bottom (largest decrease) list.
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, allow_negative_numbers = true, value_parser = crate::numbers::count, default_value_t = 20)]
     pub bottom: usize,
     /// Ranking: avg-delta, z-score, min-delta (every fine-tune must agree) or sign.
     #[arg(long, default_value = "avg-delta")]
@@ -95,11 +103,13 @@ pub struct DiffArgs {
     /// Force the SAE format instead of detecting it.
     #[arg(long, value_parser = parse_format)]
     pub format: Option<Format>,
+    #[command(flatten)]
+    pub engine: EngineFlags,
 }
 
 pub fn run_diff(ctx: &Ctx, a: DiffArgs) -> Result<()> {
     let order = diff::DiffOrder::parse(&a.order)?;
-    let s = Session::new(ctx, &a.sae, a.format, a.mask)?;
+    let s = Session::new(ctx, &a.engine, &a.sae, a.format, a.mask)?;
     let base = s.measure(ctx, &a.base)?;
     let tuned = s.measure_all(ctx, &a.tuned)?;
     workflow::check_pairing(&base, &tuned)?;
@@ -144,9 +154,9 @@ pub fn run_diff(ctx: &Ctx, a: DiffArgs) -> Result<()> {
     };
     let _ = writeln!(
         h,
-        "largest increase ({} over {} fine-tunes):",
+        "largest increase ({} over {}):",
         r.order,
-        r.tuned.len()
+        count(r.tuned.len() as u64, "fine-tune")
     );
     rows(&mut h, &r.latents);
     let _ = writeln!(h, "largest decrease:");
@@ -163,7 +173,7 @@ pub struct SteerArgs {
     #[arg(long)]
     pub sae: PathBuf,
     /// Latent to steer along (repeat with --strength for a sum of several).
-    #[arg(long, required = true, num_args = 1)]
+    #[arg(long, allow_negative_numbers = true, value_parser = crate::numbers::count, required = true, num_args = 1)]
     pub latent: Vec<usize>,
     /// Strength of each --latent, in --unit (negative suppresses).
     #[arg(long, required = true, num_args = 1, allow_negative_numbers = true)]
@@ -175,12 +185,13 @@ pub struct SteerArgs {
     /// Activation dump: for median-norm / max-act units and for --apply.
     #[arg(long)]
     pub acts: Option<PathBuf>,
-    /// Export format: npy, safetensors or gguf (llama.cpp control vector).
-    #[arg(long, default_value = "gguf")]
-    pub format: String,
+    /// File format of the exported vector: npy, safetensors or gguf (llama.cpp control
+    /// vector).
+    #[arg(long, default_value = "gguf", value_name = "FORMAT")]
+    pub export_format: String,
     /// Layer N the vector is for: the output of block N (0-based) = HF hidden_states[N+1]
     /// = llama.cpp direction.N (N >= 1).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = crate::numbers::count)]
     pub layer: Option<usize>,
     /// Output file for the vector.
     #[arg(long)]
@@ -193,17 +204,31 @@ pub struct SteerArgs {
     #[arg(long, default_value = "llama")]
     pub model_hint: String,
     /// Other latents to report in the dry run.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, allow_negative_numbers = true, value_parser = crate::numbers::count, default_value_t = 10)]
     pub top_moved: usize,
     /// Seed of the random control vector.
-    #[arg(long, default_value_t = 0x5eed)]
+    #[arg(long, allow_negative_numbers = true, value_parser = crate::numbers::at_least::<0>, default_value_t = 0x5eed)]
     pub seed: u64,
     /// Count only tokens whose dump `mask` is 1.
     #[arg(long)]
     pub mask: bool,
-    /// Force the SAE format instead of detecting it.
-    #[arg(long, value_parser = parse_format)]
-    pub sae_format: Option<Format>,
+    /// Force the SAE format instead of detecting it (as on every command; the vector's
+    /// file format is --export-format).
+    #[arg(long, value_parser = parse_steer_sae_format)]
+    pub format: Option<Format>,
+    #[command(flatten)]
+    pub engine: EngineFlags,
+}
+
+/// `steer --format`: the SAE format, as everywhere; a vector file format given there
+/// (the flag's meaning before --export-format) is pointed at the right flag.
+fn parse_steer_sae_format(s: &str) -> std::result::Result<Format, String> {
+    if steer::VectorFormat::parse(s).is_ok() {
+        return Err(format!(
+            "`{s}` is a vector file format: use --export-format {s} (--format is the SAE format)"
+        ));
+    }
+    parse_format(s)
 }
 
 pub fn run_steer(ctx: &Ctx, a: SteerArgs) -> Result<()> {
@@ -215,7 +240,7 @@ pub fn run_steer(ctx: &Ctx, a: SteerArgs) -> Result<()> {
         )));
     }
     let unit = steer::SteerUnit::parse(&a.unit)?;
-    let format = steer::VectorFormat::parse(&a.format)?;
+    let format = steer::VectorFormat::parse(&a.export_format)?;
     if a.out.is_none() && !a.apply {
         return Err(Error::invalid(
             "nothing to do: give --out FILE (export) and/or --apply (dry run)",
@@ -229,7 +254,7 @@ pub fn run_steer(ctx: &Ctx, a: SteerArgs) -> Result<()> {
     if a.apply && a.acts.is_none() {
         return Err(Error::invalid("--apply needs --acts DUMP"));
     }
-    let s = Session::new(ctx, &a.sae, a.sae_format, a.mask)?;
+    let s = Session::new(ctx, &a.engine, &a.sae, a.format, a.mask)?;
     let dump = a.acts.as_ref().map(Dump::open).transpose()?;
     let terms: Vec<steer::SteerTerm> = a
         .latent
@@ -297,10 +322,10 @@ pub struct DetectArgs {
     #[arg(long, required = true, num_args = 1..)]
     pub negative: Vec<PathBuf>,
     /// Only evaluate these latents (default: all).
-    #[arg(long, num_args = 1..)]
+    #[arg(long, allow_negative_numbers = true, value_parser = crate::numbers::count, num_args = 1..)]
     pub latents: Option<Vec<usize>>,
     /// Latents in the ranked output.
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, allow_negative_numbers = true, value_parser = crate::numbers::count, default_value_t = 20)]
     pub top: usize,
     /// Count only tokens whose dump `mask` is 1.
     #[arg(long)]
@@ -311,10 +336,12 @@ pub struct DetectArgs {
     /// Force the SAE format instead of detecting it.
     #[arg(long, value_parser = parse_format)]
     pub format: Option<Format>,
+    #[command(flatten)]
+    pub engine: EngineFlags,
 }
 
 pub fn run_detect(ctx: &Ctx, a: DetectArgs) -> Result<()> {
-    let s = Session::new(ctx, &a.sae, a.format, a.mask)?;
+    let s = Session::new(ctx, &a.engine, &a.sae, a.format, a.mask)?;
     let base = s.measure(ctx, &a.base)?;
     let pos = s.measure_all(ctx, &a.positive)?;
     let neg = s.measure_all(ctx, &a.negative)?;
@@ -351,7 +378,7 @@ pub struct MonitorArgs {
     #[arg(long, required = true, num_args = 1..)]
     pub checkpoints: Vec<PathBuf>,
     /// Latents to follow.
-    #[arg(long, required = true, num_args = 1..)]
+    #[arg(long, allow_negative_numbers = true, value_parser = crate::numbers::count, required = true, num_args = 1..)]
     pub latents: Vec<usize>,
     /// Alarm threshold on the delta (one for all, or one per latent; >= 0: delta >= T,
     /// < 0: delta <= T). Default: |z| >= 4 (a change of four standard errors).
@@ -366,10 +393,12 @@ pub struct MonitorArgs {
     /// Force the SAE format instead of detecting it.
     #[arg(long, value_parser = parse_format)]
     pub format: Option<Format>,
+    #[command(flatten)]
+    pub engine: EngineFlags,
 }
 
 pub fn run_monitor(ctx: &Ctx, a: MonitorArgs) -> Result<()> {
-    let s = Session::new(ctx, &a.sae, a.format, a.mask)?;
+    let s = Session::new(ctx, &a.engine, &a.sae, a.format, a.mask)?;
     workflow::check_latents(&a.latents, s.engine.sae().n_latents())?;
     let base = s.measure(ctx, &a.base)?;
     let cks = s.measure_all(ctx, &a.checkpoints)?;
@@ -403,19 +432,19 @@ pub struct TopExamplesArgs {
     #[arg(long)]
     pub acts: PathBuf,
     /// The latent.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = crate::numbers::count)]
     pub latent: usize,
     /// Examples to show.
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, allow_negative_numbers = true, value_parser = crate::numbers::count, default_value_t = 20)]
     pub top: usize,
     /// Tokens of context on each side (within the same document when doc_ids exist).
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, allow_negative_numbers = true, value_parser = crate::numbers::count, default_value_t = 8)]
     pub context: usize,
     /// Hugging Face tokenizer.json to decode token ids.
     #[arg(long)]
     pub tokenizer: Option<PathBuf>,
     /// Histogram bins.
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, allow_negative_numbers = true, value_parser = crate::numbers::positive, default_value_t = 20)]
     pub bins: usize,
     /// Count only tokens whose dump `mask` is 1.
     #[arg(long)]
@@ -426,6 +455,8 @@ pub struct TopExamplesArgs {
     /// Force the SAE format instead of detecting it.
     #[arg(long, value_parser = parse_format)]
     pub format: Option<Format>,
+    #[command(flatten)]
+    pub engine: EngineFlags,
 }
 
 pub fn run_top_examples(ctx: &Ctx, a: TopExamplesArgs) -> Result<()> {
@@ -434,7 +465,7 @@ pub fn run_top_examples(ctx: &Ctx, a: TopExamplesArgs) -> Result<()> {
         .as_deref()
         .map(Vocab::from_tokenizer_json)
         .transpose()?;
-    let s = Session::new(ctx, &a.sae, a.format, a.mask)?;
+    let s = Session::new(ctx, &a.engine, &a.sae, a.format, a.mask)?;
     let dump = Dump::open(&a.acts)?;
     let pb = ctx.progress(dump.n_rows(), "scanning");
     let r = top_examples::top_examples_with_progress(
@@ -467,9 +498,7 @@ pub fn run_top_examples(ctx: &Ctx, a: TopExamplesArgs) -> Result<()> {
         let _ = writeln!(
             h,
             "{:>3} {:>9.4} row {:>8}  {ctx_text}",
-            e.rank + 1,
-            e.activation,
-            e.row
+            e.rank, e.activation, e.row
         );
     }
     let _ = write!(
@@ -493,22 +522,26 @@ pub struct DemoArgs {
     #[arg(long)]
     pub out_dir: Option<PathBuf>,
     /// Seed of the synthetic scenario.
-    #[arg(long, default_value_t = 2026)]
+    #[arg(long, allow_negative_numbers = true, value_parser = crate::numbers::at_least::<0>, default_value_t = 2026)]
     pub seed: u64,
     /// Tokens per synthetic dump.
-    #[arg(long, default_value_t = 2048)]
+    #[arg(long, default_value_t = 2048, allow_negative_numbers = true,
+          value_parser = crate::numbers::positive)]
     pub tokens: usize,
+    #[command(flatten)]
+    pub engine: EngineFlags,
 }
 
 pub fn run_demo(ctx: &Ctx, a: DemoArgs) -> Result<()> {
-    let backend = BackendKind::parse(&ctx.g.backend, ctx.g.device.unwrap_or(0))?;
+    let backend = a.engine.backend_kind()?;
     ctx.note("building a synthetic audit (SAE d=256, 4096 latents; base, 4 misaligned, 3 aligned fine-tunes, 6 checkpoints)");
     let r = demo::run(&demo::DemoOptions {
         out_dir: a.out_dir,
         seed: a.seed,
         backend,
         n_tokens: a.tokens,
-        batch_rows: ctx.batch_rows(),
+        batch_rows: a.engine.batch_rows(),
+        engine: a.engine.options(),
         ..Default::default()
     })?;
     let mut h = String::new();
