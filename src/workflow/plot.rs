@@ -569,11 +569,10 @@ pub fn delta_vs_freq(path: &Path, r: &DiffReport) -> Result<()> {
         )) {
             if l.moved {
                 let from = (p.0 + if l.right { 4 } else { -4 }, p.1);
+                // The line stops just short of the text.
+                let to = (l.x + if l.right { -3 } else { 3 }, l.y);
                 plain
-                    .draw(&PathElement::new(
-                        vec![from, (l.x, l.y)],
-                        HIGHLIGHT.stroke_width(1),
-                    ))
+                    .draw(&PathElement::new(vec![from, to], HIGHLIGHT.stroke_width(1)))
                     .map_err(|e| e.to_string())?;
             }
             let font = ("sans-serif", POINT_LABEL_FONT)
@@ -601,50 +600,146 @@ struct Placed {
     moved: bool,
 }
 
-/// Places one label per point, in order (the first gets the best spot): right of its
-/// point (left in the right fifth of the plot), else moved up or down a line at a time
-/// until it overlaps no earlier label, no highlighted point and not `keep_clear`, and
-/// stays inside the `w` x `h` plot. Where no spot is free it stays beside its point.
+type Box4 = (i32, i32, i32, i32);
+
+fn overlap(a: Box4, b: Box4) -> bool {
+    a.0 < b.2 && b.0 < a.2 && a.1 < b.3 && b.1 < a.3
+}
+
+/// Places one label per point inside the `w` x `h` plot, overlapping no other label,
+/// no highlighted point and not `keep_clear` (the legend):
+/// 1. beside its point, in rank order (right of it; left in the right fifth);
+/// 2. the rest in a column right of the crowd (else left of it), ordered as their
+///    points are from top to bottom so that the leader lines do not cross;
+/// 3. what still has no place: moved up or down a line at a time near its point,
+///    stepping out as it goes (beside its point when nothing is free).
 fn place_labels(
     points: &[(i32, i32)],
     texts: &[String],
     (w, h): (i32, i32),
-    keep_clear: (i32, i32, i32, i32),
+    keep_clear: Box4,
 ) -> Vec<Placed> {
     let line = (POINT_LABEL_FONT / 1.24).ceil() as i32 + 3;
-    let overlap = |a: (i32, i32, i32, i32), b: (i32, i32, i32, i32)| {
-        a.0 < b.2 && b.0 < a.2 && a.1 < b.3 && b.1 < a.3
+    let widths: Vec<i32> = texts
+        .iter()
+        .map(|t| text_px(POINT_LABEL_FONT, t).ceil() as i32)
+        .collect();
+    let label_box = |x: i32, y: i32, right: bool, tw: i32| {
+        let (x0, x1) = if right { (x, x + tw) } else { (x - tw, x) };
+        (x0, y - line / 2, x1, y + line / 2)
     };
-    let mut taken: Vec<(i32, i32, i32, i32)> = std::iter::once(keep_clear)
+    let mut taken: Vec<Box4> = std::iter::once(keep_clear)
         .chain(points.iter().map(|&(x, y)| (x - 4, y - 4, x + 4, y + 4)))
         .collect();
-    let mut placed = Vec::with_capacity(points.len());
-    for (&(px, py), text) in points.iter().zip(texts) {
-        let tw = text_px(POINT_LABEL_FONT, text).ceil() as i32;
-        let spot = |right: bool, dy: i32| {
-            let (x, y) = (if right { px + 7 } else { px - 7 }, py + dy);
-            let (x0, x1) = if right { (x, x + tw) } else { (x - tw, x) };
-            (x, y, (x0, y - line / 2, x1, y + line / 2))
-        };
-        let sides = if px < w * 4 / 5 {
+    let free = |b: Box4, taken: &[Box4]| {
+        b.0 >= 0 && b.1 >= 0 && b.2 <= w && b.3 <= h && !taken.iter().any(|t| overlap(*t, b))
+    };
+    let sides = |px: i32| {
+        if px < w * 4 / 5 {
             [true, false]
         } else {
             [false, true]
-        };
-        let free = |b: (i32, i32, i32, i32), taken: &[(i32, i32, i32, i32)]| {
-            b.0 >= 0 && b.1 >= 0 && b.2 <= w && b.3 <= h && !taken.iter().any(|t| overlap(*t, b))
-        };
-        let choice = (0..=12)
-            .flat_map(|step| [-step, step])
-            .flat_map(|k| sides.map(|right| (right, k)))
-            .map(|(right, k)| (right, k != 0, spot(right, k * line)))
-            .find(|(_, _, (_, _, b))| free(*b, &taken));
-        let (right, moved, (x, y, b)) =
-            choice.unwrap_or_else(|| (sides[0], false, spot(sides[0], 0)));
-        taken.push(b);
-        placed.push(Placed { x, y, right, moved });
+        }
+    };
+    let mut placed: Vec<Option<Placed>> = (0..points.len()).map(|_| None).collect();
+
+    for (i, &(px, py)) in points.iter().enumerate() {
+        for right in sides(px) {
+            let x = if right { px + 7 } else { px - 7 };
+            let b = label_box(x, py, right, widths[i]);
+            if free(b, &taken) {
+                taken.push(b);
+                placed[i] = Some(Placed {
+                    x,
+                    y: py,
+                    right,
+                    moved: false,
+                });
+                break;
+            }
+        }
     }
-    placed
+
+    for right in [true, false] {
+        let rest: Vec<usize> = (0..points.len()).filter(|i| placed[*i].is_none()).collect();
+        if rest.is_empty() {
+            break;
+        }
+        // As many as the plot's height holds, best ranked first, then top to bottom.
+        let mut col: Vec<usize> = rest.into_iter().take((h / line).max(0) as usize).collect();
+        col.sort_by_key(|i| points[*i].1);
+        let mut ys: Vec<i32> = Vec::with_capacity(col.len());
+        for i in &col {
+            let y = ys
+                .last()
+                .map_or(points[*i].1, |p| (p + line).max(points[*i].1));
+            ys.push(y.max(line / 2));
+        }
+        // Centred on its points, inside the plot.
+        let mean = |v: &mut dyn Iterator<Item = i32>| {
+            let (sum, n) = v.fold((0i64, 0i64), |(s, n), y| (s + y as i64, n + 1));
+            (sum / n.max(1)) as i32
+        };
+        let centre = mean(&mut col.iter().map(|i| points[*i].1)) - mean(&mut ys.iter().cloned());
+        let lo = line / 2 - ys[0];
+        let hi = h - line / 2 - ys[ys.len() - 1];
+        let shift = if lo > hi { lo } else { centre.clamp(lo, hi) };
+        ys.iter_mut().for_each(|y| *y += shift);
+        let (top, bottom) = (ys[0] - line / 2, ys[ys.len() - 1] + line / 2);
+        let tw = col.iter().map(|i| widths[*i]).max().unwrap_or(0);
+        // Beside every label and point already in those rows (the legend aside: a
+        // label in its rows is simply not placed there), and beside its own points.
+        let rows: Vec<&Box4> = taken[1..]
+            .iter()
+            .filter(|b| b.1 < bottom && b.3 > top)
+            .collect();
+        let own = col.iter().map(|i| points[*i].0);
+        let x = if right {
+            rows.iter().map(|b| b.2).chain(own).max().unwrap_or(0) + 16
+        } else {
+            rows.iter().map(|b| b.0).chain(own).min().unwrap_or(w) - 16
+        };
+        if right && x + tw > w || !right && x < tw {
+            continue;
+        }
+        for (i, y) in col.iter().zip(&ys) {
+            let b = label_box(x, *y, right, widths[*i]);
+            if free(b, &taken) {
+                taken.push(b);
+                placed[*i] = Some(Placed {
+                    x,
+                    y: *y,
+                    right,
+                    moved: true,
+                });
+            }
+        }
+    }
+
+    for (i, &(px, py)) in points.iter().enumerate() {
+        if placed[i].is_some() {
+            continue;
+        }
+        // A label k lines away also steps 4 px further out per line, so that the leader
+        // lines of one point's stack pass beside its nearer labels, not through them.
+        let spot = |right: bool, k: i32| {
+            let out = 7 + 4 * k.abs();
+            let (x, y) = (if right { px + out } else { px - out }, py + k * line);
+            (x, y, label_box(x, y, right, widths[i]))
+        };
+        let choice = (1..=12)
+            .flat_map(|step| [-step, step])
+            .flat_map(|k| sides(px).map(|right| (right, k)))
+            .map(|(right, k)| (right, spot(right, k)))
+            .find(|(_, (_, _, b))| free(*b, &taken));
+        let (right, (x, y, b), moved) = match choice {
+            Some((right, s)) => (right, s, true),
+            None => (sides(px)[0], spot(sides(px)[0], 0), false),
+        };
+        taken.push(b);
+        placed[i] = Some(Placed { x, y, right, moved });
+    }
+    placed.into_iter().flatten().collect()
 }
 
 /// One line per monitored latent: delta over checkpoints, with its threshold dashed.
@@ -1001,9 +1096,13 @@ mod tests {
     fn delta_vs_freq_labels_its_highlighted_points_and_explains_them() {
         let dir = tempfile::tempdir().unwrap();
         // The first 30 latents of a 1-fine-tune diff crowd near one another.
-        for (k, r) in [report(3000, 1, 30), report(3000, 2, 12)]
-            .iter()
-            .enumerate()
+        for (k, r) in [
+            report(3000, 1, 30),
+            report(3000, 1, 50),
+            report(3000, 2, 12),
+        ]
+        .iter()
+        .enumerate()
         {
             let path = dir.path().join(format!("scatter{k}.svg"));
             delta_vs_freq(&path, r).unwrap();
