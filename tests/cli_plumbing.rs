@@ -180,7 +180,7 @@ fn every_output_records_inputs_options_and_version() {
     ));
     let p = &j["provenance"];
     assert_eq!(p["options"]["order"], "z-score");
-    assert_eq!(p["options"]["mask"], false);
+    assert_eq!(p["options"]["mask"], true); // the mask is honoured by default
     assert_eq!(input(p, "base")["sha256"], sha256_of(&base));
     let tuned_inputs: Vec<&Value> = p["inputs"]
         .as_array()
