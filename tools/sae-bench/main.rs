@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Parser;
-use sae_engine::io::guard::PathGuard;
 use sae_engine::error::{exit, Error, Result};
+use sae_engine::io::guard::PathGuard;
 use sae_engine::provenance::Provenance;
 
 /// `println!` that survives a closed stdout (`sae-bench verify | head`).
