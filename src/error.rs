@@ -142,8 +142,17 @@ impl Error {
         exit::error_json(self.exit_code(), self.kind(), &self.one_line())
     }
 
-    /// An I/O error about `path`.
+    /// An I/O error about `path`. A symlink loop is named as one: the system's own
+    /// text ("Too many levels of symbolic links") does not say what to fix.
     pub fn io(path: impl AsRef<Path>, source: std::io::Error) -> Self {
+        let source = if is_symlink_loop(&source) {
+            std::io::Error::new(
+                source.kind(),
+                "symlink loop: a symbolic link on this path leads back to itself",
+            )
+        } else {
+            source
+        };
         Error::Io {
             path: path.as_ref().to_path_buf(),
             source,
@@ -200,4 +209,16 @@ impl Error {
     pub fn invalid(msg: impl Into<String>) -> Self {
         Error::InvalidArgument(msg.into())
     }
+}
+
+/// ELOOP: too many symbolic links met while resolving a path (std's
+/// `ErrorKind::FilesystemLoop` is not stable yet).
+fn is_symlink_loop(e: &std::io::Error) -> bool {
+    #[cfg(target_os = "linux")]
+    const ELOOP: Option<i32> = Some(40);
+    #[cfg(all(unix, not(target_os = "linux")))]
+    const ELOOP: Option<i32> = Some(62); // macOS and the BSDs
+    #[cfg(not(unix))]
+    const ELOOP: Option<i32> = None;
+    e.raw_os_error().is_some() && e.raw_os_error() == ELOOP
 }

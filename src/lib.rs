@@ -24,6 +24,7 @@ pub mod io;
 pub mod matrix;
 pub mod ops;
 pub mod pipeline;
+pub mod plural;
 pub mod provenance;
 pub mod sae;
 pub mod scaleout;

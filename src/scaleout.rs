@@ -303,8 +303,9 @@ fn select(acts: &Path, units: Vec<Unit>, shard: Option<(usize, usize)>) -> Resul
     let units: Vec<Unit> = units.into_iter().filter(|u| u.index % n == i).collect();
     if units.is_empty() {
         return Err(Error::invalid(format!(
-            "{}: shard {i}/{n} selects no file (the dump has {total} shard files)",
-            acts.display()
+            "{}: shard {i}/{n} selects no file (the dump has {})",
+            acts.display(),
+            crate::plural::count(total as u64, "shard file")
         )));
     }
     Ok(units)

@@ -16,11 +16,16 @@ use serde_json::Value;
 const D: usize = 4;
 const L: usize = 6;
 
-/// Runs `sae --json --backend cpu ARGS`, which must succeed; returns its JSON.
+/// Runs `sae --json ARGS` (with `--backend cpu` on the commands that run an SAE),
+/// which must succeed; returns its JSON.
 #[track_caller]
 fn ok_json(args: &[&str]) -> Value {
-    let mut a = vec!["--json", "--backend", "cpu"];
+    let mut a = vec!["--json"];
     a.extend_from_slice(args);
+    let runs_sae = matches!(args.first(), Some(&("encode" | "decode" | "stats")));
+    if runs_sae && args.get(1) != Some(&"merge") {
+        a.extend(["--backend", "cpu"]);
+    }
     sae_json(&a)
 }
 
@@ -500,8 +505,14 @@ fn errors_name_the_file_and_exit_1() {
     // usage errors exit 2
     sae_exits(2, &["stats", "--sae", arg(sae)]);
     sae_exits(2, &["encode"]);
-    sae_exits(2, &["--batch-size", "0", "inspect", arg(sae)]);
-    let bad = sae_exits(2, &["--backend", "tpu", "inspect", arg(sae)]);
+    sae_exits(
+        2,
+        &acts_cmd("encode", sae, dump, &out, &["--batch-size", "0"]),
+    );
+    let bad = sae_exits(
+        2,
+        &acts_cmd("encode", sae, dump, &out, &["--backend", "tpu"]),
+    );
     assert!(bad.contains("tpu"));
 }
 

@@ -62,9 +62,9 @@ fn dump(path: &Path, n: usize, seed: u32) -> PathBuf {
     path.to_path_buf()
 }
 
-/// `--json --backend cpu CMD --sae SAE REST...`
+/// `--json CMD --backend cpu --sae SAE REST...`
 fn on_cpu<'a>(cmd: &'a str, sae: &'a Path, rest: &[&'a str]) -> Vec<&'a str> {
-    let mut a = vec!["--json", "--backend", "cpu", cmd, "--sae", arg(sae)];
+    let mut a = vec!["--json", cmd, "--backend", "cpu", "--sae", arg(sae)];
     a.extend_from_slice(rest);
     a
 }
@@ -276,9 +276,9 @@ fn a_stdout_closed_early_ends_the_command_quietly() {
     let tuned = dump(&dir.path().join("tuned.safetensors"), 32, 2);
     let out = dir.path().join("diff");
     let args = [
+        "diff",
         "--backend",
         "cpu",
-        "diff",
         "--sae",
         arg(&sae),
         "--base",
@@ -335,6 +335,8 @@ fn json_errors_are_objects_on_stdout_with_the_exit_status() {
     // 1: an error, naming the file.
     let encode_missing = [
         "encode",
+        "--backend",
+        "cpu",
         "--sae",
         arg(&sae),
         "--acts",
@@ -343,7 +345,7 @@ fn json_errors_are_objects_on_stdout_with_the_exit_status() {
         arg(&out),
     ];
     let j = check(
-        &[&["--json", "--backend", "cpu"][..], &encode_missing].concat(),
+        &[&["--json"][..], &encode_missing].concat(),
         None,
         exit::ERROR,
         "io",
@@ -365,9 +367,9 @@ fn json_errors_are_objects_on_stdout_with_the_exit_status() {
     check(
         &[
             "--json",
+            "encode",
             "--backend",
             "cuda",
-            "encode",
             "--sae",
             arg(&sae),
             "--acts",
@@ -481,10 +483,13 @@ fn without_a_terminal_long_work_logs_progress_lines() {
     let acts = dump(&dir.path().join("big.safetensors"), n, 3);
     let out = dir.path().join("c.safetensors");
     let run = |extra: &[&str]| {
-        let mut a = vec!["--backend", "cpu", "--batch-size", "64"];
-        a.extend_from_slice(extra);
+        let mut a = extra.to_vec();
         a.extend([
             "encode",
+            "--backend",
+            "cpu",
+            "--batch-size",
+            "64",
             "--sae",
             arg(&sae),
             "--acts",
@@ -524,11 +529,11 @@ fn without_a_terminal_long_work_logs_progress_lines() {
     }
     // diff measuring a dump logs the same way, under the dump's name.
     let err = stderr_in_a_log(&[
-        "--backend",
-        "cpu",
         "--progress-interval",
         "0.01",
         "diff",
+        "--backend",
+        "cpu",
         "--sae",
         arg(&sae),
         "--base",

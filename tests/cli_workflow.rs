@@ -180,7 +180,7 @@ fn demo_then_each_command_on_its_files() {
     let gguf_s = gguf.to_str().unwrap();
     let p = persona.to_string();
     let mut args = vec!["--latent", &p, "--strength", "0.4", "--unit", "median-norm"];
-    args.extend(["--acts", &base, "--format", "gguf", "--layer", "12"]);
+    args.extend(["--acts", &base, "--export-format", "gguf", "--layer", "12"]);
     args.extend(["--out", gguf_s, "--apply"]);
     let j = ok_json(&on_cpu("steer", &sae_dir, &args));
     let t = &j["dry_run"]["targets"][0];

@@ -206,7 +206,7 @@ fn sharded_recipe_matches_single_pass() {
 
     let single_path = tmp.path().join("single.safetensors");
     let out = Command::new(&sae_bin)
-        .args(["--backend", "cpu", "--quiet", "stats", "--sae"])
+        .args(["--quiet", "stats", "--backend", "cpu", "--sae"])
         .arg(&env.sae)
         .arg("--acts")
         .arg(&env.dump)

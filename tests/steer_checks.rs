@@ -378,7 +378,7 @@ fn steer_checks_the_layer_against_the_sae_hook_and_the_model() {
     let out = p("v.gguf");
     let npy = p("v.npy");
     let st = |layer: &'static str, fmt: &'static str| -> Vec<&'static str> {
-        vec!["--strength", "1", "--layer", layer, "--format", fmt]
+        vec!["--strength", "1", "--layer", layer, "--export-format", fmt]
     };
 
     // the SAE's own block passes; another block is refused and can be forced

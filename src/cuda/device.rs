@@ -68,7 +68,8 @@ impl Gpu {
         let n = loader::device_count()?;
         if ordinal >= n {
             return Err(Error::BackendUnavailable(format!(
-                "CUDA device {ordinal} requested, but only {n} device(s) present"
+                "CUDA device {ordinal} requested, but only {} present",
+                crate::plural::count(n as u64, "device")
             )));
         }
         loader::ensure(Lib::Cublas)?;

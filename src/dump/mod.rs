@@ -185,8 +185,9 @@ impl Dump {
             .collect();
         if shards.is_empty() {
             return Err(Error::invalid(format!(
-                "{}: shard {i}/{n} selects no file (the dump has {total} shard files)",
-                self.path.display()
+                "{}: shard {i}/{n} selects no file (the dump has {})",
+                self.path.display(),
+                crate::plural::count(total as u64, "shard file")
             )));
         }
         Dump::from_shards(self.path, shards)

@@ -32,12 +32,8 @@ pub mod writer;
 /// `cfg.json` where the name alone does not decide; directories by the files they hold
 /// and their `cfg.json` contents.
 pub fn detect(path: &Path) -> Result<Format> {
-    if !path.exists() {
-        return Err(Error::io(
-            path,
-            std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or directory"),
-        ));
-    }
+    // The real reason (missing, a symlink loop, no permission), not `exists()`'s false.
+    std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
     if path.is_file() {
         let name = path
             .file_name()
@@ -161,12 +157,8 @@ pub fn load_with(
     opts: &LoadOptions,
 ) -> Result<Sae> {
     let path = path.as_ref();
-    if !path.exists() {
-        return Err(Error::io(
-            path,
-            std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or directory"),
-        ));
-    }
+    // The real reason (missing, a symlink loop, no permission), not `exists()`'s false.
+    std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
     let format = match format {
         Some(f) => f,
         None => detect(path)?,

@@ -259,61 +259,6 @@ pub fn first_non_finite(
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn sample() -> LatentStats {
-        let mut s = LatentStats::new("fp", 3);
-        s.n_tokens = 10;
-        s.sum = vec![1.0, 2.0, 3.0];
-        s.sum_sq = vec![1.0, 4.0, 9.0];
-        s.n_active = vec![1, 2, 10];
-        s.max = vec![1.0, 2.0, 3.0];
-        s
-    }
-
-    fn refused(edit: impl Fn(&mut LatentStats), want: &str) {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("s.safetensors");
-        let mut s = sample();
-        edit(&mut s);
-        write(&p, &s).unwrap();
-        let e = read(&p).unwrap_err().to_string();
-        assert!(e.contains("s.safetensors") && e.contains(want), "{e}");
-    }
-
-    #[test]
-    fn clean_file_reads_back() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("s.safetensors");
-        write(&p, &sample()).unwrap();
-        assert_eq!(read(&p).unwrap().sum, sample().sum);
-    }
-
-    #[test]
-    fn non_finite_values_are_refused_naming_array_and_latent() {
-        refused(|s| s.sum[1] = f64::NAN, "`sum` of latent 1 is NaN");
-        refused(
-            |s| s.sum_sq[2] = f64::INFINITY,
-            "`sum_sq` of latent 2 is inf",
-        );
-        refused(
-            |s| s.max[0] = f32::NEG_INFINITY,
-            "`max` of latent 0 is -inf",
-        );
-    }
-
-    #[test]
-    fn inconsistent_counts_are_refused() {
-        refused(|s| s.n_active[1] = 11, "`n_active` of latent 1 is 11");
-        refused(
-            |s| s.n_active[0] = 0,
-            "latent 0 has `n_active` 0 but `sum` 1",
-        );
-    }
-}
-
 /// The per-document sums (tensors `doc_sum_sq`, `doc_n_sum`), if recorded.
 fn read_docs(
     path: &Path,
@@ -428,4 +373,59 @@ fn read_norms(path: &Path, st: &MappedSafetensors, n_tokens: u64) -> Result<Opti
         ));
     }
     Ok(Some(h))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> LatentStats {
+        let mut s = LatentStats::new("fp", 3);
+        s.n_tokens = 10;
+        s.sum = vec![1.0, 2.0, 3.0];
+        s.sum_sq = vec![1.0, 4.0, 9.0];
+        s.n_active = vec![1, 2, 10];
+        s.max = vec![1.0, 2.0, 3.0];
+        s
+    }
+
+    fn refused(edit: impl Fn(&mut LatentStats), want: &str) {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("s.safetensors");
+        let mut s = sample();
+        edit(&mut s);
+        write(&p, &s).unwrap();
+        let e = read(&p).unwrap_err().to_string();
+        assert!(e.contains("s.safetensors") && e.contains(want), "{e}");
+    }
+
+    #[test]
+    fn clean_file_reads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("s.safetensors");
+        write(&p, &sample()).unwrap();
+        assert_eq!(read(&p).unwrap().sum, sample().sum);
+    }
+
+    #[test]
+    fn non_finite_values_are_refused_naming_array_and_latent() {
+        refused(|s| s.sum[1] = f64::NAN, "`sum` of latent 1 is NaN");
+        refused(
+            |s| s.sum_sq[2] = f64::INFINITY,
+            "`sum_sq` of latent 2 is inf",
+        );
+        refused(
+            |s| s.max[0] = f32::NEG_INFINITY,
+            "`max` of latent 0 is -inf",
+        );
+    }
+
+    #[test]
+    fn inconsistent_counts_are_refused() {
+        refused(|s| s.n_active[1] = 11, "`n_active` of latent 1 is 11");
+        refused(
+            |s| s.n_active[0] = 0,
+            "latent 0 has `n_active` 0 but `sum` 1",
+        );
+    }
 }

@@ -41,6 +41,8 @@ pub struct DemoOptions {
     pub d: usize,
     pub n_latents: usize,
     pub batch_rows: usize,
+    /// Tile width and CUDA precision of the engine.
+    pub engine: EngineOptions,
 }
 
 impl Default for DemoOptions {
@@ -53,6 +55,7 @@ impl Default for DemoOptions {
             d: 256,
             n_latents: 4096,
             batch_rows: 1024,
+            engine: EngineOptions::default(),
         }
     }
 }
@@ -271,7 +274,7 @@ pub fn run(opts: &DemoOptions) -> Result<DemoReport> {
     mkdir(&sae_dir)?;
     crate::formats::write_saelens(&sae, &sae_dir)?;
     let sae = Arc::new(crate::formats::load(&sae_dir, None)?);
-    let engine = crate::ops::engine(opts.backend, sae.clone(), &EngineOptions::default())?;
+    let engine = crate::ops::engine(opts.backend, sae.clone(), &opts.engine)?;
     let fp = sae.fingerprint();
 
     let n = opts.n_tokens;

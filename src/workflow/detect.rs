@@ -22,6 +22,16 @@ pub enum Direction {
     Down,
 }
 
+impl std::fmt::Display for Direction {
+    /// The JSON spelling (`up`, `down`), also used in CSV and markdown.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Direction::Up => "up",
+            Direction::Down => "down",
+        })
+    }
+}
+
 impl Direction {
     fn sign(self) -> f64 {
         match self {
@@ -105,6 +115,8 @@ pub struct DetectReport {
     /// classifying that model (None with fewer than two models of a class).
     pub pipeline_loo_accuracy: Option<f64>,
     pub held_out: Vec<HeldOut>,
+    /// Latents expected at AUROC 1 by chance with this many models, and the caveat.
+    pub chance: super::chance::PerfectByChance,
 }
 
 /// Mann-Whitney AUROC: P(pos > neg) + 0.5 P(tie).
@@ -314,6 +326,8 @@ pub fn detect(
             }
         })
         .collect();
+    let perfect = all.iter().filter(|d| d.auroc >= 1.0).count();
+    let chance = super::chance::perfect_by_chance(ps.len(), ns.len(), latents.len(), perfect);
     all.par_sort_by(rank_key);
     all.truncate(opts.top.max(1));
 
@@ -392,6 +406,7 @@ pub fn detect(
         latents: all,
         pipeline_loo_accuracy,
         held_out,
+        chance,
     })
 }
 

@@ -23,6 +23,7 @@ pub enum DiffOrder {
     /// The smallest delta over fine-tunes (top), the largest (bottom): every model must agree.
     MinDelta,
     /// Fine-tunes that increase minus fine-tunes that decrease, then average delta.
+    #[serde(rename = "sign")]
     SignConsistency,
 }
 
@@ -440,14 +441,7 @@ pub fn diff(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::workflow::PairingMode;
-
-    fn paired() -> Pairing {
-        Pairing {
-            mode: PairingMode::Paired,
-            reason: "test".into(),
-        }
-    }
+    use crate::workflow::pairing::paired_for_tests as paired;
 
     fn stats(means: &[f64], n: u64) -> LatentStats {
         let mut s = LatentStats::new("fp", means.len());

@@ -150,7 +150,7 @@ fn check_labelled(
         return Err(Error::invalid(
             "--layer 0 cannot be written as a llama.cpp control vector: llama.cpp adds direction.N to \
              the output of block N (0-based) for N >= 1 and has no slot for block 0's output; use \
-             --format npy or safetensors (tools/python/steer_generate.py hooks block 0), or a later layer",
+             --export-format npy or safetensors (tools/python/steer_generate.py hooks block 0), or a later layer",
         ));
     }
     let (sae_hook, sae_block) = sae_site(inp, layer, label, &mut notes)?;

@@ -12,6 +12,7 @@ use crate::error::{Error, Result};
 use crate::ops::Engine;
 use crate::stats::{LatentStats, RowFilter, TokenRule};
 
+pub mod chance;
 pub mod demo;
 pub mod detect;
 pub mod diff;

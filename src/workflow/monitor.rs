@@ -193,14 +193,7 @@ pub fn monitor(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::workflow::PairingMode;
-
-    fn paired() -> Pairing {
-        Pairing {
-            mode: PairingMode::Paired,
-            reason: "test".into(),
-        }
-    }
+    use crate::workflow::pairing::paired_for_tests as paired;
 
     fn stats(m: f64) -> LatentStats {
         let mut s = LatentStats::new("fp", 2);

@@ -69,6 +69,15 @@ pub struct Pairing {
     pub reason: String,
 }
 
+/// A paired comparison, for unit tests that need a `Pairing` but not its reason.
+#[cfg(test)]
+pub(crate) fn paired_for_tests() -> Pairing {
+    Pairing {
+        mode: PairingMode::Paired,
+        reason: "test".into(),
+    }
+}
+
 /// One input against the base: (matches, why).
 fn compare(base: &Measured, o: &Measured) -> (bool, String) {
     let (a, b) = (&base.stats, &o.stats);

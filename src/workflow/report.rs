@@ -72,7 +72,7 @@ pub fn write_diff_outputs(dir: &Path, r: &DiffReport, prov: &Provenance) -> Resu
     write_json_with_provenance(&dir.join("diff.json"), r, prov)?;
     write_text(&dir.join("diff.csv"), &diff_csv(r))?;
     write_report_markdown(&dir.join("report.md"), &diff_markdown(r), prov)?;
-    super::plot::top_deltas(&dir.join("top_deltas.svg"), r, 10)?;
+    super::plot::top_deltas(&dir.join("top_deltas.svg"), r)?;
     super::plot::delta_vs_freq(&dir.join("delta_vs_freq.svg"), r)
 }
 
@@ -128,10 +128,11 @@ pub fn diff_csv(r: &DiffReport) -> String {
     }
     s.push('\n');
     let rows = |s: &mut String, list: &str, v: &[LatentDiff]| {
-        for (rank, l) in v.iter().enumerate() {
+        for (i, l) in v.iter().enumerate() {
             let _ = write!(
                 s,
-                "{list},{rank},{},{},{},{},{},{},{},{},{},{},{},{}",
+                "{list},{},{},{},{},{},{},{},{},{},{},{},{},{}",
+                i + 1,
                 l.latent,
                 l.delta,
                 l.z,
@@ -189,9 +190,9 @@ pub fn diff_markdown(r: &DiffReport) -> String {
     let _ = writeln!(s, "# Model diff\n");
     let _ = writeln!(
         s,
-        "Base `{}` against {} fine-tune(s): {}. {} latents, {} tokens counted in the base, SAE fingerprint `{}`, order `{:?}`.\n",
+        "Base `{}` against {}: {}. {} latents, {} tokens counted in the base, SAE fingerprint `{}`, order `{}`.\n",
         r.base,
-        r.tuned.len(),
+        crate::plural::count(r.tuned.len() as u64, "fine-tune"),
         r.tuned.iter().map(|t| format!("`{t}`")).collect::<Vec<_>>().join(", "),
         r.n_latents,
         r.n_tokens,
@@ -204,6 +205,9 @@ pub fn diff_markdown(r: &DiffReport) -> String {
         "z: per-token Welch z (treats tokens as independent); z clustered: the average delta over its document-clustered standard error ({}); q: {}.\n",
         r.clustering, r.multiple_testing
     );
+    if let Some(note) = super::plot::cap_note(r.latents.len()) {
+        let _ = writeln!(s, "Plots: {note}\n");
+    }
     let table = |s: &mut String, title: &str, v: &[LatentDiff]| {
         let _ = writeln!(s, "## {title}\n");
         let _ = writeln!(
@@ -250,7 +254,8 @@ pub fn detect_csv(r: &DetectReport) -> String {
     for (i, l) in r.latents.iter().enumerate() {
         let _ = writeln!(
             s,
-            "{i},{},{:?},{},{},{},{},{},{},{},{}",
+            "{},{},{},{},{},{},{},{},{},{},{}",
+            i + 1,
             l.latent,
             l.direction,
             l.auroc,
@@ -277,6 +282,9 @@ pub fn detect_markdown(r: &DetectReport) -> String {
         r.n_evaluated
     );
     inputs_markdown(&mut s, &r.pairing, &r.inputs);
+    if let Some(caveat) = &r.chance.caveat {
+        let _ = writeln!(s, "**Caveat.** {caveat}\n");
+    }
     let f = |v: Option<f64>| v.map(|x| format!("{x:.3}")).unwrap_or_else(|| "n/a".into());
     let _ = writeln!(
         s,
@@ -286,7 +294,7 @@ pub fn detect_markdown(r: &DetectReport) -> String {
     for (i, l) in r.latents.iter().enumerate() {
         let _ = writeln!(
             s,
-            "| {} | {} | {:?} | {:.3} | {} | {} | {:+.4} | {:+.4} | {:+.2} | {:.3e} |",
+            "| {} | {} | {} | {:.3} | {} | {} | {:+.4} | {:+.4} | {:+.2} | {:.3e} |",
             i + 1,
             l.latent,
             l.direction,

@@ -38,6 +38,7 @@ impl Default for TopExamplesOptions {
 /// One example.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Example {
+    /// 1 for the highest activation (ranks count from 1 in every output).
     pub rank: usize,
     /// Row in the dump.
     pub row: u64,
@@ -197,7 +198,7 @@ pub fn top_examples_with_progress(
             .collect();
         let token_id = ids[at];
         examples.push(Example {
-            rank,
+            rank: rank + 1,
             row,
             doc_id: docs.as_ref().map(|d| d[at]),
             activation: act,

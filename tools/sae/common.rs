@@ -1,5 +1,5 @@
-//! Flags every command takes, and the shared output helpers: engine construction,
-//! provenance, progress bars, JSON or human output on a stdout that may be closed early.
+//! Flags every command takes, and the shared output helpers: SAE loading, provenance,
+//! progress bars, JSON or human output on a stdout that may be closed early.
 
 use std::io::IsTerminal;
 use std::sync::Arc;
@@ -8,9 +8,10 @@ use std::time::Duration;
 use crate::progress::{Mode, Progress};
 use sae_engine::hub::{HubOptions, Resolved};
 use sae_engine::provenance::Provenance;
-use sae_engine::{BackendKind, Engine, EngineOptions, Error, Format, Result, Sae};
+use sae_engine::{Error, Format, Result, Sae};
 
-/// Global flags (accepted before or after the command name).
+/// Global flags (accepted before or after the command name). The engine's flags are
+/// per command: `crate::engine_flags`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct Global {
     /// Print the result as one JSON object on stdout.
@@ -24,27 +25,6 @@ pub struct Global {
     #[arg(long, global = true, default_value_t = 10.0, value_name = "SECS",
           value_parser = parse_interval)]
     pub progress_interval: f64,
-    /// Backend: cpu, cuda, cuda:N or auto (CUDA when usable, else CPU).
-    #[arg(long, global = true, default_value = "auto", value_name = "BACKEND",
-          value_parser = parse_backend)]
-    pub backend: String,
-    /// CUDA device index.
-    #[arg(long, global = true, value_name = "N")]
-    pub device: Option<usize>,
-    /// Rows (tokens) per batch; memory grows with it.
-    #[arg(long, global = true, default_value_t = 4096, value_name = "ROWS",
-          value_parser = clap::value_parser!(u64).range(1..))]
-    pub batch_size: u64,
-    /// Latents per encode tile (the engine never holds more than batch x tile pre-activations).
-    #[arg(long, global = true, value_name = "L",
-          value_parser = clap::value_parser!(u64).range(1..))]
-    pub tile_latents: Option<u64>,
-    /// CUDA encode arithmetic: exact (the CPU reference's results up to summation order) or
-    /// fast (activations rounded to the weights' dtype, tensor-core GEMM). The environment
-    /// variable SAE_CUDA_PRECISION, when set, overrides it.
-    #[arg(long, global = true, default_value = "exact", value_name = "PRECISION",
-          value_parser = parse_precision)]
-    pub precision: sae_engine::cuda::Precision,
     /// Resolve `--sae hf:...` / `saelens:...` names from the local Hugging Face cache only,
     /// never downloading (as HF_HUB_OFFLINE=1 does).
     #[arg(long, global = true)]
@@ -57,18 +37,6 @@ fn parse_interval(s: &str) -> std::result::Result<f64, String> {
         Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
         _ => Err(format!("`{s}`: expected seconds >= 0, e.g. 10 or 0.5")),
     }
-}
-
-/// `--precision` values.
-fn parse_precision(s: &str) -> std::result::Result<sae_engine::cuda::Precision, String> {
-    sae_engine::cuda::Precision::parse(s).ok_or_else(|| format!("`{s}`: expected exact or fast"))
-}
-
-/// `--backend` values (checked at parse time so a typo is a usage error).
-fn parse_backend(s: &str) -> std::result::Result<String, String> {
-    BackendKind::parse(s, 0)
-        .map(|_| s.to_string())
-        .map_err(|e| e.to_string())
 }
 
 /// `--format` values.
@@ -141,30 +109,11 @@ impl Ctx {
         j
     }
 
-    pub fn batch_rows(&self) -> usize {
-        self.g.batch_size as usize
-    }
-
-    /// The command's provenance record: the command line and the global options that
-    /// change results (backend asked for, CUDA precision, batch size, tile size). The
-    /// command adds its inputs and own options; everything it writes carries the record.
+    /// The command's provenance record: the command line. The command adds its inputs and
+    /// own options (a command that runs an SAE: its engine flags, `EngineFlags::record`);
+    /// everything it writes carries the record.
     pub fn provenance(&self, command: &str) -> Provenance {
-        let mut p = Provenance::new(format!("sae {command}")).with_process_argv();
-        // SAE_CUDA_PRECISION overrides --precision in the CUDA engine: record what applies.
-        let precision = std::env::var("SAE_CUDA_PRECISION")
-            .ok()
-            .and_then(|v| sae_engine::cuda::Precision::parse(&v))
-            .unwrap_or(self.g.precision);
-        p.option("backend", &self.g.backend)
-            .option("precision", precision)
-            .option("batch_size", self.g.batch_size);
-        if let Some(t) = self.g.tile_latents {
-            p.option("tile_latents", t);
-        }
-        if let Some(d) = self.g.device {
-            p.option("device", d);
-        }
-        p
+        Provenance::new(format!("sae {command}")).with_process_argv()
     }
 
     /// Hub options from the environment and the flags (--offline; progress bars only for
@@ -238,40 +187,6 @@ impl Ctx {
             prov.option("conventions", &sae.meta.conventions);
         }
         Ok((Arc::new(sae), resolved))
-    }
-
-    /// Builds the engine the flags ask for and records its name in `prov`. `auto` with
-    /// `--device N` tries that CUDA device and falls back to the CPU when CUDA cannot run.
-    pub fn engine(&self, sae: Arc<Sae>, prov: &mut Provenance) -> Result<Box<dyn Engine>> {
-        let opts = self.engine_options();
-        let device = self.g.device.unwrap_or(0);
-        let kind = BackendKind::parse(&self.g.backend, device)?;
-        let engine = match kind {
-            BackendKind::Auto if device != 0 => {
-                match sae_engine::engine(BackendKind::Cuda { device }, sae.clone(), &opts) {
-                    Err(Error::BackendUnavailable(_)) => {
-                        sae_engine::engine(BackendKind::Cpu, sae, &opts)
-                    }
-                    other => other,
-                }
-            }
-            k => sae_engine::engine(k, sae, &opts),
-        }?;
-        self.note(&format!("backend: {}", engine.name()));
-        prov.option("engine", engine.name());
-        Ok(engine)
-    }
-
-    /// Engine options from the flags (--tile-latents, --precision).
-    pub fn engine_options(&self) -> EngineOptions {
-        let mut opts = EngineOptions {
-            precision: self.g.precision,
-            ..EngineOptions::default()
-        };
-        if let Some(t) = self.g.tile_latents {
-            opts.tile_latents = t as usize;
-        }
-        opts
     }
 
     /// A line on stderr for a person watching (not with --quiet or --json).

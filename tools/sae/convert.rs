@@ -7,10 +7,12 @@ use std::path::PathBuf;
 use sae_engine::convert::{convert_dump, write_sae_as_saelens, DumpConvertOptions};
 use sae_engine::dump::{arrow, Dump};
 use sae_engine::io::guard::PathGuard;
+use sae_engine::plural::count;
 use sae_engine::{DType, Error, Format, Result};
 use serde_json::json;
 
 use crate::common::{parse_format, Ctx, LoadFlags};
+use crate::engine_flags::BatchFlags;
 
 #[derive(Debug, clap::Args)]
 pub struct ConvertArgs {
@@ -41,7 +43,8 @@ pub enum ConvertWhat {
         #[arg(short, long)]
         out: PathBuf,
         /// Rows per output shard (memory holds one shard).
-        #[arg(long, default_value_t = 65536)]
+        #[arg(long, default_value_t = 65536, allow_negative_numbers = true,
+              value_parser = crate::numbers::positive)]
         rows_per_shard: usize,
         /// Stored dtype of the activations (f32, f16, bf16).
         #[arg(long, default_value = "f32")]
@@ -49,6 +52,8 @@ pub enum ConvertWhat {
         /// For a SAELens cache with several hooks: the column to convert.
         #[arg(long)]
         column: Option<String>,
+        #[command(flatten)]
+        batch: BatchFlags,
     },
 }
 
@@ -88,6 +93,7 @@ pub fn run(ctx: &Ctx, args: ConvertArgs) -> Result<()> {
             rows_per_shard,
             dtype,
             column,
+            batch,
         } => {
             PathGuard::new()
                 .input("INPUT", &input)
@@ -100,6 +106,7 @@ pub fn run(ctx: &Ctx, args: ConvertArgs) -> Result<()> {
             prov.option("dtype", dtype.name())
                 .option("rows_per_shard", rows_per_shard)
                 .option("column", &column);
+            batch.record(&mut prov);
             let dump = match column {
                 Some(c) => Dump::from_shards(&input, arrow::open_shards(&input, Some(&c))?)?,
                 None => Dump::open(&input)?,
@@ -107,7 +114,7 @@ pub fn run(ctx: &Ctx, args: ConvertArgs) -> Result<()> {
             let opts = DumpConvertOptions {
                 rows_per_shard,
                 dtype,
-                batch_rows: ctx.batch_rows().max(1),
+                batch_rows: batch.batch_size as usize,
             };
             prov.input("input", &input)?;
             let files = convert_dump(&dump, &out, opts)?;
@@ -116,10 +123,10 @@ pub fn run(ctx: &Ctx, args: ConvertArgs) -> Result<()> {
                 json!({"input": input.to_string_lossy(), "out": out.to_string_lossy(), "rows": dump.n_rows(), "width": dump.width(),
                        "shards": files.iter().map(|f| f.to_string_lossy()).collect::<Vec<_>>()}),
                 &format!(
-                    "wrote {} rows x {} into {} shard(s) in {}",
-                    dump.n_rows(),
+                    "wrote {} x {} into {} in {}",
+                    count(dump.n_rows(), "row"),
                     dump.width(),
-                    files.len(),
+                    count(files.len() as u64, "shard"),
                     out.display()
                 ),
             )?;

@@ -10,6 +10,7 @@ use sae_engine::{Dump, Format, Result};
 use serde_json::json;
 
 use crate::common::{parse_format, rate, Ctx, LoadFlags};
+use crate::engine_flags::EngineFlags;
 use crate::stats::{KeepOutliersArg, TokenArgs};
 
 #[derive(clap::Args, Debug)]
@@ -40,6 +41,8 @@ pub struct Args {
     /// without it such a file is refused, since nothing ties it to this SAE.
     #[arg(long)]
     pub allow_unfingerprinted: bool,
+    #[command(flatten)]
+    pub engine: EngineFlags,
 }
 
 pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
@@ -62,18 +65,18 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
         Some(d) => Some(RowFilter::prepare(
             d,
             &a.tokens.rule(Some(&a.keep)),
-            ctx.batch_rows(),
+            a.engine.batch_rows(),
         )?),
         None => None,
     };
-    let engine = ctx.engine(sae, &mut prov)?;
+    let engine = a.engine.engine(ctx, sae, &mut prov)?;
     let t0 = Instant::now();
     let pb = ctx.progress(codes.n_rows() as u64, "decode");
     let s = sae_engine::pipeline::decode_to_npy(
         engine.as_ref(),
         &codes,
         dump.as_ref().zip(filter.as_ref()),
-        ctx.batch_rows(),
+        a.engine.batch_rows(),
         &a.out,
         &|n| pb.inc(n),
     );

@@ -8,6 +8,7 @@ use sae_engine::{Dump, Format, Result};
 use serde_json::json;
 
 use crate::common::{parse_format, rate, Ctx, LoadFlags};
+use crate::engine_flags::EngineFlags;
 use crate::stats::TokenArgs;
 
 #[derive(clap::Args, Debug)]
@@ -29,6 +30,8 @@ pub struct Args {
     /// Every row is encoded; these decide which rows the outlier count looks at.
     #[command(flatten)]
     pub tokens: TokenArgs,
+    #[command(flatten)]
+    pub engine: EngineFlags,
 }
 
 pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
@@ -42,13 +45,13 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
     let dump = Dump::open(&a.acts)?;
     dump.check_width(sae.d_in())?;
     prov.input("acts", &a.acts)?;
-    let engine = ctx.engine(sae, &mut prov)?;
+    let engine = a.engine.engine(ctx, sae, &mut prov)?;
     let t0 = Instant::now();
     let pb = ctx.progress(dump.n_rows(), "encode");
     let s = sae_engine::pipeline::encode_dump_to_file_with_provenance(
         engine.as_ref(),
         &dump,
-        ctx.batch_rows(),
+        a.engine.batch_rows(),
         &a.tokens.rule(None),
         &a.out,
         Some(&prov),

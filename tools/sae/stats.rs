@@ -14,7 +14,10 @@ use sae_engine::stats::TokenRule;
 use sae_engine::{Dump, Error, Format, LatentStats, Result, Sae};
 use serde_json::json;
 
+use sae_engine::plural::count;
+
 use crate::common::{parse_format, rate, Ctx, LoadFlags};
+use crate::engine_flags::EngineFlags;
 
 #[derive(clap::Args, Debug)]
 #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
@@ -31,7 +34,7 @@ pub struct Args {
     #[arg(long, required = true)]
     pub out: Option<PathBuf>,
     /// Only shard files I, I+N, I+2N, ... (0-based), e.g. a job-array task's slice.
-    #[arg(long, value_name = "I/N", value_parser = parse_shard)]
+    #[arg(long, value_name = "I/N", value_parser = parse_shard, allow_hyphen_values = true)]
     pub shard: Option<(usize, usize)>,
     #[command(flatten)]
     pub tokens: TokenArgs,
@@ -53,6 +56,8 @@ pub struct Args {
     /// With --devices: keep the per-shard statistics files after a successful merge.
     #[arg(long, requires = "devices")]
     pub keep_units: bool,
+    #[command(flatten)]
+    pub engine: EngineFlags,
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -119,7 +124,8 @@ pub fn outlier_json(s: &LatentStats) -> serde_json::Value {
 pub fn outlier_words(s: &LatentStats) -> String {
     match (s.n_outliers(), s.median_norm()) {
         (Some(n), Some(m)) => format!(
-            "{n} outlier tokens (norm > {} x median {m:.4})",
+            "{} (norm > {} x median {m:.4})",
+            count(n, "outlier token"),
             s.outlier_factor
         ),
         _ => "outliers not recorded".to_string(),
@@ -189,16 +195,18 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
     prov.input("acts", &acts)?;
     if let (Some(devices), Some(work_dir)) = (&a.devices, work_dir) {
         prov.option("devices", devices.names());
+        // No engine is built here (the workers build theirs): record its flags now.
+        a.engine.record(&mut prov);
         let units = scaleout::shard_units(&acts, a.shard)?;
         let opts = FanOutOptions {
             work_dir,
-            batch_rows: ctx.batch_rows(),
+            batch_rows: a.engine.batch_rows(),
             use_mask: rule.use_mask,
             worker_names: devices.names().to_vec(),
             // The environment variable overrides the flag in the CUDA engine.
             result_options: format!(
                 "precision={:?};SAE_CUDA_PRECISION={}",
-                ctx.g.precision,
+                a.engine.precision,
                 std::env::var("SAE_CUDA_PRECISION").unwrap_or_default()
             ),
         };
@@ -207,20 +215,28 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
             keep_units: a.keep_units,
             outlier_factor: rule.outlier_factor,
         };
-        return fan_out(ctx, &prov, sae, devices, units, opts, dest);
+        return fan_out(
+            ctx,
+            &prov,
+            sae,
+            devices,
+            units,
+            (opts, a.engine.options()),
+            dest,
+        );
     }
     let mut dump = Dump::open(&acts)?;
     if let Some((i, n)) = a.shard {
         dump = dump.select_shards(i, n)?;
     }
     dump.check_width(sae.d_in())?;
-    let engine = ctx.engine(sae, &mut prov)?;
+    let engine = a.engine.engine(ctx, sae, &mut prov)?;
     let t0 = Instant::now();
     let pb = ctx.progress(dump.n_rows(), "stats");
     let s = sae_engine::pipeline::stats_of_dump(
         engine.as_ref(),
         &dump,
-        ctx.batch_rows(),
+        a.engine.batch_rows(),
         rule.use_mask,
         &|n| pb.inc(n),
     );
@@ -237,10 +253,10 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
     json["seconds"] = json!(secs);
     json["rows_per_second"] = json!(rate(dump.n_rows(), secs));
     let human = format!(
-        "statistics of {} tokens ({} rows, {} shard files) over {} latents ({} fired), {} -> {}",
-        s.n_tokens,
-        dump.n_rows(),
-        dump.shards().len(),
+        "statistics of {} ({}, {}) over {} latents ({} fired), {} -> {}",
+        count(s.n_tokens, "token"),
+        count(dump.n_rows(), "row"),
+        count(dump.shards().len() as u64, "shard file"),
         s.n_latents(),
         json["latents_fired"],
         outlier_words(&s),
@@ -273,7 +289,7 @@ fn fan_out(
     sae: Arc<Sae>,
     devices: &Devices,
     units: Vec<scaleout::Unit>,
-    opts: FanOutOptions,
+    (opts, eopts): (FanOutOptions, sae_engine::EngineOptions),
     dest: Dest<'_>,
 ) -> Result<()> {
     let Dest {
@@ -286,7 +302,6 @@ fn fan_out(
     for n in job.notes() {
         ctx.note(n);
     }
-    let eopts = ctx.engine_options();
     let factory = |w: usize| sae_engine::engine(devices.kinds()[w], sae.clone(), &eopts);
     let t0 = Instant::now();
     let pb = ctx.progress(job.pending_rows(), "stats");
@@ -312,9 +327,9 @@ fn fan_out(
         ctx.set_error_detail(prov.attach(json));
         let bad = report.failures.len() + report.not_run.len();
         return Err(Error::invalid(format!(
-            "{bad} of {} shard files have no statistics; the {} finished are kept in {}; \
+            "{bad} of {} have no statistics; the {} finished are kept in {}; \
              rerun the same command to compute only the missing ones",
-            report.n_units,
+            count(report.n_units as u64, "shard file"),
             report.n_units - bad,
             work_dir.display()
         )));
@@ -338,13 +353,13 @@ fn fan_out(
     json["rows_computed"] = json!(rows);
     json["rows_per_second"] = json!(rate(rows, secs));
     let human = format!(
-        "statistics of {} tokens over {} latents ({} fired), {}, from {} shard files \
+        "statistics of {} over {} latents ({} fired), {}, from {} \
          ({} computed, {} reused) -> {}{}",
-        s.n_tokens,
+        count(s.n_tokens, "token"),
         s.n_latents(),
         json["latents_fired"],
         outlier_words(&s),
-        report.n_units,
+        count(report.n_units as u64, "shard file"),
         report.computed.len(),
         report.reused.len(),
         out.display(),
@@ -363,10 +378,10 @@ fn device_lines(r: &FanOutReport) -> String {
                 _ => String::new(),
             };
             format!(
-                "\n  {}: {} shards, {} rows, {:.0} rows/s ({}){state}",
+                "\n  {}: {}, {}, {:.0} rows/s ({}){state}",
                 w.device,
-                w.units,
-                w.rows,
+                count(w.units as u64, "shard"),
+                count(w.rows, "row"),
                 w.rows_per_second,
                 w.backend.as_deref().unwrap_or("no engine"),
             )
@@ -387,9 +402,9 @@ fn merge(ctx: &Ctx, inputs: Vec<PathBuf>, out: PathBuf) -> Result<()> {
     json["out"] = json!(out.to_string_lossy());
     json["inputs"] = json!(inputs.len());
     let human = format!(
-        "merged {} statistics files: {} tokens over {} latents, {} -> {}",
-        inputs.len(),
-        s.n_tokens,
+        "merged {}: {} over {} latents, {} -> {}",
+        count(inputs.len() as u64, "statistics file"),
+        count(s.n_tokens, "token"),
         s.n_latents(),
         outlier_words(&s),
         out.display()

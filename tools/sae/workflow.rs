@@ -5,20 +5,22 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use sae_engine::io::guard::PathGuard;
+use sae_engine::plural::count;
 use sae_engine::provenance::Provenance;
 use sae_engine::stats::TokenRule;
 use sae_engine::workflow::{
     self, demo, detect, diff, layer_check, logit_lens, monitor, probe, report, steer,
     tokenizer::Vocab, top_examples, Measured, PairingRequest, StatsOptions,
 };
-use sae_engine::{BackendKind, Dump, Engine, Error, Format, Result};
+use sae_engine::{Dump, Engine, Error, Format, Result};
 
 use crate::common::{parse_format, Ctx, LoadFlags};
+use crate::engine_flags::EngineFlags;
 use crate::stats::{KeepOutliersArg, TokenArgs};
 
-fn stats_opts(ctx: &Ctx, rule: TokenRule) -> StatsOptions {
+fn stats_opts(engine: &EngineFlags, rule: TokenRule) -> StatsOptions {
     StatsOptions {
-        batch_rows: ctx.batch_rows(),
+        batch_rows: engine.batch_rows(),
         rule,
     }
 }
@@ -51,10 +53,12 @@ struct Session {
 }
 
 impl Session {
-    /// Loads the SAE and builds the engine, recording both and the token rule in `prov`.
+    /// Loads the SAE and builds the engine the command's engine flags ask for, recording
+    /// both and the token rule in `prov`.
     fn new(
         ctx: &Ctx,
         prov: &mut Provenance,
+        flags: &EngineFlags,
         sae: &Path,
         format: Option<Format>,
         load: &LoadFlags,
@@ -67,9 +71,9 @@ impl Session {
             .option("outlier_factor", rule.outlier_factor)
             .option("keep_outliers", rule.keep_outliers);
         Ok(Session {
-            engine: ctx.engine(sae, prov)?,
+            engine: flags.engine(ctx, sae, prov)?,
             fingerprint,
-            opts: stats_opts(ctx, rule),
+            opts: stats_opts(flags, rule),
         })
     }
     fn measure(&self, ctx: &Ctx, path: &Path) -> Result<Measured> {
@@ -121,10 +125,10 @@ pub struct DiffArgs {
     #[arg(long, required = true, num_args = 1..)]
     pub tuned: Vec<PathBuf>,
     /// Latents in the top (largest increase) list.
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, allow_negative_numbers = true, value_parser = crate::numbers::count, default_value_t = 20)]
     pub top: usize,
     /// Latents in the bottom (largest decrease) list.
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, allow_negative_numbers = true, value_parser = crate::numbers::count, default_value_t = 20)]
     pub bottom: usize,
     /// Ranking: avg-delta, z-score, min-delta (every fine-tune must agree), sign or
     /// z-clustered (the average delta over its document-clustered standard error).
@@ -142,6 +146,8 @@ pub struct DiffArgs {
     pub format: Option<Format>,
     #[command(flatten)]
     pub load: LoadFlags,
+    #[command(flatten)]
+    pub engine: EngineFlags,
 }
 
 pub fn run_diff(ctx: &Ctx, a: DiffArgs) -> Result<()> {
@@ -157,6 +163,7 @@ pub fn run_diff(ctx: &Ctx, a: DiffArgs) -> Result<()> {
     let s = Session::new(
         ctx,
         &mut prov,
+        &a.engine,
         &a.sae,
         a.format,
         &a.load,
@@ -194,12 +201,12 @@ pub fn run_diff(ctx: &Ctx, a: DiffArgs) -> Result<()> {
     for i in &r.inputs {
         let _ = writeln!(
             h,
-            "{}: {} counted tokens, {} outlier tokens (norm > {} x median {})",
+            "{}: {}, {} (norm > {} x median {})",
             i.name,
-            i.n_tokens,
+            count(i.n_tokens, "counted token"),
             i.n_outliers
-                .map(|n| n.to_string())
-                .unwrap_or_else(|| "unknown".into()),
+                .map(|n| count(n, "outlier token"))
+                .unwrap_or_else(|| "unknown outlier tokens".into()),
             i.outlier_factor,
             i.median_norm
                 .map(|m| format!("{m:.4}"))
@@ -232,9 +239,9 @@ pub fn run_diff(ctx: &Ctx, a: DiffArgs) -> Result<()> {
     let _ = writeln!(h, "z_clust: {}; q: {}", r.clustering, r.multiple_testing);
     let _ = writeln!(
         h,
-        "largest increase ({} over {} fine-tunes):",
+        "largest increase ({} over {}):",
         r.order,
-        r.tuned.len()
+        count(r.tuned.len() as u64, "fine-tune")
     );
     rows(&mut h, &r.latents);
     let _ = writeln!(h, "largest decrease:");
@@ -250,7 +257,7 @@ pub struct SteerArgs {
     #[arg(long)]
     pub sae: PathBuf,
     /// Latent to steer along (repeat with --strength for a sum of several).
-    #[arg(long, required = true, num_args = 1)]
+    #[arg(long, allow_negative_numbers = true, value_parser = crate::numbers::count, required = true, num_args = 1)]
     pub latent: Vec<usize>,
     /// Strength of each --latent, in --unit (negative suppresses).
     #[arg(long, num_args = 1, allow_negative_numbers = true)]
@@ -271,16 +278,17 @@ pub struct SteerArgs {
     /// its metadata (layer, n_layers) is checked against --layer.
     #[arg(long)]
     pub acts: Option<PathBuf>,
-    /// Export format: npy, safetensors or gguf (llama.cpp control vector).
-    #[arg(long, default_value = "gguf")]
-    pub format: String,
+    /// File format of the exported vector: npy, safetensors or gguf (llama.cpp control
+    /// vector).
+    #[arg(long, default_value = "gguf", value_name = "FORMAT")]
+    pub export_format: String,
     /// Layer N the vector is for: the output of block N (0-based) = HF hidden_states[N+1]
     /// = blocks.N.hook_resid_post = llama.cpp direction.N (N >= 1). Checked against the
     /// SAE's hook and the model's block count.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = crate::numbers::count)]
     pub layer: Option<usize>,
     /// The model's number of blocks, when --acts does not record it (n_layers metadata).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = crate::numbers::positive)]
     pub n_layers: Option<usize>,
     /// Write the vector even though --layer disagrees with the SAE's hook (or the dump's
     /// layer), or the SAE's hook is not the residual stream between blocks.
@@ -297,10 +305,10 @@ pub struct SteerArgs {
     #[arg(long, default_value = "llama")]
     pub model_hint: String,
     /// Other latents to report in the dry run.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, allow_negative_numbers = true, value_parser = crate::numbers::count, default_value_t = 10)]
     pub top_moved: usize,
     /// Seed of the random control vector.
-    #[arg(long, default_value_t = 0x5eed)]
+    #[arg(long, allow_negative_numbers = true, value_parser = crate::numbers::at_least::<0>, default_value_t = 0x5eed)]
     pub seed: u64,
     #[command(flatten)]
     pub tokens: TokenArgs,
@@ -309,11 +317,25 @@ pub struct SteerArgs {
     /// Write the dry run's or the sweep's report (markdown and JSON) here.
     #[arg(long)]
     pub out_dir: Option<PathBuf>,
-    /// Force the SAE format instead of detecting it.
-    #[arg(long, value_parser = parse_format)]
-    pub sae_format: Option<Format>,
+    /// Force the SAE format instead of detecting it (as on every command; the vector's
+    /// file format is --export-format).
+    #[arg(long, value_parser = parse_steer_sae_format)]
+    pub format: Option<Format>,
     #[command(flatten)]
     pub load: LoadFlags,
+    #[command(flatten)]
+    pub engine: EngineFlags,
+}
+
+/// `steer --format`: the SAE format, as everywhere; a vector file format given there
+/// (the flag's meaning before --export-format) is pointed at the right flag.
+fn parse_steer_sae_format(s: &str) -> std::result::Result<Format, String> {
+    if steer::VectorFormat::parse(s).is_ok() {
+        return Err(format!(
+            "`{s}` is a vector file format: use --export-format {s} (--format is the SAE format)"
+        ));
+    }
+    parse_format(s)
 }
 
 /// Checks the steer arguments that need no file.
@@ -350,7 +372,7 @@ fn check_steer_args(a: &SteerArgs) -> Result<()> {
 pub fn run_steer(ctx: &Ctx, a: SteerArgs) -> Result<()> {
     check_steer_args(&a)?;
     let unit = steer::SteerUnit::parse(&a.unit)?;
-    let format = steer::VectorFormat::parse(&a.format)?;
+    let format = steer::VectorFormat::parse(&a.export_format)?;
     PathGuard::new()
         .sae("--sae", &a.sae)
         .input_opt("--acts", a.acts.as_ref())
@@ -361,8 +383,9 @@ pub fn run_steer(ctx: &Ctx, a: SteerArgs) -> Result<()> {
     let s = Session::new(
         ctx,
         &mut prov,
+        &a.engine,
         &a.sae,
-        a.sae_format,
+        a.format,
         &a.load,
         a.tokens.rule(Some(&a.keep)),
     )?;
@@ -512,10 +535,11 @@ pub struct LogitLensArgs {
     #[arg(long)]
     pub model_dir: PathBuf,
     /// Latents to read (comma-separated or repeated).
-    #[arg(long, required = true, value_delimiter = ',', num_args = 1..)]
+    #[arg(long, required = true, value_delimiter = ',', num_args = 1..,
+          allow_negative_numbers = true, value_parser = crate::numbers::count)]
     pub latents: Vec<usize>,
     /// Tokens to show each way (promoted, suppressed).
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, allow_negative_numbers = true, value_parser = crate::numbers::count, default_value_t = 20)]
     pub top: usize,
     /// tokenizer.json to decode tokens (default: the model directory's, when present).
     #[arg(long)]
@@ -575,10 +599,10 @@ pub struct DetectArgs {
     #[arg(long, required = true, num_args = 1..)]
     pub negative: Vec<PathBuf>,
     /// Only evaluate these latents (default: all).
-    #[arg(long, num_args = 1..)]
+    #[arg(long, allow_negative_numbers = true, value_parser = crate::numbers::count, num_args = 1..)]
     pub latents: Option<Vec<usize>>,
     /// Latents in the ranked output.
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, allow_negative_numbers = true, value_parser = crate::numbers::count, default_value_t = 20)]
     pub top: usize,
     #[command(flatten)]
     pub tokens: TokenArgs,
@@ -592,6 +616,8 @@ pub struct DetectArgs {
     pub format: Option<Format>,
     #[command(flatten)]
     pub load: LoadFlags,
+    #[command(flatten)]
+    pub engine: EngineFlags,
 }
 
 pub fn run_detect(ctx: &Ctx, a: DetectArgs) -> Result<()> {
@@ -607,6 +633,7 @@ pub fn run_detect(ctx: &Ctx, a: DetectArgs) -> Result<()> {
     let s = Session::new(
         ctx,
         &mut prov,
+        &a.engine,
         &a.sae,
         a.format,
         &a.load,
@@ -653,7 +680,7 @@ pub struct MonitorArgs {
     #[arg(long, required = true, num_args = 1..)]
     pub checkpoints: Vec<PathBuf>,
     /// Latents to follow.
-    #[arg(long, required = true, num_args = 1..)]
+    #[arg(long, allow_negative_numbers = true, value_parser = crate::numbers::count, required = true, num_args = 1..)]
     pub latents: Vec<usize>,
     /// Alarm threshold on the delta (one for all, or one per latent; >= 0: delta >= T,
     /// < 0: delta <= T). Default: |z| >= 4 (a change of four standard errors).
@@ -671,6 +698,8 @@ pub struct MonitorArgs {
     pub format: Option<Format>,
     #[command(flatten)]
     pub load: LoadFlags,
+    #[command(flatten)]
+    pub engine: EngineFlags,
 }
 
 pub fn run_monitor(ctx: &Ctx, a: MonitorArgs) -> Result<()> {
@@ -685,6 +714,7 @@ pub fn run_monitor(ctx: &Ctx, a: MonitorArgs) -> Result<()> {
     let s = Session::new(
         ctx,
         &mut prov,
+        &a.engine,
         &a.sae,
         a.format,
         &a.load,
@@ -728,19 +758,19 @@ pub struct TopExamplesArgs {
     #[arg(long)]
     pub acts: PathBuf,
     /// The latent.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = crate::numbers::count)]
     pub latent: usize,
     /// Examples to show.
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, allow_negative_numbers = true, value_parser = crate::numbers::count, default_value_t = 20)]
     pub top: usize,
     /// Tokens of context on each side (within the same document when doc_ids exist).
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, allow_negative_numbers = true, value_parser = crate::numbers::count, default_value_t = 8)]
     pub context: usize,
     /// Hugging Face tokenizer.json to decode token ids.
     #[arg(long)]
     pub tokenizer: Option<PathBuf>,
     /// Histogram bins.
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, allow_negative_numbers = true, value_parser = crate::numbers::positive, default_value_t = 20)]
     pub bins: usize,
     #[command(flatten)]
     pub tokens: TokenArgs,
@@ -758,6 +788,8 @@ pub struct TopExamplesArgs {
     pub format: Option<Format>,
     #[command(flatten)]
     pub load: LoadFlags,
+    #[command(flatten)]
+    pub engine: EngineFlags,
 }
 
 pub fn run_top_examples(ctx: &Ctx, a: TopExamplesArgs) -> Result<()> {
@@ -777,6 +809,7 @@ pub fn run_top_examples(ctx: &Ctx, a: TopExamplesArgs) -> Result<()> {
     let s = Session::new(
         ctx,
         &mut prov,
+        &a.engine,
         &a.sae,
         a.format,
         &a.load,
@@ -856,9 +889,7 @@ pub fn run_top_examples(ctx: &Ctx, a: TopExamplesArgs) -> Result<()> {
         let _ = writeln!(
             h,
             "{:>3} {:>9.4} row {:>8}  {ctx_text}",
-            e.rank + 1,
-            e.activation,
-            e.row
+            e.rank, e.activation, e.row
         );
     }
     let _ = write!(
@@ -881,27 +912,32 @@ pub struct DemoArgs {
     #[arg(long)]
     pub out_dir: Option<PathBuf>,
     /// Seed of the synthetic scenario.
-    #[arg(long, default_value_t = 2026)]
+    #[arg(long, allow_negative_numbers = true, value_parser = crate::numbers::at_least::<0>, default_value_t = 2026)]
     pub seed: u64,
     /// Tokens per synthetic dump.
-    #[arg(long, default_value_t = 2048)]
+    #[arg(long, default_value_t = 2048, allow_negative_numbers = true,
+          value_parser = crate::numbers::positive)]
     pub tokens: usize,
+    #[command(flatten)]
+    pub engine: EngineFlags,
 }
 
 pub fn run_demo(ctx: &Ctx, a: DemoArgs) -> Result<()> {
     PathGuard::new()
         .output_dir_opt("--out-dir", a.out_dir.as_ref())
         .check()?;
-    let backend = BackendKind::parse(&ctx.g.backend, ctx.g.device.unwrap_or(0))?;
+    let backend = a.engine.backend_kind()?;
     let mut prov = ctx.provenance("demo");
     prov.option("seed", a.seed).option("tokens", a.tokens);
+    a.engine.record(&mut prov);
     ctx.note("building a synthetic audit (SAE d=256, 4096 latents; base, 4 misaligned, 3 aligned fine-tunes, 6 checkpoints)");
     let r = demo::run(&demo::DemoOptions {
         out_dir: a.out_dir,
         seed: a.seed,
         backend,
         n_tokens: a.tokens,
-        batch_rows: ctx.batch_rows(),
+        batch_rows: a.engine.batch_rows(),
+        engine: a.engine.options(),
         ..Default::default()
     })?;
     let mut h = String::new();

@@ -190,7 +190,7 @@ class GgufTest(unittest.TestCase):
             paths = {fmt: os.path.join(t, f"v.{fmt}") for fmt in ["gguf", "safetensors", "npy"]}
             for fmt, path in paths.items():
                 run_sae("steer", "--backend", "cpu", "--sae", os.path.join(t, "sae"), "--latent", str(latent),
-                        "--strength", str(strength), "--format", fmt, "--layer", str(layer), "--out", path,
+                        "--strength", str(strength), "--export-format", fmt, "--layer", str(layer), "--out", path,
                         "--model-hint", "qwen2")
             expected = strength * w[latent] / np.linalg.norm(w[latent])
 

@@ -1,0 +1,134 @@
+//! The flags of the commands that run an SAE (encode, decode, stats, diff, steer,
+//! detect, monitor, top-examples, demo): backend, device, batch size, tile width and
+//! CUDA precision. Flattened into those commands only, so `--help` of a command that
+//! runs nothing does not offer them and giving them there is a usage error.
+
+use std::sync::Arc;
+
+use sae_engine::provenance::Provenance;
+use sae_engine::{BackendKind, Engine, EngineOptions, Error, Result, Sae};
+
+use crate::common::Ctx;
+
+/// `--batch-size`, alone on `convert dump` (which streams rows but runs no SAE).
+#[derive(clap::Args, Debug, Clone)]
+pub struct BatchFlags {
+    /// Rows (tokens) per batch; memory grows with it.
+    #[arg(long, default_value_t = 4096, value_name = "ROWS", allow_negative_numbers = true,
+          value_parser = crate::numbers::at_least::<1>)]
+    pub batch_size: u64,
+}
+
+impl BatchFlags {
+    /// Records the batch size in `prov`.
+    pub fn record(&self, prov: &mut Provenance) {
+        prov.option("batch_size", self.batch_size);
+    }
+}
+
+/// How the SAE runs.
+#[derive(clap::Args, Debug, Clone)]
+#[command(next_help_heading = "Engine")]
+pub struct EngineFlags {
+    /// Backend: cpu, cuda, cuda:N or auto (CUDA when usable, else CPU).
+    #[arg(long, default_value = "auto", value_name = "BACKEND", value_parser = parse_backend)]
+    pub backend: String,
+    /// CUDA device index.
+    #[arg(long, value_name = "N", allow_negative_numbers = true,
+          value_parser = crate::numbers::at_least::<0>)]
+    pub device: Option<u64>,
+    #[command(flatten)]
+    pub batch: BatchFlags,
+    /// Latents per encode tile (the engine never holds more than batch x tile pre-activations).
+    #[arg(long, value_name = "L", allow_negative_numbers = true,
+          value_parser = crate::numbers::at_least::<1>)]
+    pub tile_latents: Option<u64>,
+    /// CUDA encode arithmetic: exact (the CPU reference's results up to summation order) or
+    /// fast (activations rounded to the weights' dtype, tensor-core GEMM). The environment
+    /// variable SAE_CUDA_PRECISION, when set, overrides it.
+    #[arg(long, default_value = "exact", value_name = "PRECISION", value_parser = parse_precision)]
+    pub precision: sae_engine::cuda::Precision,
+}
+
+/// `--precision` values.
+fn parse_precision(s: &str) -> std::result::Result<sae_engine::cuda::Precision, String> {
+    sae_engine::cuda::Precision::parse(s).ok_or_else(|| format!("`{s}`: expected exact or fast"))
+}
+
+/// `--backend` values (checked at parse time so a typo is a usage error).
+fn parse_backend(s: &str) -> std::result::Result<String, String> {
+    BackendKind::parse(s, 0)
+        .map(|_| s.to_string())
+        .map_err(|e| e.to_string())
+}
+
+impl EngineFlags {
+    /// Rows per batch.
+    pub fn batch_rows(&self) -> usize {
+        self.batch.batch_size as usize
+    }
+
+    /// The backend the flags name (`--device` picks the CUDA device).
+    pub fn backend_kind(&self) -> Result<BackendKind> {
+        BackendKind::parse(&self.backend, self.device.unwrap_or(0) as usize)
+    }
+
+    /// Engine options from the flags (--tile-latents, --precision).
+    pub fn options(&self) -> EngineOptions {
+        let mut opts = EngineOptions {
+            precision: self.precision,
+            ..EngineOptions::default()
+        };
+        if let Some(t) = self.tile_latents {
+            opts.tile_latents = t as usize;
+        }
+        opts
+    }
+
+    /// Records the options that change results in `prov`: the backend asked for, the CUDA
+    /// precision that applies, batch size, tile size and device.
+    pub fn record(&self, prov: &mut Provenance) {
+        // SAE_CUDA_PRECISION overrides --precision in the CUDA engine: record what applies.
+        let precision = std::env::var("SAE_CUDA_PRECISION")
+            .ok()
+            .and_then(|v| sae_engine::cuda::Precision::parse(&v))
+            .unwrap_or(self.precision);
+        prov.option("backend", &self.backend)
+            .option("precision", precision);
+        self.batch.record(prov);
+        if let Some(t) = self.tile_latents {
+            prov.option("tile_latents", t);
+        }
+        if let Some(d) = self.device {
+            prov.option("device", d);
+        }
+    }
+
+    /// Builds the engine the flags ask for and records the flags and the engine's name in
+    /// `prov`. `auto` with `--device N` tries that CUDA device and falls back to the CPU
+    /// when CUDA cannot run here.
+    pub fn engine(
+        &self,
+        ctx: &Ctx,
+        sae: Arc<Sae>,
+        prov: &mut Provenance,
+    ) -> Result<Box<dyn Engine>> {
+        self.record(prov);
+        let opts = self.options();
+        let device = self.device.unwrap_or(0) as usize;
+        let engine = match self.backend_kind()? {
+            BackendKind::Auto if device != 0 => {
+                match sae_engine::engine(BackendKind::Cuda { device }, sae.clone(), &opts) {
+                    Err(Error::BackendUnavailable(_)) => {
+                        sae_engine::engine(BackendKind::Cpu, sae, &opts)
+                    }
+                    other => other,
+                }
+            }
+            k => sae_engine::engine(k, sae, &opts),
+        }?;
+        ctx.note(&format!("backend: {}", engine.name()));
+        prov.option("engine", engine.name());
+        Ok(engine)
+    }
+}
