@@ -85,7 +85,15 @@ if [ -z "$sae_bin" ]; then
     sae_bin="${CARGO_TARGET_DIR:-$root/target}/debug/sae"
     step build-sae bash -c "cd '$root' && cargo build --quiet --bin sae"
 fi
-sae() { "$sae_bin" --backend cpu "$@"; }
+# The engine runs on the CPU: --backend goes after the command, on the commands that run an SAE.
+sae() {
+    local cmd=$1
+    shift
+    case "$cmd" in
+        inspect | convert) "$sae_bin" "$cmd" "$@" ;;
+        *) "$sae_bin" "$cmd" --backend cpu "$@" ;;
+    esac
+}
 
 step dump-tool-checks "$py" "$here/check_dump_tool.py" --model "$model" --prompts "$here/prompts/pirate.jsonl" --layer "$layer"
 
@@ -149,25 +157,25 @@ step check-replicates "$py" "$here/check_audit.py" replicate --a "$work/out/diff
 
 top="$(json "$work/out/diff/diff.json" 'd["latents"][0]["latent"]' 2>/dev/null || echo missing)"
 for set in neutral pirate; do
-    step "top-examples-$set" bash -c "'$sae_bin' --backend cpu top-examples --json --sae '$sae_dir' --acts '$work/dumps/$set' \
+    step "top-examples-$set" bash -c "'$sae_bin' top-examples --backend cpu --json --sae '$sae_dir' --acts '$work/dumps/$set' \
         --latent '$top' --top 20 --tokenizer '$model/tokenizer.json' > '$work/out/top-$set.json'"
 done
 step check-top-examples "$py" "$here/check_audit.py" examples --diff "$work/out/diff/diff.json" \
     --persona "$work/out/top-pirate.json" --neutral "$work/out/top-neutral.json" --min-ratio 2
 
-step steer-apply bash -c "'$sae_bin' --backend cpu steer --json --sae '$sae_dir' --latent '$top' --strength 0.5 \
+step steer-apply bash -c "'$sae_bin' steer --backend cpu --json --sae '$sae_dir' --latent '$top' --strength 0.5 \
     --unit median-norm --acts '$work/dumps/neutral' --apply > '$work/out/steer-apply.json'"
 step check-steer "$py" "$here/check_audit.py" steer --report "$work/out/steer-apply.json"
 
 # The strength sweep with ablation, in one pass over the neutral dump.
-step steer-sweep bash -c "'$sae_bin' --backend cpu steer --json --sae '$sae_dir' --latent '$top' --strengths 0.25,0.5,1 \
+step steer-sweep bash -c "'$sae_bin' steer --backend cpu --json --sae '$sae_dir' --latent '$top' --strengths 0.25,0.5,1 \
     --unit median-norm --acts '$work/dumps/neutral' --ablate > '$work/out/steer-sweep.json'"
 step check-sweep "$py" "$here/check_audit.py" sweep --report "$work/out/steer-sweep.json" --strength 0.5
 # A layer that is not the SAE's must be refused (the SAE's hook layers.15 is block 15's output).
 refuses_wrong_layer() {
     local wrong=$((hook_layer - 1)) rc=0
     sae steer --sae "$sae_dir" --latent "$top" --strength 0.5 --unit median-norm --acts "$work/dumps/neutral" \
-        --format gguf --layer "$wrong" --out "$work/out/wrong-layer.gguf" 2> "$work/out/wrong-layer.err" || rc=$?
+        --export-format gguf --layer "$wrong" --out "$work/out/wrong-layer.gguf" 2> "$work/out/wrong-layer.err" || rc=$?
     cat "$work/out/wrong-layer.err"
     # exit 1 (an error, not 2 = a usage error such as a missing latent), naming the SAE's hook
     if [ "$rc" -ne 1 ] || ! grep -q "layers.$hook_layer" "$work/out/wrong-layer.err"; then
@@ -180,7 +188,7 @@ step steer-refuses-wrong-layer refuses_wrong_layer
 
 for fmt in safetensors npy gguf; do
     step "steer-export-$fmt" sae steer --sae "$sae_dir" --latent "$top" --strength 0.5 --unit median-norm \
-        --acts "$work/dumps/neutral" --format "$fmt" --layer "$hook_layer" --out "$work/out/persona.$fmt"
+        --acts "$work/dumps/neutral" --export-format "$fmt" --layer "$hook_layer" --out "$work/out/persona.$fmt"
 done
 step check-vectors "$py" "$here/check_audit.py" vectors --layer "$hook_layer" --width 576 \
     "$work/out/persona.safetensors" "$work/out/persona.npy" "$work/out/persona.gguf"
