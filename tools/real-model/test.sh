@@ -199,6 +199,16 @@ step check-generation "$py" "$here/check_audit.py" generation --log "$work/logs/
 step steer-generate-sweep bash -c "'$py' '$root/tools/python/steer_generate.py' --model '$model' \
     --vector '$work/out/persona.safetensors' --sweep 0.5,1,2 --ablate --threads '$threads' > '$work/out/kl-sweep.json'"
 step check-kl-sweep "$py" "$here/check_audit.py" kl --report "$work/out/kl-sweep.json"
+# The steering hook's unit test, which the numpy-only test venv skips, runs here with torch
+# (and must have run: a filter that matched nothing would pass silently).
+torch_hook_unit_test() {
+    local log="$work/logs/torch-hook-unit-test.out"
+    (cd "$root/tools/python/tests" && SAE_REQUIRE_TORCH=1 "$py" -m unittest -v test_tools.py \
+        -k test_torch_hook_adds_and_ablates) > "$log" 2>&1 || { cat "$log"; return 1; }
+    cat "$log"
+    grep -q "^Ran 1 test" "$log" && ! grep -q "skipped" "$log"
+}
+step torch-hook-unit-test torch_hook_unit_test
 
 echo
 echo "timings (seconds):"
