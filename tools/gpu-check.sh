@@ -20,7 +20,7 @@
 #
 # With the device tool, from the repository root of the session's checkout:
 #   run(command="bash .gpu/gpu-check.sh device", carry=[".gpu"], timeout_s=420, kind="nvidia-h200")
-# The machine has driver 580 / CUDA 13.0, cuBLAS 13, torch; no cargo (see shared/GPU.md).
+# The machine has driver 580 / CUDA 13.0, cuBLAS 13, torch; no cargo.
 set -uo pipefail
 
 mode="${1:-}"

@@ -5,7 +5,7 @@
 # run-time fallback does (set CUDA_HOME to the nvcc's parent's parent to find it).
 # The versions match the GPU machines' CUDA 13.0 driver: a newer nvcc emits PTX
 # that a 13.0 driver refuses, and an unpinned nvidia-nvvm pulls a cicc whose PTX
-# ptxas rejects ("Unsupported .version"). See shared/GPU.md.
+# ptxas rejects ("Unsupported .version").
 #
 # Usage: tools/install-nvcc.sh [VENV_DIR]   (default: .venv-cuda in the repo root)
 # Prints the nvcc path last. build.rs finds it there without any environment variable.
