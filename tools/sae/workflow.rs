@@ -111,6 +111,60 @@ impl Session {
     }
 }
 
+/// What `diff`, `detect` and `monitor` share: an SAE, a base and groups of inputs to
+/// compare with it, a report folder.
+struct Comparison<'a> {
+    command: &'a str,
+    sae: &'a Path,
+    format: Option<Format>,
+    load: &'a LoadFlags,
+    engine: &'a EngineFlags,
+    rule: TokenRule,
+    want: PairingRequest,
+    base: &'a Path,
+    /// (role, inputs): the role names the flag (`--ROLE`) and the provenance entry.
+    groups: &'a [(&'a str, &'a [PathBuf])],
+    out_dir: Option<&'a PathBuf>,
+}
+
+impl Comparison<'_> {
+    /// Every check that needs no encoding, in order: outputs off the inputs, the SAE,
+    /// then each group against the base as it will be paired after measuring (all groups
+    /// together, as the commands pair them). Returns the session and the provenance record
+    /// with the inputs in it.
+    fn open(&self, ctx: &Ctx) -> Result<(Session, Provenance)> {
+        let mut guard = PathGuard::new()
+            .sae("--sae", self.sae)
+            .input("--base", self.base);
+        for (role, paths) in self.groups {
+            guard = guard.inputs(&format!("--{role}"), paths);
+        }
+        guard.output_dir_opt("--out-dir", self.out_dir).check()?;
+        let mut prov = ctx.provenance(self.command);
+        let s = Session::new(
+            ctx,
+            &mut prov,
+            self.engine,
+            self.sae,
+            self.format,
+            self.load,
+            self.rule,
+        )?;
+        prov.input("base", self.base)?;
+        for (role, paths) in self.groups {
+            prov.inputs(role, paths)?;
+        }
+        prov.option("pairing", format!("{:?}", self.want));
+        let all: Vec<PathBuf> = self
+            .groups
+            .iter()
+            .flat_map(|(_, paths)| paths.iter().cloned())
+            .collect();
+        s.precheck(self.base, &[&all], self.want)?;
+        Ok((s, prov))
+    }
+}
+
 // ---------------------------------------------------------------- diff
 
 #[derive(clap::Args, Debug)]
@@ -151,30 +205,24 @@ pub struct DiffArgs {
 }
 
 pub fn run_diff(ctx: &Ctx, a: DiffArgs) -> Result<()> {
-    PathGuard::new()
-        .sae("--sae", &a.sae)
-        .input("--base", &a.base)
-        .inputs("--tuned", &a.tuned)
-        .output_dir_opt("--out-dir", a.out_dir.as_ref())
-        .check()?;
     let order = diff::DiffOrder::parse(&a.order)?;
     let want = a.pairing.request()?;
-    let mut prov = ctx.provenance("diff");
-    let s = Session::new(
-        ctx,
-        &mut prov,
-        &a.engine,
-        &a.sae,
-        a.format,
-        &a.load,
-        a.tokens.rule(None),
-    )?;
-    prov.input("base", &a.base)?.inputs("tuned", &a.tuned)?;
+    let (s, mut prov) = Comparison {
+        command: "diff",
+        sae: &a.sae,
+        format: a.format,
+        load: &a.load,
+        engine: &a.engine,
+        rule: a.tokens.rule(None),
+        want,
+        base: &a.base,
+        groups: &[("tuned", &a.tuned)],
+        out_dir: a.out_dir.as_ref(),
+    }
+    .open(ctx)?;
     prov.option("order", order.to_string())
         .option("top", a.top)
-        .option("bottom", a.bottom)
-        .option("pairing", format!("{want:?}"));
-    s.precheck(&a.base, &[&a.tuned], want)?;
+        .option("bottom", a.bottom);
     let base = s.measure(ctx, &a.base)?;
     let tuned = s.measure_all(ctx, &a.tuned)?;
     let pairing = workflow::pair(&base, &tuned, want)?;
@@ -622,28 +670,20 @@ pub struct DetectArgs {
 
 pub fn run_detect(ctx: &Ctx, a: DetectArgs) -> Result<()> {
     let want = a.pairing.request()?;
-    PathGuard::new()
-        .sae("--sae", &a.sae)
-        .input("--base", &a.base)
-        .inputs("--positive", &a.positive)
-        .inputs("--negative", &a.negative)
-        .output_dir_opt("--out-dir", a.out_dir.as_ref())
-        .check()?;
-    let mut prov = ctx.provenance("detect");
-    let s = Session::new(
-        ctx,
-        &mut prov,
-        &a.engine,
-        &a.sae,
-        a.format,
-        &a.load,
-        a.tokens.rule(None),
-    )?;
-    prov.input("base", &a.base)?
-        .inputs("positive", &a.positive)?
-        .inputs("negative", &a.negative)?;
+    let (s, mut prov) = Comparison {
+        command: "detect",
+        sae: &a.sae,
+        format: a.format,
+        load: &a.load,
+        engine: &a.engine,
+        rule: a.tokens.rule(None),
+        want,
+        base: &a.base,
+        groups: &[("positive", &a.positive), ("negative", &a.negative)],
+        out_dir: a.out_dir.as_ref(),
+    }
+    .open(ctx)?;
     prov.option("latents", &a.latents).option("top", a.top);
-    s.precheck(&a.base, &[&a.positive, &a.negative], want)?;
     let base = s.measure(ctx, &a.base)?;
     let pos = s.measure_all(ctx, &a.positive)?;
     let neg = s.measure_all(ctx, &a.negative)?;
@@ -704,28 +744,22 @@ pub struct MonitorArgs {
 
 pub fn run_monitor(ctx: &Ctx, a: MonitorArgs) -> Result<()> {
     let want = a.pairing.request()?;
-    PathGuard::new()
-        .sae("--sae", &a.sae)
-        .input("--base", &a.base)
-        .inputs("--checkpoints", &a.checkpoints)
-        .output_dir_opt("--out-dir", a.out_dir.as_ref())
-        .check()?;
-    let mut prov = ctx.provenance("monitor");
-    let s = Session::new(
-        ctx,
-        &mut prov,
-        &a.engine,
-        &a.sae,
-        a.format,
-        &a.load,
-        a.tokens.rule(None),
-    )?;
-    prov.input("base", &a.base)?
-        .inputs("checkpoints", &a.checkpoints)?;
+    let (s, mut prov) = Comparison {
+        command: "monitor",
+        sae: &a.sae,
+        format: a.format,
+        load: &a.load,
+        engine: &a.engine,
+        rule: a.tokens.rule(None),
+        want,
+        base: &a.base,
+        groups: &[("checkpoints", &a.checkpoints)],
+        out_dir: a.out_dir.as_ref(),
+    }
+    .open(ctx)?;
     prov.option("latents", &a.latents)
         .option("threshold", &a.threshold);
     workflow::check_latents(&a.latents, s.engine.sae().n_latents())?;
-    s.precheck(&a.base, &[&a.checkpoints], want)?;
     let base = s.measure(ctx, &a.base)?;
     let cks = s.measure_all(ctx, &a.checkpoints)?;
     let pairing = workflow::pair(&base, &cks, want)?;
