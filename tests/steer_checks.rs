@@ -8,47 +8,10 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use common::{sae_exits, sae_json};
+use common::{sae_exits, sae_from_rows, sae_json, tied_sae};
 use sae_engine::io::mapped::{write_safetensors, OwnedTensor};
-use sae_engine::matrix::Matrix;
-use sae_engine::sae::SaeMeta;
 use sae_engine::workflow::{logit_lens, rng::Rng, steer, tokenizer::Vocab, StatsOptions};
-use sae_engine::{
-    engine, Activation, BackendKind, DType, Dump, EngineOptions, Format, Normalization, Sae,
-};
-
-fn sae_from_rows(w: Vec<f32>, l: usize, d: usize, k: usize, hook: Option<&str>) -> Sae {
-    Sae {
-        meta: SaeMeta {
-            format: Format::SaeLens,
-            source: "test-sae".into(),
-            architecture: "topk".into(),
-            hook_name: hook.map(str::to_string),
-            hook_layer: None,
-            model_name: None,
-            dtype: DType::F32,
-            conventions: Vec::new(),
-            warnings: Vec::new(),
-        },
-        w_enc: Matrix::from_f32(&w, l, d, DType::F32).unwrap(),
-        w_dec: Matrix::from_f32(&w, l, d, DType::F32).unwrap(),
-        b_enc: vec![0.0; l],
-        b_dec: vec![0.0; d],
-        threshold: None,
-        activation: Activation::TopK { k },
-        subtract_b_dec: true,
-        normalization: Normalization::None,
-        rescale_acts_by_decoder_norm: false,
-        scales: Default::default(),
-    }
-}
-
-/// A tied TopK SAE with random unit rows drawn from `seed`.
-fn tied_sae(d: usize, l: usize, k: usize, seed: u64, hook: Option<&str>) -> Sae {
-    let mut r = Rng::new(seed);
-    let w: Vec<f32> = (0..l).flat_map(|_| r.direction(d, 1.0)).collect();
-    sae_from_rows(w, l, d, k, hook)
-}
+use sae_engine::{engine, BackendKind, Dump, EngineOptions, Sae};
 
 fn write_dump(path: &Path, acts: &[f32], d: usize, ids: Option<&[i64]>, meta: &[(&str, &str)]) {
     let n = acts.len() / d;

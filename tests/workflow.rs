@@ -1,46 +1,18 @@
 //! The audit workflow on planted scenarios with known answers, GGUF layout, and bad inputs.
 
+mod common;
+
 use std::path::Path;
 use std::sync::Arc;
 
+use common::tied_sae;
+
 use sae_engine::io::mapped::{write_safetensors, OwnedTensor};
-use sae_engine::matrix::Matrix;
-use sae_engine::sae::SaeMeta;
 use sae_engine::workflow::{
     self, demo, diff, gguf::ControlVector, monitor, rng::Rng, steer, top_examples, PairingRequest,
     StatsOptions,
 };
-use sae_engine::{
-    engine, Activation, BackendKind, DType, Dump, EngineOptions, Format, Normalization, Sae,
-};
-
-fn tied_sae(d: usize, l: usize, k: usize, seed: u64) -> Sae {
-    let mut r = Rng::new(seed);
-    let w: Vec<f32> = (0..l).flat_map(|_| r.direction(d, 1.0)).collect();
-    Sae {
-        meta: SaeMeta {
-            format: Format::SaeLens,
-            source: "test-sae".into(),
-            architecture: "topk".into(),
-            hook_name: None,
-            hook_layer: None,
-            model_name: None,
-            dtype: DType::F32,
-            conventions: Vec::new(),
-            warnings: Vec::new(),
-        },
-        w_enc: Matrix::from_f32(&w, l, d, DType::F32).unwrap(),
-        w_dec: Matrix::from_f32(&w, l, d, DType::F32).unwrap(),
-        b_enc: vec![0.0; l],
-        b_dec: vec![0.0; d],
-        threshold: None,
-        activation: Activation::TopK { k },
-        subtract_b_dec: true,
-        normalization: Normalization::None,
-        rescale_acts_by_decoder_norm: false,
-        scales: Default::default(),
-    }
-}
+use sae_engine::{engine, BackendKind, Dump, EngineOptions, Sae};
 
 fn write_dump(path: &Path, acts: &[f32], d: usize, token_ids: Option<Vec<i64>>) {
     let n = acts.len() / d;
@@ -108,7 +80,7 @@ fn demo_recovers_every_planted_effect() {
 
 #[test]
 fn steering_the_planted_direction_raises_it_and_the_control_does_not() {
-    let sae = Arc::new(tied_sae(64, 256, 8, 3));
+    let sae = Arc::new(tied_sae(64, 256, 8, 3, None));
     let eng = engine(BackendKind::Cpu, sae.clone(), &EngineOptions::default()).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("acts.safetensors");
@@ -174,7 +146,7 @@ fn steering_the_planted_direction_raises_it_and_the_control_does_not() {
 
 #[test]
 fn gguf_export_layout() {
-    let sae = Arc::new(tied_sae(48, 64, 4, 5));
+    let sae = Arc::new(tied_sae(48, 64, 4, 5, None));
     let eng = engine(BackendKind::Cpu, sae.clone(), &EngineOptions::default()).unwrap();
     let v = steer::steering_vector(
         eng.as_ref(),
@@ -266,14 +238,14 @@ fn gguf_export_layout() {
 
 #[test]
 fn bad_inputs_are_refused_with_messages() {
-    let sae = Arc::new(tied_sae(32, 64, 4, 11));
+    let sae = Arc::new(tied_sae(32, 64, 4, 11, None));
     let fp = sae.fingerprint();
     let eng = engine(BackendKind::Cpu, sae.clone(), &EngineOptions::default()).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let so = StatsOptions::default();
 
     // statistics of another SAE
-    let other = tied_sae(32, 64, 4, 12);
+    let other = tied_sae(32, 64, 4, 12, None);
     let mut st = sae_engine::LatentStats::new(other.fingerprint(), 64);
     st.n_tokens = 10;
     let sp = dir.path().join("other_stats.safetensors");
@@ -376,7 +348,7 @@ fn bad_inputs_are_refused_with_messages() {
 
 #[test]
 fn top_examples_finds_planted_tokens_with_context() {
-    let sae = Arc::new(tied_sae(32, 64, 4, 21));
+    let sae = Arc::new(tied_sae(32, 64, 4, 21, None));
     let eng = engine(BackendKind::Cpu, sae.clone(), &EngineOptions::default()).unwrap();
     let mut x = random_acts(&sae, 100, 4);
     // plant latent 9 strongly at rows 40 (strongest) and 70
@@ -437,7 +409,7 @@ fn plant(sae: &Sae, x: &mut [f32], rows: impl Iterator<Item = usize>, latent: us
 
 #[test]
 fn unpaired_prompt_sets_of_different_lengths_rank_the_planted_latent_first() {
-    let sae = Arc::new(tied_sae(32, 64, 4, 31));
+    let sae = Arc::new(tied_sae(32, 64, 4, 31, None));
     let fp = sae.fingerprint();
     let eng = engine(BackendKind::Cpu, sae.clone(), &EngineOptions::default()).unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -486,7 +458,7 @@ fn unpaired_prompt_sets_of_different_lengths_rank_the_planted_latent_first() {
 
 #[test]
 fn pairing_looks_at_counted_tokens_alike_for_dumps_and_statistics_files() {
-    let sae = Arc::new(tied_sae(32, 64, 4, 41));
+    let sae = Arc::new(tied_sae(32, 64, 4, 41, None));
     let fp = sae.fingerprint();
     let eng = engine(BackendKind::Cpu, sae.clone(), &EngineOptions::default()).unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -580,7 +552,7 @@ fn pairing_looks_at_counted_tokens_alike_for_dumps_and_statistics_files() {
 
 #[test]
 fn token_hash_and_outliers_survive_shards_merge_and_fan_out() {
-    let sae = Arc::new(tied_sae(32, 64, 4, 51));
+    let sae = Arc::new(tied_sae(32, 64, 4, 51, None));
     let eng = engine(BackendKind::Cpu, sae.clone(), &EngineOptions::default()).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let dump_dir = dir.path().join("dump");
@@ -663,7 +635,7 @@ fn token_hash_and_outliers_survive_shards_merge_and_fan_out() {
 
 #[test]
 fn outlier_tokens_are_counted_and_left_out_of_units_and_decode_metrics() {
-    let sae = Arc::new(tied_sae(32, 64, 4, 61));
+    let sae = Arc::new(tied_sae(32, 64, 4, 61, None));
     let eng = engine(BackendKind::Cpu, sae.clone(), &EngineOptions::default()).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let n = 200;
@@ -776,7 +748,7 @@ fn outlier_tokens_are_counted_and_left_out_of_units_and_decode_metrics() {
 fn clustered_z_discounts_tokens_correlated_within_documents() {
     // Latent 5 takes one level per document, the same on all 25 tokens of it: the
     // per-token z sees 1000 independent tokens, the honest count is 40 documents.
-    let sae = Arc::new(tied_sae(32, 64, 4, 71));
+    let sae = Arc::new(tied_sae(32, 64, 4, 71, None));
     let fp = sae.fingerprint();
     let eng = engine(BackendKind::Cpu, sae.clone(), &EngineOptions::default()).unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -859,7 +831,7 @@ fn crate_p(z: f64) -> f64 {
 fn q_values_control_false_discoveries_over_all_latents() {
     // 64 latents, no real difference: every q-value is large; plant one strong change and
     // only it gets a small q-value.
-    let sae = Arc::new(tied_sae(32, 64, 4, 81));
+    let sae = Arc::new(tied_sae(32, 64, 4, 81, None));
     let fp = sae.fingerprint();
     let eng = engine(BackendKind::Cpu, sae.clone(), &EngineOptions::default()).unwrap();
     let dir = tempfile::tempdir().unwrap();

@@ -1,5 +1,5 @@
-//! Shared by the integration tests that run the `sae` binary (cli, scaleout,
-//! cli_workflow): running it, checking its exit status with stderr in the message,
+//! Shared by the integration tests (cli, scaleout, cli_workflow, workflow, steer_checks, ...):
+//! running it, checking its exit status with stderr in the message,
 //! reading its JSON, and the argument list most commands share.
 
 // Each test crate compiles its own copy of this module and uses only part of it.
@@ -105,4 +105,45 @@ fn io_cmd<'a>(
     a.extend(["--out", arg(out)]);
     a.extend_from_slice(extra);
     a
+}
+
+/// An f32 TopK SAE in SAELens layout whose encoder and decoder are both `w` ([l, d]),
+/// no biases, `hook` as its hook name.
+pub fn sae_from_rows(
+    w: Vec<f32>,
+    l: usize,
+    d: usize,
+    k: usize,
+    hook: Option<&str>,
+) -> sae_engine::Sae {
+    sae_engine::Sae {
+        meta: sae_engine::sae::SaeMeta {
+            format: sae_engine::Format::SaeLens,
+            source: "test-sae".into(),
+            architecture: "topk".into(),
+            hook_name: hook.map(str::to_string),
+            hook_layer: None,
+            model_name: None,
+            dtype: sae_engine::DType::F32,
+            conventions: Vec::new(),
+            warnings: Vec::new(),
+        },
+        w_enc: sae_engine::matrix::Matrix::from_f32(&w, l, d, sae_engine::DType::F32).unwrap(),
+        w_dec: sae_engine::matrix::Matrix::from_f32(&w, l, d, sae_engine::DType::F32).unwrap(),
+        b_enc: vec![0.0; l],
+        b_dec: vec![0.0; d],
+        threshold: None,
+        activation: sae_engine::Activation::TopK { k },
+        subtract_b_dec: true,
+        normalization: sae_engine::Normalization::None,
+        rescale_acts_by_decoder_norm: false,
+        scales: Default::default(),
+    }
+}
+
+/// A tied TopK SAE with random unit rows drawn from `seed`.
+pub fn tied_sae(d: usize, l: usize, k: usize, seed: u64, hook: Option<&str>) -> sae_engine::Sae {
+    let mut r = sae_engine::workflow::rng::Rng::new(seed);
+    let w: Vec<f32> = (0..l).flat_map(|_| r.direction(d, 1.0)).collect();
+    sae_from_rows(w, l, d, k, hook)
 }
