@@ -1,13 +1,11 @@
 //! Output plumbing of `sae` and `sae-bench`: provenance in every output, a stdout closed
 //! early, `--json` errors, the exit-status table, and progress lines in a log.
 
-mod common;
-
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use common::{arg, json_of, run_sae, sae_json};
+use crate::common::{arg, json_of, run_sae, sae_json};
 use sae_engine::error::exit;
 use sae_engine::io::mapped::{write_safetensors, MappedSafetensors, OwnedTensor};
 use sae_engine::provenance::Provenance;
