@@ -131,7 +131,10 @@ fn write_shards(dir: &Path, width: usize, all: &[f32], mask: &[u8]) {
     let mut start = 0;
     for (s, &rows) in sizes.iter().enumerate() {
         let side = vec![
-            ("mask", OwnedTensor::u8(vec![rows], &mask[start..start + rows])),
+            (
+                "mask",
+                OwnedTensor::u8(vec![rows], &mask[start..start + rows]),
+            ),
             ("token_ids", OwnedTensor::i32(vec![rows], &vec![7; rows])),
         ];
         write_dump_with(

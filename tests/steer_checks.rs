@@ -5,7 +5,9 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use crate::common::{random_acts, sae_exits, sae_from_rows, sae_json, tied_sae, write_dump, SteerWorld};
+use crate::common::{
+    random_acts, sae_exits, sae_from_rows, sae_json, tied_sae, write_dump, SteerWorld,
+};
 use sae_engine::io::mapped::{write_safetensors, OwnedTensor};
 use sae_engine::workflow::{logit_lens, rng::Rng, steer, tokenizer::Vocab, StatsOptions};
 
@@ -81,7 +83,7 @@ fn the_dry_run_says_whether_the_target_move_stands_out() {
         ablate: true,
         ..Default::default()
     };
-    let r = steer::dry_run(eng.as_ref(), &dump, &v, &opts).unwrap();
+    let r = steer::dry_run(eng.as_ref(), dump, &v, &opts).unwrap();
     let sp = &r.specificity[0];
     assert!(sp.specific, "{}", sp.verdict);
     assert!(sp.verdict.starts_with("specific"), "{}", sp.verdict);
@@ -101,7 +103,7 @@ fn the_dry_run_says_whether_the_target_move_stands_out() {
     let faint = raw_vector(eng.as_ref(), 17, 0.05);
     let r = steer::dry_run(
         eng.as_ref(),
-        &dump,
+        dump,
         &faint,
         &steer::DryRunOptions::default(),
     )
@@ -118,11 +120,11 @@ fn a_sweep_reports_each_strength_and_the_ablation() {
     let (eng, dump) = (&w.engine, &w.dump);
     let opts = steer::DryRunOptions::default();
     let so = StatsOptions::default();
-    let median = steer::median_residual_norm(&dump, &so).unwrap();
+    let median = steer::median_residual_norm(dump, &so).unwrap();
     let strengths = [0.1f32, 0.5, 1.0, 2.0];
     let r = steer::sweep(
         eng.as_ref(),
-        &dump,
+        dump,
         17,
         &strengths,
         steer::SteerUnit::MedianNorm,
@@ -155,7 +157,7 @@ fn a_sweep_reports_each_strength_and_the_ablation() {
     // several latents cannot be swept, and a sweep needs something to do
     assert!(steer::sweep(
         eng.as_ref(),
-        &dump,
+        dump,
         17,
         &[],
         steer::SteerUnit::Raw,

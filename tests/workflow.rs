@@ -64,7 +64,7 @@ fn steering_the_planted_direction_raises_it_and_the_control_does_not() {
             strength: 2.0,
         }],
         steer::SteerUnit::MaxAct,
-        Some(&dump),
+        Some(dump),
         &so,
     );
     // latent 17 may never fire in random data; max-act must then refuse, raw must work
@@ -85,7 +85,7 @@ fn steering_the_planted_direction_raises_it_and_the_control_does_not() {
             .unwrap()
         }
     };
-    let r = steer::dry_run(eng.as_ref(), &dump, &v, &steer::DryRunOptions::default()).unwrap();
+    let r = steer::dry_run(eng.as_ref(), dump, &v, &steer::DryRunOptions::default()).unwrap();
     let t = &r.targets[0];
     assert!(t.delta > 0.5 * v.norm, "{t:?}");
     assert!(t.steered_freq > 0.9);
@@ -233,7 +233,13 @@ fn bad_inputs_are_refused_with_messages() {
         dir.path().join("a.safetensors"),
         dir.path().join("b.safetensors"),
     );
-    write_dump(&a, &random_acts(&sae, 20, 1), 32, Some((0..20).collect()), &[]);
+    write_dump(
+        &a,
+        &random_acts(&sae, 20, 1),
+        32,
+        Some((0..20).collect()),
+        &[],
+    );
     write_dump(&b, &random_acts(&sae, 25, 2), 32, None, &[]);
     let ma = workflow::measure(eng.as_ref(), &fp, &a, &so).unwrap();
     let mb = workflow::measure(eng.as_ref(), &fp, &b, &so).unwrap();
@@ -246,7 +252,13 @@ fn bad_inputs_are_refused_with_messages() {
     );
     // same length, different token ids: not the same prompts
     let c = dir.path().join("c.safetensors");
-    write_dump(&c, &random_acts(&sae, 20, 3), 32, Some((1..21).collect()), &[]);
+    write_dump(
+        &c,
+        &random_acts(&sae, 20, 3),
+        32,
+        Some((1..21).collect()),
+        &[],
+    );
     let mc = workflow::measure(eng.as_ref(), &fp, &c, &so).unwrap();
     assert!(
         workflow::pair(&ma, std::slice::from_ref(&mc), PairingRequest::Paired)

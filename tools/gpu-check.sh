@@ -48,12 +48,13 @@ prepare() {
     dest="${1:-$root/.gpu}"
     cd "$root"
     nvcc="$(bash tools/install-nvcc.sh | tail -n 1)"
-    export NVCC="$nvcc" SAE_REQUIRE_NVCC=1
+    # SAE_REQUIRE_GPU=1 compiles the GPU tests in (build.rs: cfg sae_gpu_tests); without it a
+    # build on this GPU-less machine would list them as ignored on the GPU machine too. Set for
+    # every build so the library is compiled once.
+    export NVCC="$nvcc" SAE_REQUIRE_NVCC=1 SAE_REQUIRE_GPU=1
     cargo build --release --bin sae-bench
     cargo build --release -p sae-engine-ffi
-    # SAE_REQUIRE_GPU=1 compiles the GPU tests in (build.rs: cfg sae_gpu_tests); without it a
-    # build on this GPU-less machine would list them as ignored on the GPU machine too.
-    test_bin="$(SAE_REQUIRE_GPU=1 cargo test --release --test integration --no-run --message-format=json 2>/dev/null \
+    test_bin="$(cargo test --release --test integration --no-run --message-format=json 2>/dev/null \
         | python3 -c 'import json,sys
 for l in sys.stdin:
     m = json.loads(l)

@@ -208,7 +208,8 @@ mod tests {
                     1 => Just(cols).boxed(),
                     _ => (1..=cols).boxed(),
                 };
-                let vals = prop::collection::vec((-8i32..=8).prop_map(|q| q as f32 * 0.25), rows * cols);
+                let vals =
+                    prop::collection::vec((-8i32..=8).prop_map(|q| q as f32 * 0.25), rows * cols);
                 (Just(rows), Just(cols), k, Just(workers), Just(tile), vals)
             },
         )

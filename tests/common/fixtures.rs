@@ -40,7 +40,10 @@ pub fn write_dump_with(
     meta: &[(&str, &str)],
 ) -> PathBuf {
     assert_eq!(acts.len() % d, 0, "activations are not [n, {d}]");
-    let mut tensors = vec![("activations", OwnedTensor::f32(vec![acts.len() / d, d], acts))];
+    let mut tensors = vec![(
+        "activations",
+        OwnedTensor::f32(vec![acts.len() / d, d], acts),
+    )];
     tensors.extend(side);
     let meta = meta
         .iter()
