@@ -101,13 +101,7 @@ fn the_dry_run_says_whether_the_target_move_stands_out() {
     assert!(a.norm > 0.0 && a.norm_over_median > 0.0);
     // A faint push: the target moves no more than the collateral noise, and it is said.
     let faint = raw_vector(eng.as_ref(), 17, 0.05);
-    let r = steer::dry_run(
-        eng.as_ref(),
-        dump,
-        &faint,
-        &steer::DryRunOptions::default(),
-    )
-    .unwrap();
+    let r = steer::dry_run(eng.as_ref(), dump, &faint, &steer::DryRunOptions::default()).unwrap();
     let sp = &r.specificity[0];
     assert!(!sp.specific, "{sp:?}");
     assert!(sp.verdict.contains("NOT SPECIFIC"), "{}", sp.verdict);
