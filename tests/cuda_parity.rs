@@ -1,7 +1,7 @@
 //! GPU parity: the CUDA engine against the CPU reference on random and edge-case SAEs
 //! (ties, fewer than k positives, k = 1 and 512, one row, empty batch, widths not a
 //! multiple of 8, NaN rows, CSR activations, statistics, steering), and the top-k select
-//! kernel alone against a sorted CPU reference.
+//! kernels (f32 scores, bf16 upper bounds) alone against a sorted CPU reference.
 //!
 //! Tests that need a GPU are compiled as ignored ("needs a CUDA GPU", counted in cargo's
 //! summary) unless the build saw a GPU or SAE_REQUIRE_GPU=1 (see build.rs, `sae_gpu_tests`);
@@ -102,14 +102,27 @@ fn device_out_of_range_is_unavailable() {
 /// Threads per block of the select kernel (TOPK_THREADS in kernels/topk.cu).
 const SELECT_THREADS: u32 = 256;
 
-/// The top-k of one row of pre-activations h = s + b: positive values only, larger value
-/// first and equal values by smaller latent, padded with (-1, 0.0) to k.
-fn reference_row(s: &[f32], b: &[f32], k: usize) -> (Vec<i32>, Vec<f32>) {
+/// Which select kernel: f32 scores, or bf16 scores read as the upper bound s + 2^-7 |s|
+/// (kernels/topk.cu, ScoreBF16Upper) whose top k the bf16 path later rescores.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Scores {
+    F32,
+    Bf16Upper,
+}
+
+/// The top-k of one row of pre-activations h = s + b (s read as `kind` reads it): positive
+/// values only, larger value first and equal values by smaller latent, padded with
+/// (-1, 0.0) to k. Scores are bf16-exact in the test, and 2^-7 |s| is exact.
+fn reference_row(s: &[f32], b: &[f32], k: usize, kind: Scores) -> (Vec<i32>, Vec<f32>) {
+    let read = |s: f32| match kind {
+        Scores::F32 => s,
+        Scores::Bf16Upper => s + s.abs() * 0.0078125,
+    };
     let mut h: Vec<(f32, usize)> = s
         .iter()
         .zip(b)
         .enumerate()
-        .map(|(l, (s, b))| (s + b, l))
+        .map(|(l, (s, b))| (read(*s) + b, l))
         .filter(|(h, _)| *h > 0.0)
         .collect();
     h.sort_by(|x, y| y.0.total_cmp(&x.0).then(x.1.cmp(&y.1)));
@@ -122,14 +135,16 @@ fn reference_row(s: &[f32], b: &[f32], k: usize) -> (Vec<i32>, Vec<f32>) {
 }
 
 /// The encoder's selection on the GPU, kernels alone: `scores` ([rows, cols] row-major) in
-/// tiles of `tile` columns (a multiple of 128), each copied into a scratch of row stride
-/// `tile` as the GEMM leaves it, passed through topk_select_f32 with bias `b`, then
-/// topk_finish_f32. Returns indices and values [rows, k].
+/// tiles of `tile` columns (a multiple of 128), each copied as f32 or bf16 into a scratch of
+/// row stride `tile` as the GEMM leaves it, passed through topk_select_f32 / _bf16 with bias
+/// `b`, then topk_finish_f32 (which turns the running keys into codes for either kind).
+/// Returns indices and values [rows, k].
 fn gpu_select(
     gpu: &Gpu,
     scores: &[f32],
     b: &[f32],
     (rows, cols, k, tile): (usize, usize, usize, usize),
+    kind: Scores,
 ) -> (Vec<i32>, Vec<f32>) {
     assert!(tile % 128 == 0 && k >= 1);
     // Per 128-latent block: the largest bias, the kernel's skip bound.
@@ -144,7 +159,12 @@ fn gpu_select(
     gpu.zero(count.ptr, rows * 4).unwrap();
     let bad = gpu.upload(&[i32::MAX]).unwrap();
     let scratch = gpu.alloc(rows * tile * 4).unwrap();
-    let select = gpu.kernel("topk_select_f32").unwrap();
+    let select = gpu
+        .kernel(match kind {
+            Scores::F32 => "topk_select_f32",
+            Scores::Bf16Upper => "topk_select_bf16",
+        })
+        .unwrap();
     let (null, ld, k32) = (0u64, tile as i64, k as i32);
     for l0 in (0..cols).step_by(tile) {
         let t = tile.min(cols - l0);
@@ -152,7 +172,16 @@ fn gpu_select(
         for r in 0..rows {
             host[r * tile..r * tile + t].copy_from_slice(&scores[r * cols + l0..r * cols + l0 + t]);
         }
-        gpu.htod(scratch.ptr, &host).unwrap();
+        match kind {
+            Scores::F32 => gpu.htod(scratch.ptr, &host).unwrap(),
+            Scores::Bf16Upper => {
+                let bits: Vec<u16> = host
+                    .iter()
+                    .map(|v| half::bf16::from_f32(*v).to_bits())
+                    .collect();
+                gpu.htod(scratch.ptr, &bits).unwrap()
+            }
+        }
         let (t32, l032) = (t as i32, l0 as u32);
         let mut launch = gpu.stream.launch_builder(select);
         launch
@@ -168,8 +197,9 @@ fn gpu_select(
             .arg(&count.ptr)
             .arg(&k32)
             .arg(&bad.ptr);
-        // SAFETY: topk_select_f32(scores, ld, tile_len, latent0, b_enc, scale = null, bmax,
-        // smax = null, state, count, k, bad): scratch is rows x ld f32 with t valid columns,
+        // SAFETY: topk_select_<f32|bf16>(scores, ld, tile_len, latent0, b_enc, scale = null,
+        // bmax, smax = null, state, count, k, bad): scratch is rows x ld scores (f32 or bf16,
+        // rows 16-byte aligned as ld is a multiple of 128) with t valid columns,
         // b_enc covers all cols and bmax their 128-blocks, state rows x k u64 and count rows
         // i32 (zeroed before the first tile), bad one i32.
         unsafe { launch.launch(Gpu::per_row(rows, SELECT_THREADS)) }.unwrap();
@@ -242,15 +272,18 @@ fn select_kernel_matches_a_sorted_reference() {
         let scores = tie_heavy(&mut r, rows * cols, positive);
         // Biases of 0 or a quarter: the pre-activation moves by whole steps, ties survive.
         let b: Vec<f32> = (0..cols).map(|_| r.below(2) as f32 * 0.25).collect();
-        let (gi, gv) = gpu_select(&gpu, &scores, &b, (rows, cols, k, tile));
-        for row in 0..rows {
-            let (ri, rv) = reference_row(&scores[row * cols..(row + 1) * cols], &b, k);
-            let at = row * k..(row + 1) * k;
-            assert_eq!(
-                (&gi[at.clone()], &gv[at]),
-                (&ri[..], &rv[..]),
-                "rows {rows} cols {cols} k {k} tile {tile}: row {row}"
-            );
+        for kind in [Scores::F32, Scores::Bf16Upper] {
+            let (gi, gv) = gpu_select(&gpu, &scores, &b, (rows, cols, k, tile), kind);
+            for row in 0..rows {
+                let s = &scores[row * cols..(row + 1) * cols];
+                let (ri, rv) = reference_row(s, &b, k, kind);
+                let at = row * k..(row + 1) * k;
+                assert_eq!(
+                    (&gi[at.clone()], &gv[at]),
+                    (&ri[..], &rv[..]),
+                    "{kind:?} rows {rows} cols {cols} k {k} tile {tile}: row {row}"
+                );
+            }
         }
     }
 }
