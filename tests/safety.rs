@@ -2,14 +2,13 @@
 //! and comparability are checked before the long pass, a `kill -9` leaves the previous
 //! output or none and the next run leaves no temporary behind.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::common::{acts_cmd, arg, sae_exits, sae_ok, write_dump_with, write_sae};
 use sae_engine::cpu::reference::SaeBuilder;
-use sae_engine::io::mapped::{write_safetensors, OwnedTensor};
+use sae_engine::io::mapped::OwnedTensor;
 use sae_engine::workflow::rng::Rng;
 use sae_engine::{Activation, Sae};
 
@@ -274,15 +273,8 @@ fn diff_with_incomparable_inputs_fails_before_encoding() {
     let other_ids = s.root.join("other-ids.safetensors");
     let x = noise(11, 64 * D);
     let ids: Vec<i32> = (0..64).map(|i| 7 * i + 1).collect();
-    write_safetensors(
-        &other_ids,
-        &[
-            ("activations", OwnedTensor::f32(vec![64, D], &x)),
-            ("token_ids", OwnedTensor::i32(vec![64], &ids)),
-        ],
-        HashMap::new(),
-    )
-    .unwrap();
+    let side = vec![("token_ids", OwnedTensor::i32(vec![64], &ids))];
+    write_dump_with(&other_ids, &x, D, side, &[]);
     let e = refused(
         &audit_cmd(
             "diff",

@@ -11,7 +11,7 @@ use std::time::SystemTime;
 use crate::common::{acts_cmd, arg, run_sae, sae_exits, sae_json, sae_ok, write_dump_with};
 use sae_engine::codes::{Codes, Denorm, Encoded};
 use sae_engine::cpu::reference::SaeBuilder;
-use sae_engine::io::mapped::{write_safetensors, OwnedTensor};
+use sae_engine::io::mapped::OwnedTensor;
 use sae_engine::io::npy::NpyDtype;
 use sae_engine::scaleout::{
     shard_units, units_of_dump, Devices, FanOutOptions, FanOutReport, StatsJob,
@@ -199,15 +199,8 @@ fn rewrite_keeping_mtime(path: &Path) {
     let acts: Vec<f32> = noise(999, rows * D).iter().map(|v| v * 3.0).collect();
     // The same mask as `write_shard`: the token count is kept as well.
     let mask: Vec<u8> = (0..rows).map(|r| (r % 4 != 3) as u8).collect();
-    write_safetensors(
-        path,
-        &[
-            ("activations", OwnedTensor::f32(vec![rows, D], &acts)),
-            ("mask", OwnedTensor::u8(vec![rows], &mask)),
-        ],
-        HashMap::new(),
-    )
-    .unwrap();
+    let side = vec![("mask", OwnedTensor::u8(vec![rows], &mask))];
+    write_dump_with(path, &acts, D, side, &[]);
     let f = std::fs::File::options().write(true).open(path).unwrap();
     f.set_modified(old.modified().unwrap()).unwrap();
     let new = std::fs::metadata(path).unwrap();
@@ -475,12 +468,7 @@ fn bad_shards_fail_only_their_unit_and_are_recomputed_once_fixed() {
     let p4 = dump.join(shard_name(4));
     let mut acts: Vec<f32> = noise(104, SIZES[4] * D).iter().map(|v| v * 3.0).collect();
     acts[7 * D + 2] = f32::NAN;
-    write_safetensors(
-        &p4,
-        &[("activations", OwnedTensor::f32(vec![SIZES[4], D], &acts))],
-        HashMap::new(),
-    )
-    .unwrap();
+    write_dump_with(&p4, &acts, D, Vec::new(), &[]);
 
     let (report, merged) = run_on_cpus(&sae, &dump, &work);
     assert!(merged.is_none());

@@ -3,9 +3,9 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::common::{random_acts, tied_sae, write_dump, SteerWorld};
+use crate::common::{random_acts, tied_sae, write_dump, write_dump_with, SteerWorld};
 
-use sae_engine::io::mapped::{write_safetensors, OwnedTensor};
+use sae_engine::io::mapped::OwnedTensor;
 use sae_engine::workflow::{
     self, demo, diff, gguf::ControlVector, monitor, rng::Rng, steer, top_examples, PairingRequest,
     StatsOptions,
@@ -368,13 +368,12 @@ fn top_examples_finds_planted_tokens_with_context() {
 /// A dump with every per-token tensor the token rule reads.
 fn write_full_dump(path: &Path, acts: &[f32], d: usize, ids: &[i64], docs: &[i64], mask: &[u8]) {
     let n = acts.len() / d;
-    let t = vec![
-        ("activations", OwnedTensor::f32(vec![n, d], acts)),
+    let side = vec![
         ("token_ids", OwnedTensor::i64(vec![n], ids)),
         ("doc_ids", OwnedTensor::i64(vec![n], docs)),
         ("mask", OwnedTensor::u8(vec![n], mask)),
     ];
-    write_safetensors(path, &t, Default::default()).unwrap();
+    write_dump_with(path, acts, d, side, &[]);
 }
 
 /// Adds `amp` x W_dec[latent] to the given rows.
