@@ -2,12 +2,10 @@
 //! small dumps, every command, --json, and the error contract (exit 1 and one line
 //! naming the file; exit 2 for usage).
 
-mod common;
-
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use common::{acts_cmd, arg, decode_cmd, run_sae, sae_exits, sae_json};
+use crate::common::{acts_cmd, arg, decode_cmd, run_sae, sae_exits, sae_json, write_dump_with};
 use sae_engine::codes::Codes;
 use sae_engine::io::mapped::{write_safetensors, OwnedTensor};
 use sae_engine::io::npy::NpyHeader;
@@ -60,13 +58,15 @@ fn b_dec() -> Vec<f32> {
     vec![0.5, 0.0, -0.25, 1.0]
 }
 
-/// Writes a SAELens v6 SAE (TopK k=2, or JumpReLU with `threshold`) into `dir`.
-fn write_sae(dir: &Path, jumprelu: bool) -> PathBuf {
-    write_sae_with(dir, jumprelu, w_enc(), b_enc())
+/// Writes the test SAE in SAELens v6 layout (TopK k=2, or JumpReLU with `threshold`) into `dir`.
+fn cli_sae(dir: &Path, jumprelu: bool) -> PathBuf {
+    saelens_by_hand(dir, jumprelu, w_enc(), b_enc())
 }
 
-/// [`write_sae`] with the given encoder rows (logical [L, d]) and encoder bias.
-fn write_sae_with(dir: &Path, jumprelu: bool, enc: Vec<f32>, be: Vec<f32>) -> PathBuf {
+/// [`cli_sae`] with the given encoder rows (logical [L, d]) and encoder bias, written by
+/// hand rather than by the library's writer: it must also hold what that writer refuses
+/// to write (NaN weights), and it checks the reader against a layout we did not produce.
+fn saelens_by_hand(dir: &Path, jumprelu: bool, enc: Vec<f32>, be: Vec<f32>) -> PathBuf {
     std::fs::create_dir_all(dir).unwrap();
     // SAELens stores W_enc as [d, L]
     let mut enc_t = vec![0f32; D * L];
@@ -114,7 +114,7 @@ fn write_sae_with(dir: &Path, jumprelu: bool, enc: Vec<f32>, be: Vec<f32>) -> Pa
 }
 
 /// Three shards of 4, 3 and 5 rows with a mask.
-fn write_dump(dir: &Path, width: usize) -> (PathBuf, Vec<f32>, Vec<u8>) {
+fn masked_shards(dir: &Path, width: usize) -> (PathBuf, Vec<f32>, Vec<u8>) {
     let n = 12;
     let all: Vec<f32> = (0..n * width)
         .map(|i| ((i * 7919 % 23) as f32) * 0.25 - 1.5)
@@ -129,26 +129,21 @@ fn write_shards(dir: &Path, width: usize, all: &[f32], mask: &[u8]) {
     std::fs::create_dir_all(dir).unwrap();
     let sizes = [4usize, 3, 5];
     let mut start = 0;
-    for (s, rows) in sizes.iter().enumerate() {
-        write_safetensors(
+    for (s, &rows) in sizes.iter().enumerate() {
+        let side = vec![
+            (
+                "mask",
+                OwnedTensor::u8(vec![rows], &mask[start..start + rows]),
+            ),
+            ("token_ids", OwnedTensor::i32(vec![rows], &vec![7; rows])),
+        ];
+        write_dump_with(
             &dir.join(format!("shard_{s:02}.safetensors")),
-            &[
-                (
-                    "activations",
-                    OwnedTensor::f32(
-                        vec![*rows, width],
-                        &all[start * width..(start + rows) * width],
-                    ),
-                ),
-                (
-                    "mask",
-                    OwnedTensor::u8(vec![*rows], &mask[start..start + rows]),
-                ),
-                ("token_ids", OwnedTensor::i32(vec![*rows], &vec![7; *rows])),
-            ],
-            HashMap::new(),
-        )
-        .unwrap();
+            &all[start * width..(start + rows) * width],
+            width,
+            side,
+            &[],
+        );
         start += rows;
     }
 }
@@ -210,8 +205,8 @@ struct Fixture {
 impl Fixture {
     fn new(jumprelu: bool) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let sae = write_sae(&dir.path().join("sae"), jumprelu);
-        let (dump, x, mask) = write_dump(&dir.path().join("dump"), D);
+        let sae = cli_sae(&dir.path().join("sae"), jumprelu);
+        let (dump, x, mask) = masked_shards(&dir.path().join("dump"), D);
         Fixture {
             dir,
             sae,
@@ -230,7 +225,7 @@ impl Fixture {
 #[test]
 fn inspect_reports_the_sae() {
     let dir = tempfile::tempdir().unwrap();
-    let sae = write_sae(&dir.path().join("sae"), false);
+    let sae = cli_sae(&dir.path().join("sae"), false);
     let j = ok_json(&["inspect", arg(&sae)]);
     assert_eq!(j["format"], "saelens");
     assert_eq!(j["d_in"], D);
@@ -458,8 +453,8 @@ fn stats_merge_and_decode_report_outlier_tokens() {
 fn errors_name_the_file_and_exit_1() {
     let fx = Fixture::new(false);
     let (sae, dump) = (&fx.sae, &fx.dump);
-    let other = write_sae(&fx.path("jump"), true);
-    let (wide, _, _) = write_dump(&fx.path("wide"), D + 1);
+    let other = cli_sae(&fx.path("jump"), true);
+    let (wide, _, _) = masked_shards(&fx.path("wide"), D + 1);
     let out = fx.path("o.safetensors");
 
     let missing = fx.path("missing_sae");
@@ -526,7 +521,7 @@ fn corrupt_inputs_are_refused_naming_the_file() {
     // SAE and the latent, and the (clean) dump only as where the row came from.
     let mut enc = w_enc();
     enc[4 * D + 2] = f32::NAN;
-    let bad_w = write_sae_with(&fx.path("nan_w"), false, enc, b_enc());
+    let bad_w = saelens_by_hand(&fx.path("nan_w"), false, enc, b_enc());
     let e = fails(&acts_cmd("encode", &bad_w, dump, &out, &["-q"]));
     assert!(
         e.starts_with(&format!("sae: error: {}: latent 4 ", bad_w.display()))
@@ -538,7 +533,7 @@ fn corrupt_inputs_are_refused_naming_the_file() {
     // A NaN in b_enc is refused at load, naming the file, tensor and index.
     let mut be = b_enc();
     be[3] = f32::NAN;
-    let bad_b = write_sae_with(&fx.path("nan_b"), false, w_enc(), be);
+    let bad_b = saelens_by_hand(&fx.path("nan_b"), false, w_enc(), be);
     let e = fails(&["inspect", arg(&bad_b)]);
     assert!(
         e.contains("sae_weights.safetensors") && e.contains("`b_enc` holds NaN at index 3"),

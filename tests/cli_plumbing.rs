@@ -1,16 +1,15 @@
 //! Output plumbing of `sae` and `sae-bench`: provenance in every output, a stdout closed
 //! early, `--json` errors, the exit-status table, and progress lines in a log.
 
-mod common;
-
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use common::{arg, json_of, run_sae, sae_json};
+use crate::common::{arg, json_of, run_sae, sae_json, write_dump, write_sae};
+use sae_engine::cpu::reference::SaeBuilder;
 use sae_engine::error::exit;
-use sae_engine::io::mapped::{write_safetensors, MappedSafetensors, OwnedTensor};
+use sae_engine::io::mapped::MappedSafetensors;
 use sae_engine::provenance::Provenance;
+use sae_engine::Activation;
 use serde_json::Value;
 use sha2::Digest;
 
@@ -19,33 +18,21 @@ const D: usize = 8;
 /// A SAELens ReLU SAE with `l` latents: latent j reads input j % D, with a small
 /// per-latent bias so latents rank apart in a diff.
 fn sae(dir: &Path, l: usize) -> PathBuf {
-    std::fs::create_dir_all(dir).unwrap();
-    let mut enc_t = vec![0f32; D * l]; // SAELens W_enc is [d, L]
+    let mut enc = vec![0f32; l * D];
     let mut dec = vec![0f32; l * D];
     for j in 0..l {
-        enc_t[(j % D) * l + j] = 1.0 + (j % 7) as f32 * 0.1;
+        enc[j * D + j % D] = 1.0 + (j % 7) as f32 * 0.1;
         dec[j * D + j % D] = 1.0;
     }
     let b_enc: Vec<f32> = (0..l).map(|j| -((j % 5) as f32) * 0.05).collect();
-    let tensors = [
-        ("W_enc", OwnedTensor::f32(vec![D, l], &enc_t)),
-        ("W_dec", OwnedTensor::f32(vec![l, D], &dec)),
-        ("b_enc", OwnedTensor::f32(vec![l], &b_enc)),
-        ("b_dec", OwnedTensor::f32(vec![D], &[0.0; D])),
-    ];
-    write_safetensors(
-        &dir.join("sae_weights.safetensors"),
-        &tensors,
-        HashMap::new(),
-    )
-    .unwrap();
-    let cfg = serde_json::json!({
-        "architecture": "standard", "d_in": D, "d_sae": l, "dtype": "float32",
-        "device": "cpu", "apply_b_dec_to_input": false, "normalize_activations": "none",
-        "metadata": {"hook_name": "blocks.2.hook_resid_post", "sae_lens_version": "6.5.0"}
-    });
-    std::fs::write(dir.join("cfg.json"), cfg.to_string()).unwrap();
-    dir.to_path_buf()
+    let mut sae = SaeBuilder::new(l, D, enc, dec)
+        .b_enc(b_enc)
+        .activation(Activation::Relu)
+        .subtract_b_dec(false)
+        .build()
+        .unwrap();
+    sae.meta.hook_name = Some("blocks.2.hook_resid_post".into());
+    write_sae(dir, &sae)
 }
 
 /// A one-file dump of `n` rows, values depending on `seed`.
@@ -53,13 +40,7 @@ fn dump(path: &Path, n: usize, seed: u32) -> PathBuf {
     let acts: Vec<f32> = (0..n * D)
         .map(|i| ((i as u32).wrapping_mul(2654435761).wrapping_add(seed) % 97) as f32 / 48.0 - 0.5)
         .collect();
-    write_safetensors(
-        path,
-        &[("activations", OwnedTensor::f32(vec![n, D], &acts))],
-        HashMap::new(),
-    )
-    .unwrap();
-    path.to_path_buf()
+    write_dump(path, &acts, D, None, &[])
 }
 
 /// `--json CMD --backend cpu --sae SAE REST...`

@@ -1,8 +1,6 @@
 //! `sae demo` end to end, then the workflow commands on the demo's own files.
 
-mod common;
-
-use common::{sae_exits, sae_json};
+use crate::common::{sae_exits, sae_json};
 use serde_json::Value;
 
 /// Runs `sae --json ARGS`, which must succeed; returns its JSON.

@@ -8,7 +8,10 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use sae_engine::LatentStats;
+use crate::common::{write_dump_with, write_sae};
+use sae_engine::cpu::reference::SaeBuilder;
+use sae_engine::io::mapped::OwnedTensor;
+use sae_engine::{Activation, LatentStats};
 
 const D: usize = 16;
 const L: usize = 96;
@@ -52,44 +55,20 @@ fn values(seed: u64, n: usize) -> Vec<f32> {
         .collect()
 }
 
-fn f32_bytes(v: &[f32]) -> Vec<u8> {
-    v.iter().flat_map(|x| x.to_le_bytes()).collect()
-}
-
-fn write_safetensors(path: &Path, tensors: &[(&str, safetensors::Dtype, Vec<usize>, Vec<u8>)]) {
-    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
-        .iter()
-        .map(|(n, dt, shape, b)| {
-            let view = safetensors::tensor::TensorView::new(*dt, shape.clone(), b).unwrap();
-            (n.to_string(), view)
-        })
-        .collect();
-    safetensors::serialize_to_file(views, None, path).unwrap();
-}
-
-/// A SAELens v6 TopK SAE with random weights.
-fn write_sae(dir: &Path) {
-    std::fs::create_dir_all(dir).unwrap();
-    let f32t = safetensors::Dtype::F32;
-    write_safetensors(
-        &dir.join("sae_weights.safetensors"),
-        &[
-            ("W_enc", f32t, vec![D, L], f32_bytes(&values(1, D * L))),
-            ("W_dec", f32t, vec![L, D], f32_bytes(&values(2, L * D))),
-            ("b_enc", f32t, vec![L], f32_bytes(&values(3, L))),
-            ("b_dec", f32t, vec![D], f32_bytes(&values(4, D))),
-        ],
-    );
-    let cfg = serde_json::json!({
-        "architecture": "topk", "d_in": D, "d_sae": L, "k": K, "dtype": "float32",
-        "apply_b_dec_to_input": true, "normalize_activations": "none",
-        "metadata": {"hook_name": "blocks.3.hook_resid_post"}
-    });
-    std::fs::write(dir.join("cfg.json"), cfg.to_string()).unwrap();
+/// A TopK SAE with random weights, in SAELens layout.
+fn random_sae(dir: &Path) {
+    let mut sae = SaeBuilder::new(L, D, values(1, L * D), values(2, L * D))
+        .b_enc(values(3, L))
+        .b_dec(values(4, D))
+        .activation(Activation::TopK { k: K })
+        .build()
+        .unwrap();
+    sae.meta.hook_name = Some("blocks.3.hook_resid_post".into());
+    write_sae(dir, &sae);
 }
 
 /// Seven shards of uneven length with a response mask (about two thirds of tokens count).
-fn write_dump(dir: &Path) -> usize {
+fn uneven_shards(dir: &Path) -> usize {
     std::fs::create_dir_all(dir).unwrap();
     let mut total = 0;
     for (s, rows) in [173usize, 64, 257, 1, 129, 300, 90].into_iter().enumerate() {
@@ -98,17 +77,13 @@ fn write_dump(dir: &Path) -> usize {
             .map(|v| v * 3.0)
             .collect();
         let mask: Vec<u8> = (0..rows).map(|r| u8::from((r + s) % 3 != 0)).collect();
-        write_safetensors(
+        let side = vec![("mask", OwnedTensor::u8(vec![rows], &mask))];
+        write_dump_with(
             &dir.join(format!("acts-{s:03}.safetensors")),
-            &[
-                (
-                    "activations",
-                    safetensors::Dtype::F32,
-                    vec![rows, D],
-                    f32_bytes(&acts),
-                ),
-                ("mask", safetensors::Dtype::U8, vec![rows], mask),
-            ],
+            &acts,
+            D,
+            side,
+            &[],
         );
         total += rows;
     }
@@ -201,8 +176,8 @@ fn sharded_recipe_matches_single_pass() {
         dump: tmp.path().join("dump"),
         bin_dir: sae_bin.parent().unwrap().to_path_buf(),
     };
-    write_sae(&env.sae);
-    let rows = write_dump(&env.dump);
+    random_sae(&env.sae);
+    let rows = uneven_shards(&env.dump);
 
     let single_path = tmp.path().join("single.safetensors");
     let out = Command::new(&sae_bin)

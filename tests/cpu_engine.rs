@@ -511,3 +511,37 @@ fn engine_factory_builds_cpu_and_results_do_not_depend_on_tile() {
     }
     assert_eq!(a, reference::encode(&sae, &x, 2, 0).unwrap());
 }
+
+/// proptest replays the cases saved in `cpu_engine.proptest-regressions` from the path it
+/// derives from this file: beside it while no folder above it holds a lib.rs or main.rs
+/// (proptest's SourceParallel would otherwise move it under proptest-regressions/). A
+/// rename of this file or of the test binary's root (tests/tests.rs) must carry the
+/// regressions file along; this fails when it does not.
+#[test]
+fn the_proptest_regressions_file_is_where_proptest_looks() {
+    let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(file!());
+    let mut dir = source.parent().unwrap();
+    loop {
+        assert!(
+            !dir.join("lib.rs").is_file() && !dir.join("main.rs").is_file(),
+            "{} holds a lib.rs or main.rs: proptest would look for regressions under {}",
+            dir.display(),
+            dir.parent()
+                .unwrap_or(dir)
+                .join("proptest-regressions")
+                .display()
+        );
+        match dir.parent() {
+            Some(p) => dir = p,
+            None => break,
+        }
+    }
+    let saved = source.with_extension("proptest-regressions");
+    let text =
+        std::fs::read_to_string(&saved).unwrap_or_else(|e| panic!("{}: {e}", saved.display()));
+    assert!(
+        text.lines().any(|l| l.starts_with("cc ")),
+        "no saved case in {}",
+        saved.display()
+    );
+}

@@ -664,6 +664,24 @@ fn write_big_npy(path: &Path, rows: usize, d: usize) -> PathBuf {
 #[test]
 #[cfg(target_os = "linux")]
 fn streaming_a_large_dump_keeps_resident_memory_bounded() {
+    // The whole integration suite is one process: other tests running beside this one would
+    // count in its resident size. So it measures in a child process of the same binary
+    // running only this test (SAE_TEST_RSS_CHILD marks the child).
+    if std::env::var_os("SAE_TEST_RSS_CHILD").is_none() {
+        let name = "dumps::streaming_a_large_dump_keeps_resident_memory_bounded";
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([name, "--exact", "--test-threads=1", "--nocapture"])
+            .env("SAE_TEST_RSS_CHILD", "1")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && text.contains("1 passed"),
+            "child run failed: {text}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        return;
+    }
     // 320 MiB of f16 activations: 40960 rows x 4096.
     let (rows, d) = (40960usize, 4096usize);
     let dir = tempfile::tempdir().unwrap();

@@ -2,8 +2,6 @@
 //! built in a temporary folder (refs, snapshots linking into blobs), resolved offline;
 //! the error cases; and the download path against a fake Hub on 127.0.0.1.
 
-mod common;
-
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
@@ -350,7 +348,7 @@ fn env_and_flags_pick_the_cache_and_offline_mode() {
         ],
         &["--json", "inspect", GEMMA_NAME],
     );
-    let j = common::json_of(&out);
+    let j = crate::common::json_of(&out);
     assert_eq!(j["resolved"]["commit"], COMMIT_MAIN, "{j}");
     assert_eq!(j["resolved"]["repo"], GEMMA_REPO);
     assert_eq!(
@@ -374,7 +372,7 @@ fn env_and_flags_pick_the_cache_and_offline_mode() {
             conv.to_str().unwrap(),
         ],
     );
-    assert!(out.status.success(), "{}", common::stderr_of(&out));
+    assert!(out.status.success(), "{}", crate::common::stderr_of(&out));
     assert!(conv.join("cfg.json").is_file() && conv.join("sae_weights.safetensors").is_file());
     // HF_HOME/hub + --offline, human output.
     let out = run(
@@ -382,7 +380,7 @@ fn env_and_flags_pick_the_cache_and_offline_mode() {
         &["--offline", "inspect", NATIVE_NAME],
     );
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", common::stderr_of(&out));
+    assert!(out.status.success(), "{}", crate::common::stderr_of(&out));
     assert!(
         text.contains("resolved from  saelens:gpt2-small-res-jb")
             && text.contains(COMMIT_MAIN)
@@ -395,14 +393,14 @@ fn env_and_flags_pick_the_cache_and_offline_mode() {
         &["--offline", "inspect", "hf:a/b/c"],
     );
     assert_eq!(out.status.code(), Some(1));
-    assert!(common::stderr_of(&out).contains("models--a--b/refs/main"));
+    assert!(crate::common::stderr_of(&out).contains("models--a--b/refs/main"));
     // No variable: ~/.cache/huggingface/hub (HOME points at an empty folder here).
     let out = run(&[], &["--offline", "inspect", NATIVE_NAME]);
     assert!(
-        common::stderr_of(&out).contains("nohome/.cache/huggingface/hub")
-            || common::stderr_of(&out).contains("noxdg/huggingface/hub"),
+        crate::common::stderr_of(&out).contains("nohome/.cache/huggingface/hub")
+            || crate::common::stderr_of(&out).contains("noxdg/huggingface/hub"),
         "{}",
-        common::stderr_of(&out)
+        crate::common::stderr_of(&out)
     );
 }
 
@@ -631,11 +629,11 @@ fn the_cli_downloads_through_hf_endpoint_with_hf_token() {
     let out = run("wrong");
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        common::stderr_of(&out).contains("has no access"),
+        crate::common::stderr_of(&out).contains("has no access"),
         "{}",
-        common::stderr_of(&out)
+        crate::common::stderr_of(&out)
     );
-    let j = common::json_of(&run("from-env"));
+    let j = crate::common::json_of(&run("from-env"));
     assert_eq!(j["resolved"]["commit"], hub_srv.commit.as_str(), "{j}");
     assert!(
         !j["resolved"]["downloaded"].as_array().unwrap().is_empty(),

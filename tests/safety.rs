@@ -2,16 +2,13 @@
 //! and comparability are checked before the long pass, a `kill -9` leaves the previous
 //! output or none and the next run leaves no temporary behind.
 
-mod common;
-
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{acts_cmd, arg, sae_exits, sae_ok};
+use crate::common::{acts_cmd, arg, sae_exits, sae_ok, write_dump_with, write_sae};
 use sae_engine::cpu::reference::SaeBuilder;
-use sae_engine::io::mapped::{write_safetensors, OwnedTensor};
+use sae_engine::io::mapped::OwnedTensor;
 use sae_engine::workflow::rng::Rng;
 use sae_engine::{Activation, Sae};
 
@@ -29,29 +26,15 @@ fn test_sae(d: usize, l: usize, seed: u64) -> Sae {
         .unwrap()
 }
 
-/// Writes an SAE in the SAELens layout into `dir`.
-fn write_sae(dir: &Path, d: usize, l: usize, seed: u64) -> PathBuf {
-    sae_engine::formats::writer::write_saelens(&test_sae(d, l, seed), dir).unwrap();
-    dir.to_path_buf()
-}
-
-/// A dump file of `rows` x `d` with token ids; `nan_row` puts a NaN in that row.
-fn write_dump(path: &Path, rows: usize, d: usize, seed: u64, nan_row: Option<usize>) -> PathBuf {
+/// A dump file of `rows` x `d` noise with i32 token ids; `nan_row` puts a NaN in that row.
+fn noise_dump(path: &Path, rows: usize, d: usize, seed: u64, nan_row: Option<usize>) -> PathBuf {
     let mut acts: Vec<f32> = noise(seed, rows * d).iter().map(|v| v * 2.0).collect();
     if let Some(r) = nan_row {
         acts[r * d] = f32::NAN;
     }
     let ids: Vec<i32> = (0..rows as i32).map(|i| i % 1000).collect();
-    write_safetensors(
-        path,
-        &[
-            ("activations", OwnedTensor::f32(vec![rows, d], &acts)),
-            ("token_ids", OwnedTensor::i32(vec![rows], &ids)),
-        ],
-        HashMap::new(),
-    )
-    .unwrap();
-    path.to_path_buf()
+    let side = vec![("token_ids", OwnedTensor::i32(vec![rows], &ids))];
+    write_dump_with(path, &acts, d, side, &[])
 }
 
 /// Runs a command that must be refused (exit 1); checks the message names every path
@@ -102,9 +85,9 @@ const L: usize = 48;
 fn setup() -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().to_path_buf();
-    let sae = write_sae(&root.join("sae"), D, L, 1);
+    let sae = write_sae(&root.join("sae"), &test_sae(D, L, 1));
     std::fs::create_dir(root.join("d")).unwrap();
-    let dump = write_dump(&root.join("d/x.safetensors"), 64, D, 7, None);
+    let dump = noise_dump(&root.join("d/x.safetensors"), 64, D, 7, None);
     Setup {
         _dir: dir,
         root,
@@ -237,9 +220,9 @@ fn a_missing_destination_folder_fails_before_the_dump_is_read() {
 fn diff_with_incomparable_inputs_fails_before_encoding() {
     let s = setup();
     // Encoding this base would fail on its last row.
-    let base = write_dump(&s.root.join("base.safetensors"), 64, D, 8, Some(63));
+    let base = noise_dump(&s.root.join("base.safetensors"), 64, D, 8, Some(63));
     // Statistics of another SAE.
-    let other = write_sae(&s.root.join("other-sae"), D, L, 99);
+    let other = write_sae(&s.root.join("other-sae"), &test_sae(D, L, 99));
     let theirs = s.root.join("theirs.stats.safetensors");
     sae_ok(&acts_cmd(
         "stats",
@@ -257,7 +240,7 @@ fn diff_with_incomparable_inputs_fails_before_encoding() {
         "{e}"
     );
     // A fine-tune dump of another width, or of another length when pairing is asked for.
-    let wide = write_dump(&s.root.join("wide.safetensors"), 64, D + 1, 9, None);
+    let wide = noise_dump(&s.root.join("wide.safetensors"), 64, D + 1, 9, None);
     let e = refused(
         &audit_cmd(
             "detect",
@@ -268,7 +251,7 @@ fn diff_with_incomparable_inputs_fails_before_encoding() {
         &[&wide],
     );
     assert!(e.contains("width") && !e.contains("non-finite"), "{e}");
-    let short = write_dump(&s.root.join("short.safetensors"), 40, D, 10, None);
+    let short = noise_dump(&s.root.join("short.safetensors"), 40, D, 10, None);
     let e = refused(
         &audit_cmd(
             "monitor",
@@ -290,15 +273,8 @@ fn diff_with_incomparable_inputs_fails_before_encoding() {
     let other_ids = s.root.join("other-ids.safetensors");
     let x = noise(11, 64 * D);
     let ids: Vec<i32> = (0..64).map(|i| 7 * i + 1).collect();
-    write_safetensors(
-        &other_ids,
-        &[
-            ("activations", OwnedTensor::f32(vec![64, D], &x)),
-            ("token_ids", OwnedTensor::i32(vec![64], &ids)),
-        ],
-        HashMap::new(),
-    )
-    .unwrap();
+    let side = vec![("token_ids", OwnedTensor::i32(vec![64], &ids))];
+    write_dump_with(&other_ids, &x, D, side, &[]);
     let e = refused(
         &audit_cmd(
             "diff",
@@ -339,11 +315,11 @@ fn hidden(dir: &Path) -> Vec<String> {
 fn kill_9_during_encode_keeps_the_old_output_and_the_rerun_leaves_no_litter() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
-    let sae = write_sae(&root.join("sae"), 128, 2048, 3);
+    let sae = write_sae(&root.join("sae"), &test_sae(128, 2048, 3));
     std::fs::create_dir(root.join("data")).unwrap();
-    let small = write_dump(&root.join("data/small.safetensors"), 100, 128, 4, None);
+    let small = noise_dump(&root.join("data/small.safetensors"), 100, 128, 4, None);
     const BIG: usize = 60_000;
-    let big = write_dump(&root.join("data/big.safetensors"), BIG, 128, 5, None);
+    let big = noise_dump(&root.join("data/big.safetensors"), BIG, 128, 5, None);
     let out_dir = root.join("out");
     std::fs::create_dir(&out_dir).unwrap();
     let out = out_dir.join("codes.safetensors");

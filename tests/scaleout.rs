@@ -2,18 +2,16 @@
 //! --devices`): equal to one pass, failing devices and bad shards reported with the
 //! shard and the device, finished units kept, and a rerun computing only what failed.
 
-mod common;
-
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::SystemTime;
 
-use common::{acts_cmd, arg, run_sae, sae_exits, sae_json, sae_ok};
+use crate::common::{acts_cmd, arg, run_sae, sae_exits, sae_json, sae_ok, write_dump_with};
 use sae_engine::codes::{Codes, Denorm, Encoded};
 use sae_engine::cpu::reference::SaeBuilder;
-use sae_engine::io::mapped::{write_safetensors, OwnedTensor};
+use sae_engine::io::mapped::OwnedTensor;
 use sae_engine::io::npy::NpyDtype;
 use sae_engine::scaleout::{
     shard_units, units_of_dump, Devices, FanOutOptions, FanOutReport, StatsJob,
@@ -81,20 +79,19 @@ fn write_shard(dir: &Path, i: usize) -> PathBuf {
     } else {
         // Row 0 always counts, so the first batch of each shard is encoded.
         let mask: Vec<u8> = (0..rows).map(|r| (r % 4 != 3) as u8).collect();
-        write_safetensors(
+        write_dump_with(
             &path,
-            &[
-                ("activations", OwnedTensor::f32(vec![rows, D], &acts)),
-                ("mask", OwnedTensor::u8(vec![rows], &mask)),
-            ],
-            HashMap::new(),
-        )
-        .unwrap();
+            &acts,
+            D,
+            vec![("mask", OwnedTensor::u8(vec![rows], &mask))],
+            &[],
+        );
     }
     path
 }
 
-fn write_dump(dir: &Path) -> PathBuf {
+/// The test dump: the shards of [`SIZES`] in `dir`.
+fn shards_dir(dir: &Path) -> PathBuf {
     std::fs::create_dir_all(dir).unwrap();
     for i in 0..SIZES.len() {
         write_shard(dir, i);
@@ -105,7 +102,7 @@ fn write_dump(dir: &Path) -> PathBuf {
 /// A temporary directory with the test dump in `dump/`, and the test SAE.
 fn setup() -> (tempfile::TempDir, PathBuf, Arc<Sae>) {
     let dir = tempfile::tempdir().unwrap();
-    let dump = write_dump(&dir.path().join("dump"));
+    let dump = shards_dir(&dir.path().join("dump"));
     (dir, dump, Arc::new(test_sae(0.0)))
 }
 
@@ -202,15 +199,8 @@ fn rewrite_keeping_mtime(path: &Path) {
     let acts: Vec<f32> = noise(999, rows * D).iter().map(|v| v * 3.0).collect();
     // The same mask as `write_shard`: the token count is kept as well.
     let mask: Vec<u8> = (0..rows).map(|r| (r % 4 != 3) as u8).collect();
-    write_safetensors(
-        path,
-        &[
-            ("activations", OwnedTensor::f32(vec![rows, D], &acts)),
-            ("mask", OwnedTensor::u8(vec![rows], &mask)),
-        ],
-        HashMap::new(),
-    )
-    .unwrap();
+    let side = vec![("mask", OwnedTensor::u8(vec![rows], &mask))];
+    write_dump_with(path, &acts, D, side, &[]);
     let f = std::fs::File::options().write(true).open(path).unwrap();
     f.set_modified(old.modified().unwrap()).unwrap();
     let new = std::fs::metadata(path).unwrap();
@@ -478,12 +468,7 @@ fn bad_shards_fail_only_their_unit_and_are_recomputed_once_fixed() {
     let p4 = dump.join(shard_name(4));
     let mut acts: Vec<f32> = noise(104, SIZES[4] * D).iter().map(|v| v * 3.0).collect();
     acts[7 * D + 2] = f32::NAN;
-    write_safetensors(
-        &p4,
-        &[("activations", OwnedTensor::f32(vec![SIZES[4], D], &acts))],
-        HashMap::new(),
-    )
-    .unwrap();
+    write_dump_with(&p4, &acts, D, Vec::new(), &[]);
 
     let (report, merged) = run_on_cpus(&sae, &dump, &work);
     assert!(merged.is_none());

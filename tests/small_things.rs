@@ -3,11 +3,9 @@
 //! only on the commands that run an SAE, negative numbers answered with their range,
 //! symlink loops named, and the chance caveat of a detection with few models.
 
-mod common;
-
 use std::path::PathBuf;
 
-use common::{arg, run_sae, sae_exits, sae_json, sae_ok};
+use crate::common::{arg, run_sae, sae_exits, sae_json, sae_ok};
 use sae_engine::workflow::demo::{self, DemoOptions};
 use sae_engine::BackendKind;
 

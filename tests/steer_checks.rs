@@ -2,44 +2,14 @@
 //! the random control, the specificity verdict, the strength sweep and ablation; the
 //! decoder logit lens on a synthetic model directory; base-vs-tuned top examples.
 
-mod common;
-
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Arc;
 
-use common::{sae_exits, sae_from_rows, sae_json, tied_sae};
+use crate::common::{
+    random_acts, sae_exits, sae_from_rows, sae_json, tied_sae, write_dump, SteerWorld,
+};
 use sae_engine::io::mapped::{write_safetensors, OwnedTensor};
 use sae_engine::workflow::{logit_lens, rng::Rng, steer, tokenizer::Vocab, StatsOptions};
-use sae_engine::{engine, BackendKind, Dump, EngineOptions, Sae};
-
-fn write_dump(path: &Path, acts: &[f32], d: usize, ids: Option<&[i64]>, meta: &[(&str, &str)]) {
-    let n = acts.len() / d;
-    let mut t = vec![("activations", OwnedTensor::f32(vec![n, d], acts))];
-    if let Some(ids) = ids {
-        t.push(("token_ids", OwnedTensor::i64(vec![n], ids)));
-    }
-    let meta: HashMap<String, String> = meta
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    write_safetensors(path, &t, meta).unwrap();
-}
-
-/// Rows that are each a sum of 4 decoder rows of `sae` with weights in [1, 2).
-fn random_acts(sae: &Sae, n: usize, seed: u64) -> Vec<f32> {
-    let (d, l) = (sae.d_in(), sae.n_latents());
-    let mut r = Rng::new(seed);
-    let mut x = vec![0f32; n * d];
-    for row in x.chunks_exact_mut(d) {
-        for _ in 0..4 {
-            let w = sae.w_dec.row_f32(r.below(l));
-            let a = 1.0 + r.uniform() as f32;
-            row.iter_mut().zip(&w).for_each(|(v, w)| *v += a * w);
-        }
-    }
-    x
-}
 
 fn raw_vector(eng: &dyn sae_engine::Engine, latent: usize, strength: f32) -> steer::SteeringVector {
     steer::steering_vector(
@@ -105,19 +75,15 @@ fn the_control_is_no_decoder_row_even_when_the_sae_shares_its_seed() {
 
 #[test]
 fn the_dry_run_says_whether_the_target_move_stands_out() {
-    let sae = Arc::new(tied_sae(64, 256, 8, 3, None));
-    let eng = engine(BackendKind::Cpu, sae.clone(), &EngineOptions::default()).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let p = dir.path().join("acts.safetensors");
-    write_dump(&p, &random_acts(&sae, 300, 9), 64, None, &[]);
-    let dump = Dump::open(&p).unwrap();
+    let w = SteerWorld::new(300, 9);
+    let (eng, dump) = (&w.engine, &w.dump);
     // A strong push along latent 17 is specific.
     let v = raw_vector(eng.as_ref(), 17, 3.0);
     let opts = steer::DryRunOptions {
         ablate: true,
         ..Default::default()
     };
-    let r = steer::dry_run(eng.as_ref(), &dump, &v, &opts).unwrap();
+    let r = steer::dry_run(eng.as_ref(), dump, &v, &opts).unwrap();
     let sp = &r.specificity[0];
     assert!(sp.specific, "{}", sp.verdict);
     assert!(sp.verdict.starts_with("specific"), "{}", sp.verdict);
@@ -135,13 +101,7 @@ fn the_dry_run_says_whether_the_target_move_stands_out() {
     assert!(a.norm > 0.0 && a.norm_over_median > 0.0);
     // A faint push: the target moves no more than the collateral noise, and it is said.
     let faint = raw_vector(eng.as_ref(), 17, 0.05);
-    let r = steer::dry_run(
-        eng.as_ref(),
-        &dump,
-        &faint,
-        &steer::DryRunOptions::default(),
-    )
-    .unwrap();
+    let r = steer::dry_run(eng.as_ref(), dump, &faint, &steer::DryRunOptions::default()).unwrap();
     let sp = &r.specificity[0];
     assert!(!sp.specific, "{sp:?}");
     assert!(sp.verdict.contains("NOT SPECIFIC"), "{}", sp.verdict);
@@ -150,19 +110,15 @@ fn the_dry_run_says_whether_the_target_move_stands_out() {
 
 #[test]
 fn a_sweep_reports_each_strength_and_the_ablation() {
-    let sae = Arc::new(tied_sae(64, 256, 8, 3, None));
-    let eng = engine(BackendKind::Cpu, sae.clone(), &EngineOptions::default()).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let p = dir.path().join("acts.safetensors");
-    write_dump(&p, &random_acts(&sae, 200, 4), 64, None, &[]);
-    let dump = Dump::open(&p).unwrap();
+    let w = SteerWorld::new(200, 4);
+    let (eng, dump) = (&w.engine, &w.dump);
     let opts = steer::DryRunOptions::default();
     let so = StatsOptions::default();
-    let median = steer::median_residual_norm(&dump, &so).unwrap();
+    let median = steer::median_residual_norm(dump, &so).unwrap();
     let strengths = [0.1f32, 0.5, 1.0, 2.0];
     let r = steer::sweep(
         eng.as_ref(),
-        &dump,
+        dump,
         17,
         &strengths,
         steer::SteerUnit::MedianNorm,
@@ -195,7 +151,7 @@ fn a_sweep_reports_each_strength_and_the_ablation() {
     // several latents cannot be swept, and a sweep needs something to do
     assert!(steer::sweep(
         eng.as_ref(),
-        &dump,
+        dump,
         17,
         &[],
         steer::SteerUnit::Raw,
@@ -466,7 +422,7 @@ fn steer_cli_sweep_ablate_and_top_examples_side_by_side() {
         &base,
         &random_acts(&sae, n, 1),
         32,
-        Some(&ids),
+        Some(ids.clone()),
         &[("layer", "3")],
     );
     // the tuned dump: latent 3's direction added to every row
@@ -475,7 +431,7 @@ fn steer_cli_sweep_ablate_and_top_examples_side_by_side() {
     for row in t.chunks_exact_mut(32) {
         row.iter_mut().zip(&w3).for_each(|(v, w)| *v += 3.0 * w);
     }
-    write_dump(&tuned, &t, 32, Some(&ids), &[("layer", "3")]);
+    write_dump(&tuned, &t, 32, Some(ids.clone()), &[("layer", "3")]);
     let (b, tu) = (base.to_str().unwrap(), tuned.to_str().unwrap());
 
     let out_dir = dir.path().join("sweep");
@@ -532,7 +488,7 @@ fn steer_cli_sweep_ablate_and_top_examples_side_by_side() {
     );
     // dumps of two different layers are not compared
     let other = dir.path().join("other.safetensors");
-    write_dump(&other, &t, 32, Some(&ids), &[("layer", "4")]);
+    write_dump(&other, &t, 32, Some(ids.clone()), &[("layer", "4")]);
     let mut a = words("top-examples --backend cpu --latent 3");
     a.extend([
         "--sae",

@@ -1,42 +1,16 @@
 //! The audit workflow on planted scenarios with known answers, GGUF layout, and bad inputs.
 
-mod common;
-
 use std::path::Path;
 use std::sync::Arc;
 
-use common::tied_sae;
+use crate::common::{random_acts, tied_sae, write_dump, write_dump_with, SteerWorld};
 
-use sae_engine::io::mapped::{write_safetensors, OwnedTensor};
+use sae_engine::io::mapped::OwnedTensor;
 use sae_engine::workflow::{
     self, demo, diff, gguf::ControlVector, monitor, rng::Rng, steer, top_examples, PairingRequest,
     StatsOptions,
 };
 use sae_engine::{engine, BackendKind, Dump, EngineOptions, Sae};
-
-fn write_dump(path: &Path, acts: &[f32], d: usize, token_ids: Option<Vec<i64>>) {
-    let n = acts.len() / d;
-    let mut t = vec![("activations", OwnedTensor::f32(vec![n, d], acts))];
-    if let Some(ids) = token_ids {
-        t.push(("token_ids", OwnedTensor::i64(vec![n], &ids)));
-    }
-    write_safetensors(path, &t, Default::default()).unwrap();
-}
-
-/// Random sparse activations: each row a sum of 4 decoder rows of `sae`.
-fn random_acts(sae: &Sae, n: usize, seed: u64) -> Vec<f32> {
-    let (d, l) = (sae.d_in(), sae.n_latents());
-    let mut r = Rng::new(seed);
-    let mut x = vec![0f32; n * d];
-    for row in x.chunks_exact_mut(d) {
-        for _ in 0..4 {
-            let w = sae.w_dec.row_f32(r.below(l));
-            let a = 1.0 + r.uniform() as f32;
-            row.iter_mut().zip(&w).for_each(|(v, w)| *v += a * w);
-        }
-    }
-    x
-}
 
 #[test]
 fn demo_recovers_every_planted_effect() {
@@ -80,12 +54,8 @@ fn demo_recovers_every_planted_effect() {
 
 #[test]
 fn steering_the_planted_direction_raises_it_and_the_control_does_not() {
-    let sae = Arc::new(tied_sae(64, 256, 8, 3, None));
-    let eng = engine(BackendKind::Cpu, sae.clone(), &EngineOptions::default()).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let p = dir.path().join("acts.safetensors");
-    write_dump(&p, &random_acts(&sae, 300, 9), 64, None);
-    let dump = Dump::open(&p).unwrap();
+    let w = SteerWorld::new(300, 9);
+    let (sae, eng, dump) = (&w.sae, &w.engine, &w.dump);
     let so = StatsOptions::default();
     let v = steer::steering_vector(
         eng.as_ref(),
@@ -94,7 +64,7 @@ fn steering_the_planted_direction_raises_it_and_the_control_does_not() {
             strength: 2.0,
         }],
         steer::SteerUnit::MaxAct,
-        Some(&dump),
+        Some(dump),
         &so,
     );
     // latent 17 may never fire in random data; max-act must then refuse, raw must work
@@ -115,7 +85,7 @@ fn steering_the_planted_direction_raises_it_and_the_control_does_not() {
             .unwrap()
         }
     };
-    let r = steer::dry_run(eng.as_ref(), &dump, &v, &steer::DryRunOptions::default()).unwrap();
+    let r = steer::dry_run(eng.as_ref(), dump, &v, &steer::DryRunOptions::default()).unwrap();
     let t = &r.targets[0];
     assert!(t.delta > 0.5 * v.norm, "{t:?}");
     assert!(t.steered_freq > 0.9);
@@ -263,8 +233,14 @@ fn bad_inputs_are_refused_with_messages() {
         dir.path().join("a.safetensors"),
         dir.path().join("b.safetensors"),
     );
-    write_dump(&a, &random_acts(&sae, 20, 1), 32, Some((0..20).collect()));
-    write_dump(&b, &random_acts(&sae, 25, 2), 32, None);
+    write_dump(
+        &a,
+        &random_acts(&sae, 20, 1),
+        32,
+        Some((0..20).collect()),
+        &[],
+    );
+    write_dump(&b, &random_acts(&sae, 25, 2), 32, None, &[]);
     let ma = workflow::measure(eng.as_ref(), &fp, &a, &so).unwrap();
     let mb = workflow::measure(eng.as_ref(), &fp, &b, &so).unwrap();
     let e = workflow::pair(&ma, std::slice::from_ref(&mb), PairingRequest::Paired)
@@ -276,7 +252,13 @@ fn bad_inputs_are_refused_with_messages() {
     );
     // same length, different token ids: not the same prompts
     let c = dir.path().join("c.safetensors");
-    write_dump(&c, &random_acts(&sae, 20, 3), 32, Some((1..21).collect()));
+    write_dump(
+        &c,
+        &random_acts(&sae, 20, 3),
+        32,
+        Some((1..21).collect()),
+        &[],
+    );
     let mc = workflow::measure(eng.as_ref(), &fp, &c, &so).unwrap();
     assert!(
         workflow::pair(&ma, std::slice::from_ref(&mc), PairingRequest::Paired)
@@ -361,7 +343,7 @@ fn top_examples_finds_planted_tokens_with_context() {
     }
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("t.safetensors");
-    write_dump(&p, &x, 32, Some((0..100).map(|i| 1000 + i).collect()));
+    write_dump(&p, &x, 32, Some((0..100).map(|i| 1000 + i).collect()), &[]);
     let r = top_examples::top_examples(
         eng.as_ref(),
         &Dump::open(&p).unwrap(),
@@ -386,13 +368,12 @@ fn top_examples_finds_planted_tokens_with_context() {
 /// A dump with every per-token tensor the token rule reads.
 fn write_full_dump(path: &Path, acts: &[f32], d: usize, ids: &[i64], docs: &[i64], mask: &[u8]) {
     let n = acts.len() / d;
-    let t = vec![
-        ("activations", OwnedTensor::f32(vec![n, d], acts)),
+    let side = vec![
         ("token_ids", OwnedTensor::i64(vec![n], ids)),
         ("doc_ids", OwnedTensor::i64(vec![n], docs)),
         ("mask", OwnedTensor::u8(vec![n], mask)),
     ];
-    write_safetensors(path, &t, Default::default()).unwrap();
+    write_dump_with(path, acts, d, side, &[]);
 }
 
 /// Adds `amp` x W_dec[latent] to the given rows.
@@ -422,8 +403,8 @@ fn unpaired_prompt_sets_of_different_lengths_rank_the_planted_latent_first() {
     let xa = random_acts(&sae, 300, 1);
     let mut xb = random_acts(&sae, 420, 2);
     plant(&sae, &mut xb, (0..420).step_by(3), 7, 3.0);
-    write_dump(&a, &xa, 32, Some((0..300).collect()));
-    write_dump(&b, &xb, 32, Some((1000..1420).collect()));
+    write_dump(&a, &xa, 32, Some((0..300).collect()), &[]);
+    write_dump(&b, &xb, 32, Some((1000..1420).collect()), &[]);
     let ma = workflow::measure(eng.as_ref(), &fp, &a, &so).unwrap();
     let mb = workflow::measure(eng.as_ref(), &fp, &b, &so).unwrap();
     let p = workflow::pair(&ma, std::slice::from_ref(&mb), PairingRequest::Auto).unwrap();
@@ -839,10 +820,10 @@ fn q_values_control_false_discoveries_over_all_latents() {
         dir.path().join("a.safetensors"),
         dir.path().join("b.safetensors"),
     );
-    write_dump(&a, &random_acts(&sae, 400, 1), 32, None);
+    write_dump(&a, &random_acts(&sae, 400, 1), 32, None, &[]);
     let mut xb = random_acts(&sae, 400, 2);
     plant(&sae, &mut xb, (0..400).step_by(2), 9, 2.0);
-    write_dump(&b, &xb, 32, None);
+    write_dump(&b, &xb, 32, None, &[]);
     let top64 = diff::DiffOptions {
         top: 64,
         ..Default::default()

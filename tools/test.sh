@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The whole test suite: Rust (library, CLI end-to-end, C ABI, GPU parity tests that
-# skip with a reason when no GPU is present) and the Python packages (numpy only).
+# The whole test suite: Rust (library, CLI end-to-end, C ABI, GPU parity tests that are
+# listed as ignored without a GPU, see README "Tests and benchmarks") and the Python
+# packages (numpy only).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

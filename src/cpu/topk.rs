@@ -142,6 +142,8 @@ fn merge_row(states: &[TopKState], r: usize, oi: &mut [i32], ov: &mut [f32]) {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     #[test]
@@ -178,5 +180,66 @@ mod tests {
         assert_eq!(codes.row(0), (&[2, 7, 9][..], &[1.0f32, 1.0, 0.25][..]));
         let short = merge_states(&[TopKState::new(1, 2)], 1, 2);
         assert_eq!(short.row(0), (&[-1, -1][..], &[0.0f32, 0.0][..]));
+    }
+
+    /// The row's top k by sorting: positive values, larger first, equal values by smaller
+    /// latent, padded with (-1, 0.0).
+    fn sorted_reference(row: &[f32], k: usize) -> (Vec<i32>, Vec<f32>) {
+        let mut kept: Vec<(f32, i32)> = (0..row.len())
+            .filter(|&l| row[l] > 0.0)
+            .map(|l| (row[l], l as i32))
+            .collect();
+        kept.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        kept.truncate(k);
+        let mut idx: Vec<i32> = kept.iter().map(|p| p.1).collect();
+        let mut val: Vec<f32> = kept.iter().map(|p| p.0).collect();
+        idx.resize(k, -1);
+        val.resize(k, 0.0);
+        (idx, val)
+    }
+
+    /// (rows, cols, k, workers, tile, values): k is 1, cols or in between; values are
+    /// quarter steps in [-2, 2], so ties (and rows with fewer than k positives) are common.
+    fn case() -> impl Strategy<Value = (usize, usize, usize, usize, usize, Vec<f32>)> {
+        (1usize..6, 1usize..300, 0usize..3, 1usize..5, 1usize..70).prop_flat_map(
+            |(rows, cols, kind, workers, tile)| {
+                let k = match kind {
+                    0 => Just(1).boxed(),
+                    1 => Just(cols).boxed(),
+                    _ => (1..=cols).boxed(),
+                };
+                let vals =
+                    prop::collection::vec((-8i32..=8).prop_map(|q| q as f32 * 0.25), rows * cols);
+                (Just(rows), Just(cols), k, Just(workers), Just(tile), vals)
+            },
+        )
+    }
+
+    proptest! {
+        // The primitive as the encoder drives it: latent tiles dealt round-robin to workers,
+        // each scanning its tiles in ascending order, then the merge; the result must not
+        // depend on the dealing and must equal the sorted reference.
+        #[test]
+        fn streaming_top_k_equals_a_sorted_reference((rows, cols, k, workers, tile, vals) in case()) {
+            let mut states: Vec<TopKState> = (0..workers).map(|_| TopKState::new(rows, k)).collect();
+            for (t, l0) in (0..cols).step_by(tile).enumerate() {
+                let state = &mut states[t % workers];
+                for r in 0..rows {
+                    let mut row = state.row(r);
+                    let mut thr = row.threshold();
+                    for l in l0..(l0 + tile).min(cols) {
+                        let v = vals[r * cols + l];
+                        if v > thr {
+                            thr = row.insert(v, l as u32);
+                        }
+                    }
+                }
+            }
+            let codes = merge_states(&states, rows, k);
+            for r in 0..rows {
+                let (idx, val) = sorted_reference(&vals[r * cols..(r + 1) * cols], k);
+                prop_assert_eq!(codes.row(r), (&idx[..], &val[..]), "row {}", r);
+            }
+        }
     }
 }

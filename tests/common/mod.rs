@@ -1,10 +1,10 @@
-//! Shared by the integration tests (cli, scaleout, cli_workflow, workflow, steer_checks, ...):
-//! running it, checking its exit status with stderr in the message,
-//! reading its JSON, and the argument list most commands share.
+//! Shared by the integration tests: running `sae`, checking its exit status with stderr in
+//! the message, reading its JSON, the argument list most commands share, and (in
+//! [`fixtures`]) the SAEs and dumps the tests write.
+//! The checking helpers are #[track_caller] so a failure names the test's line.
 
-// Each test crate compiles its own copy of this module and uses only part of it.
-// The checking helpers are #[track_caller] so a failure names the test's line.
-#![allow(dead_code)]
+mod fixtures;
+pub use fixtures::*;
 
 use std::path::Path;
 use std::process::{Command, Output};

@@ -12,7 +12,7 @@ Refresh (needs PyPI and PyYAML; nothing is installed into the environment):
     python3 tools/hub/refresh_saelens_releases.py --version 6.54.12
     python3 tools/hub/refresh_saelens_releases.py --yaml path/to/pretrained_saes.yaml --sae-lens-version X
 
-then review `git diff data/saelens_releases.json` and run `cargo test --test hub`.
+then review `git diff data/saelens_releases.json` and run `cargo test --test integration hub::`.
 
 Output format (one release per line, so refreshes diff line by line):
 
