@@ -76,6 +76,25 @@ fn accumulate(s: &mut SaeStats, codes: &Codes, mask: Option<&[u8]>) -> FfiResult
     Ok(s.inner.stats_mut().accumulate(codes, mask)?)
 }
 
+/// Copies fixed-width codes `[rows, k]` from caller buffers.
+///
+/// # Safety
+/// As `in_slice`.
+unsafe fn read_topk(
+    indices: *const i32,
+    values: *const f32,
+    rows: usize,
+    k: usize,
+) -> FfiResult<Codes> {
+    let n = checked_len(rows, k, "codes")?;
+    Ok(Codes::TopK {
+        n: rows,
+        k,
+        indices: in_slice(indices, n, "indices")?.to_vec(),
+        values: in_slice(values, n, "values")?.to_vec(),
+    })
+}
+
 /// Adds fixed-width codes (`[rows, k]`, index -1 = padding) to `stats`. `mask` is NULL
 /// (every row counts) or uint8 `[rows]` (rows with 0 are skipped). Only values > 0 count
 /// as active. On error the statistics are unchanged.
@@ -93,13 +112,7 @@ pub unsafe extern "C" fn sae_stats_accumulate_topk(
 ) -> SaeStatus {
     run("sae_stats_accumulate_topk", || {
         let s = stats_mut(stats)?;
-        let n = checked_len(rows, k, "codes")?;
-        let codes = Codes::TopK {
-            n: rows,
-            k,
-            indices: in_slice(indices, n, "indices")?.to_vec(),
-            values: in_slice(values, n, "values")?.to_vec(),
-        };
+        let codes = read_topk(indices, values, rows, k)?;
         accumulate(s, &codes, opt_in_slice(mask, rows, "mask")?)
     })
 }
@@ -352,13 +365,7 @@ pub unsafe extern "C" fn sae_stats_accumulate_topk_rows(
 ) -> SaeStatus {
     run("sae_stats_accumulate_topk_rows", || {
         let s = stats_mut(stats)?;
-        let n = checked_len(kept, k, "codes")?;
-        let codes = Codes::TopK {
-            n: kept,
-            k,
-            indices: in_slice(indices, n, "indices")?.to_vec(),
-            values: in_slice(values, n, "values")?.to_vec(),
-        };
+        let codes = read_topk(indices, values, kept, k)?;
         let norms = in_slice(norms, rows, "norms")?;
         let info = row_info(mask, token_ids, doc_ids, rows)?;
         Ok(s.inner.push_codes(&codes, norms, rows, info)?)
