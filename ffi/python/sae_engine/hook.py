@@ -27,8 +27,11 @@ The token rule is the dump tool's (tools/python/dump_activations.py) and `sae st
   token digest and the document-clustered standard errors.
 
 Fed the same documents in the same order as a dump, the file equals `sae stats` on that
-dump (every tensor and metadata entry except the provenance, which names the hook). Float
-sums are added in row order, so another order changes them in the last bits only.
+dump (every tensor and metadata entry except the provenance, which names the hook) when the
+model computes the same activations: one document per forward pass on both sides, as the
+real-model stage checks; padded batches change a model's activations in the last bits, for
+the dump tool as for the hook. Float sums are added in row order, so another document order
+changes them in the last bits only.
 
 CPU tensors go to the engine as numpy views when they are float32 and contiguous with no
 padding (otherwise the real rows are gathered once). CUDA tensors are encoded on the
