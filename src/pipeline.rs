@@ -16,6 +16,9 @@ use crate::ops::metrics::{MetricsAccumulator, ReconMetrics};
 use crate::ops::Engine;
 use crate::stats::{LatentStats, RowFilter, TokenRule};
 
+pub mod stream;
+pub use stream::{RowInfo, StatsStream};
+
 /// What an encode pass produced.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct EncodeSummary {
@@ -177,91 +180,29 @@ pub fn stats_of_dump(
 pub fn stats_of_dump_into(
     engine: &dyn Engine,
     dump: &Dump,
-    mut stats: LatentStats,
+    stats: LatentStats,
     batch_rows: usize,
     filter: &RowFilter,
     on_batch: &mut dyn FnMut(&Batch) -> Result<()>,
     progress: &dyn Fn(u64),
 ) -> Result<LatentStats> {
-    let d = engine.sae().d_in();
-    dump.check_width(d)?;
-    let mut open_doc = crate::stats::OpenDoc::default();
+    dump.check_width(engine.sae().d_in())?;
+    let mut stream = StatsStream::new(stats);
     for batch in dump.batches(batch_rows) {
         let batch = batch?;
         on_batch(&batch)?;
         let keep = filter.keep(dump, &batch)?;
-        // Encode only the rows that count: masked-out tokens (prompts, padding) are often
-        // most of a dump.
-        let kept: Vec<usize> = match &keep {
-            Some(k) => (0..batch.rows).filter(|r| k[*r] != 0).collect(),
-            None => (0..batch.rows).collect(),
+        let info = RowInfo {
+            keep: keep.as_deref(),
+            token_ids: batch.token_ids.as_deref(),
+            doc_ids: batch.doc_ids.as_deref(),
         };
-        record_tokens(&mut stats, dump, &batch, &kept)?;
-        if kept.len() == batch.rows {
-            let enc = engine
-                .encode(&batch.acts, batch.rows, batch.start)
-                .map_err(|e| in_shard(e, dump, &batch))?;
-            engine.accumulate(&mut stats, &enc.codes, None)?;
-            record_docs(&mut stats, &mut open_doc, &batch, &kept, &enc.codes);
-        } else if !kept.is_empty() {
-            let mut x = Vec::with_capacity(kept.len() * d);
-            for r in &kept {
-                x.extend_from_slice(&batch.acts[r * d..(r + 1) * d]);
-            }
-            let enc = engine.encode(&x, kept.len(), 0).map_err(|e| {
-                let at =
-                    |row: u64| batch.start + kept.get(row as usize).copied().unwrap_or(0) as u64;
-                in_shard(with_row(e, at), dump, &batch)
-            })?;
-            engine.accumulate(&mut stats, &enc.codes, None)?;
-            record_docs(&mut stats, &mut open_doc, &batch, &kept, &enc.codes);
-        }
+        stream
+            .push_rows(engine, &batch.acts, batch.rows, batch.start, info)
+            .map_err(|e| in_shard(e, dump, &batch))?;
         progress(batch.rows as u64);
     }
-    if let Some(docs) = stats.docs.as_mut() {
-        open_doc.close(docs);
-    }
-    Ok(stats)
-}
-
-/// Adds the `kept` rows (whose codes are `codes`, in order) to the per-document sums;
-/// a batch without doc ids leaves the statistics without them.
-fn record_docs(
-    stats: &mut LatentStats,
-    open: &mut crate::stats::OpenDoc,
-    batch: &Batch,
-    kept: &[usize],
-    codes: &crate::codes::Codes,
-) {
-    let Some(docs) = stats.docs.as_mut() else {
-        return;
-    };
-    let Some(ids) = &batch.doc_ids else {
-        stats.docs = None;
-        return;
-    };
-    for (j, r) in kept.iter().enumerate() {
-        open.add(docs, ids[*r], codes.active(j));
-    }
-}
-
-/// Adds the `kept` rows' token ids to the digest and their norms to the histogram.
-fn record_tokens(
-    stats: &mut LatentStats,
-    dump: &Dump,
-    batch: &Batch,
-    kept: &[usize],
-) -> Result<()> {
-    if let Some(h) = stats.norms.as_mut() {
-        let norms = crate::stats::rule::row_norms(dump, batch)?;
-        kept.iter().for_each(|r| h.add(norms[*r]));
-    }
-    if let (Some(t), Some(ids)) = (stats.tokens.as_mut(), &batch.token_ids) {
-        for r in kept {
-            t.add(ids[*r], batch.doc_ids.as_ref().map(|d| d[*r]));
-        }
-    }
-    Ok(())
+    Ok(stream.finish())
 }
 
 /// Statistics of a codes file (no encoding): the codes must come from an SAE with

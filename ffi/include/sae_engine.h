@@ -80,7 +80,9 @@ typedef struct SaeHandle SaeHandle;
 
 /**
  * Statistics of one dump or shard under one SAE (n_tokens, per-latent sum, sum_sq,
- * n_active, max). Opaque to C. Not synchronized: use one per thread, then merge.
+ * n_active, max, and for rows fed with `sae_stats_accumulate_host` the token digest,
+ * norm histogram and per-document sums `sae stats` records). Opaque to C. Not
+ * synchronized: use one per thread, then merge.
  */
 typedef struct SaeStats SaeStats;
 
@@ -448,6 +450,80 @@ enum SaeStatus sae_stats_write(const struct SaeStats *stats, const char *path);
  * `path` is a NUL-terminated string; `out_stats` is NULL or writable.
  */
 enum SaeStatus sae_stats_read(const char *path, struct SaeStats **out_stats);
+
+/**
+ * Encodes and accumulates rows of activations the way `sae stats` does a dump's batch:
+ * `x` f32 `[rows, d]` (d = d_in) is encoded with the handle's engine (only the rows
+ * `mask` keeps), and besides the per-latent sums the counted rows' L2 norms (for the
+ * median norm and outlier count), token ids and per-document sums are recorded, so
+ * rows fed in the order of a dump give the statistics file `sae stats` writes for it.
+ *
+ * - `mask`: NULL (every row counts) or uint8 `[rows]`, 0 = left out (a dump's `mask`).
+ * - `token_ids`, `doc_ids`: NULL or int64 `[rows]` (a dump's `token_ids`, `doc_ids`);
+ *   a document may continue in the next call. Without doc ids the file has no
+ *   per-document sums; without token ids no token digest.
+ *
+ * A non-finite value in any row is `SAE_STATUS_NON_FINITE` (the message names the
+ * row). On error the statistics are unchanged.
+ *
+ * # Safety
+ * `stats` and `handle` are live; every non-NULL pointer is valid for the stated number
+ * of elements.
+ */
+enum SaeStatus sae_stats_accumulate_host(struct SaeStats *stats,
+                                         const struct SaeHandle *handle,
+                                         const float *x,
+                                         size_t rows,
+                                         size_t d,
+                                         const uint8_t *mask,
+                                         const int64_t *token_ids,
+                                         const int64_t *doc_ids);
+
+/**
+ * Accumulates rows encoded elsewhere (e.g. on a GPU with `sae_encode_topk_device`, the
+ * codes then copied to the host): `indices`/`values` `[kept, k]` are the codes of the
+ * rows `mask` keeps only (all rows when `mask` is NULL), in order; `norms` f64 `[rows]`
+ * are the L2 norms of all `rows` rows. `mask`, `token_ids`, `doc_ids` as in
+ * `sae_stats_accumulate_host`. On error the statistics are unchanged.
+ *
+ * # Safety
+ * `stats` is live; every non-NULL pointer is valid for the stated number of elements.
+ */
+enum SaeStatus sae_stats_accumulate_topk_rows(struct SaeStats *stats,
+                                              const int32_t *indices,
+                                              const float *values,
+                                              size_t kept,
+                                              size_t k,
+                                              const double *norms,
+                                              size_t rows,
+                                              const uint8_t *mask,
+                                              const int64_t *token_ids,
+                                              const int64_t *doc_ids);
+
+/**
+ * Sets T of the outlier rule recorded in the file (counted rows whose norm is above T
+ * x the median are outliers; `sae stats --outlier-factor`, default 10). T must be a
+ * finite number > 1.
+ *
+ * # Safety
+ * `stats` is live.
+ */
+enum SaeStatus sae_stats_set_outlier_factor(struct SaeStats *stats, double outlier_factor);
+
+/**
+ * `sae_stats_write` with a provenance record in the file's metadata (as the CLI
+ * writes): `command` (e.g. "stats hook") and `options_json`, NULL or a JSON object of
+ * what produced the rows (model, layer, mask rule, ...). The process's command line is
+ * recorded too.
+ *
+ * # Safety
+ * `stats` is live; `path` and `command` are NUL-terminated strings; `options_json` is
+ * NULL or one.
+ */
+enum SaeStatus sae_stats_write_with_provenance(const struct SaeStats *stats,
+                                               const char *path,
+                                               const char *command,
+                                               const char *options_json);
 
 /**
  * The enumerator name of a status code ("SAE_STATUS_SHAPE"), or "SAE_STATUS_UNKNOWN"

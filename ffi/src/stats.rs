@@ -4,20 +4,24 @@
 
 use std::ffi::c_char;
 
+use sae_engine::pipeline::{RowInfo, StatsStream};
+use sae_engine::provenance::Provenance;
 use sae_engine::{Codes, LatentStats};
 
 use crate::guard::{
-    checked_len, copy_out_str, in_slice, opt_in_slice, opt_out_slice, run, run_value, str_arg,
-    write_out, Failure, FfiResult,
+    checked_len, copy_out_str, in_slice, opt_in_slice, opt_out_slice, opt_str_arg, run, run_value,
+    str_arg, write_out, Failure, FfiResult,
 };
 use crate::handle::{handle_arg, SaeHandle};
 use crate::host::read_csr;
 use crate::status::SaeStatus;
 
 /// Statistics of one dump or shard under one SAE (n_tokens, per-latent sum, sum_sq,
-/// n_active, max). Opaque to C. Not synchronized: use one per thread, then merge.
+/// n_active, max, and for rows fed with `sae_stats_accumulate_host` the token digest,
+/// norm histogram and per-document sums `sae stats` records). Opaque to C. Not
+/// synchronized: use one per thread, then merge.
 pub struct SaeStats {
-    inner: LatentStats,
+    inner: StatsStream,
 }
 
 unsafe fn stats_ref<'a>(s: *const SaeStats) -> FfiResult<&'a SaeStats> {
@@ -28,8 +32,10 @@ unsafe fn stats_mut<'a>(s: *mut SaeStats) -> FfiResult<&'a mut SaeStats> {
     s.as_mut().ok_or_else(|| Failure::null("stats"))
 }
 
-fn boxed(inner: LatentStats) -> *mut SaeStats {
-    Box::into_raw(Box::new(SaeStats { inner }))
+fn boxed(stats: LatentStats) -> *mut SaeStats {
+    Box::into_raw(Box::new(SaeStats {
+        inner: StatsStream::new(stats),
+    }))
 }
 
 /// Empty statistics for the handle's SAE (its latent count and fingerprint).
@@ -66,8 +72,27 @@ pub unsafe extern "C" fn sae_stats_free(stats: *mut SaeStats) {
 /// Checks the codes and the mask, then accumulates. Validation comes first so a
 /// failed call leaves the statistics unchanged.
 fn accumulate(s: &mut SaeStats, codes: &Codes, mask: Option<&[u8]>) -> FfiResult {
-    codes.validate(s.inner.n_latents())?;
-    Ok(s.inner.accumulate(codes, mask)?)
+    codes.validate(s.inner.stats().n_latents())?;
+    Ok(s.inner.stats_mut().accumulate(codes, mask)?)
+}
+
+/// Copies fixed-width codes `[rows, k]` from caller buffers.
+///
+/// # Safety
+/// As `in_slice`.
+unsafe fn read_topk(
+    indices: *const i32,
+    values: *const f32,
+    rows: usize,
+    k: usize,
+) -> FfiResult<Codes> {
+    let n = checked_len(rows, k, "codes")?;
+    Ok(Codes::TopK {
+        n: rows,
+        k,
+        indices: in_slice(indices, n, "indices")?.to_vec(),
+        values: in_slice(values, n, "values")?.to_vec(),
+    })
 }
 
 /// Adds fixed-width codes (`[rows, k]`, index -1 = padding) to `stats`. `mask` is NULL
@@ -87,13 +112,7 @@ pub unsafe extern "C" fn sae_stats_accumulate_topk(
 ) -> SaeStatus {
     run("sae_stats_accumulate_topk", || {
         let s = stats_mut(stats)?;
-        let n = checked_len(rows, k, "codes")?;
-        let codes = Codes::TopK {
-            n: rows,
-            k,
-            indices: in_slice(indices, n, "indices")?.to_vec(),
-            values: in_slice(values, n, "values")?.to_vec(),
-        };
+        let codes = read_topk(indices, values, rows, k)?;
         accumulate(s, &codes, opt_in_slice(mask, rows, "mask")?)
     })
 }
@@ -130,12 +149,14 @@ pub unsafe extern "C" fn sae_stats_merge(dst: *mut SaeStats, src: *const SaeStat
         if std::ptr::eq(dst, src) {
             // Never hold &mut and & to the same object.
             let d = stats_mut(dst)?;
-            let copy = d.inner.clone();
-            return Ok(d.inner.merge(&copy)?);
+            let copy = d.inner.snapshot();
+            return Ok(d.inner.stats_mut().merge(&copy)?);
         }
-        let other = stats_ref(src)?;
+        // The source's open document is closed in the copy merged (a document split
+        // across the two counts as two clusters, as across two shard files).
+        let other = stats_ref(src)?.inner.snapshot();
         let d = stats_mut(dst)?;
-        Ok(d.inner.merge(&other.inner)?)
+        Ok(d.inner.stats_mut().merge(&other)?)
     })
 }
 
@@ -145,7 +166,7 @@ pub unsafe extern "C" fn sae_stats_merge(dst: *mut SaeStats, src: *const SaeStat
 /// `stats` is NULL or live.
 #[no_mangle]
 pub unsafe extern "C" fn sae_stats_n_latents(stats: *const SaeStats) -> usize {
-    run_value(0, || stats.as_ref().map(|s| s.inner.n_latents()))
+    run_value(0, || stats.as_ref().map(|s| s.inner.stats().n_latents()))
 }
 
 /// Tokens counted so far; 0 for NULL.
@@ -154,7 +175,7 @@ pub unsafe extern "C" fn sae_stats_n_latents(stats: *const SaeStats) -> usize {
 /// `stats` is NULL or live.
 #[no_mangle]
 pub unsafe extern "C" fn sae_stats_n_tokens(stats: *const SaeStats) -> u64 {
-    run_value(0, || stats.as_ref().map(|s| s.inner.n_tokens))
+    run_value(0, || stats.as_ref().map(|s| s.inner.stats().n_tokens))
 }
 
 /// Copies the per-latent arrays into caller buffers of `n_latents` elements each
@@ -172,7 +193,7 @@ pub unsafe extern "C" fn sae_stats_get(
     out_max: *mut f32,
 ) -> SaeStatus {
     run("sae_stats_get", || {
-        let s = &stats_ref(stats)?.inner;
+        let s = stats_ref(stats)?.inner.stats();
         if n_latents != s.n_latents() {
             return Err(Failure::new(
                 SaeStatus::Shape,
@@ -212,7 +233,7 @@ pub unsafe extern "C" fn sae_stats_fingerprint(
     run_value(0, || {
         stats
             .as_ref()
-            .map(|s| copy_out_str(&s.inner.fingerprint, buf, len))
+            .map(|s| copy_out_str(&s.inner.stats().fingerprint, buf, len))
     })
 }
 
@@ -225,7 +246,10 @@ pub unsafe extern "C" fn sae_stats_write(stats: *const SaeStats, path: *const c_
     run("sae_stats_write", || {
         let s = stats_ref(stats)?;
         let path = str_arg(path, "path")?;
-        Ok(sae_engine::io::stats::write(path.as_ref(), &s.inner)?)
+        Ok(sae_engine::io::stats::write(
+            path.as_ref(),
+            &s.inner.snapshot(),
+        )?)
     })
 }
 
@@ -244,5 +268,166 @@ pub unsafe extern "C" fn sae_stats_read(
         let path = str_arg(path, "path")?;
         let s = sae_engine::io::stats::read(path.as_ref())?;
         write_out(out_stats, boxed(s), "out_stats")
+    })
+}
+
+/// Reads the optional per-row columns of a batch of `rows` rows.
+///
+/// # Safety
+/// As `opt_in_slice`.
+unsafe fn row_info<'a>(
+    mask: *const u8,
+    token_ids: *const i64,
+    doc_ids: *const i64,
+    rows: usize,
+) -> FfiResult<RowInfo<'a>> {
+    Ok(RowInfo {
+        keep: opt_in_slice(mask, rows, "mask")?,
+        token_ids: opt_in_slice(token_ids, rows, "token_ids")?,
+        doc_ids: opt_in_slice(doc_ids, rows, "doc_ids")?,
+    })
+}
+
+/// Encodes and accumulates rows of activations the way `sae stats` does a dump's batch:
+/// `x` f32 `[rows, d]` (d = d_in) is encoded with the handle's engine (only the rows
+/// `mask` keeps), and besides the per-latent sums the counted rows' L2 norms (for the
+/// median norm and outlier count), token ids and per-document sums are recorded, so
+/// rows fed in the order of a dump give the statistics file `sae stats` writes for it.
+///
+/// - `mask`: NULL (every row counts) or uint8 `[rows]`, 0 = left out (a dump's `mask`).
+/// - `token_ids`, `doc_ids`: NULL or int64 `[rows]` (a dump's `token_ids`, `doc_ids`);
+///   a document may continue in the next call. Without doc ids the file has no
+///   per-document sums; without token ids no token digest.
+///
+/// A non-finite value in any row is `SAE_STATUS_NON_FINITE` (the message names the
+/// row). On error the statistics are unchanged.
+///
+/// # Safety
+/// `stats` and `handle` are live; every non-NULL pointer is valid for the stated number
+/// of elements.
+#[no_mangle]
+pub unsafe extern "C" fn sae_stats_accumulate_host(
+    stats: *mut SaeStats,
+    handle: *const SaeHandle,
+    x: *const f32,
+    rows: usize,
+    d: usize,
+    mask: *const u8,
+    token_ids: *const i64,
+    doc_ids: *const i64,
+) -> SaeStatus {
+    run("sae_stats_accumulate_host", || {
+        let s = stats_mut(stats)?;
+        let h = handle_arg(handle)?;
+        h.check_width(d)?;
+        if s.inner.stats().fingerprint != h.sae.fingerprint() {
+            return Err(Failure::new(
+                SaeStatus::Incompatible,
+                "the statistics belong to another SAE than the handle's",
+            ));
+        }
+        let x = in_slice(x, checked_len(rows, d, "x")?, "x")?;
+        let info = row_info(mask, token_ids, doc_ids, rows)?;
+        let engine = h.engine();
+        s.inner
+            .push_rows(engine.as_ref(), x, rows, 0, info)
+            .map_err(|e| match e {
+                sae_engine::Error::NonFinite { row, .. } => sae_engine::Error::NonFinite {
+                    context: "x".into(),
+                    row,
+                },
+                other => other,
+            })?;
+        Ok(())
+    })
+}
+
+/// Accumulates rows encoded elsewhere (e.g. on a GPU with `sae_encode_topk_device`, the
+/// codes then copied to the host): `indices`/`values` `[kept, k]` are the codes of the
+/// rows `mask` keeps only (all rows when `mask` is NULL), in order; `norms` f64 `[rows]`
+/// are the L2 norms of all `rows` rows. `mask`, `token_ids`, `doc_ids` as in
+/// `sae_stats_accumulate_host`. On error the statistics are unchanged.
+///
+/// # Safety
+/// `stats` is live; every non-NULL pointer is valid for the stated number of elements.
+#[no_mangle]
+pub unsafe extern "C" fn sae_stats_accumulate_topk_rows(
+    stats: *mut SaeStats,
+    indices: *const i32,
+    values: *const f32,
+    kept: usize,
+    k: usize,
+    norms: *const f64,
+    rows: usize,
+    mask: *const u8,
+    token_ids: *const i64,
+    doc_ids: *const i64,
+) -> SaeStatus {
+    run("sae_stats_accumulate_topk_rows", || {
+        let s = stats_mut(stats)?;
+        let codes = read_topk(indices, values, kept, k)?;
+        let norms = in_slice(norms, rows, "norms")?;
+        let info = row_info(mask, token_ids, doc_ids, rows)?;
+        Ok(s.inner.push_codes(&codes, norms, rows, info)?)
+    })
+}
+
+/// Sets T of the outlier rule recorded in the file (counted rows whose norm is above T
+/// x the median are outliers; `sae stats --outlier-factor`, default 10). T must be a
+/// finite number > 1.
+///
+/// # Safety
+/// `stats` is live.
+#[no_mangle]
+pub unsafe extern "C" fn sae_stats_set_outlier_factor(
+    stats: *mut SaeStats,
+    outlier_factor: f64,
+) -> SaeStatus {
+    run("sae_stats_set_outlier_factor", || {
+        let s = stats_mut(stats)?;
+        let rule = sae_engine::stats::TokenRule {
+            outlier_factor,
+            ..Default::default()
+        };
+        rule.check()?;
+        s.inner.stats_mut().outlier_factor = outlier_factor;
+        Ok(())
+    })
+}
+
+/// `sae_stats_write` with a provenance record in the file's metadata (as the CLI
+/// writes): `command` (e.g. "stats hook") and `options_json`, NULL or a JSON object of
+/// what produced the rows (model, layer, mask rule, ...). The process's command line is
+/// recorded too.
+///
+/// # Safety
+/// `stats` is live; `path` and `command` are NUL-terminated strings; `options_json` is
+/// NULL or one.
+#[no_mangle]
+pub unsafe extern "C" fn sae_stats_write_with_provenance(
+    stats: *const SaeStats,
+    path: *const c_char,
+    command: *const c_char,
+    options_json: *const c_char,
+) -> SaeStatus {
+    run("sae_stats_write_with_provenance", || {
+        let s = stats_ref(stats)?;
+        let path = str_arg(path, "path")?;
+        let mut prov = Provenance::new(str_arg(command, "command")?).with_process_argv();
+        if let Some(text) = opt_str_arg(options_json, "options_json")? {
+            let v: serde_json::Value = serde_json::from_str(text)
+                .map_err(|e| Failure::invalid(format!("options_json is not JSON: {e}")))?;
+            let serde_json::Value::Object(map) = v else {
+                return Err(Failure::invalid("options_json must be a JSON object"));
+            };
+            for (k, v) in map {
+                prov.option(&k, v);
+            }
+        }
+        Ok(sae_engine::io::stats::write_with_provenance(
+            path.as_ref(),
+            &s.inner.snapshot(),
+            Some(&prov),
+        )?)
     })
 }

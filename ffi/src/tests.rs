@@ -647,3 +647,126 @@ fn device_pointer_abi_on_gpu() {
         sae_free(h);
     }
 }
+
+/// Rows fed through `sae_stats_accumulate_host` (in batches that split a document) give
+/// the statistics `sae stats` computes from a dump of the same rows: sums, norm
+/// histogram, token digest and per-document sums alike; so do host codes with norms.
+#[test]
+fn stats_from_rows_equal_stats_of_a_dump() {
+    use sae_engine::io::mapped::{write_safetensors, OwnedTensor};
+    let h = handle(Activation::TopK { k: 2 });
+    let (n, d) = (7usize, 3usize);
+    let x: Vec<f32> = (0..n * d)
+        .map(|i| ((i * 7 % 11) as f32 - 4.0) * 0.37)
+        .collect();
+    let mask = [0u8, 1, 1, 0, 1, 1, 1];
+    let tok: Vec<i64> = (0..n as i64).map(|i| 100 + i * 3).collect();
+    let doc = [0i64, 0, 0, 1, 1, 2, 2];
+    let dir = tempfile::tempdir().unwrap();
+    let dump_path = dir.path().join("dump.safetensors");
+    let tensors = [
+        ("activations", OwnedTensor::f32(vec![n, d], &x)),
+        ("token_ids", OwnedTensor::i64(vec![n], &tok)),
+        ("doc_ids", OwnedTensor::i64(vec![n], &doc)),
+        ("mask", OwnedTensor::u8(vec![n], &mask)),
+    ];
+    write_safetensors(&dump_path, &tensors, Default::default()).unwrap();
+    let dump = sae_engine::Dump::open(&dump_path).unwrap();
+    let sae = unsafe { &*h }.sae.clone();
+    let want =
+        sae_engine::pipeline::stats_of_dump(&Naive(sae.clone()), &dump, 4, true, &|_| {}).unwrap();
+    assert!(want.median_norm().is_some() && want.n_docs() == Some(3));
+    let read_back = |s: *mut SaeStats, name: &str| {
+        let p = dir.path().join(name);
+        let c = std::ffi::CString::new(p.to_str().unwrap()).unwrap();
+        assert_eq!(unsafe { sae_stats_write(s, c.as_ptr()) }, SaeStatus::Ok);
+        sae_engine::io::stats::read(&p).unwrap()
+    };
+    unsafe {
+        let mut s = null_mut();
+        assert_eq!(sae_stats_new(h, &mut s), SaeStatus::Ok);
+        // Rows 0..3 then 3..7 (the dump pass read 0..4 then 4..7).
+        for (a, b) in [(0, 3), (3, n)] {
+            let st = sae_stats_accumulate_host(
+                s,
+                h,
+                x[a * d..].as_ptr(),
+                b - a,
+                d,
+                mask[a..].as_ptr(),
+                tok[a..].as_ptr(),
+                doc[a..].as_ptr(),
+            );
+            assert_eq!(st, SaeStatus::Ok, "{}", last_error());
+        }
+        // A non-finite row fails, naming it, and changes nothing.
+        let mut bad = x[..d].to_vec();
+        bad[1] = f32::NAN;
+        let st = sae_stats_accumulate_host(s, h, bad.as_ptr(), 1, d, null(), null(), null());
+        assert_eq!(st, SaeStatus::NonFinite);
+        assert!(last_error().contains("row 0"), "{}", last_error());
+        // Statistics of another SAE refuse rows encoded by this handle.
+        let other = handle(Activation::JumpRelu);
+        let mut c = null_mut();
+        assert_eq!(sae_stats_new(other, &mut c), SaeStatus::Ok);
+        let st = sae_stats_accumulate_host(c, h, x.as_ptr(), 1, d, null(), null(), null());
+        assert_eq!(st, SaeStatus::Incompatible);
+        assert_eq!(read_back(s, "host.safetensors"), want);
+
+        // The same rows as host codes of the counted rows plus every row's norm.
+        let mut t = null_mut();
+        assert_eq!(sae_stats_new(h, &mut t), SaeStatus::Ok);
+        let kept: Vec<usize> = (0..n).filter(|r| mask[*r] != 0).collect();
+        let xk: Vec<f32> = kept
+            .iter()
+            .flat_map(|r| x[r * d..(r + 1) * d].to_vec())
+            .collect();
+        let enc = Naive(sae.clone()).encode(&xk, kept.len(), 0).unwrap();
+        let Codes::TopK {
+            indices, values, k, ..
+        } = enc.codes
+        else {
+            panic!("top-k codes expected")
+        };
+        let norms = sae_engine::stats::rule::row_norms_of(&x, d, 0).unwrap();
+        let st = sae_stats_accumulate_topk_rows(
+            t,
+            indices.as_ptr(),
+            values.as_ptr(),
+            kept.len(),
+            k,
+            norms.as_ptr(),
+            n,
+            mask.as_ptr(),
+            tok.as_ptr(),
+            doc.as_ptr(),
+        );
+        assert_eq!(st, SaeStatus::Ok, "{}", last_error());
+        // Codes for the wrong number of rows are refused.
+        let st = sae_stats_accumulate_topk_rows(
+            t,
+            indices.as_ptr(),
+            values.as_ptr(),
+            1,
+            k,
+            norms.as_ptr(),
+            n,
+            mask.as_ptr(),
+            null(),
+            null(),
+        );
+        assert_eq!(st, SaeStatus::InvalidArgument);
+        assert_eq!(read_back(t, "codes.safetensors"), want);
+        assert_eq!(
+            sae_stats_set_outlier_factor(t, 1.0),
+            SaeStatus::InvalidArgument
+        );
+        assert_eq!(sae_stats_set_outlier_factor(t, 4.0), SaeStatus::Ok);
+        assert_eq!(read_back(t, "t4.safetensors").outlier_factor, 4.0);
+        for p in [s, t, c] {
+            sae_stats_free(p);
+        }
+        sae_free(other);
+    }
+    unsafe { sae_free(h) };
+}

@@ -71,7 +71,7 @@ impl DocSums {
 }
 
 /// The document being summed: documents are contiguous runs of one doc id.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct OpenDoc {
     doc: Option<i64>,
     n: u64,

@@ -54,9 +54,19 @@ impl TokenRule {
 /// L2 norm of each row of a batch (errors on a non-finite row, naming it).
 pub fn row_norms(dump: &Dump, batch: &Batch) -> Result<Vec<f64>> {
     let d = batch.acts.len() / batch.rows.max(1);
-    batch
-        .acts
-        .chunks_exact(d.max(1))
+    row_norms_of(&batch.acts, d, batch.start).map_err(|e| match e {
+        Error::NonFinite { row, .. } => Error::NonFinite {
+            context: dump.path().display().to_string(),
+            row,
+        },
+        other => other,
+    })
+}
+
+/// L2 norm of each `d`-wide row of `acts`, in f64 (rows numbered from `start` in the
+/// error a non-finite row gives; its context is left for the caller to name).
+pub fn row_norms_of(acts: &[f32], d: usize, start: u64) -> Result<Vec<f64>> {
+    acts.chunks_exact(d.max(1))
         .enumerate()
         .map(|(r, row)| {
             let n = row
@@ -68,8 +78,8 @@ pub fn row_norms(dump: &Dump, batch: &Batch) -> Result<Vec<f64>> {
                 Ok(n)
             } else {
                 Err(Error::NonFinite {
-                    context: dump.path().display().to_string(),
-                    row: batch.start + r as u64,
+                    context: String::new(),
+                    row: start + r as u64,
                 })
             }
         })

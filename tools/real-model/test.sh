@@ -12,7 +12,10 @@
 # 4. the engine: inspect, stats, diff (unpaired, chosen automatically; also straight from the
 #    dumps), top-examples, steer --apply, a strength sweep with ablation, vectors exported at the
 #    SAE's hook layer and generated with by steer_generate.py (also its next-token KL sweep).
-# 5. assertions (check_audit.py): the five latents with the largest document-clustered z on
+# 5. statistics from a forward hook (sae_engine.StatsHook through the C ABI, no dump) on half A of
+#    the pirate prompts equal `sae stats` on a dump of the same prompts, byte for byte
+#    (check_stats_hook.py), and `sae diff` takes the hook's file; the hook's unit tests run with torch.
+# 6. assertions (check_audit.py): the five latents with the largest document-clustered z on
 #    half A of the documents keep their sign and a clustered z above 3 on half B; the diff from
 #    the dumps equals the diff from their statistics; the top latent fires on the pirate set and
 #    barely on the neutral one; steering moves it more than any other latent and more than a
@@ -139,6 +142,31 @@ for set in neutral pirate; do
             --out "$work/stats/$set.$half.safetensors"
     done
 done
+
+# Statistics straight from the running model: the hook's file equals `sae stats` on a dump of the
+# same prompts (one document per forward pass on both sides, so the activations are the same bits).
+ffi_lib="${CARGO_TARGET_DIR:-$root/target}/debug/libsae_engine_ffi.so"
+step build-ffi bash -c "cd '$root' && cargo build --quiet -p sae-engine-ffi"
+export SAE_ENGINE_LIB="${SAE_ENGINE_LIB:-$ffi_lib}"
+mkdir -p "$work/hook"
+step dump-pirate-a-unbatched "$py" "$root/tools/python/dump_activations.py" --model "$model" \
+    --prompts "$work/prompts/pirate.a.jsonl" --chat --layer "$layer" --threads "$threads" --batch-size 1 \
+    --out "$work/hook/dump.safetensors"
+step stats-pirate-a-unbatched sae stats --sae "$sae_dir" --acts "$work/hook/dump.safetensors" \
+    --out "$work/hook/dump-stats.safetensors"
+step stats-hook-equals-dump "$py" "$here/check_stats_hook.py" --model "$model" \
+    --prompts "$work/prompts/pirate.a.jsonl" --chat --layer "$layer" --threads "$threads" --sae "$sae_dir" \
+    --out "$work/hook/hook-stats.safetensors" --want "$work/hook/dump-stats.safetensors"
+step diff-from-hook sae diff --sae "$sae_dir" --base "$work/stats/neutral.a.safetensors" \
+    --tuned "$work/hook/hook-stats.safetensors" --top 20 --out-dir "$work/out/diff-hook"
+# The hook's unit tests, with torch here (the numpy-only test venv skips the torch model test).
+hook_unit_tests() {
+    local log="$work/logs/hook-unit-tests.out"
+    (cd "$root/ffi/python/tests" && "$py" -m unittest -v test_hook) > "$log" 2>&1 || { cat "$log"; return 1; }
+    cat "$log"
+    grep -q "^Ran 4 tests" "$log" && ! grep -q "skipped" "$log"
+}
+step hook-unit-tests hook_unit_tests
 
 # Unpaired: different prompts and token counts; auto pairing must notice.
 step diff sae diff --sae "$sae_dir" --base "$work/stats/neutral.safetensors" --tuned "$work/stats/pirate.safetensors" \

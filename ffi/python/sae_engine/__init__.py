@@ -9,6 +9,9 @@ device-pointer entry points on torch's current stream (needs a CUDA backend).
     codes = sae.encode(x)                 # x: float32 [rows, d_in]
     x_hat = sae.decode(codes)
     stats = Stats(sae); stats.accumulate(codes, mask); stats.write("shard.safetensors")
+
+Statistics straight from a running transformers model, without a dump: `StatsHook` /
+`attach` (sae_engine.hook).
 """
 
 import ctypes
@@ -18,7 +21,8 @@ import numpy as np
 
 from ._lib import SaeError, check, find_library, lib, read_string, BUFFER_TOO_SMALL
 
-__all__ = ["Sae", "Stats", "SaeError", "TopKCodes", "CsrCodes", "find_library", "version"]
+__all__ = ["Sae", "Stats", "StatsHook", "attach", "SaeError", "TopKCodes", "CsrCodes",
+           "find_library", "version"]
 
 TopKCodes = namedtuple("TopKCodes", "indices values scale shift")
 TopKCodes.__doc__ = """Fixed-width codes: indices int32 / values float32 [rows, k], largest first,
@@ -91,6 +95,7 @@ class Sae:
                              backend.encode() if backend else None, int(device),
                              ctypes.byref(handle)))
         self._h = handle
+        self.path = str(path)
         L = lib()
         self.d_in = L.sae_d_in(handle)
         self.n_latents = L.sae_n_latents(handle)
@@ -361,3 +366,20 @@ class Stats:
     def write(self, path):
         """Writes the statistics file (atomically)."""
         check(lib().sae_stats_write(self._s, str(path).encode()))
+
+    def accumulate_rows(self, sae, x, mask=None, token_ids=None, doc_ids=None):
+        """Encodes activation rows x ([rows, d_in] float32, host) with `sae` and accumulates
+        them as `sae stats` does a dump's batch: `mask` uint8 [rows] (0 = left out),
+        `token_ids` / `doc_ids` int64 [rows] (token digest, per-document sums; a document
+        may continue in the next call). Records the counted rows' norms too."""
+        x = _host(x, np.float32, "x")
+        rows = sae._rows(x)
+        cols = [None if a is None else _host(a, dt, name, (rows,)) for a, dt, name in
+                ((mask, np.uint8, "mask"), (token_ids, np.int64, "token_ids"),
+                 (doc_ids, np.int64, "doc_ids"))]
+        check(lib().sae_stats_accumulate_host(self._s, sae._handle(), _ptr(x), rows, sae.d_in,
+                                              *(_ptr(c) for c in cols)))
+
+
+# After Sae and Stats exist: the hook module builds on them.
+from .hook import StatsHook, attach  # noqa: E402

@@ -112,6 +112,10 @@ _SIGNATURES = {
     "sae_stats_fingerprint": (_sz, [_p, _p, _sz]),
     "sae_stats_write": (_st, [_p, _cs]),
     "sae_stats_read": (_st, [_cs, ctypes.POINTER(_p)]),
+    "sae_stats_accumulate_host": (_st, [_p, _p, _p, _sz, _sz, _p, _p, _p]),
+    "sae_stats_accumulate_topk_rows": (_st, [_p, _p, _p, _sz, _sz, _p, _sz, _p, _p, _p]),
+    "sae_stats_set_outlier_factor": (_st, [_p, ctypes.c_double]),
+    "sae_stats_write_with_provenance": (_st, [_p, _cs, _cs, _cs]),
 }
 
 _lib = None
