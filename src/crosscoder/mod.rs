@@ -170,4 +170,6 @@ impl Crosscoder {
 }
 
 #[cfg(test)]
+mod fixtures;
+#[cfg(test)]
 mod tests;
