@@ -145,23 +145,31 @@ impl Analysis {
         self.latents.iter().filter(|r| r.class == class).count()
     }
 
-    /// Latent indices ranked from most tuned-specific down: `delta_norm` descending, then
-    /// `nu_error` ascending (unmeasured last), then index.
+    /// Latent indices ranked for an audit: tuned-specific latents first, then suspected
+    /// artifacts, then tuned-only latents never active, then the rest; within each,
+    /// `delta_norm` descending, then `nu_error` ascending (undefined last), then index.
     pub fn ranking(&self) -> Vec<usize> {
         let mut idx: Vec<usize> = (0..self.latents.len()).collect();
         let key = |r: &LatentRow| {
+            let group = match r.verdict {
+                Verdict::TunedSpecific => 0,
+                Verdict::Artifact => 1,
+                Verdict::Unmeasured => 2,
+                Verdict::NotApplicable => 3,
+            };
             let dn = if r.delta_norm.is_nan() { f64::NEG_INFINITY } else { r.delta_norm };
             let nu = r
                 .scaling
                 .map(|s| s.nu_error)
                 .filter(|v| v.is_finite())
                 .unwrap_or(f64::INFINITY);
-            (dn, nu)
+            (group, dn, nu)
         };
         idx.sort_by(|&a, &b| {
             let (ka, kb) = (key(&self.latents[a]), key(&self.latents[b]));
-            kb.0.total_cmp(&ka.0)
-                .then(ka.1.total_cmp(&kb.1))
+            ka.0.cmp(&kb.0)
+                .then(kb.1.total_cmp(&ka.1))
+                .then(ka.2.total_cmp(&kb.2))
                 .then(a.cmp(&b))
         });
         idx

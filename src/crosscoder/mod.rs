@@ -163,6 +163,51 @@ impl Crosscoder {
         row[m * self.d..(m + 1) * self.d].to_vec()
     }
 
+    /// Model `m`'s half of the crosscoder as an SAE of width d: its decoder rows and bias
+    /// (what steering along a latent's model-m direction needs) and its slice of the
+    /// encoder. Encoding with the view alone is not the crosscoder's encode (that needs
+    /// every model's activations), so commands use the view for its decoder only.
+    pub fn model_view(&self, m: usize) -> crate::error::Result<Sae> {
+        use crate::matrix::{Bytes, Layout, Matrix};
+        let (n, d, l) = (self.n_models, self.d, self.n_latents());
+        if m >= n {
+            return Err(crate::error::Error::invalid(format!(
+                "{}: model {m} does not exist (the crosscoder has {n} models: 0..{})",
+                self.meta.source.display(),
+                n - 1
+            )));
+        }
+        let enc = &self.sae.w_enc;
+        let es = enc.dtype().size();
+        // encoder.weight[m] is the contiguous stored block [d, L].
+        let enc_bytes = enc.raw()[m * d * l * es..(m + 1) * d * l * es].to_vec();
+        let dec = &self.sae.w_dec;
+        let ds = dec.dtype().size();
+        let mut dec_bytes = Vec::with_capacity(l * d * ds);
+        for row in dec.raw().chunks_exact(n * d * ds) {
+            dec_bytes.extend_from_slice(&row[m * d * ds..(m + 1) * d * ds]);
+        }
+        let mut sae = Sae {
+            meta: self.sae.meta.clone(),
+            w_enc: Matrix::new(Bytes::Owned(Arc::new(enc_bytes)), enc.dtype(), l, d, Layout::Transposed)?,
+            w_dec: Matrix::new(Bytes::Owned(Arc::new(dec_bytes)), dec.dtype(), l, d, Layout::RowMajor)?,
+            b_enc: self.sae.b_enc.clone(),
+            b_dec: self.sae.b_dec[m * d..(m + 1) * d].to_vec(),
+            threshold: None,
+            activation: crate::sae::Activation::Relu,
+            subtract_b_dec: false,
+            normalization: crate::sae::Normalization::None,
+            rescale_acts_by_decoder_norm: false,
+            scales: crate::sae::LatentScales::default(),
+        };
+        sae.meta.architecture = format!("crosscoder-model-{m}-view");
+        sae.meta
+            .conventions
+            .push(format!("model {m}'s decoder of a {n}-model crosscoder (its encoder alone is not the crosscoder's encode)"));
+        sae.validate()?;
+        Ok(sae)
+    }
+
     /// `[n_models][L]` decoder row norms (f64 sums, rounded once).
     pub fn decoder_norms(&self) -> Vec<Vec<f32>> {
         load::decoder_norms(&self.sae.w_dec, self.n_models, self.d)

@@ -454,3 +454,25 @@ fn decoder_analysis_classes_follow_the_relative_norm_cutoffs() {
     assert!((rows[2].cosine - 1.0).abs() < 1e-9);
     assert!(rows[0].cosine.is_nan());
 }
+
+#[test]
+fn model_view_holds_that_models_decoder_rows_and_bias() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = Spec::random(2, 4, 6, 8);
+    let cc = load(&spec.save(dir.path())).unwrap();
+    let v = cc.model_view(1).unwrap();
+    assert_eq!((v.n_latents(), v.d_in()), (6, 4));
+    for j in 0..6 {
+        assert_eq!(v.w_dec.row_f32(j), spec.dec[(6 + j) * 4..(7 + j) * 4].to_vec());
+        for i in 0..4 {
+            assert_eq!(v.w_enc.get(j, i), spec.enc[(4 + i) * 6 + j]);
+        }
+    }
+    assert_eq!(v.b_dec, spec.b_dec[4..8].to_vec());
+    let (dir1, norm) = crate::workflow::steer::unit_direction(&v, 2).unwrap();
+    let row = &spec.dec[8 * 4..9 * 4];
+    let n = row.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    assert!((norm - n).abs() < 1e-9);
+    assert!((dir1[0] as f64 - row[0] as f64 / n).abs() < 1e-6);
+    assert!(cc.model_view(2).unwrap_err().to_string().contains("model 2 does not exist"));
+}
