@@ -42,7 +42,6 @@ fn conformance(name: &str, class: CrosscoderClass, n_codes: usize) {
     let rows = xs[0];
     assert_eq!(xs, [rows, n, d]);
     let e = engine(cc);
-    let cc = e.crosscoder();
     let got = e.encode(&x, rows, 0).unwrap();
     assert_eq!(got.codes.len(), n_codes, "{name}");
     if n_codes == 1 {

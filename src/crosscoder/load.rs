@@ -255,7 +255,7 @@ pub fn load(path: &Path) -> Result<Crosscoder> {
         }
     }
 
-    let (class, threshold, k) = match st.get("threshold") {
+    let (threshold, k) = match st.get("threshold") {
         None => {
             if code_norm.decoupled() {
                 return Err(Error::format(
@@ -264,7 +264,7 @@ pub fn load(path: &Path) -> Result<Crosscoder> {
                      BatchTopKCrossCoder has per-model codes",
                 ));
             }
-            (CrosscoderClass::Relu, None, None)
+            (None, None)
         }
         Some(t) => {
             let want: &[usize] = if code_norm.decoupled() { &[n] } else { &[] };
@@ -284,18 +284,95 @@ pub fn load(path: &Path) -> Result<Crosscoder> {
                 Some(kt) => tensor_to_i64(&kt, &file)?.first().copied(),
                 None => None,
             };
-            (CrosscoderClass::BatchTopK, Some(th), k)
+            (Some(th), k)
         }
     };
 
     let input_norm = input_norm(&st, &file, n, d)?;
+    let dir = if path.is_dir() {
+        path.to_path_buf()
+    } else {
+        file.parent().unwrap_or(Path::new(".")).to_path_buf()
+    };
+    assemble(Parts {
+        source: dir,
+        n,
+        d,
+        w_enc,
+        w_dec,
+        b_enc,
+        b_dec,
+        code_norm,
+        threshold,
+        k,
+        input_norm,
+    })
+}
+
+/// A crosscoder's pieces in the engine's layout: `w_enc` logical `[L, n * d]`, `w_dec`
+/// interleaved `[L, n * d]` (row j = every model's decoder row j), `b_dec` `[n * d]`.
+pub struct Parts {
+    /// Where it came from (reported).
+    pub source: PathBuf,
+    /// Models.
+    pub n: usize,
+    /// Width of one model's activations.
+    pub d: usize,
+    /// Encoder.
+    pub w_enc: Matrix,
+    /// Interleaved decoders.
+    pub w_dec: Matrix,
+    /// `[L]`
+    pub b_enc: Vec<f32>,
+    /// `[n * d]`
+    pub b_dec: Vec<f32>,
+    /// Code normalization.
+    pub code_norm: CodeNormalization,
+    /// Threshold(s): None for the ReLU CrossCoder, one, or one per model (DECOUPLED).
+    pub threshold: Option<Vec<f32>>,
+    /// BatchTopK's k.
+    pub k: Option<i64>,
+    /// Input normalization.
+    pub input_norm: Option<InputNorm>,
+}
+
+/// Builds a crosscoder from its pieces (the loader, and in-memory crosscoders such as
+/// `sae-bench verify`'s), checking them against each other.
+pub fn assemble(p: Parts) -> Result<Crosscoder> {
+    let Parts { source, n, d, w_enc, w_dec, b_enc, b_dec, code_norm, threshold, k, input_norm } = p;
+    let l = w_enc.rows();
+    let class = if threshold.is_some() { CrosscoderClass::BatchTopK } else { CrosscoderClass::Relu };
+    let want_th = if code_norm.decoupled() { n } else { 1 };
+    if threshold.as_ref().is_some_and(|t| t.len() != want_th || t.iter().any(|v| !(*v >= 0.0))) {
+        return Err(Error::format(
+            &source,
+            format!("{want_th} non-negative threshold(s) expected, got {threshold:?}"),
+        ));
+    }
+    if code_norm.decoupled() && threshold.is_none() {
+        return Err(Error::format(&source, "DECOUPLED code normalization needs per-model thresholds"));
+    }
+    if input_norm.as_ref().is_some_and(|m| m.mean.len() != n * d) {
+        return Err(Error::format(&source, format!("activation_mean must hold {} values", n * d)));
+    }
     if input_norm.is_some() && code_norm.decoupled() {
         // 48debb2's encode_decoupled calls CrossCoder.encode with its default
         // normalize_activations=True after BatchTopKCrossCoder.encode normalized once.
         return Err(Error::format(
-            &file,
+            &source,
             "DECOUPLED code normalization with an input normalizer: the library normalizes \
              the input twice on that path; not supported",
+        ));
+    }
+    if w_dec.rows() != l || w_dec.cols() != n * d || w_enc.cols() != n * d {
+        return Err(Error::format(
+            &source,
+            format!(
+                "encoder [{l}, {}] and decoder [{}, {}] do not fit {n} models of width {d}",
+                w_enc.cols(),
+                w_dec.rows(),
+                w_dec.cols()
+            ),
         ));
     }
     let norms = code_norms(&code_norm, &w_dec, n, d);
@@ -315,15 +392,10 @@ pub fn load(path: &Path) -> Result<Crosscoder> {
                 .into(),
         );
     }
-    let dir = if path.is_dir() {
-        path.to_path_buf()
-    } else {
-        file.parent().unwrap_or(Path::new(".")).to_path_buf()
-    };
     let sae = Sae {
         meta: SaeMeta {
             format: Format::DictionaryLearning,
-            source: dir.clone(),
+            source: source.clone(),
             architecture: format!("crosscoder-{}", class.name()),
             hook_name: None,
             hook_layer: None,
@@ -346,7 +418,7 @@ pub fn load(path: &Path) -> Result<Crosscoder> {
     sae.validate()?;
     Ok(Crosscoder {
         meta: CrosscoderMeta {
-            source: dir,
+            source,
             class,
             k,
             conventions,

@@ -27,6 +27,7 @@ pub mod encode;
 pub mod load;
 pub mod paired;
 pub mod report;
+pub mod verify;
 
 use std::path::PathBuf;
 use std::sync::Arc;
