@@ -246,11 +246,14 @@ fn demo_then_each_command_on_its_files() {
 /// The `sae ...` lines of README.md's "The audit in a few commands" block as words
 /// (continuation lines joined, `# comments` dropped).
 fn readme_audit_commands() -> Vec<Vec<String>> {
+    readme_commands("## The audit in a few commands")
+}
+
+/// The `sae ...` lines of the README section titled `title`, as words.
+fn readme_commands(title: &str) -> Vec<Vec<String>> {
     let readme =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
-    let start = readme
-        .find("## The audit in a few commands")
-        .expect("README section");
+    let start = readme.find(title).expect("README section");
     let section = &readme[start + 3..];
     let section = &section[..section.find("\n## ").unwrap_or(section.len())];
     let (mut cmds, mut cur) = (Vec::new(), String::new());
@@ -271,4 +274,73 @@ fn readme_audit_commands() -> Vec<Vec<String>> {
         }
     }
     cmds
+}
+
+/// README.md's crosscoder commands, as written, on a copy of tests/fixtures/crosscoder with
+/// the paired activations also split into one .npy per model; then the outputs they wrote.
+#[test]
+fn readme_crosscoder_commands_run_on_the_planted_fixture() {
+    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/crosscoder");
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path();
+    std::fs::create_dir(work.join("planted")).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(format!("{fixtures}/planted/{f}"), work.join("planted").join(f)).unwrap();
+    }
+    std::fs::copy(format!("{fixtures}/planted_acts.npy"), work.join("planted_acts.npy")).unwrap();
+    let npy = std::fs::read(work.join("planted_acts.npy")).unwrap();
+    let h = sae_engine::io::npy::NpyHeader::parse(&work.join("planted_acts.npy"), &npy).unwrap();
+    assert_eq!(h.shape, [512, 2, 16]);
+    let x: Vec<f32> = npy[h.data_offset..]
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    for (m, name) in ["base.npy", "tuned.npy"].iter().enumerate() {
+        let half: Vec<f32> = x.chunks_exact(32).flat_map(|r| r[m * 16..(m + 1) * 16].to_vec()).collect();
+        sae_engine::io::npy::write_f32(&work.join(name), &[512, 16], &half).unwrap();
+    }
+    let cmds = readme_commands("## Crosscoder model diffing");
+    assert!(cmds.len() >= 4, "{cmds:?}");
+    for words in &cmds {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_sae"))
+            .args(&words[1..])
+            .arg("--json")
+            .current_dir(work)
+            .env("RAYON_NUM_THREADS", "2")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "README: {}\n{}",
+            words.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let j: Value =
+        serde_json::from_str(&std::fs::read_to_string(work.join("cc-audit/crosscoder.json")).unwrap()).unwrap();
+    assert_eq!(j["counts"]["tuned_specific"], 2, "{}", j["counts"]);
+    assert_eq!(j["counts"]["artifacts"], 2, "{}", j["counts"]);
+    let first: Vec<u64> = j["latents"].as_array().unwrap()[..4]
+        .iter()
+        .map(|l| l["latent"].as_u64().unwrap())
+        .collect();
+    assert_eq!(first, [4, 5, 7, 6]);
+    assert!(work.join("cc-audit/relative_norm.svg").is_file());
+    assert!(work.join("cc-codes.safetensors").is_file());
+    // The steering vector is 8 x the tuned decoder's unit row of latent 4 (e4 in the fixture).
+    let v = std::fs::read(work.join("cc-latent4.npy")).unwrap();
+    let h = sae_engine::io::npy::NpyHeader::parse(&work.join("cc-latent4.npy"), &v).unwrap();
+    let vals: Vec<f32> = v[h.data_offset..]
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    let want: Vec<f32> = (0..16).map(|i| if i == 4 { 8.0 } else { 0.0 }).collect();
+    assert_eq!(vals, want);
+    // A crosscoder's steering direction cannot be dry-run on one model's activations.
+    let e = sae_exits(
+        1,
+        &["steer", "--sae", &format!("{fixtures}/planted"), "--crosscoder-model", "1", "--latent", "4",
+          "--strength", "1", "--apply", "--acts", &format!("{fixtures}/planted_acts.npy"), "--backend", "cpu"],
+    );
+    assert!(e.contains("--crosscoder-model exports a decoder direction"), "{e}");
 }
