@@ -285,9 +285,17 @@ fn readme_crosscoder_commands_run_on_the_planted_fixture() {
     let work = dir.path();
     std::fs::create_dir(work.join("planted")).unwrap();
     for f in ["config.json", "model.safetensors"] {
-        std::fs::copy(format!("{fixtures}/planted/{f}"), work.join("planted").join(f)).unwrap();
+        std::fs::copy(
+            format!("{fixtures}/planted/{f}"),
+            work.join("planted").join(f),
+        )
+        .unwrap();
     }
-    std::fs::copy(format!("{fixtures}/planted_acts.npy"), work.join("planted_acts.npy")).unwrap();
+    std::fs::copy(
+        format!("{fixtures}/planted_acts.npy"),
+        work.join("planted_acts.npy"),
+    )
+    .unwrap();
     let npy = std::fs::read(work.join("planted_acts.npy")).unwrap();
     let h = sae_engine::io::npy::NpyHeader::parse(&work.join("planted_acts.npy"), &npy).unwrap();
     assert_eq!(h.shape, [512, 2, 16]);
@@ -296,7 +304,10 @@ fn readme_crosscoder_commands_run_on_the_planted_fixture() {
         .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
         .collect();
     for (m, name) in ["base.npy", "tuned.npy"].iter().enumerate() {
-        let half: Vec<f32> = x.chunks_exact(32).flat_map(|r| r[m * 16..(m + 1) * 16].to_vec()).collect();
+        let half: Vec<f32> = x
+            .chunks_exact(32)
+            .flat_map(|r| r[m * 16..(m + 1) * 16].to_vec())
+            .collect();
         sae_engine::io::npy::write_f32(&work.join(name), &[512, 16], &half).unwrap();
     }
     let cmds = readme_commands("## Crosscoder model diffing");
@@ -316,8 +327,10 @@ fn readme_crosscoder_commands_run_on_the_planted_fixture() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let j: Value =
-        serde_json::from_str(&std::fs::read_to_string(work.join("cc-audit/crosscoder.json")).unwrap()).unwrap();
+    let j: Value = serde_json::from_str(
+        &std::fs::read_to_string(work.join("cc-audit/crosscoder.json")).unwrap(),
+    )
+    .unwrap();
     assert_eq!(j["counts"]["tuned_specific"], 2, "{}", j["counts"]);
     assert_eq!(j["counts"]["artifacts"], 2, "{}", j["counts"]);
     let first: Vec<u64> = j["latents"].as_array().unwrap()[..4]
@@ -339,8 +352,25 @@ fn readme_crosscoder_commands_run_on_the_planted_fixture() {
     // A crosscoder's steering direction cannot be dry-run on one model's activations.
     let e = sae_exits(
         1,
-        &["steer", "--sae", &format!("{fixtures}/planted"), "--crosscoder-model", "1", "--latent", "4",
-          "--strength", "1", "--apply", "--acts", &format!("{fixtures}/planted_acts.npy"), "--backend", "cpu"],
+        &[
+            "steer",
+            "--sae",
+            &format!("{fixtures}/planted"),
+            "--crosscoder-model",
+            "1",
+            "--latent",
+            "4",
+            "--strength",
+            "1",
+            "--apply",
+            "--acts",
+            &format!("{fixtures}/planted_acts.npy"),
+            "--backend",
+            "cpu",
+        ],
     );
-    assert!(e.contains("--crosscoder-model exports a decoder direction"), "{e}");
+    assert!(
+        e.contains("--crosscoder-model exports a decoder direction"),
+        "{e}"
+    );
 }

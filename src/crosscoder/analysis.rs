@@ -157,7 +157,11 @@ impl Analysis {
                 Verdict::Unmeasured => 2,
                 Verdict::NotApplicable => 3,
             };
-            let dn = if r.delta_norm.is_nan() { f64::NEG_INFINITY } else { r.delta_norm };
+            let dn = if r.delta_norm.is_nan() {
+                f64::NEG_INFINITY
+            } else {
+                r.delta_norm
+            };
             let nu = r
                 .scaling
                 .map(|s| s.nu_error)
@@ -208,7 +212,11 @@ pub fn decoder_rows(cc: &Crosscoder) -> Result<Vec<LatentRow>> {
         } else {
             (f64::NAN, f64::NAN)
         };
-        let cosine = if nb > 0.0 && nt > 0.0 { dot(b, t) / (nb * nt) } else { f64::NAN };
+        let cosine = if nb > 0.0 && nt > 0.0 {
+            dot(b, t) / (nb * nt)
+        } else {
+            f64::NAN
+        };
         rows.push(LatentRow {
             latent: j,
             norm_base: nb,

@@ -67,7 +67,13 @@ pub fn prefilter_cut(t: f32, norm: f32) -> f32 {
 /// Keeps the entries of ReLU (or pre-filtered JumpReLU) codes whose normalized value
 /// `fl(c * norms[j])` exceeds `t`: the fork's BatchTopK mask, bit for bit given `c`.
 pub fn apply_threshold(codes: &Codes, norms: &[f32], t: f32) -> Result<Codes> {
-    let Codes::Csr { n, row_ptr, indices, values } = codes else {
+    let Codes::Csr {
+        n,
+        row_ptr,
+        indices,
+        values,
+    } = codes
+    else {
         return Err(Error::invalid("crosscoder codes must be CSR"));
     };
     let mut out_ptr = Vec::with_capacity(row_ptr.len());
@@ -103,7 +109,11 @@ fn engine_sae(cc: &Crosscoder) -> Sae {
                 th.iter()
                     .enumerate()
                     .map(|(m, t)| {
-                        let norm = if th.len() == 1 { cc.norms[j] } else { cc.norms[m * l + j] };
+                        let norm = if th.len() == 1 {
+                            cc.norms[j]
+                        } else {
+                            cc.norms[m * l + j]
+                        };
                         prefilter_cut(*t, norm)
                     })
                     .fold(f32::MAX, f32::min)
@@ -111,9 +121,10 @@ fn engine_sae(cc: &Crosscoder) -> Sae {
             .collect();
         sae.activation = Activation::JumpRelu;
         sae.threshold = Some(cuts);
-        sae.meta
-            .conventions
-            .push("JumpReLU pre-filter: per-latent cut below threshold / norm; exact test on the host".into());
+        sae.meta.conventions.push(
+            "JumpReLU pre-filter: per-latent cut below threshold / norm; exact test on the host"
+                .into(),
+        );
     }
     sae
 }

@@ -19,9 +19,14 @@ fn dir() -> PathBuf {
 }
 
 fn npz_f32(npz: &Npz, name: &str) -> (Vec<usize>, Vec<f32>) {
-    let a = npz.get(name).unwrap_or_else(|| panic!("oracle has no `{name}`"));
+    let a = npz
+        .get(name)
+        .unwrap_or_else(|| panic!("oracle has no `{name}`"));
     assert_eq!(a.header.dtype.float(), Some(DType::F32), "{name}");
-    (a.header.shape.clone(), bytes_to_f32(DType::F32, a.bytes.as_slice()))
+    (
+        a.header.shape.clone(),
+        bytes_to_f32(DType::F32, a.bytes.as_slice()),
+    )
 }
 
 fn engine(cc: Crosscoder) -> CrosscoderEngine {
@@ -57,7 +62,11 @@ fn conformance(name: &str, class: CrosscoderClass, n_codes: usize) {
                 g[j] = v;
             }
             for (j, gv) in g.iter().enumerate() {
-                let w = if n_codes == 1 { want[r * l + j] } else { want[(r * n_codes + m) * l + j] };
+                let w = if n_codes == 1 {
+                    want[r * l + j]
+                } else {
+                    want[(r * n_codes + m) * l + j]
+                };
                 active += usize::from(w != 0.0);
                 assert!(
                     (gv - w).abs() <= 1e-5 * (1.0 + w.abs()),
@@ -70,7 +79,10 @@ fn conformance(name: &str, class: CrosscoderClass, n_codes: usize) {
     let recon = e.decode(&got).unwrap();
     assert_eq!(recon.len(), want_recon.len());
     for (i, (g, w)) in recon.iter().zip(&want_recon).enumerate() {
-        assert!((g - w).abs() <= 2e-5 * (1.0 + w.abs()), "{name}: recon {i}: got {g}, the library {w}");
+        assert!(
+            (g - w).abs() <= 2e-5 * (1.0 + w.abs()),
+            "{name}: recon {i}: got {g}, the library {w}"
+        );
     }
 }
 
@@ -83,7 +95,11 @@ fn library_batchtopk_crosscoder_encodes_and_decodes_like_the_fork() {
 fn library_batchtopk_with_input_normalizer_matches_the_fork() {
     let cc = load(&dir().join("library_batchtopk_normalized")).unwrap();
     assert!(cc.input_norm.is_some());
-    conformance("library_batchtopk_normalized", CrosscoderClass::BatchTopK, 1);
+    conformance(
+        "library_batchtopk_normalized",
+        CrosscoderClass::BatchTopK,
+        1,
+    );
 }
 
 #[test]
@@ -100,7 +116,10 @@ fn library_relu_crosscoder_matches_the_fork() {
 
 fn close(got: f64, want: Option<f64>, tol: f64, what: &str) {
     match want {
-        Some(w) => assert!((got - w).abs() <= tol * (1.0 + w.abs()), "{what}: got {got}, numpy {w}"),
+        Some(w) => assert!(
+            (got - w).abs() <= tol * (1.0 + w.abs()),
+            "{what}: got {got}, numpy {w}"
+        ),
         None => assert!(!got.is_finite(), "{what}: got {got}, numpy null"),
     }
 }
@@ -125,15 +144,38 @@ fn planted_latents_land_in_their_classes_and_match_the_numpy_reference() {
     for (got, want) in a.latents.iter().zip(latents) {
         let j = got.latent;
         let f = |k: &str| want[k].as_f64();
-        close(got.norm_base, f("norm_base"), 1e-6, &format!("{j} norm_base"));
-        close(got.norm_tuned, f("norm_tuned"), 1e-6, &format!("{j} norm_tuned"));
+        close(
+            got.norm_base,
+            f("norm_base"),
+            1e-6,
+            &format!("{j} norm_base"),
+        );
+        close(
+            got.norm_tuned,
+            f("norm_tuned"),
+            1e-6,
+            &format!("{j} norm_tuned"),
+        );
         close(got.rel_norm, f("rel_norm"), 1e-6, &format!("{j} rel_norm"));
-        close(got.delta_norm, f("delta_norm"), 1e-6, &format!("{j} delta_norm"));
+        close(
+            got.delta_norm,
+            f("delta_norm"),
+            1e-6,
+            &format!("{j} delta_norm"),
+        );
         close(got.cosine, f("cosine"), 1e-6, &format!("{j} cosine"));
-        assert_eq!(got.class.name(), want["class"].as_str().unwrap(), "latent {j}");
+        assert_eq!(
+            got.class.name(),
+            want["class"].as_str().unwrap(),
+            "latent {j}"
+        );
         let active = want["active"].as_u64().unwrap();
         l0 += active;
-        assert_eq!(got.scaling.map_or(0, |s| s.active), active, "latent {j} active");
+        assert_eq!(
+            got.scaling.map_or(0, |s| s.active),
+            active,
+            "latent {j} active"
+        );
         if let Some(s) = got.scaling {
             for (k, v) in [
                 ("beta_error_base", s.beta_error_base),
@@ -181,9 +223,13 @@ fn planted_report_files_hold_every_latent_and_flag_the_artifacts() {
     let csv = std::fs::read_to_string(out.path().join("crosscoder.csv")).unwrap();
     assert_eq!(csv.lines().count(), 1 + 64);
     assert!(csv.lines().nth(1).unwrap().starts_with("1,"));
-    assert!(csv.lines().any(|l| l.starts_with(&format!("{},6,tuned-only,artifact,", 1 + a.ranking().iter().position(|&i| i == 6).unwrap()))));
+    assert!(csv.lines().any(|l| l.starts_with(&format!(
+        "{},6,tuned-only,artifact,",
+        1 + a.ranking().iter().position(|&i| i == 6).unwrap()
+    ))));
     let json: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(out.path().join("crosscoder.json")).unwrap()).unwrap();
+        serde_json::from_slice(&std::fs::read(out.path().join("crosscoder.json")).unwrap())
+            .unwrap();
     assert_eq!(json["counts"]["artifacts"], 2);
     assert_eq!(json["counts"]["tuned_specific"], 2);
     assert_eq!(json["latents"].as_array().unwrap().len(), 64);
@@ -191,7 +237,10 @@ fn planted_report_files_hold_every_latent_and_flag_the_artifacts() {
     let md = std::fs::read_to_string(out.path().join("crosscoder.md")).unwrap();
     let flagged = md.split("## Tuned-only latents flagged").nth(1).unwrap();
     let flagged = flagged.split("## ").next().unwrap();
-    assert!(flagged.contains("| 6 | artifact |") && flagged.contains("| 7 | artifact |"), "{md}");
+    assert!(
+        flagged.contains("| 6 | artifact |") && flagged.contains("| 7 | artifact |"),
+        "{md}"
+    );
     let svg = std::fs::read_to_string(out.path().join("relative_norm.svg")).unwrap();
     assert!(svg.contains("<svg") && svg.matches("<rect").count() > 5);
     // The histogram counts every latent with a decoder once.

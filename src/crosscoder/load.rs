@@ -44,8 +44,7 @@ pub fn files(path: &Path) -> (PathBuf, PathBuf) {
 /// with `num_layers`, `dict_size` and `activation_dim`. Reads only the config.
 pub fn looks_like(path: &Path) -> bool {
     let (weights, cfg) = files(path);
-    if !weights.is_file() || weights.extension().and_then(|e| e.to_str()) != Some("safetensors")
-    {
+    if !weights.is_file() || weights.extension().and_then(|e| e.to_str()) != Some("safetensors") {
         return false;
     }
     Cfg::read(&cfg).is_ok_and(|c| {
@@ -88,20 +87,23 @@ fn code_normalization(cfg: &Cfg, cfg_path: &Path) -> Result<CodeNormalization> {
         },
         "NONE" => CodeNormalization::None,
         "DECOUPLED" => CodeNormalization::Decoupled,
-        other => {
-            return Err(Error::format(
-                cfg_path,
-                format!(
-                    "code_normalization `{other}` is unknown (CROSSCODER, SAE, MIXED, NONE, DECOUPLED)"
-                ),
-            ))
-        }
+        other => return Err(Error::format(
+            cfg_path,
+            format!(
+                "code_normalization `{other}` is unknown (CROSSCODER, SAE, MIXED, NONE, DECOUPLED)"
+            ),
+        )),
     })
 }
 
 fn expect_shape(file: &Path, t: &MappedTensor, want: &[usize], what: &str) -> Result<()> {
     if t.shape != want {
-        return Err(Error::shape(file, &t.name, &t.shape, format!("{want:?} ({what})")));
+        return Err(Error::shape(
+            file,
+            &t.name,
+            &t.shape,
+            format!("{want:?} ({what})"),
+        ));
     }
     Ok(())
 }
@@ -203,7 +205,12 @@ pub fn load(path: &Path) -> Result<Crosscoder> {
         "encoder_layers",
         "an encoder over a subset of the models",
     )?;
-    refuse_set(&cfg, &cfg_path, "latent_processor", "a latent processor between encode and decode")?;
+    refuse_set(
+        &cfg,
+        &cfg_path,
+        "latent_processor",
+        "a latent processor between encode and decode",
+    )?;
     if let Some(nd) = cfg
         .get("num_decoder_layers")
         .filter(|v| !v.is_null())
@@ -221,15 +228,31 @@ pub fn load(path: &Path) -> Result<Crosscoder> {
 
     let st = MappedSafetensors::open(&file)?;
     let enc = st.tensor("encoder.weight")?;
-    expect_shape(&file, &enc, &[n, d, l], "[num_layers, activation_dim, dict_size]")?;
+    expect_shape(
+        &file,
+        &enc,
+        &[n, d, l],
+        "[num_layers, activation_dim, dict_size]",
+    )?;
     let dec = st.tensor("decoder.weight")?;
-    expect_shape(&file, &dec, &[n, l, d], "[num_layers, dict_size, activation_dim]")?;
+    expect_shape(
+        &file,
+        &dec,
+        &[n, l, d],
+        "[num_layers, dict_size, activation_dim]",
+    )?;
     let enc_dtype = enc.float_dtype(&file)?;
     let dec_dtype = dec.float_dtype(&file)?;
     let w_enc = Matrix::new(enc.bytes.clone(), enc_dtype, l, n * d, Layout::Transposed)
         .map_err(|e| Error::format(&file, format!("tensor `encoder.weight`: {e}")))?;
     let w_dec = Matrix::new(
-        Bytes::Owned(Arc::new(interleave_decoder(&dec, n, l, d, dec_dtype.size()))),
+        Bytes::Owned(Arc::new(interleave_decoder(
+            &dec,
+            n,
+            l,
+            d,
+            dec_dtype.size(),
+        ))),
         dec_dtype,
         l,
         n * d,
@@ -339,21 +362,46 @@ pub struct Parts {
 /// Builds a crosscoder from its pieces (the loader, and in-memory crosscoders such as
 /// `sae-bench verify`'s), checking them against each other.
 pub fn assemble(p: Parts) -> Result<Crosscoder> {
-    let Parts { source, n, d, w_enc, w_dec, b_enc, b_dec, code_norm, threshold, k, input_norm } = p;
+    let Parts {
+        source,
+        n,
+        d,
+        w_enc,
+        w_dec,
+        b_enc,
+        b_dec,
+        code_norm,
+        threshold,
+        k,
+        input_norm,
+    } = p;
     let l = w_enc.rows();
-    let class = if threshold.is_some() { CrosscoderClass::BatchTopK } else { CrosscoderClass::Relu };
+    let class = if threshold.is_some() {
+        CrosscoderClass::BatchTopK
+    } else {
+        CrosscoderClass::Relu
+    };
     let want_th = if code_norm.decoupled() { n } else { 1 };
-    if threshold.as_ref().is_some_and(|t| t.len() != want_th || t.iter().any(|v| !(*v >= 0.0))) {
+    if threshold
+        .as_ref()
+        .is_some_and(|t| t.len() != want_th || t.iter().any(|v| !(*v >= 0.0)))
+    {
         return Err(Error::format(
             &source,
             format!("{want_th} non-negative threshold(s) expected, got {threshold:?}"),
         ));
     }
     if code_norm.decoupled() && threshold.is_none() {
-        return Err(Error::format(&source, "DECOUPLED code normalization needs per-model thresholds"));
+        return Err(Error::format(
+            &source,
+            "DECOUPLED code normalization needs per-model thresholds",
+        ));
     }
     if input_norm.as_ref().is_some_and(|m| m.mean.len() != n * d) {
-        return Err(Error::format(&source, format!("activation_mean must hold {} values", n * d)));
+        return Err(Error::format(
+            &source,
+            format!("activation_mean must hold {} values", n * d),
+        ));
     }
     if input_norm.is_some() && code_norm.decoupled() {
         // 48debb2's encode_decoupled calls CrossCoder.encode with its default
@@ -435,7 +483,12 @@ pub fn assemble(p: Parts) -> Result<Crosscoder> {
 
 /// `activation_mean` / `activation_std` / `activation_global_scale`: the library
 /// normalizes only when neither mean nor std holds a NaN (its "no normalizer" marker).
-fn input_norm(st: &MappedSafetensors, file: &Path, n: usize, d: usize) -> Result<Option<InputNorm>> {
+fn input_norm(
+    st: &MappedSafetensors,
+    file: &Path,
+    n: usize,
+    d: usize,
+) -> Result<Option<InputNorm>> {
     let (Some(mean_t), Some(std_t)) = (st.get("activation_mean"), st.get("activation_std")) else {
         return Ok(None);
     };

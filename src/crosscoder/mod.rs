@@ -190,8 +190,20 @@ impl Crosscoder {
         }
         let mut sae = Sae {
             meta: self.sae.meta.clone(),
-            w_enc: Matrix::new(Bytes::Owned(Arc::new(enc_bytes)), enc.dtype(), l, d, Layout::Transposed)?,
-            w_dec: Matrix::new(Bytes::Owned(Arc::new(dec_bytes)), dec.dtype(), l, d, Layout::RowMajor)?,
+            w_enc: Matrix::new(
+                Bytes::Owned(Arc::new(enc_bytes)),
+                enc.dtype(),
+                l,
+                d,
+                Layout::Transposed,
+            )?,
+            w_dec: Matrix::new(
+                Bytes::Owned(Arc::new(dec_bytes)),
+                dec.dtype(),
+                l,
+                d,
+                Layout::RowMajor,
+            )?,
             b_enc: self.sae.b_enc.clone(),
             b_dec: self.sae.b_dec[m * d..(m + 1) * d].to_vec(),
             threshold: None,

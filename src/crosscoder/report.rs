@@ -80,7 +80,11 @@ impl Summary {
     pub fn line(&self) -> String {
         let th = match &self.threshold {
             None => "none (ReLU)".to_string(),
-            Some(t) => t.iter().map(|v| format!("{v}")).collect::<Vec<_>>().join(", "),
+            Some(t) => t
+                .iter()
+                .map(|v| format!("{v}"))
+                .collect::<Vec<_>>()
+                .join(", "),
         };
         format!(
             "{}: {} models x d {} -> {} latents, {} normalization, threshold {th}, dtype {}{}",
@@ -90,7 +94,11 @@ impl Summary {
             self.n_latents,
             self.code_normalization,
             self.dtype,
-            if self.input_normalization { ", input normalized" } else { "" }
+            if self.input_normalization {
+                ", input normalized"
+            } else {
+                ""
+            }
         )
     }
 }
@@ -277,7 +285,11 @@ pub fn markdown(r: &Report, top: usize) -> String {
             .collect::<Vec<_>>()
     };
     table(&mut s, "Tuned-specific latents", of(Verdict::TunedSpecific));
-    table(&mut s, "Tuned-only latents flagged as sparsity artifacts", of(Verdict::Artifact));
+    table(
+        &mut s,
+        "Tuned-only latents flagged as sparsity artifacts",
+        of(Verdict::Artifact),
+    );
     let mut base: Vec<_> = r
         .latents
         .iter()
@@ -327,7 +339,11 @@ pub fn write_outputs(
     let names: Vec<String> = HIST_CLASSES.iter().map(|c| c.name().to_string()).collect();
     crate::workflow::plot::relative_norm_histogram(
         &dir.join("relative_norm.svg"),
-        &format!("Crosscoder latents: {} of {}", a.latents.len(), cc.meta.class.name()),
+        &format!(
+            "Crosscoder latents: {} of {}",
+            a.latents.len(),
+            cc.meta.class.name()
+        ),
         &names,
         &histogram_bins(a),
     )

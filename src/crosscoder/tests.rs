@@ -86,10 +86,16 @@ impl Spec {
             ("encoder.bias", OwnedTensor::f32(vec![l], &self.b_enc)),
             ("decoder.weight", OwnedTensor::f32(vec![n, l, d], &self.dec)),
             ("decoder.bias", OwnedTensor::f32(vec![n, d], &self.b_dec)),
-            ("code_normalization_id", OwnedTensor::i64(vec![], &[self.id()])),
+            (
+                "code_normalization_id",
+                OwnedTensor::i64(vec![], &[self.id()]),
+            ),
             ("activation_mean", OwnedTensor::f32(vec![n, d], &mean)),
             ("activation_std", OwnedTensor::f32(vec![n, d], &std)),
-            ("activation_global_scale", OwnedTensor::f32(vec![], &[scale])),
+            (
+                "activation_global_scale",
+                OwnedTensor::f32(vec![], &[scale]),
+            ),
             ("target_rms", OwnedTensor::f32(vec![], &[1.0])),
         ];
         let mut cfg = serde_json::json!({
@@ -97,7 +103,11 @@ impl Spec {
             "code_normalization": self.norm, "activation_mean": null, "activation_std": null,
         });
         if let Some(th) = &self.threshold {
-            let shape = if th.len() == 1 && self.norm != "DECOUPLED" { vec![] } else { vec![th.len()] };
+            let shape = if th.len() == 1 && self.norm != "DECOUPLED" {
+                vec![]
+            } else {
+                vec![th.len()]
+            };
             t.push(("threshold", OwnedTensor::f32(shape, th)));
             t.push(("k", OwnedTensor::i32(vec![], &[4])));
             cfg["k"] = 4.into();
@@ -114,7 +124,12 @@ impl Spec {
             None => x.to_vec(),
             Some((mean, _, g)) => x
                 .chunks_exact(n * d)
-                .flat_map(|r| r.iter().zip(mean).map(|(v, m)| (v - m) * g).collect::<Vec<_>>())
+                .flat_map(|r| {
+                    r.iter()
+                        .zip(mean)
+                        .map(|(v, m)| (v - m) * g)
+                        .collect::<Vec<_>>()
+                })
                 .collect(),
         };
         let rows = x.len() / (n * d);
@@ -125,7 +140,8 @@ impl Spec {
                 let mut h = self.b_enc[j] as f64;
                 for m in 0..n {
                     for i in 0..d {
-                        h += xn[r * n * d + m * d + i] as f64 * self.enc[(m * d + i) * l + j] as f64;
+                        h +=
+                            xn[r * n * d + m * d + i] as f64 * self.enc[(m * d + i) * l + j] as f64;
                     }
                 }
                 let c = h.max(0.0) as f32;
@@ -161,7 +177,10 @@ fn cpu(cc: &Arc<Crosscoder>) -> CrosscoderEngine {
 fn assert_codes_close(got: &[f32], want: &[f32], tol: f32) {
     assert_eq!(got.len(), want.len());
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        assert!((g - w).abs() <= tol * (1.0 + w.abs()), "entry {i}: got {g}, want {w}");
+        assert!(
+            (g - w).abs() <= tol * (1.0 + w.abs()),
+            "entry {i}: got {g}, want {w}"
+        );
     }
 }
 
@@ -174,7 +193,10 @@ fn loads_the_fork_layout_and_encodes_relu_like_the_reference() {
     assert_eq!(cc.meta.class, CrosscoderClass::Relu);
     assert!(cc.threshold.is_none() && cc.input_norm.is_none());
     // decoder.weight[1, 5] is the second half of interleaved row 5.
-    assert_eq!(cc.decoder_row(1, 5), spec.dec[(24 + 5) * 8..(24 + 6) * 8].to_vec());
+    assert_eq!(
+        cc.decoder_row(1, 5),
+        spec.dec[(24 + 5) * 8..(24 + 6) * 8].to_vec()
+    );
     let x = values(9, 7 * 16);
     let codes = cpu(&cc).encode(&x, 7, 0).unwrap();
     assert_eq!(codes.codes.len(), 1);
@@ -202,7 +224,11 @@ fn batchtopk_threshold_applies_to_the_normalized_code_and_returns_it_unscaled() 
     assert_codes_close(&g, &want[0], 1e-5);
     // The threshold removed codes ReLU alone keeps, and what stays is unscaled.
     let relu = spec.clone();
-    let relu_want = Spec { threshold: None, ..relu }.reference_encode(&x, &cc.norms);
+    let relu_want = Spec {
+        threshold: None,
+        ..relu
+    }
+    .reference_encode(&x, &cc.norms);
     let kept = g.iter().filter(|v| **v > 0.0).count();
     let positive = relu_want[0].iter().filter(|v| **v > 0.0).count();
     assert!(kept > 0 && kept < positive, "kept {kept} of {positive}");
@@ -236,7 +262,10 @@ fn decoupled_gives_one_code_per_model_and_decodes_each_with_its_own() {
                     v += want[m][r * 20 + j] as f64 * spec.dec[(m * 20 + j) * 6 + i] as f64;
                 }
                 let g = recon[r * 12 + m * 6 + i];
-                assert!((g as f64 - v).abs() < 1e-4, "row {r} model {m} dim {i}: {g} vs {v}");
+                assert!(
+                    (g as f64 - v).abs() < 1e-4,
+                    "row {r} model {m} dim {i}: {g} vs {v}"
+                );
             }
         }
     }
@@ -262,7 +291,10 @@ fn sae_mixed_and_none_normalizations_match_the_fork_formulas() {
                 "MIXED" => sae * 1.0 + (per[0][j] + per[1][j]) * 0.1,
                 _ => 1.0,
             };
-            assert!((cc.norms[j] - want).abs() <= 1e-6 * want, "{norm} latent {j}");
+            assert!(
+                (cc.norms[j] - want).abs() <= 1e-6 * want,
+                "{norm} latent {j}"
+            );
         }
     }
 }
@@ -282,7 +314,12 @@ fn input_normalization_is_applied_before_encode_and_undone_after_decode() {
     assert_codes_close(&dense(&got.codes[0], 12), &want[0], 1e-5);
     // No latent active: the output is the de-normalized decoder bias.
     let none = CrosscoderCodes {
-        codes: vec![Codes::Csr { n: 1, row_ptr: vec![0, 0], indices: vec![], values: vec![] }],
+        codes: vec![Codes::Csr {
+            n: 1,
+            row_ptr: vec![0, 0],
+            indices: vec![],
+            values: vec![],
+        }],
     };
     let recon = e.decode(&none).unwrap();
     for i in 0..8 {
@@ -315,11 +352,26 @@ fn refuses_what_it_does_not_implement_naming_it() {
             std::fs::write(&f, c.to_string()).unwrap();
         }
     };
-    let e = case("layers", &base, &set_cfg("encoder_layers", serde_json::json!([0])));
-    assert!(e.contains("encoder_layers") && e.contains("not supported"), "{e}");
-    let e = case("dec", &base, &set_cfg("num_decoder_layers", serde_json::json!(1)));
+    let e = case(
+        "layers",
+        &base,
+        &set_cfg("encoder_layers", serde_json::json!([0])),
+    );
+    assert!(
+        e.contains("encoder_layers") && e.contains("not supported"),
+        "{e}"
+    );
+    let e = case(
+        "dec",
+        &base,
+        &set_cfg("num_decoder_layers", serde_json::json!(1)),
+    );
     assert!(e.contains("num_decoder_layers = 1"), "{e}");
-    let e = case("id", &base, &set_cfg("code_normalization", serde_json::json!("SAE")));
+    let e = case(
+        "id",
+        &base,
+        &set_cfg("code_normalization", serde_json::json!("SAE")),
+    );
     assert!(e.contains("code_normalization_id [1] disagrees"), "{e}");
     let mut dn = base.clone();
     dn.norm = "DECOUPLED";
@@ -331,7 +383,10 @@ fn refuses_what_it_does_not_implement_naming_it() {
     assert!(case("dnt", &dnt, &|_| {}).contains("without a `threshold`"));
     // A wrong shape names the tensor.
     let e = case("shape", &base, &set_cfg("dict_size", serde_json::json!(9)));
-    assert!(e.contains("encoder.weight") && e.contains("[2, 4, 9]"), "{e}");
+    assert!(
+        e.contains("encoder.weight") && e.contains("[2, 4, 9]"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -389,7 +444,12 @@ fn apply_threshold_keeps_exactly_the_entries_above() {
     // 1.0*1.0 > 1 no; 0.5*3 > 1 yes; 2.0*0.5 > 1 no.
     assert_eq!(
         got,
-        Codes::Csr { n: 2, row_ptr: vec![0, 1, 1], indices: vec![2], values: vec![0.5] }
+        Codes::Csr {
+            n: 2,
+            row_ptr: vec![0, 1, 1],
+            indices: vec![2],
+            values: vec![0.5]
+        }
     );
 }
 
@@ -402,14 +462,21 @@ fn paired_inputs_read_the_same_rows_from_per_model_dumps_and_a_stacked_array() {
     let stacked: Vec<f32> = (0..rows)
         .flat_map(|r| [&base[r * d..(r + 1) * d], &tuned[r * d..(r + 1) * d]].concat())
         .collect();
-    let (pb, pt, ps) = (dir.path().join("b.npy"), dir.path().join("t.npy"), dir.path().join("s.npy"));
+    let (pb, pt, ps) = (
+        dir.path().join("b.npy"),
+        dir.path().join("t.npy"),
+        dir.path().join("s.npy"),
+    );
     crate::io::npy::write_f32(&pb, &[rows, d], &base).unwrap();
     crate::io::npy::write_f32(&pt, &[rows, d], &tuned).unwrap();
     crate::io::npy::write_f32(&ps, &[rows, 2, d], &stacked).unwrap();
     let two = paired::Paired::open(&[pb.clone(), pt], 2, d).unwrap();
     let one = paired::Paired::open(&[ps], 2, d).unwrap();
     assert_eq!(two.read(0, rows).unwrap(), stacked);
-    assert_eq!(one.read(4, 5).unwrap(), stacked[4 * 2 * d..9 * 2 * d].to_vec());
+    assert_eq!(
+        one.read(4, 5).unwrap(),
+        stacked[4 * 2 * d..9 * 2 * d].to_vec()
+    );
     let mut seen = Vec::new();
     two.for_each_batch(4, |s, n, x| {
         seen.push((s, n));
@@ -421,7 +488,10 @@ fn paired_inputs_read_the_same_rows_from_per_model_dumps_and_a_stacked_array() {
     // Misaligned per-model dumps are refused.
     let short = dir.path().join("short.npy");
     crate::io::npy::write_f32(&short, &[rows - 1, d], &base[..(rows - 1) * d]).unwrap();
-    let e = paired::Paired::open(&[pb, short], 2, d).err().unwrap().to_string();
+    let e = paired::Paired::open(&[pb, short], 2, d)
+        .err()
+        .unwrap()
+        .to_string();
     assert!(e.contains("align row for row"), "{e}");
 }
 
@@ -463,7 +533,10 @@ fn model_view_holds_that_models_decoder_rows_and_bias() {
     let v = cc.model_view(1).unwrap();
     assert_eq!((v.n_latents(), v.d_in()), (6, 4));
     for j in 0..6 {
-        assert_eq!(v.w_dec.row_f32(j), spec.dec[(6 + j) * 4..(7 + j) * 4].to_vec());
+        assert_eq!(
+            v.w_dec.row_f32(j),
+            spec.dec[(6 + j) * 4..(7 + j) * 4].to_vec()
+        );
         for i in 0..4 {
             assert_eq!(v.w_enc.get(j, i), spec.enc[(4 + i) * 6 + j]);
         }
@@ -474,5 +547,9 @@ fn model_view_holds_that_models_decoder_rows_and_bias() {
     let n = row.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
     assert!((norm - n).abs() < 1e-9);
     assert!((dir1[0] as f64 - row[0] as f64 / n).abs() < 1e-6);
-    assert!(cc.model_view(2).unwrap_err().to_string().contains("model 2 does not exist"));
+    assert!(cc
+        .model_view(2)
+        .unwrap_err()
+        .to_string()
+        .contains("model 2 does not exist"));
 }

@@ -77,7 +77,12 @@ pub fn cases() -> Result<Vec<Case>> {
             Some(vec![0.15, 0.25]),
             false,
         ),
-        ("crosscoder ReLU", CodeNormalization::Crosscoder, None, false),
+        (
+            "crosscoder ReLU",
+            CodeNormalization::Crosscoder,
+            None,
+            false,
+        ),
     ];
     specs
         .into_iter()
@@ -103,7 +108,8 @@ fn compare(c: &Case, g: &CrosscoderCodes, r: &CrosscoderCodes, res: &mut CaseRes
     let cc = &c.cc;
     let (width, l) = (cc.n_models * cc.d, cc.n_latents());
     if g.codes.len() != r.codes.len() {
-        res.detail.push("GPU and CPU returned different code counts".into());
+        res.detail
+            .push("GPU and CPU returned different code counts".into());
         return;
     }
     for (m, (gc, rc)) in g.codes.iter().zip(&r.codes).enumerate() {
@@ -122,7 +128,10 @@ fn compare(c: &Case, g: &CrosscoderCodes, r: &CrosscoderCodes, res: &mut CaseRes
                         let err = (got[p].1 as f64 - *v as f64).abs();
                         res.max_abs_err = res.max_abs_err.max(err);
                         if err > tol(width, *v) && res.detail.len() < 8 {
-                            res.detail.push(format!("code {m} row {row} latent {j}: gpu {} cpu {v}", got[p].1));
+                            res.detail.push(format!(
+                                "code {m} row {row} latent {j}: gpu {} cpu {v}",
+                                got[p].1
+                            ));
                         }
                         got.remove(p);
                     }
@@ -136,7 +145,9 @@ fn compare(c: &Case, g: &CrosscoderCodes, r: &CrosscoderCodes, res: &mut CaseRes
                 let at_threshold = !norms.is_empty()
                     && ((v * norms[j]) as f64 - t as f64).abs() <= tol(width, v) * norms[j] as f64;
                 if !(at_relu || at_threshold) && res.detail.len() < 8 {
-                    res.detail.push(format!("code {m} row {row}: latent {j} ({v}) only on the {side} side"));
+                    res.detail.push(format!(
+                        "code {m} row {row}: latent {j} ({v}) only on the {side} side"
+                    ));
                 }
             }
         }
@@ -166,7 +177,8 @@ fn run_case(device: usize, c: &Case) -> CaseResult {
             let err = (*a as f64 - *b as f64).abs();
             res.max_abs_err = res.max_abs_err.max(err);
             if err > tol(c.cc.n_latents(), *b) && res.detail.len() < 8 {
-                res.detail.push(format!("decode value {i}: gpu {a} cpu {b}"));
+                res.detail
+                    .push(format!("decode value {i}: gpu {a} cpu {b}"));
             }
         }
         Ok(())
@@ -205,26 +217,39 @@ mod tests {
         assert_eq!(cases.len(), 3);
         for c in &cases {
             assert_eq!(c.x.len(), c.rows * 2 * c.cc.d);
-            let e = CrosscoderEngine::new(c.cc.clone(), BackendKind::Cpu, &EngineOptions::default())
-                .unwrap();
+            let e =
+                CrosscoderEngine::new(c.cc.clone(), BackendKind::Cpu, &EngineOptions::default())
+                    .unwrap();
             let codes = e.encode(&c.x, c.rows, 0).unwrap();
-            let kept: usize = codes.codes.iter().map(|k| (0..c.rows).map(|r| k.l0(r)).sum::<usize>()).sum();
+            let kept: usize = codes
+                .codes
+                .iter()
+                .map(|k| (0..c.rows).map(|r| k.l0(r)).sum::<usize>())
+                .sum();
             assert!(kept > 0, "{}", c.name);
             if c.cc.threshold.is_some() {
                 let relu = CrosscoderEngine::new(
-                    Arc::new(Crosscoder { threshold: None, ..(*c.cc).clone() }),
+                    Arc::new(Crosscoder {
+                        threshold: None,
+                        ..(*c.cc).clone()
+                    }),
                     BackendKind::Cpu,
                     &EngineOptions::default(),
                 )
                 .unwrap();
                 let relu_codes = relu.encode(&c.x, c.rows, 0).unwrap();
                 let all: usize = (0..c.rows).map(|r| relu_codes.codes[0].l0(r)).sum();
-                assert!(kept < all * codes.codes.len(), "{}: kept {kept} of {all}", c.name);
+                assert!(
+                    kept < all * codes.codes.len(),
+                    "{}: kept {kept} of {all}",
+                    c.name
+                );
             }
         }
         // On the CPU against itself, the comparison passes.
         let c = &cases[1];
-        let e = CrosscoderEngine::new(c.cc.clone(), BackendKind::Cpu, &EngineOptions::default()).unwrap();
+        let e = CrosscoderEngine::new(c.cc.clone(), BackendKind::Cpu, &EngineOptions::default())
+            .unwrap();
         let a = e.encode(&c.x, c.rows, 0).unwrap();
         let mut res = CaseResult {
             name: c.name.clone(),

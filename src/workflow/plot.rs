@@ -895,11 +895,17 @@ pub fn relative_norm_histogram(
         for (c, counts) in bins.iter().enumerate() {
             let color = COLORS[c % COLORS.len()];
             chart
-                .draw_series(counts.iter().enumerate().filter(|(_, k)| **k > 0).map(|(i, k)| {
-                    let (x0, x1) = (i as f64 / n as f64, (i + 1) as f64 / n as f64);
-                    let y0 = base[i] as f64;
-                    Rectangle::new([(x0, y0), (x1, y0 + *k as f64)], color.filled())
-                }))
+                .draw_series(
+                    counts
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, k)| **k > 0)
+                        .map(|(i, k)| {
+                            let (x0, x1) = (i as f64 / n as f64, (i + 1) as f64 / n as f64);
+                            let y0 = base[i] as f64;
+                            Rectangle::new([(x0, y0), (x1, y0 + *k as f64)], color.filled())
+                        }),
+                )
                 .map_err(|e| e.to_string())?;
             for (b, k) in base.iter_mut().zip(counts) {
                 *b += k;

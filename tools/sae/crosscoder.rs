@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use sae_engine::crosscoder::{self, analysis, paired::Paired, report, Crosscoder, CrosscoderEngine};
+use sae_engine::crosscoder::{
+    self, analysis, paired::Paired, report, Crosscoder, CrosscoderEngine,
+};
 use sae_engine::io::codes::{CodesKind, CodesWriter};
 use sae_engine::io::guard::PathGuard;
 use sae_engine::provenance::Provenance;
@@ -114,7 +116,12 @@ pub fn run_inspect(ctx: &Ctx, path: &Path) -> Result<()> {
     ctx.output(&prov, json, &human)
 }
 
-fn engine(ctx: &Ctx, flags: &EngineFlags, cc: Arc<Crosscoder>, prov: &mut Provenance) -> Result<CrosscoderEngine> {
+fn engine(
+    ctx: &Ctx,
+    flags: &EngineFlags,
+    cc: Arc<Crosscoder>,
+    prov: &mut Provenance,
+) -> Result<CrosscoderEngine> {
     flags.record(prov);
     let e = CrosscoderEngine::new(cc, flags.backend_kind()?, &flags.options())?;
     ctx.note(&format!("backend: {}", e.name()));
@@ -127,14 +134,23 @@ fn code_path(out: &Path, m: usize, n_codes: usize) -> PathBuf {
     if n_codes == 1 {
         return out.to_path_buf();
     }
-    let stem = out.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let stem = out
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
     out.with_file_name(format!("{stem}.model{m}.safetensors"))
 }
 
 fn run_encode(ctx: &Ctx, a: EncodeArgs) -> Result<()> {
     let cc0 = crosscoder::load(&a.crosscoder)?;
-    let n_codes = if cc0.code_norm.decoupled() { cc0.n_models } else { 1 };
-    let outs: Vec<PathBuf> = (0..n_codes).map(|m| code_path(&a.out, m, n_codes)).collect();
+    let n_codes = if cc0.code_norm.decoupled() {
+        cc0.n_models
+    } else {
+        1
+    };
+    let outs: Vec<PathBuf> = (0..n_codes)
+        .map(|m| code_path(&a.out, m, n_codes))
+        .collect();
     let mut guard = PathGuard::new()
         .sae("--crosscoder", &a.crosscoder)
         .inputs("--acts", &a.paired.acts);
@@ -164,7 +180,10 @@ fn run_encode(ctx: &Ctx, a: EncodeArgs) -> Result<()> {
         let codes = e.encode(x, rows, start)?;
         for (w, c) in writers.iter_mut().zip(codes.codes) {
             nnz += (0..c.n_rows()).map(|r| c.l0(r) as u64).sum::<u64>();
-            w.push(&Encoded { codes: c, denorm: None })?;
+            w.push(&Encoded {
+                codes: c,
+                denorm: None,
+            })?;
         }
         pb.inc(rows as u64);
         Ok(())
@@ -187,7 +206,10 @@ fn run_encode(ctx: &Ctx, a: EncodeArgs) -> Result<()> {
     });
     let human = format!(
         "encoded {n} paired rows into {} (mean L0 {mean_l0:.2}) in {secs:.2} s, {:.0} rows/s",
-        outs.iter().map(|o| o.display().to_string()).collect::<Vec<_>>().join(", "),
+        outs.iter()
+            .map(|o| o.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
         rate(n, secs)
     );
     ctx.output(&prov, json, &human)
