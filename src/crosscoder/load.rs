@@ -87,12 +87,14 @@ fn code_normalization(cfg: &Cfg, cfg_path: &Path) -> Result<CodeNormalization> {
         },
         "NONE" => CodeNormalization::None,
         "DECOUPLED" => CodeNormalization::Decoupled,
-        other => return Err(Error::format(
-            cfg_path,
-            format!(
+        other => {
+            return Err(Error::format(
+                cfg_path,
+                format!(
                 "code_normalization `{other}` is unknown (CROSSCODER, SAE, MIXED, NONE, DECOUPLED)"
             ),
-        )),
+            ))
+        }
     })
 }
 
@@ -384,7 +386,7 @@ pub fn assemble(p: Parts) -> Result<Crosscoder> {
     let want_th = if code_norm.decoupled() { n } else { 1 };
     if threshold
         .as_ref()
-        .is_some_and(|t| t.len() != want_th || t.iter().any(|v| !(*v >= 0.0)))
+        .is_some_and(|t| t.len() != want_th || t.iter().any(|v| v.is_nan() || *v < 0.0))
     {
         return Err(Error::format(
             &source,

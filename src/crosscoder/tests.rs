@@ -214,8 +214,8 @@ fn batchtopk_threshold_applies_to_the_normalized_code_and_returns_it_unscaled() 
     assert_eq!(cc.meta.k, Some(4));
     // CROSSCODER normalization: the sum of the two decoder row norms.
     let norms = cc.decoder_norms();
-    for j in 0..32 {
-        assert_eq!(cc.norms[j], norms[0][j] + norms[1][j]);
+    for (j, n) in cc.norms.iter().enumerate() {
+        assert_eq!(*n, norms[0][j] + norms[1][j]);
     }
     let x = values(11, 50 * 16);
     let got = cpu(&cc).encode(&x, 50, 0).unwrap();
@@ -248,8 +248,8 @@ fn decoupled_gives_one_code_per_model_and_decodes_each_with_its_own() {
     let got = e.encode(&x, 30, 0).unwrap();
     let want = spec.reference_encode(&x, &cc.norms);
     assert_eq!(got.codes.len(), 2);
-    for m in 0..2 {
-        assert_codes_close(&dense(&got.codes[m], 20), &want[m], 1e-5);
+    for (g, w) in got.codes.iter().zip(&want) {
+        assert_codes_close(&dense(g, 20), w, 1e-5);
     }
     assert_ne!(got.codes[0], got.codes[1]);
     // Decode: model m's rows use model m's code and decoder.
@@ -280,7 +280,7 @@ fn sae_mixed_and_none_normalizations_match_the_fork_formulas() {
         spec.threshold = Some(vec![0.3]);
         let cc = load(&spec.save(&dir.path().join(norm))).unwrap();
         let per = cc.decoder_norms();
-        for j in 0..10 {
+        for (j, (p0, p1)) in per[0].iter().zip(&per[1]).enumerate() {
             let row: Vec<f64> = (0..2)
                 .flat_map(|m| spec.dec[(m * 10 + j) * 5..(m * 10 + j + 1) * 5].to_vec())
                 .map(f64::from)
@@ -288,7 +288,7 @@ fn sae_mixed_and_none_normalizations_match_the_fork_formulas() {
             let sae = row.iter().map(|v| v * v).sum::<f64>().sqrt() as f32;
             let want = match norm {
                 "SAE" => sae,
-                "MIXED" => sae * 1.0 + (per[0][j] + per[1][j]) * 0.1,
+                "MIXED" => sae * 1.0 + (p0 + p1) * 0.1,
                 _ => 1.0,
             };
             assert!(
