@@ -98,6 +98,18 @@ pub fn cases() -> Result<Vec<Case>> {
         .collect()
 }
 
+/// A result with nothing compared yet.
+fn empty_result(name: impl Into<String>) -> CaseResult {
+    CaseResult {
+        name: name.into(),
+        ok: false,
+        max_abs_err: 0.0,
+        tie_swaps: 0,
+        detail: Vec::new(),
+        fallback_chunks: 0,
+    }
+}
+
 /// f32 rounding of a `width`-term dot product in another order.
 fn tol(width: usize, v: f32) -> f64 {
     1e-5 * (width as f64).sqrt() * (1.0 + v.abs() as f64)
@@ -155,14 +167,7 @@ fn compare(c: &Case, g: &CrosscoderCodes, r: &CrosscoderCodes, res: &mut CaseRes
 }
 
 fn run_case(device: usize, c: &Case) -> CaseResult {
-    let mut res = CaseResult {
-        name: c.name.clone(),
-        ok: false,
-        max_abs_err: 0.0,
-        tie_swaps: 0,
-        detail: Vec::new(),
-        fallback_chunks: 0,
-    };
+    let mut res = empty_result(c.name.clone());
     let mut run = || -> Result<()> {
         let opts = EngineOptions::default();
         let cpu = CrosscoderEngine::new(c.cc.clone(), BackendKind::Cpu, &opts)?;
@@ -195,12 +200,8 @@ pub fn run(device: usize) -> Vec<CaseResult> {
     match cases() {
         Ok(cases) => cases.iter().map(|c| run_case(device, c)).collect(),
         Err(e) => vec![CaseResult {
-            name: "crosscoder cases".into(),
-            ok: false,
-            max_abs_err: 0.0,
-            tie_swaps: 0,
             detail: vec![e.to_string()],
-            fallback_chunks: 0,
+            ..empty_result("crosscoder cases")
         }],
     }
 }
@@ -251,14 +252,7 @@ mod tests {
         let e = CrosscoderEngine::new(c.cc.clone(), BackendKind::Cpu, &EngineOptions::default())
             .unwrap();
         let a = e.encode(&c.x, c.rows, 0).unwrap();
-        let mut res = CaseResult {
-            name: c.name.clone(),
-            ok: false,
-            max_abs_err: 0.0,
-            tie_swaps: 0,
-            detail: Vec::new(),
-            fallback_chunks: 0,
-        };
+        let mut res = empty_result(c.name.clone());
         compare(c, &a, &a, &mut res);
         assert!(res.detail.is_empty());
         // A value off by more than rounding is reported.

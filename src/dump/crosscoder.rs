@@ -191,49 +191,9 @@ impl Shard for MemmapShard {
 /// crosscoders take) as one shard of width `n_models * d`: row i is the models' rows
 /// concatenated, which is exactly the bytes of the array's row i.
 pub fn open_stacked_npy(path: &Path, n_models: usize) -> Result<Box<dyn Shard>> {
-    let map = crate::io::mapped::map_file(path)?;
-    let h = crate::io::npy::NpyHeader::parse(path, &map[..])?;
-    let dtype = h.dtype.float().ok_or_else(|| {
-        Error::dtype(
-            path,
-            "activations",
-            format!("{:?}", h.dtype),
-            "f32, f16 or bf16",
-        )
+    let expected = format!("[n_tokens, {n_models}, d] (paired activations, one row per model)");
+    let data = super::npy::map_rows(path, &expected, |s| {
+        (s.len() == 3 && s[1] == n_models).then(|| (s[0], s[1] * s[2]))
     })?;
-    if h.shape.len() != 3 || h.shape[1] != n_models {
-        return Err(Error::shape(
-            path,
-            "activations",
-            &h.shape,
-            format!("[n_tokens, {n_models}, d] (paired activations, one row per model)"),
-        ));
-    }
-    if h.fortran_order {
-        return Err(Error::format(
-            path,
-            "paired activations are stored in Fortran order; expected C order",
-        ));
-    }
-    let (rows, width) = (h.shape[0], h.shape[1] * h.shape[2]);
-    let need = rows
-        .checked_mul(width)
-        .and_then(|n| n.checked_mul(dtype.size()))
-        .and_then(|n| n.checked_add(h.data_offset))
-        .ok_or_else(|| Error::format(path, "array size overflows"))?;
-    if map.len() < need {
-        return Err(Error::format(
-            path,
-            format!(
-                "truncated: the header promises {:?} {dtype} ({need} bytes with the header), \
-                 the file has {} bytes",
-                h.shape,
-                map.len()
-            ),
-        ));
-    }
-    Ok(Box::new(MemmapShard {
-        data: MappedRows::new(path, map, h.data_offset, rows, width, dtype),
-        tokens: None,
-    }))
+    Ok(Box::new(MemmapShard { data, tokens: None }))
 }
