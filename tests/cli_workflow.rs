@@ -349,6 +349,15 @@ fn readme_crosscoder_commands_run_on_the_planted_fixture() {
         .collect();
     let want: Vec<f32> = (0..16).map(|i| if i == 4 { 8.0 } else { 0.0 }).collect();
     assert_eq!(vals, want);
+    // `sae inspect` recognises a crosscoder directory.
+    let j = sae_json(&[
+        "--json",
+        "inspect",
+        &format!("{fixtures}/library_decoupled"),
+    ]);
+    assert_eq!(j["class"], "BatchTopKCrossCoder", "{j}");
+    assert_eq!(j["code_normalization"], "DECOUPLED", "{j}");
+    assert_eq!(j["threshold"].as_array().unwrap().len(), 2, "{j}");
     // A crosscoder's steering direction cannot be dry-run on one model's activations.
     let e = sae_exits(
         1,

@@ -553,3 +553,47 @@ fn model_view_holds_that_models_decoder_rows_and_bias() {
         .to_string()
         .contains("model 2 does not exist"));
 }
+
+#[test]
+fn paired_reads_two_crosscoder_learning_caches_row_for_row() {
+    // One crosscoder_learning cache per model (shard_I.memmap + .meta + config.json), with
+    // shard boundaries that differ between the two: rows still pair one to one.
+    let dir = tempfile::tempdir().unwrap();
+    let (rows, d) = (10, 3);
+    let base = values(40, rows * d);
+    let tuned = values(41, rows * d);
+    let write_cache = |name: &str, x: &[f32], splits: &[usize]| -> PathBuf {
+        let c = dir.path().join(name);
+        std::fs::create_dir_all(&c).unwrap();
+        let mut start = 0;
+        for (i, n) in splits.iter().enumerate() {
+            let bytes: Vec<u8> = x[start * d..(start + n) * d]
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect();
+            std::fs::write(c.join(format!("shard_{i}.memmap")), bytes).unwrap();
+            let meta = serde_json::json!({"shape": [n, d], "dtype": "torch.float32"});
+            std::fs::write(c.join(format!("shard_{i}.meta")), meta.to_string()).unwrap();
+            start += n;
+        }
+        let cfg =
+            serde_json::json!({"shard_count": splits.len(), "total_size": rows, "d_model": d});
+        std::fs::write(c.join("config.json"), cfg.to_string()).unwrap();
+        c
+    };
+    let b = write_cache("base_io", &base, &[4, 6]);
+    let t = write_cache("tuned_io", &tuned, &[7, 3]);
+    let p = paired::Paired::open(&[b, t], 2, d).unwrap();
+    assert_eq!(p.n_rows(), rows as u64);
+    let got = p.read(2, 6).unwrap();
+    for r in 0..6 {
+        assert_eq!(
+            &got[r * 2 * d..r * 2 * d + d],
+            &base[(2 + r) * d..(3 + r) * d]
+        );
+        assert_eq!(
+            &got[r * 2 * d + d..(r + 1) * 2 * d],
+            &tuned[(2 + r) * d..(3 + r) * d]
+        );
+    }
+}
