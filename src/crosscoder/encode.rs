@@ -100,7 +100,7 @@ pub fn apply_threshold(codes: &Codes, norms: &[f32], t: f32) -> Result<Codes> {
 
 /// The SAE the engine runs: ReLU, or for BatchTopK a JumpReLU pre-filter whose cut per
 /// latent is the smallest [`prefilter_cut`] over the thresholds that apply to it.
-fn engine_sae(cc: &Crosscoder) -> Sae {
+pub(crate) fn engine_sae(cc: &Crosscoder) -> Sae {
     let mut sae = (*cc.sae).clone();
     if let Some(th) = &cc.threshold {
         let l = cc.n_latents();

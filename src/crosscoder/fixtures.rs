@@ -247,3 +247,21 @@ fn planted_report_files_hold_every_latent_and_flag_the_artifacts() {
     let bins = report::histogram_bins(&a);
     assert_eq!(bins.iter().flatten().sum::<u64>(), 64);
 }
+
+#[test]
+fn without_activations_only_the_decoder_analyses_run_and_the_report_says_so() {
+    let cc = load(&dir().join("planted")).unwrap();
+    let e = engine(cc.clone());
+    let a = analysis::analyze(&e, None, 100, &|_| {}).unwrap();
+    assert_eq!(a.n_rows, 0);
+    assert!(a
+        .latents
+        .iter()
+        .all(|r| r.scaling.is_none() && r.verdict == Verdict::NotApplicable));
+    // The classes come from the decoders alone and are the same as with activations.
+    let (_, with) = planted_analysis();
+    let classes = |a: &analysis::Analysis| a.latents.iter().map(|r| r.class).collect::<Vec<_>>();
+    assert_eq!(classes(&a), classes(&with));
+    let md = report::markdown(&report::Report::new(&cc, &a), 5);
+    assert!(md.contains("latent scaling did not run"), "{md}");
+}

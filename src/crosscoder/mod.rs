@@ -221,6 +221,12 @@ impl Crosscoder {
         Ok(sae)
     }
 
+    /// A fingerprint of everything encode uses: the weights, and the threshold and code
+    /// normalization through the engine's pre-filter cuts (recorded in codes files).
+    pub fn fingerprint(&self) -> String {
+        encode::engine_sae(self).fingerprint()
+    }
+
     /// `[n_models][L]` decoder row norms (f64 sums, rounded once).
     pub fn decoder_norms(&self) -> Vec<Vec<f32>> {
         load::decoder_norms(&self.sae.w_dec, self.n_models, self.d)

@@ -232,17 +232,26 @@ pub fn markdown(r: &Report, top: usize) -> String {
     let _ = writeln!(
         s,
         "Model 0 is the base, model 1 the tuned model. Classes by Minder et al.'s relative norm \
-         difference delta_norm: tuned-only >= {}, base-only <= {}, shared in [{}, {}). \
-         Latent scaling over {} paired rows; a tuned-only latent is tuned-specific when \
-         nu_error < {} and nu_reconstruction < {}, else a suspected sparsity artifact.\n",
+         difference delta_norm: tuned-only >= {}, base-only <= {}, shared in [{}, {}).",
         cut.tuned_only_min_delta_norm,
         cut.base_only_max_delta_norm,
         cut.shared_delta_norm.0,
         cut.shared_delta_norm.1,
-        r.n_rows,
-        cut.nu_error_max,
-        cut.nu_reconstruction_max
     );
+    if r.n_rows == 0 {
+        let _ = writeln!(
+            s,
+            "No paired activations were given: latent scaling did not run, so no tuned-only \
+             latent is confirmed or flagged (give --acts).\n"
+        );
+    } else {
+        let _ = writeln!(
+            s,
+            "Latent scaling over {} paired rows; a tuned-only latent is tuned-specific when \
+             nu_error < {} and nu_reconstruction < {}, else a suspected sparsity artifact.\n",
+            r.n_rows, cut.nu_error_max, cut.nu_reconstruction_max
+        );
+    }
     let _ = writeln!(s, "| class | latents |\n|---|---|");
     let _ = writeln!(s, "| tuned-only | {} |", c.tuned_only);
     let _ = writeln!(s, "| tuned-only, tuned-specific | {} |", c.tuned_specific);

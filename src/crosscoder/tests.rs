@@ -217,6 +217,12 @@ fn batchtopk_threshold_applies_to_the_normalized_code_and_returns_it_unscaled() 
     for (j, n) in cc.norms.iter().enumerate() {
         assert_eq!(*n, norms[0][j] + norms[1][j]);
     }
+    // The fingerprint covers the threshold, which the SAE form's weights do not.
+    let other = Crosscoder {
+        threshold: Some(vec![0.8]),
+        ..(*cc).clone()
+    };
+    assert_ne!(cc.fingerprint(), other.fingerprint());
     let x = values(11, 50 * 16);
     let got = cpu(&cc).encode(&x, 50, 0).unwrap();
     let want = spec.reference_encode(&x, &cc.norms);

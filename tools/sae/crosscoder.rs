@@ -97,7 +97,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
 /// Loads and records a crosscoder.
 fn load(path: &Path, prov: &mut Provenance) -> Result<Arc<Crosscoder>> {
     let cc = crosscoder::load(path)?;
-    prov.sae(path, &cc.sae.fingerprint())?;
+    prov.sae(path, &cc.fingerprint())?;
     prov.option("conventions", &cc.meta.conventions);
     Ok(Arc::new(cc))
 }
@@ -112,7 +112,7 @@ pub fn run_inspect(ctx: &Ctx, path: &Path) -> Result<()> {
         human.push_str(&format!("\n  {c}"));
     }
     let mut json = serde_json::to_value(&s).unwrap_or_default();
-    json["fingerprint"] = cc.sae.fingerprint().into();
+    json["fingerprint"] = cc.fingerprint().into();
     ctx.output(&prov, json, &human)
 }
 
@@ -163,7 +163,7 @@ fn run_encode(ctx: &Ctx, a: EncodeArgs) -> Result<()> {
     let acts = Paired::open(&a.paired.acts, cc.n_models, cc.d)?;
     prov.inputs("acts", &a.paired.acts)?;
     let e = engine(ctx, &a.engine, cc.clone(), &mut prov)?;
-    let fingerprint = cc.sae.fingerprint();
+    let fingerprint = cc.fingerprint();
     let mut writers = outs
         .iter()
         .map(|o| {
