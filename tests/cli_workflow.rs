@@ -222,20 +222,7 @@ fn demo_then_each_command_on_its_files() {
             .any(|w| w.contains(&"--latent".to_string()) && w.contains(&p)),
         "{cmds:?}"
     );
-    for words in &cmds {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_sae"))
-            .args(&words[1..])
-            .current_dir(&data)
-            .env("RAYON_NUM_THREADS", "2")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "README: {}\n{}",
-            words.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    run_readme_commands(&cmds, &data);
     let j: Value =
         serde_json::from_str(&std::fs::read_to_string(data.join("diff/diff.json")).unwrap())
             .unwrap();
@@ -247,6 +234,24 @@ fn demo_then_each_command_on_its_files() {
 /// (continuation lines joined, `# comments` dropped).
 fn readme_audit_commands() -> Vec<Vec<String>> {
     readme_commands("## The audit in a few commands")
+}
+
+/// Runs README command lines (as words, `sae` first) in `dir`; each must succeed.
+fn run_readme_commands(cmds: &[Vec<String>], dir: &std::path::Path) {
+    for words in cmds {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_sae"))
+            .args(&words[1..])
+            .current_dir(dir)
+            .env("RAYON_NUM_THREADS", "2")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "README: {}\n{}",
+            words.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
 
 /// The `sae ...` lines of the README section titled `title`, as words.
@@ -312,21 +317,7 @@ fn readme_crosscoder_commands_run_on_the_planted_fixture() {
     }
     let cmds = readme_commands("## Crosscoder model diffing");
     assert!(cmds.len() >= 4, "{cmds:?}");
-    for words in &cmds {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_sae"))
-            .args(&words[1..])
-            .arg("--json")
-            .current_dir(work)
-            .env("RAYON_NUM_THREADS", "2")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "README: {}\n{}",
-            words.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    run_readme_commands(&cmds, work);
     let j: Value = serde_json::from_str(
         &std::fs::read_to_string(work.join("cc-audit/crosscoder.json")).unwrap(),
     )
