@@ -30,6 +30,8 @@ pub(super) struct Spec {
     pub norm: &'static str,
     /// (mean [n, d], std [n, d], global scale)
     pub input_norm: Option<(Vec<f32>, Vec<f32>, f32)>,
+    /// Store encoder and decoder weights as bf16 (their values must be bf16-exact).
+    pub bf16: bool,
 }
 
 /// SplitMix64-driven uniform values in [-1, 1).
@@ -60,6 +62,7 @@ impl Spec {
             threshold: None,
             norm: "CROSSCODER",
             input_norm: None,
+            bf16: false,
         }
     }
 
@@ -81,10 +84,25 @@ impl Spec {
             Some((m, s, g)) => (m.clone(), s.clone(), *g),
             None => (nan.clone(), nan, 1.0),
         };
+        let weight = |shape: Vec<usize>, v: &[f32]| {
+            if self.bf16 {
+                let data = v
+                    .iter()
+                    .flat_map(|x| half::bf16::from_f32(*x).to_le_bytes())
+                    .collect();
+                OwnedTensor {
+                    dtype: safetensors::Dtype::BF16,
+                    shape,
+                    data,
+                }
+            } else {
+                OwnedTensor::f32(shape, v)
+            }
+        };
         let mut t = vec![
-            ("encoder.weight", OwnedTensor::f32(vec![n, d, l], &self.enc)),
+            ("encoder.weight", weight(vec![n, d, l], &self.enc)),
             ("encoder.bias", OwnedTensor::f32(vec![l], &self.b_enc)),
-            ("decoder.weight", OwnedTensor::f32(vec![n, l, d], &self.dec)),
+            ("decoder.weight", weight(vec![n, l, d], &self.dec)),
             ("decoder.bias", OwnedTensor::f32(vec![n, d], &self.b_dec)),
             (
                 "code_normalization_id",
@@ -602,4 +620,34 @@ fn paired_reads_two_crosscoder_learning_caches_row_for_row() {
             &tuned[(2 + r) * d..(3 + r) * d]
         );
     }
+}
+
+#[test]
+fn bf16_weights_load_in_place_and_encode_like_their_f32_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = Spec::random(2, 8, 40, 9);
+    let round = |v: &[f32]| -> Vec<f32> {
+        v.iter()
+            .map(|x| half::bf16::from_f32(*x).to_f32())
+            .collect()
+    };
+    spec.enc = round(&spec.enc);
+    spec.dec = round(&spec.dec);
+    spec.threshold = Some(vec![0.6]);
+    spec.bf16 = true;
+    let cc = Arc::new(load(&spec.save(dir.path())).unwrap());
+    assert_eq!(cc.sae.w_enc.dtype(), crate::dtype::DType::BF16);
+    assert_eq!(cc.sae.w_dec.dtype(), crate::dtype::DType::BF16);
+    assert!(
+        cc.sae.w_enc.bytes().is_mapped(),
+        "the encoder is read in place"
+    );
+    assert_eq!(
+        cc.decoder_row(1, 3),
+        spec.dec[(40 + 3) * 8..(40 + 4) * 8].to_vec()
+    );
+    let x = values(13, 20 * 16);
+    let got = cpu(&cc).encode(&x, 20, 0).unwrap();
+    let want = spec.reference_encode(&x, &cc.norms);
+    assert_codes_close(&dense(&got.codes[0], 40), &want[0], 1e-5);
 }
