@@ -374,3 +374,72 @@ fn readme_crosscoder_commands_run_on_the_planted_fixture() {
         "{e}"
     );
 }
+
+/// `sae crosscoder encode` on a DECOUPLED crosscoder the fork saved: one codes file per
+/// model, each equal to the fork's own per-model code (within f32 rounding).
+#[test]
+fn crosscoder_encode_writes_the_forks_per_model_codes() {
+    let fixture = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/crosscoder/library_decoupled"
+    );
+    let npz =
+        sae_engine::formats::npz::Npz::open(&std::path::Path::new(fixture).join("oracle.npz"))
+            .unwrap();
+    let f32s = |name: &str| -> (Vec<usize>, Vec<f32>) {
+        let a = npz.get(name).unwrap();
+        let v = a
+            .bytes
+            .as_slice()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect();
+        (a.header.shape.clone(), v)
+    };
+    let (xs, x) = f32s("x");
+    let (cs, codes) = f32s("codes");
+    assert_eq!((xs.clone(), cs.clone()), (vec![64, 2, 16], vec![64, 2, 64]));
+    let dir = tempfile::tempdir().unwrap();
+    let acts = dir.path().join("paired.npy");
+    sae_engine::io::npy::write_f32(&acts, &xs, &x).unwrap();
+    let out = dir.path().join("codes.safetensors");
+    let j = sae_json(&[
+        "--json",
+        "crosscoder",
+        "encode",
+        "--crosscoder",
+        fixture,
+        "--acts",
+        acts.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--backend",
+        "cpu",
+        "--batch-size",
+        "10",
+    ]);
+    assert_eq!(j["n_rows"], 64, "{j}");
+    assert!(
+        !out.exists(),
+        "DECOUPLED writes one file per model, not --out itself"
+    );
+    for m in 0..2 {
+        let path = dir.path().join(format!("codes.model{m}.safetensors"));
+        let (enc, fingerprint) = sae_engine::io::codes::read(&path).unwrap();
+        assert!(fingerprint.is_some());
+        assert_eq!(enc.codes.n_rows(), 64);
+        for r in 0..64 {
+            let mut got = [0f32; 64];
+            for (l, v) in enc.codes.active(r) {
+                got[l] = v;
+            }
+            for (l, g) in got.iter().enumerate() {
+                let w = codes[(r * 2 + m) * 64 + l];
+                assert!(
+                    (g - w).abs() <= 1e-5 * (1.0 + w.abs()),
+                    "model {m} row {r} latent {l}: {g} vs the fork's {w}"
+                );
+            }
+        }
+    }
+}
