@@ -14,6 +14,7 @@
 pub mod codes;
 pub mod convert;
 pub mod cpu;
+pub mod crosscoder;
 pub mod cuda;
 pub mod dtype;
 pub mod dump;

@@ -220,20 +220,7 @@ fn demo_then_each_command_on_its_files() {
             .any(|w| w.contains(&"--latent".to_string()) && w.contains(&p)),
         "{cmds:?}"
     );
-    for words in &cmds {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_sae"))
-            .args(&words[1..])
-            .current_dir(&data)
-            .env("RAYON_NUM_THREADS", "2")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "README: {}\n{}",
-            words.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    run_readme_commands(&cmds, &data);
     let j: Value =
         serde_json::from_str(&std::fs::read_to_string(data.join("diff/diff.json")).unwrap())
             .unwrap();
@@ -244,11 +231,32 @@ fn demo_then_each_command_on_its_files() {
 /// The `sae ...` lines of README.md's "The audit in a few commands" block as words
 /// (continuation lines joined, `# comments` dropped).
 fn readme_audit_commands() -> Vec<Vec<String>> {
+    readme_commands("## The audit in a few commands")
+}
+
+/// Runs README command lines (as words, `sae` first) in `dir`; each must succeed.
+fn run_readme_commands(cmds: &[Vec<String>], dir: &std::path::Path) {
+    for words in cmds {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_sae"))
+            .args(&words[1..])
+            .current_dir(dir)
+            .env("RAYON_NUM_THREADS", "2")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "README: {}\n{}",
+            words.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// The `sae ...` lines of the README section titled `title`, as words.
+fn readme_commands(title: &str) -> Vec<Vec<String>> {
     let readme =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
-    let start = readme
-        .find("## The audit in a few commands")
-        .expect("README section");
+    let start = readme.find(title).expect("README section");
     let section = &readme[start + 3..];
     let section = &section[..section.find("\n## ").unwrap_or(section.len())];
     let (mut cmds, mut cur) = (Vec::new(), String::new());
@@ -269,4 +277,167 @@ fn readme_audit_commands() -> Vec<Vec<String>> {
         }
     }
     cmds
+}
+
+/// README.md's crosscoder commands, as written, on a copy of tests/fixtures/crosscoder with
+/// the paired activations also split into one .npy per model; then the outputs they wrote.
+#[test]
+fn readme_crosscoder_commands_run_on_the_planted_fixture() {
+    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/crosscoder");
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path();
+    std::fs::create_dir(work.join("planted")).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(
+            format!("{fixtures}/planted/{f}"),
+            work.join("planted").join(f),
+        )
+        .unwrap();
+    }
+    std::fs::copy(
+        format!("{fixtures}/planted_acts.npy"),
+        work.join("planted_acts.npy"),
+    )
+    .unwrap();
+    let npy = std::fs::read(work.join("planted_acts.npy")).unwrap();
+    let h = sae_engine::io::npy::NpyHeader::parse(&work.join("planted_acts.npy"), &npy).unwrap();
+    assert_eq!(h.shape, [512, 2, 16]);
+    let x: Vec<f32> = npy[h.data_offset..]
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    for (m, name) in ["base.npy", "tuned.npy"].iter().enumerate() {
+        let half: Vec<f32> = x
+            .chunks_exact(32)
+            .flat_map(|r| r[m * 16..(m + 1) * 16].to_vec())
+            .collect();
+        sae_engine::io::npy::write_f32(&work.join(name), &[512, 16], &half).unwrap();
+    }
+    let cmds = readme_commands("## Crosscoder model diffing");
+    assert!(cmds.len() >= 4, "{cmds:?}");
+    run_readme_commands(&cmds, work);
+    let j: Value = serde_json::from_str(
+        &std::fs::read_to_string(work.join("cc-audit/crosscoder.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(j["counts"]["tuned_specific"], 2, "{}", j["counts"]);
+    assert_eq!(j["counts"]["artifacts"], 2, "{}", j["counts"]);
+    let first: Vec<u64> = j["latents"].as_array().unwrap()[..4]
+        .iter()
+        .map(|l| l["latent"].as_u64().unwrap())
+        .collect();
+    assert_eq!(first, [4, 5, 7, 6]);
+    assert!(work.join("cc-audit/relative_norm.svg").is_file());
+    assert!(work.join("cc-codes.safetensors").is_file());
+    // The steering vector is 8 x the tuned decoder's unit row of latent 4 (e4 in the fixture).
+    let v = std::fs::read(work.join("cc-latent4.npy")).unwrap();
+    let h = sae_engine::io::npy::NpyHeader::parse(&work.join("cc-latent4.npy"), &v).unwrap();
+    let vals: Vec<f32> = v[h.data_offset..]
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    let want: Vec<f32> = (0..16).map(|i| if i == 4 { 8.0 } else { 0.0 }).collect();
+    assert_eq!(vals, want);
+    // `sae inspect` recognises a crosscoder directory.
+    let j = sae_json(&[
+        "--json",
+        "inspect",
+        &format!("{fixtures}/library_decoupled"),
+    ]);
+    assert_eq!(j["class"], "BatchTopKCrossCoder", "{j}");
+    assert_eq!(j["code_normalization"], "DECOUPLED", "{j}");
+    assert_eq!(j["threshold"].as_array().unwrap().len(), 2, "{j}");
+    // A crosscoder's steering direction cannot be dry-run on one model's activations.
+    let e = sae_exits(
+        1,
+        &[
+            "steer",
+            "--sae",
+            &format!("{fixtures}/planted"),
+            "--crosscoder-model",
+            "1",
+            "--latent",
+            "4",
+            "--strength",
+            "1",
+            "--apply",
+            "--acts",
+            &format!("{fixtures}/planted_acts.npy"),
+            "--backend",
+            "cpu",
+        ],
+    );
+    assert!(
+        e.contains("--crosscoder-model exports a decoder direction"),
+        "{e}"
+    );
+}
+
+/// `sae crosscoder encode` on a DECOUPLED crosscoder the fork saved: one codes file per
+/// model, each equal to the fork's own per-model code (within f32 rounding).
+#[test]
+fn crosscoder_encode_writes_the_forks_per_model_codes() {
+    let fixture = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/crosscoder/library_decoupled"
+    );
+    let npz =
+        sae_engine::formats::npz::Npz::open(&std::path::Path::new(fixture).join("oracle.npz"))
+            .unwrap();
+    let f32s = |name: &str| -> (Vec<usize>, Vec<f32>) {
+        let a = npz.get(name).unwrap();
+        let v = a
+            .bytes
+            .as_slice()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect();
+        (a.header.shape.clone(), v)
+    };
+    let (xs, x) = f32s("x");
+    let (cs, codes) = f32s("codes");
+    assert_eq!((xs.clone(), cs.clone()), (vec![64, 2, 16], vec![64, 2, 64]));
+    let dir = tempfile::tempdir().unwrap();
+    let acts = dir.path().join("paired.npy");
+    sae_engine::io::npy::write_f32(&acts, &xs, &x).unwrap();
+    let out = dir.path().join("codes.safetensors");
+    let j = sae_json(&[
+        "--json",
+        "crosscoder",
+        "encode",
+        "--crosscoder",
+        fixture,
+        "--acts",
+        acts.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--backend",
+        "cpu",
+        "--batch-size",
+        "10",
+    ]);
+    assert_eq!(j["n_rows"], 64, "{j}");
+    assert!(
+        !out.exists(),
+        "DECOUPLED writes one file per model, not --out itself"
+    );
+    for m in 0..2 {
+        let path = dir.path().join(format!("codes.model{m}.safetensors"));
+        let (enc, fingerprint) = sae_engine::io::codes::read(&path).unwrap();
+        assert!(fingerprint.is_some());
+        assert_eq!(enc.codes.n_rows(), 64);
+        for r in 0..64 {
+            let mut got = [0f32; 64];
+            for (l, v) in enc.codes.active(r) {
+                got[l] = v;
+            }
+            for (l, g) in got.iter().enumerate() {
+                let w = codes[(r * 2 + m) * 64 + l];
+                assert!(
+                    (g - w).abs() <= 1e-5 * (1.0 + w.abs()),
+                    "model {m} row {r} latent {l}: {g} vs the fork's {w}"
+                );
+            }
+        }
+    }
 }

@@ -1081,6 +1081,7 @@ pub fn run(device: usize, quick: bool) -> Result<Vec<CaseResult>> {
     let mut out: Vec<CaseResult> = cases(quick)?.iter().map(|c| run_case(device, c)).collect();
     out.push(stats_case(device));
     out.extend(device_ptr_cases(device));
+    out.extend(crate::crosscoder::verify::run(device));
     Ok(out)
 }
 

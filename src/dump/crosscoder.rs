@@ -186,3 +186,14 @@ impl Shard for MemmapShard {
         self.data.release(end)
     }
 }
+
+/// Opens one `.npy` of paired activations `[n, n_models, d]` (the layout the fork's
+/// crosscoders take) as one shard of width `n_models * d`: row i is the models' rows
+/// concatenated, which is exactly the bytes of the array's row i.
+pub fn open_stacked_npy(path: &Path, n_models: usize) -> Result<Box<dyn Shard>> {
+    let expected = format!("[n_tokens, {n_models}, d] (paired activations, one row per model)");
+    let data = super::npy::map_rows(path, &expected, |s| {
+        (s.len() == 3 && s[1] == n_models).then(|| (s[0], s[1] * s[2]))
+    })?;
+    Ok(Box::new(MemmapShard { data, tokens: None }))
+}

@@ -17,51 +17,63 @@ pub struct NpyShard {
 impl NpyShard {
     /// Maps the file and validates its header: a 2-D C-order float array whose data fits the file.
     pub fn open(path: &Path) -> Result<Self> {
-        let map = crate::io::mapped::map_file(path)?;
-        let h = NpyHeader::parse(path, &map[..])?;
-        let dtype = h.dtype.float().ok_or_else(|| {
-            Error::dtype(
-                path,
-                "activations",
-                format!("{:?}", h.dtype),
-                "f32, f16 or bf16",
-            )
-        })?;
-        if h.shape.len() != 2 {
-            return Err(Error::shape(
-                path,
-                "activations",
-                &h.shape,
-                "a 2-D array [n_tokens, d]",
-            ));
-        }
-        if h.fortran_order {
-            return Err(Error::format(
-                path,
-                "activations are stored in Fortran (column-major) order; expected C order \
-                 (save with np.ascontiguousarray)",
-            ));
-        }
-        let (rows, width) = (h.shape[0], h.shape[1]);
-        let need = rows
-            .checked_mul(width)
-            .and_then(|n| n.checked_mul(dtype.size()))
-            .and_then(|n| n.checked_add(h.data_offset))
-            .ok_or_else(|| Error::format(path, "array size overflows"))?;
-        if map.len() < need {
-            return Err(Error::format(
-                path,
-                format!(
-                    "truncated: the header promises [{rows}, {width}] {dtype} ({need} bytes with the \
-                     header), the file has {} bytes",
-                    map.len()
-                ),
-            ));
-        }
+        let shape_2d = |s: &[usize]| (s.len() == 2).then(|| (s[0], s[1]));
         Ok(NpyShard {
-            data: MappedRows::new(path, map, h.data_offset, rows, width, dtype),
+            data: map_rows(path, "a 2-D array [n_tokens, d]", shape_2d)?,
         })
     }
+}
+
+/// Maps a C-order float `.npy` as rows: `rows_width` turns its shape into `(rows, width)`
+/// (None: the shape is refused, `expected` says what was wanted); the data must fit the file.
+pub(super) fn map_rows(
+    path: &Path,
+    expected: &str,
+    rows_width: impl Fn(&[usize]) -> Option<(usize, usize)>,
+) -> Result<MappedRows> {
+    let map = crate::io::mapped::map_file(path)?;
+    let h = NpyHeader::parse(path, &map[..])?;
+    let dtype = h.dtype.float().ok_or_else(|| {
+        Error::dtype(
+            path,
+            "activations",
+            format!("{:?}", h.dtype),
+            "f32, f16 or bf16",
+        )
+    })?;
+    let (rows, width) = rows_width(&h.shape)
+        .ok_or_else(|| Error::shape(path, "activations", &h.shape, expected))?;
+    if h.fortran_order {
+        return Err(Error::format(
+            path,
+            "activations are stored in Fortran (column-major) order; expected C order \
+             (save with np.ascontiguousarray)",
+        ));
+    }
+    let need = rows
+        .checked_mul(width)
+        .and_then(|n| n.checked_mul(dtype.size()))
+        .and_then(|n| n.checked_add(h.data_offset))
+        .ok_or_else(|| Error::format(path, "array size overflows"))?;
+    if map.len() < need {
+        return Err(Error::format(
+            path,
+            format!(
+                "truncated: the header promises {:?} {dtype} ({need} bytes with the header), \
+                 the file has {} bytes",
+                h.shape,
+                map.len()
+            ),
+        ));
+    }
+    Ok(MappedRows::new(
+        path,
+        map,
+        h.data_offset,
+        rows,
+        width,
+        dtype,
+    ))
 }
 
 impl super::Shard for NpyShard {

@@ -855,6 +855,66 @@ pub fn histogram(path: &Path, latent: usize, h: &Histogram) -> Result<()> {
     })
 }
 
+/// Histogram of crosscoder latents' relative decoder norm (tuned / (base + tuned)), one
+/// colour per class. `bins[c][i]` counts class `c` (`classes[c]` names it) in bin i of
+/// `[i / n, (i + 1) / n)`; classes are stacked in the order given.
+pub fn relative_norm_histogram(
+    path: &Path,
+    caption: &str,
+    classes: &[String],
+    bins: &[Vec<u64>],
+) -> Result<()> {
+    const COLORS: [RGBColor; 4] = [
+        RGBColor(0x2c, 0xa0, 0x2c),
+        RGBColor(0xff, 0x7f, 0x0e),
+        RGBColor(0x1f, 0x77, 0xb4),
+        RGBColor(0x9e, 0x9e, 0x9e),
+    ];
+    let n = bins.first().map_or(0, Vec::len).max(1);
+    let totals: Vec<u64> = (0..n)
+        .map(|i| bins.iter().map(|b| b.get(i).copied().unwrap_or(0)).sum())
+        .collect();
+    let top = totals.iter().copied().max().unwrap_or(0).max(1) as f64;
+    let spec = Spec {
+        caption: caption.to_string(),
+        width: W,
+        x: 0.0..1.0,
+        x_ticks: nice_ticks(&(0.0..1.0)),
+        x_desc: "relative decoder norm |d_tuned| / (|d_base| + |d_tuned|)",
+        y: 0.0..top * 1.05,
+        y_desc: "latents",
+        x_grid: true,
+        legend: classes
+            .iter()
+            .enumerate()
+            .map(|(c, name)| (name.clone(), Swatch::Bar(COLORS[c % COLORS.len()])))
+            .collect(),
+    };
+    draw_chart(path, spec, |chart| {
+        let mut base = vec![0u64; n];
+        for (c, counts) in bins.iter().enumerate() {
+            let color = COLORS[c % COLORS.len()];
+            chart
+                .draw_series(
+                    counts
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, k)| **k > 0)
+                        .map(|(i, k)| {
+                            let (x0, x1) = (i as f64 / n as f64, (i + 1) as f64 / n as f64);
+                            let y0 = base[i] as f64;
+                            Rectangle::new([(x0, y0), (x1, y0 + *k as f64)], color.filled())
+                        }),
+                )
+                .map_err(|e| e.to_string())?;
+            for (b, k) in base.iter_mut().zip(counts) {
+                *b += k;
+            }
+        }
+        Ok(())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

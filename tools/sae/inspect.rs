@@ -21,6 +21,9 @@ pub struct Args {
 }
 
 pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
+    if a.format.is_none() && sae_engine::crosscoder::looks_like(&a.sae) {
+        return crate::crosscoder::run_inspect(ctx, &a.sae);
+    }
     let mut prov = ctx.provenance("inspect");
     let (sae, resolved) = ctx.load_sae_resolved(&a.sae, a.format, &a.load, &mut prov)?;
     let (activation, k) = match sae.activation {

@@ -7,6 +7,7 @@
 
 mod common;
 mod convert;
+mod crosscoder;
 mod decode;
 mod encode;
 mod engine_flags;
@@ -61,6 +62,8 @@ enum Command {
     LogitLens(workflow::LogitLensArgs),
     /// Run the whole audit on a synthetic scenario and check what it recovers.
     Demo(workflow::DemoArgs),
+    /// Crosscoder model diffing: inspect, encode paired activations, analyze latents.
+    Crosscoder(crosscoder::Args),
 }
 
 fn main() -> ExitCode {
@@ -83,6 +86,7 @@ fn main() -> ExitCode {
         Command::TopExamples(a) => workflow::run_top_examples(&ctx, a),
         Command::LogitLens(a) => workflow::run_logit_lens(&ctx, a),
         Command::Demo(a) => workflow::run_demo(&ctx, a),
+        Command::Crosscoder(a) => crosscoder::run(&ctx, a),
     };
     match result {
         Ok(()) => ExitCode::from(exit::OK),

@@ -3,6 +3,7 @@
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use sae_engine::io::guard::PathGuard;
 use sae_engine::plural::count;
@@ -12,7 +13,7 @@ use sae_engine::workflow::{
     self, demo, detect, diff, layer_check, logit_lens, monitor, probe, report, steer,
     tokenizer::Vocab, top_examples, Measured, PairingRequest, StatsOptions,
 };
-use sae_engine::{Dump, Engine, Error, Format, Result};
+use sae_engine::{Dump, Engine, Error, Format, Result, Sae};
 
 use crate::common::{parse_format, Ctx, LoadFlags};
 use crate::engine_flags::EngineFlags;
@@ -64,8 +65,18 @@ impl Session {
         load: &LoadFlags,
         rule: TokenRule,
     ) -> Result<Session> {
-        rule.check()?;
         let sae = ctx.load_sae(sae, format, load, prov)?;
+        Session::from_sae(ctx, prov, flags, sae, rule)
+    }
+    /// [`Session::new`] on an SAE already loaded and recorded.
+    fn from_sae(
+        ctx: &Ctx,
+        prov: &mut Provenance,
+        flags: &EngineFlags,
+        sae: Arc<Sae>,
+        rule: TokenRule,
+    ) -> Result<Session> {
+        rule.check()?;
         let fingerprint = sae.fingerprint();
         prov.option("mask", rule.use_mask)
             .option("outlier_factor", rule.outlier_factor)
@@ -369,6 +380,11 @@ pub struct SteerArgs {
     /// file format is --export-format).
     #[arg(long, value_parser = parse_steer_sae_format)]
     pub format: Option<Format>,
+    /// --sae is a crosscoder (config.json + model.safetensors): steer along model N's
+    /// decoder row of each --latent (1 = the tuned model). Export only (--out), with
+    /// --unit raw or median-norm.
+    #[arg(long, value_name = "N", allow_negative_numbers = true, value_parser = crate::numbers::count, conflicts_with = "format")]
+    pub crosscoder_model: Option<usize>,
     #[command(flatten)]
     pub load: LoadFlags,
     #[command(flatten)]
@@ -409,6 +425,14 @@ fn check_steer_args(a: &SteerArgs) -> Result<()> {
             "--apply, --strengths and --ablate need --acts DUMP",
         ));
     }
+    if a.crosscoder_model.is_some() && (a.apply || sweep || a.ablate || a.unit == "max-act") {
+        // Each of these encodes --acts, and a crosscoder encodes both models' rows at once.
+        return Err(Error::invalid(
+            "--crosscoder-model exports a decoder direction (--out, --unit raw or median-norm); \
+             --apply, --strengths, --ablate and --unit max-act would encode one model's \
+             activations, which a crosscoder cannot",
+        ));
+    }
     if a.out.is_none() && !a.apply && !sweep && !a.ablate {
         return Err(Error::invalid(
             "nothing to do: give --out FILE (export), --apply (dry run), --strengths (sweep) or --ablate",
@@ -428,15 +452,24 @@ pub fn run_steer(ctx: &Ctx, a: SteerArgs) -> Result<()> {
         .output_dir_opt("--out-dir", a.out_dir.as_ref())
         .check()?;
     let mut prov = ctx.provenance("steer");
-    let s = Session::new(
-        ctx,
-        &mut prov,
-        &a.engine,
-        &a.sae,
-        a.format,
-        &a.load,
-        a.tokens.rule(Some(&a.keep)),
-    )?;
+    let s = match a.crosscoder_model {
+        Some(m) => {
+            let view = sae_engine::crosscoder::load(&a.sae)?.model_view(m)?;
+            prov.sae(&a.sae, &view.fingerprint())?
+                .option("crosscoder_model", m);
+            let rule = a.tokens.rule(Some(&a.keep));
+            Session::from_sae(ctx, &mut prov, &a.engine, Arc::new(view), rule)?
+        }
+        None => Session::new(
+            ctx,
+            &mut prov,
+            &a.engine,
+            &a.sae,
+            a.format,
+            &a.load,
+            a.tokens.rule(Some(&a.keep)),
+        )?,
+    };
     workflow::check_latents(&a.latent, s.engine.sae().n_latents())?;
     let dump = a.acts.as_ref().map(Dump::open).transpose()?;
     if let Some(acts) = &a.acts {
