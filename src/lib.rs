@@ -5,6 +5,7 @@
 //! - [`dump`]: stream activation dumps (npy / safetensors shards) with bounded memory.
 //! - [`ops`]: the backend-agnostic engine (encode, decode, statistics) over [`cpu`] and [`cuda`].
 //! - [`stats`]: per-latent statistics that merge exactly across shards.
+//! - [`latent_split`]: one SAE's latents split over several engines (GPUs), merged exactly.
 //! - [`scaleout`]: per-shard statistics fanned out over several devices, resumable.
 //! - [`io`]: codes and statistics files.
 //! - [`pipeline`]: streaming loops over whole dumps (encode to a codes file, statistics, decode).
@@ -21,6 +22,7 @@ pub mod error;
 pub mod formats;
 pub mod hub;
 pub mod io;
+pub mod latent_split;
 pub mod matrix;
 pub mod ops;
 pub mod pipeline;
