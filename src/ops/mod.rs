@@ -50,6 +50,13 @@ pub struct EngineOptions {
     /// order) or Fast (activations rounded to the weights' dtype, tensor cores). The CPU
     /// backend always computes exactly.
     pub precision: crate::cuda::Precision,
+    /// Most device memory the CUDA backend may take, weights included, in bytes (None: what
+    /// is free). Below the card's free memory it emulates a smaller card; weights that do
+    /// not fit are refused before anything is uploaded.
+    pub device_memory_limit: Option<u64>,
+    /// What the engine will be asked to do: an encode-only CUDA engine never uploads W_dec
+    /// (and refuses to decode). Default: encode and decode.
+    pub workload: crate::cuda::plan::Workload,
 }
 
 impl Default for EngineOptions {
@@ -58,6 +65,8 @@ impl Default for EngineOptions {
             tile_latents: 4096,
             workspace_bytes: 1 << 30,
             precision: crate::cuda::Precision::Exact,
+            device_memory_limit: None,
+            workload: crate::cuda::plan::Workload::EncodeDecode,
         }
     }
 }
