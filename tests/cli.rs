@@ -721,13 +721,15 @@ fn latent_shards_give_the_unsharded_codes_statistics_and_reconstruction() {
         &out,
         &["--backend", "cpu", "--latent-shards", "7"],
     ));
-    assert!(err.contains("cannot split 6 latents into 7 shards"), "{err}");
-    for bad in [&["--latent-shards", "0"][..], &["--latent-shards", "cpu,tpu"], &[
-        "--latent-shards",
-        "2",
-        "--devices",
-        "cpu:2",
-    ]] {
+    assert!(
+        err.contains("cannot split 6 latents into 7 shards"),
+        "{err}"
+    );
+    for bad in [
+        &["--latent-shards", "0"][..],
+        &["--latent-shards", "cpu,tpu"],
+        &["--latent-shards", "2", "--devices", "cpu:2"],
+    ] {
         sae_exits(2, &acts_cmd("stats", &fx.sae, &fx.dump, &out, bad));
     }
     assert!(!out.exists());
@@ -753,7 +755,13 @@ fn device_memory_limit_is_a_size_recorded_in_the_provenance() {
     for bad in ["24X", "0", "-1G", "G"] {
         let err = sae_exits(
             2,
-            &acts_cmd("encode", &fx.sae, &fx.dump, &out, &["--device-memory-limit", bad]),
+            &acts_cmd(
+                "encode",
+                &fx.sae,
+                &fx.dump,
+                &out,
+                &["--device-memory-limit", bad],
+            ),
         );
         assert!(err.contains("memory size"), "{bad}: {err}");
     }

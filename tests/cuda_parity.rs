@@ -85,11 +85,8 @@ fn device_out_of_range_is_unavailable() {
 /// A random SAE for the device checks below (SplitMix64 values in -1..1).
 fn random_sae(l: usize, d: usize, a: Activation, seed: u64) -> sae_engine::Sae {
     let mut rng = sae_engine::workflow::rng::Rng::new(seed);
-    let mut v = |n: usize| -> Vec<f32> {
-        (0..n)
-            .map(|_| (rng.uniform() * 2.0 - 1.0) as f32)
-            .collect()
-    };
+    let mut v =
+        |n: usize| -> Vec<f32> { (0..n).map(|_| (rng.uniform() * 2.0 - 1.0) as f32).collect() };
     let (w_enc, w_dec, b_enc) = (v(l * d), v(l * d), v(l));
     let threshold: Vec<f32> = v(l).into_iter().map(|t| t.abs() * 0.5).collect();
     let mut b = SaeBuilder::new(l, d, w_enc, w_dec)
@@ -130,7 +127,10 @@ fn latent_shards_on_one_gpu_equal_the_unsharded_engine() {
             assert_eq!(got.codes, want.codes, "{a:?}, {n} shards: codes");
             let dec = parts.decode(&want.codes, None).unwrap();
             for (i, (g, w)) in dec.iter().zip(&dec_want).enumerate() {
-                assert!((g - w).abs() <= 1e-4 * (1.0 + w.abs()), "decode {i}: {g} vs {w}");
+                assert!(
+                    (g - w).abs() <= 1e-4 * (1.0 + w.abs()),
+                    "decode {i}: {g} vs {w}"
+                );
             }
             let mut st = LatentStats::new(sae.fingerprint(), 3000);
             parts.accumulate(&mut st, &want.codes, None).unwrap();
@@ -150,7 +150,9 @@ fn memory_plans_on_a_device() {
     use sae_engine::cuda::plan::Workload;
     let gpu = BackendKind::Cuda { device: 0 };
     let sae = Arc::new(random_sae(4096, 256, Activation::TopK { k: 16 }, 3));
-    let x: Vec<f32> = (0..64 * 256).map(|i| ((i % 97) as f32 - 48.0) / 16.0).collect();
+    let x: Vec<f32> = (0..64 * 256)
+        .map(|i| ((i % 97) as f32 - 48.0) / 16.0)
+        .collect();
     let full = engine(gpu, sae.clone(), &EngineOptions::default()).unwrap();
     let want = full.encode(&x, 64, 0).unwrap();
 
@@ -169,7 +171,10 @@ fn memory_plans_on_a_device() {
         device_memory_limit: Some(6 << 20),
         ..EngineOptions::default()
     };
-    let err = engine(gpu, sae.clone(), &tiny).err().expect("refused").to_string();
+    let err = engine(gpu, sae.clone(), &tiny)
+        .err()
+        .expect("refused")
+        .to_string();
     assert!(err.contains("do not fit"), "{err}");
     let small = EngineOptions {
         device_memory_limit: Some(80 << 20),

@@ -84,9 +84,8 @@ pub fn plan_memory(req: &MemoryRequest, mem: DeviceMemory) -> Result<MemoryPlan>
     let cap = req.limit.map_or(mem.free, |l| l.min(mem.free));
     let usable = cap.saturating_sub(HEADROOM);
     let upload_decoder = req.workload.needs_decoder();
-    let weight_bytes = req.encoder_bytes
-        + req.vector_bytes
-        + if upload_decoder { req.decoder_bytes } else { 0 };
+    let weight_bytes =
+        req.encoder_bytes + req.vector_bytes + if upload_decoder { req.decoder_bytes } else { 0 };
     let where_ = || {
         let limit = req
             .limit
@@ -242,7 +241,14 @@ mod tests {
         // 170 MiB left for the workspace, far below the 1 GiB asked for.
         let free = 16 * GB + GB / 4;
         let req = paper(Workload::Encode, None);
-        let p = plan_memory(&req, DeviceMemory { free, total: 24 * GB }).unwrap();
+        let p = plan_memory(
+            &req,
+            DeviceMemory {
+                free,
+                total: 24 * GB,
+            },
+        )
+        .unwrap();
         assert!(!p.upload_decoder);
         assert!(p.workspace_bytes < 200 << 20, "{}", p.workspace_bytes);
         assert!(p.weight_bytes + p.workspace_bytes as u64 <= free - HEADROOM);
@@ -276,9 +282,15 @@ mod tests {
         // Weights that fit with nothing left for a workspace are refused too.
         let req = paper(Workload::Encode, None);
         let free = req.encoder_bytes + req.vector_bytes + HEADROOM + (1 << 10);
-        let e = plan_memory(&req, DeviceMemory { free, total: 24 * GB })
-            .unwrap_err()
-            .to_string();
+        let e = plan_memory(
+            &req,
+            DeviceMemory {
+                free,
+                total: 24 * GB,
+            },
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("after the SAE's weights"), "{e}");
     }
 
@@ -295,9 +307,12 @@ mod tests {
     #[test]
     fn a_limit_below_free_memory_emulates_a_smaller_card() {
         // An H200 (139 GiB free) limited to 24 GiB behaves like the 24 GB card.
-        let limited = plan_memory(&paper(Workload::EncodeDecode, Some(24 * GB)), card(139, 141))
-            .unwrap_err()
-            .to_string();
+        let limited = plan_memory(
+            &paper(Workload::EncodeDecode, Some(24 * GB)),
+            card(139, 141),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(limited.contains("limit 24.0 GiB"), "{limited}");
         let p = plan_memory(&paper(Workload::Encode, Some(17 * GB)), card(139, 141)).unwrap();
         assert_eq!(p.usable, 17 * GB - HEADROOM);
@@ -315,8 +330,19 @@ mod tests {
         // 2/3 of it, so decode's half-workspace chunks fit beside it.
         let req = paper(Workload::EncodeDecode, None);
         let free = req.encoder_bytes + req.decoder_bytes + req.vector_bytes + HEADROOM + GB;
-        let p = plan_memory(&req, DeviceMemory { free, total: 48 * GB }).unwrap();
-        assert!(p.workspace_bytes as u64 * 3 / 2 <= GB, "{}", p.workspace_bytes);
+        let p = plan_memory(
+            &req,
+            DeviceMemory {
+                free,
+                total: 48 * GB,
+            },
+        )
+        .unwrap();
+        assert!(
+            p.workspace_bytes as u64 * 3 / 2 <= GB,
+            "{}",
+            p.workspace_bytes
+        );
     }
 
     #[test]

@@ -139,7 +139,11 @@ pub fn stats_part(stats: &LatentStats, range: Range<usize>, with_norms: bool) ->
         n_active: stats.n_active[range.clone()].to_vec(),
         max: stats.max[range].to_vec(),
         tokens: stats.tokens,
-        norms: if with_norms { stats.norms.clone() } else { None },
+        norms: if with_norms {
+            stats.norms.clone()
+        } else {
+            None
+        },
         outlier_factor: stats.outlier_factor,
         docs: None,
     }
@@ -202,10 +206,7 @@ mod tests {
         let a = topk(3, &[&[(1, 2.0), (2, 1.0)], &[]]);
         let b = topk(2, &[&[(0, 2.0), (1, 1.0)], &[(1, 0.5)]]);
         let m = merge_topk(&[a.clone(), b.clone()], &[0, 3], 2, 3).unwrap();
-        assert_eq!(
-            m,
-            topk(3, &[&[(1, 2.0), (3, 2.0), (2, 1.0)], &[(4, 0.5)]])
-        );
+        assert_eq!(m, topk(3, &[&[(1, 2.0), (3, 2.0), (2, 1.0)], &[(4, 0.5)]]));
         // The shard order given does not matter, only the offsets.
         let m2 = merge_topk(&[b, a], &[3, 0], 2, 3).unwrap();
         assert_eq!(m, m2);
@@ -214,7 +215,7 @@ mod tests {
     #[test]
     fn shard_kinds_must_match() {
         let csr = Codes::empty(None);
-        assert!(merge_topk(&[csr.clone()], &[0], 0, 2).is_err());
+        assert!(merge_topk(std::slice::from_ref(&csr), &[0], 0, 2).is_err());
         assert!(concat_csr(&[Codes::empty(Some(2))], &[0], 0).is_err());
         assert!(concat_csr(&[csr], &[0], 1).is_err());
     }

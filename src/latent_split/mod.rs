@@ -88,7 +88,9 @@ impl ShardedEngine {
         opts: &EngineOptions,
     ) -> Result<ShardedEngine> {
         let split = LatentSplit::even(sae.n_latents(), kinds.len())?;
-        ShardedEngine::new(sae, &split, |i, part| crate::ops::engine(kinds[i], part, opts))
+        ShardedEngine::new(sae, &split, |i, part| {
+            crate::ops::engine(kinds[i], part, opts)
+        })
     }
 
     /// The shards' latent ranges, in order.
@@ -111,7 +113,10 @@ impl ShardedEngine {
             f(i, engine.as_ref(), d).map_err(|e| self.global_error(i, e))
         };
         let results: Vec<Result<T>> = if self.shards.len() == 1 {
-            data.into_iter().enumerate().map(|(i, d)| call(i, d)).collect()
+            data.into_iter()
+                .enumerate()
+                .map(|(i, d)| call(i, d))
+                .collect()
         } else {
             let call = &call;
             std::thread::scope(|s| {

@@ -74,9 +74,7 @@ pub fn parse_shard_backends(spec: &str, default: BackendKind) -> Result<Vec<Back
     let spec = spec.trim();
     if let Ok(n) = spec.parse::<usize>() {
         if n == 0 {
-            return Err(Error::invalid(
-                "--latent-shards 0: need at least one shard",
-            ));
+            return Err(Error::invalid("--latent-shards 0: need at least one shard"));
         }
         return Ok(vec![default; n]);
     }
@@ -175,7 +173,9 @@ mod tests {
             vec![BackendKind::Cpu; 2]
         );
         assert!(parse_shard_backends("0", gpu).is_err());
-        let e = parse_shard_backends("cuda:0,tpu", gpu).unwrap_err().to_string();
+        let e = parse_shard_backends("cuda:0,tpu", gpu)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("`tpu` is not a backend"), "{e}");
         assert!(parse_shard_backends("cpu,", gpu).is_err());
     }

@@ -164,7 +164,10 @@ fn topk_ties_across_shard_boundaries_go_to_the_smaller_latent() {
             }
         }
         if k >= 4 {
-            assert!(across > 0, "k = {k}: no tie across a shard boundary was tested");
+            assert!(
+                across > 0,
+                "k = {k}: no tie across a shard boundary was tested"
+            );
         }
     }
 }
@@ -247,13 +250,24 @@ fn empty_batches_and_bad_inputs_behave_like_the_whole() {
     assert!(parts
         .accumulate(&mut LatentStats::new("x", 5), &good, None)
         .is_err());
-    assert_eq!(stats, LatentStats::new("x", 6), "failed calls change nothing");
+    assert_eq!(
+        stats,
+        LatentStats::new("x", 6),
+        "failed calls change nothing"
+    );
 }
 
 #[test]
 fn an_overflowing_latent_is_named_in_the_whole_sae() {
     // Latent 5 (in the second shard, local 1) overflows f32 for every row.
-    let s = sae(7, 2, Activation::TopK { k: 2 }, (Values::Normal, 9), &[], |b| b);
+    let s = sae(
+        7,
+        2,
+        Activation::TopK { k: 2 },
+        (Values::Normal, 9),
+        &[],
+        |b| b,
+    );
     let mut big = (*s).clone();
     let mut w = big.w_enc.to_f32_vec();
     w[10] = 3e38;
@@ -264,7 +278,14 @@ fn an_overflowing_latent_is_named_in_the_whole_sae() {
     let want = cpu(&big).encode(&x, 3, 40).unwrap_err();
     let got = sharded(&big, &[4, 3]).encode(&x, 3, 40).unwrap_err();
     assert!(
-        matches!(got, Error::SaeNonFinite { latent: 5, row: 40, .. }),
+        matches!(
+            got,
+            Error::SaeNonFinite {
+                latent: 5,
+                row: 40,
+                ..
+            }
+        ),
         "{got}"
     );
     assert_eq!(got.to_string(), want.to_string());
@@ -272,11 +293,22 @@ fn an_overflowing_latent_is_named_in_the_whole_sae() {
 
 #[test]
 fn open_splits_evenly_over_the_backends_given() {
-    let s = sae(9, 4, Activation::TopK { k: 3 }, (Values::Normal, 4), &[], |b| b);
-    let e = ShardedEngine::open(s.clone(), &[BackendKind::Cpu; 4], &EngineOptions::default())
-        .unwrap();
+    let s = sae(
+        9,
+        4,
+        Activation::TopK { k: 3 },
+        (Values::Normal, 4),
+        &[],
+        |b| b,
+    );
+    let e =
+        ShardedEngine::open(s.clone(), &[BackendKind::Cpu; 4], &EngineOptions::default()).unwrap();
     assert_eq!(e.ranges(), &[0..3, 3..5, 5..7, 7..9]);
-    assert!(e.name().starts_with("4 latent shards [0..3 on cpu"), "{}", e.name());
+    assert!(
+        e.name().starts_with("4 latent shards [0..3 on cpu"),
+        "{}",
+        e.name()
+    );
     assert!(ShardedEngine::open(s, &[BackendKind::Cpu; 10], &EngineOptions::default()).is_err());
 }
 

@@ -47,9 +47,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
     dump.check_width(sae.d_in())?;
     prov.input("acts", &a.acts)?;
     // Encoding only: a CUDA engine leaves W_dec on the host.
-    let engine = a
-        .engine
-        .engine_for(ctx, sae, &mut prov, Workload::Encode)?;
+    let engine = a.engine.engine_for(ctx, sae, &mut prov, Workload::Encode)?;
     let t0 = Instant::now();
     let pb = ctx.progress(dump.n_rows(), "encode");
     let s = sae_engine::pipeline::encode_dump_to_file_with_provenance(

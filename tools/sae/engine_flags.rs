@@ -189,7 +189,9 @@ fn open_one(
     match kind {
         BackendKind::Auto if device != 0 => {
             match sae_engine::engine(BackendKind::Cuda { device }, sae.clone(), opts) {
-                Err(Error::BackendUnavailable(_)) => sae_engine::engine(BackendKind::Cpu, sae, opts),
+                Err(Error::BackendUnavailable(_)) => {
+                    sae_engine::engine(BackendKind::Cpu, sae, opts)
+                }
                 other => other,
             }
         }

@@ -239,9 +239,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
     }
     dump.check_width(sae.d_in())?;
     // Encoding only: a CUDA engine leaves W_dec on the host.
-    let engine = a
-        .engine
-        .engine_for(ctx, sae, &mut prov, Workload::Encode)?;
+    let engine = a.engine.engine_for(ctx, sae, &mut prov, Workload::Encode)?;
     let t0 = Instant::now();
     let pb = ctx.progress(dump.n_rows(), "stats");
     let s = sae_engine::pipeline::stats_of_dump(
