@@ -23,21 +23,9 @@ pub fn merge_topk(parts: &[Codes], offsets: &[usize], rows: usize, k: usize) -> 
             )));
         }
     }
-    let mut indices = vec![-1i32; rows * k];
-    let mut values = vec![0f32; rows * k];
-    if k > 0 {
-        indices
-            .par_chunks_mut(k)
-            .zip(values.par_chunks_mut(k))
-            .enumerate()
-            .for_each(|(r, (oi, ov))| merge_row(parts, offsets, r, oi, ov));
-    }
-    Ok(Codes::TopK {
-        n: rows,
-        k,
-        indices,
-        values,
-    })
+    Ok(Codes::topk_from_rows(rows, k, |r, oi, ov| {
+        merge_row(parts, offsets, r, oi, ov)
+    }))
 }
 
 /// k-way merge of row `r` by (value descending, global index ascending).

@@ -225,19 +225,8 @@ impl Engine for ShardedEngine {
 
     fn decode(&self, codes: &Codes, denorm: Option<&Denorm>) -> Result<Vec<f32>> {
         let d = self.sae.d_in();
-        codes
-            .validate(self.sae.n_latents())
-            .map_err(|e| Error::invalid(format!("decode: {e}")))?;
+        codes.check_decodable(self.sae.n_latents(), denorm)?;
         let n = codes.n_rows();
-        if let Some(dn) = denorm {
-            if dn.scale.len() != n || dn.shift.len() != n {
-                return Err(Error::invalid(format!(
-                    "decode: normalization constants cover {} / {} rows, the codes have {n}",
-                    dn.scale.len(),
-                    dn.shift.len()
-                )));
-            }
-        }
         let split = merge::split_codes(codes, &self.ranges);
         let partial = self.run(split, |_, e, part| e.decode(&part, None))?;
         let mut out = vec![0f32; n * d];
