@@ -4,6 +4,7 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
+use sae_engine::cuda::plan::Workload;
 use sae_engine::io::guard::PathGuard;
 use sae_engine::plural::count;
 use sae_engine::provenance::Provenance;
@@ -71,7 +72,9 @@ impl Session {
             .option("outlier_factor", rule.outlier_factor)
             .option("keep_outliers", rule.keep_outliers);
         Ok(Session {
-            engine: flags.engine(ctx, sae, prov)?,
+            // The workflow commands encode and count; decoder rows (steering) are read on
+            // the host, so a CUDA engine leaves W_dec there.
+            engine: flags.engine_for(ctx, sae, prov, Workload::Encode)?,
             fingerprint,
             opts: stats_opts(flags, rule),
         })
