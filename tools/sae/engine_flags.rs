@@ -1,6 +1,6 @@
 //! The flags of the commands that run an SAE (encode, decode, stats, diff, steer,
-//! detect, monitor, top-examples, demo): backend, device, batch size, tile width,
-//! CUDA precision, latent shards and the device-memory limit. Flattened into those commands only, so `--help` of a command that
+//! detect, monitor, top-examples, demo): backend, device, batch size, tile width and
+//! CUDA precision. Flattened into those commands only, so `--help` of a command that
 //! runs nothing does not offer them and giving them there is a usage error.
 
 use std::sync::Arc;
