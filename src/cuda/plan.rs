@@ -345,6 +345,64 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(200))]
+        /// Whatever the shapes and memory: a plan keeps weights, workspace and decode's
+        /// half-workspace within the usable memory and uploads W_dec exactly when decoding;
+        /// a refusal says whether the weights or the workspace did not fit.
+        #[test]
+        fn plans_stay_within_usable_memory(
+            l in 1usize..(1 << 22),
+            d in 1usize..8192,
+            k in 0usize..512,
+            bf16 in proptest::bool::ANY,
+            decode in proptest::bool::ANY,
+            free_mib in 1u64..200_000,
+            limit_mib in proptest::option::of(1u64..200_000),
+            ws_mib in 1usize..4096,
+            rows in 1usize..16384,
+        ) {
+            let dtype = if bf16 { DType::BF16 } else { DType::F32 };
+            let w = (l * d * dtype.size()) as u64;
+            let req = MemoryRequest {
+                shape: TileShape { d_in: d, n_latents: l, k: k.min(l), dtype },
+                encoder_bytes: w,
+                decoder_bytes: w,
+                vector_bytes: (3 * l + d) as u64 * 4,
+                workload: if decode { Workload::EncodeDecode } else { Workload::Encode },
+                workspace_bytes: ws_mib << 20,
+                max_rows: rows,
+                precision: Precision::Exact,
+                tile_override: None,
+                bf16_scores: None,
+                limit: limit_mib.map(|m| m << 20),
+            };
+            let mem = DeviceMemory { free: free_mib << 20, total: 200_000 << 20 };
+            let weights = w + req.vector_bytes + if decode { w } else { 0 };
+            match plan_memory(&req, mem) {
+                Ok(p) => {
+                    proptest::prop_assert_eq!(p.upload_decoder, decode);
+                    proptest::prop_assert_eq!(p.weight_bytes, weights);
+                    let ws = p.workspace_bytes as u64;
+                    let peak = weights + if decode { ws + ws / 2 } else { ws };
+                    proptest::prop_assert!(peak <= p.usable, "{:?}", p);
+                    proptest::prop_assert!(p.usable <= req.limit.unwrap_or(u64::MAX));
+                    proptest::prop_assert!(ws <= req.workspace_bytes as u64);
+                    proptest::prop_assert!(p.tiles.rows >= 1 && p.tiles.rows <= rows);
+                }
+                Err(e) => {
+                    let e = e.to_string();
+                    let usable = mem.free.min(req.limit.unwrap_or(u64::MAX)).saturating_sub(HEADROOM);
+                    if weights > usable {
+                        proptest::prop_assert!(e.contains("do not fit"), "{}", e);
+                    } else {
+                        proptest::prop_assert!(e.contains("after the SAE's weights"), "{}", e);
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn sizes_parse_with_binary_suffixes() {
         assert_eq!(parse_size("24G").unwrap(), 24 * GB);
