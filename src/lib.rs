@@ -37,6 +37,6 @@ pub use codes::{Codes, Denorm, Encoded};
 pub use dtype::DType;
 pub use dump::Dump;
 pub use error::{Error, Result};
-pub use ops::{engine, BackendKind, Engine, EngineOptions};
+pub use ops::{engine, BackendKind, Engine, EngineOptions, Workload};
 pub use sae::{Activation, Format, Normalization, Sae};
 pub use stats::LatentStats;

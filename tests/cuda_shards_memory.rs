@@ -86,7 +86,7 @@ fn memory_plans_on_a_device() {
     if !gpu_or_skip("memory_plans_on_a_device") {
         return;
     }
-    use sae_engine::cuda::plan::Workload;
+    use sae_engine::Workload;
     let gpu = BackendKind::Cuda { device: 0 };
     let sae = Arc::new(random_sae(4096, 256, Activation::TopK { k: 16 }, 3));
     let x: Vec<f32> = (0..64 * 256)

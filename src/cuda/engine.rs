@@ -13,11 +13,11 @@ use super::device_ptr::{staged_encode_topk, DecodeTopkDevice, DevicePtrOps, Enco
 use super::encode::{self, Plan, Precision, Workspace};
 use super::gemm::GemmMode;
 use super::ops::{self, DecodeExtras, DeviceCodes, DeviceStats};
-use super::plan::{self, DeviceMemory, MemoryRequest, Workload};
+use super::plan::{self, DeviceMemory, MemoryRequest};
 use super::weights::{DeviceSae, BOUND_BLOCK};
 use crate::codes::{Codes, Denorm, Encoded};
 use crate::error::{Error, Result};
-use crate::ops::{Engine, EngineOptions};
+use crate::ops::{Engine, EngineOptions, Workload};
 use crate::sae::{Activation, Normalization, Sae};
 
 /// CUDA-specific settings.

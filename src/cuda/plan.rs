@@ -6,29 +6,12 @@
 
 use super::encode::{plan_tiles, Plan, Precision, TileShape};
 use crate::error::{Error, Result};
+use crate::ops::Workload;
 use crate::provenance::human_bytes;
 
 /// Free memory kept out of every plan: allocation granularity and the driver's own
 /// bookkeeping (module images and cuBLAS handles are loaded before the free figure is read).
 pub const HEADROOM: u64 = 64 << 20;
-
-/// What the engine will be asked to do: decides which weights live on the device.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Workload {
-    /// Encode only (codes, and statistics of the codes, which need no weights): W_enc on the
-    /// device, never W_dec. Decoding or steering with such an engine is refused.
-    Encode,
-    /// Encode, decode and steer: both matrices (the default).
-    #[default]
-    EncodeDecode,
-}
-
-impl Workload {
-    /// Whether W_dec goes on the device.
-    pub fn needs_decoder(self) -> bool {
-        self == Workload::EncodeDecode
-    }
-}
 
 /// Device memory as `cuMemGetInfo` reports it for the engine's context.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -39,6 +39,25 @@ impl BackendKind {
     }
 }
 
+/// What an engine will be asked to do: decides which weights a GPU backend keeps on the
+/// device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Workload {
+    /// Encode only (codes, and statistics of the codes, which need no weights): W_enc on the
+    /// device, never W_dec. Decoding or steering with such an engine is refused.
+    Encode,
+    /// Encode, decode and steer: both matrices (the default).
+    #[default]
+    EncodeDecode,
+}
+
+impl Workload {
+    /// Whether W_dec goes on the device.
+    pub fn needs_decoder(self) -> bool {
+        self == Workload::EncodeDecode
+    }
+}
+
 /// Tuning knobs shared by backends.
 #[derive(Debug, Clone)]
 pub struct EngineOptions {
@@ -56,7 +75,7 @@ pub struct EngineOptions {
     pub device_memory_limit: Option<u64>,
     /// What the engine will be asked to do: an encode-only CUDA engine never uploads W_dec
     /// (and refuses to decode). Default: encode and decode.
-    pub workload: crate::cuda::plan::Workload,
+    pub workload: Workload,
 }
 
 impl Default for EngineOptions {
@@ -66,7 +85,7 @@ impl Default for EngineOptions {
             workspace_bytes: 1 << 30,
             precision: crate::cuda::Precision::Exact,
             device_memory_limit: None,
-            workload: crate::cuda::plan::Workload::EncodeDecode,
+            workload: Workload::EncodeDecode,
         }
     }
 }

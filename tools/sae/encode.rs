@@ -3,8 +3,8 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use sae_engine::cuda::plan::Workload;
 use sae_engine::io::guard::PathGuard;
+use sae_engine::Workload;
 use sae_engine::{Dump, Format, Result};
 use serde_json::json;
 

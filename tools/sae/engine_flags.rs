@@ -5,9 +5,9 @@
 
 use std::sync::Arc;
 
-use sae_engine::cuda::plan::Workload;
 use sae_engine::latent_split::{parse_shard_backends, LatentSplit, ShardedEngine};
 use sae_engine::provenance::Provenance;
+use sae_engine::Workload;
 use sae_engine::{BackendKind, Engine, EngineOptions, Error, Result, Sae};
 
 use crate::common::Ctx;

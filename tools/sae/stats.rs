@@ -7,11 +7,11 @@ use std::time::Instant;
 use std::path::Path;
 use std::sync::Arc;
 
-use sae_engine::cuda::plan::Workload;
 use sae_engine::io::guard::PathGuard;
 use sae_engine::provenance::Provenance;
 use sae_engine::scaleout::{self, Devices, FanOutOptions, FanOutReport, StatsJob};
 use sae_engine::stats::TokenRule;
+use sae_engine::Workload;
 use sae_engine::{Dump, Error, Format, LatentStats, Result, Sae};
 use serde_json::json;
 

@@ -4,7 +4,6 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use sae_engine::cuda::plan::Workload;
 use sae_engine::io::guard::PathGuard;
 use sae_engine::plural::count;
 use sae_engine::provenance::Provenance;
@@ -13,6 +12,7 @@ use sae_engine::workflow::{
     self, demo, detect, diff, layer_check, logit_lens, monitor, probe, report, steer,
     tokenizer::Vocab, top_examples, Measured, PairingRequest, StatsOptions,
 };
+use sae_engine::Workload;
 use sae_engine::{Dump, Engine, Error, Format, Result};
 
 use crate::common::{parse_format, Ctx, LoadFlags};
