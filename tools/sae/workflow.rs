@@ -12,7 +12,6 @@ use sae_engine::workflow::{
     self, demo, detect, diff, layer_check, logit_lens, monitor, probe, report, steer,
     tokenizer::Vocab, top_examples, Measured, PairingRequest, StatsOptions,
 };
-use sae_engine::Workload;
 use sae_engine::{Dump, Engine, Error, Format, Result};
 
 use crate::common::{parse_format, Ctx, LoadFlags};
@@ -74,7 +73,7 @@ impl Session {
         Ok(Session {
             // The workflow commands encode and count; decoder rows (steering) are read on
             // the host, so a CUDA engine leaves W_dec there.
-            engine: flags.engine_for(ctx, sae, prov, Workload::Encode)?,
+            engine: flags.engine_for(ctx, sae, prov, sae_engine::Workload::Encode)?,
             fingerprint,
             opts: stats_opts(flags, rule),
         })
