@@ -1,6 +1,8 @@
 //! Sparse codes produced by encoding: fixed-width top-k rows or CSR.
 //! File I/O for codes lives in `crate::io::codes`.
 
+use rayon::prelude::*;
+
 use crate::error::{Error, Result};
 use crate::sae::RowDenorm;
 
@@ -42,6 +44,46 @@ impl Codes {
                 indices: vec![],
                 values: vec![],
             },
+        }
+    }
+
+    /// `rows` top-k rows of width `k`, each filled in parallel by `fill(row, indices,
+    /// values)`; the slots it leaves are padding (index -1, value 0).
+    pub fn topk_from_rows(
+        rows: usize,
+        k: usize,
+        fill: impl Fn(usize, &mut [i32], &mut [f32]) + Sync + Send,
+    ) -> Codes {
+        let mut indices = vec![-1i32; rows * k];
+        let mut values = vec![0f32; rows * k];
+        if k > 0 {
+            indices
+                .par_chunks_mut(k)
+                .zip(values.par_chunks_mut(k))
+                .enumerate()
+                .for_each(|(r, (oi, ov))| fill(r, oi, ov));
+        }
+        Codes::TopK {
+            n: rows,
+            k,
+            indices,
+            values,
+        }
+    }
+
+    /// Checks codes handed to a decoder of `n_latents` latents, and that `denorm` (when
+    /// given) covers every row; errors start with "decode:".
+    pub fn check_decodable(&self, n_latents: usize, denorm: Option<&Denorm>) -> Result<()> {
+        self.validate(n_latents)
+            .map_err(|e| Error::invalid(format!("decode: {e}")))?;
+        let n = self.n_rows();
+        match denorm {
+            Some(dn) if dn.scale.len() != n || dn.shift.len() != n => Err(Error::invalid(format!(
+                "decode: normalization constants cover {} / {} rows, the codes have {n}",
+                dn.scale.len(),
+                dn.shift.len()
+            ))),
+            _ => Ok(()),
         }
     }
 

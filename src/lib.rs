@@ -5,6 +5,7 @@
 //! - [`dump`]: stream activation dumps (npy / safetensors shards) with bounded memory.
 //! - [`ops`]: the backend-agnostic engine (encode, decode, statistics) over [`cpu`] and [`cuda`].
 //! - [`stats`]: per-latent statistics that merge exactly across shards.
+//! - [`latent_split`]: one SAE's latents split over several engines (GPUs), merged exactly.
 //! - [`scaleout`]: per-shard statistics fanned out over several devices, resumable.
 //! - [`io`]: codes and statistics files.
 //! - [`pipeline`]: streaming loops over whole dumps (encode to a codes file, statistics, decode).
@@ -22,6 +23,7 @@ pub mod error;
 pub mod formats;
 pub mod hub;
 pub mod io;
+pub mod latent_split;
 pub mod matrix;
 pub mod ops;
 pub mod pipeline;
@@ -36,6 +38,6 @@ pub use codes::{Codes, Denorm, Encoded};
 pub use dtype::DType;
 pub use dump::Dump;
 pub use error::{Error, Result};
-pub use ops::{engine, BackendKind, Engine, EngineOptions};
+pub use ops::{engine, BackendKind, Engine, EngineOptions, Workload};
 pub use sae::{Activation, Format, Normalization, Sae};
 pub use stats::LatentStats;

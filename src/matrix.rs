@@ -177,6 +177,45 @@ impl Matrix {
         }
     }
 
+    /// Logical rows `range` as a matrix of their own, in the stored dtype and layout (a
+    /// latent shard of an SAE). Row-major rows of a mapped file are a view of the same
+    /// bytes; an owned buffer's rows are copied; a transposed matrix's rows are strided in
+    /// storage, so they are gathered into an owned `[cols, range.len()]` buffer (one host
+    /// copy of the rows, kept transposed so consumers read them exactly as before).
+    pub fn row_range(&self, range: Range<usize>) -> Result<Matrix> {
+        if range.start >= range.end || range.end > self.rows {
+            return Err(Error::invalid(format!(
+                "rows {}..{} of a matrix with {} rows",
+                range.start, range.end, self.rows
+            )));
+        }
+        if range == (0..self.rows) {
+            return Ok(self.clone());
+        }
+        let s = self.dtype.size();
+        let t = range.len();
+        let bytes = match (self.layout, &self.bytes) {
+            (Layout::RowMajor, Bytes::Mapped { map, offset, .. }) => Bytes::Mapped {
+                map: map.clone(),
+                offset: offset + range.start * self.cols * s,
+                len: t * self.cols * s,
+            },
+            (Layout::RowMajor, Bytes::Owned(_)) => {
+                let run = range.start * self.cols * s..range.end * self.cols * s;
+                Bytes::Owned(Arc::new(self.raw()[run].to_vec()))
+            }
+            (Layout::Transposed, _) => {
+                let mut out = Vec::with_capacity(t * self.cols * s);
+                for c in 0..self.cols {
+                    let start = (c * self.rows + range.start) * s;
+                    out.extend_from_slice(&self.raw()[start..start + t * s]);
+                }
+                Bytes::Owned(Arc::new(out))
+            }
+        };
+        Matrix::new(bytes, self.dtype, t, self.cols, self.layout)
+    }
+
     /// One logical row as f32.
     pub fn row_f32(&self, r: usize) -> Vec<f32> {
         let mut out = vec![0f32; self.cols];
@@ -240,6 +279,58 @@ mod tests {
         assert_eq!(two, vals[4..].to_vec());
         let n = m.row_norms();
         assert!((n[0] - (0f32 + 1.0 + 4.0 + 9.0).sqrt()).abs() < 1e-6);
+    }
+
+    #[test]
+    fn row_ranges_read_like_the_rows_they_cut() {
+        let (rows, cols) = (5, 3);
+        let vals: Vec<f32> = (0..15).map(|v| v as f32 * 0.5 - 2.0).collect();
+        let mut t = vec![0f32; 15];
+        for r in 0..rows {
+            for c in 0..cols {
+                t[c * rows + r] = vals[r * cols + c];
+            }
+        }
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), convert_from_f32(DType::BF16, &vals)).unwrap();
+        // SAFETY: the temporary file is not modified while mapped.
+        let map = Arc::new(unsafe { memmap2::Mmap::map(file.as_file()) }.unwrap());
+        let mapped = Bytes::Mapped {
+            len: map.len(),
+            map,
+            offset: 0,
+        };
+        let matrices = [
+            Matrix::from_f32(&vals, rows, cols, DType::F32).unwrap(),
+            Matrix::new(mapped, DType::BF16, rows, cols, Layout::RowMajor).unwrap(),
+            Matrix::new(
+                Bytes::Owned(Arc::new(convert_from_f32(DType::F32, &t))),
+                DType::F32,
+                rows,
+                cols,
+                Layout::Transposed,
+            )
+            .unwrap(),
+        ];
+        for m in &matrices {
+            let all = m.to_f32_vec();
+            for range in [0..5, 1..4, 4..5, 0..1] {
+                let part = m.row_range(range.clone()).unwrap();
+                assert_eq!(part.layout(), m.layout());
+                assert_eq!((part.rows(), part.cols()), (range.len(), cols));
+                assert_eq!(
+                    part.to_f32_vec(),
+                    all[range.start * cols..range.end * cols].to_vec(),
+                    "{:?} rows {range:?}",
+                    m.bytes()
+                );
+            }
+            assert!(m.row_range(2..2).is_err());
+            assert!(m.row_range(3..6).is_err());
+        }
+        // A mapped row-major range is a view of the same file, not a copy.
+        let part = matrices[1].row_range(2..4).unwrap();
+        assert!(part.bytes().is_mapped());
     }
 
     #[test]

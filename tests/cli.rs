@@ -675,3 +675,89 @@ fn inspect_says_which_library_convention_applies() {
     let e = fails(&["inspect", arg(&dl), "--norm-scale", "0.37"]);
     assert!(e.contains("--norm-scale"), "{e}");
 }
+
+#[test]
+fn latent_shards_give_the_unsharded_codes_statistics_and_reconstruction() {
+    for jumprelu in [false, true] {
+        let fx = Fixture::new(jumprelu);
+        let (sae, dump) = (&fx.sae, &fx.dump);
+        let run = |name: &str, extra: &[&str]| {
+            let codes = fx.path(&format!("{name}.codes.safetensors"));
+            let stats = fx.path(&format!("{name}.stats.safetensors"));
+            let recon = fx.path(&format!("{name}.npy"));
+            let j = ok_json(&acts_cmd("encode", sae, dump, &codes, extra));
+            ok_json(&acts_cmd("stats", sae, dump, &stats, extra));
+            ok_json(&decode_cmd(sae, &codes, &recon, extra));
+            (
+                j,
+                sae_engine::io::codes::read(&codes).unwrap().0,
+                sae_engine::io::stats::read(&stats).unwrap(),
+                read_npy_f32(&recon).1,
+            )
+        };
+        let (_, codes, stats, recon) = run("whole", &[]);
+        // The fixture's values are multiples of 1/8 and its weights 0 or +-1: every sum is
+        // exact, so even the reconstruction compares bit for bit.
+        for spec in ["cpu,cpu,cpu", "2", "6"] {
+            let (j, c, s, r) = run(spec, &["--latent-shards", spec, "--batch-size", "5"]);
+            assert_eq!(c, codes, "codes, --latent-shards {spec}");
+            assert_eq!(s, stats, "statistics, --latent-shards {spec}");
+            assert_eq!(r, recon, "reconstruction, --latent-shards {spec}");
+            let prov = j["provenance"].to_string();
+            assert!(prov.contains("latent shards ["), "{prov}");
+        }
+    }
+    let fx = Fixture::new(false);
+    let out = fx.path("s.safetensors");
+    let err = fails(&acts_cmd(
+        "encode",
+        &fx.sae,
+        &fx.dump,
+        &out,
+        &["--backend", "cpu", "--latent-shards", "7"],
+    ));
+    assert!(
+        err.contains("cannot split 6 latents into 7 shards"),
+        "{err}"
+    );
+    for bad in [
+        &["--latent-shards", "0"][..],
+        &["--latent-shards", "cpu,tpu"],
+        &["--latent-shards", "2", "--devices", "cpu:2"],
+    ] {
+        sae_exits(2, &acts_cmd("stats", &fx.sae, &fx.dump, &out, bad));
+    }
+    assert!(!out.exists());
+}
+
+#[test]
+fn device_memory_limit_is_a_size_recorded_in_the_provenance() {
+    let fx = Fixture::new(false);
+    let out = fx.path("c.safetensors");
+    // The CPU engine has no device memory to limit; the flag is parsed and recorded.
+    let j = ok_json(&acts_cmd(
+        "encode",
+        &fx.sae,
+        &fx.dump,
+        &out,
+        &["--device-memory-limit", "24G"],
+    ));
+    assert!(
+        j["provenance"].to_string().contains("25769803776"),
+        "{}",
+        j["provenance"]
+    );
+    for bad in ["24X", "0", "-1G", "G"] {
+        let err = sae_exits(
+            2,
+            &acts_cmd(
+                "encode",
+                &fx.sae,
+                &fx.dump,
+                &out,
+                &["--device-memory-limit", bad],
+            ),
+        );
+        assert!(err.contains("memory size"), "{bad}: {err}");
+    }
+}

@@ -6,7 +6,7 @@
 use rayon::prelude::*;
 
 use crate::codes::{Codes, Denorm};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::matrix::{Layout, Matrix};
 use crate::sae::Sae;
 
@@ -18,19 +18,8 @@ pub(crate) fn decode(
     denorm: Option<&Denorm>,
 ) -> Result<Vec<f32>> {
     let (l, d) = (sae.n_latents(), sae.d_in());
-    codes
-        .validate(l)
-        .map_err(|e| Error::invalid(format!("decode: {e}")))?;
+    codes.check_decodable(l, denorm)?;
     let n = codes.n_rows();
-    if let Some(dn) = denorm {
-        if dn.scale.len() != n || dn.shift.len() != n {
-            return Err(Error::invalid(format!(
-                "decode: normalization constants cover {} / {} rows, the codes have {n}",
-                dn.scale.len(),
-                dn.shift.len()
-            )));
-        }
-    }
     let w = &sae.w_dec;
     let direct: Option<&[f32]> = match (w.dtype(), w.layout()) {
         (crate::dtype::DType::F32, Layout::RowMajor) => bytemuck::try_cast_slice(w.raw()).ok(),

@@ -19,11 +19,11 @@ use rayon::prelude::*;
 
 use super::scan::{scan_threshold, scan_topk, BadValue, TileCsr};
 use super::topk::{merge_states, TopKState};
-use crate::codes::{Codes, Denorm, Encoded};
+use crate::codes::{Codes, Encoded};
 use crate::dtype::convert_to_f32;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::matrix::{Layout, Matrix};
-use crate::sae::{Activation, Normalization, Sae};
+use crate::sae::{Activation, Sae};
 
 /// Largest per-worker scratch, in f32 elements (32 MiB): big batches get narrower tiles.
 const SCRATCH_CAP: usize = 1 << 23;
@@ -108,7 +108,7 @@ impl BufferPool {
 pub(crate) fn encode(p: &EncodeParams, x: &[f32], rows: usize, row_offset: u64) -> Result<Encoded> {
     let sae = p.sae;
     let (l, d) = (sae.n_latents(), sae.d_in());
-    let (xp, denorm) = prepare(sae, x, rows, row_offset)?;
+    let (xp, denorm) = sae.prepare_input(x, rows, row_offset)?;
     let codes = if rows == 0 {
         Codes::empty(sae.k())
     } else {
@@ -160,57 +160,6 @@ fn tile_width(requested: usize, l: usize, rows: usize, threads: usize) -> usize 
         .min(per_thread.max(MIN_AUTO_TILE))
         .min(by_memory.max(MIN_AUTO_TILE))
         .clamp(1, l)
-}
-
-/// Checks the input, normalizes each row and subtracts b_dec when the SAE says so.
-fn prepare(
-    sae: &Sae,
-    x: &[f32],
-    rows: usize,
-    row_offset: u64,
-) -> Result<(Vec<f32>, Option<Denorm>)> {
-    let d = sae.d_in();
-    if Some(x.len()) != rows.checked_mul(d) {
-        return Err(Error::invalid(format!(
-            "encode: input holds {} values, expected {rows} rows x d_in {d}",
-            x.len()
-        )));
-    }
-    let non_finite = |buf: &[f32]| {
-        buf.par_chunks(d)
-            .position_first(|row| row.iter().any(|v| !v.is_finite()))
-    };
-    if let Some(r) = non_finite(x) {
-        return Err(Error::NonFinite {
-            context: "encode input".into(),
-            row: row_offset + r as u64,
-        });
-    }
-    let mut xp = x.to_vec();
-    let mut scale = vec![1f32; rows];
-    let mut shift = vec![0f32; rows];
-    let norm = sae.normalization;
-    let b_dec = &sae.b_dec;
-    xp.par_chunks_mut(d)
-        .zip(scale.par_iter_mut().zip(shift.par_iter_mut()))
-        .for_each(|(row, (sc, sh))| {
-            if let Some(dn) = norm.apply(row) {
-                *sc = dn.scale;
-                *sh = dn.shift;
-            }
-            if sae.subtract_b_dec {
-                row.iter_mut().zip(b_dec).for_each(|(v, b)| *v -= b);
-            }
-        });
-    // A constant row under layer_norm with eps = 0 divides by zero.
-    if let Some(r) = non_finite(&xp) {
-        return Err(Error::NonFinite {
-            context: "encode input after normalization".into(),
-            row: row_offset + r as u64,
-        });
-    }
-    let denorm = (norm != Normalization::None).then_some(Denorm { scale, shift });
-    Ok((xp, denorm))
 }
 
 /// A tile of encoder rows as the GEMM's right-hand side [d, t]:

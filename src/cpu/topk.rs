@@ -9,8 +9,6 @@
 //! end with the full (value, index) comparison, so the result does not depend
 //! on how tiles were spread over workers or on the tile size.
 
-use rayon::prelude::*;
-
 use crate::codes::Codes;
 
 /// Running top-k of `rows` rows: each row keeps at most `k` strictly positive
@@ -93,21 +91,7 @@ impl RowTopK<'_> {
 /// Merges the workers' states into fixed-width codes: per row the k best pairs by
 /// (value descending, latent ascending), padded with index -1 and value 0.
 pub(crate) fn merge_states(states: &[TopKState], rows: usize, k: usize) -> Codes {
-    let mut indices = vec![-1i32; rows * k];
-    let mut values = vec![0f32; rows * k];
-    if k > 0 {
-        indices
-            .par_chunks_mut(k)
-            .zip(values.par_chunks_mut(k))
-            .enumerate()
-            .for_each(|(r, (oi, ov))| merge_row(states, r, oi, ov));
-    }
-    Codes::TopK {
-        n: rows,
-        k,
-        indices,
-        values,
-    }
+    Codes::topk_from_rows(rows, k, |r, oi, ov| merge_row(states, r, oi, ov))
 }
 
 /// k-way merge of one row; the worker count is small, so a linear scan of the heads is enough.

@@ -100,8 +100,33 @@ pub fn candidates(k: usize) -> usize {
     k + (k / 2).clamp(16, 64)
 }
 
-/// Chooses the largest tile (a power of two, at most 65536 latents) that fits the workspace
-/// with up to `max_rows` rows per chunk, halving the rows when even 128 latents do not fit.
+/// What the workspace plan depends on of an SAE (known before it is uploaded).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TileShape {
+    pub d_in: usize,
+    pub n_latents: usize,
+    /// k of a TopK SAE, 0 for threshold SAEs (CSR output).
+    pub k: usize,
+    /// The encoder's stored dtype.
+    pub dtype: DType,
+}
+
+impl TileShape {
+    /// The shape of an uploaded SAE.
+    pub fn of(sae: &DeviceSae) -> TileShape {
+        TileShape {
+            d_in: sae.d_in,
+            n_latents: sae.n_latents,
+            k: match sae.activation {
+                Activation::TopK { k } => k,
+                _ => 0,
+            },
+            dtype: sae.w_enc.dtype,
+        }
+    }
+}
+
+/// [`plan_tiles`] for an uploaded SAE.
 pub fn plan(
     sae: &DeviceSae,
     precision: Precision,
@@ -110,15 +135,30 @@ pub fn plan(
     tile_override: Option<usize>,
     scores: Option<bool>,
 ) -> Result<Plan> {
-    let d = sae.d_in;
-    let l = sae.n_latents;
-    let k = match sae.activation {
-        Activation::TopK { k } => k,
-        _ => 0,
-    };
+    plan_tiles(
+        &TileShape::of(sae),
+        precision,
+        workspace_bytes,
+        max_rows,
+        tile_override,
+        scores,
+    )
+}
+
+/// Chooses the largest tile (a power of two, at most 65536 latents) that fits the workspace
+/// with up to `max_rows` rows per chunk, halving the rows when even 128 latents do not fit.
+pub fn plan_tiles(
+    shape: &TileShape,
+    precision: Precision,
+    workspace_bytes: usize,
+    max_rows: usize,
+    tile_override: Option<usize>,
+    scores: Option<bool>,
+) -> Result<Plan> {
+    let (d, l, k) = (shape.d_in, shape.n_latents, shape.k);
     let csr = k == 0;
-    let lp = low_precision(sae.w_enc.dtype);
-    let half = k > 0 && bf16_scores(sae.w_enc.dtype, precision, l, scores);
+    let lp = low_precision(shape.dtype);
+    let half = k > 0 && bf16_scores(shape.dtype, precision, l, scores);
     let k2 = if half { candidates(k) } else { k };
     // cuBLAS keeps its own workspace (tens of MB on Hopper); reserve it inside the budget.
     let margin = (64usize << 20).min(workspace_bytes / 8);

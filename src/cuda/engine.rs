@@ -13,10 +13,11 @@ use super::device_ptr::{staged_encode_topk, DecodeTopkDevice, DevicePtrOps, Enco
 use super::encode::{self, Plan, Precision, Workspace};
 use super::gemm::GemmMode;
 use super::ops::{self, DecodeExtras, DeviceCodes, DeviceStats};
-use super::weights::DeviceSae;
+use super::plan::{self, DeviceMemory, MemoryRequest};
+use super::weights::{DeviceSae, BOUND_BLOCK};
 use crate::codes::{Codes, Denorm, Encoded};
 use crate::error::{Error, Result};
-use crate::ops::{Engine, EngineOptions};
+use crate::ops::{Engine, EngineOptions, Workload};
 use crate::sae::{Activation, Normalization, Sae};
 
 /// CUDA-specific settings.
@@ -64,6 +65,52 @@ impl CudaOptions {
     }
 }
 
+/// Device-memory settings of a CUDA engine (see [`super::plan`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MemoryOptions {
+    /// What the engine will do: W_dec is uploaded only when it decodes.
+    pub workload: Workload,
+    /// Most device memory the engine may take, weights included.
+    pub limit: Option<u64>,
+}
+
+impl MemoryOptions {
+    /// From the shared engine options.
+    pub fn from_engine(opts: &EngineOptions) -> MemoryOptions {
+        MemoryOptions {
+            workload: opts.workload,
+            limit: opts.device_memory_limit,
+        }
+    }
+}
+
+/// What the memory plan needs of `sae` and the options, known before anything is uploaded.
+fn memory_request(sae: &Sae, opts: &CudaOptions, mem: MemoryOptions) -> MemoryRequest {
+    let l = sae.n_latents() as u64;
+    let per_latent = 1 // b_enc
+        + u64::from(sae.threshold.is_some())
+        + u64::from(sae.rescale_acts_by_decoder_norm);
+    let blocks = l.div_ceil(BOUND_BLOCK as u64) * (1 + u64::from(sae.rescale_acts_by_decoder_norm));
+    MemoryRequest {
+        shape: encode::TileShape {
+            d_in: sae.d_in(),
+            n_latents: sae.n_latents(),
+            k: sae.k().unwrap_or(0),
+            dtype: sae.w_enc.dtype(),
+        },
+        encoder_bytes: sae.w_enc.size_bytes() as u64,
+        decoder_bytes: sae.w_dec.size_bytes() as u64,
+        vector_bytes: 4 * (l * per_latent + sae.d_in() as u64 + blocks),
+        workload: mem.workload,
+        workspace_bytes: opts.workspace_bytes,
+        max_rows: opts.max_rows,
+        precision: opts.precision,
+        tile_override: opts.tile_latents,
+        bf16_scores: opts.bf16_scores,
+        limit: mem.limit,
+    }
+}
+
 /// Pinned staging for one chunk: input activations and the codes coming back.
 struct Slot {
     x: PinnedHostSlice<f32>,
@@ -89,13 +136,27 @@ pub struct CudaEngine {
     state: Mutex<Option<State>>,
     /// Chunks re-encoded with f32 scores because a bf16-path selection was not certified.
     fallbacks: AtomicUsize,
+    /// W_dec is on the device (false for encode-only engines: decoding is refused).
+    decoder_resident: bool,
     // Declared last: dropped after the device buffers above.
     gpu: Gpu,
 }
 
 impl CudaEngine {
-    /// Opens `device`, uploads the SAE's weights once.
+    /// Opens `device`, uploads the SAE's weights once (both matrices, no memory limit).
     pub fn new(device: usize, sae: Arc<Sae>, opts: CudaOptions) -> Result<CudaEngine> {
+        CudaEngine::with_memory(device, sae, opts, MemoryOptions::default())
+    }
+
+    /// Opens `device` and plans its memory before uploading anything (see [`plan`]): the
+    /// free memory (capped by `mem.limit`) must hold the weights `mem.workload` needs, else
+    /// the SAE is refused naming the sizes; the workspace shrinks to what they leave.
+    pub fn with_memory(
+        device: usize,
+        sae: Arc<Sae>,
+        mut opts: CudaOptions,
+        mem: MemoryOptions,
+    ) -> Result<CudaEngine> {
         if let Some(k) = sae.k() {
             if k > encode::MAX_K {
                 return Err(Error::invalid(format!(
@@ -108,15 +169,36 @@ impl CudaEngine {
             return Err(Error::invalid("SAE dimensions exceed 2^31"));
         }
         let gpu = Gpu::open(device)?;
-        let dsae = DeviceSae::upload(&gpu, &sae)?;
+        gpu.bind()?;
+        let (free, total) = drv::mem_get_info().map_err(cuda_err("device memory query"))?;
+        let memory = DeviceMemory {
+            free: free as u64,
+            total: total as u64,
+        };
+        let mplan = plan::plan_memory(&memory_request(&sae, &opts, mem), memory)
+            .map_err(|e| Error::invalid(format!("cuda:{device} ({}): {e}", gpu.info.name)))?;
+        opts.workspace_bytes = mplan.workspace_bytes;
+        let dsae = DeviceSae::upload_for(&gpu, &sae, mplan.upload_decoder)?;
         Ok(CudaEngine {
             sae,
             dsae,
             opts,
             state: Mutex::new(None),
             fallbacks: AtomicUsize::new(0),
+            decoder_resident: mplan.upload_decoder,
             gpu,
         })
+    }
+
+    /// Refuses decoder use on an encode-only engine (its W_dec stayed on the host).
+    fn require_decoder(&self) -> Result<()> {
+        if self.decoder_resident {
+            return Ok(());
+        }
+        Err(Error::invalid(
+            "this CUDA engine was opened to encode only (EngineOptions::workload): W_dec is \
+             not on the device, so it cannot decode or steer",
+        ))
     }
 
     /// The device.
@@ -535,6 +617,7 @@ impl CudaEngine {
                 }
                 None => None,
             };
+            self.require_decoder()?;
             ops::decode(
                 &self.gpu,
                 &self.dsae,
@@ -590,6 +673,7 @@ impl CudaEngine {
             return Ok(());
         }
         let xd = self.gpu.upload(x)?;
+        self.require_decoder()?;
         ops::steer(
             &self.gpu,
             &self.dsae,
@@ -884,6 +968,7 @@ impl DevicePtrOps for CudaEngine {
         let rp = self.gpu.upload(&row_ptr)?;
         let caller = a.stream as usize as CUstream;
         let ours = self.gpu.stream.cu_stream();
+        self.require_decoder()?;
         order_after(caller, ours)?;
         ops::decode(
             &self.gpu, &self.dsae, a.rows, rp.ptr, a.indices, a.values, a.out_x, ex,

@@ -7,6 +7,7 @@
 //! - [`device`]: context, stream, cuBLAS handle, raw device buffers.
 //! - [`gemm`]: the encoder GEMM (cuBLAS, or a cuBLASLt algorithm chosen by timing).
 //! - [`weights`]: an SAE on the device (raw weight bytes uploaded once, stored layout kept).
+//! - [`plan`]: device-memory plans from free memory and a limit, before upload.
 //! - [`encode`]: workspace planning, tiled GEMM, top-k and CSR encode.
 //! - [`ops`]: decode, statistics, steering.
 //! - [`engine`]: [`CudaEngine`], the `Engine` implementation.
@@ -28,17 +29,19 @@ pub mod kernels;
 pub mod loader;
 pub mod ops;
 pub mod pipeline;
+pub mod plan;
 pub mod verify;
 pub mod weights;
 
 pub use device::{DeviceInfo, Gpu};
 pub use encode::Precision;
-pub use engine::{CudaEngine, CudaOptions};
+pub use engine::{CudaEngine, CudaOptions, MemoryOptions};
 
 /// Builds a CUDA engine on `device`, or `Error::BackendUnavailable` when CUDA cannot run here.
 pub fn engine(device: usize, sae: Arc<Sae>, opts: &EngineOptions) -> Result<Box<dyn Engine>> {
     let copts = CudaOptions::from_engine(opts)?;
-    Ok(Box::new(CudaEngine::new(device, sae, copts)?))
+    let mem = MemoryOptions::from_engine(opts);
+    Ok(Box::new(CudaEngine::with_memory(device, sae, copts, mem)?))
 }
 
 /// Whether a CUDA device can be used here; Err says why not (no driver, no device, no cuBLAS).

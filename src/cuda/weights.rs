@@ -117,6 +117,13 @@ fn upload_bounds(
 impl DeviceSae {
     /// Uploads `sae` (weights once, in their stored form).
     pub fn upload(gpu: &Gpu, sae: &Sae) -> Result<DeviceSae> {
+        DeviceSae::upload_for(gpu, sae, true)
+    }
+
+    /// Uploads `sae`, W_dec only when `decoder` (an encode-only engine leaves it on the
+    /// host: `w_dec` is then None, and the engine must refuse every decoder use, since
+    /// [`DeviceSae::decoder`] reads None as tied weights).
+    pub fn upload_for(gpu: &Gpu, sae: &Sae, decoder: bool) -> Result<DeviceSae> {
         // Same f64 row norms as the CPU reference (Matrix::row_norms).
         let norms = sae
             .rescale_acts_by_decoder_norm
@@ -127,7 +134,9 @@ impl DeviceSae {
             n_latents: sae.n_latents(),
             d_in: sae.d_in(),
             w_enc: DeviceMatrix::upload(gpu, &sae.w_enc)?,
-            w_dec: Some(DeviceMatrix::upload(gpu, &sae.w_dec)?),
+            w_dec: decoder
+                .then(|| DeviceMatrix::upload(gpu, &sae.w_dec))
+                .transpose()?,
             b_enc: gpu.upload(&sae.b_enc)?,
             b_dec: gpu.upload(&sae.b_dec)?,
             threshold: sae.threshold.as_ref().map(|t| gpu.upload(t)).transpose()?,

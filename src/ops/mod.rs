@@ -39,6 +39,25 @@ impl BackendKind {
     }
 }
 
+/// What an engine will be asked to do: decides which weights a GPU backend keeps on the
+/// device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Workload {
+    /// Encode only (codes, and statistics of the codes, which need no weights): W_enc on the
+    /// device, never W_dec. Decoding or steering with such an engine is refused.
+    Encode,
+    /// Encode, decode and steer: both matrices (the default).
+    #[default]
+    EncodeDecode,
+}
+
+impl Workload {
+    /// Whether W_dec goes on the device.
+    pub fn needs_decoder(self) -> bool {
+        self == Workload::EncodeDecode
+    }
+}
+
 /// Tuning knobs shared by backends.
 #[derive(Debug, Clone)]
 pub struct EngineOptions {
@@ -50,6 +69,13 @@ pub struct EngineOptions {
     /// order) or Fast (activations rounded to the weights' dtype, tensor cores). The CPU
     /// backend always computes exactly.
     pub precision: crate::cuda::Precision,
+    /// Most device memory the CUDA backend may take, weights included, in bytes (None: what
+    /// is free). Below the card's free memory it emulates a smaller card; weights that do
+    /// not fit are refused before anything is uploaded.
+    pub device_memory_limit: Option<u64>,
+    /// What the engine will be asked to do: an encode-only CUDA engine never uploads W_dec
+    /// (and refuses to decode). Default: encode and decode.
+    pub workload: Workload,
 }
 
 impl Default for EngineOptions {
@@ -58,6 +84,8 @@ impl Default for EngineOptions {
             tile_latents: 4096,
             workspace_bytes: 1 << 30,
             precision: crate::cuda::Precision::Exact,
+            device_memory_limit: None,
+            workload: Workload::EncodeDecode,
         }
     }
 }

@@ -22,6 +22,8 @@ use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::matrix::Matrix;
 
+mod input;
+
 /// Where an SAE came from; selects nothing at run time, it is reported and recorded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]

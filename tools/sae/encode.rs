@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use sae_engine::io::guard::PathGuard;
+use sae_engine::Workload;
 use sae_engine::{Dump, Format, Result};
 use serde_json::json;
 
@@ -45,7 +46,8 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
     let dump = Dump::open(&a.acts)?;
     dump.check_width(sae.d_in())?;
     prov.input("acts", &a.acts)?;
-    let engine = a.engine.engine(ctx, sae, &mut prov)?;
+    // Encoding only: a CUDA engine leaves W_dec on the host.
+    let engine = a.engine.engine_for(ctx, sae, &mut prov, Workload::Encode)?;
     let t0 = Instant::now();
     let pb = ctx.progress(dump.n_rows(), "encode");
     let s = sae_engine::pipeline::encode_dump_to_file_with_provenance(

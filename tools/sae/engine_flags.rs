@@ -5,7 +5,9 @@
 
 use std::sync::Arc;
 
+use sae_engine::latent_split::{parse_shard_backends, LatentSplit, ShardedEngine};
 use sae_engine::provenance::Provenance;
+use sae_engine::Workload;
 use sae_engine::{BackendKind, Engine, EngineOptions, Error, Result, Sae};
 
 use crate::common::Ctx;
@@ -48,6 +50,28 @@ pub struct EngineFlags {
     /// variable SAE_CUDA_PRECISION, when set, overrides it.
     #[arg(long, default_value = "exact", value_name = "PRECISION", value_parser = parse_precision)]
     pub precision: sae_engine::cuda::Precision,
+    /// Split the SAE's latents into contiguous shards, one engine each: a count N (N shards
+    /// on --backend/--device, e.g. several on one GPU) or a list of backends, one shard per
+    /// entry (cuda:0,cuda:1). Codes and statistics equal the unsharded engine's; decode
+    /// within f32 rounding.
+    #[arg(long, value_name = "N|LIST", value_parser = parse_latent_shards)]
+    pub latent_shards: Option<String>,
+    /// Most device memory a CUDA engine may take, weights included (e.g. 24G, 512M): emulates
+    /// a smaller card. Weights that do not fit are refused before anything is uploaded.
+    #[arg(long, value_name = "SIZE", value_parser = parse_memory_size, allow_hyphen_values = true)]
+    pub device_memory_limit: Option<u64>,
+}
+
+/// `--device-memory-limit` values.
+fn parse_memory_size(s: &str) -> std::result::Result<u64, String> {
+    sae_engine::cuda::plan::parse_size(s).map_err(|e| e.to_string())
+}
+
+/// `--latent-shards` values (checked at parse time so a typo is a usage error).
+fn parse_latent_shards(s: &str) -> std::result::Result<String, String> {
+    parse_shard_backends(s, BackendKind::Cpu)
+        .map(|_| s.to_string())
+        .map_err(|e| e.to_string())
 }
 
 /// `--precision` values.
@@ -82,6 +106,7 @@ impl EngineFlags {
         if let Some(t) = self.tile_latents {
             opts.tile_latents = t as usize;
         }
+        opts.device_memory_limit = self.device_memory_limit;
         opts
     }
 
@@ -102,6 +127,12 @@ impl EngineFlags {
         if let Some(d) = self.device {
             prov.option("device", d);
         }
+        if let Some(s) = &self.latent_shards {
+            prov.option("latent_shards", s);
+        }
+        if let Some(m) = self.device_memory_limit {
+            prov.option("device_memory_limit", m);
+        }
     }
 
     /// Builds the engine the flags ask for and records the flags and the engine's name in
@@ -113,22 +144,57 @@ impl EngineFlags {
         sae: Arc<Sae>,
         prov: &mut Provenance,
     ) -> Result<Box<dyn Engine>> {
+        self.engine_for(ctx, sae, prov, Workload::EncodeDecode)
+    }
+
+    /// [`EngineFlags::engine`] for a command that does only `workload` (an encode-only CUDA
+    /// engine leaves W_dec on the host).
+    pub fn engine_for(
+        &self,
+        ctx: &Ctx,
+        sae: Arc<Sae>,
+        prov: &mut Provenance,
+        workload: Workload,
+    ) -> Result<Box<dyn Engine>> {
         self.record(prov);
-        let opts = self.options();
+        let opts = EngineOptions {
+            workload,
+            ..self.options()
+        };
         let device = self.device.unwrap_or(0) as usize;
-        let engine = match self.backend_kind()? {
-            BackendKind::Auto if device != 0 => {
-                match sae_engine::engine(BackendKind::Cuda { device }, sae.clone(), &opts) {
-                    Err(Error::BackendUnavailable(_)) => {
-                        sae_engine::engine(BackendKind::Cpu, sae, &opts)
-                    }
-                    other => other,
-                }
+        let engine: Box<dyn Engine> = match &self.latent_shards {
+            None => open_one(self.backend_kind()?, device, sae, &opts)?,
+            Some(spec) => {
+                let kinds = parse_shard_backends(spec, self.backend_kind()?)?;
+                let split = LatentSplit::even(sae.n_latents(), kinds.len())?;
+                Box::new(ShardedEngine::new(sae, &split, |i, part| {
+                    open_one(kinds[i], device, part, &opts)
+                })?)
             }
-            k => sae_engine::engine(k, sae, &opts),
-        }?;
+        };
         ctx.note(&format!("backend: {}", engine.name()));
         prov.option("engine", engine.name());
         Ok(engine)
+    }
+}
+
+/// One engine of `kind`; `auto` with a device other than 0 tries that CUDA device and falls
+/// back to the CPU when CUDA cannot run here.
+fn open_one(
+    kind: BackendKind,
+    device: usize,
+    sae: Arc<Sae>,
+    opts: &EngineOptions,
+) -> Result<Box<dyn Engine>> {
+    match kind {
+        BackendKind::Auto if device != 0 => {
+            match sae_engine::engine(BackendKind::Cuda { device }, sae.clone(), opts) {
+                Err(Error::BackendUnavailable(_)) => {
+                    sae_engine::engine(BackendKind::Cpu, sae, opts)
+                }
+                other => other,
+            }
+        }
+        k => sae_engine::engine(k, sae, opts),
     }
 }

@@ -11,6 +11,7 @@ use sae_engine::io::guard::PathGuard;
 use sae_engine::provenance::Provenance;
 use sae_engine::scaleout::{self, Devices, FanOutOptions, FanOutReport, StatsJob};
 use sae_engine::stats::TokenRule;
+use sae_engine::Workload;
 use sae_engine::{Dump, Error, Format, LatentStats, Result, Sae};
 use serde_json::json;
 
@@ -46,8 +47,9 @@ pub struct Args {
     /// Split the shard files over several devices, one worker each: CUDA device
     /// indices (0,1 or cuda:0,cuda:1), cpu, or cpu:N for N CPU workers (overrides
     /// --backend/--device). A failed shard is reported with its device; rerunning the
-    /// same command computes only the shards that have no statistics yet.
-    #[arg(long, value_name = "LIST", value_parser = parse_devices)]
+    /// same command computes only the shards that have no statistics yet. Not with
+    /// --latent-shards (one SAE split over devices).
+    #[arg(long, value_name = "LIST", value_parser = parse_devices, conflicts_with = "latent_shards")]
     pub devices: Option<Devices>,
     /// With --devices: directory of the per-shard statistics files
     /// (default: OUT.units beside --out).
@@ -221,7 +223,13 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
             sae,
             devices,
             units,
-            (opts, a.engine.options()),
+            (
+                opts,
+                sae_engine::EngineOptions {
+                    workload: Workload::Encode,
+                    ..a.engine.options()
+                },
+            ),
             dest,
         );
     }
@@ -230,7 +238,8 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
         dump = dump.select_shards(i, n)?;
     }
     dump.check_width(sae.d_in())?;
-    let engine = a.engine.engine(ctx, sae, &mut prov)?;
+    // Encoding only: a CUDA engine leaves W_dec on the host.
+    let engine = a.engine.engine_for(ctx, sae, &mut prov, Workload::Encode)?;
     let t0 = Instant::now();
     let pb = ctx.progress(dump.n_rows(), "stats");
     let s = sae_engine::pipeline::stats_of_dump(

@@ -82,7 +82,9 @@ impl Session {
             .option("outlier_factor", rule.outlier_factor)
             .option("keep_outliers", rule.keep_outliers);
         Ok(Session {
-            engine: flags.engine(ctx, sae, prov)?,
+            // The workflow commands encode and count; decoder rows (steering) are read on
+            // the host, so a CUDA engine leaves W_dec there.
+            engine: flags.engine_for(ctx, sae, prov, sae_engine::Workload::Encode)?,
             fingerprint,
             opts: stats_opts(flags, rule),
         })
