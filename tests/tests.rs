@@ -12,6 +12,7 @@ mod cli_workflow;
 mod cluster_recipe;
 mod cpu_engine;
 mod cuda_parity;
+mod cuda_shards_memory;
 mod dumps;
 mod formats;
 mod hub;
