@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Same-run CPU benchmarks against PyTorch; writes benches/results/<UTC date>-cpu/.
 #
-#   bash benches/cpu_vs_torch.sh                 # both stages, about 8-10 minutes on 2 cores
-#   STAGES=shapes bash benches/cpu_vs_torch.sh   # only encode/decode/stats shapes (~3 min)
-#   STAGES=stats  bash benches/cpu_vs_torch.sh   # only `sae stats` end to end (~6 min)
+#   bash benches/cpu_vs_torch.sh                 # both stages, about 15 minutes on 2 busy cores
+#   STAGES=shapes bash benches/cpu_vs_torch.sh   # only encode/decode/stats shapes (~6 min)
+#   STAGES=stats  bash benches/cpu_vs_torch.sh   # only `sae stats` end to end (~9 min)
 #
 # Stages:
 #   shapes  benches/shapes_vs_torch.py: the benches/cpu.rs shapes, ours and
@@ -20,10 +20,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . tools/real-model/env.sh
 PYTHON="${PYTHON:-$realmodel_python}"
-STAGES="${STAGES:-shapes stats}"
+STAGES="${STAGES:-stats shapes}"
 THREADS="${THREADS:-2}"
 ROUNDS="${ROUNDS:-3}"
-REPS="${REPS:-5}"
+REPS="${REPS:-3}"
 GIB="${GIB:-2}"
 STATS_REPS="${STATS_REPS:-2}"
 OUT="${OUT:-benches/results/$(date -u +%F)-cpu}"

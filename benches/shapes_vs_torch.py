@@ -22,6 +22,11 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 OPS = ("encode_ms", "decode_ms", "stats_ms")
 
 
+def fmt(ms):
+    """Milliseconds with three significant digits or more."""
+    return f"{ms:.0f}" if ms >= 100 else f"{ms:.1f}" if ms >= 10 else f"{ms:.2f}" if ms >= 1 else f"{ms:.3f}"
+
+
 def one(cmd, env):
     out = subprocess.run(cmd, env=env, check=True, stdout=subprocess.PIPE, text=True).stdout
     lines = [ln for ln in out.splitlines() if ln.startswith("{")]
@@ -80,15 +85,18 @@ def main():
             theirs = [x[op][0] for x in runs[s]["torch"]]
             ratios = [b / a for a, b in zip(ours, theirs)]
             row[op] = {"ours": ours, "torch": theirs, "ratio": ratios}
-            rng = lambda xs, f: f"{statistics.median(xs):{f}} ({min(xs):{f}}-{max(xs):{f}})"
+            rng = lambda xs: f"{fmt(statistics.median(xs))} ({fmt(min(xs))}-{fmt(max(xs))})"
             table.append(
-                f"| {names[s].replace('x', ' x ').replace('_k', ', k ')} | {op[:-3]} | {rng(ours, '.1f')} | "
-                f"{rng(theirs, '.1f')} | **{statistics.median(ratios):.2f}** ({min(ratios):.2f}-{max(ratios):.2f}) |"
+                f"| {names[s].replace('x', ' x ').replace('_k', ', k ')} | {op[:-3]} | {rng(ours)} | {rng(theirs)} | **{statistics.median(ratios):.2f}** ({min(ratios):.2f}-{max(ratios):.2f}) |"
             )
         summary["shapes"].append(row)
     summary["torch"] = runs[shapes[0]]["torch"][0].get("torch")
     with open(os.path.join(args.results, "shapes_vs_torch.json"), "w") as f:
         json.dump(summary, f, indent=1)
+    table.append("")
+    table.append("encode: ours = sorted top-k codes, torch = topk(relu(linear), sorted=False); decode: ours = "
+                 "gather-sum of the k decoder rows, torch = embedding_bag(mode='sum'); stats: ours = sum, "
+                 "sum_sq (f64), count and max per latent, torch = index_add_ of the values only (a lower bound).")
     text = "\n".join(table) + "\n"
     with open(os.path.join(args.results, "shapes_vs_torch.md"), "w") as f:
         f.write(text)
