@@ -1,4 +1,4 @@
-//! CPU encode / decode / statistics on the anchors.md CPU shapes (torch CPU baselines there).
+//! CPU encode / decode / statistics on three SAE shapes (benches/torch_cpu_baseline.py times torch on them).
 //!
 //! Run: `cargo bench --bench cpu` (all shapes, a few minutes on 2 cores), or filter,
 //! e.g. `cargo bench --bench cpu -- encode/1024x768x32768`. Weights are f32 row-major
@@ -15,7 +15,7 @@ use sae_engine::cpu::CpuEngine;
 use sae_engine::matrix::Matrix;
 use sae_engine::{Activation, DType, Engine, EngineOptions, LatentStats, Sae};
 
-/// (N tokens, d_in, latents, k), as in anchors.md "PyTorch 2.15 (CPU)".
+/// (N tokens, d_in, latents, k): GPT-2-small-width SAEs of 32k and 131k latents, Gemma-2-2B width 16k.
 const SHAPES: [(usize, usize, usize, usize); 3] = [
     (1024, 768, 32_768, 32),
     (1024, 768, 131_072, 32),

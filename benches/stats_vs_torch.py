@@ -21,6 +21,8 @@ Subcommands:
         runs CMD, samples /proc/PID/status every 20 ms, prints one JSON line: wall seconds,
         peak RSS from wait4 (the kernel's high-water mark, the number /usr/bin/time -v
         prints), and the peaks of the anonymous and file-backed parts of RSS.
+  memory --sae-bin SAE --work DIR --results DIR [--gib 0.25] [--batch-sizes 4096,1024]
+        peak RSS of `sae stats` at each batch size on a smaller dump (compare with the run's).
   run   (the driver: see benches/cpu_vs_torch.sh) makes the data, runs `sae stats` and the
         torch script interleaved --reps times each, compares, writes results.json and
         results.md into --results.
@@ -344,6 +346,8 @@ def run(args):
             load0 = os.getloadavg()[0]
             out, rec = measure_cmd(cmd, env)
             rec["rows_per_s"] = made["rows"] / rec["wall_s"]
+            # Rows per CPU-second of the process: what a busy, shared machine distorts least.
+            rec["rows_per_cpu_s"] = made["rows"] / rec["cpu_s"]
             if side == "torch":
                 # The script's own clock, from after `import torch` to the statistics.
                 rec["in_script_s"] = json.loads(out.strip().splitlines()[-1])["seconds"]
@@ -357,7 +361,7 @@ def run(args):
                "threads": args.threads, "batch_size": args.batch_size, "agreement": agreement}
     for side in runs:
         summary[side] = {key: spread([r[key] for r in runs[side]])
-                         for key in ("wall_s", "rows_per_s", "peak_rss_mb", "peak_rss_anon_mb",
+                         for key in ("wall_s", "rows_per_s", "rows_per_cpu_s", "peak_rss_mb", "peak_rss_anon_mb",
                                      "peak_rss_file_mb", "cpu_s")}
     summary["torch_in_script_s"] = spread([r["in_script_s"] for r in runs["torch"]])
     summary["ratio_rows_per_s"] = summary["ours"]["rows_per_s"]["median"] / summary["torch"]["rows_per_s"]["median"]
@@ -370,6 +374,10 @@ def run(args):
         f"| rows/s, median (min-max) of {args.reps} | {o['rows_per_s']['median']:,.0f} "
         f"({o['rows_per_s']['min']:,.0f}-{o['rows_per_s']['max']:,.0f}) | {t_['rows_per_s']['median']:,.0f} "
         f"({t_['rows_per_s']['min']:,.0f}-{t_['rows_per_s']['max']:,.0f}) | **{summary['ratio_rows_per_s']:.2f}x** |",
+        f"| rows per CPU-second, median (min-max) | {o['rows_per_cpu_s']['median']:,.0f} "
+        f"({o['rows_per_cpu_s']['min']:,.0f}-{o['rows_per_cpu_s']['max']:,.0f}) | {t_['rows_per_cpu_s']['median']:,.0f} "
+        f"({t_['rows_per_cpu_s']['min']:,.0f}-{t_['rows_per_cpu_s']['max']:,.0f}) | "
+        f"**{o['rows_per_cpu_s']['median'] / t_['rows_per_cpu_s']['median']:.2f}x** |",
         f"| wall, median | {o['wall_s']['median']:.1f} s | {t_['wall_s']['median']:.1f} s | |",
         f"| peak RSS (wait4), median (min-max) | {o['peak_rss_mb']['median']:.0f} MB "
         f"({o['peak_rss_mb']['min']:.0f}-{o['peak_rss_mb']['max']:.0f}) | {t_['peak_rss_mb']['median']:.0f} MB "
@@ -396,6 +404,36 @@ def run(args):
                 pass
     if not agreement["agree"]:
         raise SystemExit("the two statistics files disagree beyond tolerance (see above)")
+
+
+def memory(args):
+    """Peak RSS of `sae stats` at several batch sizes on one dump: with the driver's run on a
+    larger dump, shows what resident memory follows (batch size, weights) and what it does not
+    (the dump's size)."""
+    os.makedirs(args.results, exist_ok=True)
+    env = dict(os.environ, RAYON_NUM_THREADS=str(args.threads))
+    sae_dir = os.path.join(args.work, "sae")
+    acts = os.path.join(args.work, "acts.safetensors")
+    out = os.path.join(args.work, "ours.stats.safetensors")
+    made = json.loads(subprocess.run(
+        [sys.executable, __file__, "make", "--sae", sae_dir, "--acts", acts, "--gib", str(args.gib),
+         "--d", str(args.d), "--latents", str(args.latents), "--k", str(args.k)],
+        check=True, stdout=subprocess.PIPE, text=True).stdout)
+    rows = []
+    for bs in (int(b) for b in args.batch_sizes.split(",")):
+        if os.path.exists(out):
+            os.remove(out)
+        cmd = [args.sae_bin, "--quiet", "stats", "--sae", sae_dir, "--acts", acts, "--out", out,
+               "--backend", "cpu", "--batch-size", str(bs)]
+        _, rec = measure_cmd(cmd, env)
+        rec.update(batch_size=bs, dump_bytes=made["dump_bytes"], command=" ".join(cmd))
+        rows.append(rec)
+        print(json.dumps(rec), flush=True)
+    with open(os.path.join(args.results, "memory.json"), "w") as f:
+        json.dump({"dump": made, "runs": rows}, f, indent=1)
+    for path in (acts, out, os.path.join(sae_dir, "sae_weights.safetensors"), os.path.join(sae_dir, "cfg.json")):
+        if os.path.exists(path):
+            os.remove(path)
 
 
 def main():
@@ -444,6 +482,16 @@ def main():
     p.add_argument("--keep", action="store_true", help="keep the SAE, dump and statistics files")
     shape(p)
     p.set_defaults(fn=run)
+
+    p = sub.add_parser("memory")
+    p.add_argument("--sae-bin", required=True, help="release build of `sae`")
+    p.add_argument("--work", required=True, help="scratch folder for the SAE and dump")
+    p.add_argument("--results", required=True)
+    p.add_argument("--gib", type=float, default=0.25)
+    p.add_argument("--batch-sizes", default="4096,1024")
+    p.add_argument("--threads", type=int, default=2)
+    shape(p)
+    p.set_defaults(fn=memory)
 
     args = ap.parse_args()
     args.fn(args)

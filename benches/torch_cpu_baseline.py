@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Times the PyTorch CPU path a user would run instead of sae-engine, on the
-shapes of benches/cpu.rs (anchors.md "PyTorch (CPU)"):
+shapes of benches/cpu.rs:
 
   encode = torch.topk(relu(linear(X, W_enc, b_enc)), k, sorted=False)
   decode = F.embedding_bag(idx, W_dec, per_sample_weights=vals, mode="sum")
