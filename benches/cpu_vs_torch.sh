@@ -60,6 +60,11 @@ sae_bin="$target_dir/release/sae"
     echo "bench: $bench_bin"
 } | tee "$OUT/machine.txt"
 
+# The scripts' own checks first (small shapes, seconds): the generated files are what
+# `sae stats` reads, and the torch script computes the statistics `sae stats` computes.
+SAE_BIN="$sae_bin" SAE_REQUIRE_TORCH=1 "$PYTHON" -m unittest discover -s tools/python/tests \
+    -p test_bench_stats.py
+
 for stage in $STAGES; do
     case "$stage" in
     shapes)

@@ -306,6 +306,13 @@ def measure(args):
 # ---------------------------------------------------------------- driver
 
 
+def make_data(args, sae_dir, acts):
+    """Runs `make` in a child process (its arrays are freed before anything is timed)."""
+    cmd = [sys.executable, __file__, "make", "--sae", sae_dir, "--acts", acts, "--gib", str(args.gib),
+           "--d", str(args.d), "--latents", str(args.latents), "--k", str(args.k)]
+    return json.loads(subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout)
+
+
 def spread(xs):
     return {"median": statistics.median(xs), "min": min(xs), "max": max(xs), "runs": xs}
 
@@ -324,10 +331,7 @@ def run(args):
         log.flush()
 
     t = time.perf_counter()
-    made = json.loads(subprocess.run(
-        [sys.executable, __file__, "make", "--sae", sae_dir, "--acts", acts, "--gib", str(args.gib),
-         "--d", str(args.d), "--latents", str(args.latents), "--k", str(args.k)],
-        check=True, stdout=subprocess.PIPE, text=True).stdout)
+    made = make_data(args, sae_dir, acts)
     note(f"made SAE + dump in {time.perf_counter() - t:.1f} s: {json.dumps(made)}")
     # Both sides read the dump from the page cache: read it once before timing anything.
     subprocess.run(["cat", acts], stdout=subprocess.DEVNULL, check=True)
@@ -393,15 +397,7 @@ def run(args):
         f.write("\n".join(table) + "\n")
     note("\n".join(table))
     if not args.keep:
-        for path in (acts, ours_out, torch_out, os.path.join(sae_dir, "sae_weights.safetensors"),
-                     os.path.join(sae_dir, "cfg.json")):
-            if os.path.exists(path):
-                os.remove(path)
-        for path in (sae_dir, args.work):
-            try:
-                os.rmdir(path)
-            except OSError:
-                pass
+        remove_scratch(args.work, sae_dir, [acts, ours_out, torch_out])
     if not agreement["agree"]:
         raise SystemExit("the two statistics files disagree beyond tolerance (see above)")
 
@@ -415,10 +411,7 @@ def memory(args):
     sae_dir = os.path.join(args.work, "sae")
     acts = os.path.join(args.work, "acts.safetensors")
     out = os.path.join(args.work, "ours.stats.safetensors")
-    made = json.loads(subprocess.run(
-        [sys.executable, __file__, "make", "--sae", sae_dir, "--acts", acts, "--gib", str(args.gib),
-         "--d", str(args.d), "--latents", str(args.latents), "--k", str(args.k)],
-        check=True, stdout=subprocess.PIPE, text=True).stdout)
+    made = make_data(args, sae_dir, acts)
     rows = []
     for bs in (int(b) for b in args.batch_sizes.split(",")):
         if os.path.exists(out):
@@ -431,9 +424,19 @@ def memory(args):
         print(json.dumps(rec), flush=True)
     with open(os.path.join(args.results, "memory.json"), "w") as f:
         json.dump({"dump": made, "runs": rows}, f, indent=1)
-    for path in (acts, out, os.path.join(sae_dir, "sae_weights.safetensors"), os.path.join(sae_dir, "cfg.json")):
+    remove_scratch(args.work, sae_dir, [acts, out])
+
+
+def remove_scratch(work, sae_dir, files):
+    """Removes the generated SAE, the given files and the then empty folders."""
+    for path in files + [os.path.join(sae_dir, "sae_weights.safetensors"), os.path.join(sae_dir, "cfg.json")]:
         if os.path.exists(path):
             os.remove(path)
+    for path in (sae_dir, work):
+        try:
+            os.rmdir(path)
+        except OSError:
+            pass
 
 
 def main():
@@ -471,26 +474,24 @@ def main():
     p.add_argument("cmd", nargs=argparse.REMAINDER)
     p.set_defaults(fn=measure)
 
+    def measured(p, gib):
+        p.add_argument("--sae-bin", required=True, help="release build of `sae`")
+        p.add_argument("--work", required=True, help="scratch folder for the SAE and dump")
+        p.add_argument("--results", required=True)
+        p.add_argument("--gib", type=float, default=gib)
+        p.add_argument("--threads", type=int, default=2)
+        shape(p)
+
     p = sub.add_parser("run")
-    p.add_argument("--sae-bin", required=True, help="release build of `sae`")
-    p.add_argument("--work", required=True, help="scratch folder for the SAE and dump (removed at the end)")
-    p.add_argument("--results", required=True)
-    p.add_argument("--gib", type=float, default=2.0)
+    measured(p, 2.0)
     p.add_argument("--reps", type=int, default=2)
-    p.add_argument("--threads", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=4096)
     p.add_argument("--keep", action="store_true", help="keep the SAE, dump and statistics files")
-    shape(p)
     p.set_defaults(fn=run)
 
     p = sub.add_parser("memory")
-    p.add_argument("--sae-bin", required=True, help="release build of `sae`")
-    p.add_argument("--work", required=True, help="scratch folder for the SAE and dump")
-    p.add_argument("--results", required=True)
-    p.add_argument("--gib", type=float, default=0.25)
+    measured(p, 0.25)
     p.add_argument("--batch-sizes", default="4096,1024")
-    p.add_argument("--threads", type=int, default=2)
-    shape(p)
     p.set_defaults(fn=memory)
 
     args = ap.parse_args()
