@@ -1,8 +1,10 @@
-//! CPU encode / decode / statistics on the anchors.md CPU shapes (torch CPU baselines there).
+//! CPU encode / decode / statistics on three SAE shapes (benches/torch_cpu_baseline.py times torch on them).
 //!
 //! Run: `cargo bench --bench cpu` (all shapes, a few minutes on 2 cores), or filter,
 //! e.g. `cargo bench --bench cpu -- encode/1024x768x32768`. Weights are f32 row-major
 //! in memory (W_dec shares W_enc's bytes: decode cost does not depend on the values).
+//! `SAE_BENCH_JSON=REPS` prints JSON medians instead (benches/shapes_vs_torch.py runs it
+//! interleaved with benches/torch_cpu_baseline.py for same-run ratios).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,7 +15,7 @@ use sae_engine::cpu::CpuEngine;
 use sae_engine::matrix::Matrix;
 use sae_engine::{Activation, DType, Engine, EngineOptions, LatentStats, Sae};
 
-/// (N tokens, d_in, latents, k), as in anchors.md "PyTorch 2.15 (CPU)".
+/// (N tokens, d_in, latents, k): GPT-2-small-width SAEs of 32k and 131k latents, Gemma-2-2B width 16k.
 const SHAPES: [(usize, usize, usize, usize); 3] = [
     (1024, 768, 32_768, 32),
     (1024, 768, 131_072, 32),
@@ -146,17 +148,61 @@ fn cpu_time_report(reps: usize) {
     }
 }
 
+/// Median, min and max of `reps` timed runs of `f` (ms), after one untimed warm-up.
+fn time_ms<T>(reps: usize, mut f: impl FnMut() -> T) -> (f64, f64, f64) {
+    std::hint::black_box(f());
+    let mut t: Vec<f64> = (0..reps.max(1))
+        .map(|_| {
+            let s = std::time::Instant::now();
+            std::hint::black_box(f());
+            s.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    t.sort_by(f64::total_cmp);
+    (t[t.len() / 2], t[0], t[t.len() - 1])
+}
+
+/// `SAE_BENCH_JSON=REPS`: one JSON line per shape (those of `SAE_BENCH_SHAPES`, default
+/// all) with the median / min / max wall ms of encode, decode and statistics over REPS
+/// runs: what benches/shapes_vs_torch.py interleaves with benches/torch_cpu_baseline.py.
+fn json_report(reps: usize) {
+    let picks: Vec<usize> = std::env::var("SAE_BENCH_SHAPES")
+        .map(|v| v.split(',').filter_map(|s| s.trim().parse().ok()).collect())
+        .unwrap_or(vec![0, 1, 2]);
+    for (n, d, l, k) in picks.iter().filter_map(|i| SHAPES.get(*i).copied()) {
+        let eng =
+            CpuEngine::new(Arc::new(sae(d, l, k)), &EngineOptions::default()).expect("engine");
+        let x = uniform(n * d, 3, 1.0);
+        let encode = time_ms(reps, || eng.encode(&x, n, 0).expect("encode"));
+        let codes = eng.encode(&x, n, 0).expect("encode").codes;
+        let decode = time_ms(reps, || eng.decode(&codes, None).expect("decode"));
+        let stats = time_ms(reps, || {
+            let mut st = LatentStats::new("bench", l);
+            eng.accumulate(&mut st, &codes, None).expect("stats");
+            st
+        });
+        let field = |(med, min, max): (f64, f64, f64)| serde_json::json!([med, min, max]);
+        let line = serde_json::json!({
+            "shape": format!("{n}x{d}x{l}_k{k}"),
+            "threads": rayon::current_num_threads(),
+            "encode_ms": field(encode),
+            "decode_ms": field(decode),
+            "stats_ms": field(stats),
+        });
+        println!("{line}");
+    }
+}
+
 criterion_group!(benches, bench);
 
 fn main() {
-    match std::env::var("SAE_BENCH_CPU_TIME")
-        .ok()
-        .and_then(|v| v.parse().ok())
-    {
-        Some(reps) => cpu_time_report(reps),
-        None => {
-            benches();
-            Criterion::default().configure_from_args().final_summary();
-        }
+    let reps = |name: &str| std::env::var(name).ok().and_then(|v| v.parse().ok());
+    if let Some(r) = reps("SAE_BENCH_JSON") {
+        json_report(r);
+    } else if let Some(r) = reps("SAE_BENCH_CPU_TIME") {
+        cpu_time_report(r);
+    } else {
+        benches();
+        Criterion::default().configure_from_args().final_summary();
     }
 }

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""PyTorch baseline for the shapes `sae-bench run` measures (see shared/anchors.md).
+"""PyTorch baseline for the shapes `sae-bench run` measures.
 
 Encode  = relu(linear(X, W_enc, b_enc)) then torch.topk(k, dim=-1, sorted=False)
 Decode  = F.embedding_bag(idx, W_dec, per_sample_weights=vals, mode="sum")
@@ -109,7 +109,7 @@ def main():
     if not torch.cuda.is_available():
         print("torch_baseline: no CUDA device", file=sys.stderr)
         return 2
-    torch.backends.cuda.matmul.allow_tf32 = True  # as in anchors.md ("TF32 allowed for f32")
+    torch.backends.cuda.matmul.allow_tf32 = True  # TF32 allowed for f32, as torch users run it
     names = [s.strip() for s in args.shapes.split(",") if s.strip()]
     unknown = [s for s in names if s not in SHAPES]
     if unknown:
