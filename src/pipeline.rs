@@ -12,8 +12,8 @@ use crate::error::{Error, Result};
 use crate::io::codes::{CodesKind, CodesReader, CodesWriter};
 // The writer lived here first; kept under this path for existing callers.
 pub use crate::io::npy::NpyF32Writer;
-use crate::ops::metrics::{MetricsAccumulator, ReconMetrics};
-use crate::ops::Engine;
+use crate::stats::recon::{MetricsAccumulator, ReconMetrics};
+use crate::backend::Engine;
 use crate::stats::{LatentStats, RowFilter, TokenRule};
 
 /// What an encode pass produced.

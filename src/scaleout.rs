@@ -50,7 +50,7 @@ use std::time::Instant;
 use crate::codes::{Codes, Denorm, Encoded};
 use crate::dump::{open_shard, Dump, Shard};
 use crate::error::{Error, Result};
-use crate::ops::{BackendKind, Engine};
+use crate::backend::{BackendKind, Engine};
 use crate::sae::Sae;
 use crate::stats::LatentStats;
 

@@ -27,7 +27,7 @@ fn verify_cases_match_cpu() {
     if !gpu_or_skip("verify_cases_match_cpu") {
         return;
     }
-    let results = sae_engine::cuda::verify::run(0, true).expect("verification ran");
+    let results = sae_engine::verify::run(0, true).expect("verification ran");
     let failed: Vec<_> = results.iter().filter(|r| !r.ok).collect();
     for r in &failed {
         eprintln!("FAIL {}: {:?}", r.name, r.detail);

@@ -16,7 +16,7 @@ use super::ops::{self, DecodeExtras, DeviceCodes, DeviceStats};
 use super::weights::DeviceSae;
 use crate::codes::{Codes, Denorm, Encoded};
 use crate::error::{Error, Result};
-use crate::ops::{Engine, EngineOptions};
+use crate::backend::{Engine, EngineOptions};
 use crate::sae::{Activation, Normalization, Sae};
 
 /// CUDA-specific settings.

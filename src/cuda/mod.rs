@@ -17,7 +17,7 @@ pub mod device_ptr;
 use std::sync::Arc;
 
 use crate::error::Result;
-use crate::ops::{Engine, EngineOptions};
+use crate::backend::{Engine, EngineOptions};
 use crate::sae::Sae;
 
 pub mod device;
@@ -28,7 +28,6 @@ pub mod kernels;
 pub mod loader;
 pub mod ops;
 pub mod pipeline;
-pub mod verify;
 pub mod weights;
 
 pub use device::{DeviceInfo, Gpu};

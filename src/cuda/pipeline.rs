@@ -9,7 +9,7 @@ use std::time::Instant;
 use crate::codes::Encoded;
 use crate::dump::{Batch, Dump};
 use crate::error::{Error, Result};
-use crate::ops::Engine;
+use crate::backend::Engine;
 
 /// What a streaming pass did.
 #[derive(Debug, Clone, Copy, serde::Serialize)]

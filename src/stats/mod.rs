@@ -5,10 +5,12 @@ use crate::codes::Codes;
 use crate::error::{Error, Result};
 
 pub mod clustered;
+pub mod recon;
 pub mod rule;
 pub mod tokens;
 
 pub use clustered::{DocSums, OpenDoc};
+pub use recon::{MetricsAccumulator, ReconMetrics};
 pub use rule::{RowFilter, TokenRule};
 pub use tokens::{NormHistogram, TokenDigest};
 

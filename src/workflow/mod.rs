@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use crate::dump::Dump;
 use crate::error::{Error, Result};
-use crate::ops::Engine;
+use crate::backend::Engine;
 use crate::stats::{LatentStats, RowFilter, TokenRule};
 
 pub mod chance;

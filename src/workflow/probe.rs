@@ -10,7 +10,7 @@ use std::path::Path;
 
 use crate::dump::Dump;
 use crate::error::{Error, Result};
-use crate::ops::Engine;
+use crate::backend::Engine;
 use crate::stats::LatentStats;
 
 use super::{display_name, is_stats_file, Measured, StatsOptions};

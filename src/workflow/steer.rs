@@ -8,7 +8,7 @@ use std::path::Path;
 
 use crate::dump::Dump;
 use crate::error::{Error, Result};
-use crate::ops::Engine;
+use crate::backend::Engine;
 use crate::sae::Sae;
 use crate::stats::rule::OutlierSummary;
 use crate::stats::{LatentStats, RowFilter};

@@ -7,7 +7,7 @@ use std::collections::BinaryHeap;
 
 use crate::dump::Dump;
 use crate::error::{Error, Result};
-use crate::ops::Engine;
+use crate::backend::Engine;
 
 use super::tokenizer::Vocab;
 use super::StatsOptions;

@@ -13,7 +13,7 @@ use sae_engine::cuda::weights::DeviceSae;
 use sae_engine::cuda::{CudaEngine, CudaOptions, Gpu};
 use sae_engine::error::{Error, Result};
 use sae_engine::matrix::{Bytes, Layout, Matrix};
-use sae_engine::ops::Engine;
+use sae_engine::Engine;
 use sae_engine::{Activation, DType, Normalization, Sae};
 use serde_json::{json, Value};
 
@@ -368,7 +368,7 @@ fn host_sae(l: usize, d: usize, k: usize) -> Result<Sae> {
         .par_chunks_mut(1 << 20)
         .enumerate()
         .for_each(|(c, chunk)| {
-            let mut rng = sae_engine::cuda::verify::Rng::new(0x77 + c as u64);
+            let mut rng = sae_engine::verify::Rng::new(0x77 + c as u64);
             for e in chunk.chunks_exact_mut(2) {
                 e.copy_from_slice(
                     &half::bf16::from_f32(rng.unit() * scale)
@@ -379,7 +379,7 @@ fn host_sae(l: usize, d: usize, k: usize) -> Result<Sae> {
         });
     let b = Bytes::Owned(Arc::new(bytes));
     let w = Matrix::new(b, DType::BF16, l, d, Layout::RowMajor)?;
-    let mut rng = sae_engine::cuda::verify::Rng::new(5);
+    let mut rng = sae_engine::verify::Rng::new(5);
     let sae = Sae {
         meta: sae_engine::sae::SaeMeta {
             format: sae_engine::Format::SaeLens,
@@ -433,7 +433,7 @@ fn bench_stream(device: usize, scratch: Option<&Path>) -> Result<Value> {
         .join(format!("sae-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
     let path = dir.join("acts.npy");
-    let mut rng = sae_engine::cuda::verify::Rng::new(9);
+    let mut rng = sae_engine::verify::Rng::new(9);
     let x = rng.vec(batch * batches * d, 1.0);
     sae_engine::io::npy::write_f32(&path, &[batch * batches, d], &x)?;
     // In-memory reference rate: the same batches, already in RAM.

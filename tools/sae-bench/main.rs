@@ -167,7 +167,7 @@ fn run(cli: Cli, prov: &Provenance) -> Result<ExitCode> {
         }
         Cmd::Verify { quick, json } => {
             let t0 = std::time::Instant::now();
-            let results = sae_engine::cuda::verify::run(cli.device, quick)?;
+            let results = sae_engine::verify::run(cli.device, quick)?;
             let failed = results.iter().filter(|r| !r.ok).count();
             for r in &results {
                 outln!(

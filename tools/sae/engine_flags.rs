@@ -47,12 +47,12 @@ pub struct EngineFlags {
     /// fast (activations rounded to the weights' dtype, tensor-core GEMM). The environment
     /// variable SAE_CUDA_PRECISION, when set, overrides it.
     #[arg(long, default_value = "exact", value_name = "PRECISION", value_parser = parse_precision)]
-    pub precision: sae_engine::cuda::Precision,
+    pub precision: sae_engine::Precision,
 }
 
 /// `--precision` values.
-fn parse_precision(s: &str) -> std::result::Result<sae_engine::cuda::Precision, String> {
-    sae_engine::cuda::Precision::parse(s).ok_or_else(|| format!("`{s}`: expected exact or fast"))
+fn parse_precision(s: &str) -> std::result::Result<sae_engine::Precision, String> {
+    sae_engine::Precision::parse(s).ok_or_else(|| format!("`{s}`: expected exact or fast"))
 }
 
 /// `--backend` values (checked at parse time so a typo is a usage error).
@@ -91,7 +91,7 @@ impl EngineFlags {
         // SAE_CUDA_PRECISION overrides --precision in the CUDA engine: record what applies.
         let precision = std::env::var("SAE_CUDA_PRECISION")
             .ok()
-            .and_then(|v| sae_engine::cuda::Precision::parse(&v))
+            .and_then(|v| sae_engine::Precision::parse(&v))
             .unwrap_or(self.precision);
         prov.option("backend", &self.backend)
             .option("precision", precision);
