@@ -39,6 +39,58 @@ impl Precision {
     }
 }
 
+/// How the CUDA encoder GEMM picks its algorithm ([`EngineOptions::cuda_gemm`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GemmMode {
+    /// Large GEMMs (at least 2^34 multiply-adds, `cuda::gemm::SEARCH_MIN_MACS`) time cuBLAS's
+    /// choice against cuBLASLt's candidates once per shape and keep the fastest; small ones
+    /// use cuBLAS.
+    Auto,
+    /// Always `cublasGemmEx` with its default algorithm (the behaviour before the search).
+    Cublas,
+    /// A cuBLASLt algorithm (the fastest checked candidate) whatever the size; cuBLAS only
+    /// where cuBLASLt offers none for the shape. Every candidate failing its check is an error.
+    Lt,
+}
+
+impl GemmMode {
+    /// Parses "auto" / "cublas" / "lt".
+    pub fn parse(s: &str) -> Option<GemmMode> {
+        match s {
+            "auto" => Some(GemmMode::Auto),
+            "cublas" => Some(GemmMode::Cublas),
+            "lt" | "cublaslt" => Some(GemmMode::Lt),
+            _ => None,
+        }
+    }
+}
+
+/// The GEMM behind CPU encode tiles ([`EngineOptions::cpu_gemm`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CpuGemm {
+    /// The build's default: OpenBLAS when built with the `openblas` feature, else the
+    /// `gemm` crate.
+    Auto,
+    /// The `gemm` crate (pure Rust, always built).
+    Crate,
+    /// The system OpenBLAS; an error in a build without the `openblas` feature.
+    OpenBlas,
+}
+
+impl CpuGemm {
+    /// Parses "auto" / "crate" / "openblas".
+    pub fn parse(s: &str) -> Option<CpuGemm> {
+        match s {
+            "auto" => Some(CpuGemm::Auto),
+            "crate" => Some(CpuGemm::Crate),
+            "openblas" => Some(CpuGemm::OpenBlas),
+            _ => None,
+        }
+    }
+}
+
 /// Which backend to run on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BackendKind {
@@ -78,6 +130,17 @@ pub struct EngineOptions {
     /// order) or Fast (activations rounded to the weights' dtype, tensor cores). The CPU
     /// backend always computes exactly.
     pub precision: Precision,
+    /// CUDA: how the encoder GEMM picks its algorithm (codes do not depend on it).
+    pub cuda_gemm: GemmMode,
+    /// CUDA TopK: two half-width score buffers, the top-k pass of one tile on a second
+    /// stream while the GEMM fills the other (codes do not depend on it; off until measured
+    /// faster, see BENCHMARKS.md).
+    pub cuda_overlap: bool,
+    /// CUDA: compile the embedded kernel sources with NVRTC even when fatbins are embedded
+    /// (checks the run-time fallback of a build without nvcc on a GPU machine).
+    pub cuda_force_nvrtc: bool,
+    /// CPU: the GEMM behind encode tiles (results agree up to summation order).
+    pub cpu_gemm: CpuGemm,
 }
 
 impl Default for EngineOptions {
@@ -86,6 +149,10 @@ impl Default for EngineOptions {
             tile_latents: 4096,
             workspace_bytes: 1 << 30,
             precision: Precision::Exact,
+            cuda_gemm: GemmMode::Auto,
+            cuda_overlap: false,
+            cuda_force_nvrtc: false,
+            cpu_gemm: CpuGemm::Auto,
         }
     }
 }

@@ -82,4 +82,24 @@ mod tests {
         let auto = engine(BackendKind::Auto, tiny(), &EngineOptions::default()).unwrap();
         assert!(auto.name().starts_with("cpu"), "{}", auto.name());
     }
+
+    /// The OpenBLAS GEMM in a build without it is an error naming the feature, not a
+    /// silent substitute.
+    #[cfg(not(feature = "openblas"))]
+    #[test]
+    fn openblas_gemm_without_the_feature_names_it() {
+        let opts = EngineOptions {
+            cpu_gemm: crate::backend::CpuGemm::OpenBlas,
+            ..EngineOptions::default()
+        };
+        let err = engine(BackendKind::Cpu, tiny(), &opts)
+            .err()
+            .expect("no OpenBLAS in this build");
+        assert!(err.to_string().contains("`openblas` cargo feature"), "{err}");
+        let crate_gemm = EngineOptions {
+            cpu_gemm: crate::backend::CpuGemm::Crate,
+            ..EngineOptions::default()
+        };
+        assert!(engine(BackendKind::Cpu, tiny(), &crate_gemm).is_ok());
+    }
 }

@@ -11,6 +11,7 @@
 //! - [`scaleout`]: per-shard statistics fanned out over several devices, resumable.
 //! - [`io`]: codes and statistics files.
 //! - [`pipeline`]: streaming loops over whole dumps (encode to a codes file, statistics, decode).
+//! - [`env`]: the environment variables the library reads (locations only), one function each.
 //! - [`provenance`]: what produced an output (inputs, options, version), recorded in each.
 //! - [`workflow`]: the audit workflow: diff, steer, detect, monitor, top examples, demo.
 
@@ -23,6 +24,7 @@ pub mod cuda;
 pub mod dtype;
 pub mod dump;
 pub mod engine;
+pub mod env;
 pub mod error;
 pub mod formats;
 pub mod hub;
@@ -42,7 +44,7 @@ pub use codes::{Codes, Denorm, Encoded};
 pub use dtype::DType;
 pub use dump::Dump;
 pub use error::{Error, Result};
-pub use backend::{BackendKind, Engine, EngineOptions, Precision};
+pub use backend::{BackendKind, CpuGemm, Engine, EngineOptions, GemmMode, Precision};
 pub use engine::engine;
 pub use sae::{Activation, Format, Normalization, Sae};
 pub use stats::LatentStats;

@@ -14,7 +14,7 @@
 #         3. torch_baseline.py            PyTorch on the same shapes, same run
 #         4. sae-bench verify             GPU against the CPU reference (non-zero on mismatch)
 #         5. cuda_parity test binary      the same cases through the test harness
-#         6. info / verify --quick with SAE_FORCE_NVRTC=1: the NVRTC fallback
+#         6. info / verify --quick with --force-nvrtc: the NVRTC fallback
 #         7. ffi/tests/gpu_device_ptr.sh  C ABI device pointers with torch CUDA tensors
 #       DIR is where the carried files are (default: this script's directory).
 #
@@ -76,8 +76,8 @@ device)
     # The run-time fallback of a build without nvcc: the same binary with its fatbins ignored,
     # every module compiled by NVRTC (torch's nvidia wheels provide libnvrtc), quick verify.
     cache="${TMPDIR:-/tmp}/sae-nvrtc-cache"
-    step nvrtc_info 60 env SAE_FORCE_NVRTC=1 SAE_CACHE_DIR="$cache" "$here/sae-bench" info --json "$out/info-nvrtc.json"
-    step nvrtc_verify 180 env SAE_FORCE_NVRTC=1 SAE_CACHE_DIR="$cache" "$here/sae-bench" verify --quick --json "$out/verify-nvrtc.json"
+    step nvrtc_info 60 env SAE_CACHE_DIR="$cache" "$here/sae-bench" --force-nvrtc info --json "$out/info-nvrtc.json"
+    step nvrtc_verify 180 env SAE_CACHE_DIR="$cache" "$here/sae-bench" --force-nvrtc verify --quick --json "$out/verify-nvrtc.json"
     # The C ABI's device-pointer path through the Python binding and torch CUDA tensors
     # (ffi/ comes with the working tree; the library was built by `prepare`).
     step ffi_device_ptr 90 bash "$here/../ffi/tests/gpu_device_ptr.sh" "$here/libsae_engine_ffi.so"

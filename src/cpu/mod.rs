@@ -56,7 +56,7 @@ impl CpuEngine {
             dec_norms,
             cuts,
             pool: encode::BufferPool::default(),
-            gemm: encode::GemmKind::select(),
+            gemm: encode::GemmKind::select(opts.cpu_gemm)?,
         })
     }
 

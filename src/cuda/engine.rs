@@ -23,7 +23,7 @@ use crate::sae::{Activation, Normalization, Sae};
 #[derive(Debug, Clone)]
 pub struct CudaOptions {
     /// GEMM arithmetic (default Exact: same results as the CPU engine up to summation order).
-    /// Through `cuda::engine`: `EngineOptions::precision`, overridden by SAE_CUDA_PRECISION.
+    /// Through `cuda::engine`: `EngineOptions::precision`.
     pub precision: Precision,
     /// Latents per tile (rounded up to 128); None: the largest that fits the workspace.
     pub tile_latents: Option<usize>,
@@ -34,33 +34,30 @@ pub struct CudaOptions {
     /// Fast precision with bf16 weights: write bf16 scores (Some(true)), f32 scores
     /// (Some(false)), or decide by size (None: see `encode::BF16_SCORES_MIN_LATENTS`).
     pub bf16_scores: Option<bool>,
-    /// How the encoder GEMM picks its algorithm (`from_engine`: SAE_GEMM, else auto).
+    /// How the encoder GEMM picks its algorithm (`EngineOptions::cuda_gemm`).
     pub gemm: GemmMode,
     /// TopK: two half-width score buffers, the top-k pass of one tile on a second stream
-    /// while the GEMM fills the other (`from_engine`: SAE_CUDA_OVERLAP=1; default off until
+    /// while the GEMM fills the other (`EngineOptions::cuda_overlap`; default off until
     /// measured faster, see BENCHMARKS.md).
     pub overlap: bool,
+    /// Compile the embedded kernel sources with NVRTC even when fatbins are embedded
+    /// (`EngineOptions::cuda_force_nvrtc`).
+    pub force_nvrtc: bool,
 }
 
 impl CudaOptions {
-    /// From the shared engine options; SAE_CUDA_PRECISION (exact / fast), when set,
-    /// overrides `opts.precision`.
-    pub fn from_engine(opts: &EngineOptions) -> Result<CudaOptions> {
-        let precision = match std::env::var("SAE_CUDA_PRECISION") {
-            Ok(s) => Precision::parse(&s).ok_or_else(|| {
-                Error::invalid(format!("SAE_CUDA_PRECISION={s}: expected exact or fast"))
-            })?,
-            Err(_) => opts.precision,
-        };
-        Ok(CudaOptions {
-            precision,
+    /// From the shared engine options (the tile width is planned from the workspace).
+    pub fn from_engine(opts: &EngineOptions) -> CudaOptions {
+        CudaOptions {
+            precision: opts.precision,
             tile_latents: None,
             max_rows: 4096,
             workspace_bytes: opts.workspace_bytes,
             bf16_scores: None,
-            gemm: GemmMode::from_env()?,
-            overlap: std::env::var_os("SAE_CUDA_OVERLAP").is_some_and(|v| v != "0"),
-        })
+            gemm: opts.cuda_gemm,
+            overlap: opts.cuda_overlap,
+            force_nvrtc: opts.cuda_force_nvrtc,
+        }
     }
 }
 
@@ -107,7 +104,7 @@ impl CudaEngine {
         if sae.n_latents() > i32::MAX as usize || sae.d_in() > i32::MAX as usize {
             return Err(Error::invalid("SAE dimensions exceed 2^31"));
         }
-        let gpu = Gpu::open(device)?;
+        let gpu = Gpu::open_with(device, opts.force_nvrtc)?;
         let dsae = DeviceSae::upload(&gpu, &sae)?;
         Ok(CudaEngine {
             sae,
@@ -891,5 +888,33 @@ impl DevicePtrOps for CudaEngine {
         order_after(ours, caller)?;
         // row_ptr is freed on return: let the decode finish reading it first.
         self.gpu.sync()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every CUDA knob comes from `EngineOptions` (no environment variable overrides one;
+    /// src/env.rs checks that no code outside it reads the environment).
+    #[test]
+    fn cuda_options_come_from_engine_options() {
+        let d = CudaOptions::from_engine(&EngineOptions::default());
+        assert_eq!(
+            (d.precision, d.gemm, d.overlap, d.force_nvrtc),
+            (Precision::Exact, GemmMode::Auto, false, false)
+        );
+        let o = CudaOptions::from_engine(&EngineOptions {
+            precision: Precision::Fast,
+            cuda_gemm: GemmMode::Cublas,
+            cuda_overlap: true,
+            cuda_force_nvrtc: true,
+            workspace_bytes: 123 << 20,
+            ..EngineOptions::default()
+        });
+        assert_eq!(
+            (o.precision, o.gemm, o.overlap, o.force_nvrtc, o.workspace_bytes),
+            (Precision::Fast, GemmMode::Cublas, true, true, 123 << 20)
+        );
     }
 }

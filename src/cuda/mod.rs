@@ -36,7 +36,7 @@ pub use engine::{CudaEngine, CudaOptions};
 
 /// Builds a CUDA engine on `device`, or `Error::BackendUnavailable` when CUDA cannot run here.
 pub fn engine(device: usize, sae: Arc<Sae>, opts: &EngineOptions) -> Result<Box<dyn Engine>> {
-    let copts = CudaOptions::from_engine(opts)?;
+    let copts = CudaOptions::from_engine(opts);
     Ok(Box::new(CudaEngine::new(device, sae, copts)?))
 }
 

@@ -64,7 +64,7 @@ impl Rng {
     }
 }
 
-fn run_case(device: usize, c: &Case) -> CaseResult {
+fn run_case(t: Target, c: &Case) -> CaseResult {
     let mut res = CaseResult {
         name: c.name.clone(),
         ok: false,
@@ -99,8 +99,9 @@ fn run_case(device: usize, c: &Case) -> CaseResult {
             bf16_scores: Some(true),
             gemm,
             overlap,
+            force_nvrtc: t.force_nvrtc,
         };
-        let gpu = match CudaEngine::new(device, sae.clone(), opts) {
+        let gpu = match CudaEngine::new(t.device, sae.clone(), opts) {
             Ok(e) => e,
             Err(e) => {
                 res.detail.push(format!("CUDA engine: {e}"));
@@ -200,7 +201,7 @@ fn run_case(device: usize, c: &Case) -> CaseResult {
 }
 
 /// Batched statistics of three "models" (CPU codes of shifted inputs) against LatentStats.
-fn stats_case(device: usize) -> CaseResult {
+fn stats_case(t: Target) -> CaseResult {
     let mut res = CaseResult {
         name: "batched stats, 3 models in one launch, masks".into(),
         ok: false,
@@ -220,11 +221,11 @@ fn stats_case(device: usize) -> CaseResult {
     };
     let mut run = || -> Result<()> {
         let cpu = CpuEngine::new(sae.clone(), &EngineOptions::default())?;
-        let gpu = CudaEngine::new(
-            device,
-            sae.clone(),
-            CudaOptions::from_engine(&EngineOptions::default())?,
-        )?;
+        let opts = EngineOptions {
+            cuda_force_nvrtc: t.force_nvrtc,
+            ..EngineOptions::default()
+        };
+        let gpu = CudaEngine::new(t.device, sae.clone(), CudaOptions::from_engine(&opts))?;
         let mut codes = Vec::new();
         for m in 0..3 {
             let x = rng.vec(n * d, 1.0 + m as f32);
@@ -288,7 +289,7 @@ fn stats_case(device: usize) -> CaseResult {
 /// Device-pointer encode/decode (`DevicePtrOps`) on device buffers against the same
 /// engine's host path: identical codes, identical reconstructions, the same non-finite row.
 fn device_ptr_case(
-    device: usize,
+    t: Target,
     name: &str,
     sae: Result<Sae>,
     precision: Precision,
@@ -312,8 +313,9 @@ fn device_ptr_case(
             bf16_scores: Some(true),
             gemm: GemmMode::Lt,
             overlap: false,
+            force_nvrtc: t.force_nvrtc,
         };
-        let eng = CudaEngine::new(device, sae.clone(), opts)?;
+        let eng = CudaEngine::new(t.device, sae.clone(), opts)?;
         let ops = eng
             .device_ptr()
             .ok_or_else(|| Error::Cuda("CUDA engine without device pointers".into()))?;
@@ -420,12 +422,12 @@ fn device_ptr_case(
     res
 }
 
-fn device_ptr_cases(device: usize) -> Vec<CaseResult> {
+fn device_ptr_cases(t: Target) -> Vec<CaseResult> {
     let mut rng = Rng::new(0xd7);
     let topk = |k| Activation::TopK { k };
     vec![
         device_ptr_case(
-            device,
+            t,
             "device pointers: bf16 fast (bf16 scores), b_dec subtracted, 3 chunks in place",
             random_sae(&mut rng, 8192, 128, topk(32), DType::BF16)
                 .subtract_b_dec(true)
@@ -433,13 +435,13 @@ fn device_ptr_cases(device: usize) -> Vec<CaseResult> {
             Precision::Fast,
         ),
         device_ptr_case(
-            device,
+            t,
             "device pointers: f32 exact, in place",
             random_sae(&mut rng, 3000, 64, topk(16), DType::F32).build(),
             Precision::Exact,
         ),
         device_ptr_case(
-            device,
+            t,
             "device pointers: f16 layer_norm (staged path)",
             random_sae(&mut rng, 2048, 96, topk(8), DType::F16)
                 .normalization(Normalization::LayerNorm { eps: 1e-5 })
@@ -451,11 +453,28 @@ fn device_ptr_cases(device: usize) -> Vec<CaseResult> {
 
 /// Runs every case on `device` (`quick` drops the two larger ones).
 pub fn run(device: usize, quick: bool) -> Result<Vec<CaseResult>> {
+    run_with(device, quick, false)
+}
+
+/// [`run`], with the kernels compiled from source by NVRTC when `force_nvrtc` (how the
+/// run-time fallback of a build without nvcc is verified on a GPU machine).
+pub fn run_with(device: usize, quick: bool, force_nvrtc: bool) -> Result<Vec<CaseResult>> {
     crate::cuda::available(device)?;
-    let mut out: Vec<CaseResult> = cases(quick)?.iter().map(|c| run_case(device, c)).collect();
-    out.push(stats_case(device));
-    out.extend(device_ptr_cases(device));
+    let t = Target {
+        device,
+        force_nvrtc,
+    };
+    let mut out: Vec<CaseResult> = cases(quick)?.iter().map(|c| run_case(t, c)).collect();
+    out.push(stats_case(t));
+    out.extend(device_ptr_cases(t));
     Ok(out)
+}
+
+/// The device the cases run on and how its kernels are loaded.
+#[derive(Debug, Clone, Copy)]
+struct Target {
+    device: usize,
+    force_nvrtc: bool,
 }
 
 #[cfg(test)]

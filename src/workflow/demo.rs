@@ -193,7 +193,7 @@ fn fresh_folder() -> PathBuf {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    std::env::temp_dir().join(format!("sae-demo-{stamp}-{}", std::process::id()))
+    crate::env::temp_dir().join(format!("sae-demo-{stamp}-{}", std::process::id()))
 }
 
 fn mkdir(p: &Path) -> Result<()> {

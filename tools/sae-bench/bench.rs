@@ -424,6 +424,7 @@ fn bench_stream(device: usize, scratch: Option<&Path>) -> Result<Value> {
             bf16_scores: None,
             gemm: GemmMode::Auto,
             overlap: false,
+            force_nvrtc: false,
         },
     )?;
     let setup_s = t0.elapsed().as_secs_f64();

@@ -47,6 +47,10 @@ struct Cli {
     /// CUDA device ordinal.
     #[arg(long, default_value_t = 0, global = true)]
     device: usize,
+    /// Compile the kernel sources with NVRTC even when fatbins are embedded (info, verify):
+    /// checks the run-time fallback of a build without nvcc.
+    #[arg(long, global = true)]
+    force_nvrtc: bool,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -170,7 +174,7 @@ fn run(cli: Cli, prov: &Provenance) -> Result<ExitCode> {
         .check()?;
     match cli.cmd {
         Cmd::Info { json } => {
-            let info = sae_engine::cuda::available(cli.device)?;
+            let info = sae_engine::cuda::Gpu::open_with(cli.device, cli.force_nvrtc)?.info;
             let v = serde_json::json!({
                 "device": info,
                 "fatbins_embedded": sae_engine::cuda::kernels::fatbins_embedded(),
@@ -185,7 +189,7 @@ fn run(cli: Cli, prov: &Provenance) -> Result<ExitCode> {
         }
         Cmd::Verify { quick, json } => {
             let t0 = std::time::Instant::now();
-            let results = sae_engine::verify::run(cli.device, quick)?;
+            let results = sae_engine::verify::run_with(cli.device, quick, cli.force_nvrtc)?;
             let failed = results.iter().filter(|r| !r.ok).count();
             for r in &results {
                 outln!(

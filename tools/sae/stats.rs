@@ -203,12 +203,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
             batch_rows: a.engine.batch_rows(),
             use_mask: rule.use_mask,
             worker_names: devices.names().to_vec(),
-            // The environment variable overrides the flag in the CUDA engine.
-            result_options: format!(
-                "precision={:?};SAE_CUDA_PRECISION={}",
-                a.engine.precision,
-                std::env::var("SAE_CUDA_PRECISION").unwrap_or_default()
-            ),
+            result_options: format!("precision={:?}", a.engine.precision),
         };
         let dest = Dest {
             out: &out,
