@@ -12,7 +12,7 @@ use super::device::{cuda_err, Gpu};
 use super::device_ptr::{staged_encode_topk, DecodeTopkDevice, DevicePtrOps, EncodeTopkDevice};
 use super::encode::{self, Plan, Precision, Workspace};
 use super::gemm::GemmMode;
-use super::ops::{self, DecodeExtras, DeviceCodes, DeviceStats};
+use super::launch::{self, DecodeExtras, DeviceCodes, DeviceStats};
 use super::weights::DeviceSae;
 use crate::codes::{Codes, Denorm, Encoded};
 use crate::error::{Error, Result};
@@ -532,7 +532,7 @@ impl CudaEngine {
                 }
                 None => None,
             };
-            ops::decode(
+            launch::decode(
                 &self.gpu,
                 &self.dsae,
                 m,
@@ -587,7 +587,7 @@ impl CudaEngine {
             return Ok(());
         }
         let xd = self.gpu.upload(x)?;
-        ops::steer(
+        launch::steer(
             &self.gpu,
             &self.dsae,
             xd.ptr,
@@ -882,7 +882,7 @@ impl DevicePtrOps for CudaEngine {
         let caller = a.stream as usize as CUstream;
         let ours = self.gpu.stream.cu_stream();
         order_after(caller, ours)?;
-        ops::decode(
+        launch::decode(
             &self.gpu, &self.dsae, a.rows, rp.ptr, a.indices, a.values, a.out_x, ex,
         )?;
         order_after(ours, caller)?;

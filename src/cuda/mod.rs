@@ -8,9 +8,9 @@
 //! - [`gemm`]: the encoder GEMM (cuBLAS, or a cuBLASLt algorithm chosen by timing).
 //! - [`weights`]: an SAE on the device (raw weight bytes uploaded once, stored layout kept).
 //! - [`encode`]: workspace planning, tiled GEMM, top-k and CSR encode.
-//! - [`ops`]: decode, statistics, steering.
+//! - [`launch`]: kernel launches for decode, statistics and steering.
 //! - [`engine`]: [`CudaEngine`], the `Engine` implementation.
-//! - [`pipeline`]: streaming a dump with disk, copy and compute overlapped.
+//! - [`prefetch`]: streaming a dump with a reader thread one batch ahead of the engine.
 
 pub mod device_ptr;
 
@@ -26,8 +26,8 @@ pub mod engine;
 pub mod gemm;
 pub mod kernels;
 pub mod loader;
-pub mod ops;
-pub mod pipeline;
+pub mod launch;
+pub mod prefetch;
 pub mod weights;
 
 pub use device::{DeviceInfo, Gpu};

@@ -1,5 +1,5 @@
 //! Per-latent statistics of encoded activations, accumulated in f64/u64 so that
-//! shards merge exactly up to float rounding. File I/O: `crate::io::stats`.
+//! shards merge exactly up to float rounding. File I/O: `crate::io::stats_file`.
 
 use crate::codes::Codes;
 use crate::error::{Error, Result};

@@ -168,7 +168,7 @@ pub fn measure_with_progress(
     progress: &dyn Fn(u64),
 ) -> Result<Measured> {
     let stats = if is_stats_file(path) {
-        let mut stats = crate::io::stats::read(path)?;
+        let mut stats = crate::io::stats_file::read(path)?;
         if stats.fingerprint != fingerprint {
             return Err(Error::Incompatible(format!(
                 "{}: statistics were computed with another SAE (fingerprint {}, this SAE is {})",

@@ -8,7 +8,7 @@ use std::time::Instant;
 use rayon::prelude::*;
 use sae_engine::cuda::encode::{self, Precision, Workspace};
 use sae_engine::cuda::gemm::GemmMode;
-use sae_engine::cuda::ops::{self, DecodeExtras, DeviceStats};
+use sae_engine::cuda::launch::{self, DecodeExtras, DeviceStats};
 use sae_engine::cuda::weights::DeviceSae;
 use sae_engine::cuda::{CudaEngine, CudaOptions, Gpu};
 use sae_engine::error::{Error, Result};
@@ -230,7 +230,7 @@ fn bench_shape(gpu: &Gpu, s: &Shape, reps: usize) -> Result<Value> {
     let rp = gpu.upload(&row_ptr)?;
     let out = gpu.alloc(rows * s.d * 4)?;
     let dec = time_ms(gpu, reps, || {
-        ops::decode(
+        launch::decode(
             gpu,
             &sae,
             rows,
@@ -250,7 +250,7 @@ fn bench_shape(gpu: &Gpu, s: &Shape, reps: usize) -> Result<Value> {
             metrics: metrics.ptr,
             ..Default::default()
         };
-        ops::decode(gpu, &sae, rows, rp.ptr, idx.ptr, val.ptr, out.ptr, ex)
+        launch::decode(gpu, &sae, rows, rp.ptr, idx.ptr, val.ptr, out.ptr, ex)
     })?;
 
     // Statistics: nine models' codes (the same batch nine times) in one launch.
@@ -281,7 +281,7 @@ fn bench_shape(gpu: &Gpu, s: &Shape, reps: usize) -> Result<Value> {
     })?;
 
     // Steering one latent into the batch.
-    let steer = time_ms(gpu, reps, || ops::steer(gpu, &sae, out.ptr, rows, 7, 0.5))?;
+    let steer = time_ms(gpu, reps, || launch::steer(gpu, &sae, out.ptr, rows, 7, 0.5))?;
     let steer_tbs = (rows * s.d * 8) as f64 / (steer * 1e-3) / 1e12;
 
     let gemm_pk = peaks.map(|(p, _)| gemm_peak(p, s.dtype, s.precision));
@@ -451,7 +451,7 @@ fn bench_stream(device: usize, scratch: Option<&Path>) -> Result<Value> {
     drop(x);
     let dump = sae_engine::Dump::open(&path)?;
     let mut rows = 0u64;
-    let rep = sae_engine::cuda::pipeline::encode_dump(&engine, &dump, batch, |b, e| {
+    let rep = sae_engine::cuda::prefetch::encode_dump(&engine, &dump, batch, |b, e| {
         rows += b.rows as u64;
         let _ = e;
         Ok(())

@@ -238,7 +238,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
     pb.finish_and_clear();
     let mut s = s?;
     s.outlier_factor = rule.outlier_factor;
-    sae_engine::io::stats::write_with_provenance(&out, &s, Some(&prov))?;
+    sae_engine::io::stats_file::write_with_provenance(&out, &s, Some(&prov))?;
     let secs = t0.elapsed().as_secs_f64();
     let mut json = summary(&s);
     json["out"] = json!(out.to_string_lossy());
@@ -336,7 +336,7 @@ fn fan_out(
     }
     let mut s = job.merge()?;
     s.outlier_factor = outlier_factor;
-    sae_engine::io::stats::write_with_provenance(out, &s, Some(prov))?;
+    sae_engine::io::stats_file::write_with_provenance(out, &s, Some(prov))?;
     if !keep_units {
         job.remove_unit_files()?;
     }
@@ -392,7 +392,7 @@ fn merge(ctx: &Ctx, inputs: Vec<PathBuf>, out: PathBuf) -> Result<()> {
     let mut prov = ctx.provenance("stats merge");
     prov.inputs("stats", &inputs)?;
     let s = sae_engine::pipeline::merge_stats_files(&inputs)?;
-    sae_engine::io::stats::write_with_provenance(&out, &s, Some(&prov))?;
+    sae_engine::io::stats_file::write_with_provenance(&out, &s, Some(&prov))?;
     let mut json = summary(&s);
     json["out"] = json!(out.to_string_lossy());
     json["inputs"] = json!(inputs.len());
