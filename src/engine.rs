@@ -51,7 +51,11 @@ mod tests {
     fn tiny() -> Arc<Sae> {
         let (l, d) = (8, 4);
         let w: Vec<f32> = (0..l * d).map(|i| (i % 5) as f32 - 2.0).collect();
-        Arc::new(SaeBuilder::new(l, d, w.clone(), w).build().expect("valid SAE"))
+        Arc::new(
+            SaeBuilder::new(l, d, w.clone(), w)
+                .build()
+                .expect("valid SAE"),
+        )
     }
 
     #[test]
@@ -95,7 +99,10 @@ mod tests {
         let err = engine(BackendKind::Cpu, tiny(), &opts)
             .err()
             .expect("no OpenBLAS in this build");
-        assert!(err.to_string().contains("`openblas` cargo feature"), "{err}");
+        assert!(
+            err.to_string().contains("`openblas` cargo feature"),
+            "{err}"
+        );
         let crate_gemm = EngineOptions {
             cpu_gemm: crate::backend::CpuGemm::Crate,
             ..EngineOptions::default()

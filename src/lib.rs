@@ -40,11 +40,11 @@ pub mod stats;
 pub mod verify;
 pub mod workflow;
 
+pub use backend::{BackendKind, CpuGemm, Engine, EngineOptions, GemmMode, Precision};
 pub use codes::{Codes, Denorm, Encoded};
 pub use dtype::DType;
 pub use dump::Dump;
-pub use error::{Error, Result};
-pub use backend::{BackendKind, CpuGemm, Engine, EngineOptions, GemmMode, Precision};
 pub use engine::engine;
+pub use error::{Error, Result};
 pub use sae::{Activation, Format, Normalization, Sae};
 pub use stats::LatentStats;

@@ -11,9 +11,9 @@ use crate::dump::{Batch, Dump};
 use crate::error::{Error, Result};
 use crate::io::codes_file::{CodesKind, CodesReader, CodesWriter};
 // The writer lived here first; kept under this path for existing callers.
+use crate::backend::Engine;
 pub use crate::io::npy::NpyF32Writer;
 use crate::stats::recon::{MetricsAccumulator, ReconMetrics};
-use crate::backend::Engine;
 use crate::stats::{LatentStats, RowFilter, TokenRule};
 
 /// What an encode pass produced.

@@ -47,10 +47,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use crate::backend::{BackendKind, Engine};
 use crate::codes::{Codes, Denorm, Encoded};
 use crate::dump::{open_shard, Dump, Shard};
 use crate::error::{Error, Result};
-use crate::backend::{BackendKind, Engine};
 use crate::sae::Sae;
 use crate::stats::LatentStats;
 

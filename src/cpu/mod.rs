@@ -7,9 +7,9 @@
 
 use std::sync::Arc;
 
+use crate::backend::{Engine, EngineOptions};
 use crate::codes::{Codes, Denorm, Encoded};
 use crate::error::{Error, Result};
-use crate::backend::{Engine, EngineOptions};
 use crate::sae::{Activation, Sae};
 
 #[cfg(feature = "openblas")]

@@ -14,9 +14,9 @@ use super::encode::{self, Plan, Precision, Workspace};
 use super::gemm::GemmMode;
 use super::launch::{self, DecodeExtras, DeviceCodes, DeviceStats};
 use super::weights::DeviceSae;
+use crate::backend::{Engine, EngineOptions};
 use crate::codes::{Codes, Denorm, Encoded};
 use crate::error::{Error, Result};
-use crate::backend::{Engine, EngineOptions};
 use crate::sae::{Activation, Normalization, Sae};
 
 /// CUDA-specific settings.
@@ -713,13 +713,17 @@ impl Engine for CudaEngine {
 unsafe fn order_after(from: CUstream, to: CUstream) -> Result<()> {
     let ev = drv::event::create(sys::CUevent_flags::CU_EVENT_DISABLE_TIMING)
         .map_err(cuda_err("event create"))?;
-    let r = drv::event::record(ev, from)
-        .and_then(|_| {
+    // SAFETY: `ev` was just created in the current context; both streams belong to it
+    // (this function's contract).
+    let r = unsafe {
+        drv::event::record(ev, from).and_then(|_| {
             drv::stream::wait_event(to, ev, sys::CUevent_wait_flags::CU_EVENT_WAIT_DEFAULT)
         })
-        .map_err(cuda_err("stream ordering"));
-    // Destroying a recorded event is allowed; the wait keeps its own reference.
-    let _ = drv::event::destroy(ev);
+    }
+    .map_err(cuda_err("stream ordering"));
+    // SAFETY: `ev` is ours and destroyed once; destroying a recorded event is allowed, the
+    // wait keeps its own reference.
+    let _ = unsafe { drv::event::destroy(ev) };
     r
 }
 
@@ -745,7 +749,9 @@ impl CudaEngine {
         let caller = a.stream as usize as CUstream;
         self.with_state(|st| {
             let ours = self.gpu.stream.cu_stream();
-            order_after(caller, ours)?;
+            // SAFETY: the caller's stream belongs to the current context (this function's
+            // contract); ours is the engine's.
+            unsafe { order_after(caller, ours)? };
             let r = st.ws.plan.rows;
             let chunks: Vec<(usize, usize)> = (0..a.rows)
                 .step_by(r)
@@ -776,7 +782,7 @@ impl CudaEngine {
                     .arg(&in_flags);
                 // SAFETY: prep_input_f32(x, out, n, d, b_dec|null, bad[2]): the caller's x holds
                 // rows * d f32 (this chunk is inside it), x32 holds plan.rows * d.
-                b.launch(self.gpu.grid_for(n * d, 256))
+                unsafe { b.launch(self.gpu.grid_for(n * d, 256)) }
                     .map_err(cuda_err("launching prep_input_f32"))?;
                 if fallback {
                     encode::encode_topk_chunk_f32(&self.gpu, &self.dsae, &st.ws, n, k, f)?;
@@ -788,12 +794,20 @@ impl CudaEngine {
                     _ => return Err(Error::Cuda("top-k workspace missing outputs".into())),
                 };
                 let bytes = n * k * 4;
-                // SAFETY: the caller's outputs hold rows * k elements; ws idx/val n * k.
-                drv::memcpy_dtod_async(a.out_indices + (s * k * 4) as u64, idx, bytes, ours)
-                    .and_then(|_| {
-                        drv::memcpy_dtod_async(a.out_values + (s * k * 4) as u64, val, bytes, ours)
-                    })
-                    .map_err(cuda_err("codes copy"))
+                // SAFETY: the caller's outputs hold rows * k elements (this function's
+                // contract); ws idx/val hold n * k; both on this context, ordered on `ours`.
+                unsafe {
+                    drv::memcpy_dtod_async(a.out_indices + (s * k * 4) as u64, idx, bytes, ours)
+                        .and_then(|_| {
+                            drv::memcpy_dtod_async(
+                                a.out_values + (s * k * 4) as u64,
+                                val,
+                                bytes,
+                                ours,
+                            )
+                        })
+                }
+                .map_err(cuda_err("codes copy"))
             };
             for c in 0..chunks.len() {
                 run_chunk(c, false)?;
@@ -838,12 +852,15 @@ impl CudaEngine {
             if a.out_shift != 0 {
                 self.gpu.htod(a.out_shift, &vec![0.0f32; a.rows])?;
             }
-            order_after(ours, caller)
+            // SAFETY: as the first ordering above.
+            unsafe { order_after(ours, caller) }
         })
     }
 }
 
 impl DevicePtrOps for CudaEngine {
+    /// # Safety
+    /// As [`DevicePtrOps::encode_topk_device`].
     unsafe fn encode_topk_device(&self, a: &EncodeTopkDevice) -> Result<()> {
         let k = self
             .sae
@@ -854,12 +871,17 @@ impl DevicePtrOps for CudaEngine {
             return Ok(());
         }
         match self.sae.normalization {
-            Normalization::None => self.encode_topk_inplace(a, k),
+            // SAFETY: the caller upholds `encode_topk_device`'s contract, which is theirs;
+            // `bind` above made this engine's context current.
+            Normalization::None => unsafe { self.encode_topk_inplace(a, k) },
             // Normalization runs on the host (the CPU reference's arithmetic).
-            _ => staged_encode_topk(self, a),
+            // SAFETY: as above.
+            _ => unsafe { staged_encode_topk(self, a) },
         }
     }
 
+    /// # Safety
+    /// As [`DevicePtrOps::decode_topk_device`].
     unsafe fn decode_topk_device(&self, a: &DecodeTopkDevice) -> Result<()> {
         self.gpu.bind()?;
         if a.k == 0 {
@@ -881,11 +903,13 @@ impl DevicePtrOps for CudaEngine {
         let rp = self.gpu.upload(&row_ptr)?;
         let caller = a.stream as usize as CUstream;
         let ours = self.gpu.stream.cu_stream();
-        order_after(caller, ours)?;
+        // SAFETY: the caller's stream belongs to the bound context (this function's contract).
+        unsafe { order_after(caller, ours)? };
         launch::decode(
             &self.gpu, &self.dsae, a.rows, rp.ptr, a.indices, a.values, a.out_x, ex,
         )?;
-        order_after(ours, caller)?;
+        // SAFETY: as above.
+        unsafe { order_after(ours, caller)? };
         // row_ptr is freed on return: let the decode finish reading it first.
         self.gpu.sync()
     }
@@ -913,7 +937,13 @@ mod tests {
             ..EngineOptions::default()
         });
         assert_eq!(
-            (o.precision, o.gemm, o.overlap, o.force_nvrtc, o.workspace_bytes),
+            (
+                o.precision,
+                o.gemm,
+                o.overlap,
+                o.force_nvrtc,
+                o.workspace_bytes
+            ),
             (Precision::Fast, GemmMode::Cublas, true, true, 123 << 20)
         );
     }

@@ -101,6 +101,7 @@ struct LtHandle {
 // SAFETY: a cuBLASLt handle may be used from any thread (one call at a time is all we do:
 // every call goes through the owning Gpu, whose work is ordered on its one stream).
 unsafe impl Send for LtHandle {}
+// SAFETY: as for Send: shared references only reach the handle through the owning Gpu.
 unsafe impl Sync for LtHandle {}
 
 impl Drop for LtHandle {
@@ -120,6 +121,7 @@ struct LtProblem {
 
 // SAFETY: descriptors are never modified after `LtProblem::new`; cuBLASLt only reads them.
 unsafe impl Send for LtProblem {}
+// SAFETY: as for Send: shared use only reads the descriptors.
 unsafe impl Sync for LtProblem {}
 
 impl Drop for LtProblem {

@@ -102,9 +102,9 @@ fn read_dir_sorted(dir: &Path) -> Vec<PathBuf> {
 
 /// dlopens `path` with RTLD_GLOBAL and keeps it loaded; false when it does not load.
 fn open_global(path: &Path) -> bool {
+    let flags = libloading::os::unix::RTLD_NOW | libloading::os::unix::RTLD_GLOBAL;
     // SAFETY: loading a CUDA library runs only its initializers; RTLD_GLOBAL lets its
     // soname satisfy cudarc's later dlopen. Leaked on purpose: it stays loaded.
-    let flags = libloading::os::unix::RTLD_NOW | libloading::os::unix::RTLD_GLOBAL;
     match unsafe { libloading::os::unix::Library::open(Some(path), flags) } {
         Ok(l) => {
             std::mem::forget(l);

@@ -16,8 +16,8 @@ pub mod device_ptr;
 
 use std::sync::Arc;
 
-use crate::error::Result;
 use crate::backend::{Engine, EngineOptions};
+use crate::error::Result;
 use crate::sae::Sae;
 
 pub mod device;
@@ -25,8 +25,8 @@ pub mod encode;
 pub mod engine;
 pub mod gemm;
 pub mod kernels;
-pub mod loader;
 pub mod launch;
+pub mod loader;
 pub mod prefetch;
 pub mod weights;
 

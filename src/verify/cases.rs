@@ -28,7 +28,13 @@ pub(super) struct Case {
 }
 
 /// A random SAE of `l` latents over `d` inputs (weights scaled by 1/sqrt(d)).
-pub(super) fn random_sae(rng: &mut Rng, l: usize, d: usize, act: Activation, dtype: DType) -> SaeBuilder {
+pub(super) fn random_sae(
+    rng: &mut Rng,
+    l: usize,
+    d: usize,
+    act: Activation,
+    dtype: DType,
+) -> SaeBuilder {
     let s = 1.0 / (d as f32).sqrt();
     SaeBuilder::new(l, d, rng.vec(l * d, s), rng.vec(l * d, s))
         .b_enc(rng.vec(l, 0.05))
@@ -88,9 +94,12 @@ impl Case {
     }
 }
 
+/// A named group of cases, drawn from the shared stream.
+type Group = fn(&mut Rng) -> Result<Vec<Case>>;
+
 /// Every case, in the order the seeded stream is drawn; `quick` leaves out the large shapes.
 pub(super) fn cases(quick: bool) -> Result<Vec<Case>> {
-    let groups: [fn(&mut Rng) -> Result<Vec<Case>>; 7] = [
+    let groups: [Group; 7] = [
         topk_layouts,
         topk_k_extremes,
         topk_ties,
@@ -260,9 +269,7 @@ fn topk_padding_and_bounds(rng: &mut Rng) -> Result<Vec<Case>> {
     v.push(
         Case::new(
             "topk fewer than k positives (padding)",
-            random_sae(rng, l, d, topk(32), DType::F32)
-                .b_enc(b)
-                .build(),
+            random_sae(rng, l, d, topk(32), DType::F32).b_enc(b).build(),
             rng.vec(n * d, 1.0),
             n,
         )?

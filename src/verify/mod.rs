@@ -288,12 +288,7 @@ fn stats_case(t: Target) -> CaseResult {
 
 /// Device-pointer encode/decode (`DevicePtrOps`) on device buffers against the same
 /// engine's host path: identical codes, identical reconstructions, the same non-finite row.
-fn device_ptr_case(
-    t: Target,
-    name: &str,
-    sae: Result<Sae>,
-    precision: Precision,
-) -> CaseResult {
+fn device_ptr_case(t: Target, name: &str, sae: Result<Sae>, precision: Precision) -> CaseResult {
     let mut res = CaseResult {
         name: name.into(),
         ok: false,

@@ -7,9 +7,9 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::backend::Engine;
 use crate::dump::Dump;
 use crate::error::{Error, Result};
-use crate::backend::Engine;
 use crate::stats::{LatentStats, RowFilter, TokenRule};
 
 pub mod chance;

@@ -281,7 +281,9 @@ fn bench_shape(gpu: &Gpu, s: &Shape, reps: usize) -> Result<Value> {
     })?;
 
     // Steering one latent into the batch.
-    let steer = time_ms(gpu, reps, || launch::steer(gpu, &sae, out.ptr, rows, 7, 0.5))?;
+    let steer = time_ms(gpu, reps, || {
+        launch::steer(gpu, &sae, out.ptr, rows, 7, 0.5)
+    })?;
     let steer_tbs = (rows * s.d * 8) as f64 / (steer * 1e-3) / 1e12;
 
     let gemm_pk = peaks.map(|(p, _)| gemm_peak(p, s.dtype, s.precision));
