@@ -1,6 +1,6 @@
 //! Cross-backend verification, CUDA against the CPU reference (`sae-bench verify`,
-//! tests/cuda_parity.rs): random and edge-case SAEs ([`cases`]) encoded and decoded by both
-//! engines, compared value by value ([`compare`]). Outside both backends because it uses both.
+//! tests/cuda_parity.rs): random and edge-case SAEs (cases.rs) encoded and decoded by both
+//! engines, compared value by value (compare.rs). Outside both backends because it uses both.
 //!
 //! Rules: exact-precision top-k values must agree within f32 rounding of a different
 //! summation order; an index may differ only where the two values are equal within that
@@ -11,10 +11,9 @@
 
 use std::sync::Arc;
 
-use crate::backend::{Engine, EngineOptions, Precision};
+use crate::backend::{Engine, EngineOptions, GemmMode, Precision};
 use crate::codes::Codes;
 use crate::cpu::CpuEngine;
-use crate::cuda::gemm::GemmMode;
 use crate::cuda::{CudaEngine, CudaOptions};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
