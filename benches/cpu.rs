@@ -115,6 +115,11 @@ fn cpu_time_report(reps: usize) {
         Some(v.split(',').filter_map(|s| s.trim().parse().ok()).collect())
     };
     let mut opts = EngineOptions::default();
+    // SAE_CPU_GEMM=crate|openblas: which GEMM to time (comparisons from one binary).
+    if let Ok(g) = std::env::var("SAE_CPU_GEMM") {
+        opts.cpu_gemm = sae_engine::CpuGemm::parse(&g)
+            .unwrap_or_else(|| panic!("SAE_CPU_GEMM={g}: expected auto, crate or openblas"));
+    }
     if let Some(t) = env_list("SAE_BENCH_TILE").and_then(|v| v.first().copied()) {
         opts.tile_latents = t;
     }

@@ -1,5 +1,5 @@
 //! Sparse codes produced by encoding: fixed-width top-k rows or CSR.
-//! File I/O for codes lives in `crate::io::codes`.
+//! File I/O for codes lives in `crate::io::codes_file`.
 
 use rayon::prelude::*;
 

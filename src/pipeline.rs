@@ -9,11 +9,11 @@ use std::path::{Path, PathBuf};
 use crate::codes::Encoded;
 use crate::dump::{Batch, Dump};
 use crate::error::{Error, Result};
-use crate::io::codes::{CodesKind, CodesReader, CodesWriter};
+use crate::io::codes_file::{CodesKind, CodesReader, CodesWriter};
 // The writer lived here first; kept under this path for existing callers.
+use crate::backend::Engine;
 pub use crate::io::npy::NpyF32Writer;
-use crate::ops::metrics::{MetricsAccumulator, ReconMetrics};
-use crate::ops::Engine;
+use crate::stats::recon::{MetricsAccumulator, ReconMetrics};
 use crate::stats::{LatentStats, RowFilter, TokenRule};
 
 pub mod stream;
@@ -239,9 +239,9 @@ pub fn merge_stats_files(paths: &[PathBuf]) -> Result<LatentStats> {
     let (first, rest) = paths
         .split_first()
         .ok_or_else(|| Error::invalid("stats merge needs at least one statistics file"))?;
-    let mut acc = crate::io::stats::read(first)?;
+    let mut acc = crate::io::stats_file::read(first)?;
     for p in rest {
-        let s = crate::io::stats::read(p)?;
+        let s = crate::io::stats_file::read(p)?;
         acc.merge(&s).map_err(|e| match e {
             Error::Incompatible(m) => {
                 Error::Incompatible(format!("{} and {}: {m}", first.display(), p.display()))

@@ -47,10 +47,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use crate::backend::{BackendKind, Engine};
 use crate::codes::{Codes, Denorm, Encoded};
 use crate::dump::{open_shard, Dump, Shard};
 use crate::error::{Error, Result};
-use crate::ops::{BackendKind, Engine};
 use crate::sae::Sae;
 use crate::stats::LatentStats;
 
@@ -626,7 +626,7 @@ impl<'a> StatsJob<'a> {
     /// [`merge`](Self::merge), then writes the result to `out` atomically.
     pub fn merge_into(&self, out: &Path) -> Result<LatentStats> {
         let s = self.merge()?;
-        crate::io::stats::write(out, &s)?;
+        crate::io::stats_file::write(out, &s)?;
         Ok(s)
     }
 
@@ -686,7 +686,7 @@ fn reusable(
         Ok(s) => s,
         Err(e) => return stale(format!("its shard does not open: {e}")),
     };
-    let stats = match crate::io::stats::read(file) {
+    let stats = match crate::io::stats_file::read(file) {
         Ok(s) => s,
         Err(e) => return stale(format!("unreadable: {e}")),
     };
@@ -892,7 +892,7 @@ fn compute_unit(
         job.opts.use_mask,
         &|n| progress(n),
     )?;
-    crate::io::stats::write(&job.opts.work_dir.join(unit.stats_file_name()), &stats)?;
+    crate::io::stats_file::write(&job.opts.work_dir.join(unit.stats_file_name()), &stats)?;
     if let Some(key) = key {
         key.write(&key_file)?;
     }

@@ -274,7 +274,7 @@ fn encode_decode_round_trip_topk_and_jumprelu() {
         let j = ok_json(&acts_cmd("encode", sae, dump, &codes_path, &batch_3));
         assert_eq!(j["n_rows"], 12);
         assert_eq!(j["kind"], if jumprelu { "csr" } else { "topk" });
-        let (enc, fp) = sae_engine::io::codes::read(&codes_path).unwrap();
+        let (enc, fp) = sae_engine::io::codes_file::read(&codes_path).unwrap();
         assert_eq!(matches!(enc.codes, Codes::Csr { .. }), jumprelu);
         check_codes(&enc.codes, x, jumprelu);
         let info = ok_json(&["inspect", arg(sae)]);
@@ -342,7 +342,7 @@ fn stats_shards_and_merge_equal_the_whole() {
     let counted = mask.iter().filter(|m| **m != 0).count();
     assert_eq!(j["n_tokens"], counted);
     assert_eq!(j["n_rows"], 12);
-    let st = sae_engine::io::stats::read(&whole).unwrap();
+    let st = sae_engine::io::stats_file::read(&whole).unwrap();
     assert_eq!(st.n_tokens, counted as u64);
     // hand-computed sums over counted rows
     let mut sum = [0f64; L];
@@ -374,7 +374,7 @@ fn stats_shards_and_merge_equal_the_whole() {
     let (p0, p1) = (arg(&parts[0]), arg(&parts[1]));
     let j = ok_json(&["stats", "merge", p0, p1, "--out", arg(&merged)]);
     assert_eq!(j["n_tokens"], counted);
-    let m = sae_engine::io::stats::read(&merged).unwrap();
+    let m = sae_engine::io::stats_file::read(&merged).unwrap();
     assert_eq!(m.n_tokens, st.n_tokens);
     assert_eq!(m.n_active, st.n_active);
     assert_eq!(m.max, st.max);
@@ -543,9 +543,9 @@ fn corrupt_inputs_are_refused_naming_the_file() {
     // A NaN in a statistics file's `sum` is refused by diff, naming the file.
     let (base, tuned) = (fx.path("base.safetensors"), fx.path("tuned.safetensors"));
     ok_json(&acts_cmd("stats", sae, dump, &base, &[]));
-    let mut st = sae_engine::io::stats::read(&base).unwrap();
+    let mut st = sae_engine::io::stats_file::read(&base).unwrap();
     st.sum[2] = f64::NAN;
-    sae_engine::io::stats::write(&tuned, &st).unwrap();
+    sae_engine::io::stats_file::write(&tuned, &st).unwrap();
     let e = fails(&[
         "-q",
         "diff",
@@ -564,7 +564,7 @@ fn corrupt_inputs_are_refused_naming_the_file() {
     // Codes without a fingerprint: refused unless --allow-unfingerprinted.
     let codes = fx.path("codes.safetensors");
     ok_json(&acts_cmd("encode", sae, dump, &codes, &[]));
-    let (enc, _) = sae_engine::io::codes::read(&codes).unwrap();
+    let (enc, _) = sae_engine::io::codes_file::read(&codes).unwrap();
     let Codes::TopK {
         n,
         k,
@@ -690,8 +690,8 @@ fn latent_shards_give_the_unsharded_codes_statistics_and_reconstruction() {
             ok_json(&decode_cmd(sae, &codes, &recon, extra));
             (
                 j,
-                sae_engine::io::codes::read(&codes).unwrap().0,
-                sae_engine::io::stats::read(&stats).unwrap(),
+                sae_engine::io::codes_file::read(&codes).unwrap().0,
+                sae_engine::io::stats_file::read(&stats).unwrap(),
                 read_npy_f32(&recon).1,
             )
         };

@@ -551,3 +551,48 @@ fn a_path_that_is_not_utf8_is_recorded_lossily() {
         .to_string()
         .contains('\u{fffd}'));
 }
+
+/// The engine knobs are flags that reach the engine and the provenance; the environment
+/// variables that used to set them (SAE_CUDA_PRECISION, SAE_CPU_GEMM) change nothing.
+#[test]
+fn engine_knobs_are_flags_not_environment_variables() {
+    let dir = tempfile::tempdir().unwrap();
+    let sae = sae(&dir.path().join("sae"), 16);
+    let acts = dump(&dir.path().join("acts.safetensors"), 8, 3);
+    let encode = |extra: &[&str], name: &str| {
+        let out = dir.path().join(name);
+        let mut args = on_cpu("encode", &sae, &["--acts", arg(&acts), "--out"]);
+        args.push(arg(&out));
+        args.extend_from_slice(extra);
+        let mut c = Command::new(env!("CARGO_BIN_EXE_sae"));
+        c.args(&args)
+            .env("SAE_CUDA_PRECISION", "fast")
+            .env("SAE_CPU_GEMM", "openblas");
+        c.output().unwrap()
+    };
+    let o = encode(
+        &["--cpu-gemm", "crate", "--cuda-gemm", "lt", "--cuda-overlap"],
+        "a.safetensors",
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let opts = &json_of(&o)["provenance"]["options"];
+    assert_eq!(opts["precision"], "exact", "{opts}");
+    assert_eq!(opts["cpu_gemm"], "crate", "{opts}");
+    assert_eq!(opts["cuda_gemm"], "lt", "{opts}");
+    assert_eq!(opts["cuda_overlap"], true, "{opts}");
+    // Defaults are not recorded.
+    let o = encode(&[], "b.safetensors");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let opts = &json_of(&o)["provenance"]["options"];
+    assert!(opts.get("cpu_gemm").is_none(), "{opts}");
+    // A value the parser does not know is a usage error.
+    let o = encode(&["--cuda-gemm", "fastest"], "c.safetensors");
+    assert_eq!(o.status.code(), Some(exit::USAGE as i32));
+    #[cfg(not(feature = "openblas"))]
+    {
+        let o = encode(&["--cpu-gemm", "openblas"], "d.safetensors");
+        assert_eq!(o.status.code(), Some(exit::ERROR as i32));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains("`openblas` cargo feature"), "{err}");
+    }
+}

@@ -423,7 +423,7 @@ fn crosscoder_encode_writes_the_forks_per_model_codes() {
     );
     for m in 0..2 {
         let path = dir.path().join(format!("codes.model{m}.safetensors"));
-        let (enc, fingerprint) = sae_engine::io::codes::read(&path).unwrap();
+        let (enc, fingerprint) = sae_engine::io::codes_file::read(&path).unwrap();
         assert!(fingerprint.is_some());
         assert_eq!(enc.codes.n_rows(), 64);
         for r in 0..64 {

@@ -190,7 +190,7 @@ fn sharded_recipe_matches_single_pass() {
         .output()
         .unwrap();
     check("single-pass sae stats", &out);
-    let single = sae_engine::io::stats::read(&single_path).unwrap();
+    let single = sae_engine::io::stats_file::read(&single_path).unwrap();
     assert!(
         single.n_tokens > 0 && single.n_tokens < rows as u64,
         "the mask is honored"
@@ -213,7 +213,7 @@ fn sharded_recipe_matches_single_pass() {
             .output()
             .unwrap(),
     );
-    let merged = sae_engine::io::stats::read(&slurm.join("stats.safetensors")).unwrap();
+    let merged = sae_engine::io::stats_file::read(&slurm.join("stats.safetensors")).unwrap();
     assert_same(&merged, &single, "slurm");
 
     // A missing slice: the merge refuses, a rerun of the whole array redoes only that slice.
@@ -244,7 +244,7 @@ fn sharded_recipe_matches_single_pass() {
             .output()
             .unwrap(),
     );
-    let merged = sae_engine::io::stats::read(&slurm.join("stats.safetensors")).unwrap();
+    let merged = sae_engine::io::stats_file::read(&slurm.join("stats.safetensors")).unwrap();
     assert_same(&merged, &single, "slurm after rerun");
 
     // Kubernetes: 7 indices over 7 shard files, one file each.
@@ -262,7 +262,7 @@ fn sharded_recipe_matches_single_pass() {
             .output()
             .unwrap(),
     );
-    let merged = sae_engine::io::stats::read(&k8s.join("stats.safetensors")).unwrap();
+    let merged = sae_engine::io::stats_file::read(&k8s.join("stats.safetensors")).unwrap();
     assert_same(&merged, &single, "kubernetes");
 
     // More indices than shard files: the empty slice fails loudly, it does not count nothing.

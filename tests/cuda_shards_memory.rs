@@ -2,6 +2,7 @@
 //! unsharded CUDA engine, and the memory plans (encode-only engines, device-memory limits).
 //! They follow cuda_parity's convention: listed as ignored ("needs a CUDA GPU") unless the
 //! build saw a GPU or SAE_REQUIRE_GPU=1, and then failing when no GPU is usable.
+#![cfg(feature = "cuda")]
 
 use std::sync::Arc;
 

@@ -7,10 +7,10 @@ use proptest::prelude::*;
 use sae_engine::codes::{Codes, Denorm, Encoded};
 use sae_engine::dtype::{convert_from_f32, DType};
 use sae_engine::dump::Dump;
-use sae_engine::io::codes::{self, CodesKind, CodesReader, CodesWriter};
+use sae_engine::io::codes_file::{self, CodesKind, CodesReader, CodesWriter};
 use sae_engine::io::mapped::{write_safetensors, OwnedTensor};
 use sae_engine::io::npy::{self, NpyDtype};
-use sae_engine::io::stats;
+use sae_engine::io::stats_file;
 use sae_engine::stats::LatentStats;
 
 /// Named tensors of a test file.
@@ -376,11 +376,11 @@ fn codes_round_trip_both_kinds_and_empty() {
     ];
     for (i, enc) in cases.iter().enumerate() {
         let p = dir.path().join(format!("c{i}.safetensors"));
-        codes::write(&p, enc, "abc123").unwrap();
+        codes_file::write(&p, enc, "abc123").unwrap();
         // a standard reader accepts the file
         let bytes = std::fs::read(&p).unwrap();
         safetensors::SafeTensors::deserialize(&bytes).unwrap();
-        let (back, fp) = codes::read(&p).unwrap();
+        let (back, fp) = codes_file::read(&p).unwrap();
         assert_eq!(&back, enc);
         assert_eq!(fp.as_deref(), Some("abc123"));
         let r = CodesReader::open(&p).unwrap();
@@ -404,7 +404,7 @@ fn streaming_writer_equals_one_shot_write() {
     ] {
         let one = dir.path().join(format!("{name}1.safetensors"));
         let streamed = dir.path().join(format!("{name}2.safetensors"));
-        codes::write(&one, &enc, "fp").unwrap();
+        codes_file::write(&one, &enc, "fp").unwrap();
         let mut w = CodesWriter::create(&streamed, CodesKind::of(&enc.codes), "fp").unwrap();
         for s in splits.windows(2) {
             w.push(&rows_of(&enc, s[0], s[1])).unwrap();
@@ -455,7 +455,7 @@ fn bad_codes_files_are_errors_naming_the_file() {
         meta.clone(),
     )
     .unwrap();
-    let e = codes::read(&p).err().unwrap().to_string();
+    let e = codes_file::read(&p).err().unwrap().to_string();
     assert!(
         e.contains("bad.safetensors") && e.contains("indices") && e.contains("I32"),
         "{e}"
@@ -469,7 +469,7 @@ fn bad_codes_files_are_errors_naming_the_file() {
         meta,
     )
     .unwrap();
-    let e = codes::read(&p).err().unwrap().to_string();
+    let e = codes_file::read(&p).err().unwrap().to_string();
     assert!(e.contains("bad.safetensors") && e.contains("values"), "{e}");
     let meta: HashMap<String, String> = [("kind".to_string(), "csr".to_string())].into();
     write_safetensors(
@@ -482,7 +482,7 @@ fn bad_codes_files_are_errors_naming_the_file() {
         meta,
     )
     .unwrap();
-    let e = codes::read(&p).err().unwrap().to_string();
+    let e = codes_file::read(&p).err().unwrap().to_string();
     assert!(
         e.contains("bad.safetensors") && e.contains("row_ptr"),
         "{e}"
@@ -517,7 +517,7 @@ fn codes_without_or_with_another_fingerprint_are_refused() {
         .is_ok());
     // an explicit allowance never lets a wrong fingerprint through
     let q = dir.path().join("fp.safetensors");
-    codes::write(&q, &topk_codes(), "abc").unwrap();
+    codes_file::write(&q, &topk_codes(), "abc").unwrap();
     let r = CodesReader::open(&q).unwrap().allow_unfingerprinted(true);
     assert!(r.check_fingerprint("other").is_err());
 }
@@ -537,8 +537,8 @@ fn non_finite_code_values_are_refused_naming_file_and_row() {
     values[2 * k + 1] = f32::NAN;
     let latent = indices[2 * k + 1];
     let p = dir.path().join("t.safetensors");
-    codes::write(&p, &enc, "fp").unwrap();
-    let e = codes::read(&p).err().unwrap().to_string();
+    codes_file::write(&p, &enc, "fp").unwrap();
+    let e = codes_file::read(&p).err().unwrap().to_string();
     assert!(
         e.contains("t.safetensors")
             && e.contains("row 2")
@@ -559,8 +559,8 @@ fn non_finite_code_values_are_refused_naming_file_and_row() {
     };
     *values.last_mut().unwrap() = f32::INFINITY;
     let p = dir.path().join("c.safetensors");
-    codes::write(&p, &enc, "fp").unwrap();
-    let e = codes::read(&p).err().unwrap().to_string();
+    codes_file::write(&p, &enc, "fp").unwrap();
+    let e = codes_file::read(&p).err().unwrap().to_string();
     assert!(
         e.contains("c.safetensors") && e.contains(&format!("row {}", n - 1)) && e.contains("inf"),
         "{e}"
@@ -575,12 +575,12 @@ fn stats_round_trip_and_validation() {
     s.accumulate(&topk_codes().codes, None).unwrap();
     s.accumulate(&csr_codes().codes, Some(&[1, 1, 0, 1]))
         .unwrap();
-    stats::write(&p, &s).unwrap();
-    assert_eq!(stats::read(&p).unwrap(), s);
+    stats_file::write(&p, &s).unwrap();
+    assert_eq!(stats_file::read(&p).unwrap(), s);
     let empty = LatentStats::new("fp0", 0);
-    stats::write(&dir.path().join("e.safetensors"), &empty).unwrap();
+    stats_file::write(&dir.path().join("e.safetensors"), &empty).unwrap();
     assert_eq!(
-        stats::read(&dir.path().join("e.safetensors")).unwrap(),
+        stats_file::read(&dir.path().join("e.safetensors")).unwrap(),
         empty
     );
 
@@ -601,7 +601,7 @@ fn stats_round_trip_and_validation() {
         meta.clone(),
     )
     .unwrap();
-    let e = stats::read(&bad).unwrap_err().to_string();
+    let e = stats_file::read(&bad).unwrap_err().to_string();
     assert!(
         e.contains("bad.safetensors") && e.contains("sum_sq") && e.contains("F64"),
         "{e}"
@@ -617,7 +617,7 @@ fn stats_round_trip_and_validation() {
         meta,
     )
     .unwrap();
-    let e = stats::read(&bad).unwrap_err().to_string();
+    let e = stats_file::read(&bad).unwrap_err().to_string();
     assert!(e.contains("n_active") && e.contains("[2]"), "{e}");
     write_safetensors(
         &bad,
@@ -630,7 +630,7 @@ fn stats_round_trip_and_validation() {
         HashMap::new(),
     )
     .unwrap();
-    let e = stats::read(&bad).unwrap_err().to_string();
+    let e = stats_file::read(&bad).unwrap_err().to_string();
     assert!(e.contains("n_tokens"), "{e}");
 }
 

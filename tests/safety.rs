@@ -364,7 +364,7 @@ fn kill_9_during_encode_keeps_the_old_output_and_the_rerun_leaves_no_litter() {
         "the rerun removed {litter:?}"
     );
     assert_eq!(listing(&out_dir), ["codes.safetensors"]);
-    let codes = sae_engine::io::codes::CodesReader::open(&out).unwrap();
+    let codes = sae_engine::io::codes_file::CodesReader::open(&out).unwrap();
     assert_eq!(codes.n_rows(), BIG);
 }
 

@@ -246,7 +246,7 @@ fn fan_out_equals_single_pass_with_and_without_mask() {
         let merged = job.merge_into(&out).unwrap();
         let want = single_pass(&sae, &dump, use_mask);
         assert_same_stats(&merged, &want);
-        assert_same_stats(&sae_engine::io::stats::read(&out).unwrap(), &want);
+        assert_same_stats(&sae_engine::io::stats_file::read(&out).unwrap(), &want);
         if use_mask {
             assert!(merged.n_tokens < SIZES.iter().sum::<usize>() as u64);
         }
@@ -557,7 +557,7 @@ fn cli_stats_devices_equals_single_pass_and_resumes() {
     let whole = dir.path().join("whole.safetensors");
     let quiet_cpu = ["--quiet", "--backend", "cpu"];
     sae_ok(&acts_cmd("stats", &sae_dir, &dump, &whole, &quiet_cpu));
-    let want = sae_engine::io::stats::read(&whole).unwrap();
+    let want = sae_engine::io::stats_file::read(&whole).unwrap();
 
     let fan = dir.path().join("fan.safetensors");
     let two_cpus = ["--devices", "cpu,cpu", "--json", "--batch-size", "7"];
@@ -567,7 +567,7 @@ fn cli_stats_devices_equals_single_pass_and_resumes() {
     assert_eq!(j["devices"][0]["device"], "cpu#0");
     assert!(j["devices"][0]["rows_per_second"].as_f64().is_some());
     assert_eq!(j["n_tokens"], want.n_tokens);
-    assert_same_stats(&sae_engine::io::stats::read(&fan).unwrap(), &want);
+    assert_same_stats(&sae_engine::io::stats_file::read(&fan).unwrap(), &want);
     // Unit files are removed after a successful merge by default.
     assert!(!dir.path().join("fan.safetensors.units").exists());
 
@@ -607,7 +607,7 @@ fn cli_stats_devices_equals_single_pass_and_resumes() {
     let j = sae_json(&rerun);
     assert_eq!(j["computed"], serde_json::json!([2]));
     assert_eq!(j["reused"], serde_json::json!([0, 1, 3, 4]));
-    assert_same_stats(&sae_engine::io::stats::read(&fan2).unwrap(), &want);
+    assert_same_stats(&sae_engine::io::stats_file::read(&fan2).unwrap(), &want);
     assert_eq!(mtimes(&work).len(), 5);
 
     // Composes with --shard I/N.
@@ -685,8 +685,8 @@ fn cli_a_shard_changed_under_the_same_mtime_is_recomputed() {
         &["--quiet", "--backend", "cpu"],
     ));
     assert_same_stats(
-        &sae_engine::io::stats::read(&out).unwrap(),
-        &sae_engine::io::stats::read(&fresh).unwrap(),
+        &sae_engine::io::stats_file::read(&out).unwrap(),
+        &sae_engine::io::stats_file::read(&fresh).unwrap(),
     );
     // An option that changes results is part of the key: nothing is reused.
     let mut fast = args.to_vec();

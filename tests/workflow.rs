@@ -219,7 +219,7 @@ fn bad_inputs_are_refused_with_messages() {
     let mut st = sae_engine::LatentStats::new(other.fingerprint(), 64);
     st.n_tokens = 10;
     let sp = dir.path().join("other_stats.safetensors");
-    sae_engine::io::stats::write(&sp, &st).unwrap();
+    sae_engine::io::stats_file::write(&sp, &st).unwrap();
     let e = workflow::measure(eng.as_ref(), &fp, &sp, &so)
         .unwrap_err()
         .to_string();
@@ -490,7 +490,7 @@ fn pairing_looks_at_counted_tokens_alike_for_dumps_and_statistics_files() {
         &|_| {},
     )
     .unwrap();
-    sae_engine::io::stats::write(&st, &whole).unwrap();
+    sae_engine::io::stats_file::write(&st, &whole).unwrap();
     let ms = workflow::measure(eng.as_ref(), &fp, &st, &so).unwrap();
     assert_eq!(ms.stats, ma.stats);
     let ps = workflow::pair(&ms, std::slice::from_ref(&mb), PairingRequest::Paired).unwrap();
@@ -519,7 +519,7 @@ fn pairing_looks_at_counted_tokens_alike_for_dumps_and_statistics_files() {
     old.tokens = None;
     old.norms = None;
     let old_path = dir.path().join("old.stats.safetensors");
-    sae_engine::io::stats::write(&old_path, &old).unwrap();
+    sae_engine::io::stats_file::write(&old_path, &old).unwrap();
     let mo = workflow::measure(eng.as_ref(), &fp, &old_path, &so).unwrap();
     assert_eq!(mo.stats.tokens, None);
     let po = workflow::pair(&mo, std::slice::from_ref(&mb), PairingRequest::Auto).unwrap();
@@ -590,7 +590,7 @@ fn token_hash_and_outliers_survive_shards_merge_and_fan_out() {
         .enumerate()
         .map(|(i, s)| {
             let p = dir.path().join(format!("s{i}.safetensors"));
-            sae_engine::io::stats::write(&p, s).unwrap();
+            sae_engine::io::stats_file::write(&p, s).unwrap();
             p
         })
         .collect();
@@ -643,8 +643,8 @@ fn outlier_tokens_are_counted_and_left_out_of_units_and_decode_metrics() {
     assert_eq!(st.n_tokens, 199);
     assert_eq!(st.n_outliers(), Some(2));
     let sp = dir.path().join("sinks.stats.safetensors");
-    sae_engine::io::stats::write(&sp, &st).unwrap();
-    let back = sae_engine::io::stats::read(&sp).unwrap();
+    sae_engine::io::stats_file::write(&sp, &st).unwrap();
+    let back = sae_engine::io::stats_file::read(&sp).unwrap();
     assert_eq!(back.n_outliers(), Some(2));
     assert_eq!(back.median_norm(), st.median_norm());
     let meta = sae_engine::io::mapped::MappedSafetensors::open(&sp).unwrap();
@@ -698,7 +698,7 @@ fn outlier_tokens_are_counted_and_left_out_of_units_and_decode_metrics() {
     .unwrap();
     // encode reports them (every row is encoded)
     assert_eq!((enc.n_rows, enc.outliers.n_outliers), (200, 2));
-    let codes = sae_engine::io::codes::CodesReader::open(&codes_path).unwrap();
+    let codes = sae_engine::io::codes_file::CodesReader::open(&codes_path).unwrap();
     let metrics = |o: &StatsOptions| {
         let f = o.filter(&dump).unwrap();
         let out = dir.path().join("recon.npy");
@@ -782,7 +782,7 @@ fn clustered_z_discounts_tokens_correlated_within_documents() {
     assert!(l5.q_value >= crate_p(l5.z_clustered));
     // the statistics file carries the document sums: the same clustered z from files
     let st = dir.path().join("a.stats.safetensors");
-    sae_engine::io::stats::write(&st, &ma.stats).unwrap();
+    sae_engine::io::stats_file::write(&st, &ma.stats).unwrap();
     let back = workflow::measure(eng.as_ref(), &fp, &st, &StatsOptions::default()).unwrap();
     assert_eq!(back.stats.docs, ma.stats.docs);
 }

@@ -18,10 +18,11 @@
 #            with torch_baseline.py between     paper-overlap), REPS (default 5) repetitions,
 #                                                 nvidia-smi sampling clocks, power, temperature
 #                                                 and clock event reasons every 100 ms
-#         3. GPU tests (SAE_REQUIRE_GPU=1)        integration binary, cuda_parity:: tests
+#         3. GPU tests (SAE_REQUIRE_GPU=1)        integration binary, cuda_parity:: and
+#                                                 cuda_shards_memory:: tests
 #         4. sae-bench verify                     GPU against the CPU reference
 #         5. compute-sanitizer memcheck, racecheck on `sae-bench verify --quick`
-#         6. info / verify --quick with SAE_FORCE_NVRTC=1 (the NVRTC fallback)
+#         6. info / verify --quick with --force-nvrtc (the NVRTC fallback)
 #         7. ffi/tests/gpu_device_ptr.sh          C ABI device pointers with torch CUDA tensors
 #       A step that would start past the budget is skipped and counted as a failure. Everything
 #       is bundled into $OUT/gpu-check.tar.gz (OUT defaults to ./gpu-out) beside
@@ -166,7 +167,7 @@ device() {
         status=1
     fi
 
-    step gpu-tests 120 env SAE_REQUIRE_GPU=1 "$bin/integration" cuda_parity:: --test-threads=1
+    step gpu-tests 120 env SAE_REQUIRE_GPU=1 "$bin/integration" cuda_ --test-threads=1
     step verify 150 "$bin/sae-bench" verify --json "$run/verify.json"
     if [ -n "$san" ]; then
         step memcheck 150 "$san" --tool memcheck --error-exitcode 1 \
@@ -181,8 +182,8 @@ device() {
     # The run-time fallback of a build without nvcc: fatbins ignored, every module compiled by
     # NVRTC (torch's nvidia wheels provide libnvrtc), quick verify.
     local cache="$work/nvrtc-cache"
-    step nvrtc-info 60 env SAE_FORCE_NVRTC=1 SAE_CACHE_DIR="$cache" "$bin/sae-bench" info --json "$run/info-nvrtc.json"
-    step nvrtc-verify 120 env SAE_FORCE_NVRTC=1 SAE_CACHE_DIR="$cache" "$bin/sae-bench" verify --quick --json "$run/verify-nvrtc.json"
+    step nvrtc-info 60 env SAE_CACHE_DIR="$cache" "$bin/sae-bench" --force-nvrtc info --json "$run/info-nvrtc.json"
+    step nvrtc-verify 120 env SAE_CACHE_DIR="$cache" "$bin/sae-bench" --force-nvrtc verify --quick --json "$run/verify-nvrtc.json"
     step ffi-device-ptr 90 env OUT="$run" bash "$here/../ffi/tests/gpu_device_ptr.sh" "$bin/libsae_engine_ffi.so"
 
     bundle "$here" "$work" "$out"

@@ -4,7 +4,7 @@
 
 use std::ffi::c_void;
 
-use sae_engine::cuda::device_ptr::{DecodeTopkDevice, DevicePtrOps, EncodeTopkDevice};
+use sae_engine::backend::{DecodeTopkDevice, DevicePtrOps, EncodeTopkDevice};
 
 use crate::guard::{checked_len, run, Failure, FfiResult};
 use crate::handle::{handle_arg, SaeHandle};

@@ -246,7 +246,7 @@ pub unsafe extern "C" fn sae_stats_write(stats: *const SaeStats, path: *const c_
     run("sae_stats_write", || {
         let s = stats_ref(stats)?;
         let path = str_arg(path, "path")?;
-        Ok(sae_engine::io::stats::write(
+        Ok(sae_engine::io::stats_file::write(
             path.as_ref(),
             &s.inner.snapshot(),
         )?)
@@ -266,7 +266,7 @@ pub unsafe extern "C" fn sae_stats_read(
     run("sae_stats_read", || {
         write_out(out_stats, std::ptr::null_mut(), "out_stats")?;
         let path = str_arg(path, "path")?;
-        let s = sae_engine::io::stats::read(path.as_ref())?;
+        let s = sae_engine::io::stats_file::read(path.as_ref())?;
         write_out(out_stats, boxed(s), "out_stats")
     })
 }
@@ -424,7 +424,7 @@ pub unsafe extern "C" fn sae_stats_write_with_provenance(
                 prov.option(&k, v);
             }
         }
-        Ok(sae_engine::io::stats::write_with_provenance(
+        Ok(sae_engine::io::stats_file::write_with_provenance(
             path.as_ref(),
             &s.inner.snapshot(),
             Some(&prov),

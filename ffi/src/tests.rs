@@ -680,7 +680,7 @@ fn stats_from_rows_equal_stats_of_a_dump() {
         let p = dir.path().join(name);
         let c = std::ffi::CString::new(p.to_str().unwrap()).unwrap();
         assert_eq!(unsafe { sae_stats_write(s, c.as_ptr()) }, SaeStatus::Ok);
-        sae_engine::io::stats::read(&p).unwrap()
+        sae_engine::io::stats_file::read(&p).unwrap()
     };
     unsafe {
         let mut s = null_mut();

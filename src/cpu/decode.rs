@@ -146,24 +146,29 @@ unsafe fn axpy4_avx2(o: &mut [f32], r: [&[f32]; 4], c: [f32; 4], next: Option<[*
     while j + 16 <= d {
         if let Some(n) = next {
             for p in n {
+                // A prefetch is a hint: its address need not be valid.
                 _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(j) as *const i8);
             }
         }
         for h in [j, j + 8] {
-            let a = _mm256_fmadd_ps(
-                cv[1],
-                _mm256_loadu_ps(rp[1].add(h)),
-                _mm256_mul_ps(cv[0], _mm256_loadu_ps(rp[0].add(h))),
-            );
-            let b = _mm256_fmadd_ps(
-                cv[3],
-                _mm256_loadu_ps(rp[3].add(h)),
-                _mm256_mul_ps(cv[2], _mm256_loadu_ps(rp[2].add(h))),
-            );
-            _mm256_storeu_ps(
-                op.add(h),
-                _mm256_add_ps(_mm256_loadu_ps(op.add(h)), _mm256_add_ps(a, b)),
-            );
+            // SAFETY: h + 8 <= j + 16 <= d, and `o` and every `r[i]` hold d values (the
+            // function's contract), so each 8-wide unaligned load and store is in bounds.
+            unsafe {
+                let a = _mm256_fmadd_ps(
+                    cv[1],
+                    _mm256_loadu_ps(rp[1].add(h)),
+                    _mm256_mul_ps(cv[0], _mm256_loadu_ps(rp[0].add(h))),
+                );
+                let b = _mm256_fmadd_ps(
+                    cv[3],
+                    _mm256_loadu_ps(rp[3].add(h)),
+                    _mm256_mul_ps(cv[2], _mm256_loadu_ps(rp[2].add(h))),
+                );
+                _mm256_storeu_ps(
+                    op.add(h),
+                    _mm256_add_ps(_mm256_loadu_ps(op.add(h)), _mm256_add_ps(a, b)),
+                );
+            }
         }
         j += 16;
     }

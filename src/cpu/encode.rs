@@ -19,9 +19,10 @@ use rayon::prelude::*;
 
 use super::scan::{scan_threshold, scan_topk, BadValue, TileCsr};
 use super::topk::{merge_states, TopKState};
+use crate::backend::CpuGemm;
 use crate::codes::{Codes, Encoded};
 use crate::dtype::convert_to_f32;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::matrix::{Layout, Matrix};
 use crate::sae::{Activation, Sae};
 
@@ -58,27 +59,20 @@ pub(crate) enum GemmKind {
 }
 
 impl GemmKind {
-    /// The default for this build; `SAE_CPU_GEMM=crate|openblas` overrides it
-    /// (for comparisons; a choice this build cannot run falls back to the default).
-    pub(crate) fn select() -> Self {
-        let default = if cfg!(feature = "openblas") {
-            Self::parse("openblas")
-        } else {
-            None
-        }
-        .unwrap_or(GemmKind::Crate);
-        std::env::var("SAE_CPU_GEMM")
-            .ok()
-            .and_then(|v| Self::parse(&v))
-            .unwrap_or(default)
-    }
-
-    fn parse(name: &str) -> Option<Self> {
-        match name {
-            "crate" => Some(GemmKind::Crate),
+    /// The GEMM `choice` names (`EngineOptions::cpu_gemm`); `Auto` is OpenBLAS in a build
+    /// with the `openblas` feature, else the `gemm` crate. OpenBLAS in a build without the
+    /// feature is an error rather than a silent substitute.
+    pub(crate) fn select(choice: CpuGemm) -> Result<Self> {
+        match choice {
+            CpuGemm::Crate => Ok(GemmKind::Crate),
             #[cfg(feature = "openblas")]
-            "openblas" => Some(GemmKind::OpenBlas),
-            _ => None,
+            CpuGemm::Auto | CpuGemm::OpenBlas => Ok(GemmKind::OpenBlas),
+            #[cfg(not(feature = "openblas"))]
+            CpuGemm::Auto => Ok(GemmKind::Crate),
+            #[cfg(not(feature = "openblas"))]
+            CpuGemm::OpenBlas => Err(Error::invalid(
+                "the OpenBLAS CPU GEMM needs a build with the `openblas` cargo feature",
+            )),
         }
     }
 }

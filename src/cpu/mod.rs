@@ -7,9 +7,9 @@
 
 use std::sync::Arc;
 
+use crate::backend::{Engine, EngineOptions};
 use crate::codes::{Codes, Denorm, Encoded};
 use crate::error::{Error, Result};
-use crate::ops::{Engine, EngineOptions};
 use crate::sae::{Activation, Sae};
 
 #[cfg(feature = "openblas")]
@@ -56,7 +56,7 @@ impl CpuEngine {
             dec_norms,
             cuts,
             pool: encode::BufferPool::default(),
-            gemm: encode::GemmKind::select(),
+            gemm: encode::GemmKind::select(opts.cpu_gemm)?,
         })
     }
 

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use crate::codes::Codes;
 use crate::error::{Error, Result};
-use crate::ops::{BackendKind, Engine, EngineOptions};
+use crate::backend::{BackendKind, Engine, EngineOptions};
 use crate::sae::{Activation, Sae};
 
 use super::Crosscoder;
@@ -132,7 +132,7 @@ pub(crate) fn engine_sae(cc: &Crosscoder) -> Sae {
 impl CrosscoderEngine {
     /// Binds `cc` to a backend.
     pub fn new(cc: Arc<Crosscoder>, kind: BackendKind, opts: &EngineOptions) -> Result<Self> {
-        let engine = crate::ops::engine(kind, Arc::new(engine_sae(&cc)), opts)?;
+        let engine = crate::engine::engine(kind, Arc::new(engine_sae(&cc)), opts)?;
         Ok(CrosscoderEngine { cc, engine })
     }
 

@@ -12,7 +12,7 @@ use super::*;
 use crate::dtype::DType;
 use crate::formats::common::bytes_to_f32;
 use crate::formats::npz::Npz;
-use crate::ops::{BackendKind, EngineOptions};
+use crate::backend::{BackendKind, EngineOptions};
 
 fn dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/crosscoder")

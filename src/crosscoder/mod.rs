@@ -27,6 +27,7 @@ pub mod encode;
 pub mod load;
 pub mod paired;
 pub mod report;
+#[cfg(feature = "cuda")]
 pub mod verify;
 
 use std::path::PathBuf;

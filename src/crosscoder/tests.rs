@@ -10,7 +10,7 @@ use super::encode::{apply_threshold, prefilter_cut, CrosscoderEngine};
 use super::*;
 use crate::codes::Codes;
 use crate::io::mapped::{write_safetensors, OwnedTensor};
-use crate::ops::{BackendKind, EngineOptions};
+use crate::backend::{BackendKind, EngineOptions};
 
 /// A crosscoder's tensors in the fork's shapes.
 #[derive(Clone)]

@@ -8,11 +8,11 @@ use std::sync::Arc;
 use super::encode::{CrosscoderCodes, CrosscoderEngine};
 use super::load::{assemble, Parts};
 use super::{CodeNormalization, Crosscoder, InputNorm};
-use crate::cuda::verify::{CaseResult, Rng};
+use crate::verify::{CaseResult, Rng};
 use crate::dtype::DType;
 use crate::error::Result;
 use crate::matrix::Matrix;
-use crate::ops::{BackendKind, EngineOptions};
+use crate::backend::{BackendKind, EngineOptions};
 
 /// One case: a crosscoder and paired rows `[rows, n_models * d]`.
 pub struct Case {
@@ -166,10 +166,13 @@ fn compare(c: &Case, g: &CrosscoderCodes, r: &CrosscoderCodes, res: &mut CaseRes
     }
 }
 
-fn run_case(device: usize, c: &Case) -> CaseResult {
+fn run_case(device: usize, force_nvrtc: bool, c: &Case) -> CaseResult {
     let mut res = empty_result(c.name.clone());
     let mut run = || -> Result<()> {
-        let opts = EngineOptions::default();
+        let opts = EngineOptions {
+            cuda_force_nvrtc: force_nvrtc,
+            ..EngineOptions::default()
+        };
         let cpu = CrosscoderEngine::new(c.cc.clone(), BackendKind::Cpu, &opts)?;
         let gpu = CrosscoderEngine::new(c.cc.clone(), BackendKind::Cuda { device }, &opts)?;
         let want = cpu.encode(&c.x, c.rows, 0)?;
@@ -195,10 +198,10 @@ fn run_case(device: usize, c: &Case) -> CaseResult {
     res
 }
 
-/// Runs every crosscoder case on `device`.
-pub fn run(device: usize) -> Vec<CaseResult> {
+/// Runs every crosscoder case on `device` (kernels from NVRTC when `force_nvrtc`).
+pub fn run(device: usize, force_nvrtc: bool) -> Vec<CaseResult> {
     match cases() {
-        Ok(cases) => cases.iter().map(|c| run_case(device, c)).collect(),
+        Ok(cases) => cases.iter().map(|c| run_case(device, force_nvrtc, c)).collect(),
         Err(e) => vec![CaseResult {
             detail: vec![e.to_string()],
             ..empty_result("crosscoder cases")

@@ -63,8 +63,14 @@ pub struct Gpu {
 }
 
 impl Gpu {
-    /// Opens device `ordinal`: checks the driver and cuBLAS first so that nothing panics.
+    /// Opens device `ordinal` with the embedded fatbins where they load (see [`Gpu::open_with`]).
     pub fn open(ordinal: usize) -> Result<Gpu> {
+        Gpu::open_with(ordinal, false)
+    }
+
+    /// Opens device `ordinal`: checks the driver and cuBLAS first so that nothing panics.
+    /// `force_nvrtc` compiles the kernel sources with NVRTC even when fatbins are embedded.
+    pub fn open_with(ordinal: usize, force_nvrtc: bool) -> Result<Gpu> {
         let n = loader::device_count()?;
         if ordinal >= n {
             return Err(Error::BackendUnavailable(format!(
@@ -92,7 +98,7 @@ impl Gpu {
                 cc.0, cc.1
             )));
         }
-        let kernels = Kernels::load(&ctx, cc)?;
+        let kernels = Kernels::load(&ctx, cc, force_nvrtc)?;
         let info = DeviceInfo {
             ordinal,
             name: ctx.name().map_err(cuda_err("device name"))?,

@@ -8,38 +8,12 @@ use cudarc::driver::PushKernelArg;
 use super::device::{DevBuf, Gpu};
 use super::gemm::{self, GemmMode, GemmPtrs, GemmSpec};
 use super::weights::DeviceSae;
+pub use crate::backend::Precision;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::matrix::Layout;
 use crate::sae::Activation;
 use cudarc::driver::CudaEvent;
-
-/// GEMM arithmetic.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Precision {
-    /// Activations stay f32 and the GEMM runs in plain f32 (bf16/f16 weight tiles are widened
-    /// on the device first): matches the CPU reference up to summation order.
-    Exact,
-    /// Activations rounded to the weights' dtype and the tensor-core GEMM (f32 accumulate;
-    /// TF32 for f32 weights), as torch does with a bf16 model. The fast path for large SAEs.
-    /// With bf16 weights and TopK the GEMM writes bf16 scores; the top k is still that of
-    /// the f32 pre-activations of the rounded input: selection runs on upper bounds of the
-    /// rounded scores, the candidates are rescored in f32, and a row whose choice cannot be
-    /// certified is re-encoded with f32 scores. Returned values are those f32 rescorings.
-    Fast,
-}
-
-impl Precision {
-    /// Parses "exact" / "fast".
-    pub fn parse(s: &str) -> Option<Precision> {
-        match s {
-            "exact" => Some(Precision::Exact),
-            "fast" => Some(Precision::Fast),
-            _ => None,
-        }
-    }
-}
 
 const TOPK_THREADS: u32 = 256;
 const THR_THREADS: u32 = 256;

@@ -12,19 +12,19 @@ use super::device::{cuda_err, Gpu};
 use super::device_ptr::{staged_encode_topk, DecodeTopkDevice, DevicePtrOps, EncodeTopkDevice};
 use super::encode::{self, Plan, Precision, Workspace};
 use super::gemm::GemmMode;
-use super::ops::{self, DecodeExtras, DeviceCodes, DeviceStats};
+use super::launch::{self, DecodeExtras, DeviceCodes, DeviceStats};
 use super::plan::{self, DeviceMemory, MemoryRequest};
 use super::weights::{DeviceSae, BOUND_BLOCK};
+use crate::backend::{Engine, EngineOptions, Workload};
 use crate::codes::{Codes, Denorm, Encoded};
 use crate::error::{Error, Result};
-use crate::ops::{Engine, EngineOptions, Workload};
 use crate::sae::{Activation, Normalization, Sae};
 
 /// CUDA-specific settings.
 #[derive(Debug, Clone)]
 pub struct CudaOptions {
     /// GEMM arithmetic (default Exact: same results as the CPU engine up to summation order).
-    /// Through `cuda::engine`: `EngineOptions::precision`, overridden by SAE_CUDA_PRECISION.
+    /// Through `cuda::engine`: `EngineOptions::precision`.
     pub precision: Precision,
     /// Latents per tile (rounded up to 128); None: the largest that fits the workspace.
     pub tile_latents: Option<usize>,
@@ -35,33 +35,30 @@ pub struct CudaOptions {
     /// Fast precision with bf16 weights: write bf16 scores (Some(true)), f32 scores
     /// (Some(false)), or decide by size (None: see `encode::BF16_SCORES_MIN_LATENTS`).
     pub bf16_scores: Option<bool>,
-    /// How the encoder GEMM picks its algorithm (`from_engine`: SAE_GEMM, else auto).
+    /// How the encoder GEMM picks its algorithm (`EngineOptions::cuda_gemm`).
     pub gemm: GemmMode,
     /// TopK: two half-width score buffers, the top-k pass of one tile on a second stream
-    /// while the GEMM fills the other (`from_engine`: SAE_CUDA_OVERLAP=1; default off until
+    /// while the GEMM fills the other (`EngineOptions::cuda_overlap`; default off until
     /// measured faster, see BENCHMARKS.md).
     pub overlap: bool,
+    /// Compile the embedded kernel sources with NVRTC even when fatbins are embedded
+    /// (`EngineOptions::cuda_force_nvrtc`).
+    pub force_nvrtc: bool,
 }
 
 impl CudaOptions {
-    /// From the shared engine options; SAE_CUDA_PRECISION (exact / fast), when set,
-    /// overrides `opts.precision`.
-    pub fn from_engine(opts: &EngineOptions) -> Result<CudaOptions> {
-        let precision = match std::env::var("SAE_CUDA_PRECISION") {
-            Ok(s) => Precision::parse(&s).ok_or_else(|| {
-                Error::invalid(format!("SAE_CUDA_PRECISION={s}: expected exact or fast"))
-            })?,
-            Err(_) => opts.precision,
-        };
-        Ok(CudaOptions {
-            precision,
+    /// From the shared engine options (the tile width is planned from the workspace).
+    pub fn from_engine(opts: &EngineOptions) -> CudaOptions {
+        CudaOptions {
+            precision: opts.precision,
             tile_latents: None,
             max_rows: 4096,
             workspace_bytes: opts.workspace_bytes,
             bf16_scores: None,
-            gemm: GemmMode::from_env()?,
-            overlap: std::env::var_os("SAE_CUDA_OVERLAP").is_some_and(|v| v != "0"),
-        })
+            gemm: opts.cuda_gemm,
+            overlap: opts.cuda_overlap,
+            force_nvrtc: opts.cuda_force_nvrtc,
+        }
     }
 }
 
@@ -168,7 +165,7 @@ impl CudaEngine {
         if sae.n_latents() > i32::MAX as usize || sae.d_in() > i32::MAX as usize {
             return Err(Error::invalid("SAE dimensions exceed 2^31"));
         }
-        let gpu = Gpu::open(device)?;
+        let gpu = Gpu::open_with(device, opts.force_nvrtc)?;
         gpu.bind()?;
         let (free, total) = drv::mem_get_info().map_err(cuda_err("device memory query"))?;
         let memory = DeviceMemory {
@@ -618,7 +615,7 @@ impl CudaEngine {
                 None => None,
             };
             self.require_decoder()?;
-            ops::decode(
+            launch::decode(
                 &self.gpu,
                 &self.dsae,
                 m,
@@ -674,7 +671,7 @@ impl CudaEngine {
         }
         let xd = self.gpu.upload(x)?;
         self.require_decoder()?;
-        ops::steer(
+        launch::steer(
             &self.gpu,
             &self.dsae,
             xd.ptr,
@@ -800,13 +797,17 @@ impl Engine for CudaEngine {
 unsafe fn order_after(from: CUstream, to: CUstream) -> Result<()> {
     let ev = drv::event::create(sys::CUevent_flags::CU_EVENT_DISABLE_TIMING)
         .map_err(cuda_err("event create"))?;
-    let r = drv::event::record(ev, from)
-        .and_then(|_| {
+    // SAFETY: `ev` was just created in the current context; both streams belong to it
+    // (this function's contract).
+    let r = unsafe {
+        drv::event::record(ev, from).and_then(|_| {
             drv::stream::wait_event(to, ev, sys::CUevent_wait_flags::CU_EVENT_WAIT_DEFAULT)
         })
-        .map_err(cuda_err("stream ordering"));
-    // Destroying a recorded event is allowed; the wait keeps its own reference.
-    let _ = drv::event::destroy(ev);
+    }
+    .map_err(cuda_err("stream ordering"));
+    // SAFETY: `ev` is ours and destroyed once; destroying a recorded event is allowed, the
+    // wait keeps its own reference.
+    let _ = unsafe { drv::event::destroy(ev) };
     r
 }
 
@@ -832,7 +833,9 @@ impl CudaEngine {
         let caller = a.stream as usize as CUstream;
         self.with_state(|st| {
             let ours = self.gpu.stream.cu_stream();
-            order_after(caller, ours)?;
+            // SAFETY: the caller's stream belongs to the current context (this function's
+            // contract); ours is the engine's.
+            unsafe { order_after(caller, ours)? };
             let r = st.ws.plan.rows;
             let chunks: Vec<(usize, usize)> = (0..a.rows)
                 .step_by(r)
@@ -863,7 +866,7 @@ impl CudaEngine {
                     .arg(&in_flags);
                 // SAFETY: prep_input_f32(x, out, n, d, b_dec|null, bad[2]): the caller's x holds
                 // rows * d f32 (this chunk is inside it), x32 holds plan.rows * d.
-                b.launch(self.gpu.grid_for(n * d, 256))
+                unsafe { b.launch(self.gpu.grid_for(n * d, 256)) }
                     .map_err(cuda_err("launching prep_input_f32"))?;
                 if fallback {
                     encode::encode_topk_chunk_f32(&self.gpu, &self.dsae, &st.ws, n, k, f)?;
@@ -875,12 +878,20 @@ impl CudaEngine {
                     _ => return Err(Error::Cuda("top-k workspace missing outputs".into())),
                 };
                 let bytes = n * k * 4;
-                // SAFETY: the caller's outputs hold rows * k elements; ws idx/val n * k.
-                drv::memcpy_dtod_async(a.out_indices + (s * k * 4) as u64, idx, bytes, ours)
-                    .and_then(|_| {
-                        drv::memcpy_dtod_async(a.out_values + (s * k * 4) as u64, val, bytes, ours)
-                    })
-                    .map_err(cuda_err("codes copy"))
+                // SAFETY: the caller's outputs hold rows * k elements (this function's
+                // contract); ws idx/val hold n * k; both on this context, ordered on `ours`.
+                unsafe {
+                    drv::memcpy_dtod_async(a.out_indices + (s * k * 4) as u64, idx, bytes, ours)
+                        .and_then(|_| {
+                            drv::memcpy_dtod_async(
+                                a.out_values + (s * k * 4) as u64,
+                                val,
+                                bytes,
+                                ours,
+                            )
+                        })
+                }
+                .map_err(cuda_err("codes copy"))
             };
             for c in 0..chunks.len() {
                 run_chunk(c, false)?;
@@ -925,12 +936,15 @@ impl CudaEngine {
             if a.out_shift != 0 {
                 self.gpu.htod(a.out_shift, &vec![0.0f32; a.rows])?;
             }
-            order_after(ours, caller)
+            // SAFETY: as the first ordering above.
+            unsafe { order_after(ours, caller) }
         })
     }
 }
 
 impl DevicePtrOps for CudaEngine {
+    /// # Safety
+    /// As [`DevicePtrOps::encode_topk_device`].
     unsafe fn encode_topk_device(&self, a: &EncodeTopkDevice) -> Result<()> {
         let k = self
             .sae
@@ -941,12 +955,17 @@ impl DevicePtrOps for CudaEngine {
             return Ok(());
         }
         match self.sae.normalization {
-            Normalization::None => self.encode_topk_inplace(a, k),
+            // SAFETY: the caller upholds `encode_topk_device`'s contract, which is theirs;
+            // `bind` above made this engine's context current.
+            Normalization::None => unsafe { self.encode_topk_inplace(a, k) },
             // Normalization runs on the host (the CPU reference's arithmetic).
-            _ => staged_encode_topk(self, a),
+            // SAFETY: as above.
+            _ => unsafe { staged_encode_topk(self, a) },
         }
     }
 
+    /// # Safety
+    /// As [`DevicePtrOps::decode_topk_device`].
     unsafe fn decode_topk_device(&self, a: &DecodeTopkDevice) -> Result<()> {
         self.gpu.bind()?;
         if a.k == 0 {
@@ -969,12 +988,48 @@ impl DevicePtrOps for CudaEngine {
         let caller = a.stream as usize as CUstream;
         let ours = self.gpu.stream.cu_stream();
         self.require_decoder()?;
-        order_after(caller, ours)?;
-        ops::decode(
+        // SAFETY: the caller's stream belongs to the bound context (this function's contract).
+        unsafe { order_after(caller, ours)? };
+        launch::decode(
             &self.gpu, &self.dsae, a.rows, rp.ptr, a.indices, a.values, a.out_x, ex,
         )?;
-        order_after(ours, caller)?;
+        // SAFETY: as above.
+        unsafe { order_after(ours, caller)? };
         // row_ptr is freed on return: let the decode finish reading it first.
         self.gpu.sync()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every CUDA knob comes from `EngineOptions` (no environment variable overrides one;
+    /// src/env.rs checks that no code outside it reads the environment).
+    #[test]
+    fn cuda_options_come_from_engine_options() {
+        let d = CudaOptions::from_engine(&EngineOptions::default());
+        assert_eq!(
+            (d.precision, d.gemm, d.overlap, d.force_nvrtc),
+            (Precision::Exact, GemmMode::Auto, false, false)
+        );
+        let o = CudaOptions::from_engine(&EngineOptions {
+            precision: Precision::Fast,
+            cuda_gemm: GemmMode::Cublas,
+            cuda_overlap: true,
+            cuda_force_nvrtc: true,
+            workspace_bytes: 123 << 20,
+            ..EngineOptions::default()
+        });
+        assert_eq!(
+            (
+                o.precision,
+                o.gemm,
+                o.overlap,
+                o.force_nvrtc,
+                o.workspace_bytes
+            ),
+            (Precision::Fast, GemmMode::Cublas, true, true, 123 << 20)
+        );
     }
 }

@@ -18,44 +18,9 @@ use cudarc::driver::PushKernelArg;
 
 use super::device::{DevBuf, Gpu};
 use super::loader::{self, Lib};
+pub use crate::backend::GemmMode;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
-
-/// How the encoder GEMM picks its algorithm.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum GemmMode {
-    /// Large GEMMs (at least [`SEARCH_MIN_MACS`] multiply-adds) time cuBLAS's choice against
-    /// cuBLASLt's candidates once per shape and keep the fastest; small ones use cuBLAS.
-    Auto,
-    /// Always `cublasGemmEx` with its default algorithm (the behaviour before the search).
-    Cublas,
-    /// A cuBLASLt algorithm (the fastest checked candidate) whatever the size; cuBLAS only
-    /// where cuBLASLt offers none for the shape. Every candidate failing its check is an error.
-    Lt,
-}
-
-impl GemmMode {
-    /// Parses "auto" / "cublas" / "lt".
-    pub fn parse(s: &str) -> Option<GemmMode> {
-        match s {
-            "auto" => Some(GemmMode::Auto),
-            "cublas" => Some(GemmMode::Cublas),
-            "lt" | "cublaslt" => Some(GemmMode::Lt),
-            _ => None,
-        }
-    }
-
-    /// SAE_GEMM when set (auto / cublas / lt), else `Auto`.
-    pub fn from_env() -> Result<GemmMode> {
-        match std::env::var("SAE_GEMM") {
-            Ok(s) => GemmMode::parse(&s).ok_or_else(|| {
-                Error::invalid(format!("SAE_GEMM={s}: expected auto, cublas or lt"))
-            }),
-            Err(_) => Ok(GemmMode::Auto),
-        }
-    }
-}
 
 /// Below this many multiply-adds `Auto` does not search: the timing would cost more than
 /// it could save (2^34 is about 50 us of bf16 tensor-core work on an H100).
@@ -136,6 +101,7 @@ struct LtHandle {
 // SAFETY: a cuBLASLt handle may be used from any thread (one call at a time is all we do:
 // every call goes through the owning Gpu, whose work is ordered on its one stream).
 unsafe impl Send for LtHandle {}
+// SAFETY: as for Send: shared references only reach the handle through the owning Gpu.
 unsafe impl Sync for LtHandle {}
 
 impl Drop for LtHandle {
@@ -155,6 +121,7 @@ struct LtProblem {
 
 // SAFETY: descriptors are never modified after `LtProblem::new`; cuBLASLt only reads them.
 unsafe impl Send for LtProblem {}
+// SAFETY: as for Send: shared use only reads the descriptors.
 unsafe impl Sync for LtProblem {}
 
 impl Drop for LtProblem {

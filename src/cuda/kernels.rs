@@ -4,7 +4,6 @@
 //! NVRTC output is cached on disk by source hash and architecture.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use cudarc::driver::{CudaContext, CudaFunction};
@@ -86,13 +85,12 @@ pub struct Kernels {
 }
 
 impl Kernels {
-    /// Loads every module into `ctx` (compute capability `cc`).
-    pub fn load(ctx: &Arc<CudaContext>, cc: (i32, i32)) -> Result<Kernels> {
+    /// Loads every module into `ctx` (compute capability `cc`). `force_nvrtc` ignores the
+    /// fatbins: how the run-time fallback of a build without nvcc is checked on a GPU machine
+    /// (`sae-bench --force-nvrtc`, tools/gpu-check.sh) without a second build.
+    pub fn load(ctx: &Arc<CudaContext>, cc: (i32, i32), force_nvrtc: bool) -> Result<Kernels> {
         let mut funcs = HashMap::new();
         let mut sources = Vec::new();
-        // SAE_FORCE_NVRTC=1 ignores the fatbins: how the run-time fallback of a build without
-        // nvcc is checked on a GPU machine (tools/gpu-check.sh) without a second build.
-        let force_nvrtc = std::env::var_os("SAE_FORCE_NVRTC").is_some_and(|v| v != "0");
         for (module, fatbin, src) in embedded::MODULES {
             let names = FUNCTIONS
                 .iter()
@@ -154,16 +152,6 @@ fn full_source(src: &str) -> String {
     )
 }
 
-fn cache_dir() -> Option<PathBuf> {
-    if let Some(d) = std::env::var_os("SAE_CACHE_DIR") {
-        return Some(PathBuf::from(d));
-    }
-    if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
-        return Some(PathBuf::from(d).join("sae-engine"));
-    }
-    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache").join("sae-engine"))
-}
-
 fn fnv(bytes: &[u8]) -> u64 {
     let mut h = 0xcbf29ce484222325u64;
     for b in bytes {
@@ -177,7 +165,7 @@ fn nvrtc_ptx(module: &str, src: &str, cc: (i32, i32)) -> Result<(String, KernelS
     let full = full_source(src);
     let arch = format!("compute_{}{}", cc.0, cc.1);
     let key = format!("{module}-{arch}-{:016x}.ptx", fnv(full.as_bytes()));
-    let cached = cache_dir().map(|d| d.join(&key));
+    let cached = crate::env::cache_dir().map(|d| d.join(&key));
     if let Some(p) = &cached {
         if let Ok(ptx) = std::fs::read_to_string(p) {
             return Ok((ptx, KernelSource::NvrtcCached));

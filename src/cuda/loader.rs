@@ -52,13 +52,10 @@ impl Lib {
 /// Directories searched for CUDA libraries, in order.
 pub fn search_dirs() -> Vec<PathBuf> {
     let mut dirs = Vec::new();
-    for var in ["CUDA_HOME", "CUDA_PATH", "CUDA_ROOT"] {
-        if let Some(h) = std::env::var_os(var) {
-            let h = PathBuf::from(h);
-            dirs.push(h.join("lib64"));
-            dirs.push(h.join("lib"));
-            dirs.push(h.join("targets/x86_64-linux/lib"));
-        }
+    for h in crate::env::cuda_roots() {
+        dirs.push(h.join("lib64"));
+        dirs.push(h.join("lib"));
+        dirs.push(h.join("targets/x86_64-linux/lib"));
     }
     dirs.push("/usr/local/cuda/lib64".into());
     dirs.push("/usr/local/cuda/targets/x86_64-linux/lib".into());
@@ -66,11 +63,11 @@ pub fn search_dirs() -> Vec<PathBuf> {
     dirs.push("/usr/lib/wsl/lib".into());
     // Python wheels (nvidia-cublas-cu12, nvidia-cuda-nvrtc, torch's own deps): nvidia/*/lib.
     let mut site = Vec::new();
-    if let Some(v) = std::env::var_os("VIRTUAL_ENV") {
-        site.push(PathBuf::from(v).join("lib"));
+    if let Some(v) = crate::env::virtual_env() {
+        site.push(v.join("lib"));
     }
-    if let Some(home) = std::env::var_os("HOME") {
-        site.push(PathBuf::from(home).join(".local/lib"));
+    if let Some(home) = crate::env::home() {
+        site.push(home.join(".local/lib"));
     }
     site.push("/usr/local/lib".into());
     site.push("/usr/lib".into());
@@ -105,9 +102,9 @@ fn read_dir_sorted(dir: &Path) -> Vec<PathBuf> {
 
 /// dlopens `path` with RTLD_GLOBAL and keeps it loaded; false when it does not load.
 fn open_global(path: &Path) -> bool {
+    let flags = libloading::os::unix::RTLD_NOW | libloading::os::unix::RTLD_GLOBAL;
     // SAFETY: loading a CUDA library runs only its initializers; RTLD_GLOBAL lets its
     // soname satisfy cudarc's later dlopen. Leaked on purpose: it stays loaded.
-    let flags = libloading::os::unix::RTLD_NOW | libloading::os::unix::RTLD_GLOBAL;
     match unsafe { libloading::os::unix::Library::open(Some(path), flags) } {
         Ok(l) => {
             std::mem::forget(l);

@@ -9,16 +9,16 @@
 //! - [`weights`]: an SAE on the device (raw weight bytes uploaded once, stored layout kept).
 //! - [`plan`]: device-memory plans from free memory and a limit, before upload.
 //! - [`encode`]: workspace planning, tiled GEMM, top-k and CSR encode.
-//! - [`ops`]: decode, statistics, steering.
+//! - [`launch`]: kernel launches for decode, statistics and steering.
 //! - [`engine`]: [`CudaEngine`], the `Engine` implementation.
-//! - [`pipeline`]: streaming a dump with disk, copy and compute overlapped.
+//! - [`prefetch`]: streaming a dump with a reader thread one batch ahead of the engine.
 
 pub mod device_ptr;
 
 use std::sync::Arc;
 
+use crate::backend::{Engine, EngineOptions};
 use crate::error::Result;
-use crate::ops::{Engine, EngineOptions};
 use crate::sae::Sae;
 
 pub mod device;
@@ -26,11 +26,10 @@ pub mod encode;
 pub mod engine;
 pub mod gemm;
 pub mod kernels;
+pub mod launch;
 pub mod loader;
-pub mod ops;
-pub mod pipeline;
 pub mod plan;
-pub mod verify;
+pub mod prefetch;
 pub mod weights;
 
 pub use device::{DeviceInfo, Gpu};
@@ -39,7 +38,7 @@ pub use engine::{CudaEngine, CudaOptions, MemoryOptions};
 
 /// Builds a CUDA engine on `device`, or `Error::BackendUnavailable` when CUDA cannot run here.
 pub fn engine(device: usize, sae: Arc<Sae>, opts: &EngineOptions) -> Result<Box<dyn Engine>> {
-    let copts = CudaOptions::from_engine(opts)?;
+    let copts = CudaOptions::from_engine(opts);
     let mem = MemoryOptions::from_engine(opts);
     Ok(Box::new(CudaEngine::with_memory(device, sae, copts, mem)?))
 }

@@ -6,7 +6,7 @@
 
 use super::encode::{plan_tiles, Plan, Precision, TileShape};
 use crate::error::{Error, Result};
-use crate::ops::Workload;
+use crate::backend::Workload;
 use crate::provenance::human_bytes;
 
 /// Free memory kept out of every plan: allocation granularity and the driver's own
@@ -135,33 +135,7 @@ pub fn plan_memory(req: &MemoryRequest, mem: DeviceMemory) -> Result<MemoryPlan>
     })
 }
 
-/// Parses a memory size: bytes, or a number with K, M, G, T (powers of 1024; an optional
-/// trailing B or iB), e.g. "24G", "1.5GiB", "512M", "1073741824".
-pub fn parse_size(s: &str) -> Result<u64> {
-    let bad = || {
-        Error::invalid(format!(
-            "memory size `{s}`: expected bytes or a number with K, M, G or T (e.g. 24G)"
-        ))
-    };
-    let t = s.trim();
-    let t = t
-        .strip_suffix("iB")
-        .or_else(|| t.strip_suffix('B'))
-        .unwrap_or(t);
-    let (num, shift) = match t.chars().last().map(|c| c.to_ascii_uppercase()) {
-        Some('K') => (&t[..t.len() - 1], 10),
-        Some('M') => (&t[..t.len() - 1], 20),
-        Some('G') => (&t[..t.len() - 1], 30),
-        Some('T') => (&t[..t.len() - 1], 40),
-        _ => (t, 0),
-    };
-    let v: f64 = num.trim().parse().map_err(|_| bad())?;
-    let bytes = v * (1u64 << shift) as f64;
-    if !bytes.is_finite() || bytes < 1.0 || bytes >= u64::MAX as f64 {
-        return Err(bad());
-    }
-    Ok(bytes as u64)
-}
+pub use crate::backend::parse_size;
 
 #[cfg(test)]
 mod tests {

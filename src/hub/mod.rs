@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use crate::env;
 use crate::error::{Error, Result};
 use crate::sae::{Format, Normalization, Sae};
 
@@ -139,22 +140,11 @@ impl HubOptions {
     /// `HF_HUB_OFFLINE` is 1/true/yes/on; endpoint `HF_ENDPOINT`; token `HF_TOKEN`, else
     /// the file `HF_TOKEN_PATH`, else `HF_HOME/token` (what `huggingface-cli login` writes).
     pub fn from_env() -> HubOptions {
-        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
-        let home = hf_home(&var);
-        let cache_dir = var("HF_HUB_CACHE")
-            .or_else(|| var("HUGGINGFACE_HUB_CACHE"))
-            .map(PathBuf::from)
-            .unwrap_or_else(|| home.join("hub"));
-        let offline = var("HF_HUB_OFFLINE").is_some_and(|v| {
-            matches!(
-                v.trim().to_ascii_lowercase().as_str(),
-                "1" | "true" | "yes" | "on"
-            )
-        });
-        let token = var("HF_TOKEN").map(|t| t.trim().to_string()).or_else(|| {
-            let file = var("HF_TOKEN_PATH")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| home.join("token"));
+        let home = env::hf_home_or_default();
+        let cache_dir = env::hf_hub_cache().unwrap_or_else(|| home.join("hub"));
+        let offline = env::hf_hub_offline();
+        let token = env::hf_token().or_else(|| {
+            let file = env::hf_token_path().unwrap_or_else(|| home.join("token"));
             std::fs::read_to_string(file)
                 .ok()
                 .map(|t| t.trim().to_string())
@@ -163,7 +153,7 @@ impl HubOptions {
         HubOptions {
             cache_dir,
             offline,
-            endpoint: var("HF_ENDPOINT")
+            endpoint: env::hf_endpoint()
                 .unwrap_or_else(|| DEFAULT_ENDPOINT.to_string())
                 .trim_end_matches('/')
                 .to_string(),
@@ -174,16 +164,6 @@ impl HubOptions {
 }
 
 /// `HF_HOME`, else `$XDG_CACHE_HOME/huggingface`, else `~/.cache/huggingface`.
-fn hf_home(var: &dyn Fn(&str) -> Option<String>) -> PathBuf {
-    if let Some(h) = var("HF_HOME") {
-        return PathBuf::from(h);
-    }
-    let cache = var("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(var("HOME").unwrap_or_else(|| ".".into())).join(".cache"));
-    cache.join("huggingface")
-}
-
 /// The SAELens release an SAE name went through.
 #[derive(Debug, Clone, Serialize)]
 pub struct ReleaseInfo {

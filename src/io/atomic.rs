@@ -111,8 +111,7 @@ fn this_host() -> String {
     };
     let name = read("/proc/sys/kernel/hostname")
         .or_else(|| read("/etc/hostname"))
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .or_else(|| std::env::var("COMPUTERNAME").ok())
+        .or_else(crate::env::host_name)
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "host".into());
     // Processes in another PID namespace (a container on the same host name) cannot be

@@ -29,7 +29,7 @@ use rayon::prelude::*;
 use crate::codes::{Codes, Denorm, Encoded};
 use crate::error::{Error, Result};
 // The one place this module names the engine API.
-use crate::ops::{BackendKind, Engine, EngineOptions};
+use crate::backend::{BackendKind, Engine, EngineOptions};
 use crate::sae::{Activation, Sae};
 use crate::stats::LatentStats;
 
@@ -89,7 +89,7 @@ impl ShardedEngine {
     ) -> Result<ShardedEngine> {
         let split = LatentSplit::even(sae.n_latents(), kinds.len())?;
         ShardedEngine::new(sae, &split, |i, part| {
-            crate::ops::engine(kinds[i], part, opts)
+            crate::engine::engine(kinds[i], part, opts)
         })
     }
 

@@ -6,7 +6,7 @@
 
 use crate::codes::Codes;
 use crate::error::{Error, Result};
-use crate::ops::Engine;
+use crate::backend::Engine;
 use crate::stats::{LatentStats, OpenDoc};
 
 /// What a batch of rows carries beside its activations (the columns of a dump).

@@ -1,14 +1,16 @@
 //! Per-latent statistics of encoded activations, accumulated in f64/u64 so that
-//! shards merge exactly up to float rounding. File I/O: `crate::io::stats`.
+//! shards merge exactly up to float rounding. File I/O: `crate::io::stats_file`.
 
 use crate::codes::Codes;
 use crate::error::{Error, Result};
 
 pub mod clustered;
+pub mod recon;
 pub mod rule;
 pub mod tokens;
 
 pub use clustered::{DocSums, OpenDoc};
+pub use recon::{MetricsAccumulator, ReconMetrics};
 pub use rule::{RowFilter, TokenRule};
 pub use tokens::{NormHistogram, TokenDigest};
 

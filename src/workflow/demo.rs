@@ -14,10 +14,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::backend::{BackendKind, EngineOptions};
 use crate::error::{Error, Result};
 use crate::io::mapped::{write_safetensors, OwnedTensor};
 use crate::matrix::Matrix;
-use crate::ops::{BackendKind, EngineOptions};
 use crate::provenance::Provenance;
 use crate::sae::{Activation, Format, Normalization, Sae, SaeMeta};
 
@@ -193,7 +193,7 @@ fn fresh_folder() -> PathBuf {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    std::env::temp_dir().join(format!("sae-demo-{stamp}-{}", std::process::id()))
+    crate::env::temp_dir().join(format!("sae-demo-{stamp}-{}", std::process::id()))
 }
 
 fn mkdir(p: &Path) -> Result<()> {
@@ -274,7 +274,7 @@ pub fn run(opts: &DemoOptions) -> Result<DemoReport> {
     mkdir(&sae_dir)?;
     crate::formats::write_saelens(&sae, &sae_dir)?;
     let sae = Arc::new(crate::formats::load(&sae_dir, None)?);
-    let engine = crate::ops::engine(opts.backend, sae.clone(), &opts.engine)?;
+    let engine = crate::engine::engine(opts.backend, sae.clone(), &opts.engine)?;
     let fp = sae.fingerprint();
 
     let n = opts.n_tokens;

@@ -7,9 +7,9 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::backend::Engine;
 use crate::dump::Dump;
 use crate::error::{Error, Result};
-use crate::ops::Engine;
 use crate::stats::{LatentStats, RowFilter, TokenRule};
 
 pub mod chance;
@@ -168,7 +168,7 @@ pub fn measure_with_progress(
     progress: &dyn Fn(u64),
 ) -> Result<Measured> {
     let stats = if is_stats_file(path) {
-        let mut stats = crate::io::stats::read(path)?;
+        let mut stats = crate::io::stats_file::read(path)?;
         if stats.fingerprint != fingerprint {
             return Err(Error::Incompatible(format!(
                 "{}: statistics were computed with another SAE (fingerprint {}, this SAE is {})",

@@ -8,9 +8,9 @@
 
 use std::path::Path;
 
+use crate::backend::Engine;
 use crate::dump::Dump;
 use crate::error::{Error, Result};
-use crate::ops::Engine;
 use crate::stats::LatentStats;
 
 use super::{display_name, is_stats_file, Measured, StatsOptions};

@@ -6,9 +6,9 @@
 use std::collections::HashMap;
 use std::path::Path;
 
+use crate::backend::Engine;
 use crate::dump::Dump;
 use crate::error::{Error, Result};
-use crate::ops::Engine;
 use crate::sae::Sae;
 use crate::stats::rule::OutlierSummary;
 use crate::stats::{LatentStats, RowFilter};

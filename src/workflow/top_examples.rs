@@ -5,9 +5,9 @@
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
+use crate::backend::Engine;
 use crate::dump::Dump;
 use crate::error::{Error, Result};
-use crate::ops::Engine;
 
 use super::tokenizer::Vocab;
 use super::StatsOptions;

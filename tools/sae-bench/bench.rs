@@ -8,12 +8,12 @@ use std::time::Instant;
 use rayon::prelude::*;
 use sae_engine::cuda::encode::{self, Precision, Workspace};
 use sae_engine::cuda::gemm::GemmMode;
-use sae_engine::cuda::ops::{self, DecodeExtras, DeviceStats};
+use sae_engine::cuda::launch::{self, DecodeExtras, DeviceStats};
 use sae_engine::cuda::weights::DeviceSae;
 use sae_engine::cuda::{CudaEngine, CudaOptions, Gpu};
 use sae_engine::error::{Error, Result};
 use sae_engine::matrix::{Bytes, Layout, Matrix};
-use sae_engine::ops::Engine;
+use sae_engine::Engine;
 use sae_engine::{Activation, DType, Normalization, Sae};
 use serde_json::{json, Value};
 
@@ -230,7 +230,7 @@ fn bench_shape(gpu: &Gpu, s: &Shape, reps: usize) -> Result<Value> {
     let rp = gpu.upload(&row_ptr)?;
     let out = gpu.alloc(rows * s.d * 4)?;
     let dec = time_ms(gpu, reps, || {
-        ops::decode(
+        launch::decode(
             gpu,
             &sae,
             rows,
@@ -250,7 +250,7 @@ fn bench_shape(gpu: &Gpu, s: &Shape, reps: usize) -> Result<Value> {
             metrics: metrics.ptr,
             ..Default::default()
         };
-        ops::decode(gpu, &sae, rows, rp.ptr, idx.ptr, val.ptr, out.ptr, ex)
+        launch::decode(gpu, &sae, rows, rp.ptr, idx.ptr, val.ptr, out.ptr, ex)
     })?;
 
     // Statistics: nine models' codes (the same batch nine times) in one launch.
@@ -281,7 +281,9 @@ fn bench_shape(gpu: &Gpu, s: &Shape, reps: usize) -> Result<Value> {
     })?;
 
     // Steering one latent into the batch.
-    let steer = time_ms(gpu, reps, || ops::steer(gpu, &sae, out.ptr, rows, 7, 0.5))?;
+    let steer = time_ms(gpu, reps, || {
+        launch::steer(gpu, &sae, out.ptr, rows, 7, 0.5)
+    })?;
     let steer_tbs = (rows * s.d * 8) as f64 / (steer * 1e-3) / 1e12;
 
     let gemm_pk = peaks.map(|(p, _)| gemm_peak(p, s.dtype, s.precision));
@@ -368,7 +370,7 @@ fn host_sae(l: usize, d: usize, k: usize) -> Result<Sae> {
         .par_chunks_mut(1 << 20)
         .enumerate()
         .for_each(|(c, chunk)| {
-            let mut rng = sae_engine::cuda::verify::Rng::new(0x77 + c as u64);
+            let mut rng = sae_engine::verify::Rng::new(0x77 + c as u64);
             for e in chunk.chunks_exact_mut(2) {
                 e.copy_from_slice(
                     &half::bf16::from_f32(rng.unit() * scale)
@@ -379,7 +381,7 @@ fn host_sae(l: usize, d: usize, k: usize) -> Result<Sae> {
         });
     let b = Bytes::Owned(Arc::new(bytes));
     let w = Matrix::new(b, DType::BF16, l, d, Layout::RowMajor)?;
-    let mut rng = sae_engine::cuda::verify::Rng::new(5);
+    let mut rng = sae_engine::verify::Rng::new(5);
     let sae = Sae {
         meta: sae_engine::sae::SaeMeta {
             format: sae_engine::Format::SaeLens,
@@ -424,6 +426,7 @@ fn bench_stream(device: usize, scratch: Option<&Path>) -> Result<Value> {
             bf16_scores: None,
             gemm: GemmMode::Auto,
             overlap: false,
+            force_nvrtc: false,
         },
     )?;
     let setup_s = t0.elapsed().as_secs_f64();
@@ -433,7 +436,7 @@ fn bench_stream(device: usize, scratch: Option<&Path>) -> Result<Value> {
         .join(format!("sae-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
     let path = dir.join("acts.npy");
-    let mut rng = sae_engine::cuda::verify::Rng::new(9);
+    let mut rng = sae_engine::verify::Rng::new(9);
     let x = rng.vec(batch * batches * d, 1.0);
     sae_engine::io::npy::write_f32(&path, &[batch * batches, d], &x)?;
     // In-memory reference rate: the same batches, already in RAM.
@@ -450,7 +453,7 @@ fn bench_stream(device: usize, scratch: Option<&Path>) -> Result<Value> {
     drop(x);
     let dump = sae_engine::Dump::open(&path)?;
     let mut rows = 0u64;
-    let rep = sae_engine::cuda::pipeline::encode_dump(&engine, &dump, batch, |b, e| {
+    let rep = sae_engine::cuda::prefetch::encode_dump(&engine, &dump, batch, |b, e| {
         rows += b.rows as u64;
         let _ = e;
         Ok(())

@@ -4,6 +4,9 @@
 //!   sae-bench verify [--quick] [--json F]   exit 1 on any mismatch
 //!   sae-bench run [--shapes a,b] [--reps N] [--json F]   per-kernel timings, JSON out
 //!
+//! Every command needs the CUDA backend: a build without the `cuda` feature answers each with
+//! "backend unavailable" naming the feature, exit status 3.
+//!
 //! Exit status as `sae` (`sae_engine::error::exit`, README "Exit status"): 0 ok, 1 error or
 //! mismatch, 2 usage, 3 no usable GPU. On a failure `--json F` still gets a file, holding
 //! `{"error": {"code", "kind", "message"}, "provenance": ...}`.
@@ -15,18 +18,24 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Parser;
-use sae_engine::error::{exit, Error, Result};
+#[cfg(feature = "cuda")]
+use sae_engine::error::exit;
+use sae_engine::error::{Error, Result};
+#[cfg(feature = "cuda")]
 use sae_engine::io::guard::PathGuard;
 use sae_engine::provenance::Provenance;
 
 /// `println!` that survives a closed stdout (`sae-bench verify | head`).
+#[cfg(feature = "cuda")]
 macro_rules! outln {
     ($($t:tt)*) => {{
         let _ = sae_engine::io::console::print_stdout(&format!($($t)*));
     }};
 }
+#[cfg(feature = "cuda")]
 pub(crate) use outln;
 
+#[cfg(feature = "cuda")]
 mod bench;
 
 #[derive(clap::Parser, Debug)]
@@ -38,6 +47,10 @@ struct Cli {
     /// CUDA device ordinal.
     #[arg(long, default_value_t = 0, global = true)]
     device: usize,
+    /// Compile the kernel sources with NVRTC even when fatbins are embedded (info, verify):
+    /// checks the run-time fallback of a build without nvcc.
+    #[arg(long, global = true)]
+    force_nvrtc: bool,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -140,6 +153,15 @@ fn main() -> ExitCode {
     }
 }
 
+/// A build without CUDA has nothing to verify or time.
+#[cfg(not(feature = "cuda"))]
+fn run(_cli: Cli, _prov: &Provenance) -> Result<ExitCode> {
+    Err(Error::BackendUnavailable(
+        sae_engine::engine::NO_CUDA_FEATURE.into(),
+    ))
+}
+
+#[cfg(feature = "cuda")]
 fn run(cli: Cli, prov: &Provenance) -> Result<ExitCode> {
     // Destinations are checked before the (long) GPU work.
     let (json, scratch) = match &cli.cmd {
@@ -152,7 +174,7 @@ fn run(cli: Cli, prov: &Provenance) -> Result<ExitCode> {
         .check()?;
     match cli.cmd {
         Cmd::Info { json } => {
-            let info = sae_engine::cuda::available(cli.device)?;
+            let info = sae_engine::cuda::Gpu::open_with(cli.device, cli.force_nvrtc)?.info;
             let v = serde_json::json!({
                 "device": info,
                 "fatbins_embedded": sae_engine::cuda::kernels::fatbins_embedded(),
@@ -167,7 +189,7 @@ fn run(cli: Cli, prov: &Provenance) -> Result<ExitCode> {
         }
         Cmd::Verify { quick, json } => {
             let t0 = std::time::Instant::now();
-            let results = sae_engine::cuda::verify::run(cli.device, quick)?;
+            let results = sae_engine::verify::run_with(cli.device, quick, cli.force_nvrtc)?;
             let failed = results.iter().filter(|r| !r.ok).count();
             for r in &results {
                 outln!(

@@ -12,7 +12,7 @@ use std::time::Instant;
 use sae_engine::crosscoder::{
     self, analysis, paired::Paired, report, Crosscoder, CrosscoderEngine,
 };
-use sae_engine::io::codes::{CodesKind, CodesWriter};
+use sae_engine::io::codes_file::{CodesKind, CodesWriter};
 use sae_engine::io::guard::PathGuard;
 use sae_engine::provenance::Provenance;
 use sae_engine::{Encoded, Result};

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use sae_engine::io::codes::CodesReader;
+use sae_engine::io::codes_file::CodesReader;
 use sae_engine::io::guard::PathGuard;
 use sae_engine::stats::RowFilter;
 use sae_engine::{Dump, Format, Result};

@@ -7,8 +7,9 @@ use std::sync::Arc;
 
 use sae_engine::latent_split::{parse_shard_backends, LatentSplit, ShardedEngine};
 use sae_engine::provenance::Provenance;
-use sae_engine::Workload;
-use sae_engine::{BackendKind, Engine, EngineOptions, Error, Result, Sae};
+use sae_engine::{
+    BackendKind, CpuGemm, Engine, EngineOptions, Error, GemmMode, Result, Sae, Workload,
+};
 
 use crate::common::Ctx;
 
@@ -46,10 +47,9 @@ pub struct EngineFlags {
           value_parser = crate::numbers::at_least::<1>)]
     pub tile_latents: Option<u64>,
     /// CUDA encode arithmetic: exact (the CPU reference's results up to summation order) or
-    /// fast (activations rounded to the weights' dtype, tensor-core GEMM). The environment
-    /// variable SAE_CUDA_PRECISION, when set, overrides it.
+    /// fast (activations rounded to the weights' dtype, tensor-core GEMM).
     #[arg(long, default_value = "exact", value_name = "PRECISION", value_parser = parse_precision)]
-    pub precision: sae_engine::cuda::Precision,
+    pub precision: sae_engine::Precision,
     /// Split the SAE's latents into contiguous shards, one engine each: a count N (N shards
     /// on --backend/--device, e.g. several on one GPU) or a list of backends, one shard per
     /// entry (cuda:0,cuda:1). Codes and statistics equal the unsharded engine's; decode
@@ -60,11 +60,23 @@ pub struct EngineFlags {
     /// a smaller card. Weights that do not fit are refused before anything is uploaded.
     #[arg(long, value_name = "SIZE", value_parser = parse_memory_size, allow_hyphen_values = true)]
     pub device_memory_limit: Option<u64>,
+    /// CUDA encoder GEMM algorithm: auto (cuBLASLt candidates timed against cuBLAS on large
+    /// shapes), cublas, or lt. Codes do not depend on it.
+    #[arg(long, default_value = "auto", value_name = "ALGO", value_parser = parse_cuda_gemm)]
+    pub cuda_gemm: GemmMode,
+    /// CUDA TopK: run the top-k pass of one latent tile on a second stream while the GEMM
+    /// fills the next. Codes do not depend on it.
+    #[arg(long)]
+    pub cuda_overlap: bool,
+    /// CPU encode GEMM: auto (OpenBLAS in a build with the `openblas` feature, else the gemm
+    /// crate), crate, or openblas.
+    #[arg(long, default_value = "auto", value_name = "GEMM", value_parser = parse_cpu_gemm)]
+    pub cpu_gemm: CpuGemm,
 }
 
 /// `--device-memory-limit` values.
 fn parse_memory_size(s: &str) -> std::result::Result<u64, String> {
-    sae_engine::cuda::plan::parse_size(s).map_err(|e| e.to_string())
+    sae_engine::backend::parse_size(s).map_err(|e| e.to_string())
 }
 
 /// `--latent-shards` values (checked at parse time so a typo is a usage error).
@@ -74,9 +86,19 @@ fn parse_latent_shards(s: &str) -> std::result::Result<String, String> {
         .map_err(|e| e.to_string())
 }
 
+/// `--cuda-gemm` values.
+fn parse_cuda_gemm(s: &str) -> std::result::Result<GemmMode, String> {
+    GemmMode::parse(s).ok_or_else(|| format!("`{s}`: expected auto, cublas or lt"))
+}
+
+/// `--cpu-gemm` values.
+fn parse_cpu_gemm(s: &str) -> std::result::Result<CpuGemm, String> {
+    CpuGemm::parse(s).ok_or_else(|| format!("`{s}`: expected auto, crate or openblas"))
+}
+
 /// `--precision` values.
-fn parse_precision(s: &str) -> std::result::Result<sae_engine::cuda::Precision, String> {
-    sae_engine::cuda::Precision::parse(s).ok_or_else(|| format!("`{s}`: expected exact or fast"))
+fn parse_precision(s: &str) -> std::result::Result<sae_engine::Precision, String> {
+    sae_engine::Precision::parse(s).ok_or_else(|| format!("`{s}`: expected exact or fast"))
 }
 
 /// `--backend` values (checked at parse time so a typo is a usage error).
@@ -97,10 +119,14 @@ impl EngineFlags {
         BackendKind::parse(&self.backend, self.device.unwrap_or(0) as usize)
     }
 
-    /// Engine options from the flags (--tile-latents, --precision).
+    /// Engine options from the flags (--tile-latents, --precision, --cuda-gemm,
+    /// --cuda-overlap, --cpu-gemm).
     pub fn options(&self) -> EngineOptions {
         let mut opts = EngineOptions {
             precision: self.precision,
+            cuda_gemm: self.cuda_gemm,
+            cuda_overlap: self.cuda_overlap,
+            cpu_gemm: self.cpu_gemm,
             ..EngineOptions::default()
         };
         if let Some(t) = self.tile_latents {
@@ -111,15 +137,19 @@ impl EngineFlags {
     }
 
     /// Records the options that change results in `prov`: the backend asked for, the CUDA
-    /// precision that applies, batch size, tile size and device.
+    /// precision, batch size, tile size and device; and the GEMM choices when not `auto`.
     pub fn record(&self, prov: &mut Provenance) {
-        // SAE_CUDA_PRECISION overrides --precision in the CUDA engine: record what applies.
-        let precision = std::env::var("SAE_CUDA_PRECISION")
-            .ok()
-            .and_then(|v| sae_engine::cuda::Precision::parse(&v))
-            .unwrap_or(self.precision);
         prov.option("backend", &self.backend)
-            .option("precision", precision);
+            .option("precision", self.precision);
+        if self.cuda_gemm != GemmMode::Auto {
+            prov.option("cuda_gemm", self.cuda_gemm);
+        }
+        if self.cuda_overlap {
+            prov.option("cuda_overlap", true);
+        }
+        if self.cpu_gemm != CpuGemm::Auto {
+            prov.option("cpu_gemm", self.cpu_gemm);
+        }
         self.batch.record(prov);
         if let Some(t) = self.tile_latents {
             prov.option("tile_latents", t);

@@ -205,12 +205,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
             batch_rows: a.engine.batch_rows(),
             use_mask: rule.use_mask,
             worker_names: devices.names().to_vec(),
-            // The environment variable overrides the flag in the CUDA engine.
-            result_options: format!(
-                "precision={:?};SAE_CUDA_PRECISION={}",
-                a.engine.precision,
-                std::env::var("SAE_CUDA_PRECISION").unwrap_or_default()
-            ),
+            result_options: format!("precision={:?}", a.engine.precision),
         };
         let dest = Dest {
             out: &out,
@@ -252,7 +247,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<()> {
     pb.finish_and_clear();
     let mut s = s?;
     s.outlier_factor = rule.outlier_factor;
-    sae_engine::io::stats::write_with_provenance(&out, &s, Some(&prov))?;
+    sae_engine::io::stats_file::write_with_provenance(&out, &s, Some(&prov))?;
     let secs = t0.elapsed().as_secs_f64();
     let mut json = summary(&s);
     json["out"] = json!(out.to_string_lossy());
@@ -350,7 +345,7 @@ fn fan_out(
     }
     let mut s = job.merge()?;
     s.outlier_factor = outlier_factor;
-    sae_engine::io::stats::write_with_provenance(out, &s, Some(prov))?;
+    sae_engine::io::stats_file::write_with_provenance(out, &s, Some(prov))?;
     if !keep_units {
         job.remove_unit_files()?;
     }
@@ -406,7 +401,7 @@ fn merge(ctx: &Ctx, inputs: Vec<PathBuf>, out: PathBuf) -> Result<()> {
     let mut prov = ctx.provenance("stats merge");
     prov.inputs("stats", &inputs)?;
     let s = sae_engine::pipeline::merge_stats_files(&inputs)?;
-    sae_engine::io::stats::write_with_provenance(&out, &s, Some(&prov))?;
+    sae_engine::io::stats_file::write_with_provenance(&out, &s, Some(&prov))?;
     let mut json = summary(&s);
     json["out"] = json!(out.to_string_lossy());
     json["inputs"] = json!(inputs.len());

@@ -264,7 +264,7 @@ impl Spill {
 /// Writes a codes file batch by batch with memory bounded by one batch.
 ///
 /// ```no_run
-/// # use sae_engine::io::codes::{CodesWriter, CodesKind};
+/// # use sae_engine::io::codes_file::{CodesWriter, CodesKind};
 /// # fn f(batches: Vec<sae_engine::Encoded>) -> sae_engine::Result<()> {
 /// let mut w = CodesWriter::create("codes.safetensors".as_ref(), CodesKind::TopK { k: 32 }, "fp")?;
 /// for b in &batches { w.push(b)?; }

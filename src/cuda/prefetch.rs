@@ -6,10 +6,10 @@
 use std::sync::mpsc::sync_channel;
 use std::time::Instant;
 
+use crate::backend::Engine;
 use crate::codes::Encoded;
 use crate::dump::{Batch, Dump};
 use crate::error::{Error, Result};
-use crate::ops::Engine;
 
 /// What a streaming pass did.
 #[derive(Debug, Clone, Copy, serde::Serialize)]

@@ -1,4 +1,5 @@
-//! Decode (gather-sum, optional fused metrics), batched statistics and steering on the device.
+//! Kernel launches for decode (gather-sum, optional fused metrics), batched statistics and
+//! steering on the device (encode's launches are in [`super::encode`]).
 
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 
