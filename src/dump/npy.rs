@@ -2,6 +2,7 @@
 //! memory-mapped and converted to f32 a batch at a time.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use crate::dtype::DType;
 use crate::error::{Error, Result};
@@ -17,7 +18,11 @@ pub struct NpyShard {
 impl NpyShard {
     /// Maps the file and validates its header: a 2-D C-order float array whose data fits the file.
     pub fn open(path: &Path) -> Result<Self> {
-        let map = crate::io::mapped::map_file(path)?;
+        Self::from_map(path, crate::io::mapped::map_file(path)?)
+    }
+
+    /// Validates an already-mapped file (`path` names it in errors).
+    pub fn from_map(path: &Path, map: Arc<memmap2::Mmap>) -> Result<Self> {
         let h = NpyHeader::parse(path, &map[..])?;
         let dtype = h.dtype.float().ok_or_else(|| {
             Error::dtype(

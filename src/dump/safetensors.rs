@@ -57,7 +57,12 @@ impl SafetensorsShard {
     /// Maps the file and validates the tensors: 2-D float `activations`, and optional
     /// side tensors of length n with the accepted dtypes.
     pub fn open(path: &Path) -> Result<Self> {
-        let st = MappedSafetensors::open(path)?;
+        Self::from_map(path, crate::io::mapped::map_file(path)?)
+    }
+
+    /// Validates an already-mapped file (`path` names it in errors).
+    pub fn from_map(path: &Path, map: std::sync::Arc<memmap2::Mmap>) -> Result<Self> {
+        let st = MappedSafetensors::from_map(path, map)?;
         let act = st.tensor("activations")?;
         let dtype = act.float_dtype(path)?;
         if act.shape.len() != 2 {

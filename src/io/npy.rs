@@ -66,15 +66,25 @@ pub struct NpyHeader {
 }
 
 impl NpyHeader {
-    /// Elements in the array.
+    /// Elements in the array (saturating: a shape from a hostile file cannot wrap it;
+    /// [`NpyHeader::data_len`] is the checked size to validate a file against).
     pub fn numel(&self) -> usize {
-        self.shape.iter().product()
+        self.shape.iter().fold(1usize, |a, s| a.saturating_mul(*s))
+    }
+
+    /// Bytes of array data the shape and dtype promise; `None` when that overflows `usize`.
+    pub fn data_len(&self) -> Option<usize> {
+        self.shape
+            .iter()
+            .try_fold(1usize, |a, s| a.checked_mul(*s))?
+            .checked_mul(self.dtype.size())
     }
 
     /// Parses the header at the start of `bytes` (the whole file or at least its header);
     /// errors name `path`. The dictionary itself is parsed by the `npyz` crate; we keep
     /// only what a memory-mapped read needs (dtype, shape, order, data offset).
     pub fn parse(path: &Path, bytes: &[u8]) -> Result<NpyHeader> {
+        check_dimension_products(path, bytes)?;
         let mut rest: &[u8] = bytes;
         let h = npyz::NpyHeader::from_reader(&mut rest)
             .map_err(|e| Error::format(path, format!("not a valid .npy file: {e}")))?;
@@ -125,6 +135,54 @@ impl NpyHeader {
             data_offset,
         })
     }
+}
+
+/// Rejects a header whose shape (or any bracketed group of integers in its dictionary)
+/// multiplies past `u64`: the `npyz` crate multiplies the dimensions unchecked (the
+/// element count and the strides), which panics in a debug build and wraps in release.
+/// Zero dimensions are skipped, as the strides of `(0, n, m)` still multiply `n * m`.
+/// Headers too short to hold the dictionary are left to `npyz` to report.
+fn check_dimension_products(path: &Path, bytes: &[u8]) -> Result<()> {
+    // Magic (6), version (2), then a u16 (version 1) or u32 (2, 3) dictionary length.
+    let (len, start) = match bytes.get(6) {
+        Some(1) if bytes.len() >= 10 => {
+            (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10usize)
+        }
+        Some(2 | 3) if bytes.len() >= 12 => {
+            let n = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
+            (usize::try_from(n).unwrap_or(usize::MAX), 12)
+        }
+        _ => return Ok(()),
+    };
+    let dict = &bytes[start..bytes.len().min(start.saturating_add(len))];
+    let overflow = || Error::format(path, "not a valid .npy file: the shape's size overflows");
+    // One running product per open bracket; integers outside brackets are not dimensions.
+    let mut products: Vec<u64> = Vec::new();
+    let mut digits = dict.iter().enumerate().peekable();
+    while let Some((i, c)) = digits.next() {
+        match c {
+            b'(' | b'[' => products.push(1),
+            b')' | b']' => {
+                products.pop();
+            }
+            b'0'..=b'9' => {
+                let mut end = i + 1;
+                while digits.next_if(|(_, c)| c.is_ascii_digit()).is_some() {
+                    end += 1;
+                }
+                let Some(p) = products.last_mut() else {
+                    continue;
+                };
+                let text = std::str::from_utf8(&dict[i..end]).unwrap_or("0");
+                let v: u64 = text.parse().map_err(|_| overflow())?;
+                if v != 0 {
+                    *p = p.checked_mul(v).ok_or_else(overflow)?;
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// Serializes an npy header for a C-order array of `shape` (version 1.0, 64-byte aligned).
@@ -269,6 +327,37 @@ mod tests {
             .to_string();
         assert!(e.contains("be.npy") && e.contains(">f4"), "{e}");
         assert!(NpyHeader::parse(Path::new("t.npy"), &b[..20]).is_err());
+    }
+
+    #[test]
+    fn overflowing_shapes_are_errors_not_panics() {
+        let header = |shape: &str| {
+            let text = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape}, }}");
+            let mut b = b"\x93NUMPY\x01\x00".to_vec();
+            b.extend((text.len() as u16).to_le_bytes());
+            b.extend(text.as_bytes());
+            b
+        };
+        let big = u64::MAX / 2;
+        for shape in [
+            format!("({big}, 4)"),
+            format!("(0, {big}, {big})"),
+            format!("[{big}, 3]"),
+            "(99999999999999999999999,)".to_string(),
+        ] {
+            let e = NpyHeader::parse(Path::new("big.npy"), &header(&shape))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("big.npy") && e.contains("overflow"),
+                "{shape}: {e}"
+            );
+        }
+        // The largest representable count still parses; its byte size is checked later.
+        let h =
+            NpyHeader::parse(Path::new("max.npy"), &header(&format!("({},)", u64::MAX))).unwrap();
+        assert_eq!(h.data_len(), None);
+        assert_eq!(h.numel(), usize::MAX);
     }
 
     #[test]
