@@ -15,6 +15,7 @@ pub mod codes;
 pub mod convert;
 pub mod cpu;
 pub mod cuda;
+pub mod deterministic;
 pub mod dtype;
 pub mod dump;
 pub mod error;

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::deterministic::GOLDEN_GAMMA;
 use crate::error::{Error, Result};
 use crate::io::mapped::{write_safetensors, OwnedTensor};
 use crate::matrix::Matrix;
@@ -139,7 +140,7 @@ impl World {
         let mut acts = vec![0f32; n * d];
         let (mut tok, mut doc, mut mask) = (vec![0i64; n], vec![0i64; n], vec![0u8; n]);
         for t in 0..n {
-            let mut base = Rng::new(self.seed ^ (t as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+            let mut base = Rng::new(self.seed ^ (t as u64).wrapping_mul(GOLDEN_GAMMA));
             let mut own = Rng::new(
                 self.seed ^ shift.id.wrapping_mul(0xd1b5_4a32_d192_ed03) ^ (t as u64) << 20,
             );
