@@ -4,11 +4,10 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::io::npy::NpyHeader;
 
-use super::mapped_rows::MappedRows;
+use super::mapped_rows::{MappedRows, RowsShard};
 
 /// A memory-mapped `.npy` `[n, d]` shard.
 pub struct NpyShard {
@@ -69,32 +68,9 @@ impl NpyShard {
     }
 }
 
-impl super::Shard for NpyShard {
-    fn path(&self) -> &Path {
-        self.data.path()
-    }
-    fn n_rows(&self) -> usize {
-        self.data.rows()
-    }
-    fn width(&self) -> usize {
-        self.data.width()
-    }
-    fn dtype(&self) -> DType {
-        self.data.dtype()
-    }
-    fn read_rows(&self, start: usize, count: usize, out: &mut [f32]) -> Result<()> {
-        self.data.read(start, count, out)
-    }
-    fn token_ids(&self, _: usize, _: usize) -> Result<Option<Vec<i64>>> {
-        Ok(None)
-    }
-    fn doc_ids(&self, _: usize, _: usize) -> Result<Option<Vec<i64>>> {
-        Ok(None)
-    }
-    fn mask(&self, _: usize, _: usize) -> Result<Option<Vec<u8>>> {
-        Ok(None)
-    }
-    fn release(&self, end: usize) {
-        self.data.release(end)
+/// Activations only: no side tensors, no metadata.
+impl RowsShard for NpyShard {
+    fn rows(&self) -> &MappedRows {
+        &self.data
     }
 }

@@ -6,11 +6,10 @@ use std::path::Path;
 
 use safetensors::Dtype as D;
 
-use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::io::mapped::{MappedSafetensors, MappedTensor};
 
-use super::mapped_rows::{check_range, release_range, MappedRows};
+use super::mapped_rows::{check_range, release_range, MappedRows, RowsShard};
 
 /// A per-token side tensor: where its bytes start in the mapping and how to read them.
 #[derive(Clone, Copy)]
@@ -151,21 +150,9 @@ fn ints_to_i64(dtype: D, b: &[u8]) -> Vec<i64> {
     }
 }
 
-impl super::Shard for SafetensorsShard {
-    fn path(&self) -> &Path {
-        self.acts.path()
-    }
-    fn n_rows(&self) -> usize {
-        self.acts.rows()
-    }
-    fn width(&self) -> usize {
-        self.acts.width()
-    }
-    fn dtype(&self) -> DType {
-        self.acts.dtype()
-    }
-    fn read_rows(&self, start: usize, count: usize, out: &mut [f32]) -> Result<()> {
-        self.acts.read(start, count, out)
+impl RowsShard for SafetensorsShard {
+    fn rows(&self) -> &MappedRows {
+        &self.acts
     }
     fn token_ids(&self, start: usize, count: usize) -> Result<Option<Vec<i64>>> {
         self.ids(self.token_ids, start, count)
