@@ -84,7 +84,7 @@ impl NpyHeader {
     /// errors name `path`. The dictionary itself is parsed by the `npyz` crate; we keep
     /// only what a memory-mapped read needs (dtype, shape, order, data offset).
     pub fn parse(path: &Path, bytes: &[u8]) -> Result<NpyHeader> {
-        check_dimension_products(path, bytes)?;
+        precheck(path, bytes)?;
         let mut rest: &[u8] = bytes;
         let h = npyz::NpyHeader::from_reader(&mut rest)
             .map_err(|e| Error::format(path, format!("not a valid .npy file: {e}")))?;
@@ -137,13 +137,18 @@ impl NpyHeader {
     }
 }
 
-/// Rejects a header whose shape (or any bracketed group of integers in its dictionary)
-/// multiplies past `u64`: the `npyz` crate multiplies the dimensions unchecked (the
-/// element count and the strides), which panics in a debug build and wraps in release.
-/// Zero dimensions are skipped, as the strides of `(0, n, m)` still multiply `n * m`.
-/// Headers too short to hold the dictionary are left to `npyz` to report.
-fn check_dimension_products(path: &Path, bytes: &[u8]) -> Result<()> {
+/// Checks what the `npyz` crate trusts: the declared dictionary length must lie within
+/// `bytes` (npyz allocates that length before reading, so a 16-byte file declaring a
+/// 4 GB header would allocate 4 GB), and the shape (or any bracketed group of integers
+/// in the dictionary) must not multiply past `u64` (npyz multiplies the dimensions
+/// unchecked for the element count and the strides: a panic in a debug build, a wrap
+/// in release). Zero dimensions are skipped, as the strides of `(0, n, m)` still
+/// multiply `n * m`. Bytes too short to hold the length are left to npyz to report.
+fn precheck(path: &Path, bytes: &[u8]) -> Result<()> {
     // Magic (6), version (2), then a u16 (version 1) or u32 (2, 3) dictionary length.
+    if !bytes.starts_with(b"\x93NUMPY") {
+        return Ok(()); // npyz names the bad magic
+    }
     let (len, start) = match bytes.get(6) {
         Some(1) if bytes.len() >= 10 => {
             (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10usize)
@@ -154,7 +159,18 @@ fn check_dimension_products(path: &Path, bytes: &[u8]) -> Result<()> {
         }
         _ => return Ok(()),
     };
-    let dict = &bytes[start..bytes.len().min(start.saturating_add(len))];
+    let dict = start
+        .checked_add(len)
+        .and_then(|end| bytes.get(start..end))
+        .ok_or_else(|| {
+            Error::format(
+                path,
+                format!(
+                    "not a valid .npy file: the header declares {len} bytes, the file has {} after it (truncated?)",
+                    bytes.len() - start
+                ),
+            )
+        })?;
     let overflow = || Error::format(path, "not a valid .npy file: the shape's size overflows");
     // One running product per open bracket; integers outside brackets are not dimensions.
     let mut products: Vec<u64> = Vec::new();
@@ -327,6 +343,24 @@ mod tests {
             .to_string();
         assert!(e.contains("be.npy") && e.contains(">f4"), "{e}");
         assert!(NpyHeader::parse(Path::new("t.npy"), &b[..20]).is_err());
+    }
+
+    #[test]
+    fn a_header_length_past_the_end_is_an_error_before_any_allocation() {
+        // Found by the npy fuzz target: version 2, dictionary length 0x93000074 (2.4 GB)
+        // in a 16-byte file.
+        let b = [
+            147, 78, 85, 77, 80, 89, 2, 0, 116, 0, 0, 147, 78, 85, 77, 80,
+        ];
+        let e = NpyHeader::parse(Path::new("short.npy"), &b)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("short.npy") && e.contains("truncated"), "{e}");
+        let v1 = header_bytes(NpyDtype::F32, &[2, 3]);
+        let e = NpyHeader::parse(Path::new("v1.npy"), &v1[..v1.len() - 1])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("v1.npy"), "{e}");
     }
 
     #[test]
