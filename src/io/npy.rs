@@ -137,13 +137,19 @@ impl NpyHeader {
     }
 }
 
+/// The deepest bracket nesting a header may have: a plain array's header nests two
+/// (the dictionary and its shape tuple), a structured one a few more.
+const MAX_NESTING: usize = 8;
+
 /// Checks what the `npyz` crate trusts: the declared dictionary length must lie within
 /// `bytes` (npyz allocates that length before reading, so a 16-byte file declaring a
 /// 4 GB header would allocate 4 GB), and the shape (or any bracketed group of integers
 /// in the dictionary) must not multiply past `u64` (npyz multiplies the dimensions
 /// unchecked for the element count and the strides: a panic in a debug build, a wrap
 /// in release). Zero dimensions are skipped, as the strides of `(0, n, m)` still
-/// multiply `n * m`. Bytes too short to hold the length are left to npyz to report.
+/// multiply `n * m`. Brackets may nest at most [`MAX_NESTING`] deep: npyz's Python
+/// literal parser backtracks exponentially in the depth (fifty `{` took over ten
+/// seconds). Bytes too short to hold the length are left to npyz to report.
 fn precheck(path: &Path, bytes: &[u8]) -> Result<()> {
     // Magic (6), version (2), then a u16 (version 1) or u32 (2, 3) dictionary length.
     if !bytes.starts_with(b"\x93NUMPY") {
@@ -177,8 +183,16 @@ fn precheck(path: &Path, bytes: &[u8]) -> Result<()> {
     let mut digits = dict.iter().enumerate().peekable();
     while let Some((i, c)) = digits.next() {
         match c {
-            b'(' | b'[' => products.push(1),
-            b')' | b']' => {
+            b'(' | b'[' | b'{' => {
+                products.push(1);
+                if products.len() > MAX_NESTING {
+                    return Err(Error::format(
+                        path,
+                        format!("not a valid .npy file: the header nests brackets deeper than {MAX_NESTING} levels"),
+                    ));
+                }
+            }
+            b')' | b']' | b'}' => {
                 products.pop();
             }
             b'0'..=b'9' => {
@@ -361,6 +375,36 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("v1.npy"), "{e}");
+    }
+
+    #[test]
+    fn deeply_nested_headers_are_refused_before_the_literal_parser() {
+        // Found by the npy fuzz target: fifty nested `{` kept npyz's parser busy for
+        // more than ten seconds.
+        let text = format!(
+            "{{'descr': '<f4', 'fortran_order': False, {}'shape': (0,), }}",
+            "{".repeat(50)
+        );
+        let mut b = b"\x93NUMPY\x01\x00".to_vec();
+        b.extend((text.len() as u16).to_le_bytes());
+        b.extend(text.as_bytes());
+        let t = std::time::Instant::now();
+        let e = NpyHeader::parse(Path::new("deep.npy"), &b)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("deep.npy") && e.contains("nests"), "{e}");
+        assert!(t.elapsed().as_secs() < 1);
+        // The deepest header let through is parsed (and refused) quickly.
+        let text = format!(
+            "{{'descr': '<f4', 'fortran_order': False, {}'shape': (0,), }}",
+            "{".repeat(MAX_NESTING - 2)
+        );
+        let mut b = b"\x93NUMPY\x01\x00".to_vec();
+        b.extend((text.len() as u16).to_le_bytes());
+        b.extend(text.as_bytes());
+        let t = std::time::Instant::now();
+        assert!(NpyHeader::parse(Path::new("deep.npy"), &b).is_err());
+        assert!(t.elapsed().as_millis() < 500, "{:?}", t.elapsed());
     }
 
     #[test]
