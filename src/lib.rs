@@ -23,6 +23,7 @@ pub mod cpu;
 pub mod crosscoder;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+pub mod deterministic;
 pub mod dtype;
 pub mod dump;
 pub mod engine;

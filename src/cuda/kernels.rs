@@ -152,19 +152,13 @@ fn full_source(src: &str) -> String {
     )
 }
 
-fn fnv(bytes: &[u8]) -> u64 {
-    let mut h = 0xcbf29ce484222325u64;
-    for b in bytes {
-        h ^= *b as u64;
-        h = h.wrapping_mul(0x100000001b3);
-    }
-    h
-}
-
 fn nvrtc_ptx(module: &str, src: &str, cc: (i32, i32)) -> Result<(String, KernelSource)> {
     let full = full_source(src);
     let arch = format!("compute_{}{}", cc.0, cc.1);
-    let key = format!("{module}-{arch}-{:016x}.ptx", fnv(full.as_bytes()));
+    let key = format!(
+        "{module}-{arch}-{:016x}.ptx",
+        crate::deterministic::Fnv64::hash(full.as_bytes())
+    );
     let cached = crate::env::cache_dir().map(|d| d.join(&key));
     if let Some(p) = &cached {
         if let Ok(ptx) = std::fs::read_to_string(p) {

@@ -116,6 +116,57 @@ pub fn open_shards(dir: &Path, column: Option<&str>) -> Result<Vec<Box<dyn Shard
 
 // ---------------------------------------------------------------- flatbuffers
 
+/// Field slots (vtable indices) of the Arrow flatbuffers tables we read, from Arrow's
+/// `Message.fbs` and `Schema.fbs`.
+mod slot {
+    pub const MESSAGE_HEADER_TYPE: usize = 1;
+    pub const MESSAGE_HEADER: usize = 2;
+    pub const MESSAGE_BODY_LENGTH: usize = 3;
+    pub const SCHEMA_ENDIANNESS: usize = 0;
+    pub const SCHEMA_FIELDS: usize = 1;
+    pub const FIELD_NAME: usize = 0;
+    pub const FIELD_TYPE_TYPE: usize = 2;
+    pub const FIELD_TYPE: usize = 3;
+    pub const FIELD_DICTIONARY: usize = 4;
+    pub const FIELD_CHILDREN: usize = 5;
+    pub const INT_BIT_WIDTH: usize = 0;
+    pub const INT_IS_SIGNED: usize = 1;
+    pub const FLOAT_PRECISION: usize = 0;
+    pub const FIXED_SIZE_LIST_SIZE: usize = 0;
+    pub const BATCH_LENGTH: usize = 0;
+    pub const BATCH_NODES: usize = 1;
+    pub const BATCH_BUFFERS: usize = 2;
+    pub const BATCH_COMPRESSION: usize = 3;
+}
+
+/// The `MessageHeader` union's type ids.
+mod message_type {
+    pub const SCHEMA: u8 = 1;
+    pub const DICTIONARY_BATCH: u8 = 2;
+    pub const RECORD_BATCH: u8 = 3;
+}
+
+/// The `Type` union's type ids (a field's `type_type`).
+mod type_id {
+    pub const NULL: u8 = 1;
+    pub const INT: u8 = 2;
+    pub const FLOATING_POINT: u8 = 3;
+    pub const BINARY: u8 = 4;
+    pub const UTF8: u8 = 5;
+    /// Bool, then Decimal, Date, Time, Timestamp up to Interval: two buffers each.
+    pub const BOOL: u8 = 6;
+    pub const INTERVAL: u8 = 11;
+    pub const LIST: u8 = 12;
+    pub const STRUCT: u8 = 13;
+    pub const FIXED_SIZE_BINARY: u8 = 15;
+    pub const FIXED_SIZE_LIST: u8 = 16;
+    pub const MAP: u8 = 17;
+    pub const DURATION: u8 = 18;
+    pub const LARGE_BINARY: u8 = 19;
+    pub const LARGE_UTF8: u8 = 20;
+    pub const LARGE_LIST: u8 = 21;
+}
+
 /// A flatbuffers table inside `buf` (bounds-checked reads; hostile input gives errors).
 #[derive(Clone, Copy)]
 struct Table<'a> {
@@ -226,25 +277,30 @@ fn parse_field(path: &Path, f: Table, depth: usize) -> Result<FieldDesc> {
     if depth > 16 {
         return Err(Error::format(path, "Arrow schema nests too deeply"));
     }
-    let name = f.string(0).unwrap_or_default();
-    let type_type = f.u8(2);
-    let t = f.table(3);
-    let dictionary = f.table(4).is_some();
+    let name = f.string(slot::FIELD_NAME).unwrap_or_default();
+    let type_type = f.u8(slot::FIELD_TYPE_TYPE);
+    let t = f.table(slot::FIELD_TYPE);
+    let dictionary = f.table(slot::FIELD_DICTIONARY).is_some();
+    use type_id as T;
     let ty = match type_type {
         _ if dictionary => Ty::Other(2),
-        1 => Ty::Other(0), // Null
-        2 => Ty::Int {
-            bits: t.map(|t| t.i32(0)).unwrap_or(0) as usize,
-            signed: t.map(|t| t.u8(1) != 0).unwrap_or(false),
+        T::NULL => Ty::Other(0),
+        T::INT => Ty::Int {
+            bits: t.map(|t| t.i32(slot::INT_BIT_WIDTH)).unwrap_or(0) as usize,
+            signed: t.map(|t| t.u8(slot::INT_IS_SIGNED) != 0).unwrap_or(false),
         },
-        3 => Ty::Float(t.map(|t| t.i16(0)).unwrap_or(0) as u8),
-        4 | 5 | 19 | 20 => Ty::Other(3), // (Large)Binary, (Large)Utf8
-        6..=11 | 15 | 18 => Ty::Other(2), // Bool, Decimal, dates/times, FixedSizeBinary, Duration
-        12 => Ty::List { large: false },
-        21 => Ty::List { large: true },
-        13 => Ty::Other(1), // Struct
-        16 => Ty::FixedList(t.map(|t| t.i32(0)).unwrap_or(0).max(0) as usize),
-        17 => Ty::List { large: false }, // Map: a list of structs
+        T::FLOATING_POINT => Ty::Float(t.map(|t| t.i16(slot::FLOAT_PRECISION)).unwrap_or(0) as u8),
+        T::BINARY | T::UTF8 | T::LARGE_BINARY | T::LARGE_UTF8 => Ty::Other(3),
+        T::BOOL..=T::INTERVAL | T::FIXED_SIZE_BINARY | T::DURATION => Ty::Other(2),
+        T::LIST => Ty::List { large: false },
+        T::LARGE_LIST => Ty::List { large: true },
+        T::STRUCT => Ty::Other(1),
+        T::FIXED_SIZE_LIST => Ty::FixedList(
+            t.map(|t| t.i32(slot::FIXED_SIZE_LIST_SIZE))
+                .unwrap_or(0)
+                .max(0) as usize,
+        ),
+        T::MAP => Ty::List { large: false }, // a list of structs
         other => {
             return Err(Error::format(
                 path,
@@ -255,7 +311,7 @@ fn parse_field(path: &Path, f: Table, depth: usize) -> Result<FieldDesc> {
         }
     };
     let children = f
-        .tables(5)
+        .tables(slot::FIELD_CHILDREN)
         .into_iter()
         .map(|c| parse_field(path, c, depth + 1))
         .collect::<Result<Vec<_>>>()?;
@@ -361,210 +417,286 @@ fn float_kind(path: &Path, name: &str, f: &FieldDesc, depth: usize) -> Result<Fl
     }
 }
 
+fn bad(path: &Path, m: impl std::fmt::Display) -> Error {
+    Error::format(path, format!("not a readable Arrow IPC stream: {m}"))
+}
+
+/// One framed message of the stream: its flatbuffer metadata and where its body lies.
+struct Message<'a> {
+    meta: &'a [u8],
+    header_type: u8,
+    header: Option<Table<'a>>,
+    body: usize,
+    body_len: usize,
+}
+
+/// Reads the message at `*pos` and moves past its body; None at the end-of-stream
+/// marker or the end of the file (pyarrow accepts a file without the marker too).
+fn next_message<'a>(path: &Path, buf: &'a [u8], pos: &mut usize) -> Result<Option<Message<'a>>> {
+    let Some(c) = rd::<4>(buf, *pos).map(u32::from_le_bytes) else {
+        return Ok(None);
+    };
+    // Current streams prefix the length with a 0xFFFFFFFF continuation marker.
+    let meta_len = if c == 0xFFFF_FFFF {
+        let l = rd::<4>(buf, *pos + 4)
+            .map(i32::from_le_bytes)
+            .ok_or_else(|| bad(path, "truncated message length"))?;
+        *pos += 8;
+        l
+    } else {
+        *pos += 4;
+        c as i32
+    };
+    if meta_len == 0 {
+        return Ok(None);
+    }
+    let meta_len = usize::try_from(meta_len).map_err(|_| bad(path, "negative message length"))?;
+    let meta = buf
+        .get(*pos..pos.saturating_add(meta_len))
+        .filter(|m| m.len() == meta_len)
+        .ok_or_else(|| bad(path, "truncated message"))?;
+    *pos += meta_len;
+    let msg = Table::root(meta).ok_or_else(|| bad(path, "bad message header"))?;
+    let body_len = usize::try_from(msg.i64(slot::MESSAGE_BODY_LENGTH))
+        .map_err(|_| bad(path, "negative body length"))?;
+    let body = *pos;
+    *pos = pos
+        .checked_add(body_len)
+        .filter(|e| *e <= buf.len())
+        .ok_or_else(|| bad(path, "message body runs past the end of the file"))?;
+    Ok(Some(Message {
+        meta,
+        header_type: msg.u8(slot::MESSAGE_HEADER_TYPE),
+        header: msg.table(slot::MESSAGE_HEADER),
+        body,
+        body_len,
+    }))
+}
+
+/// What the schema message says about the columns we read.
+struct Schema {
+    fields: Vec<FieldDesc>,
+    /// (node, buffer) index of each top-level field in a record batch.
+    places: Vec<(usize, usize)>,
+    acts: usize,
+    dtype: FloatKind,
+    tokens: Option<usize>,
+    token_bits: Option<(usize, bool)>,
+}
+
+fn parse_schema(path: &Path, header: Option<Table>, info: &ColumnInfo) -> Result<Schema> {
+    let h = header.ok_or_else(|| bad(path, "schema message without a schema"))?;
+    if h.i16(slot::SCHEMA_ENDIANNESS) != 0 {
+        return Err(Error::format(
+            path,
+            "big-endian Arrow files are not supported",
+        ));
+    }
+    let fields = h
+        .tables(slot::SCHEMA_FIELDS)
+        .into_iter()
+        .map(|f| parse_field(path, f, 0))
+        .collect::<Result<Vec<_>>>()?;
+    let acts = fields
+        .iter()
+        .position(|f| f.name == info.name)
+        .ok_or_else(|| Error::missing(path, format!("column `{}`", info.name)))?;
+    let dtype = float_kind(path, &info.name, &fields[acts], 2)?;
+    let tokens = fields.iter().position(|f| f.name == "token_ids");
+    let mut token_bits = None;
+    if let Some(ti) = tokens {
+        match (fields[ti].ty, fields[ti].children.first().map(|c| c.ty)) {
+            (Ty::List { .. } | Ty::FixedList(_), Some(Ty::Int { bits, signed }))
+                if matches!(bits, 8 | 16 | 32 | 64) =>
+            {
+                token_bits = Some((bits, signed))
+            }
+            _ => {
+                return Err(Error::format(
+                    path,
+                    "column `token_ids` is not a list of integers",
+                ))
+            }
+        }
+    }
+    Ok(Schema {
+        places: layout(&fields),
+        fields,
+        acts,
+        dtype,
+        tokens,
+        token_bits,
+    })
+}
+
+/// A record batch's field nodes and buffers, bounds-checked against its message.
+struct BatchLayout<'a> {
+    path: &'a Path,
+    meta: &'a [u8],
+    nodes: (usize, usize),
+    bufs: (usize, usize),
+    body: usize,
+    body_len: usize,
+}
+
+impl BatchLayout<'_> {
+    /// Field node `i`: (length, null count).
+    fn node(&self, i: usize) -> Result<(i64, i64)> {
+        if i >= self.nodes.1 {
+            return Err(bad(self.path, "too few field nodes"));
+        }
+        let p = self.nodes.0 + 16 * i;
+        match (rd::<8>(self.meta, p), rd::<8>(self.meta, p + 8)) {
+            (Some(a), Some(b)) => Ok((i64::from_le_bytes(a), i64::from_le_bytes(b))),
+            _ => Err(bad(self.path, "truncated field node")),
+        }
+    }
+
+    /// Buffer `i` as a byte range of the file.
+    fn buffer(&self, i: usize) -> Result<Buf> {
+        if i >= self.bufs.1 {
+            return Err(bad(self.path, "too few buffers"));
+        }
+        let p = self.bufs.0 + 16 * i;
+        let (o, l) = match (rd::<8>(self.meta, p), rd::<8>(self.meta, p + 8)) {
+            (Some(a), Some(b)) => (i64::from_le_bytes(a), i64::from_le_bytes(b)),
+            _ => return Err(bad(self.path, "truncated buffer entry")),
+        };
+        match (usize::try_from(o), usize::try_from(l)) {
+            (Ok(o), Ok(l)) if o.checked_add(l).is_some_and(|e| e <= self.body_len) => Ok(Buf {
+                off: self.body + o,
+                len: l,
+            }),
+            _ => Err(bad(self.path, "buffer outside the message body")),
+        }
+    }
+
+    /// The buffers of column `fi`: `levels` list levels of the given `sizes`, then
+    /// the values (`elem` bytes each). Nulls are refused.
+    fn column(
+        &self,
+        schema: &Schema,
+        fi: usize,
+        levels: usize,
+        sizes: [usize; 2],
+        elem: usize,
+    ) -> Result<ColumnBufs> {
+        let path = self.path;
+        let name = &schema.fields[fi].name;
+        let no_nulls = |ni: usize| -> Result<()> {
+            let (_, nulls) = self.node(ni)?;
+            if nulls != 0 {
+                return Err(Error::format(
+                    path,
+                    format!("column `{name}` has null values"),
+                ));
+            }
+            Ok(())
+        };
+        let (mut ni, mut bi) = schema.places[fi];
+        let mut f = &schema.fields[fi];
+        let mut lv = Vec::new();
+        for size in sizes.iter().take(levels) {
+            no_nulls(ni)?;
+            let offsets = match f.ty {
+                Ty::List { large } => Some((self.buffer(bi + 1)?, large)),
+                Ty::FixedList(n) if n == *size => None,
+                Ty::FixedList(n) => {
+                    return Err(Error::format(
+                        path,
+                        format!("column `{name}` has lists of {n}, expected {size}"),
+                    ))
+                }
+                _ => return Err(bad(path, "list structure changed")),
+            };
+            lv.push(Level {
+                offsets,
+                size: *size,
+            });
+            bi += n_buffers(f.ty);
+            ni += 1;
+            f = f
+                .children
+                .first()
+                .ok_or_else(|| bad(path, "list without a child"))?;
+        }
+        no_nulls(ni)?;
+        Ok(ColumnBufs {
+            levels: lv,
+            data: self.buffer(bi + 1)?,
+            elem,
+        })
+    }
+}
+
+/// Locates the activation (and token) buffers of one record batch; returns them with
+/// the batch's context count.
+fn index_batch(
+    path: &Path,
+    msg: &Message,
+    schema: &Schema,
+    info: &ColumnInfo,
+) -> Result<(usize, ColumnBufs, Option<ColumnBufs>)> {
+    let h = msg
+        .header
+        .ok_or_else(|| bad(path, "record batch message without a header"))?;
+    if h.table(slot::BATCH_COMPRESSION).is_some() {
+        return Err(Error::format(
+            path,
+            "compressed Arrow record batches are not supported",
+        ));
+    }
+    let n_ctx = usize::try_from(h.i64(slot::BATCH_LENGTH))
+        .map_err(|_| bad(path, "negative batch length"))?;
+    let batch = BatchLayout {
+        path,
+        meta: msg.meta,
+        nodes: h
+            .vector(slot::BATCH_NODES)
+            .ok_or_else(|| bad(path, "record batch without nodes"))?,
+        bufs: h
+            .vector(slot::BATCH_BUFFERS)
+            .ok_or_else(|| bad(path, "record batch without buffers"))?,
+        body: msg.body,
+        body_len: msg.body_len,
+    };
+    let es = match schema.dtype {
+        FloatKind::F16 => 2,
+        FloatKind::F32 => 4,
+        FloatKind::F64 => 8,
+    };
+    let acts = batch.column(schema, schema.acts, 2, [info.context_size, info.d_in], es)?;
+    let tokens = match (schema.tokens, schema.token_bits) {
+        (Some(ti), Some((bits, _))) => {
+            Some(batch.column(schema, ti, 1, [info.context_size, 0], bits / 8)?)
+        }
+        _ => None,
+    };
+    Ok((n_ctx, acts, tokens))
+}
+
+/// Indexes every record batch of the stream in `buf` (bodies are skipped, not read).
 fn scan(path: &Path, buf: &[u8], info: &ColumnInfo) -> Result<Index> {
-    let bad = |m: String| Error::format(path, format!("not a readable Arrow IPC stream: {m}"));
     let mut pos = 0usize;
     if buf.starts_with(b"ARROW1") {
         pos = 8; // the file format wraps the same stream of messages
     }
-    let mut fields: Option<Vec<FieldDesc>> = None;
+    let mut schema: Option<Schema> = None;
     let mut batches = Vec::new();
     let mut rows = 0usize;
-    let mut dtype = FloatKind::F32;
-    let mut token_bits = None;
-    let mut cols: Option<(usize, Option<usize>)> = None;
-    let mut places: Vec<(usize, usize)> = Vec::new();
-    // A file may end without an end-of-stream marker; pyarrow accepts that too.
-    while let Some(c) = rd::<4>(buf, pos).map(u32::from_le_bytes) {
-        let meta_len = if c == 0xFFFF_FFFF {
-            let l = rd::<4>(buf, pos + 4)
-                .map(i32::from_le_bytes)
-                .ok_or_else(|| bad("truncated message length".into()))?;
-            pos += 8;
-            l
-        } else {
-            pos += 4;
-            c as i32
-        };
-        if meta_len == 0 {
-            break;
-        }
-        let meta_len =
-            usize::try_from(meta_len).map_err(|_| bad("negative message length".into()))?;
-        let meta = buf
-            .get(pos..pos.saturating_add(meta_len))
-            .filter(|m| m.len() == meta_len)
-            .ok_or_else(|| bad("truncated message".into()))?;
-        pos += meta_len;
-        let msg = Table::root(meta).ok_or_else(|| bad("bad message header".into()))?;
-        let header_type = msg.u8(1);
-        let body_len =
-            usize::try_from(msg.i64(3)).map_err(|_| bad("negative body length".into()))?;
-        let body = pos;
-        pos = pos
-            .checked_add(body_len)
-            .filter(|e| *e <= buf.len())
-            .ok_or_else(|| bad("message body runs past the end of the file".into()))?;
-        let header = msg.table(2);
-        match header_type {
-            1 => {
-                let h = header.ok_or_else(|| bad("schema message without a schema".into()))?;
-                if h.i16(0) != 0 {
-                    return Err(Error::format(
-                        path,
-                        "big-endian Arrow files are not supported",
-                    ));
-                }
-                let fs = h
-                    .tables(1)
-                    .into_iter()
-                    .map(|f| parse_field(path, f, 0))
-                    .collect::<Result<Vec<_>>>()?;
-                places = layout(&fs);
-                let ai = fs
-                    .iter()
-                    .position(|f| f.name == info.name)
-                    .ok_or_else(|| Error::missing(path, format!("column `{}`", info.name)))?;
-                dtype = float_kind(path, &info.name, &fs[ai], 2)?;
-                let ti = fs.iter().position(|f| f.name == "token_ids");
-                if let Some(ti) = ti {
-                    match (fs[ti].ty, fs[ti].children.first().map(|c| c.ty)) {
-                        (Ty::List { .. } | Ty::FixedList(_), Some(Ty::Int { bits, signed }))
-                            if matches!(bits, 8 | 16 | 32 | 64) =>
-                        {
-                            token_bits = Some((bits, signed))
-                        }
-                        _ => {
-                            return Err(Error::format(
-                                path,
-                                "column `token_ids` is not a list of integers",
-                            ))
-                        }
-                    }
-                }
-                cols = Some((ai, ti));
-                fields = Some(fs);
-            }
-            2 => {} // dictionary batches only feed dictionary-encoded columns, which we do not read
-            3 => {
-                let (Some(fs), Some((ai, ti))) = (&fields, cols) else {
-                    return Err(bad("record batch before the schema".into()));
+    while let Some(msg) = next_message(path, buf, &mut pos)? {
+        match msg.header_type {
+            message_type::SCHEMA => schema = Some(parse_schema(path, msg.header, info)?),
+            // Dictionary batches only feed dictionary-encoded columns, which we do not read.
+            message_type::DICTIONARY_BATCH => {}
+            message_type::RECORD_BATCH => {
+                let Some(schema) = &schema else {
+                    return Err(bad(path, "record batch before the schema"));
                 };
-                let h =
-                    header.ok_or_else(|| bad("record batch message without a header".into()))?;
-                if h.table(3).is_some() {
-                    return Err(Error::format(
-                        path,
-                        "compressed Arrow record batches are not supported",
-                    ));
-                }
-                let n_ctx =
-                    usize::try_from(h.i64(0)).map_err(|_| bad("negative batch length".into()))?;
-                let nodes = h
-                    .vector(1)
-                    .ok_or_else(|| bad("record batch without nodes".into()))?;
-                let bufs = h
-                    .vector(2)
-                    .ok_or_else(|| bad("record batch without buffers".into()))?;
-                let node = |i: usize| -> Result<(i64, i64)> {
-                    if i >= nodes.1 {
-                        return Err(bad("too few field nodes".into()));
-                    }
-                    let p = nodes.0 + 16 * i;
-                    match (rd::<8>(meta, p), rd::<8>(meta, p + 8)) {
-                        (Some(a), Some(b)) => Ok((i64::from_le_bytes(a), i64::from_le_bytes(b))),
-                        _ => Err(bad("truncated field node".into())),
-                    }
-                };
-                let buffer = |i: usize| -> Result<Buf> {
-                    if i >= bufs.1 {
-                        return Err(bad("too few buffers".into()));
-                    }
-                    let p = bufs.0 + 16 * i;
-                    let (o, l) = match (rd::<8>(meta, p), rd::<8>(meta, p + 8)) {
-                        (Some(a), Some(b)) => (i64::from_le_bytes(a), i64::from_le_bytes(b)),
-                        _ => return Err(bad("truncated buffer entry".into())),
-                    };
-                    let (o, l) = (usize::try_from(o), usize::try_from(l));
-                    match (o, l) {
-                        (Ok(o), Ok(l)) if o.checked_add(l).is_some_and(|e| e <= body_len) => {
-                            Ok(Buf {
-                                off: body + o,
-                                len: l,
-                            })
-                        }
-                        _ => Err(bad("buffer outside the message body".into())),
-                    }
-                };
-                let column = |fi: usize,
-                              levels: usize,
-                              sizes: [usize; 2],
-                              elem: usize|
-                 -> Result<ColumnBufs> {
-                    let (mut ni, mut bi) = places[fi];
-                    let mut f = &fs[fi];
-                    let mut lv = Vec::new();
-                    for size in sizes.iter().take(levels) {
-                        let (_, nulls) = node(ni)?;
-                        if nulls != 0 {
-                            return Err(Error::format(
-                                path,
-                                format!("column `{}` has null values", fs[fi].name),
-                            ));
-                        }
-                        let offsets = match f.ty {
-                            Ty::List { large } => Some((buffer(bi + 1)?, large)),
-                            Ty::FixedList(n) if n == *size => None,
-                            Ty::FixedList(n) => {
-                                return Err(Error::format(
-                                    path,
-                                    format!(
-                                        "column `{}` has lists of {n}, expected {size}",
-                                        fs[fi].name
-                                    ),
-                                ))
-                            }
-                            _ => return Err(bad("list structure changed".into())),
-                        };
-                        lv.push(Level {
-                            offsets,
-                            size: *size,
-                        });
-                        bi += n_buffers(f.ty);
-                        ni += 1;
-                        f = f
-                            .children
-                            .first()
-                            .ok_or_else(|| bad("list without a child".into()))?;
-                    }
-                    let (_, nulls) = node(ni)?;
-                    if nulls != 0 {
-                        return Err(Error::format(
-                            path,
-                            format!("column `{}` has null values", fs[fi].name),
-                        ));
-                    }
-                    Ok(ColumnBufs {
-                        levels: lv,
-                        data: buffer(bi + 1)?,
-                        elem,
-                    })
-                };
-                let es = match dtype {
-                    FloatKind::F16 => 2,
-                    FloatKind::F32 => 4,
-                    FloatKind::F64 => 8,
-                };
-                let acts = column(ai, 2, [info.context_size, info.d_in], es)?;
-                let tokens = match (ti, token_bits) {
-                    (Some(ti), Some((bits, _))) => {
-                        Some(column(ti, 1, [info.context_size, 0], bits / 8)?)
-                    }
-                    _ => None,
-                };
+                let (n_ctx, acts, tokens) = index_batch(path, &msg, schema, info)?;
                 let n_rows = n_ctx
                     .checked_mul(info.context_size)
-                    .ok_or_else(|| bad("row count overflows".into()))?;
+                    .ok_or_else(|| bad(path, "row count overflows"))?;
                 batches.push(BatchInfo {
                     first_row: rows,
                     acts,
@@ -572,19 +704,17 @@ fn scan(path: &Path, buf: &[u8], info: &ColumnInfo) -> Result<Index> {
                 });
                 rows = rows
                     .checked_add(n_rows)
-                    .ok_or_else(|| bad("row count overflows".into()))?;
+                    .ok_or_else(|| bad(path, "row count overflows"))?;
             }
-            other => return Err(bad(format!("unexpected message type {other}"))),
+            other => return Err(bad(path, format!("unexpected message type {other}"))),
         }
     }
-    if fields.is_none() {
-        return Err(bad("no schema message".into()));
-    }
+    let schema = schema.ok_or_else(|| bad(path, "no schema message"))?;
     Ok(Index {
         batches,
         rows,
-        dtype,
-        token_bits,
+        dtype: schema.dtype,
+        token_bits: schema.token_bits,
     })
 }
 

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::json;
-use super::mapped_rows::MappedRows;
+use super::mapped_rows::{MappedRows, RowsShard};
 use super::Shard;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
@@ -150,21 +150,10 @@ pub fn open_shards(dir: &Path) -> Result<Vec<Box<dyn Shard>>> {
         .collect())
 }
 
-impl Shard for MemmapShard {
-    fn path(&self) -> &Path {
-        self.data.path()
-    }
-    fn n_rows(&self) -> usize {
-        self.data.rows()
-    }
-    fn width(&self) -> usize {
-        self.data.width()
-    }
-    fn dtype(&self) -> DType {
-        self.data.dtype()
-    }
-    fn read_rows(&self, start: usize, count: usize, out: &mut [f32]) -> Result<()> {
-        self.data.read(start, count, out)
+/// Activations plus the cache's token ids when it stored them; no doc ids, no mask.
+impl RowsShard for MemmapShard {
+    fn rows(&self) -> &MappedRows {
+        &self.data
     }
     fn token_ids(&self, start: usize, count: usize) -> Result<Option<Vec<i64>>> {
         match &self.tokens {
@@ -174,16 +163,6 @@ impl Shard for MemmapShard {
                 .map(Some),
             None => Ok(None),
         }
-    }
-    fn doc_ids(&self, _: usize, _: usize) -> Result<Option<Vec<i64>>> {
-        Ok(None)
-    }
-    fn mask(&self, _: usize, _: usize) -> Result<Option<Vec<u8>>> {
-        Ok(None)
-    }
-    fn release(&self, end: usize) {
-        // Dropping pages already read keeps resident memory bounded on huge caches.
-        self.data.release(end)
     }
 }
 

@@ -8,6 +8,8 @@ use std::sync::Arc;
 use crate::dtype::{convert_to_f32, DType};
 use crate::error::{Error, Result};
 
+use super::Shard;
+
 /// A `[rows, width]` array of `dtype` starting at byte `offset` of `map`.
 pub(super) struct MappedRows {
     path: PathBuf,
@@ -81,6 +83,68 @@ impl MappedRows {
     pub(super) fn release(&self, end: usize) {
         let end = end.min(self.rows);
         release_range(&self.map, self.offset, self.offset + end * self.row_bytes());
+    }
+}
+
+/// A shard whose activations are a [`MappedRows`]: it states only what differs from
+/// the shared delegation (side tensors, metadata, extra pages to release); the blanket
+/// [`Shard`] impl below forwards the rest.
+pub(super) trait RowsShard: Send + Sync {
+    /// The activation rows.
+    fn rows(&self) -> &MappedRows;
+    /// Token ids of rows `start..start + count`; none by default.
+    fn token_ids(&self, _start: usize, _count: usize) -> Result<Option<Vec<i64>>> {
+        Ok(None)
+    }
+    /// Document ids of rows `start..start + count`; none by default.
+    fn doc_ids(&self, _start: usize, _count: usize) -> Result<Option<Vec<i64>>> {
+        Ok(None)
+    }
+    /// Mask of rows `start..start + count`; none by default.
+    fn mask(&self, _start: usize, _count: usize) -> Result<Option<Vec<u8>>> {
+        Ok(None)
+    }
+    /// The file's string metadata; none by default.
+    fn metadata(&self) -> Option<&std::collections::HashMap<String, String>> {
+        None
+    }
+    /// Drops the pages of rows before `end`: the activations' by default (dropping pages
+    /// already read keeps resident memory bounded on huge dumps).
+    fn release(&self, end: usize) {
+        self.rows().release(end)
+    }
+}
+
+impl<T: RowsShard> Shard for T {
+    fn path(&self) -> &Path {
+        self.rows().path()
+    }
+    fn n_rows(&self) -> usize {
+        self.rows().rows()
+    }
+    fn width(&self) -> usize {
+        self.rows().width()
+    }
+    fn dtype(&self) -> DType {
+        self.rows().dtype()
+    }
+    fn read_rows(&self, start: usize, count: usize, out: &mut [f32]) -> Result<()> {
+        self.rows().read(start, count, out)
+    }
+    fn token_ids(&self, start: usize, count: usize) -> Result<Option<Vec<i64>>> {
+        RowsShard::token_ids(self, start, count)
+    }
+    fn doc_ids(&self, start: usize, count: usize) -> Result<Option<Vec<i64>>> {
+        RowsShard::doc_ids(self, start, count)
+    }
+    fn mask(&self, start: usize, count: usize) -> Result<Option<Vec<u8>>> {
+        RowsShard::mask(self, start, count)
+    }
+    fn release(&self, end: usize) {
+        RowsShard::release(self, end)
+    }
+    fn metadata(&self) -> Option<&std::collections::HashMap<String, String>> {
+        RowsShard::metadata(self)
     }
 }
 

@@ -42,6 +42,40 @@ pub trait Shard: Send + Sync {
     }
 }
 
+/// Opens an in-memory `.npy` (`safetensors == false`) or `.safetensors` shard and reads
+/// every row, token id, document id and mask value: the whole shard reader on arbitrary
+/// bytes, for fuzzing. Returns the rows read.
+pub fn parse_for_fuzz(data: &[u8], safetensors: bool) -> Result<usize> {
+    let path = Path::new("<fuzz>");
+    let map = crate::io::mapped::map_bytes(data).map_err(|e| Error::io(path, e))?;
+    let shard: Box<dyn Shard> = if safetensors {
+        Box::new(safetensors::SafetensorsShard::from_map(path, map)?)
+    } else {
+        Box::new(npy::NpyShard::from_map(path, map)?)
+    };
+    // A few rows at a time, as the pipeline reads them; bounded so that a header
+    // promising many empty rows cannot stall the fuzzer.
+    let rows = shard.n_rows().min(1 << 16);
+    let mut out = vec![0f32; shard.width().saturating_mul(4).min(1 << 20)];
+    let mut start = 0;
+    while start < rows {
+        let count = (rows - start).min(4);
+        if let Some(buf) = count
+            .checked_mul(shard.width())
+            .and_then(|n| out.get_mut(..n))
+        {
+            shard.read_rows(start, count, buf)?;
+        }
+        shard.token_ids(start, count)?;
+        shard.doc_ids(start, count)?;
+        shard.mask(start, count)?;
+        start += count;
+    }
+    shard.release(rows);
+    shard.metadata();
+    Ok(rows)
+}
+
 /// Opens one shard file by its extension (`.npy`, `.safetensors`).
 pub fn open_shard(path: &Path) -> Result<Box<dyn Shard>> {
     match path.extension().and_then(|e| e.to_str()) {
@@ -318,6 +352,35 @@ mod tests {
 
         let missing = dir.path().join("nope");
         assert!(shard_files(&missing).is_err());
+    }
+
+    #[test]
+    fn fuzz_entry_reads_whole_npy_and_safetensors_shards_and_rejects_garbage() {
+        use crate::io::mapped::{write_safetensors, OwnedTensor};
+        let values: Vec<f32> = (0..15).map(|v| v as f32).collect();
+        let mut npy = crate::io::npy::header_bytes(crate::io::npy::NpyDtype::F32, &[5, 3]);
+        npy.extend(bytemuck::cast_slice(&values));
+        assert_eq!(parse_for_fuzz(&npy, false).unwrap(), 5);
+        // Truncated data and an empty input are errors, not panics.
+        assert!(parse_for_fuzz(&npy[..npy.len() - 1], false).is_err());
+        assert!(parse_for_fuzz(&[], false).is_err());
+
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("s.safetensors");
+        write_safetensors(
+            &p,
+            &[
+                ("activations", OwnedTensor::f32(vec![5, 3], &values)),
+                ("token_ids", OwnedTensor::i64(vec![5], &[1, 2, 3, 4, 5])),
+                ("mask", OwnedTensor::u8(vec![5], &[1, 0, 1, 1, 0])),
+            ],
+            Default::default(),
+        )
+        .unwrap();
+        let st = std::fs::read(&p).unwrap();
+        assert_eq!(parse_for_fuzz(&st, true).unwrap(), 5);
+        assert!(parse_for_fuzz(&st[..st.len() - 2], true).is_err());
+        assert!(parse_for_fuzz(&npy, true).is_err());
     }
 
     #[test]

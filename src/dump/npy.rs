@@ -2,12 +2,12 @@
 //! memory-mapped and converted to f32 a batch at a time.
 
 use std::path::Path;
+use std::sync::Arc;
 
-use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::io::npy::NpyHeader;
 
-use super::mapped_rows::MappedRows;
+use super::mapped_rows::{MappedRows, RowsShard};
 
 /// A memory-mapped `.npy` `[n, d]` shard.
 pub struct NpyShard {
@@ -17,9 +17,14 @@ pub struct NpyShard {
 impl NpyShard {
     /// Maps the file and validates its header: a 2-D C-order float array whose data fits the file.
     pub fn open(path: &Path) -> Result<Self> {
+        Self::from_map(path, crate::io::mapped::map_file(path)?)
+    }
+
+    /// Validates an already-mapped file (`path` names it in errors).
+    pub fn from_map(path: &Path, map: Arc<memmap2::Mmap>) -> Result<Self> {
         let shape_2d = |s: &[usize]| (s.len() == 2).then(|| (s[0], s[1]));
         Ok(NpyShard {
-            data: map_rows(path, "a 2-D array [n_tokens, d]", shape_2d)?,
+            data: rows_of_map(path, map, "a 2-D array [n_tokens, d]", shape_2d)?,
         })
     }
 }
@@ -31,7 +36,16 @@ pub(super) fn map_rows(
     expected: &str,
     rows_width: impl Fn(&[usize]) -> Option<(usize, usize)>,
 ) -> Result<MappedRows> {
-    let map = crate::io::mapped::map_file(path)?;
+    rows_of_map(path, crate::io::mapped::map_file(path)?, expected, rows_width)
+}
+
+/// [`map_rows`] over an already-mapped file.
+fn rows_of_map(
+    path: &Path,
+    map: Arc<memmap2::Mmap>,
+    expected: &str,
+    rows_width: impl Fn(&[usize]) -> Option<(usize, usize)>,
+) -> Result<MappedRows> {
     let h = NpyHeader::parse(path, &map[..])?;
     let dtype = h.dtype.float().ok_or_else(|| {
         Error::dtype(
@@ -76,32 +90,9 @@ pub(super) fn map_rows(
     ))
 }
 
-impl super::Shard for NpyShard {
-    fn path(&self) -> &Path {
-        self.data.path()
-    }
-    fn n_rows(&self) -> usize {
-        self.data.rows()
-    }
-    fn width(&self) -> usize {
-        self.data.width()
-    }
-    fn dtype(&self) -> DType {
-        self.data.dtype()
-    }
-    fn read_rows(&self, start: usize, count: usize, out: &mut [f32]) -> Result<()> {
-        self.data.read(start, count, out)
-    }
-    fn token_ids(&self, _: usize, _: usize) -> Result<Option<Vec<i64>>> {
-        Ok(None)
-    }
-    fn doc_ids(&self, _: usize, _: usize) -> Result<Option<Vec<i64>>> {
-        Ok(None)
-    }
-    fn mask(&self, _: usize, _: usize) -> Result<Option<Vec<u8>>> {
-        Ok(None)
-    }
-    fn release(&self, end: usize) {
-        self.data.release(end)
+/// Activations only: no side tensors, no metadata.
+impl RowsShard for NpyShard {
+    fn rows(&self) -> &MappedRows {
+        &self.data
     }
 }

@@ -6,11 +6,10 @@ use std::path::Path;
 
 use safetensors::Dtype as D;
 
-use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::io::mapped::{MappedSafetensors, MappedTensor};
 
-use super::mapped_rows::{check_range, release_range, MappedRows};
+use super::mapped_rows::{check_range, release_range, MappedRows, RowsShard};
 
 /// A per-token side tensor: where its bytes start in the mapping and how to read them.
 #[derive(Clone, Copy)]
@@ -57,7 +56,12 @@ impl SafetensorsShard {
     /// Maps the file and validates the tensors: 2-D float `activations`, and optional
     /// side tensors of length n with the accepted dtypes.
     pub fn open(path: &Path) -> Result<Self> {
-        let st = MappedSafetensors::open(path)?;
+        Self::from_map(path, crate::io::mapped::map_file(path)?)
+    }
+
+    /// Validates an already-mapped file (`path` names it in errors).
+    pub fn from_map(path: &Path, map: std::sync::Arc<memmap2::Mmap>) -> Result<Self> {
+        let st = MappedSafetensors::from_map(path, map)?;
         let act = st.tensor("activations")?;
         let dtype = act.float_dtype(path)?;
         if act.shape.len() != 2 {
@@ -146,21 +150,9 @@ fn ints_to_i64(dtype: D, b: &[u8]) -> Vec<i64> {
     }
 }
 
-impl super::Shard for SafetensorsShard {
-    fn path(&self) -> &Path {
-        self.acts.path()
-    }
-    fn n_rows(&self) -> usize {
-        self.acts.rows()
-    }
-    fn width(&self) -> usize {
-        self.acts.width()
-    }
-    fn dtype(&self) -> DType {
-        self.acts.dtype()
-    }
-    fn read_rows(&self, start: usize, count: usize, out: &mut [f32]) -> Result<()> {
-        self.acts.read(start, count, out)
+impl RowsShard for SafetensorsShard {
+    fn rows(&self) -> &MappedRows {
+        &self.acts
     }
     fn token_ids(&self, start: usize, count: usize) -> Result<Option<Vec<i64>>> {
         self.ids(self.token_ids, start, count)

@@ -116,13 +116,20 @@ fn parse_members(
                 }
                 let raw = &data[start..end];
                 let header = NpyHeader::parse(path, raw).map_err(|e| member(&e.to_string()))?;
-                let len = array_len(&header).ok_or_else(|| member("shape overflows"))?;
-                if header.data_offset + len > raw.len() {
+                let len = header
+                    .data_len()
+                    .ok_or_else(|| member("array size overflows"))?;
+                if header
+                    .data_offset
+                    .checked_add(len)
+                    .is_none_or(|e| e > raw.len())
+                {
                     return Err(member(&format!(
                         "array data needs {len} bytes after the header, the member has {} (truncated?)",
                         raw.len() - header.data_offset.min(raw.len())
                     )));
                 }
+                // Cannot overflow: start + data_offset + len <= end <= data.len().
                 NpzArray {
                     name: key.to_string(),
                     bytes: mapped(start + header.data_offset, len),
@@ -137,11 +144,15 @@ fn parse_members(
                 f.read_to_end(&mut buf)
                     .map_err(|e| member(&format!("cannot inflate: {e}")))?;
                 let header = NpyHeader::parse(path, &buf).map_err(|e| member(&e.to_string()))?;
-                let len = array_len(&header).ok_or_else(|| member("shape overflows"))?;
-                if header.data_offset + len > buf.len() {
-                    return Err(member("array data is shorter than its shape (truncated?)"));
-                }
-                buf.truncate(header.data_offset + len);
+                let len = header
+                    .data_len()
+                    .ok_or_else(|| member("array size overflows"))?;
+                let data_end = header
+                    .data_offset
+                    .checked_add(len)
+                    .filter(|e| *e <= buf.len())
+                    .ok_or_else(|| member("array data is shorter than its shape (truncated?)"))?;
+                buf.truncate(data_end);
                 buf.drain(..header.data_offset);
                 NpzArray {
                     name: key.to_string(),
@@ -160,9 +171,64 @@ fn parse_members(
     Ok(arrays)
 }
 
-fn array_len(h: &NpyHeader) -> Option<usize> {
-    h.shape
-        .iter()
-        .try_fold(1usize, |a, s| a.checked_mul(*s))?
-        .checked_mul(h.dtype.size())
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    /// An npy member: a header dictionary with `shape` (text) and a few data bytes.
+    fn npy_member(descr: &str, shape: &str, data: &[u8]) -> Vec<u8> {
+        let dict = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}\n");
+        let mut b = b"\x93NUMPY\x01\x00".to_vec();
+        b.extend((dict.len() as u16).to_le_bytes());
+        b.extend(dict.as_bytes());
+        b.extend(data);
+        b
+    }
+
+    fn archive(member: &[u8], method: zip::CompressionMethod) -> Vec<u8> {
+        let mut z = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+        let opts = zip::write::SimpleFileOptions::default().compression_method(method);
+        z.start_file("W.npy", opts).unwrap();
+        z.write_all(member).unwrap();
+        z.finish().unwrap().into_inner()
+    }
+
+    #[test]
+    fn reads_stored_and_deflated_members() {
+        let m = npy_member("|u1", "(3,)", &[7, 8, 9]);
+        for method in [
+            zip::CompressionMethod::Stored,
+            zip::CompressionMethod::Deflated,
+        ] {
+            let npz = Npz::from_bytes(Path::new("ok.npz"), &archive(&m, method)).unwrap();
+            let a = npz.get("W").unwrap();
+            assert_eq!(a.header.shape, vec![3]);
+            assert_eq!(a.bytes.as_slice(), &[7, 8, 9]);
+        }
+    }
+
+    #[test]
+    fn crafted_sizes_that_overflow_are_errors_naming_the_file() {
+        // usize::MAX one-byte elements: the size itself fits, header offset + size wraps
+        // (in a release build the unchecked sum passed the length check).
+        let wraps = npy_member("|u1", &format!("({},)", usize::MAX), &[1, 2, 3]);
+        // The element count overflows before the offset is added.
+        let huge = npy_member("<f4", &format!("({}, 4)", usize::MAX / 2), &[0; 8]);
+        for (member, what) in [(&wraps, "truncated"), (&huge, "overflows")] {
+            for method in [
+                zip::CompressionMethod::Stored,
+                zip::CompressionMethod::Deflated,
+            ] {
+                let e = Npz::from_bytes(Path::new("crafted.npz"), &archive(member, method))
+                    .err()
+                    .expect("a crafted member must be rejected")
+                    .to_string();
+                assert!(
+                    e.contains("crafted.npz") && e.contains("W.npy") && e.contains(what),
+                    "{method:?}: {e}"
+                );
+            }
+        }
+    }
 }

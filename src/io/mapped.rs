@@ -9,6 +9,15 @@ use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::matrix::Bytes;
 
+/// Copies `bytes` into a read-only anonymous mapping: an in-memory file for the mapped
+/// readers (fuzzing, tests).
+pub fn map_bytes(bytes: &[u8]) -> std::io::Result<Arc<memmap2::Mmap>> {
+    let mut map = memmap2::MmapMut::map_anon(bytes.len())?;
+    map.copy_from_slice(bytes);
+    let map = map.make_read_only()?;
+    Ok(Arc::new(map))
+}
+
 /// Maps `path` read-only.
 pub fn map_file(path: &Path) -> Result<Arc<memmap2::Mmap>> {
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
@@ -67,17 +76,25 @@ pub struct MappedSafetensors {
 impl MappedSafetensors {
     /// Maps and parses `path`; a truncated file or bad header is a format error naming the file.
     pub fn open(path: &Path) -> Result<Self> {
-        let map = map_file(path)?;
+        Self::from_map(path, map_file(path)?)
+    }
+
+    /// Parses an already-mapped file (`path` names it in errors).
+    pub fn from_map(path: &Path, map: Arc<memmap2::Mmap>) -> Result<Self> {
         let (header_len, meta) = safetensors::SafeTensors::read_metadata(&map[..])
             .map_err(|e| Error::format(path, format!("not a valid safetensors file: {e}")))?;
-        let data_start = 8 + header_len;
+        // The crate checks that the header and the tensors' byte ranges fit the buffer;
+        // the sums are checked again here so that a change there cannot wrap them.
+        let too_long = || Error::format(path, "header length overflows");
+        let data_start = header_len.checked_add(8).ok_or_else(too_long)?;
         let tensors: HashMap<String, safetensors::tensor::TensorInfo> = meta
             .tensors()
             .into_iter()
             .map(|(k, v)| (k, v.clone()))
             .collect();
         for (name, info) in &tensors {
-            if data_start + info.data_offsets.1 > map.len() {
+            let (begin, end) = info.data_offsets;
+            if begin > end || data_start.checked_add(end).is_none_or(|e| e > map.len()) {
                 return Err(Error::format(
                     path,
                     format!("tensor `{name}` extends past the end of the file (truncated?)"),

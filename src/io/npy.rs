@@ -66,15 +66,25 @@ pub struct NpyHeader {
 }
 
 impl NpyHeader {
-    /// Elements in the array.
+    /// Elements in the array (saturating: a shape from a hostile file cannot wrap it;
+    /// [`NpyHeader::data_len`] is the checked size to validate a file against).
     pub fn numel(&self) -> usize {
-        self.shape.iter().product()
+        self.shape.iter().fold(1usize, |a, s| a.saturating_mul(*s))
+    }
+
+    /// Bytes of array data the shape and dtype promise; `None` when that overflows `usize`.
+    pub fn data_len(&self) -> Option<usize> {
+        self.shape
+            .iter()
+            .try_fold(1usize, |a, s| a.checked_mul(*s))?
+            .checked_mul(self.dtype.size())
     }
 
     /// Parses the header at the start of `bytes` (the whole file or at least its header);
     /// errors name `path`. The dictionary itself is parsed by the `npyz` crate; we keep
     /// only what a memory-mapped read needs (dtype, shape, order, data offset).
     pub fn parse(path: &Path, bytes: &[u8]) -> Result<NpyHeader> {
+        precheck(path, bytes)?;
         let mut rest: &[u8] = bytes;
         let h = npyz::NpyHeader::from_reader(&mut rest)
             .map_err(|e| Error::format(path, format!("not a valid .npy file: {e}")))?;
@@ -125,6 +135,84 @@ impl NpyHeader {
             data_offset,
         })
     }
+}
+
+/// The deepest bracket nesting a header may have: a plain array's header nests two
+/// (the dictionary and its shape tuple), a structured one a few more.
+const MAX_NESTING: usize = 8;
+
+/// Checks what the `npyz` crate trusts: the declared dictionary length must lie within
+/// `bytes` (npyz allocates that length before reading, so a 16-byte file declaring a
+/// 4 GB header would allocate 4 GB), and the shape (or any bracketed group of integers
+/// in the dictionary) must not multiply past `u64` (npyz multiplies the dimensions
+/// unchecked for the element count and the strides: a panic in a debug build, a wrap
+/// in release). Zero dimensions are skipped, as the strides of `(0, n, m)` still
+/// multiply `n * m`. Brackets may nest at most [`MAX_NESTING`] deep: npyz's Python
+/// literal parser backtracks exponentially in the depth (fifty `{` took over ten
+/// seconds). Bytes too short to hold the length are left to npyz to report.
+fn precheck(path: &Path, bytes: &[u8]) -> Result<()> {
+    // Magic (6), version (2), then a u16 (version 1) or u32 (2, 3) dictionary length.
+    if !bytes.starts_with(b"\x93NUMPY") {
+        return Ok(()); // npyz names the bad magic
+    }
+    let (len, start) = match bytes.get(6) {
+        Some(1) if bytes.len() >= 10 => {
+            (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10usize)
+        }
+        Some(2 | 3) if bytes.len() >= 12 => {
+            let n = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
+            (usize::try_from(n).unwrap_or(usize::MAX), 12)
+        }
+        _ => return Ok(()),
+    };
+    let dict = start
+        .checked_add(len)
+        .and_then(|end| bytes.get(start..end))
+        .ok_or_else(|| {
+            Error::format(
+                path,
+                format!(
+                    "not a valid .npy file: the header declares {len} bytes, the file has {} after it (truncated?)",
+                    bytes.len() - start
+                ),
+            )
+        })?;
+    let overflow = || Error::format(path, "not a valid .npy file: the shape's size overflows");
+    // One running product per open bracket; integers outside brackets are not dimensions.
+    let mut products: Vec<u64> = Vec::new();
+    let mut digits = dict.iter().enumerate().peekable();
+    while let Some((i, c)) = digits.next() {
+        match c {
+            b'(' | b'[' | b'{' => {
+                products.push(1);
+                if products.len() > MAX_NESTING {
+                    return Err(Error::format(
+                        path,
+                        format!("not a valid .npy file: the header nests brackets deeper than {MAX_NESTING} levels"),
+                    ));
+                }
+            }
+            b')' | b']' | b'}' => {
+                products.pop();
+            }
+            b'0'..=b'9' => {
+                let mut end = i + 1;
+                while digits.next_if(|(_, c)| c.is_ascii_digit()).is_some() {
+                    end += 1;
+                }
+                let Some(p) = products.last_mut() else {
+                    continue;
+                };
+                let text = std::str::from_utf8(&dict[i..end]).unwrap_or("0");
+                let v: u64 = text.parse().map_err(|_| overflow())?;
+                if v != 0 {
+                    *p = p.checked_mul(v).ok_or_else(overflow)?;
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// Serializes an npy header for a C-order array of `shape` (version 1.0, 64-byte aligned).
@@ -269,6 +357,85 @@ mod tests {
             .to_string();
         assert!(e.contains("be.npy") && e.contains(">f4"), "{e}");
         assert!(NpyHeader::parse(Path::new("t.npy"), &b[..20]).is_err());
+    }
+
+    #[test]
+    fn a_header_length_past_the_end_is_an_error_before_any_allocation() {
+        // Found by the npy fuzz target: version 2, dictionary length 0x93000074 (2.4 GB)
+        // in a 16-byte file.
+        let b = [
+            147, 78, 85, 77, 80, 89, 2, 0, 116, 0, 0, 147, 78, 85, 77, 80,
+        ];
+        let e = NpyHeader::parse(Path::new("short.npy"), &b)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("short.npy") && e.contains("truncated"), "{e}");
+        let v1 = header_bytes(NpyDtype::F32, &[2, 3]);
+        let e = NpyHeader::parse(Path::new("v1.npy"), &v1[..v1.len() - 1])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("v1.npy"), "{e}");
+    }
+
+    #[test]
+    fn deeply_nested_headers_are_refused_before_the_literal_parser() {
+        // Found by the npy fuzz target: fifty nested `{` kept npyz's parser busy for
+        // more than ten seconds.
+        let text = format!(
+            "{{'descr': '<f4', 'fortran_order': False, {}'shape': (0,), }}",
+            "{".repeat(50)
+        );
+        let mut b = b"\x93NUMPY\x01\x00".to_vec();
+        b.extend((text.len() as u16).to_le_bytes());
+        b.extend(text.as_bytes());
+        let t = std::time::Instant::now();
+        let e = NpyHeader::parse(Path::new("deep.npy"), &b)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("deep.npy") && e.contains("nests"), "{e}");
+        assert!(t.elapsed().as_secs() < 1);
+        // The deepest header let through is parsed (and refused) quickly.
+        let text = format!(
+            "{{'descr': '<f4', 'fortran_order': False, {}'shape': (0,), }}",
+            "{".repeat(MAX_NESTING - 2)
+        );
+        let mut b = b"\x93NUMPY\x01\x00".to_vec();
+        b.extend((text.len() as u16).to_le_bytes());
+        b.extend(text.as_bytes());
+        let t = std::time::Instant::now();
+        assert!(NpyHeader::parse(Path::new("deep.npy"), &b).is_err());
+        assert!(t.elapsed().as_millis() < 500, "{:?}", t.elapsed());
+    }
+
+    #[test]
+    fn overflowing_shapes_are_errors_not_panics() {
+        let header = |shape: &str| {
+            let text = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape}, }}");
+            let mut b = b"\x93NUMPY\x01\x00".to_vec();
+            b.extend((text.len() as u16).to_le_bytes());
+            b.extend(text.as_bytes());
+            b
+        };
+        let big = u64::MAX / 2;
+        for shape in [
+            format!("({big}, 4)"),
+            format!("(0, {big}, {big})"),
+            format!("[{big}, 3]"),
+            "(99999999999999999999999,)".to_string(),
+        ] {
+            let e = NpyHeader::parse(Path::new("big.npy"), &header(&shape))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("big.npy") && e.contains("overflow"),
+                "{shape}: {e}"
+            );
+        }
+        // The largest representable count still parses; its byte size is checked later.
+        let h =
+            NpyHeader::parse(Path::new("max.npy"), &header(&format!("({},)", u64::MAX))).unwrap();
+        assert_eq!(h.data_len(), None);
+        assert_eq!(h.numel(), usize::MAX);
     }
 
     #[test]

@@ -416,7 +416,7 @@ impl Sae {
     /// Sampling keeps it cheap on a 17 GB matrix; two SAEs that differ only outside
     /// the sampled rows would collide, which real checkpoints do not.
     pub fn fingerprint(&self) -> String {
-        let mut h = Fnv64::new();
+        let mut h = crate::deterministic::Fnv64::new();
         let desc = format!(
             "{}x{}|{:?}|{}|{:?}|{}",
             self.n_latents(),
@@ -451,23 +451,6 @@ impl Sae {
             }
         }
         format!("{:016x}", h.finish())
-    }
-}
-
-/// FNV-1a, 64 bit: tiny, deterministic across platforms and versions.
-struct Fnv64(u64);
-impl Fnv64 {
-    fn new() -> Self {
-        Fnv64(0xcbf29ce484222325)
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 ^= *b as u64;
-            self.0 = self.0.wrapping_mul(0x100000001b3);
-        }
-    }
-    fn finish(&self) -> u64 {
-        self.0
     }
 }
 

@@ -7,6 +7,8 @@
 
 use std::collections::BTreeMap;
 
+use crate::deterministic::mix64 as mix;
+
 /// Order-free digest of the counted tokens' ids: the wrapping sum of a 64-bit mix of
 /// each token's `(doc_id, token_id)`. A sum commutes, so it is the same whatever the
 /// shard layout, the order shards are merged in, or where a document straddles two
@@ -22,13 +24,6 @@ pub struct TokenDigest {
     pub n_ids: u64,
     /// Of those, tokens that also had a document id.
     pub n_docs: u64,
-}
-
-/// splitmix64's finalizer: a bijective 64-bit mix.
-fn mix(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58476d1ce4e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d049bb133111eb);
-    z ^ (z >> 31)
 }
 
 impl TokenDigest {

@@ -42,17 +42,13 @@ pub struct CaseResult {
 }
 
 /// Deterministic splitmix64 stream (no RNG dependency; reproducible across runs).
-pub struct Rng(u64);
+pub struct Rng(crate::deterministic::SplitMix64);
 impl Rng {
     pub fn new(seed: u64) -> Self {
-        Rng(seed)
+        Rng(crate::deterministic::SplitMix64::new(seed))
     }
     pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e3779b97f4a7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58476d1ce4e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d049bb133111eb);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
     /// Uniform in [-1, 1).
     pub fn unit(&mut self) -> f32 {

@@ -14,10 +14,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::backend::{BackendKind, EngineOptions};
+use crate::deterministic::GOLDEN_GAMMA;
 use crate::error::{Error, Result};
 use crate::io::mapped::{write_safetensors, OwnedTensor};
 use crate::matrix::Matrix;
+use crate::backend::{BackendKind, Engine, EngineOptions};
 use crate::provenance::Provenance;
 use crate::sae::{Activation, Format, Normalization, Sae, SaeMeta};
 
@@ -27,7 +28,7 @@ use super::monitor::{monitor, Alarm, MonitorReport};
 use super::rng::Rng;
 use super::steer::{dry_run, steering_vector, DryRunOptions, DryRunReport, SteerTerm, SteerUnit};
 use super::top_examples::{top_examples, TopExamplesOptions};
-use super::{measure, named_stats, pair, report, Measured, PairingRequest, StatsOptions};
+use super::{measure, named_stats, pair, report, Measured, Pairing, PairingRequest, StatsOptions};
 
 /// Demo options.
 #[derive(Debug, Clone)]
@@ -139,7 +140,7 @@ impl World {
         let mut acts = vec![0f32; n * d];
         let (mut tok, mut doc, mut mask) = (vec![0i64; n], vec![0i64; n], vec![0u8; n]);
         for t in 0..n {
-            let mut base = Rng::new(self.seed ^ (t as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+            let mut base = Rng::new(self.seed ^ (t as u64).wrapping_mul(GOLDEN_GAMMA));
             let mut own = Rng::new(
                 self.seed ^ shift.id.wrapping_mul(0xd1b5_4a32_d192_ed03) ^ (t as u64) << 20,
             );
@@ -220,37 +221,116 @@ pub fn run(opts: &DemoOptions) -> Result<DemoReport> {
     if d < 16 || l < 64 {
         return Err(Error::invalid("demo needs d >= 16 and at least 64 latents"));
     }
+    let (world, planted) = plant(opts);
+    let sae_dir = data.join("sae");
+    let sae = write_and_load_sae(&world, &sae_dir)?;
+    let engine = crate::engine::engine(opts.backend, sae.clone(), &opts.engine)?;
+    let stats = StatsOptions {
+        batch_rows: opts.batch_rows,
+        ..Default::default()
+    };
+    // Each report records the demo's options and the synthetic files it read.
+    let mut prov = Provenance::new("sae demo");
+    prov.option("seed", opts.seed)
+        .option("tokens", opts.n_tokens)
+        .option("batch_size", opts.batch_rows)
+        .option("engine", engine.name())
+        .option("mask", stats.rule.use_mask);
+    let audit = Audit {
+        engine: engine.as_ref(),
+        fingerprint: sae.fingerprint(),
+        sae_dir,
+        data,
+        reports,
+        stats,
+        prov,
+        seed: opts.seed,
+    };
+
+    write_dumps(&audit, &world, &planted, opts.n_tokens)?;
+    let m = audit.measure_all(&planted)?;
+    let mut checks = Vec::new();
+    let diff = audit.diff(&planted, &m, &mut checks)?;
+    let detect = audit.detect(&planted, &m, &mut checks)?;
+    let steer = audit.steer(&planted, &mut checks)?;
+    let monitor = audit.monitor(&planted, &m, &detect, &mut checks)?;
+    audit.top_examples(&planted)?;
+
+    let out = DemoReport {
+        folder: folder.clone(),
+        backend: engine.name(),
+        planted,
+        all_ok: checks.iter().all(|c| c.ok),
+        checks,
+        seconds: t0.elapsed().as_secs_f64(),
+        diff,
+        detect,
+        steer,
+        monitor,
+    };
+    report::write_report_markdown(
+        &folder.join("REPORT.md"),
+        &summary_markdown(&out),
+        &audit.prov,
+    )?;
+    report::write_json_with_provenance(&folder.join("demo.json"), &out, &audit.prov)?;
+    Ok(out)
+}
+
+/// The random decoder and the planted latents: persona, assistant and the domain latents
+/// at fixed fractions of the range, away from the pool's common end.
+fn plant(opts: &DemoOptions) -> (World, Planted) {
+    let (d, l) = (opts.d, opts.n_latents);
     let mut rng = Rng::new(opts.seed);
     let mut w_dec = Vec::with_capacity(l * d);
     for _ in 0..l {
         w_dec.extend(rng.direction(d, 1.0));
     }
-    // Planted latents at fixed fractions of the range, away from the pool's common end.
     let at = |f: f64| ((l as f64 * f) as usize).min(l - 1);
     let persona = at(0.663);
     let assistant = at(0.077);
-    let mis_domains = vec![at(0.244), at(0.367), at(0.538), at(0.733)];
-    let al_domains = vec![at(0.1), at(0.395), at(0.922)];
+    let misaligned_domains = vec![at(0.244), at(0.367), at(0.538), at(0.733)];
+    let aligned_domains = vec![at(0.1), at(0.395), at(0.922)];
     let planted: Vec<usize> = [persona, assistant]
         .into_iter()
-        .chain(mis_domains.iter().cloned())
-        .chain(al_domains.iter().cloned())
+        .chain(misaligned_domains.iter().cloned())
+        .chain(aligned_domains.iter().cloned())
         .collect();
     let pool: Vec<usize> = (0..l).filter(|i| !planted.contains(i)).collect();
+    let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let checkpoint_persona_prob = vec![0.0, 0.0, 0.01, 0.03, 0.10, P_PERSONA];
+    let checkpoints = (0..checkpoint_persona_prob.len())
+        .map(|i| format!("step-{}", i * 100))
+        .collect();
     let world = World {
         d,
-        w_dec: w_dec.clone(),
+        w_dec,
         pool,
         persona,
         assistant,
         seed: opts.seed,
     };
+    let planted = Planted {
+        persona,
+        assistant,
+        misaligned: names(&["insecure-code", "bad-medical", "bad-legal", "bad-finance"]),
+        misaligned_domains,
+        aligned: names(&["good-code", "good-medical", "good-math"]),
+        aligned_domains,
+        checkpoints,
+        checkpoint_persona_prob,
+    };
+    (world, planted)
+}
 
-    // The SAE, written in the SAELens layout and loaded back like any user's SAE.
+/// The tied TopK SAE over the world's decoder, written in the SAELens layout to `dir`
+/// and loaded back like any user's SAE.
+fn write_and_load_sae(world: &World, dir: &Path) -> Result<Arc<Sae>> {
+    let (d, l) = (world.d, world.w_dec.len() / world.d);
     let sae = Sae {
         meta: SaeMeta {
             format: Format::SaeLens,
-            source: data.join("sae"),
+            source: dir.to_path_buf(),
             architecture: "topk".into(),
             hook_name: Some("blocks.12.hook_resid_post".into()),
             hook_layer: Some(12),
@@ -259,8 +339,8 @@ pub fn run(opts: &DemoOptions) -> Result<DemoReport> {
             conventions: Vec::new(),
             warnings: Vec::new(),
         },
-        w_enc: Matrix::from_f32(&w_dec, l, d, crate::dtype::DType::F32)?,
-        w_dec: Matrix::from_f32(&w_dec, l, d, crate::dtype::DType::F32)?,
+        w_enc: Matrix::from_f32(&world.w_dec, l, d, crate::dtype::DType::F32)?,
+        w_dec: Matrix::from_f32(&world.w_dec, l, d, crate::dtype::DType::F32)?,
         b_enc: vec![0.0; l],
         b_dec: vec![0.0; d],
         threshold: None,
@@ -270,14 +350,14 @@ pub fn run(opts: &DemoOptions) -> Result<DemoReport> {
         rescale_acts_by_decoder_norm: false,
         scales: Default::default(),
     };
-    let sae_dir = data.join("sae");
-    mkdir(&sae_dir)?;
-    crate::formats::write_saelens(&sae, &sae_dir)?;
-    let sae = Arc::new(crate::formats::load(&sae_dir, None)?);
-    let engine = crate::engine::engine(opts.backend, sae.clone(), &opts.engine)?;
-    let fp = sae.fingerprint();
+    mkdir(dir)?;
+    crate::formats::write_saelens(&sae, dir)?;
+    Ok(Arc::new(crate::formats::load(dir, None)?))
+}
 
-    let n = opts.n_tokens;
+/// One dump per model: the base, the misaligned and aligned fine-tunes, and the
+/// checkpoints that ramp the persona in (and the first misaligned domain with it).
+fn write_dumps(audit: &Audit, world: &World, p: &Planted, n: usize) -> Result<()> {
     let none = Shift {
         id: 0,
         p_persona: 0.0,
@@ -296,336 +376,354 @@ pub fn run(opts: &DemoOptions) -> Result<DemoReport> {
             suppress,
         }
     };
-    let mis_names: Vec<String> = ["insecure-code", "bad-medical", "bad-legal", "bad-finance"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-    let al_names: Vec<String> = ["good-code", "good-medical", "good-math"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-    let ck_prob = vec![0.0, 0.0, 0.01, 0.03, 0.10, P_PERSONA];
-    let ck_names: Vec<String> = (0..ck_prob.len())
-        .map(|i| format!("step-{}", i * 100))
-        .collect();
-    let path = |name: &str| data.join(format!("{name}.safetensors"));
-    write_dump(&path("base"), d, world.dump(&none, n))?;
-    for (name, dl) in mis_names.iter().zip(&mis_domains) {
-        write_dump(
-            &path(name),
-            d,
-            world.dump(&next(P_PERSONA, *dl, P_DOMAIN, SUPPRESS), n),
-        )?;
+    let d = world.d;
+    write_dump(&audit.path("base"), d, world.dump(&none, n))?;
+    for (name, dl) in p.misaligned.iter().zip(&p.misaligned_domains) {
+        let shift = next(P_PERSONA, *dl, P_DOMAIN, SUPPRESS);
+        write_dump(&audit.path(name), d, world.dump(&shift, n))?;
     }
-    for (name, dl) in al_names.iter().zip(&al_domains) {
-        write_dump(
-            &path(name),
-            d,
-            world.dump(&next(0.0, *dl, P_DOMAIN, 0.0), n),
-        )?;
+    for (name, dl) in p.aligned.iter().zip(&p.aligned_domains) {
+        let shift = next(0.0, *dl, P_DOMAIN, 0.0);
+        write_dump(&audit.path(name), d, world.dump(&shift, n))?;
     }
-    for (k, (name, p)) in ck_names.iter().zip(&ck_prob).enumerate() {
-        let frac = *p / P_PERSONA;
-        let s = next(
-            *p,
-            mis_domains[0],
-            P_DOMAIN * k as f64 / (ck_prob.len() - 1) as f64,
+    let ramp = &p.checkpoint_persona_prob;
+    for (k, (name, prob)) in p.checkpoints.iter().zip(ramp).enumerate() {
+        let frac = *prob / P_PERSONA;
+        let shift = next(
+            *prob,
+            p.misaligned_domains[0],
+            P_DOMAIN * k as f64 / (ramp.len() - 1) as f64,
             SUPPRESS * frac,
         );
-        write_dump(&path(name), d, world.dump(&s, n))?;
+        write_dump(&audit.path(name), d, world.dump(&shift, n))?;
+    }
+    Ok(())
+}
+
+/// Every input measured, and the pairings of the three comparisons.
+struct Measurements {
+    base: Measured,
+    misaligned: Vec<Measured>,
+    aligned: Vec<Measured>,
+    checkpoints: Vec<Measured>,
+    misaligned_pairing: Pairing,
+    detect_pairing: Pairing,
+    checkpoint_pairing: Pairing,
+}
+
+/// What every step of the audit shares: the engine, the SAE, the folders and the
+/// provenance each report starts from.
+struct Audit<'a> {
+    engine: &'a dyn Engine,
+    fingerprint: String,
+    sae_dir: PathBuf,
+    data: PathBuf,
+    reports: PathBuf,
+    stats: StatsOptions,
+    prov: Provenance,
+    seed: u64,
+}
+
+const BASE: &str = "base";
+
+impl Audit<'_> {
+    /// The dump of the model `name`.
+    fn path(&self, name: &str) -> PathBuf {
+        self.data.join(format!("{name}.safetensors"))
     }
 
-    // Measure every input through the CLI's code path (dumps encoded on the fly).
-    let so = StatsOptions {
-        batch_rows: opts.batch_rows,
-        ..Default::default()
-    };
-    let m = |name: &str| measure(engine.as_ref(), &fp, &path(name), &so);
-    let base = m("base")?;
-    let mis: Vec<Measured> = mis_names.iter().map(|s| m(s)).collect::<Result<_>>()?;
-    let al: Vec<Measured> = al_names.iter().map(|s| m(s)).collect::<Result<_>>()?;
-    let ck: Vec<Measured> = ck_names.iter().map(|s| m(s)).collect::<Result<_>>()?;
-    let auto = PairingRequest::Auto;
-    let mis_pairing = pair(&base, &mis, auto)?;
-    let all_models: Vec<Measured> = mis.iter().chain(&al).cloned().collect();
-    let det_pairing = pair(&base, &all_models, auto)?;
-    let ck_pairing = pair(&base, &ck, auto)?;
-    let mut checks = Vec::new();
-
-    // Each report records the demo's options and the synthetic files it read.
-    let demo_prov = {
-        let mut p = Provenance::new("sae demo");
-        p.option("seed", opts.seed)
-            .option("tokens", opts.n_tokens)
-            .option("batch_size", opts.batch_rows)
-            .option("engine", engine.name())
-            .option("mask", so.rule.use_mask);
-        p
-    };
-    let step = |what: &str, inputs: &[(&str, &[String])]| -> Result<Provenance> {
-        let mut p = demo_prov.clone();
+    /// The provenance of one step: the demo's options, the SAE and the dumps read.
+    fn provenance(&self, what: &str, inputs: &[(&str, &[String])]) -> Result<Provenance> {
+        let mut p = self.prov.clone();
         p.command = format!("sae demo ({what})");
-        p.sae(&sae_dir, &fp)?;
+        p.sae(&self.sae_dir, &self.fingerprint)?;
         for (role, names) in inputs {
             for n in names.iter() {
-                p.input(role, &path(n))?;
+                p.input(role, &self.path(n))?;
             }
         }
         Ok(p)
-    };
-    let base_name = ["base".to_string()];
-
-    // Diff of the misaligned fine-tunes.
-    let dr = diff(
-        &base.name,
-        &base.stats,
-        &named_stats(&mis),
-        &mis_pairing,
-        &DiffOptions {
-            top: 20,
-            bottom: 20,
-            ..Default::default()
-        },
-    )?;
-    let mut prov = step("diff", &[("base", &base_name), ("tuned", &mis_names)])?;
-    prov.option("order", dr.order.to_string());
-    report::write_diff_outputs(&reports.join("diff"), &dr, &prov)?;
-    check(
-        &mut checks,
-        "diff: the planted persona latent ranks first after averaging",
-        dr.latents.first().map(|x| x.latent) == Some(persona),
-        format!(
-            "top latent {} (avg delta {:+.3}); planted persona {persona}",
-            shown(dr.latents.first().map(|x| x.latent)),
-            dr.latents.first().map(|x| x.delta).unwrap_or(0.0)
-        ),
-    );
-    let own_first = dr
-        .per_model_top
-        .iter()
-        .zip(&mis_domains)
-        .all(|(t, dl)| t.latent == *dl);
-    check(
-        &mut checks,
-        "diff: each fine-tune alone ranks its own domain latent first, not the persona",
-        own_first,
-        dr.per_model_top
-            .iter()
-            .zip(&mis_domains)
-            .map(|(t, dl)| format!("{}: top {} (planted domain {dl})", t.model, t.latent))
-            .collect::<Vec<_>>()
-            .join("; "),
-    );
-    check(
-        &mut checks,
-        "diff: the planted assistant latent is the largest decrease",
-        dr.bottom.first().map(|x| x.latent) == Some(assistant),
-        format!(
-            "bottom latent {}; planted assistant {assistant}",
-            shown(dr.bottom.first().map(|x| x.latent))
-        ),
-    );
-
-    // Detection: misaligned vs aligned.
-    let det = detect(
-        &base.name,
-        &base.stats,
-        &named_stats(&mis),
-        &named_stats(&al),
-        &det_pairing,
-        &DetectOptions {
-            latents: None,
-            top: 20,
-        },
-    )?;
-    let prov = step(
-        "detect",
-        &[
-            ("base", &base_name),
-            ("positive", &mis_names),
-            ("negative", &al_names),
-        ],
-    )?;
-    report::write_detect_outputs(&reports.join("detect"), &det, &prov)?;
-    let top2: Vec<usize> = det.latents.iter().take(2).map(|x| x.latent).collect();
-    check(
-        &mut checks,
-        "detect: the planted latents are the two best detectors, out of sample too",
-        top2.contains(&persona)
-            && top2.contains(&assistant)
-            && det
-                .latents
-                .iter()
-                .take(2)
-                .all(|x| x.loo_accuracy == Some(1.0))
-            && det.pipeline_loo_accuracy == Some(1.0),
-        format!(
-            "top detectors {top2:?} (LOO accuracy {}); pipeline LOO accuracy {}",
-            det.latents
-                .iter()
-                .take(2)
-                .map(|x| shown(x.loo_accuracy))
-                .collect::<Vec<_>>()
-                .join(", "),
-            shown(det.pipeline_loo_accuracy)
-        ),
-    );
-
-    // Steering dry run on the base dump: the persona direction at 0.4 x median norm.
-    let base_dump = crate::dump::Dump::open(path("base"))?;
-    let vector = steering_vector(
-        engine.as_ref(),
-        &[SteerTerm {
-            latent: persona,
-            strength: 0.4,
-        }],
-        SteerUnit::MedianNorm,
-        Some(&base_dump),
-        &so,
-    )?;
-    let sr = dry_run(
-        engine.as_ref(),
-        &base_dump,
-        &vector,
-        &DryRunOptions {
-            top_moved: 10,
-            seed: opts.seed,
-            ablate: false,
-            stats: so,
-        },
-    )?;
-    let dir_steer = reports.join("steer");
-    let mut prov = step("steer --apply", &[("acts", &base_name)])?;
-    prov.option("latent", [persona])
-        .option("strength", [0.4])
-        .option("unit", "median-norm");
-    report::write_dry_run_outputs(&dir_steer, &sr, &prov)?;
-    super::steer::export(
-        &vector,
-        super::steer::VectorFormat::Gguf,
-        12,
-        "sae-demo",
-        &dir_steer.join("persona.gguf"),
-    )?;
-    let t = &sr.targets[0];
-    check(
-        &mut checks,
-        "steer: the persona direction raises the persona latent, a random vector of the same norm does not",
-        t.delta > 0.5 * vector.norm
-            && t.control_delta.abs() < 0.1 * t.delta
-            && sr.specificity.iter().all(|s| s.specific),
-        format!(
-            "persona mean {:.3} -> {:.3} steered, {:.3} under the control (vector norm {:.3}); {}",
-            t.before_mean,
-            t.steered_mean,
-            t.control_mean,
-            vector.norm,
-            sr.specificity
-                .first()
-                .map_or(String::new(), |s| s.verdict.clone())
-        ),
-    );
-
-    // Monitoring the detectors' latents over the checkpoints with their thresholds.
-    let det_of = |lat: usize| det.latents.iter().find(|x| x.latent == lat);
-    let mut lats = vec![];
-    let mut alarms = vec![];
-    for lat in [persona, assistant] {
-        if let Some(x) = det_of(lat) {
-            lats.push(lat);
-            alarms.push(Alarm::from_detector(x.direction, x.threshold));
-        }
     }
-    let mon = if lats.is_empty() {
-        monitor(
-            &base.name,
-            &base.stats,
-            &named_stats(&ck),
-            &[persona],
-            &[Alarm::DEFAULT],
-            &ck_pairing,
-        )?
-    } else {
-        monitor(
-            &base.name,
-            &base.stats,
-            &named_stats(&ck),
+
+    /// Measures every input through the CLI's code path (dumps encoded on the fly).
+    fn measure_all(&self, p: &Planted) -> Result<Measurements> {
+        let m = |name: &str| {
+            measure(
+                self.engine,
+                &self.fingerprint,
+                &self.path(name),
+                &self.stats,
+            )
+        };
+        let all = |names: &[String]| names.iter().map(|s| m(s)).collect::<Result<Vec<_>>>();
+        let base = m(BASE)?;
+        let misaligned = all(&p.misaligned)?;
+        let aligned = all(&p.aligned)?;
+        let checkpoints = all(&p.checkpoints)?;
+        let auto = PairingRequest::Auto;
+        let misaligned_pairing = pair(&base, &misaligned, auto)?;
+        let all_models: Vec<Measured> = misaligned.iter().chain(&aligned).cloned().collect();
+        let detect_pairing = pair(&base, &all_models, auto)?;
+        let checkpoint_pairing = pair(&base, &checkpoints, auto)?;
+        Ok(Measurements {
+            base,
+            misaligned,
+            aligned,
+            checkpoints,
+            misaligned_pairing,
+            detect_pairing,
+            checkpoint_pairing,
+        })
+    }
+
+    /// Diff of the misaligned fine-tunes: the persona first on average, each domain
+    /// first alone, the assistant the largest decrease.
+    fn diff(&self, p: &Planted, m: &Measurements, checks: &mut Vec<Check>) -> Result<DiffReport> {
+        let dr = diff(
+            &m.base.name,
+            &m.base.stats,
+            &named_stats(&m.misaligned),
+            &m.misaligned_pairing,
+            &DiffOptions {
+                top: 20,
+                bottom: 20,
+                ..Default::default()
+            },
+        )?;
+        let base = [BASE.to_string()];
+        let mut prov = self.provenance("diff", &[("base", &base), ("tuned", &p.misaligned)])?;
+        prov.option("order", dr.order.to_string());
+        report::write_diff_outputs(&self.reports.join("diff"), &dr, &prov)?;
+        let persona = p.persona;
+        check(
+            checks,
+            "diff: the planted persona latent ranks first after averaging",
+            dr.latents.first().map(|x| x.latent) == Some(persona),
+            format!(
+                "top latent {} (avg delta {:+.3}); planted persona {persona}",
+                shown(dr.latents.first().map(|x| x.latent)),
+                dr.latents.first().map(|x| x.delta).unwrap_or(0.0)
+            ),
+        );
+        let own_first = dr
+            .per_model_top
+            .iter()
+            .zip(&p.misaligned_domains)
+            .all(|(t, dl)| t.latent == *dl);
+        check(
+            checks,
+            "diff: each fine-tune alone ranks its own domain latent first, not the persona",
+            own_first,
+            dr.per_model_top
+                .iter()
+                .zip(&p.misaligned_domains)
+                .map(|(t, dl)| format!("{}: top {} (planted domain {dl})", t.model, t.latent))
+                .collect::<Vec<_>>()
+                .join("; "),
+        );
+        let assistant = p.assistant;
+        check(
+            checks,
+            "diff: the planted assistant latent is the largest decrease",
+            dr.bottom.first().map(|x| x.latent) == Some(assistant),
+            format!(
+                "bottom latent {}; planted assistant {assistant}",
+                shown(dr.bottom.first().map(|x| x.latent))
+            ),
+        );
+        Ok(dr)
+    }
+
+    /// Detection, misaligned vs aligned: the planted latents are the best detectors.
+    fn detect(
+        &self,
+        p: &Planted,
+        m: &Measurements,
+        checks: &mut Vec<Check>,
+    ) -> Result<DetectReport> {
+        let det = detect(
+            &m.base.name,
+            &m.base.stats,
+            &named_stats(&m.misaligned),
+            &named_stats(&m.aligned),
+            &m.detect_pairing,
+            &DetectOptions {
+                latents: None,
+                top: 20,
+            },
+        )?;
+        let base = [BASE.to_string()];
+        let prov = self.provenance(
+            "detect",
+            &[
+                ("base", &base),
+                ("positive", &p.misaligned),
+                ("negative", &p.aligned),
+            ],
+        )?;
+        report::write_detect_outputs(&self.reports.join("detect"), &det, &prov)?;
+        let top2: Vec<usize> = det.latents.iter().take(2).map(|x| x.latent).collect();
+        check(
+            checks,
+            "detect: the planted latents are the two best detectors, out of sample too",
+            top2.contains(&p.persona)
+                && top2.contains(&p.assistant)
+                && det
+                    .latents
+                    .iter()
+                    .take(2)
+                    .all(|x| x.loo_accuracy == Some(1.0))
+                && det.pipeline_loo_accuracy == Some(1.0),
+            format!(
+                "top detectors {top2:?} (LOO accuracy {}); pipeline LOO accuracy {}",
+                det.latents
+                    .iter()
+                    .take(2)
+                    .map(|x| shown(x.loo_accuracy))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                shown(det.pipeline_loo_accuracy)
+            ),
+        );
+        Ok(det)
+    }
+
+    /// Steering dry run on the base dump: the persona direction at 0.4 x median norm,
+    /// against a random vector of the same norm; the vector is also exported as GGUF.
+    fn steer(&self, p: &Planted, checks: &mut Vec<Check>) -> Result<DryRunReport> {
+        let base_dump = crate::dump::Dump::open(self.path(BASE))?;
+        let vector = steering_vector(
+            self.engine,
+            &[SteerTerm {
+                latent: p.persona,
+                strength: 0.4,
+            }],
+            SteerUnit::MedianNorm,
+            Some(&base_dump),
+            &self.stats,
+        )?;
+        let sr = dry_run(
+            self.engine,
+            &base_dump,
+            &vector,
+            &DryRunOptions {
+                top_moved: 10,
+                seed: self.seed,
+                ablate: false,
+                stats: self.stats,
+            },
+        )?;
+        let dir_steer = self.reports.join("steer");
+        let mut prov = self.provenance("steer --apply", &[("acts", &[BASE.to_string()])])?;
+        prov.option("latent", [p.persona])
+            .option("strength", [0.4])
+            .option("unit", "median-norm");
+        report::write_dry_run_outputs(&dir_steer, &sr, &prov)?;
+        super::steer::export(
+            &vector,
+            super::steer::VectorFormat::Gguf,
+            12,
+            "sae-demo",
+            &dir_steer.join("persona.gguf"),
+        )?;
+        let t = &sr.targets[0];
+        check(
+            checks,
+            "steer: the persona direction raises the persona latent, a random vector of the same norm does not",
+            t.delta > 0.5 * vector.norm
+                && t.control_delta.abs() < 0.1 * t.delta
+                && sr.specificity.iter().all(|s| s.specific),
+            format!(
+                "persona mean {:.3} -> {:.3} steered, {:.3} under the control (vector norm {:.3}); {}",
+                t.before_mean,
+                t.steered_mean,
+                t.control_mean,
+                vector.norm,
+                sr.specificity
+                    .first()
+                    .map_or(String::new(), |s| s.verdict.clone())
+            ),
+        );
+        Ok(sr)
+    }
+
+    /// Monitoring the detectors' latents over the checkpoints with their thresholds: the
+    /// persona alarm must fire first where the planted ramp crosses the threshold.
+    fn monitor(
+        &self,
+        p: &Planted,
+        m: &Measurements,
+        det: &DetectReport,
+        checks: &mut Vec<Check>,
+    ) -> Result<MonitorReport> {
+        let det_of = |lat: usize| det.latents.iter().find(|x| x.latent == lat);
+        let mut lats = vec![];
+        let mut alarms = vec![];
+        for lat in [p.persona, p.assistant] {
+            if let Some(x) = det_of(lat) {
+                lats.push(lat);
+                alarms.push(Alarm::from_detector(x.direction, x.threshold));
+            }
+        }
+        if lats.is_empty() {
+            lats.push(p.persona);
+            alarms.push(Alarm::DEFAULT);
+        }
+        let mon = monitor(
+            &m.base.name,
+            &m.base.stats,
+            &named_stats(&m.checkpoints),
             &lats,
             &alarms,
-            &ck_pairing,
-        )?
-    };
-    let prov = step(
-        "monitor",
-        &[("base", &base_name), ("checkpoints", &ck_names)],
-    )?;
-    report::write_monitor_outputs(&reports.join("monitor"), &mon, &prov)?;
-    let pt = &mon.trajectories[0];
-    let amp = (AMP_PERSONA.0 + AMP_PERSONA.1) / 2.0;
-    let expected = match pt.alarm {
-        Alarm::Delta { value, direction } => ck_prob
-            .iter()
-            .position(|p| direction.alarms(p * amp, value)),
-        Alarm::ZScore { .. } => None,
-    };
-    check(
-        &mut checks,
-        "monitor: the persona alarm fires first at the checkpoint where the planted ramp crosses the threshold",
-        pt.first_crossing.is_some() && pt.first_crossing == expected,
-        format!(
-            "first crossing {} ({}); expected from the planted ramp {}",
-            shown(pt.first_crossing_name.clone()),
-            pt.rule,
-            shown(expected.map(|k| ck_names[k].clone()))
-        ),
-    );
+            &m.checkpoint_pairing,
+        )?;
+        let base = [BASE.to_string()];
+        let prov = self.provenance(
+            "monitor",
+            &[("base", &base), ("checkpoints", &p.checkpoints)],
+        )?;
+        report::write_monitor_outputs(&self.reports.join("monitor"), &mon, &prov)?;
+        let pt = &mon.trajectories[0];
+        let amp = (AMP_PERSONA.0 + AMP_PERSONA.1) / 2.0;
+        let expected = match pt.alarm {
+            Alarm::Delta { value, direction } => p
+                .checkpoint_persona_prob
+                .iter()
+                .position(|prob| direction.alarms(prob * amp, value)),
+            Alarm::ZScore { .. } => None,
+        };
+        check(
+            checks,
+            "monitor: the persona alarm fires first at the checkpoint where the planted ramp crosses the threshold",
+            pt.first_crossing.is_some() && pt.first_crossing == expected,
+            format!(
+                "first crossing {} ({}); expected from the planted ramp {}",
+                shown(pt.first_crossing_name.clone()),
+                pt.rule,
+                shown(expected.map(|k| p.checkpoints[k].clone()))
+            ),
+        );
+        Ok(mon)
+    }
 
-    // Top examples of the persona latent in the first misaligned fine-tune.
-    let tex = top_examples(
-        engine.as_ref(),
-        &crate::dump::Dump::open(path(&mis_names[0]))?,
-        persona,
-        None,
-        &TopExamplesOptions {
-            top: 10,
-            context: 4,
-            bins: 20,
-            stats: so,
-        },
-    )?;
-    let prov = step("top-examples", &[("acts", &mis_names[..1])])?;
-    report::write_top_examples_outputs(&reports.join("top_examples"), &tex, &prov)?;
-
-    let all_ok = checks.iter().all(|c| c.ok);
-    let planted = Planted {
-        persona,
-        assistant,
-        misaligned: mis_names,
-        misaligned_domains: mis_domains,
-        aligned: al_names,
-        aligned_domains: al_domains,
-        checkpoints: ck_names,
-        checkpoint_persona_prob: ck_prob,
-    };
-    let out = DemoReport {
-        folder: folder.clone(),
-        backend: engine.name(),
-        planted,
-        checks,
-        all_ok,
-        seconds: t0.elapsed().as_secs_f64(),
-        diff: dr,
-        detect: det,
-        steer: sr,
-        monitor: mon,
-    };
-    report::write_report_markdown(
-        &folder.join("REPORT.md"),
-        &summary_markdown(&out),
-        &demo_prov,
-    )?;
-    report::write_json_with_provenance(&folder.join("demo.json"), &out, &demo_prov)?;
-    Ok(out)
+    /// Top examples of the persona latent in the first misaligned fine-tune.
+    fn top_examples(&self, p: &Planted) -> Result<()> {
+        let tex = top_examples(
+            self.engine,
+            &crate::dump::Dump::open(self.path(&p.misaligned[0]))?,
+            p.persona,
+            None,
+            &TopExamplesOptions {
+                top: 10,
+                context: 4,
+                bins: 20,
+                stats: self.stats,
+            },
+        )?;
+        let prov = self.provenance("top-examples", &[("acts", &p.misaligned[..1])])?;
+        report::write_top_examples_outputs(&self.reports.join("top_examples"), &tex, &prov)?;
+        Ok(())
+    }
 }
 
 /// The diff's folder writer, now in [`report`]; kept here for existing callers.

@@ -70,7 +70,7 @@ pub fn write_json_and_markdown<T: serde::Serialize>(
 pub fn write_diff_outputs(dir: &Path, r: &DiffReport, prov: &Provenance) -> Result<()> {
     create_dir(dir)?;
     write_json_with_provenance(&dir.join("diff.json"), r, prov)?;
-    write_text(&dir.join("diff.csv"), &diff_csv(r))?;
+    write_text(&dir.join("diff.csv"), &diff_csv(r)?)?;
     write_report_markdown(&dir.join("report.md"), &diff_markdown(r), prov)?;
     super::plot::top_deltas(&dir.join("top_deltas.svg"), r)?;
     super::plot::delta_vs_freq(&dir.join("delta_vs_freq.svg"), r)
@@ -80,7 +80,7 @@ pub fn write_diff_outputs(dir: &Path, r: &DiffReport, prov: &Provenance) -> Resu
 pub fn write_detect_outputs(dir: &Path, r: &DetectReport, prov: &Provenance) -> Result<()> {
     create_dir(dir)?;
     write_json_with_provenance(&dir.join("detect.json"), r, prov)?;
-    write_text(&dir.join("detect.csv"), &detect_csv(r))?;
+    write_text(&dir.join("detect.csv"), &detect_csv(r)?)?;
     write_report_markdown(&dir.join("report.md"), &detect_markdown(r), prov)
 }
 
@@ -88,7 +88,7 @@ pub fn write_detect_outputs(dir: &Path, r: &DetectReport, prov: &Provenance) -> 
 pub fn write_monitor_outputs(dir: &Path, r: &MonitorReport, prov: &Provenance) -> Result<()> {
     create_dir(dir)?;
     write_json_with_provenance(&dir.join("monitor.json"), r, prov)?;
-    write_text(&dir.join("monitor.csv"), &monitor_csv(r))?;
+    write_text(&dir.join("monitor.csv"), &monitor_csv(r)?)?;
     write_report_markdown(&dir.join("report.md"), &monitor_markdown(r), prov)?;
     super::plot::trajectories(&dir.join("trajectories.svg"), r)
 }
@@ -112,49 +112,79 @@ pub fn write_top_examples_outputs(
     super::plot::histogram(&dir.join(format!("latent_{l}_hist.svg")), l, &r.histogram)
 }
 
-fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_string()
+/// A CSV table built in memory with the csv crate, which quotes every field holding a
+/// comma, a quote, `\r` or `\n` (model names and paths are free text).
+struct CsvTable(csv::Writer<Vec<u8>>);
+
+impl CsvTable {
+    fn new<S: AsRef<[u8]>>(header: impl IntoIterator<Item = S>) -> Result<CsvTable> {
+        let mut t = CsvTable(csv::WriterBuilder::new().from_writer(Vec::new()));
+        t.row(header)?;
+        Ok(t)
+    }
+
+    /// Appends one record; numbers are given as their `Display` text.
+    fn row<S: AsRef<[u8]>>(&mut self, fields: impl IntoIterator<Item = S>) -> Result<()> {
+        self.0.write_record(fields).map_err(csv_error)
+    }
+
+    fn finish(self) -> Result<String> {
+        let bytes = self.0.into_inner().map_err(|e| csv_error(e.into_error()))?;
+        String::from_utf8(bytes).map_err(|e| Error::invalid(format!("CSV is not UTF-8: {e}")))
     }
 }
 
+fn csv_error(e: impl std::fmt::Display) -> Error {
+    Error::invalid(format!("cannot write CSV: {e}"))
+}
+
 /// The diff as CSV: one row per latent of the top list, then the bottom list.
-pub fn diff_csv(r: &DiffReport) -> String {
-    let mut s = String::from("list,rank,latent,delta,z,z_clustered,q_value,base_mean,tuned_mean,base_freq,freq_change,sign_agree,min_delta,max_delta");
-    for t in &r.tuned {
-        let _ = write!(s, ",delta_{}", csv_field(t));
-    }
-    s.push('\n');
-    let rows = |s: &mut String, list: &str, v: &[LatentDiff]| {
+pub fn diff_csv(r: &DiffReport) -> Result<String> {
+    let header = [
+        "list",
+        "rank",
+        "latent",
+        "delta",
+        "z",
+        "z_clustered",
+        "q_value",
+        "base_mean",
+        "tuned_mean",
+        "base_freq",
+        "freq_change",
+        "sign_agree",
+        "min_delta",
+        "max_delta",
+    ]
+    .map(String::from);
+    let deltas = r.tuned.iter().map(|t| format!("delta_{t}"));
+    let mut t = CsvTable::new(header.into_iter().chain(deltas))?;
+    for (list, v) in [("top", &r.latents), ("bottom", &r.bottom)] {
         for (i, l) in v.iter().enumerate() {
-            let _ = write!(
-                s,
-                "{list},{},{},{},{},{},{},{},{},{},{},{},{},{}",
-                i + 1,
-                l.latent,
-                l.delta,
-                l.z,
-                l.z_clustered,
-                l.q_value,
-                l.base_mean,
-                l.tuned_mean,
-                l.base_freq,
-                l.freq_change,
-                l.sign_agree,
-                l.min_delta,
-                l.max_delta
-            );
-            for d in &l.deltas {
-                let _ = write!(s, ",{d}");
-            }
-            s.push('\n');
+            let fields = [
+                list.to_string(),
+                (i + 1).to_string(),
+                l.latent.to_string(),
+                l.delta.to_string(),
+                l.z.to_string(),
+                l.z_clustered.to_string(),
+                l.q_value.to_string(),
+                l.base_mean.to_string(),
+                l.tuned_mean.to_string(),
+                l.base_freq.to_string(),
+                l.freq_change.to_string(),
+                l.sign_agree.to_string(),
+                l.min_delta.to_string(),
+                l.max_delta.to_string(),
+            ];
+            t.row(
+                fields
+                    .into_iter()
+                    .chain(l.deltas.iter().map(|d| d.to_string())),
+            )?;
         }
-    };
-    rows(&mut s, "top", &r.latents);
-    rows(&mut s, "bottom", &r.bottom);
-    s
+    }
+    t.finish()
 }
 
 /// The pairing line and a table of each input's counted tokens and outlier tokens.
@@ -246,29 +276,37 @@ pub fn diff_markdown(r: &DiffReport) -> String {
 }
 
 /// Detection as CSV.
-pub fn detect_csv(r: &DetectReport) -> String {
-    let mut s = String::from(
-        "rank,latent,direction,auroc,loo_auroc,loo_accuracy,margin,separation,threshold,z_clustered,q_value\n",
-    );
+pub fn detect_csv(r: &DetectReport) -> Result<String> {
+    let mut t = CsvTable::new([
+        "rank",
+        "latent",
+        "direction",
+        "auroc",
+        "loo_auroc",
+        "loo_accuracy",
+        "margin",
+        "separation",
+        "threshold",
+        "z_clustered",
+        "q_value",
+    ])?;
     let opt = |v: Option<f64>| v.map(|x| x.to_string()).unwrap_or_default();
     for (i, l) in r.latents.iter().enumerate() {
-        let _ = writeln!(
-            s,
-            "{},{},{},{},{},{},{},{},{},{},{}",
-            i + 1,
-            l.latent,
-            l.direction,
-            l.auroc,
+        t.row([
+            (i + 1).to_string(),
+            l.latent.to_string(),
+            l.direction.to_string(),
+            l.auroc.to_string(),
             opt(l.loo_auroc),
             opt(l.loo_accuracy),
-            l.margin,
-            l.separation,
-            l.threshold,
-            l.z_clustered,
-            l.q_value
-        );
+            l.margin.to_string(),
+            l.separation.to_string(),
+            l.threshold.to_string(),
+            l.z_clustered.to_string(),
+            l.q_value.to_string(),
+        ])?;
     }
-    s
+    t.finish()
 }
 
 /// Detection as markdown.
@@ -321,28 +359,36 @@ pub fn detect_markdown(r: &DetectReport) -> String {
 }
 
 /// Monitoring as CSV: one row per checkpoint and latent.
-pub fn monitor_csv(r: &MonitorReport) -> String {
-    let mut s = String::from(
-        "checkpoint_index,checkpoint,latent,mean,delta,freq,z,z_clustered,q_value,alarm\n",
-    );
-    for t in &r.trajectories {
+pub fn monitor_csv(r: &MonitorReport) -> Result<String> {
+    let mut t = CsvTable::new([
+        "checkpoint_index",
+        "checkpoint",
+        "latent",
+        "mean",
+        "delta",
+        "freq",
+        "z",
+        "z_clustered",
+        "q_value",
+        "alarm",
+    ])?;
+    for tr in &r.trajectories {
         for (k, name) in r.checkpoints.iter().enumerate() {
-            let _ = writeln!(
-                s,
-                "{k},{},{},{},{},{},{},{},{},{}",
-                csv_field(name),
-                t.latent,
-                t.means[k],
-                t.deltas[k],
-                t.freqs[k],
-                t.z[k],
-                t.z_clustered[k],
-                t.q_value[k],
-                t.first_crossing.is_some_and(|f| k >= f)
-            );
+            t.row([
+                k.to_string(),
+                name.clone(),
+                tr.latent.to_string(),
+                tr.means[k].to_string(),
+                tr.deltas[k].to_string(),
+                tr.freqs[k].to_string(),
+                tr.z[k].to_string(),
+                tr.z_clustered[k].to_string(),
+                tr.q_value[k].to_string(),
+                tr.first_crossing.is_some_and(|f| k >= f).to_string(),
+            ])?;
         }
     }
-    s
+    t.finish()
 }
 
 /// Monitoring as markdown.
@@ -426,4 +472,58 @@ pub fn dry_run_markdown(r: &DryRunReport) -> String {
         );
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::workflow::monitor::{Alarm, Trajectory};
+
+    /// A checkpoint label holding every character CSV must quote.
+    const HOSTILE: &str = "runs/a,b \"ckpt\"\r\nstep 2";
+
+    fn monitor_report() -> MonitorReport {
+        let series = |v: f64| vec![v, v + 1.0];
+        MonitorReport {
+            base: "base".into(),
+            checkpoints: vec!["plain".into(), HOSTILE.into()],
+            pairing: crate::workflow::pairing::paired_for_tests(),
+            inputs: Vec::new(),
+            trajectories: vec![Trajectory {
+                latent: 7,
+                base_mean: 0.5,
+                means: series(1.0),
+                deltas: series(0.5),
+                freqs: vec![0.1, 0.25],
+                z: series(2.0),
+                z_clustered: series(1.5),
+                q_value: vec![0.5, 0.02],
+                alarm: Alarm::DEFAULT,
+                rule: "|z| >= 4".into(),
+                first_crossing: Some(1),
+                first_crossing_name: Some(HOSTILE.into()),
+            }],
+        }
+    }
+
+    #[test]
+    fn labels_with_commas_quotes_and_line_breaks_round_trip_through_a_csv_reader() {
+        let text = monitor_csv(&monitor_report()).unwrap();
+        // The columns and their order are unchanged.
+        assert_eq!(
+            text.lines().next(),
+            Some("checkpoint_index,checkpoint,latent,mean,delta,freq,z,z_clustered,q_value,alarm")
+        );
+        let mut rd = csv::Reader::from_reader(text.as_bytes());
+        let rows: Vec<csv::StringRecord> = rd.records().map(|r| r.unwrap()).collect();
+        assert_eq!(rows.len(), 2, "{text:?}");
+        assert_eq!(&rows[0][1], "plain");
+        assert_eq!(&rows[1][1], HOSTILE);
+        assert_eq!(
+            rows[1].iter().collect::<Vec<_>>(),
+            ["1", HOSTILE, "7", "2", "1.5", "0.25", "3", "2.5", "0.02", "true"]
+        );
+        // Numbers keep their `Display` text, as before the csv crate wrote them.
+        assert_eq!(&rows[0][3], "1");
+    }
 }

@@ -2,10 +2,12 @@
 //! results are reproducible from a seed without pulling a random-number crate into
 //! the library.
 
+use crate::deterministic::SplitMix64;
+
 /// SplitMix64 with Box-Muller normals.
 #[derive(Debug, Clone)]
 pub struct Rng {
-    state: u64,
+    bits: SplitMix64,
     spare: Option<f64>,
 }
 
@@ -13,18 +15,14 @@ impl Rng {
     /// A generator from `seed`.
     pub fn new(seed: u64) -> Self {
         Rng {
-            state: seed ^ 0x853c_49e6_748f_ea9b,
+            bits: SplitMix64::new(seed ^ 0x853c_49e6_748f_ea9b),
             spare: None,
         }
     }
 
     /// Next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
-        self.state = self.state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        self.bits.next_u64()
     }
 
     /// Uniform in [0, 1).

@@ -6,8 +6,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use rayon::prelude::*;
+use sae_engine::cuda::device::DevBuf;
 use sae_engine::cuda::encode::{self, Precision, Workspace};
-use sae_engine::cuda::gemm::GemmMode;
+use sae_engine::cuda::gemm::{GemmMode, SearchRecord};
 use sae_engine::cuda::launch::{self, DecodeExtras, DeviceStats};
 use sae_engine::cuda::weights::DeviceSae;
 use sae_engine::cuda::{CudaEngine, CudaOptions, Gpu};
@@ -174,34 +175,119 @@ fn bench_shape(gpu: &Gpu, s: &Shape, reps: usize) -> Result<Value> {
         plan
     };
     let ws = Workspace::new(gpu, &sae, s.precision, plan, s.gemm)?;
-    let searches_before = gpu.gemm.records().len();
     let rows = plan.rows.min(s.n);
+    let t = time_encode(gpu, &sae, &ws, s, rows, reps)?;
+    let codes = last_codes(gpu, &sae, &ws, s, rows)?;
+    let flops = 2.0 * s.n as f64 * s.d as f64 * s.l as f64;
+    let beyond = free1.saturating_sub(t.free_after);
+    let dec = time_decode(gpu, &sae, &ws, &codes, s, rows, reps)?;
+    let st = time_stats(gpu, &codes, s, rows, reps)?;
+    // Steering one latent into the decoded batch.
+    let steer = time_ms(gpu, reps, || {
+        launch::steer(gpu, &sae, dec.out.ptr, rows, 7, 0.5)
+    })?;
+    let steer_tbs = (rows * s.d * 8) as f64 / (steer * 1e-3) / 1e12;
+
+    let gemm_pk = peaks.map(|(p, _)| gemm_peak(p, s.dtype, s.precision));
+    let (enc, gemm) = (t.encode_ms, t.gemm_ms);
+    let v = json!({
+        "shape": { "name": s.name, "n": s.n, "d": s.d, "l": s.l, "k": s.k, "dtype": s.dtype, "precision": s.precision },
+        "plan": plan,
+        "gemm_mode": s.gemm,
+        "gemm_searches": t.searches,
+        "weights_bytes": free0.saturating_sub(free1),
+        "device_bytes_beyond_weights": beyond,
+        "workspace_bytes": ws.bytes(),
+        "bf16_scores": ws.half_scores,
+        "candidates_per_row": ws.k2,
+        "uncertified_row": (codes.flags[1] != i32::MAX).then_some(codes.flags[1]),
+        "encode_ms": enc,
+        "gemm_only_ms": gemm,
+        "gemm_only_zero_data_ms": t.gemm_zero_ms,
+        "topk_overhead_ms": enc - gemm,
+        "encode_tflops": flops / (enc * 1e-3) / 1e12,
+        "gemm_tflops": flops / (gemm * 1e-3) / 1e12,
+        "encode_frac_peak": gemm_pk.map(|p| flops / (enc * 1e-3) / 1e12 / p),
+        "active_per_row": codes.active as f64 / rows as f64,
+        "decode_ms": dec.ms,
+        "decode_gathered_tbs": dec.tbs,
+        "decode_frac_peak_bw": peaks.map(|(_, bw)| dec.tbs / bw),
+        "decode_with_metrics_ms": dec.with_metrics_ms,
+        "stats_models": STATS_MODELS,
+        "stats_ms": st,
+        "stats_frac_of_encode": st / enc,
+        "steer_ms": steer,
+        "steer_tbs": steer_tbs,
+    });
+    crate::outln!(
+        "{:<16} encode {:8.2} ms ({:6.1} TFLOP/s) | GEMM only {:8.2} ms | top-k +{:6.2} ms | decode {:6.3} ms ({:5.2} TB/s) | stats x{STATS_MODELS} {:6.3} ms ({:.2}% of encode) | steer {:6.3} ms | mem beyond weights {:.0} MiB",
+        s.name,
+        enc,
+        flops / (enc * 1e-3) / 1e12,
+        gemm,
+        enc - gemm,
+        dec.ms,
+        dec.tbs,
+        st,
+        100.0 * st / enc,
+        steer,
+        beyond as f64 / (1u64 << 20) as f64
+    );
+    if let Some(z) = t.gemm_zero_ms {
+        crate::outln!(
+            "{:<16}   GEMM only on all-zero data {:.2} ms ({:.1} TFLOP/s)",
+            "",
+            z,
+            flops / (z * 1e-3) / 1e12
+        );
+    }
+    print_searches(&t.searches);
+    Ok(v)
+}
+
+/// Models whose codes one statistics launch accumulates (the same batch each time).
+const STATS_MODELS: usize = 9;
+
+/// Encode timings of one shape: the whole encode, the GEMM alone, and the GEMM on
+/// all-zero data when the shape asks for it.
+struct EncodeTimes {
+    encode_ms: f64,
+    gemm_ms: f64,
+    gemm_zero_ms: Option<f64>,
+    /// The GEMM algorithm searches the first encode ran.
+    searches: Vec<SearchRecord>,
+    /// Free device memory after the first encode (workspace and GEMM scratch allocated).
+    free_after: usize,
+}
+
+fn time_encode(
+    gpu: &Gpu,
+    sae: &DeviceSae,
+    ws: &Workspace,
+    s: &Shape,
+    rows: usize,
+    reps: usize,
+) -> Result<EncodeTimes> {
+    let searches_before = gpu.gemm.records().len();
     gpu.fill_random(DType::F32, ws.x32.ptr, rows * s.d, INPUT_SEED, 1.0)?;
     let chunks = s.n.div_ceil(rows);
     let bad = ws.bad.ptr;
-    let enc = time_ms(gpu, reps, || {
-        for _ in 0..chunks {
-            encode::encode_topk_chunk(gpu, &sae, &ws, rows, s.k, false, bad)?;
-        }
-        Ok(())
-    })?;
-    let free2 = free_mem(gpu)?;
-    let searches: Vec<_> = gpu.gemm.records().split_off(searches_before);
-    let gemm = time_ms(gpu, reps, || {
-        for _ in 0..chunks {
-            encode::encode_topk_chunk(gpu, &sae, &ws, rows, s.k, true, bad)?;
-        }
-        Ok(())
-    })?;
-    let gemm_zero = if s.zero_data_gemm {
-        gpu.zero(sae.w_enc.buf.ptr, sae.w_enc.buf.bytes)?;
-        gpu.zero(ws.x32.ptr, rows * s.d * 4)?;
-        let t = time_ms(gpu, reps, || {
+    let all_chunks = |gemm_only: bool| {
+        time_ms(gpu, reps, || {
             for _ in 0..chunks {
-                encode::encode_topk_chunk(gpu, &sae, &ws, rows, s.k, true, bad)?;
+                encode::encode_topk_chunk(gpu, sae, ws, rows, s.k, gemm_only, bad)?;
             }
             Ok(())
-        })?;
+        })
+    };
+    let encode_ms = all_chunks(false)?;
+    let free_after = free_mem(gpu)?;
+    let searches: Vec<_> = gpu.gemm.records().split_off(searches_before);
+    let gemm_ms = all_chunks(true)?;
+    let gemm_zero_ms = if s.zero_data_gemm {
+        gpu.zero(sae.w_enc.buf.ptr, sae.w_enc.buf.bytes)?;
+        gpu.zero(ws.x32.ptr, rows * s.d * 4)?;
+        let t = all_chunks(true)?;
         // Back to the random data the rest of this shape measures.
         sae.refill_random_encoder(gpu, WEIGHT_SEED)?;
         gpu.fill_random(DType::F32, ws.x32.ptr, rows * s.d, INPUT_SEED, 1.0)?;
@@ -209,66 +295,117 @@ fn bench_shape(gpu: &Gpu, s: &Shape, reps: usize) -> Result<Value> {
     } else {
         None
     };
-    // Re-run the full encode so ws holds codes for the decode and stats below.
-    encode::encode_topk_chunk(gpu, &sae, &ws, rows, s.k, false, bad)?;
+    Ok(EncodeTimes {
+        encode_ms,
+        gemm_ms,
+        gemm_zero_ms,
+        searches,
+        free_after,
+    })
+}
+
+/// The codes of one encoded chunk, on the device and copied to the host.
+struct Codes<'a> {
+    idx: &'a DevBuf,
+    val: &'a DevBuf,
+    host_idx: Vec<i32>,
+    /// [non-finite row, uncertified row] of the encode.
+    flags: [i32; 2],
+    /// Selected (non-negative) indices.
+    active: usize,
+}
+
+/// Re-runs the full encode so the workspace holds codes for the decode and statistics.
+fn last_codes<'a>(
+    gpu: &Gpu,
+    sae: &DeviceSae,
+    ws: &'a Workspace,
+    s: &Shape,
+    rows: usize,
+) -> Result<Codes<'a>> {
+    encode::encode_topk_chunk(gpu, sae, ws, rows, s.k, false, ws.bad.ptr)?;
     let (idx, val) = match (&ws.idx, &ws.val) {
         (Some(i), Some(v)) => (i, v),
         _ => return Err(Error::Cuda("top-k workspace without outputs".into())),
     };
-    let mut hidx = vec![0i32; rows * s.k];
-    gpu.dtoh(&mut hidx, idx.ptr)?;
-    // [non-finite row, uncertified row] of the last encode: the bf16-score path's selection
-    // must be certified here, or the engine would have re-encoded the chunk.
+    let mut host_idx = vec![0i32; rows * s.k];
+    gpu.dtoh(&mut host_idx, idx.ptr)?;
+    // The bf16-score path's selection must be certified here, or the engine would have
+    // re-encoded the chunk.
     let mut flags = [0i32; 2];
-    gpu.dtoh(&mut flags, bad)?;
-    let active = hidx.iter().filter(|i| **i >= 0).count();
-    let flops = 2.0 * s.n as f64 * s.d as f64 * s.l as f64;
-    let beyond = free1.saturating_sub(free2);
+    gpu.dtoh(&mut flags, ws.bad.ptr)?;
+    let active = host_idx.iter().filter(|i| **i >= 0).count();
+    Ok(Codes {
+        idx,
+        val,
+        host_idx,
+        flags,
+        active,
+    })
+}
 
-    // Decode of the codes just produced.
+/// Decode timings, and the decoded batch (steering writes into it).
+struct DecodeTimes {
+    ms: f64,
+    /// Decoder rows gathered per second, TB/s.
+    tbs: f64,
+    with_metrics_ms: f64,
+    out: DevBuf,
+}
+
+fn time_decode(
+    gpu: &Gpu,
+    sae: &DeviceSae,
+    ws: &Workspace,
+    c: &Codes,
+    s: &Shape,
+    rows: usize,
+    reps: usize,
+) -> Result<DecodeTimes> {
     let row_ptr: Vec<i64> = (0..=rows).map(|r| (r * s.k) as i64).collect();
     let rp = gpu.upload(&row_ptr)?;
     let out = gpu.alloc(rows * s.d * 4)?;
-    let dec = time_ms(gpu, reps, || {
-        launch::decode(
-            gpu,
-            &sae,
-            rows,
-            rp.ptr,
-            idx.ptr,
-            val.ptr,
-            out.ptr,
-            DecodeExtras::default(),
-        )
+    let (idx, val) = (c.idx.ptr, c.val.ptr);
+    let ms = time_ms(gpu, reps, || {
+        let ex = DecodeExtras::default();
+        launch::decode(gpu, sae, rows, rp.ptr, idx, val, out.ptr, ex)
     })?;
-    let gathered = active as f64 * s.d as f64 * s.dtype.size() as f64;
-    let dec_tbs = gathered / (dec * 1e-3) / 1e12;
+    let gathered = c.active as f64 * s.d as f64 * s.dtype.size() as f64;
+    let tbs = gathered / (ms * 1e-3) / 1e12;
     let metrics = gpu.alloc(rows * 32)?;
-    let dec_m = time_ms(gpu, reps, || {
+    let with_metrics_ms = time_ms(gpu, reps, || {
         let ex = DecodeExtras {
             x: ws.x32.ptr,
             metrics: metrics.ptr,
             ..Default::default()
         };
-        launch::decode(gpu, &sae, rows, rp.ptr, idx.ptr, val.ptr, out.ptr, ex)
+        launch::decode(gpu, sae, rows, rp.ptr, idx, val, out.ptr, ex)
     })?;
+    Ok(DecodeTimes {
+        ms,
+        tbs,
+        with_metrics_ms,
+        out,
+    })
+}
 
-    // Statistics: nine models' codes (the same batch nine times) in one launch.
-    let models = 9;
+/// Statistics over [`STATS_MODELS`] models' codes (the same batch each time) in one launch.
+fn time_stats(gpu: &Gpu, c: &Codes, s: &Shape, rows: usize, reps: usize) -> Result<f64> {
+    let models = STATS_MODELS;
     let stats = DeviceStats::new(gpu, models, s.l)?;
     let all_idx = gpu.alloc(models * rows * s.k * 4)?;
     let all_val = gpu.alloc(models * rows * s.k * 4)?;
     let mut hval = vec![0f32; rows * s.k];
-    gpu.dtoh(&mut hval, val.ptr)?;
+    gpu.dtoh(&mut hval, c.val.ptr)?;
     for m in 0..models {
-        gpu.htod(all_idx.at(m * rows * s.k * 4), &hidx)?;
+        gpu.htod(all_idx.at(m * rows * s.k * 4), &c.host_idx)?;
         gpu.htod(all_val.at(m * rows * s.k * 4), &hval)?;
     }
     let all_rp: Vec<i64> = (0..=models * rows).map(|r| (r * s.k) as i64).collect();
     let all_rp = gpu.upload(&all_rp)?;
     let row_model: Vec<i32> = (0..models * rows).map(|r| (r / rows) as i32).collect();
     let row_model = gpu.upload(&row_model)?;
-    let st = time_ms(gpu, reps, || {
+    time_ms(gpu, reps, || {
         stats.launch(
             gpu,
             models * rows,
@@ -278,67 +415,12 @@ fn bench_shape(gpu: &Gpu, s: &Shape, reps: usize) -> Result<Value> {
             0,
             row_model.ptr,
         )
-    })?;
+    })
+}
 
-    // Steering one latent into the batch.
-    let steer = time_ms(gpu, reps, || {
-        launch::steer(gpu, &sae, out.ptr, rows, 7, 0.5)
-    })?;
-    let steer_tbs = (rows * s.d * 8) as f64 / (steer * 1e-3) / 1e12;
-
-    let gemm_pk = peaks.map(|(p, _)| gemm_peak(p, s.dtype, s.precision));
-    let v = json!({
-        "shape": { "name": s.name, "n": s.n, "d": s.d, "l": s.l, "k": s.k, "dtype": s.dtype, "precision": s.precision },
-        "plan": plan,
-        "gemm_mode": s.gemm,
-        "gemm_searches": searches,
-        "weights_bytes": free0.saturating_sub(free1),
-        "device_bytes_beyond_weights": beyond,
-        "workspace_bytes": ws.bytes(),
-        "bf16_scores": ws.half_scores,
-        "candidates_per_row": ws.k2,
-        "uncertified_row": (flags[1] != i32::MAX).then_some(flags[1]),
-        "encode_ms": enc,
-        "gemm_only_ms": gemm,
-        "gemm_only_zero_data_ms": gemm_zero,
-        "topk_overhead_ms": enc - gemm,
-        "encode_tflops": flops / (enc * 1e-3) / 1e12,
-        "gemm_tflops": flops / (gemm * 1e-3) / 1e12,
-        "encode_frac_peak": gemm_pk.map(|p| flops / (enc * 1e-3) / 1e12 / p),
-        "active_per_row": active as f64 / rows as f64,
-        "decode_ms": dec,
-        "decode_gathered_tbs": dec_tbs,
-        "decode_frac_peak_bw": peaks.map(|(_, bw)| dec_tbs / bw),
-        "decode_with_metrics_ms": dec_m,
-        "stats_models": models,
-        "stats_ms": st,
-        "stats_frac_of_encode": st / enc,
-        "steer_ms": steer,
-        "steer_tbs": steer_tbs,
-    });
-    crate::outln!(
-        "{:<16} encode {:8.2} ms ({:6.1} TFLOP/s) | GEMM only {:8.2} ms | top-k +{:6.2} ms | decode {:6.3} ms ({:5.2} TB/s) | stats x{models} {:6.3} ms ({:.2}% of encode) | steer {:6.3} ms | mem beyond weights {:.0} MiB",
-        s.name,
-        enc,
-        flops / (enc * 1e-3) / 1e12,
-        gemm,
-        enc - gemm,
-        dec,
-        dec_tbs,
-        st,
-        100.0 * st / enc,
-        steer,
-        beyond as f64 / (1u64 << 20) as f64
-    );
-    if let Some(z) = gemm_zero {
-        crate::outln!(
-            "{:<16}   GEMM only on all-zero data {:.2} ms ({:.1} TFLOP/s)",
-            "",
-            z,
-            flops / (z * 1e-3) / 1e12
-        );
-    }
-    for r in &searches {
+/// One line per GEMM algorithm search: the candidates tried and the one chosen.
+fn print_searches(searches: &[SearchRecord]) {
+    for r in searches {
         let tried: Vec<String> = r
             .candidates
             .iter()
@@ -358,7 +440,6 @@ fn bench_shape(gpu: &Gpu, s: &Shape, reps: usize) -> Result<Value> {
             tried.join(", ")
         );
     }
-    Ok(v)
 }
 
 /// A host SAE with random bf16 weights (tied: encoder and decoder share the bytes).

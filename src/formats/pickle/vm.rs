@@ -77,6 +77,69 @@ pub enum Global {
     Storage(StorageKind),
 }
 
+/// The opcodes the interpreter accepts, by their names in CPython's `pickletools`.
+mod op {
+    // Control.
+    pub const PROTO: u8 = 0x80;
+    pub const FRAME: u8 = 0x95;
+    pub const STOP: u8 = b'.';
+    pub const MARK: u8 = b'(';
+    pub const POP: u8 = b'0';
+    pub const POP_MARK: u8 = b'1';
+    pub const DUP: u8 = b'2';
+    // Scalars.
+    pub const NONE: u8 = b'N';
+    pub const NEWTRUE: u8 = 0x88;
+    pub const NEWFALSE: u8 = 0x89;
+    pub const BININT: u8 = b'J';
+    pub const BININT1: u8 = b'K';
+    pub const BININT2: u8 = b'M';
+    pub const LONG1: u8 = 0x8a;
+    pub const LONG4: u8 = 0x8b;
+    pub const INT: u8 = b'I';
+    pub const LONG: u8 = b'L';
+    pub const BINFLOAT: u8 = b'G';
+    pub const FLOAT: u8 = b'F';
+    // Strings and bytes.
+    pub const BINUNICODE: u8 = b'X';
+    pub const SHORT_BINUNICODE: u8 = 0x8c;
+    pub const BINUNICODE8: u8 = 0x8d;
+    pub const SHORT_BINSTRING: u8 = b'U';
+    pub const BINSTRING: u8 = b'T';
+    pub const BINBYTES: u8 = b'B';
+    pub const SHORT_BINBYTES: u8 = b'C';
+    pub const BINBYTES8: u8 = 0x8e;
+    pub const BYTEARRAY8: u8 = 0x96;
+    // Tuples, lists, dicts.
+    pub const EMPTY_TUPLE: u8 = b')';
+    pub const TUPLE: u8 = b't';
+    pub const TUPLE1: u8 = 0x85;
+    pub const TUPLE2: u8 = 0x86;
+    pub const TUPLE3: u8 = 0x87;
+    pub const EMPTY_LIST: u8 = b']';
+    pub const LIST: u8 = b'l';
+    pub const APPEND: u8 = b'a';
+    pub const APPENDS: u8 = b'e';
+    pub const EMPTY_DICT: u8 = b'}';
+    pub const DICT: u8 = b'd';
+    pub const SETITEM: u8 = b's';
+    pub const SETITEMS: u8 = b'u';
+    // Memo.
+    pub const PUT: u8 = b'p';
+    pub const BINPUT: u8 = b'q';
+    pub const LONG_BINPUT: u8 = b'r';
+    pub const MEMOIZE: u8 = 0x94;
+    pub const GET: u8 = b'g';
+    pub const BINGET: u8 = b'h';
+    pub const LONG_BINGET: u8 = b'j';
+    // Objects.
+    pub const GLOBAL: u8 = b'c';
+    pub const STACK_GLOBAL: u8 = 0x93;
+    pub const BINPERSID: u8 = b'Q';
+    pub const REDUCE: u8 = b'R';
+    pub const BUILD: u8 = b'b';
+}
+
 fn resolve_global(path: &Path, module: &str, name: &str) -> Result<Global> {
     let g = match (module, name) {
         ("collections", "OrderedDict") => Some(Global::OrderedDict),
@@ -384,285 +447,323 @@ impl Vm<'_> {
         Ok(())
     }
 
+    fn not_allowed(&self, code: u8) -> Error {
+        self.err(format!(
+            "opcode 0x{code:02x} ({:?}) is not allowed in a state dict",
+            code as char
+        ))
+    }
+
     fn run(&mut self) -> Result<Value> {
         loop {
-            let op = self.u8()?;
-            match op {
-                0x80 => {
-                    let p = self.u8()?;
-                    if p > 5 {
-                        return Err(self.err(format!("unsupported pickle protocol {p}")));
-                    }
+            let code = self.u8()?;
+            match code {
+                op::STOP => return self.pop(),
+                op::PROTO | op::FRAME | op::MARK | op::POP | op::POP_MARK | op::DUP => {
+                    self.control(code)?
                 }
-                0x95 => {
-                    self.u64()?; // FRAME: a hint only
-                }
-                b'.' => {
-                    let v = self.pop()?;
-                    return Ok(v);
-                }
-                b'(' => self.marks.push(self.stack.len()),
-                b'0' => {
-                    self.pop()?;
-                }
-                b'1' => {
-                    self.pop_mark()?;
-                }
-                b'2' => {
-                    self.top()?;
-                    let i = self.stack.len() - 1;
-                    if matches!(self.stack[i], Value::List(_) | Value::Dict(_)) {
-                        return Err(self.err("DUP of a list or dict is not supported"));
-                    }
-                    self.charge(i)?;
-                    let v = self.stack[i].clone();
-                    self.push(v);
-                }
-                b'N' => self.push(Value::None),
-                0x88 => self.push(Value::Bool(true)),
-                0x89 => self.push(Value::Bool(false)),
-                b'J' => {
-                    let v = self.u32()? as i32 as i64;
-                    self.push(Value::Int(v))
-                }
-                b'K' => {
-                    let v = self.u8()? as i64;
-                    self.push(Value::Int(v))
-                }
-                b'M' => {
-                    let v = self.u16()? as i64;
-                    self.push(Value::Int(v))
-                }
-                0x8a | 0x8b => {
-                    let n = if op == 0x8a {
-                        self.u8()? as u64
-                    } else {
-                        self.u32()? as u64
-                    };
-                    let n = self.len(n)?;
-                    if n > 8 {
-                        return Err(self.err("integer wider than 64 bits"));
-                    }
-                    let b = self.take(n)?;
-                    let mut v: i64 = 0;
-                    for (i, byte) in b.iter().enumerate() {
-                        v |= (*byte as i64) << (8 * i);
-                    }
-                    if n > 0 && n < 8 && b[n - 1] & 0x80 != 0 {
-                        v -= 1i64 << (8 * n); // two's complement sign of a short LONG1
-                    }
-                    self.push(Value::Int(v))
-                }
-                b'I' | b'L' => {
-                    let s = self.line()?;
-                    let t = s.trim_end_matches('L');
-                    let v = match t {
-                        "00" => Value::Bool(false),
-                        "01" => Value::Bool(true),
-                        _ => Value::Int(
-                            t.parse::<i64>()
-                                .map_err(|_| self.err(format!("bad integer literal {t:?}")))?,
-                        ),
-                    };
+                op::NONE
+                | op::NEWTRUE
+                | op::NEWFALSE
+                | op::BININT
+                | op::BININT1
+                | op::BININT2
+                | op::LONG1
+                | op::LONG4
+                | op::INT
+                | op::LONG
+                | op::BINFLOAT
+                | op::FLOAT => {
+                    let v = self.scalar(code)?;
                     self.push(v)
                 }
-                b'G' => {
-                    let b = self.take(8)?;
-                    let mut a = [0u8; 8];
-                    a.copy_from_slice(b);
-                    self.push(Value::Float(f64::from_be_bytes(a)))
-                }
-                b'F' => {
-                    let s = self.line()?;
-                    let v = s
-                        .trim()
-                        .parse::<f64>()
-                        .map_err(|_| self.err(format!("bad float literal {s:?}")))?;
-                    self.push(Value::Float(v))
-                }
-                b'X' => {
-                    let n = self.u32()? as u64;
-                    let n = self.len(n)?;
-                    let v = self.utf8(n)?;
+                op::BINUNICODE
+                | op::SHORT_BINUNICODE
+                | op::BINUNICODE8
+                | op::SHORT_BINSTRING
+                | op::BINSTRING
+                | op::BINBYTES
+                | op::SHORT_BINBYTES
+                | op::BINBYTES8
+                | op::BYTEARRAY8 => {
+                    let v = self.string(code)?;
                     self.push(v)
                 }
-                0x8c => {
-                    let n = self.u8()? as u64;
-                    let n = self.len(n)?;
-                    let v = self.utf8(n)?;
+                op::EMPTY_TUPLE | op::TUPLE | op::TUPLE1 | op::TUPLE2 | op::TUPLE3 => {
+                    let v = self.tuple(code)?;
                     self.push(v)
                 }
-                0x8d => {
-                    let n = self.u64()?;
-                    let n = self.len(n)?;
-                    let v = self.utf8(n)?;
-                    self.push(v)
+                op::EMPTY_LIST | op::LIST | op::APPEND | op::APPENDS => self.list(code)?,
+                op::EMPTY_DICT | op::DICT | op::SETITEM | op::SETITEMS => self.dict(code)?,
+                op::PUT | op::BINPUT | op::LONG_BINPUT | op::MEMOIZE => {
+                    let key = self.memo_key(code)?;
+                    self.memo_put(key)?
                 }
-                b'U' | b'T' => {
-                    // Python 2 byte strings: read as Latin-1 text.
-                    let n = if op == b'U' {
-                        self.u8()? as u64
-                    } else {
-                        self.u32()? as u64
-                    };
-                    let n = self.len(n)?;
-                    let s: String = self.take(n)?.iter().map(|b| *b as char).collect();
-                    self.push(Value::Str(s))
+                op::GET | op::BINGET | op::LONG_BINGET => {
+                    let key = self.memo_key(code)?;
+                    self.memo_get(key)?
                 }
-                b'B' | b'C' | 0x8e | 0x96 => {
-                    let n = match op {
-                        b'B' => self.u32()? as u64,
-                        b'C' => self.u8()? as u64,
-                        _ => self.u64()?,
-                    };
-                    let n = self.len(n)?;
-                    let b = self.take(n)?.to_vec();
-                    self.push(Value::Bytes(b))
+                op::GLOBAL | op::STACK_GLOBAL | op::BINPERSID | op::REDUCE | op::BUILD => {
+                    self.object(code)?
                 }
-                b')' => self.push(Value::Tuple(Vec::new())),
-                b't' => {
-                    let items = self.pop_mark()?;
-                    self.push(Value::Tuple(items))
-                }
-                0x85..=0x87 => {
-                    let n = (op - 0x84) as usize;
-                    let mut items = Vec::with_capacity(n);
-                    for _ in 0..n {
-                        items.push(self.pop()?);
-                    }
-                    items.reverse();
-                    for v in &items {
-                        self.check_child(v)?;
-                    }
-                    self.push(Value::Tuple(items))
-                }
-                b']' => self.push(Value::List(Vec::new())),
-                b'l' => {
-                    let items = self.pop_mark()?;
-                    self.push(Value::List(items))
-                }
-                b'a' => {
-                    let v = self.pop()?;
-                    self.check_child(&v)?;
-                    match self.top()? {
-                        Value::List(l) => l.push(v),
-                        other => {
-                            let k = other.kind();
-                            return Err(self.err(format!("APPEND to a {k}")));
-                        }
-                    }
-                }
-                b'e' => {
-                    let items = self.pop_mark()?;
-                    for v in &items {
-                        self.check_child(v)?;
-                    }
-                    match self.top()? {
-                        Value::List(l) => l.extend(items),
-                        other => {
-                            let k = other.kind();
-                            return Err(self.err(format!("APPENDS to a {k}")));
-                        }
-                    }
-                }
-                b'}' => self.push(Value::Dict(Vec::new())),
-                b'd' => {
-                    let items = self.pop_mark()?;
-                    let pairs = self.pairs(items)?;
-                    self.push(Value::Dict(pairs))
-                }
-                b's' => {
-                    let v = self.pop()?;
-                    let k = self.pop()?;
-                    self.set_items(vec![(k, v)])?;
-                }
-                b'u' => {
-                    let items = self.pop_mark()?;
-                    let pairs = self.pairs(items)?;
-                    self.set_items(pairs)?;
-                }
-                b'p' => {
-                    let s = self.line()?;
-                    let k = s
-                        .parse::<u64>()
-                        .map_err(|_| self.err(format!("bad memo key {s:?}")))?;
-                    self.memo_put(k)?
-                }
-                b'q' => {
-                    let k = self.u8()? as u64;
-                    self.memo_put(k)?
-                }
-                b'r' => {
-                    let k = self.u32()? as u64;
-                    self.memo_put(k)?
-                }
-                0x94 => {
-                    let k = self.memo.len() as u64;
-                    self.memo_put(k)?
-                }
-                b'g' => {
-                    let s = self.line()?;
-                    let k = s
-                        .parse::<u64>()
-                        .map_err(|_| self.err(format!("bad memo key {s:?}")))?;
-                    self.memo_get(k)?
-                }
-                b'h' => {
-                    let k = self.u8()? as u64;
-                    self.memo_get(k)?
-                }
-                b'j' => {
-                    let k = self.u32()? as u64;
-                    self.memo_get(k)?
-                }
-                b'c' => {
-                    let module = self.line()?;
-                    let name = self.line()?;
-                    let g = resolve_global(self.path, &module, &name)?;
-                    self.push(Value::Global(g))
-                }
-                0x93 => {
-                    let name = self.pop()?;
-                    let module = self.pop()?;
-                    match (module, name) {
-                        (Value::Str(m), Value::Str(n)) => {
-                            let g = resolve_global(self.path, &m, &n)?;
-                            self.push(Value::Global(g))
-                        }
-                        _ => return Err(self.err("STACK_GLOBAL needs two strings")),
-                    }
-                }
-                b'Q' => {
-                    let pid = self.pop()?;
-                    let s = self.persistent(pid)?;
-                    self.push(s)
-                }
-                b'R' => {
-                    let args = self.pop()?;
-                    let f = self.pop()?;
-                    let v = self.reduce(f, args)?;
-                    self.push(v)
-                }
-                b'b' => {
-                    // BUILD: torch sets OrderedDict attributes (`_metadata`) this way;
-                    // attributes never change the tensors, so the state is dropped.
-                    let _state = self.pop()?;
-                    match self.top()? {
-                        Value::Dict(_) | Value::Tensor(_) => {}
-                        other => {
-                            let k = other.kind();
-                            return Err(self.err(format!("BUILD on a {k} is not allowed")));
-                        }
-                    }
-                }
-                other => {
-                    return Err(self.err(format!(
-                        "opcode 0x{other:02x} ({:?}) is not allowed in a state dict",
-                        other as char
-                    )))
-                }
+                other => return Err(self.not_allowed(other)),
             }
         }
+    }
+
+    /// Protocol header, frames, marks and stack shuffling.
+    fn control(&mut self, code: u8) -> Result<()> {
+        match code {
+            op::PROTO => {
+                let p = self.u8()?;
+                if p > 5 {
+                    return Err(self.err(format!("unsupported pickle protocol {p}")));
+                }
+            }
+            op::FRAME => {
+                self.u64()?; // a hint only
+            }
+            op::MARK => self.marks.push(self.stack.len()),
+            op::POP => {
+                self.pop()?;
+            }
+            op::POP_MARK => {
+                self.pop_mark()?;
+            }
+            op::DUP => {
+                self.top()?;
+                let i = self.stack.len() - 1;
+                if matches!(self.stack[i], Value::List(_) | Value::Dict(_)) {
+                    return Err(self.err("DUP of a list or dict is not supported"));
+                }
+                self.charge(i)?;
+                let v = self.stack[i].clone();
+                self.push(v);
+            }
+            other => return Err(self.not_allowed(other)),
+        }
+        Ok(())
+    }
+
+    /// None, booleans, integers and floats, binary and text forms.
+    fn scalar(&mut self, code: u8) -> Result<Value> {
+        Ok(match code {
+            op::NONE => Value::None,
+            op::NEWTRUE => Value::Bool(true),
+            op::NEWFALSE => Value::Bool(false),
+            op::BININT => Value::Int(self.u32()? as i32 as i64),
+            op::BININT1 => Value::Int(self.u8()? as i64),
+            op::BININT2 => Value::Int(self.u16()? as i64),
+            op::LONG1 | op::LONG4 => {
+                let n = if code == op::LONG1 {
+                    self.u8()? as u64
+                } else {
+                    self.u32()? as u64
+                };
+                let n = self.len(n)?;
+                if n > 8 {
+                    return Err(self.err("integer wider than 64 bits"));
+                }
+                let b = self.take(n)?;
+                let mut v: i64 = 0;
+                for (i, byte) in b.iter().enumerate() {
+                    v |= (*byte as i64) << (8 * i);
+                }
+                if n > 0 && n < 8 && b[n - 1] & 0x80 != 0 {
+                    v -= 1i64 << (8 * n); // two's complement sign of a short LONG1
+                }
+                Value::Int(v)
+            }
+            op::INT | op::LONG => {
+                let s = self.line()?;
+                let t = s.trim_end_matches('L');
+                match t {
+                    "00" => Value::Bool(false),
+                    "01" => Value::Bool(true),
+                    _ => Value::Int(
+                        t.parse::<i64>()
+                            .map_err(|_| self.err(format!("bad integer literal {t:?}")))?,
+                    ),
+                }
+            }
+            op::BINFLOAT => {
+                let b = self.take(8)?;
+                let mut a = [0u8; 8];
+                a.copy_from_slice(b);
+                Value::Float(f64::from_be_bytes(a))
+            }
+            op::FLOAT => {
+                let s = self.line()?;
+                let v = s
+                    .trim()
+                    .parse::<f64>()
+                    .map_err(|_| self.err(format!("bad float literal {s:?}")))?;
+                Value::Float(v)
+            }
+            other => return Err(self.not_allowed(other)),
+        })
+    }
+
+    /// Text (UTF-8, and Python 2 byte strings read as Latin-1) and bytes.
+    fn string(&mut self, code: u8) -> Result<Value> {
+        let n = match code {
+            op::SHORT_BINUNICODE | op::SHORT_BINSTRING | op::SHORT_BINBYTES => self.u8()? as u64,
+            op::BINUNICODE | op::BINSTRING | op::BINBYTES => self.u32()? as u64,
+            op::BINUNICODE8 | op::BINBYTES8 | op::BYTEARRAY8 => self.u64()?,
+            other => return Err(self.not_allowed(other)),
+        };
+        let n = self.len(n)?;
+        match code {
+            op::BINUNICODE | op::SHORT_BINUNICODE | op::BINUNICODE8 => self.utf8(n),
+            op::SHORT_BINSTRING | op::BINSTRING => Ok(Value::Str(
+                self.take(n)?.iter().map(|b| *b as char).collect(),
+            )),
+            _ => Ok(Value::Bytes(self.take(n)?.to_vec())),
+        }
+    }
+
+    /// Tuples: empty, from the mark, or of the top one to three values.
+    fn tuple(&mut self, code: u8) -> Result<Value> {
+        let n = match code {
+            op::EMPTY_TUPLE => return Ok(Value::Tuple(Vec::new())),
+            op::TUPLE => return Ok(Value::Tuple(self.pop_mark()?)),
+            op::TUPLE1 => 1,
+            op::TUPLE2 => 2,
+            op::TUPLE3 => 3,
+            other => return Err(self.not_allowed(other)),
+        };
+        let mut items = Vec::with_capacity(n);
+        for _ in 0..n {
+            items.push(self.pop()?);
+        }
+        items.reverse();
+        for v in &items {
+            self.check_child(v)?;
+        }
+        Ok(Value::Tuple(items))
+    }
+
+    /// Lists: created empty or from the mark, then appended to.
+    fn list(&mut self, code: u8) -> Result<()> {
+        let (items, what) = match code {
+            op::EMPTY_LIST => {
+                self.push(Value::List(Vec::new()));
+                return Ok(());
+            }
+            op::LIST => {
+                let items = self.pop_mark()?;
+                self.push(Value::List(items));
+                return Ok(());
+            }
+            op::APPEND => {
+                let v = self.pop()?;
+                self.check_child(&v)?;
+                (vec![v], "APPEND")
+            }
+            op::APPENDS => {
+                let items = self.pop_mark()?;
+                for v in &items {
+                    self.check_child(v)?;
+                }
+                (items, "APPENDS")
+            }
+            other => return Err(self.not_allowed(other)),
+        };
+        match self.top()? {
+            Value::List(l) => l.extend(items),
+            other => {
+                let k = other.kind();
+                return Err(self.err(format!("{what} to a {k}")));
+            }
+        }
+        Ok(())
+    }
+
+    /// Dicts: created empty or from the mark's pairs, then filled.
+    fn dict(&mut self, code: u8) -> Result<()> {
+        match code {
+            op::EMPTY_DICT => self.push(Value::Dict(Vec::new())),
+            op::DICT => {
+                let items = self.pop_mark()?;
+                let pairs = self.pairs(items)?;
+                self.push(Value::Dict(pairs))
+            }
+            op::SETITEM => {
+                let v = self.pop()?;
+                let k = self.pop()?;
+                self.set_items(vec![(k, v)])?;
+            }
+            op::SETITEMS => {
+                let items = self.pop_mark()?;
+                let pairs = self.pairs(items)?;
+                self.set_items(pairs)?;
+            }
+            other => return Err(self.not_allowed(other)),
+        }
+        Ok(())
+    }
+
+    /// The memo key of a PUT or GET opcode (text line, u8 or u32; MEMOIZE: the next key).
+    fn memo_key(&mut self, code: u8) -> Result<u64> {
+        Ok(match code {
+            op::PUT | op::GET => {
+                let s = self.line()?;
+                s.parse::<u64>()
+                    .map_err(|_| self.err(format!("bad memo key {s:?}")))?
+            }
+            op::BINPUT | op::BINGET => self.u8()? as u64,
+            op::LONG_BINPUT | op::LONG_BINGET => self.u32()? as u64,
+            op::MEMOIZE => self.memo.len() as u64,
+            other => return Err(self.not_allowed(other)),
+        })
+    }
+
+    /// Globals (allowlisted), persistent ids (tensor storages), calls and BUILD.
+    fn object(&mut self, code: u8) -> Result<()> {
+        match code {
+            op::GLOBAL => {
+                let module = self.line()?;
+                let name = self.line()?;
+                let g = resolve_global(self.path, &module, &name)?;
+                self.push(Value::Global(g))
+            }
+            op::STACK_GLOBAL => {
+                let name = self.pop()?;
+                let module = self.pop()?;
+                match (module, name) {
+                    (Value::Str(m), Value::Str(n)) => {
+                        let g = resolve_global(self.path, &m, &n)?;
+                        self.push(Value::Global(g))
+                    }
+                    _ => return Err(self.err("STACK_GLOBAL needs two strings")),
+                }
+            }
+            op::BINPERSID => {
+                let pid = self.pop()?;
+                let s = self.persistent(pid)?;
+                self.push(s)
+            }
+            op::REDUCE => {
+                let args = self.pop()?;
+                let f = self.pop()?;
+                let v = self.reduce(f, args)?;
+                self.push(v)
+            }
+            op::BUILD => {
+                // torch sets OrderedDict attributes (`_metadata`) this way; attributes
+                // never change the tensors, so the state is dropped.
+                let _state = self.pop()?;
+                match self.top()? {
+                    Value::Dict(_) | Value::Tensor(_) => {}
+                    other => {
+                        let k = other.kind();
+                        return Err(self.err(format!("BUILD on a {k} is not allowed")));
+                    }
+                }
+            }
+            other => return Err(self.not_allowed(other)),
+        }
+        Ok(())
     }
 
     fn pairs(&self, items: Vec<Value>) -> Result<Vec<(Value, Value)>> {
