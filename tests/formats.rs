@@ -95,7 +95,7 @@ fn topk_relu(h: &[f32], k: usize) -> Vec<f32> {
     out
 }
 
-/// The canonical formula (DESIGN.md) evaluated with the loaded SAE's own tensors and flags.
+/// The canonical formula (docs/design.md) evaluated with the loaded SAE's own tensors and flags.
 fn canonical_encode(sae: &Sae, x: &[f32]) -> Vec<f32> {
     let mut xn = x.to_vec();
     sae.normalization.apply(&mut xn);

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Regenerates data/saelens_releases.json, the SAELens release table that
+"""Regenerates crates/sae-engine/data/saelens_releases.json, the SAELens release table that
 `--sae saelens:RELEASE/SAE_ID` resolves through.
 
 The facts come from SAELens's own published table (sae_lens/pretrained_saes.yaml inside
@@ -12,7 +12,7 @@ Refresh (needs PyPI and PyYAML; nothing is installed into the environment):
     python3 tools/hub/refresh_saelens_releases.py --version 6.54.12
     python3 tools/hub/refresh_saelens_releases.py --yaml path/to/pretrained_saes.yaml --sae-lens-version X
 
-then review `git diff data/saelens_releases.json` and run `cargo test --test integration hub::`.
+then review `git diff crates/sae-engine/data/saelens_releases.json` and run `cargo test --test integration hub::`.
 
 Output format (one release per line, so refreshes diff line by line):
 
@@ -39,7 +39,7 @@ from pathlib import Path
 
 import yaml
 
-OUT = Path(__file__).resolve().parents[2] / "data" / "saelens_releases.json"
+OUT = Path(__file__).resolve().parents[2] / "crates" / "sae-engine" / "data" / "saelens_releases.json"
 MEMBER = "sae_lens/pretrained_saes.yaml"
 
 

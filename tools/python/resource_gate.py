@@ -25,7 +25,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_BUDGET = ROOT / "kernels" / "resource-budget.json"
+# The library crate: its kernels/ and build.rs.
+LIB = ROOT / "crates" / "sae-engine"
+DEFAULT_BUDGET = LIB / "kernels" / "resource-budget.json"
 # The budgeted quantities, in table order: what ptxas reports for each entry function.
 FIELDS = ("registers", "spill_stores", "spill_loads", "stack", "smem")
 
@@ -40,7 +42,7 @@ class GateError(Exception):
     """A problem with the inputs (compiler, budget file) rather than a budget overrun."""
 
 
-def build_archs(build_rs=ROOT / "build.rs"):
+def build_archs(build_rs=LIB / "build.rs"):
     """The SASS architectures build.rs compiles for (its `const ARCHS`)."""
     text = build_rs.read_text()
     m = re.search(r"const ARCHS: &\[&str\] = &\[([^\]]*)\]", text)
@@ -222,7 +224,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--nvcc", help="nvcc to use (default: the pinned one from tools/install-nvcc.sh)")
     ap.add_argument("--budget", default=str(DEFAULT_BUDGET), help="budget file (default: %(default)s)")
-    ap.add_argument("--kernels", default=str(ROOT / "kernels"), help="folder of .cu files (default: %(default)s)")
+    ap.add_argument("--kernels", default=str(LIB / "kernels"), help="folder of .cu files (default: %(default)s)")
     ap.add_argument("--archs", help="comma-separated SASS architectures (default: build.rs's ARCHS)")
     ap.add_argument("--update", action="store_true", help="write the measured values as the budget")
     args = ap.parse_args(argv)

@@ -36,8 +36,9 @@ pub struct Shape {
     pub gemm: GemmMode,
     /// Double-buffered scores, the top-k pass on a second stream (half-width tiles).
     pub overlap: bool,
-    /// Also time the GEMM on all-zero weights and activations: the anchors' cuBLAS figures
-    /// were taken on zeros, which draw less power and hold higher clocks than random data.
+    /// Also time the GEMM on all-zero weights and activations: the earlier PyTorch baselines'
+    /// cuBLAS figures were taken on zeros, which draw less power and hold higher clocks than
+    /// random data.
     pub zero_data_gemm: bool,
 }
 
@@ -57,7 +58,7 @@ const PAPER: Shape = Shape {
     zero_data_gemm: true,
 };
 
-/// The paper's shape with L = 2^18 (the anchors' middle size).
+/// The paper's shape with L = 2^18 (the middle size of BENCHMARKS.md's GPU tables).
 const L262K: Shape = Shape {
     name: "l262k",
     l: 1 << 18,
@@ -65,7 +66,7 @@ const L262K: Shape = Shape {
     ..PAPER
 };
 
-/// The default set: the paper shape first, then the anchors' other shapes.
+/// The default set: the paper shape first, then the other shapes of BENCHMARKS.md's GPU tables.
 pub const SHAPES: &[Shape] = &[
     PAPER,
     // cuBLAS's own algorithm choice (no search), the path measured before the search existed.

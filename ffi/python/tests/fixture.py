@@ -1,5 +1,5 @@
 """Test fixtures: a small SAELens v6 SAE written with numpy only, and a dense numpy
-reference of the SAE arithmetic in DESIGN.md."""
+reference of the SAE arithmetic in docs/design.md."""
 
 import json
 import os

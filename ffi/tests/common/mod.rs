@@ -1,5 +1,5 @@
 //! Shared by the ffi integration tests: a small SAELens v6 TopK SAE written to disk
-//! (the layout DESIGN.md describes), a dense reference of its arithmetic, and the
+//! (the layout docs/design.md describes), a dense reference of its arithmetic, and the
 //! location of the built libraries.
 
 #![allow(dead_code)]

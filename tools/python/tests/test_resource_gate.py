@@ -17,6 +17,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[2]
+LIB = ROOT / "crates" / "sae-engine"
 sys.path.insert(0, str(ROOT / "tools" / "python"))
 
 import resource_gate as rg  # noqa: E402
@@ -91,7 +92,7 @@ class CommittedBudgetTest(unittest.TestCase):
     def test_the_budget_covers_every_kernel_of_build_rs_architectures(self):
         budget = rg.load_budget(rg.DEFAULT_BUDGET)
         archs = {f"sm_{a}" for a in rg.build_archs()}
-        sources = "".join(p.read_text() for p in sorted((ROOT / "kernels").glob("*.cu")))
+        sources = "".join(p.read_text() for p in sorted((LIB / "kernels").glob("*.cu")))
         kernels = set(re.findall(r'extern "C" __global__ void(?: __launch_bounds__\([^)]*\))?\s+(\w+)\(', sources))
         self.assertTrue(kernels)
         self.assertEqual(set(budget["kernels"]), kernels)

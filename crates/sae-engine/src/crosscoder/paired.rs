@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::dump::{crosscoder::open_stacked_npy, Dump};
+use crate::dump::{crosscoder_cache::open_stacked_npy, Dump};
 use crate::error::{Error, Result};
 
 /// Paired activations of `n_models` models.

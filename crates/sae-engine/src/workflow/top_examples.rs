@@ -1,4 +1,4 @@
-//! Top-activating examples of a latent (DESIGN.md, "The job", step 6): the K tokens
+//! Top-activating examples of a latent (docs/design.md, "The job", step 4): the K tokens
 //! where it fires hardest with +-T tokens of context from the same document, and a
 //! histogram of its positive activations.
 

@@ -1,4 +1,4 @@
-//! Monitoring (DESIGN.md, "The job", step 5): chosen latents' change from the base
+//! Monitoring (docs/design.md, "Detection and monitoring"): chosen latents' change from the base
 //! over a series of checkpoints (training or re-alignment), and the first checkpoint
 //! that crosses an alarm threshold.
 

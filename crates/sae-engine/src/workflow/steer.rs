@@ -1,4 +1,4 @@
-//! Steering vectors (DESIGN.md, "Steering vectors"): `s * W_dec[i] / ||W_dec[i]||`
+//! Steering vectors (docs/design.md, "Steering vectors"): `s * W_dec[i] / ||W_dec[i]||`
 //! in explicit units, summed over several latents; export to .npy, safetensors and
 //! llama.cpp GGUF; and a dry run that adds the vector to a dump and re-encodes it,
 //! beside a random vector of the same norm as a control.

@@ -6,9 +6,16 @@
 //! ae.pt + config.json). A folder that only holds subfolders is refused with their names,
 //! so a too-short path never downloads a whole release.
 
+//!
+//! Downloading is the cargo feature `hub-download` (on in the `sae` tools, the C ABI and the
+//! Python package): hf-hub's blocking client brings a terminal progress-bar crate that a
+//! library should not impose. Without it, a name missing from the cache is an error saying so.
+
 use std::collections::BTreeSet;
 
+#[cfg(feature = "hub-download")]
 use hf_hub::api::sync::{ApiBuilder, ApiError};
+#[cfg(feature = "hub-download")]
 use hf_hub::{Cache, Repo, RepoType};
 
 use super::HubOptions;
@@ -24,6 +31,7 @@ pub struct Fetched {
 }
 
 /// Fetches `path` (a file or a flat folder) of `repo` at `revision` into `opts.cache_dir`.
+#[cfg(feature = "hub-download")]
 pub fn fetch(opts: &HubOptions, repo: &str, revision: &str, path: &str) -> Result<Fetched> {
     let fail = |what: &str, e: ApiError| hub_error(opts, repo, revision, what, e);
     let api = ApiBuilder::from_cache(Cache::new(opts.cache_dir.clone()))
@@ -55,6 +63,18 @@ pub fn fetch(opts: &HubOptions, repo: &str, revision: &str, path: &str) -> Resul
         commit: info.sha,
         files,
     })
+}
+
+/// Without the `hub-download` feature: the name is not in the cache and cannot be fetched.
+#[cfg(not(feature = "hub-download"))]
+pub fn fetch(opts: &HubOptions, repo: &str, revision: &str, path: &str) -> Result<Fetched> {
+    Err(Error::missing(
+        opts.cache_dir.join(format!("models--{}", repo.replace('/', "--"))),
+        format!(
+            "`{path}` of {repo} at revision {revision} in the Hugging Face cache; this build \
+             cannot download it (the library was built without the `hub-download` feature)"
+        ),
+    ))
 }
 
 /// The files to fetch for `path` among the repository's `names`: the file itself, else the
@@ -90,6 +110,7 @@ pub fn select(names: &[&str], path: &str) -> std::result::Result<Vec<String>, St
 
 /// A download failure as an I/O error about the repository's address, with a hint for
 /// the usual causes (token, name, network).
+#[cfg(feature = "hub-download")]
 fn hub_error(opts: &HubOptions, repo: &str, revision: &str, what: &str, e: ApiError) -> Error {
     let hint = match &e {
         ApiError::RequestError(re) => match re.as_ref() {

@@ -1,4 +1,4 @@
-//! The canonical SAE every format loads into (see DESIGN.md, "SAE semantics"):
+//! The canonical SAE every format loads into (see docs/design.md, "SAE semantics"):
 //!
 //! ```text
 //! x' = normalize(x)

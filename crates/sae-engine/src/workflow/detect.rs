@@ -1,4 +1,4 @@
-//! Detection (DESIGN.md, "The job", step 5): per latent, how well its mean-activation
+//! Detection (docs/design.md, "Detection and monitoring"): per latent, how well its mean-activation
 //! change from the base separates positive (misaligned) from negative (aligned)
 //! fine-tunes. AUROC and margin are in-sample; leave-one-out refits the direction and
 //! threshold without each model and scores that model, so a perfect score that is an

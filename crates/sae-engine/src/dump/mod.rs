@@ -9,7 +9,7 @@ use crate::dtype::DType;
 use crate::error::{Error, Result};
 
 pub mod arrow;
-pub mod crosscoder;
+pub mod crosscoder_cache;
 mod json;
 mod mapped_rows;
 pub mod metadata;
@@ -92,7 +92,7 @@ pub fn open_shard(path: &Path) -> Result<Box<dyn Shard>> {
 /// and `.safetensors` files by name. None when the directory is a cache layout that
 /// `Dump::open` reads as a whole (crosscoder memmaps, HF datasets Arrow files).
 pub fn shard_files(dir: &Path) -> Result<Option<Vec<PathBuf>>> {
-    if crosscoder::looks_like(dir) || arrow::looks_like(dir) {
+    if crosscoder_cache::looks_like(dir) || arrow::looks_like(dir) {
         return Ok(None);
     }
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
@@ -132,8 +132,8 @@ impl Dump {
     pub fn open(path: impl AsRef<Path>) -> Result<Dump> {
         let path = path.as_ref();
         let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
-        if meta.is_dir() && crosscoder::looks_like(path) {
-            return Dump::from_shards(path, crosscoder::open_shards(path)?);
+        if meta.is_dir() && crosscoder_cache::looks_like(path) {
+            return Dump::from_shards(path, crosscoder_cache::open_shards(path)?);
         }
         if meta.is_dir() && arrow::looks_like(path) {
             return Dump::from_shards(path, arrow::open_shards(path, None)?);

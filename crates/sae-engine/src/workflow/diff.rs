@@ -1,4 +1,4 @@
-//! Model diffing (DESIGN.md, "Statistics and diffing"): per latent, how much each
+//! Model diffing (docs/design.md, "Statistics and diffing"): per latent, how much each
 //! fine-tune's mean activation moved from the base, averaged over fine-tunes, and
 //! ranked. Averaging is the point: a latent every fine-tune shares (a persona) rises
 //! above each fine-tune's own domain latents only once the deltas are averaged.

@@ -1,4 +1,4 @@
-//! The audit workflow on top of the engine (DESIGN.md, "The job"): model diffing,
+//! The audit workflow on top of the engine (docs/design.md, "The job"): model diffing,
 //! steering vectors, detection, checkpoint monitoring, top-activating examples,
 //! reports and plots, and a one-command synthetic demo.
 //!
