@@ -14,8 +14,10 @@ use crate::formats::common::bytes_to_f32;
 use crate::formats::npz::Npz;
 use crate::backend::{BackendKind, EngineOptions};
 
+/// The repository's one set of fixtures (tests/fixtures at the workspace root, two levels
+/// above this crate), shared with the integration tests.
 fn dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/crosscoder")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/crosscoder")
 }
 
 fn npz_f32(npz: &Npz, name: &str) -> (Vec<usize>, Vec<f32>) {
