@@ -9,10 +9,10 @@ use super::analysis::{self, LatentClass, Verdict};
 use super::encode::CrosscoderEngine;
 use super::paired::Paired;
 use super::*;
+use crate::backend::{BackendKind, EngineOptions};
 use crate::dtype::DType;
 use crate::formats::common::bytes_to_f32;
 use crate::formats::npz::Npz;
-use crate::backend::{BackendKind, EngineOptions};
 
 fn dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/crosscoder")

@@ -5,8 +5,8 @@
 //! without a GPU.
 
 use super::encode::{plan_tiles, Plan, Precision, TileShape};
-use crate::error::{Error, Result};
 use crate::backend::Workload;
+use crate::error::{Error, Result};
 use crate::provenance::human_bytes;
 
 /// Free memory kept out of every plan: allocation granularity and the driver's own

@@ -14,11 +14,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::backend::{BackendKind, Engine, EngineOptions};
 use crate::deterministic::GOLDEN_GAMMA;
 use crate::error::{Error, Result};
 use crate::io::mapped::{write_safetensors, OwnedTensor};
 use crate::matrix::Matrix;
-use crate::backend::{BackendKind, Engine, EngineOptions};
 use crate::provenance::Provenance;
 use crate::sae::{Activation, Format, Normalization, Sae, SaeMeta};
 
