@@ -198,8 +198,8 @@ pub unsafe extern "C" fn sae_n_latents(handle: *const SaeHandle) -> usize {
 /// `handle` is NULL or a live handle.
 #[no_mangle]
 pub unsafe extern "C" fn sae_k(handle: *const SaeHandle) -> usize {
-    // SAFETY: the caller passes NULL or a live handle (# Safety above).
     run_value(0, || {
+        // SAFETY: the caller passes NULL or a live handle (# Safety above).
         unsafe { handle.as_ref() }.map(|h| h.sae.k().unwrap_or(0))
     })
 }

@@ -195,8 +195,8 @@ pub unsafe extern "C" fn sae_stats_merge(dst: *mut SaeStats, src: *const SaeStat
 /// `stats` is NULL or live.
 #[no_mangle]
 pub unsafe extern "C" fn sae_stats_n_latents(stats: *const SaeStats) -> usize {
-    // SAFETY: `stats` is NULL or live (the contract).
     run_value(0, || {
+        // SAFETY: `stats` is NULL or live (the contract).
         unsafe { stats.as_ref() }.map(|s| s.inner.stats().n_latents())
     })
 }
@@ -207,8 +207,8 @@ pub unsafe extern "C" fn sae_stats_n_latents(stats: *const SaeStats) -> usize {
 /// `stats` is NULL or live.
 #[no_mangle]
 pub unsafe extern "C" fn sae_stats_n_tokens(stats: *const SaeStats) -> u64 {
-    // SAFETY: `stats` is NULL or live (the contract).
     run_value(0, || {
+        // SAFETY: `stats` is NULL or live (the contract).
         unsafe { stats.as_ref() }.map(|s| s.inner.stats().n_tokens)
     })
 }
