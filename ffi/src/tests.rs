@@ -296,8 +296,8 @@ fn csr_two_call_sizing_and_decode() {
 fn argument_errors_have_statuses_and_messages() {
     let h = handle(Activation::TopK { k: 2 });
     // SAFETY: `h` is a live handle freed once at the end; the bad arguments are NULLs,
-    // misalignments and wrong lengths that the exports reject before any access, and the
-    // buffers actually read or written are local arrays of the lengths passed.
+    // wrong shapes and overflowing sizes that the exports reject before any access, and
+    // the buffers actually read or written are local arrays of the lengths passed.
     unsafe {
         let (mut idx, mut val) = ([0i32; 4], [0f32; 4]);
         let val_ptr = val.as_mut_ptr();
