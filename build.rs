@@ -23,4 +23,3 @@ fn gpu_tests_cfg() {
         println!("cargo:rustc-cfg=sae_gpu_tests");
     }
 }
-

@@ -58,7 +58,8 @@ pub unsafe extern "C" fn sae_encode_topk_device(
     stream: *mut c_void,
 ) -> SaeStatus {
     run("sae_encode_topk_device", || {
-        let h = handle_arg(handle)?;
+        // SAFETY: `handle` is NULL or a live handle (the contract of every export).
+        let h = unsafe { handle_arg(handle) }?;
         h.check_topk_shape(
             d,
             k,
@@ -75,7 +76,10 @@ pub unsafe extern "C" fn sae_encode_topk_device(
             out_shift: out_shift as u64,
             stream: stream as u64,
         };
-        with_device(h, |ops| Ok(ops.encode_topk_device(&args)?))
+        // SAFETY: the addresses are device allocations of the stated shapes on the handle's
+        // device and `stream` is NULL or a live stream there (this fn's # Safety), which is
+        // the trait method's contract; NULLs of non-empty buffers were rejected by `dev`.
+        with_device(h, |ops| Ok(unsafe { ops.encode_topk_device(&args) }?))
     })
 }
 
@@ -101,7 +105,8 @@ pub unsafe extern "C" fn sae_decode_topk_device(
     stream: *mut c_void,
 ) -> SaeStatus {
     run("sae_decode_topk_device", || {
-        let h = handle_arg(handle)?;
+        // SAFETY: `handle` is NULL or a live handle (the contract of every export).
+        let h = unsafe { handle_arg(handle) }?;
         h.check_width(d)?;
         let n = checked_len(rows, k, "codes")?;
         let n_x = checked_len(rows, d, "out_x")?;
@@ -120,6 +125,8 @@ pub unsafe extern "C" fn sae_decode_topk_device(
             out_x: dev(out_x.cast(), n_x, "out_x")?,
             stream: stream as u64,
         };
-        with_device(h, |ops| Ok(ops.decode_topk_device(&args)?))
+        // SAFETY: as in `sae_encode_topk_device`: the caller vouches for the device buffers,
+        // the stream and the latent indices (this fn's # Safety and doc).
+        with_device(h, |ops| Ok(unsafe { ops.decode_topk_device(&args) }?))
     })
 }

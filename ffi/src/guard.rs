@@ -13,20 +13,25 @@ use crate::status::SaeStatus;
 /// A failed call: its status and the message callers read back.
 #[derive(Debug)]
 pub struct Failure {
+    /// The status code the export returns.
     pub status: SaeStatus,
+    /// The text `sae_last_error_message` hands back (prefixed with the export's name).
     pub message: String,
 }
 
 impl Failure {
+    /// A failure with this status and message.
     pub fn new(status: SaeStatus, message: impl Into<String>) -> Self {
         Failure {
             status,
             message: message.into(),
         }
     }
+    /// A NULL pointer where argument `arg` must not be NULL.
     pub fn null(arg: &str) -> Self {
         Failure::new(SaeStatus::NullArgument, format!("argument `{arg}` is NULL"))
     }
+    /// An argument with a value the call cannot accept.
     pub fn invalid(message: impl Into<String>) -> Self {
         Failure::new(SaeStatus::InvalidArgument, message)
     }
@@ -38,6 +43,7 @@ impl From<Error> for Failure {
     }
 }
 
+/// What an export's body returns: a value or the failure [`run`] reports.
 pub type FfiResult<T = ()> = Result<T, Failure>;
 
 thread_local! {
@@ -90,8 +96,13 @@ pub unsafe fn copy_out_str(s: &str, buf: *mut c_char, len: usize) -> usize {
     let bytes = s.as_bytes();
     if !buf.is_null() && len > 0 {
         let n = bytes.len().min(len - 1);
-        std::ptr::copy_nonoverlapping(bytes.as_ptr(), buf.cast::<u8>(), n);
-        *buf.add(n) = 0;
+        // SAFETY: `buf` is non-NULL, so by the contract it is writable for `len` bytes;
+        // n < len, so bytes 0..n and the NUL at n are inside it, and a caller buffer
+        // cannot overlap the Rust string `s`.
+        unsafe {
+            std::ptr::copy_nonoverlapping(bytes.as_ptr(), buf.cast::<u8>(), n);
+            *buf.add(n) = 0;
+        }
     }
     bytes.len() + 1
 }
@@ -105,7 +116,8 @@ pub unsafe fn copy_out_str(s: &str, buf: *mut c_char, len: usize) -> usize {
 #[no_mangle]
 pub unsafe extern "C" fn sae_last_error_message(buf: *mut c_char, len: usize) -> usize {
     let msg = LAST_ERROR.with(|m| m.borrow().clone());
-    run_value(0, || Some(copy_out_str(&msg, buf, len)))
+    // SAFETY: `buf` is NULL or writable for `len` bytes, the contract copy_out_str needs.
+    run_value(0, || Some(unsafe { copy_out_str(&msg, buf, len) }))
 }
 
 /// A UTF-8 string argument; NULL is an error naming `arg`.
@@ -113,7 +125,8 @@ pub unsafe extern "C" fn sae_last_error_message(buf: *mut c_char, len: usize) ->
 /// # Safety
 /// `p` is NULL or a NUL-terminated string.
 pub unsafe fn str_arg<'a>(p: *const c_char, arg: &str) -> FfiResult<&'a str> {
-    opt_str_arg(p, arg)?.ok_or_else(|| Failure::null(arg))
+    // SAFETY: `p` is NULL or NUL-terminated, as opt_str_arg requires.
+    unsafe { opt_str_arg(p, arg) }?.ok_or_else(|| Failure::null(arg))
 }
 
 /// An optional UTF-8 string argument (NULL is `None`).
@@ -124,7 +137,8 @@ pub unsafe fn opt_str_arg<'a>(p: *const c_char, arg: &str) -> FfiResult<Option<&
     if p.is_null() {
         return Ok(None);
     }
-    CStr::from_ptr(p)
+    // SAFETY: `p` is not NULL (checked above), so by the contract it is NUL-terminated.
+    unsafe { CStr::from_ptr(p) }
         .to_str()
         .map(Some)
         .map_err(|_| Failure::invalid(format!("argument `{arg}` is not valid UTF-8")))
@@ -154,7 +168,9 @@ pub unsafe fn in_slice<'a, T>(p: *const T, len: usize, arg: &str) -> FfiResult<&
         };
     }
     check_aligned(p, arg)?;
-    Ok(std::slice::from_raw_parts(p, len))
+    // SAFETY: `p` is non-NULL (checked above) and aligned (checked above); the caller
+    // guarantees it is readable for `len` elements for `'a`.
+    Ok(unsafe { std::slice::from_raw_parts(p, len) })
 }
 
 /// A writable view of `len` elements at `p`; same NULL rule as [`in_slice`].
@@ -170,7 +186,9 @@ pub unsafe fn out_slice<'a, T>(p: *mut T, len: usize, arg: &str) -> FfiResult<&'
         };
     }
     check_aligned(p, arg)?;
-    Ok(std::slice::from_raw_parts_mut(p, len))
+    // SAFETY: `p` is non-NULL and aligned (checked above); the caller guarantees it is
+    // writable for `len` elements for `'a` and aliased by no other view.
+    Ok(unsafe { std::slice::from_raw_parts_mut(p, len) })
 }
 
 /// An optional view: NULL is `None` whatever `len` is.
@@ -185,7 +203,8 @@ pub unsafe fn opt_in_slice<'a, T>(
     if p.is_null() {
         Ok(None)
     } else {
-        in_slice(p, len, arg).map(Some)
+        // SAFETY: the caller meets in_slice's contract (this fn's # Safety).
+        unsafe { in_slice(p, len, arg) }.map(Some)
     }
 }
 
@@ -201,7 +220,8 @@ pub unsafe fn opt_out_slice<'a, T>(
     if p.is_null() {
         Ok(None)
     } else {
-        out_slice(p, len, arg).map(Some)
+        // SAFETY: the caller meets out_slice's contract (this fn's # Safety).
+        unsafe { out_slice(p, len, arg) }.map(Some)
     }
 }
 
@@ -223,7 +243,8 @@ pub unsafe fn write_out<T>(p: *mut T, value: T, arg: &str) -> FfiResult {
     if p.is_null() {
         return Err(Failure::null(arg));
     }
-    p.write(value);
+    // SAFETY: `p` is not NULL (checked above), so by the contract it is valid for a write of `T`.
+    unsafe { p.write(value) };
     Ok(())
 }
 
@@ -236,12 +257,15 @@ mod tests {
         let st = run("sae_test", || panic!("boom"));
         assert_eq!(st, SaeStatus::Panic);
         let mut buf = [0 as c_char; 64];
+        // SAFETY: `buf` is a live local array of `buf.len()` bytes.
         let need = unsafe { sae_last_error_message(buf.as_mut_ptr(), buf.len()) };
+        // SAFETY: the call above NUL-terminated `buf` (len > 0).
         let msg = unsafe { CStr::from_ptr(buf.as_ptr()) }.to_str().unwrap();
         assert!(msg.contains("sae_test") && msg.contains("boom"), "{msg}");
         assert_eq!(need, msg.len() + 1);
         assert_eq!(run("ok", || Ok(())), SaeStatus::Ok);
         assert_eq!(
+            // SAFETY: a NULL buffer only asks for the size.
             unsafe { sae_last_error_message(std::ptr::null_mut(), 0) },
             1
         );
@@ -250,8 +274,10 @@ mod tests {
     #[test]
     fn copy_out_truncates_and_reports_size() {
         let mut buf = [1 as c_char; 4];
+        // SAFETY: `buf` is a live local array of `buf.len()` bytes.
         let need = unsafe { copy_out_str("abcdef", buf.as_mut_ptr(), buf.len()) };
         assert_eq!(need, 7);
+        // SAFETY: copy_out_str NUL-terminated `buf` (len > 0).
         assert_eq!(unsafe { CStr::from_ptr(buf.as_ptr()) }.to_bytes(), b"abc");
     }
 
@@ -259,11 +285,15 @@ mod tests {
     fn sizes_and_nulls_are_checked() {
         assert!(checked_len(usize::MAX / 2, 3, "x").is_err());
         assert_eq!(checked_len(3, 4, "x").unwrap(), 12);
+        // SAFETY: NULL is allowed; in_slice checks it before any read.
         assert!(unsafe { in_slice::<f32>(std::ptr::null(), 0, "x") }.is_ok());
+        // SAFETY: as above: NULL is rejected without a read.
         let e = unsafe { in_slice::<f32>(std::ptr::null(), 1, "x") }.unwrap_err();
         assert_eq!(e.status, SaeStatus::NullArgument);
         let v = [0u32; 2];
+        // SAFETY: byte 1 of the 8-byte array `v` is inside it.
         let odd = unsafe { (v.as_ptr() as *const u8).add(1) } as *const u32;
+        // SAFETY: `odd` is misaligned, so in_slice returns the error before any read.
         assert!(unsafe { in_slice(odd, 1, "x") }.is_err());
     }
 }

@@ -74,7 +74,9 @@ impl SaeHandle {
 /// # Safety
 /// `h` is NULL or a live handle from `sae_open`.
 pub(crate) unsafe fn handle_arg<'a>(h: *const SaeHandle) -> Result<&'a SaeHandle, Failure> {
-    h.as_ref().ok_or_else(|| Failure::null("handle"))
+    // SAFETY: `h` is NULL or a live handle from `sae_open` (the contract), so as_ref
+    // yields None or a reference to a boxed handle that outlives this call.
+    unsafe { h.as_ref() }.ok_or_else(|| Failure::null("handle"))
 }
 
 /// Loads the SAE at `path` and binds it to a backend. `path` may also be a name,
@@ -104,9 +106,12 @@ pub unsafe extern "C" fn sae_open(
         if out_handle.is_null() {
             return Err(Failure::null("out_handle"));
         }
-        *out_handle = std::ptr::null_mut();
-        let path = str_arg(path, "path")?;
-        let format = match opt_str_arg(format, "format")? {
+        // SAFETY: `out_handle` is not NULL (checked above), so by the contract it is writable.
+        unsafe { *out_handle = std::ptr::null_mut() };
+        // SAFETY: `path` is NULL or NUL-terminated (the contract).
+        let path = unsafe { str_arg(path, "path") }?;
+        // SAFETY: `format` is NULL or NUL-terminated (the contract).
+        let format = match unsafe { opt_str_arg(format, "format") }? {
             None => None,
             Some(f) => Some(Format::parse(f).ok_or_else(|| {
                 Failure::invalid(format!(
@@ -115,18 +120,22 @@ pub unsafe extern "C" fn sae_open(
                 ))
             })?),
         };
-        let backend = opt_str_arg(backend, "backend")?.unwrap_or("auto");
+        // SAFETY: `backend` is NULL or NUL-terminated (the contract).
+        let backend = unsafe { opt_str_arg(backend, "backend") }?.unwrap_or("auto");
         // Parse before loading so a typo fails fast, not after mapping gigabytes.
         let kind = BackendKind::parse(backend, device)?;
         // A name (hf:..., saelens:...) resolves through the Hugging Face cache, as in the CLI.
         let hub = sae_engine::hub::HubOptions::from_env();
         let sae = Arc::new(sae_engine::hub::load(std::path::Path::new(path), format, &hub)?.0);
         let eng = open_engine(kind, device, sae.clone())?;
-        write_out(
-            out_handle,
-            Box::into_raw(Box::new(SaeHandle::new(sae, eng))),
-            "out_handle",
-        )
+        // SAFETY: `out_handle` is NULL or writable (the contract).
+        unsafe {
+            write_out(
+                out_handle,
+                Box::into_raw(Box::new(SaeHandle::new(sae, eng))),
+                "out_handle",
+            )
+        }
     })
 }
 
@@ -156,7 +165,9 @@ pub unsafe extern "C" fn sae_free(handle: *mut SaeHandle) {
     if !handle.is_null() {
         // A panic in a destructor must not cross into C; there is nothing to report it to.
         let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            drop(Box::from_raw(handle));
+            // SAFETY: a non-NULL `handle` came from Box::into_raw in `sae_open` and is
+            // freed once, by no other thread in use (the contract).
+            drop(unsafe { Box::from_raw(handle) });
         }));
     }
 }
@@ -167,7 +178,8 @@ pub unsafe extern "C" fn sae_free(handle: *mut SaeHandle) {
 /// `handle` is NULL or a live handle.
 #[no_mangle]
 pub unsafe extern "C" fn sae_d_in(handle: *const SaeHandle) -> usize {
-    run_value(0, || handle.as_ref().map(|h| h.sae.d_in()))
+    // SAFETY: the caller passes NULL or a live handle (# Safety above).
+    run_value(0, || unsafe { handle.as_ref() }.map(|h| h.sae.d_in()))
 }
 
 /// Number of latents L; 0 for a NULL handle.
@@ -176,7 +188,8 @@ pub unsafe extern "C" fn sae_d_in(handle: *const SaeHandle) -> usize {
 /// `handle` is NULL or a live handle.
 #[no_mangle]
 pub unsafe extern "C" fn sae_n_latents(handle: *const SaeHandle) -> usize {
-    run_value(0, || handle.as_ref().map(|h| h.sae.n_latents()))
+    // SAFETY: the caller passes NULL or a live handle (# Safety above).
+    run_value(0, || unsafe { handle.as_ref() }.map(|h| h.sae.n_latents()))
 }
 
 /// k of a TopK SAE; 0 for threshold SAEs (ReLU, JumpReLU) and a NULL handle.
@@ -185,7 +198,10 @@ pub unsafe extern "C" fn sae_n_latents(handle: *const SaeHandle) -> usize {
 /// `handle` is NULL or a live handle.
 #[no_mangle]
 pub unsafe extern "C" fn sae_k(handle: *const SaeHandle) -> usize {
-    run_value(0, || handle.as_ref().map(|h| h.sae.k().unwrap_or(0)))
+    run_value(0, || {
+        // SAFETY: the caller passes NULL or a live handle (# Safety above).
+        unsafe { handle.as_ref() }.map(|h| h.sae.k().unwrap_or(0))
+    })
 }
 
 /// Whether the SAE is TopK (fixed-width codes: use the `_topk` entry points);
@@ -196,7 +212,8 @@ pub unsafe extern "C" fn sae_k(handle: *const SaeHandle) -> usize {
 #[no_mangle]
 pub unsafe extern "C" fn sae_is_topk(handle: *const SaeHandle) -> bool {
     run_value(false, || {
-        handle.as_ref().map(|h| h.sae.activation.is_topk())
+        // SAFETY: the caller passes NULL or a live handle (# Safety above).
+        unsafe { handle.as_ref() }.map(|h| h.sae.activation.is_topk())
     })
 }
 
@@ -208,9 +225,8 @@ pub unsafe extern "C" fn sae_is_topk(handle: *const SaeHandle) -> bool {
 #[no_mangle]
 pub unsafe extern "C" fn sae_normalizes_input(handle: *const SaeHandle) -> bool {
     run_value(false, || {
-        handle
-            .as_ref()
-            .map(|h| h.sae.normalization != sae_engine::Normalization::None)
+        // SAFETY: the caller passes NULL or a live handle (# Safety above).
+        unsafe { handle.as_ref() }.map(|h| h.sae.normalization != sae_engine::Normalization::None)
     })
 }
 
@@ -221,7 +237,8 @@ pub unsafe extern "C" fn sae_normalizes_input(handle: *const SaeHandle) -> bool 
 #[no_mangle]
 pub unsafe extern "C" fn sae_has_device_pointers(handle: *const SaeHandle) -> bool {
     run_value(false, || {
-        handle.as_ref().map(|h| h.engine().device_ptr().is_some())
+        // SAFETY: the caller passes NULL or a live handle (# Safety above).
+        unsafe { handle.as_ref() }.map(|h| h.engine().device_ptr().is_some())
     })
 }
 
@@ -237,9 +254,9 @@ pub unsafe extern "C" fn sae_backend_name(
     len: usize,
 ) -> usize {
     run_value(0, || {
-        handle
-            .as_ref()
-            .map(|h| copy_out_str(&h.backend_name, buf, len))
+        // SAFETY: `handle` is NULL or live, and `buf` NULL or writable for `len` bytes
+        // (the contract), which is what copy_out_str needs.
+        unsafe { handle.as_ref() }.map(|h| unsafe { copy_out_str(&h.backend_name, buf, len) })
     })
 }
 
@@ -255,8 +272,8 @@ pub unsafe extern "C" fn sae_fingerprint(
     len: usize,
 ) -> usize {
     run_value(0, || {
-        handle
-            .as_ref()
-            .map(|h| copy_out_str(&h.sae.fingerprint(), buf, len))
+        // SAFETY: `handle` is NULL or live, and `buf` NULL or writable for `len` bytes
+        // (the contract), which is what copy_out_str needs.
+        unsafe { handle.as_ref() }.map(|h| unsafe { copy_out_str(&h.sae.fingerprint(), buf, len) })
     })
 }

@@ -36,8 +36,10 @@ unsafe fn write_denorm(
     out_scale: *mut f32,
     out_shift: *mut f32,
 ) -> FfiResult {
-    let scale = opt_out_slice(out_scale, rows, "out_scale")?;
-    let shift = opt_out_slice(out_shift, rows, "out_shift")?;
+    // SAFETY: each pointer is NULL or writable for `rows` f32, aligned, unaliased (the contract).
+    let scale = unsafe { opt_out_slice(out_scale, rows, "out_scale") }?;
+    // SAFETY: as for `out_scale`.
+    let shift = unsafe { opt_out_slice(out_shift, rows, "out_shift") }?;
     if let Some(d) = denorm {
         if d.scale.len() != rows || d.shift.len() != rows {
             return Err(Failure::new(
@@ -70,8 +72,10 @@ pub(crate) unsafe fn read_denorm(
     shift: *const f32,
     rows: usize,
 ) -> FfiResult<Option<Denorm>> {
-    let scale = opt_in_slice(scale, rows, "scale")?;
-    let shift = opt_in_slice(shift, rows, "shift")?;
+    // SAFETY: each pointer is NULL or readable for `rows` f32, aligned (the contract).
+    let scale = unsafe { opt_in_slice(scale, rows, "scale") }?;
+    // SAFETY: as for `scale`.
+    let shift = unsafe { opt_in_slice(shift, rows, "shift") }?;
     match (scale, shift) {
         (None, None) => Ok(None),
         (Some(a), Some(b)) => Ok(Some(Denorm {
@@ -112,16 +116,21 @@ pub unsafe extern "C" fn sae_encode_topk_host(
     out_shift: *mut f32,
 ) -> SaeStatus {
     run("sae_encode_topk_host", || {
-        let h = handle_arg(handle)?;
+        // SAFETY: `handle` is NULL or a live handle (the export's # Safety).
+        let h = unsafe { handle_arg(handle) }?;
         h.check_topk_shape(
             d,
             k,
             "this SAE is not TopK: its codes are CSR, use sae_encode_csr_host",
         )?;
-        let x = in_slice(x, checked_len(rows, d, "x")?, "x")?;
+        // SAFETY: `x` is valid for the stated rows * d f32 (the contract).
+        let x = unsafe { in_slice(x, checked_len(rows, d, "x")?, "x") }?;
         let n_out = checked_len(rows, k, "outputs")?;
-        let out_i = out_slice(out_indices, n_out, "out_indices")?;
-        let out_v = out_slice(out_values, n_out, "out_values")?;
+        // SAFETY: the outputs are valid for the stated rows * k elements and overlap no
+        // input (the contract).
+        let out_i = unsafe { out_slice(out_indices, n_out, "out_indices") }?;
+        // SAFETY: as for `out_indices`.
+        let out_v = unsafe { out_slice(out_values, n_out, "out_values") }?;
         let enc = encode(h, x, rows)?;
         match &enc.codes {
             Codes::TopK {
@@ -143,7 +152,8 @@ pub unsafe extern "C" fn sae_encode_topk_host(
                 ))
             }
         }
-        write_denorm(enc.denorm.as_ref(), rows, out_scale, out_shift)
+        // SAFETY: `out_scale`/`out_shift` are NULL or valid for `rows` f32 (the contract).
+        unsafe { write_denorm(enc.denorm.as_ref(), rows, out_scale, out_shift) }
     })
 }
 
@@ -176,16 +186,19 @@ pub unsafe extern "C" fn sae_encode_csr_host(
     out_shift: *mut f32,
 ) -> SaeStatus {
     run("sae_encode_csr_host", || {
-        let h = handle_arg(handle)?;
+        // SAFETY: `handle` is NULL or a live handle (the export's # Safety).
+        let h = unsafe { handle_arg(handle) }?;
         h.check_width(d)?;
         if out_nnz.is_null() {
             return Err(Failure::null("out_nnz"));
         }
-        let x = in_slice(x, checked_len(rows, d, "x")?, "x")?;
+        // SAFETY: `x` is valid for the stated rows * d f32 (the contract).
+        let x = unsafe { in_slice(x, checked_len(rows, d, "x")?, "x") }?;
         let ptr_len = rows
             .checked_add(1)
             .ok_or_else(|| Failure::invalid("rows + 1 overflows"))?;
-        let row_ptr = out_slice(out_row_ptr, ptr_len, "out_row_ptr")?;
+        // SAFETY: `out_row_ptr` is valid for the stated rows + 1 i64 and overlaps no input.
+        let row_ptr = unsafe { out_slice(out_row_ptr, ptr_len, "out_row_ptr") }?;
         let enc = encode(h, x, rows)?;
         let codes = &enc.codes;
         // Count first so a too-small buffer is reported before anything else is written.
@@ -195,15 +208,18 @@ pub unsafe extern "C" fn sae_encode_csr_host(
             nnz += codes.l0(r);
             row_ptr[r + 1] = nnz as i64;
         }
-        write_out(out_nnz, nnz, "out_nnz")?;
+        // SAFETY: `out_nnz` is non-NULL (checked above) and writable (the contract).
+        unsafe { write_out(out_nnz, nnz, "out_nnz") }?;
         if nnz > capacity {
             return Err(Failure::new(
                 SaeStatus::BufferTooSmall,
                 format!("the codes have {nnz} entries, but capacity is {capacity}"),
             ));
         }
-        let out_i = out_slice(out_indices, capacity, "out_indices")?;
-        let out_v = out_slice(out_values, capacity, "out_values")?;
+        // SAFETY: the outputs are valid for `capacity` elements each (the contract).
+        let out_i = unsafe { out_slice(out_indices, capacity, "out_indices") }?;
+        // SAFETY: as for `out_indices`.
+        let out_v = unsafe { out_slice(out_values, capacity, "out_values") }?;
         let mut at = 0;
         let mut row: Vec<(usize, f32)> = Vec::new();
         for r in 0..rows {
@@ -217,7 +233,8 @@ pub unsafe extern "C" fn sae_encode_csr_host(
                 at += 1;
             }
         }
-        write_denorm(enc.denorm.as_ref(), rows, out_scale, out_shift)
+        // SAFETY: `out_scale`/`out_shift` are NULL or valid for `rows` f32 (the contract).
+        unsafe { write_denorm(enc.denorm.as_ref(), rows, out_scale, out_shift) }
     })
 }
 
@@ -241,16 +258,22 @@ pub unsafe extern "C" fn sae_decode_topk_host(
     d: usize,
 ) -> SaeStatus {
     run("sae_decode_topk_host", || {
-        let h = handle_arg(handle)?;
+        // SAFETY: `handle` is NULL or a live handle (the export's # Safety).
+        let h = unsafe { handle_arg(handle) }?;
         h.check_width(d)?;
         let n = checked_len(rows, k, "codes")?;
         let codes = Codes::TopK {
             n: rows,
             k,
-            indices: in_slice(indices, n, "indices")?.to_vec(),
-            values: in_slice(values, n, "values")?.to_vec(),
+            // SAFETY: `indices` and `values` are valid for the stated rows * k elements.
+            indices: unsafe { in_slice(indices, n, "indices") }?.to_vec(),
+            // SAFETY: as for `indices`.
+            values: unsafe { in_slice(values, n, "values") }?.to_vec(),
         };
-        decode_into(h, &codes, read_denorm(scale, shift, rows)?, out_x, rows, d)
+        // SAFETY: `scale`/`shift` are NULL or valid for `rows` f32 (the contract).
+        let denorm = unsafe { read_denorm(scale, shift, rows) }?;
+        // SAFETY: `out_x` is valid for the stated rows * d f32 and overlaps no input.
+        unsafe { decode_into(h, &codes, denorm, out_x, rows, d) }
     })
 }
 
@@ -273,10 +296,15 @@ pub unsafe extern "C" fn sae_decode_csr_host(
     d: usize,
 ) -> SaeStatus {
     run("sae_decode_csr_host", || {
-        let h = handle_arg(handle)?;
+        // SAFETY: `handle` is NULL or a live handle (the export's # Safety).
+        let h = unsafe { handle_arg(handle) }?;
         h.check_width(d)?;
-        let codes = read_csr(row_ptr, indices, values, rows)?;
-        decode_into(h, &codes, read_denorm(scale, shift, rows)?, out_x, rows, d)
+        // SAFETY: the CSR arrays are valid for the stated lengths (the contract).
+        let codes = unsafe { read_csr(row_ptr, indices, values, rows) }?;
+        // SAFETY: `scale`/`shift` are NULL or valid for `rows` f32 (the contract).
+        let denorm = unsafe { read_denorm(scale, shift, rows) }?;
+        // SAFETY: `out_x` is valid for the stated rows * d f32 and overlaps no input.
+        unsafe { decode_into(h, &codes, denorm, out_x, rows, d) }
     })
 }
 
@@ -293,7 +321,8 @@ pub(crate) unsafe fn read_csr(
     let ptr_len = rows
         .checked_add(1)
         .ok_or_else(|| Failure::invalid("rows + 1 overflows"))?;
-    let row_ptr = in_slice(row_ptr, ptr_len, "row_ptr")?;
+    // SAFETY: `row_ptr` is valid for rows + 1 i64 (the contract).
+    let row_ptr = unsafe { in_slice(row_ptr, ptr_len, "row_ptr") }?;
     if row_ptr[0] != 0 || row_ptr.windows(2).any(|w| w[1] < w[0]) {
         return Err(Failure::invalid(
             "row_ptr must start at 0 and never decrease",
@@ -308,8 +337,11 @@ pub(crate) unsafe fn read_csr(
     Ok(Codes::Csr {
         n: rows,
         row_ptr: row_ptr.to_vec(),
-        indices: in_slice(indices, nnz, "indices")?.to_vec(),
-        values: in_slice(values, nnz, "values")?.to_vec(),
+        // SAFETY: `indices` is valid for row_ptr[rows] = nnz i32 (the contract; row_ptr
+        // was checked to be monotone from 0 above).
+        indices: unsafe { in_slice(indices, nnz, "indices") }?.to_vec(),
+        // SAFETY: as for `indices`, with f32.
+        values: unsafe { in_slice(values, nnz, "values") }?.to_vec(),
     })
 }
 
@@ -326,7 +358,8 @@ unsafe fn decode_into(
     d: usize,
 ) -> FfiResult {
     codes.validate(h.sae.n_latents())?;
-    let out = out_slice(out_x, checked_len(rows, d, "out_x")?, "out_x")?;
+    // SAFETY: `out_x` is valid for rows * d f32, aligned, unaliased (the contract).
+    let out = unsafe { out_slice(out_x, checked_len(rows, d, "out_x")?, "out_x") }?;
     let x = h.engine().decode(codes, denorm.as_ref())?;
     if x.len() != out.len() {
         return Err(Failure::new(

@@ -24,12 +24,22 @@ pub struct SaeStats {
     inner: StatsStream,
 }
 
+/// A statistics argument; NULL is an error.
+///
+/// # Safety
+/// `s` is NULL or live statistics from `sae_stats_new` / `sae_stats_read`.
 unsafe fn stats_ref<'a>(s: *const SaeStats) -> FfiResult<&'a SaeStats> {
-    s.as_ref().ok_or_else(|| Failure::null("stats"))
+    // SAFETY: `s` is NULL or points to boxed statistics that outlive the call (the contract).
+    unsafe { s.as_ref() }.ok_or_else(|| Failure::null("stats"))
 }
 
+/// A statistics argument to update; NULL is an error.
+///
+/// # Safety
+/// `s` is NULL or live statistics that nothing else refers to during the call.
 unsafe fn stats_mut<'a>(s: *mut SaeStats) -> FfiResult<&'a mut SaeStats> {
-    s.as_mut().ok_or_else(|| Failure::null("stats"))
+    // SAFETY: `s` is NULL or live and unaliased for the call (the contract).
+    unsafe { s.as_mut() }.ok_or_else(|| Failure::null("stats"))
 }
 
 fn boxed(stats: LatentStats) -> *mut SaeStats {
@@ -49,10 +59,13 @@ pub unsafe extern "C" fn sae_stats_new(
     out_stats: *mut *mut SaeStats,
 ) -> SaeStatus {
     run("sae_stats_new", || {
-        write_out(out_stats, std::ptr::null_mut(), "out_stats")?;
-        let h = handle_arg(handle)?;
+        // SAFETY: `out_stats` is NULL or writable (the contract).
+        unsafe { write_out(out_stats, std::ptr::null_mut(), "out_stats") }?;
+        // SAFETY: `handle` is NULL or a live handle (the export's # Safety).
+        let h = unsafe { handle_arg(handle) }?;
         let s = LatentStats::new(h.sae.fingerprint(), h.sae.n_latents());
-        write_out(out_stats, boxed(s), "out_stats")
+        // SAFETY: `out_stats` is NULL or writable (the contract).
+        unsafe { write_out(out_stats, boxed(s), "out_stats") }
     })
 }
 
@@ -64,7 +77,9 @@ pub unsafe extern "C" fn sae_stats_new(
 pub unsafe extern "C" fn sae_stats_free(stats: *mut SaeStats) {
     if !stats.is_null() {
         let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            drop(Box::from_raw(stats));
+            // SAFETY: a non-NULL `stats` came from Box::into_raw in `boxed` and is freed
+            // once (the contract).
+            drop(unsafe { Box::from_raw(stats) });
         }));
     }
 }
@@ -90,8 +105,10 @@ unsafe fn read_topk(
     Ok(Codes::TopK {
         n: rows,
         k,
-        indices: in_slice(indices, n, "indices")?.to_vec(),
-        values: in_slice(values, n, "values")?.to_vec(),
+        // SAFETY: `indices` is valid for rows * k i32 (the contract).
+        indices: unsafe { in_slice(indices, n, "indices") }?.to_vec(),
+        // SAFETY: `values` is valid for rows * k f32 (the contract).
+        values: unsafe { in_slice(values, n, "values") }?.to_vec(),
     })
 }
 
@@ -111,9 +128,13 @@ pub unsafe extern "C" fn sae_stats_accumulate_topk(
     mask: *const u8,
 ) -> SaeStatus {
     run("sae_stats_accumulate_topk", || {
-        let s = stats_mut(stats)?;
-        let codes = read_topk(indices, values, rows, k)?;
-        accumulate(s, &codes, opt_in_slice(mask, rows, "mask")?)
+        // SAFETY: `stats` is NULL or live statistics (the export's # Safety).
+        let s = unsafe { stats_mut(stats) }?;
+        // SAFETY: `indices`/`values` are valid for the stated rows * k elements.
+        let codes = unsafe { read_topk(indices, values, rows, k) }?;
+        // SAFETY: `mask` is NULL or valid for `rows` bytes (the contract).
+        let mask = unsafe { opt_in_slice(mask, rows, "mask") }?;
+        accumulate(s, &codes, mask)
     })
 }
 
@@ -132,9 +153,13 @@ pub unsafe extern "C" fn sae_stats_accumulate_csr(
     mask: *const u8,
 ) -> SaeStatus {
     run("sae_stats_accumulate_csr", || {
-        let s = stats_mut(stats)?;
-        let codes = read_csr(row_ptr, indices, values, rows)?;
-        accumulate(s, &codes, opt_in_slice(mask, rows, "mask")?)
+        // SAFETY: `stats` is NULL or live statistics (the export's # Safety).
+        let s = unsafe { stats_mut(stats) }?;
+        // SAFETY: the CSR arrays are valid for the stated lengths (the contract).
+        let codes = unsafe { read_csr(row_ptr, indices, values, rows) }?;
+        // SAFETY: `mask` is NULL or valid for `rows` bytes (the contract).
+        let mask = unsafe { opt_in_slice(mask, rows, "mask") }?;
+        accumulate(s, &codes, mask)
     })
 }
 
@@ -148,14 +173,18 @@ pub unsafe extern "C" fn sae_stats_merge(dst: *mut SaeStats, src: *const SaeStat
     run("sae_stats_merge", || {
         if std::ptr::eq(dst, src) {
             // Never hold &mut and & to the same object.
-            let d = stats_mut(dst)?;
+            // SAFETY: `dst` is live (the contract); `src` is the same object and is not
+            // dereferenced here, so the &mut is the only reference.
+            let d = unsafe { stats_mut(dst) }?;
             let copy = d.inner.snapshot();
             return Ok(d.inner.stats_mut().merge(&copy)?);
         }
         // The source's open document is closed in the copy merged (a document split
         // across the two counts as two clusters, as across two shard files).
-        let other = stats_ref(src)?.inner.snapshot();
-        let d = stats_mut(dst)?;
+        // SAFETY: `src` is live (the contract); the shared borrow ends with the snapshot.
+        let other = unsafe { stats_ref(src) }?.inner.snapshot();
+        // SAFETY: `dst` is live and, being a different object from `src`, unaliased.
+        let d = unsafe { stats_mut(dst) }?;
         Ok(d.inner.stats_mut().merge(&other)?)
     })
 }
@@ -166,7 +195,10 @@ pub unsafe extern "C" fn sae_stats_merge(dst: *mut SaeStats, src: *const SaeStat
 /// `stats` is NULL or live.
 #[no_mangle]
 pub unsafe extern "C" fn sae_stats_n_latents(stats: *const SaeStats) -> usize {
-    run_value(0, || stats.as_ref().map(|s| s.inner.stats().n_latents()))
+    run_value(0, || {
+        // SAFETY: `stats` is NULL or live (the contract).
+        unsafe { stats.as_ref() }.map(|s| s.inner.stats().n_latents())
+    })
 }
 
 /// Tokens counted so far; 0 for NULL.
@@ -175,7 +207,10 @@ pub unsafe extern "C" fn sae_stats_n_latents(stats: *const SaeStats) -> usize {
 /// `stats` is NULL or live.
 #[no_mangle]
 pub unsafe extern "C" fn sae_stats_n_tokens(stats: *const SaeStats) -> u64 {
-    run_value(0, || stats.as_ref().map(|s| s.inner.stats().n_tokens))
+    run_value(0, || {
+        // SAFETY: `stats` is NULL or live (the contract).
+        unsafe { stats.as_ref() }.map(|s| s.inner.stats().n_tokens)
+    })
 }
 
 /// Copies the per-latent arrays into caller buffers of `n_latents` elements each
@@ -193,7 +228,8 @@ pub unsafe extern "C" fn sae_stats_get(
     out_max: *mut f32,
 ) -> SaeStatus {
     run("sae_stats_get", || {
-        let s = stats_ref(stats)?.inner.stats();
+        // SAFETY: `stats` is NULL or live (the contract).
+        let s = unsafe { stats_ref(stats) }?.inner.stats();
         if n_latents != s.n_latents() {
             return Err(Failure::new(
                 SaeStatus::Shape,
@@ -203,16 +239,21 @@ pub unsafe extern "C" fn sae_stats_get(
                 ),
             ));
         }
-        if let Some(o) = opt_out_slice(out_sum, n_latents, "out_sum")? {
+        // SAFETY: `out_sum` is NULL or writable for `n_latents` f64 (the contract), and
+        // `n_latents` matches the statistics (checked above).
+        if let Some(o) = unsafe { opt_out_slice(out_sum, n_latents, "out_sum") }? {
             o.copy_from_slice(&s.sum);
         }
-        if let Some(o) = opt_out_slice(out_sum_sq, n_latents, "out_sum_sq")? {
+        // SAFETY: `out_sum_sq` is NULL or writable for `n_latents` f64 (the contract).
+        if let Some(o) = unsafe { opt_out_slice(out_sum_sq, n_latents, "out_sum_sq") }? {
             o.copy_from_slice(&s.sum_sq);
         }
-        if let Some(o) = opt_out_slice(out_n_active, n_latents, "out_n_active")? {
+        // SAFETY: `out_n_active` is NULL or writable for `n_latents` u64 (the contract).
+        if let Some(o) = unsafe { opt_out_slice(out_n_active, n_latents, "out_n_active") }? {
             o.copy_from_slice(&s.n_active);
         }
-        if let Some(o) = opt_out_slice(out_max, n_latents, "out_max")? {
+        // SAFETY: `out_max` is NULL or writable for `n_latents` f32 (the contract).
+        if let Some(o) = unsafe { opt_out_slice(out_max, n_latents, "out_max") }? {
             o.copy_from_slice(&s.max);
         }
         Ok(())
@@ -231,9 +272,10 @@ pub unsafe extern "C" fn sae_stats_fingerprint(
     len: usize,
 ) -> usize {
     run_value(0, || {
-        stats
-            .as_ref()
-            .map(|s| copy_out_str(&s.inner.stats().fingerprint, buf, len))
+        // SAFETY: `stats` is NULL or live, and `buf` NULL or writable for `len` bytes
+        // (the contract), which is what copy_out_str needs.
+        unsafe { stats.as_ref() }
+            .map(|s| unsafe { copy_out_str(&s.inner.stats().fingerprint, buf, len) })
     })
 }
 
@@ -244,8 +286,10 @@ pub unsafe extern "C" fn sae_stats_fingerprint(
 #[no_mangle]
 pub unsafe extern "C" fn sae_stats_write(stats: *const SaeStats, path: *const c_char) -> SaeStatus {
     run("sae_stats_write", || {
-        let s = stats_ref(stats)?;
-        let path = str_arg(path, "path")?;
+        // SAFETY: `stats` is NULL or live statistics (the export's # Safety).
+        let s = unsafe { stats_ref(stats) }?;
+        // SAFETY: `path` is NULL or NUL-terminated (the contract).
+        let path = unsafe { str_arg(path, "path") }?;
         Ok(sae_engine::io::stats_file::write(
             path.as_ref(),
             &s.inner.snapshot(),
@@ -264,10 +308,13 @@ pub unsafe extern "C" fn sae_stats_read(
     out_stats: *mut *mut SaeStats,
 ) -> SaeStatus {
     run("sae_stats_read", || {
-        write_out(out_stats, std::ptr::null_mut(), "out_stats")?;
-        let path = str_arg(path, "path")?;
+        // SAFETY: `out_stats` is NULL or writable (the contract).
+        unsafe { write_out(out_stats, std::ptr::null_mut(), "out_stats") }?;
+        // SAFETY: `path` is NULL or NUL-terminated (the contract).
+        let path = unsafe { str_arg(path, "path") }?;
         let s = sae_engine::io::stats_file::read(path.as_ref())?;
-        write_out(out_stats, boxed(s), "out_stats")
+        // SAFETY: `out_stats` is NULL or writable (the contract).
+        unsafe { write_out(out_stats, boxed(s), "out_stats") }
     })
 }
 
@@ -282,9 +329,12 @@ unsafe fn row_info<'a>(
     rows: usize,
 ) -> FfiResult<RowInfo<'a>> {
     Ok(RowInfo {
-        keep: opt_in_slice(mask, rows, "mask")?,
-        token_ids: opt_in_slice(token_ids, rows, "token_ids")?,
-        doc_ids: opt_in_slice(doc_ids, rows, "doc_ids")?,
+        // SAFETY: each pointer is NULL or readable for `rows` elements for 'a (the contract).
+        keep: unsafe { opt_in_slice(mask, rows, "mask") }?,
+        // SAFETY: as for `mask`.
+        token_ids: unsafe { opt_in_slice(token_ids, rows, "token_ids") }?,
+        // SAFETY: as for `mask`.
+        doc_ids: unsafe { opt_in_slice(doc_ids, rows, "doc_ids") }?,
     })
 }
 
@@ -317,8 +367,10 @@ pub unsafe extern "C" fn sae_stats_accumulate_host(
     doc_ids: *const i64,
 ) -> SaeStatus {
     run("sae_stats_accumulate_host", || {
-        let s = stats_mut(stats)?;
-        let h = handle_arg(handle)?;
+        // SAFETY: `stats` is NULL or live statistics (the export's # Safety).
+        let s = unsafe { stats_mut(stats) }?;
+        // SAFETY: `handle` is NULL or a live handle (the export's # Safety).
+        let h = unsafe { handle_arg(handle) }?;
         h.check_width(d)?;
         if s.inner.stats().fingerprint != h.sae.fingerprint() {
             return Err(Failure::new(
@@ -326,8 +378,10 @@ pub unsafe extern "C" fn sae_stats_accumulate_host(
                 "the statistics belong to another SAE than the handle's",
             ));
         }
-        let x = in_slice(x, checked_len(rows, d, "x")?, "x")?;
-        let info = row_info(mask, token_ids, doc_ids, rows)?;
+        // SAFETY: `x` is valid for the stated rows * d f32 (the contract).
+        let x = unsafe { in_slice(x, checked_len(rows, d, "x")?, "x") }?;
+        // SAFETY: the row columns are NULL or valid for `rows` elements (the contract).
+        let info = unsafe { row_info(mask, token_ids, doc_ids, rows) }?;
         let engine = h.engine();
         s.inner
             .push_rows(engine.as_ref(), x, rows, 0, info)
@@ -364,10 +418,14 @@ pub unsafe extern "C" fn sae_stats_accumulate_topk_rows(
     doc_ids: *const i64,
 ) -> SaeStatus {
     run("sae_stats_accumulate_topk_rows", || {
-        let s = stats_mut(stats)?;
-        let codes = read_topk(indices, values, kept, k)?;
-        let norms = in_slice(norms, rows, "norms")?;
-        let info = row_info(mask, token_ids, doc_ids, rows)?;
+        // SAFETY: `stats` is NULL or live statistics (the export's # Safety).
+        let s = unsafe { stats_mut(stats) }?;
+        // SAFETY: `indices`/`values` are valid for the stated kept * k elements.
+        let codes = unsafe { read_topk(indices, values, kept, k) }?;
+        // SAFETY: `norms` is valid for `rows` f64 (the contract).
+        let norms = unsafe { in_slice(norms, rows, "norms") }?;
+        // SAFETY: the row columns are NULL or valid for `rows` elements (the contract).
+        let info = unsafe { row_info(mask, token_ids, doc_ids, rows) }?;
         Ok(s.inner.push_codes(&codes, norms, rows, info)?)
     })
 }
@@ -384,7 +442,8 @@ pub unsafe extern "C" fn sae_stats_set_outlier_factor(
     outlier_factor: f64,
 ) -> SaeStatus {
     run("sae_stats_set_outlier_factor", || {
-        let s = stats_mut(stats)?;
+        // SAFETY: `stats` is NULL or live statistics (the export's # Safety).
+        let s = unsafe { stats_mut(stats) }?;
         let rule = sae_engine::stats::TokenRule {
             outlier_factor,
             ..Default::default()
@@ -411,10 +470,15 @@ pub unsafe extern "C" fn sae_stats_write_with_provenance(
     options_json: *const c_char,
 ) -> SaeStatus {
     run("sae_stats_write_with_provenance", || {
-        let s = stats_ref(stats)?;
-        let path = str_arg(path, "path")?;
-        let mut prov = Provenance::new(str_arg(command, "command")?).with_process_argv();
-        if let Some(text) = opt_str_arg(options_json, "options_json")? {
+        // SAFETY: `stats` is NULL or live statistics (the export's # Safety).
+        let s = unsafe { stats_ref(stats) }?;
+        // SAFETY: `path` is NULL or NUL-terminated (the contract).
+        let path = unsafe { str_arg(path, "path") }?;
+        // SAFETY: `command` is NULL or NUL-terminated (the contract).
+        let command = unsafe { str_arg(command, "command") }?;
+        let mut prov = Provenance::new(command).with_process_argv();
+        // SAFETY: `options_json` is NULL or NUL-terminated (the contract).
+        if let Some(text) = unsafe { opt_str_arg(options_json, "options_json") }? {
             let v: serde_json::Value = serde_json::from_str(text)
                 .map_err(|e| Failure::invalid(format!("options_json is not JSON: {e}")))?;
             let serde_json::Value::Object(map) = v else {

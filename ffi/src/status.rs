@@ -118,6 +118,7 @@ mod tests {
             assert_eq!(name.last(), Some(&0));
             assert!(name.starts_with(b"SAE_STATUS_"));
         }
+        // SAFETY: sae_status_string returns a pointer to a static NUL-terminated name.
         let unknown = unsafe { std::ffi::CStr::from_ptr(sae_status_string(999)) };
         assert_eq!(unknown.to_str().unwrap(), "SAE_STATUS_UNKNOWN");
     }

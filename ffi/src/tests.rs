@@ -149,7 +149,9 @@ fn handle(activation: Activation) -> *mut SaeHandle {
 
 fn last_error() -> String {
     let mut buf = vec![0 as std::ffi::c_char; 512];
+    // SAFETY: `buf` is a live vector of `buf.len()` bytes.
     unsafe { sae_last_error_message(buf.as_mut_ptr(), buf.len()) };
+    // SAFETY: the call above NUL-terminated `buf` (len > 0).
     unsafe { CStr::from_ptr(buf.as_ptr()) }
         .to_string_lossy()
         .into_owned()
@@ -160,6 +162,8 @@ const X: [f32; 6] = [1.0, 2.0, 0.5, -1.0, -2.0, 0.25];
 #[test]
 fn topk_encode_decode_roundtrip() {
     let h = handle(Activation::TopK { k: 2 });
+    // SAFETY: `h` is a live handle freed once at the end; every buffer is a local array
+    // of the length passed with it.
     unsafe {
         assert_eq!((sae_d_in(h), sae_n_latents(h), sae_k(h)), (3, 5, 2));
         assert!(sae_is_topk(h) && !sae_normalizes_input(h) && !sae_has_device_pointers(h));
@@ -207,6 +211,8 @@ fn topk_encode_decode_roundtrip() {
 #[test]
 fn csr_two_call_sizing_and_decode() {
     let h = handle(Activation::JumpRelu);
+    // SAFETY: `h` is a live handle freed once at the end; every buffer is a local array
+    // of at least the length passed with it, and NULLs go only where the ABI allows them.
     unsafe {
         assert!(!sae_is_topk(h) && sae_k(h) == 0);
         let (mut rp, mut nnz) = ([0i64; 3], 0usize);
@@ -289,6 +295,9 @@ fn csr_two_call_sizing_and_decode() {
 #[test]
 fn argument_errors_have_statuses_and_messages() {
     let h = handle(Activation::TopK { k: 2 });
+    // SAFETY: `h` is a live handle freed once at the end; the bad arguments are NULLs,
+    // wrong shapes and overflowing sizes that the exports reject before any access, and
+    // the buffers actually read or written are local arrays of the lengths passed.
     unsafe {
         let (mut idx, mut val) = ([0i32; 4], [0f32; 4]);
         let val_ptr = val.as_mut_ptr();
@@ -416,6 +425,8 @@ fn argument_errors_have_statuses_and_messages() {
 #[test]
 fn stats_accumulate_merge_get() {
     let h = handle(Activation::TopK { k: 2 });
+    // SAFETY: `h` and the statistics are live until freed once at the end; every buffer
+    // is a local array of the length passed with it.
     unsafe {
         let (mut a, mut b) = (null_mut(), null_mut());
         assert_eq!(sae_stats_new(h, &mut a), SaeStatus::Ok);
@@ -491,6 +502,8 @@ fn handle_is_shareable_across_threads() {
             .map(|_| {
                 s.spawn(move || {
                     let (mut idx, mut val) = ([0i32; 4], [0f32; 4]);
+                    // SAFETY: `h` is live until every thread is joined (handles are
+                    // shareable); the buffers are this thread's arrays of 2 x 2 / 2 x 3.
                     let st = unsafe {
                         sae_encode_topk_host(
                             h as *const SaeHandle,
@@ -512,6 +525,7 @@ fn handle_is_shareable_across_threads() {
         joins.into_iter().map(|j| j.join().unwrap()).collect()
     });
     assert!(results.iter().all(|r| *r == [1, 3, 4, 2]));
+    // SAFETY: all threads are joined, so nothing else uses `h`; freed once.
     unsafe { sae_free(h as *mut SaeHandle) };
 }
 
@@ -538,10 +552,12 @@ impl Engine for StagedNaive {
 
 impl DevicePtrOps for StagedNaive {
     unsafe fn encode_topk_device(&self, args: &EncodeTopkDevice) -> Result<()> {
-        staged_encode_topk(self, args)
+        // SAFETY: the caller meets the trait method's contract, which is the helper's.
+        unsafe { staged_encode_topk(self, args) }
     }
     unsafe fn decode_topk_device(&self, args: &DecodeTopkDevice) -> Result<()> {
-        staged_decode_topk(self, args)
+        // SAFETY: the caller meets the trait method's contract, which is the helper's.
+        unsafe { staged_decode_topk(self, args) }
     }
 }
 
@@ -549,12 +565,15 @@ impl DevicePtrOps for StagedNaive {
 fn gpu_context() -> Option<()> {
     use cudarc::driver::result;
     // With dynamic loading a missing libcuda panics on first use: ask first.
+    // SAFETY: only probes for the driver library; no driver call is made through it.
     if !unsafe { cudarc::driver::sys::is_culib_present() } {
         return None;
     }
     result::init().ok()?;
     let dev = result::device::get(0).ok()?;
+    // SAFETY: the driver is initialized and `dev` is a device it returned.
     let ctx = unsafe { result::primary_ctx::retain(dev) }.ok()?;
+    // SAFETY: `ctx` is the primary context just retained, never released in the test.
     unsafe { result::ctx::set_current(ctx) }.ok()
 }
 
@@ -570,6 +589,8 @@ fn device_pointer_abi_on_gpu() {
     let sae = test_sae(Activation::TopK { k: 2 });
     let engine = StagedNaive(Naive(sae.clone()));
     let h = Box::into_raw(Box::new(SaeHandle::new(sae, Box::new(engine))));
+    // SAFETY: the context is current (gpu_context); device buffers come from malloc_sync
+    // with the byte sizes the calls state, are freed once, and `h` is live until freed.
     unsafe {
         assert!(sae_has_device_pointers(h));
         let x = malloc_sync(6 * 4).unwrap();
@@ -672,6 +693,7 @@ fn stats_from_rows_equal_stats_of_a_dump() {
     ];
     write_safetensors(&dump_path, &tensors, Default::default()).unwrap();
     let dump = sae_engine::Dump::open(&dump_path).unwrap();
+    // SAFETY: `h` is a live handle from `handle` (freed at the end of the test).
     let sae = unsafe { &*h }.sae.clone();
     let want =
         sae_engine::pipeline::stats_of_dump(&Naive(sae.clone()), &dump, 4, true, &|_| {}).unwrap();
@@ -679,9 +701,12 @@ fn stats_from_rows_equal_stats_of_a_dump() {
     let read_back = |s: *mut SaeStats, name: &str| {
         let p = dir.path().join(name);
         let c = std::ffi::CString::new(p.to_str().unwrap()).unwrap();
+        // SAFETY: `s` is live statistics and `c` a NUL-terminated path.
         assert_eq!(unsafe { sae_stats_write(s, c.as_ptr()) }, SaeStatus::Ok);
         sae_engine::io::stats_file::read(&p).unwrap()
     };
+    // SAFETY: `h` and the statistics are live until freed once at the end; the rows,
+    // columns and codes are slices of local vectors with the lengths passed.
     unsafe {
         let mut s = null_mut();
         assert_eq!(sae_stats_new(h, &mut s), SaeStatus::Ok);
@@ -768,5 +793,6 @@ fn stats_from_rows_equal_stats_of_a_dump() {
         }
         sae_free(other);
     }
+    // SAFETY: `h` is live and freed once, here.
     unsafe { sae_free(h) };
 }

@@ -97,7 +97,10 @@ pub enum BackendKind {
     /// The multithreaded CPU reference.
     Cpu,
     /// A CUDA device.
-    Cuda { device: usize },
+    Cuda {
+        /// The device ordinal.
+        device: usize,
+    },
     /// CUDA device 0 when usable, else CPU.
     Auto,
 }
@@ -216,6 +219,7 @@ pub trait Engine: Send {
 pub struct EncodeTopkDevice {
     /// f32 input rows `[rows, d_in]`, row-major.
     pub x: u64,
+    /// Number of rows in `x`.
     pub rows: usize,
     /// i32 output `[rows, k]` (k = the SAE's k), same order and padding as `Codes::TopK`.
     pub out_indices: u64,
@@ -236,10 +240,13 @@ pub struct DecodeTopkDevice {
     pub indices: u64,
     /// f32 `[rows, k]` values.
     pub values: u64,
+    /// Number of rows.
     pub rows: usize,
+    /// Codes per row.
     pub k: usize,
     /// f32 `[rows]` scales and shifts that undo normalization, or 0 for none (both or neither).
     pub scale: u64,
+    /// See `scale`.
     pub shift: u64,
     /// f32 output `[rows, d_in]`.
     pub out_x: u64,

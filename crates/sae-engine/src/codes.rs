@@ -13,17 +13,25 @@ pub enum Codes {
     /// (ties: smaller latent index first). A row with fewer than k positive
     /// pre-activations is padded with index -1 and value 0.0.
     TopK {
+        /// Number of rows.
         n: usize,
+        /// Codes per row.
         k: usize,
+        /// `[n, k]` latent indices, -1 for padding.
         indices: Vec<i32>,
+        /// `[n, k]` activation values, 0.0 for padding.
         values: Vec<f32>,
     },
     /// Threshold SAEs (ReLU, JumpReLU): row i's entries are `row_ptr[i]..row_ptr[i+1]`,
     /// latent indices ascending, values > 0.
     Csr {
+        /// Number of rows.
         n: usize,
+        /// `[n + 1]` offsets into `indices`/`values`, starting at 0, non-decreasing.
         row_ptr: Vec<i64>,
+        /// Latent index of each entry.
         indices: Vec<i32>,
+        /// Activation value of each entry.
         values: Vec<f32>,
     },
 }
@@ -258,7 +266,9 @@ impl Codes {
 /// Per-row constants that undo input normalization (`x = out * scale + shift`).
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Denorm {
+    /// Per-row factor: `[rows]`.
     pub scale: Vec<f32>,
+    /// Per-row offset added after scaling: `[rows]`.
     pub shift: Vec<f32>,
 }
 
@@ -281,7 +291,9 @@ impl Denorm {
 /// the SAE normalizes its input (needed to decode back into the residual scale).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Encoded {
+    /// The latent activations.
     pub codes: Codes,
+    /// Per-row constants that undo normalization; None when the SAE does not normalize.
     pub denorm: Option<Denorm>,
 }
 

@@ -6,8 +6,11 @@ use half::{bf16, f16};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DType {
+    /// IEEE 754 single precision.
     F32,
+    /// IEEE 754 half precision.
     F16,
+    /// bfloat16 (f32's exponent, 8-bit mantissa).
     BF16,
 }
 

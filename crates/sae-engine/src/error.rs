@@ -13,42 +13,70 @@ pub enum Error {
     /// A file could not be opened, read, mapped or written.
     #[error("{}: {source}", path.display())]
     Io {
+        /// The file.
         path: PathBuf,
         #[source]
+        /// What the operating system said.
         source: std::io::Error,
     },
     /// A file exists but its content is not in the expected format (bad header, bad JSON, truncated data).
     #[error("{}: {msg}", path.display())]
-    Format { path: PathBuf, msg: String },
+    Format {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        msg: String,
+    },
     /// A required tensor, file or configuration key is absent.
     #[error("{}: missing {what}", path.display())]
-    Missing { path: PathBuf, what: String },
+    Missing {
+        /// The file or folder it was looked for in.
+        path: PathBuf,
+        /// What is absent (a tensor, a file, a config key).
+        what: String,
+    },
     /// A tensor has a shape that does not fit the others or the configuration.
     #[error("{}: tensor `{tensor}` has shape {got:?}, expected {expected}", path.display())]
     Shape {
+        /// The file.
         path: PathBuf,
+        /// The tensor's name.
         tensor: String,
+        /// Its shape.
         got: Vec<usize>,
+        /// The shape that fits, in words.
         expected: String,
     },
     /// A tensor has a dtype this engine does not accept there.
     #[error("{}: tensor `{tensor}` has dtype {got}, expected {expected}", path.display())]
     DType {
+        /// The file.
         path: PathBuf,
+        /// The tensor's name.
         tensor: String,
+        /// Its dtype.
         got: String,
+        /// The dtypes accepted there.
         expected: String,
     },
     /// The activations' width does not match the SAE's d_in.
     #[error("{}: activations have width {got}, but the SAE expects d_in = {expected}", path.display())]
     WidthMismatch {
+        /// The activations' file.
         path: PathBuf,
+        /// Their width.
         got: usize,
+        /// The SAE's d_in.
         expected: usize,
     },
     /// A NaN or infinity in an input row (reported with the row, never dropped).
     #[error("{context}: non-finite value (NaN or inf) in input row {row}")]
-    NonFinite { context: String, row: u64 },
+    NonFinite {
+        /// Where the rows came from (a file or an argument name).
+        context: String,
+        /// The row, counted from 0 over the input.
+        row: u64,
+    },
     /// A NaN or infinite pre-activation computed from a finite input row: the SAE's
     /// encoder (W_enc row or b_enc entry of that latent) is at fault, not the input.
     /// `input` names where the row came from (" of acts.npy"), empty when unknown.
@@ -59,10 +87,15 @@ pub enum Error {
         sae.display()
     )]
     SaeNonFinite {
+        /// The SAE's file.
         sae: PathBuf,
+        /// The latent.
         latent: usize,
+        /// The pre-activation computed.
         value: f32,
+        /// The input row.
         row: u64,
+        /// Where the row came from (" of acts.npy"), empty when unknown.
         input: String,
     },
     /// A caller passed an argument outside what is accepted (k > latents, bad shard spec, ...).

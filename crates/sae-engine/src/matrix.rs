@@ -14,8 +14,11 @@ use crate::error::{Error, Result};
 pub enum Bytes {
     /// A byte range of a memory-mapped file.
     Mapped {
+        /// The mapping.
         map: Arc<memmap2::Mmap>,
+        /// Start of the range in the mapping.
         offset: usize,
+        /// Length of the range in bytes.
         len: usize,
     },
     /// Bytes owned in memory (decompressed archives, tests, converted tensors).

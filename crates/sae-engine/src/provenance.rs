@@ -72,11 +72,20 @@ pub struct Input {
 #[serde(tag = "identity", rename_all = "snake_case")]
 pub enum Identity {
     /// SHA-256 of the contents (lowercase hex).
-    Sha256 { sha256: String },
+    Sha256 {
+        /// The digest.
+        sha256: String,
+    },
     /// The SAE's fingerprint ([`crate::Sae::fingerprint`]).
-    Fingerprint { fingerprint: String },
+    Fingerprint {
+        /// The fingerprint.
+        fingerprint: String,
+    },
     /// Too large to hash: the newest modification time of its files (RFC 3339, UTC).
-    SizeMtime { modified: String },
+    SizeMtime {
+        /// The newest modification time.
+        modified: String,
+    },
 }
 
 impl Provenance {

@@ -354,6 +354,7 @@ pub struct UnitFailure {
     pub shard: PathBuf,
     /// Worker index and its label.
     pub worker: usize,
+    /// The worker's label.
     pub device: String,
     /// True when the engine failed (the device then stopped taking work); false for
     /// a problem of the shard itself (unreadable, wrong width, NaN) or of writing.
@@ -365,6 +366,7 @@ pub struct UnitFailure {
 /// What one worker did.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct WorkerReport {
+    /// Worker index.
     pub worker: usize,
     /// The worker's label (`cuda:1`, `cpu#0`).
     pub device: String,

@@ -11,9 +11,9 @@
 
 use std::sync::Arc;
 
+use crate::backend::{BackendKind, Engine, EngineOptions};
 use crate::codes::Codes;
 use crate::error::{Error, Result};
-use crate::backend::{BackendKind, Engine, EngineOptions};
 use crate::sae::{Activation, Sae};
 
 use super::Crosscoder;

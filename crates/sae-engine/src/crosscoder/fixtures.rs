@@ -9,10 +9,10 @@ use super::analysis::{self, LatentClass, Verdict};
 use super::encode::CrosscoderEngine;
 use super::paired::Paired;
 use super::*;
+use crate::backend::{BackendKind, EngineOptions};
 use crate::dtype::DType;
 use crate::formats::common::bytes_to_f32;
 use crate::formats::npz::Npz;
-use crate::backend::{BackendKind, EngineOptions};
 
 /// The repository's one set of fixtures (tests/fixtures at the workspace root, two levels
 /// above this crate), shared with the integration tests.

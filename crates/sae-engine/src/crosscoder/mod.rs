@@ -68,7 +68,12 @@ pub enum CodeNormalization {
     /// Norm of the concatenated decoder rows.
     Sae,
     /// `alpha_sae * SAE + alpha_cc * CROSSCODER`.
-    Mixed { alpha_sae: f32, alpha_cc: f32 },
+    Mixed {
+        /// Weight of the `Sae` factor.
+        alpha_sae: f32,
+        /// Weight of the `Crosscoder` factor.
+        alpha_cc: f32,
+    },
     /// 1 for every latent.
     None,
     /// Per model: that model's decoder row norm, with one threshold and one code per model.

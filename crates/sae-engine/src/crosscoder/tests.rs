@@ -8,9 +8,9 @@ use std::sync::Arc;
 use super::analysis::{self, LatentClass};
 use super::encode::{apply_threshold, prefilter_cut, CrosscoderEngine};
 use super::*;
+use crate::backend::{BackendKind, EngineOptions};
 use crate::codes::Codes;
 use crate::io::mapped::{write_safetensors, OwnedTensor};
-use crate::backend::{BackendKind, EngineOptions};
 
 /// A crosscoder's tensors in the fork's shapes.
 #[derive(Clone)]

@@ -8,11 +8,11 @@ use std::sync::Arc;
 use super::encode::{CrosscoderCodes, CrosscoderEngine};
 use super::load::{assemble, Parts};
 use super::{CodeNormalization, Crosscoder, InputNorm};
-use crate::verify::{CaseResult, Rng};
+use crate::backend::{BackendKind, EngineOptions};
 use crate::dtype::DType;
 use crate::error::Result;
 use crate::matrix::Matrix;
-use crate::backend::{BackendKind, EngineOptions};
+use crate::verify::{CaseResult, Rng};
 
 /// One case: a crosscoder and paired rows `[rows, n_models * d]`.
 pub struct Case {
@@ -201,7 +201,10 @@ fn run_case(device: usize, force_nvrtc: bool, c: &Case) -> CaseResult {
 /// Runs every crosscoder case on `device` (kernels from NVRTC when `force_nvrtc`).
 pub fn run(device: usize, force_nvrtc: bool) -> Vec<CaseResult> {
     match cases() {
-        Ok(cases) => cases.iter().map(|c| run_case(device, force_nvrtc, c)).collect(),
+        Ok(cases) => cases
+            .iter()
+            .map(|c| run_case(device, force_nvrtc, c))
+            .collect(),
         Err(e) => vec![CaseResult {
             detail: vec![e.to_string()],
             ..empty_result("crosscoder cases")

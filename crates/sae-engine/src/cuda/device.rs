@@ -17,11 +17,17 @@ use crate::error::{Error, Result};
 /// What we know about the device, for names, planning and peak numbers.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct DeviceInfo {
+    /// CUDA device ordinal.
     pub ordinal: usize,
+    /// The device's name as the driver reports it.
     pub name: String,
+    /// Compute capability (major, minor).
     pub compute_capability: (i32, i32),
+    /// Number of streaming multiprocessors.
     pub multiprocessors: i32,
+    /// Total device memory in bytes.
     pub total_mem: usize,
+    /// Each kernel module and how its code was obtained.
     pub kernel_sources: Vec<(String, KernelSource)>,
 }
 
@@ -50,15 +56,20 @@ pub(crate) fn cuda_err(what: &str) -> impl Fn(drv::DriverError) -> Error + '_ {
 
 /// A device and its per-process resources.
 pub struct Gpu {
+    /// The device's primary context.
     pub ctx: Arc<CudaContext>,
+    /// The main stream: launches and copies are ordered on it.
     pub stream: Arc<CudaStream>,
     /// A second stream: the top-k pass of a double-buffered encode runs here while the next
     /// tile's GEMM runs on `stream` (ordered by events, see encode::Overlap).
     pub aux: Arc<CudaStream>,
+    /// cuBLAS handle.
     pub blas: CudaBlas,
     /// cuBLASLt handle and the encoder GEMM's algorithm choices (see [`super::gemm`]).
     pub gemm: Gemm,
+    /// The loaded kernel modules and their functions.
     pub kernels: Kernels,
+    /// Name, memory and capability of the device.
     pub info: DeviceInfo,
 }
 
@@ -251,7 +262,9 @@ impl Gpu {
 
 /// An owned device allocation, freed on drop.
 pub struct DevBuf {
+    /// Device address of the allocation.
     pub ptr: u64,
+    /// Size of the allocation in bytes.
     pub bytes: usize,
     ctx: Arc<CudaContext>,
 }

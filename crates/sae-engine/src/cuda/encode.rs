@@ -24,8 +24,11 @@ const MAX_TILE: usize = 1 << 16;
 /// Rows per chunk, latents per tile, and whether the scores scratch is bf16 (TopK only).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct Plan {
+    /// Rows per chunk.
     pub rows: usize,
+    /// Latents per GEMM tile.
     pub tile: usize,
+    /// Scores kept in bf16 (TopK only); uncertified selections are re-encoded with f32 scores.
     pub bf16_scores: bool,
     /// Two score buffers: the top-k pass over one tile runs on a second stream while the
     /// GEMM fills the other (TopK only; see [`Plan::double_buffered`]).
@@ -77,7 +80,9 @@ pub fn candidates(k: usize) -> usize {
 /// What the workspace plan depends on of an SAE (known before it is uploaded).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TileShape {
+    /// Input width.
     pub d_in: usize,
+    /// Number of latents L.
     pub n_latents: usize,
     /// k of a TopK SAE, 0 for threshold SAEs (CSR output).
     pub k: usize,
@@ -187,7 +192,9 @@ pub fn plan_tiles(
 
 /// Device buffers for one plan.
 pub struct Workspace {
+    /// The plan the buffers were sized for.
     pub plan: Plan,
+    /// GEMM arithmetic of the encoder.
     pub precision: Precision,
     /// f32 [rows, d]: preprocessed activations.
     pub x32: DevBuf,
@@ -204,7 +211,9 @@ pub struct Workspace {
     /// TopK running state: u64 keys [rows, k], i32 count [rows], outputs i32/f32 [rows, k].
     state: Option<DevBuf>,
     count: DevBuf,
+    /// TopK output indices, i32 [rows, k].
     pub idx: Option<DevBuf>,
+    /// TopK output values, f32 [rows, k].
     pub val: Option<DevBuf>,
     /// CSR: per-row counts (i32) and write offsets (i64), fragment buffers.
     offsets: DevBuf,
@@ -348,7 +357,9 @@ pub fn prepare_x(gpu: &Gpu, sae: &DeviceSae, ws: &Workspace, rows: usize) -> Res
 /// Where a GEMM tile's scores go: bf16 or f32, row stride `ld` elements.
 #[derive(Debug, Clone, Copy)]
 pub struct ScoresOut {
+    /// True for bf16 scores, false for f32.
     pub bf16: bool,
+    /// Row stride of the buffer, in elements.
     pub ld: usize,
     /// Device address of the buffer.
     pub buf: u64,

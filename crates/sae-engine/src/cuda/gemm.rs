@@ -37,17 +37,27 @@ const SEARCH_REPS: usize = 3;
 /// f32 accumulation; `tf32` allows TF32 tensor cores for f32 operands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 pub struct GemmSpec {
+    /// Rows of C (and of op(A)).
     pub m: usize,
+    /// Columns of C (and of B).
     pub n: usize,
+    /// The shared dimension.
     pub k: usize,
+    /// A is stored transposed ([k, m]).
     pub trans_a: bool,
+    /// Leading dimension of A.
     pub lda: usize,
+    /// Leading dimension of B.
     pub ldb: usize,
+    /// Leading dimension of C.
     pub ldc: usize,
+    /// Element type of A.
     pub a_type: DType,
+    /// Element type of B.
     pub b_type: DType,
     /// bf16 or f32 output.
     pub c_type: DType,
+    /// Allow TF32 tensor cores for f32 operands.
     pub tf32: bool,
 }
 
@@ -71,8 +81,11 @@ impl GemmSpec {
 /// Device addresses of A, B and C.
 #[derive(Debug, Clone, Copy)]
 pub struct GemmPtrs {
+    /// Device address of A.
     pub a: u64,
+    /// Device address of B.
     pub b: u64,
+    /// Device address of C.
     pub c: u64,
 }
 
@@ -207,10 +220,13 @@ impl Choice {
 /// What a search measured: kept for reports (`sae-bench run` prints it).
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct SearchRecord {
+    /// The GEMM searched.
     pub spec: GemmSpec,
+    /// How the algorithm was to be picked.
     pub mode: GemmMode,
     /// (candidate, median ms of the timed runs, or why it was dropped).
     pub candidates: Vec<(String, std::result::Result<f64, String>)>,
+    /// The candidate kept.
     pub chosen: String,
 }
 

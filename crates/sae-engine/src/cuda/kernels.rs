@@ -72,8 +72,11 @@ pub fn build_nvcc() -> &'static str {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum KernelSource {
+    /// The fatbin compiled by nvcc at build time and embedded in the library.
     Fatbin,
+    /// PTX compiled at run time by NVRTC from the embedded sources.
     Nvrtc,
+    /// PTX an earlier NVRTC compile left in the kernel cache.
     NvrtcCached,
 }
 

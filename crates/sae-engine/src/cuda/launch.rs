@@ -15,6 +15,7 @@ fn launch_err(name: &'static str) -> impl Fn(cudarc::driver::DriverError) -> Err
 
 /// Codes on the device in CSR form (TopK rows use row_ptr = i * k, padding index -1).
 pub struct DeviceCodes {
+    /// Number of rows.
     pub rows: usize,
     /// i64 [rows + 1]
     pub row_ptr: DevBuf,
@@ -60,6 +61,7 @@ impl DeviceCodes {
 pub struct DecodeExtras {
     /// f32 [rows] scale and shift that undo normalization (both or neither).
     pub scale: u64,
+    /// See `scale`.
     pub shift: u64,
     /// f32 [rows, d] original activations: with `metrics`, fused reconstruction sums.
     pub x: u64,
@@ -138,12 +140,15 @@ pub fn decode(
 /// Per-latent statistics of several models accumulated on the device (one launch per batch
 /// of codes, whatever the number of models). Download with `to_host`.
 pub struct DeviceStats {
+    /// Number of models whose statistics are kept side by side.
     pub n_models: usize,
+    /// Latents per model.
     pub n_latents: usize,
     sum: DevBuf,
     sum_sq: DevBuf,
     n_active: DevBuf,
     max_bits: DevBuf,
+    /// Tokens counted per model (kept on the host).
     pub n_tokens: Vec<u64>,
 }
 

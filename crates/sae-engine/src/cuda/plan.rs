@@ -5,8 +5,8 @@
 //! without a GPU.
 
 use super::encode::{plan_tiles, Plan, Precision, TileShape};
-use crate::error::{Error, Result};
 use crate::backend::Workload;
+use crate::error::{Error, Result};
 use crate::provenance::human_bytes;
 
 /// Free memory kept out of every plan: allocation granularity and the driver's own
@@ -16,7 +16,9 @@ pub const HEADROOM: u64 = 64 << 20;
 /// Device memory as `cuMemGetInfo` reports it for the engine's context.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DeviceMemory {
+    /// Free bytes.
     pub free: u64,
+    /// Total bytes.
     pub total: u64,
 }
 
@@ -39,7 +41,9 @@ pub struct MemoryRequest {
     pub max_rows: usize,
     /// GEMM arithmetic, latents-per-tile override and bf16-score choice (tile planning).
     pub precision: Precision,
+    /// Latents per tile instead of the planned width (`EngineOptions`).
     pub tile_override: Option<usize>,
+    /// Force bf16 scores on or off instead of the planner's choice.
     pub bf16_scores: Option<bool>,
     /// At most this many bytes of device memory for the engine (`EngineOptions::device_memory_limit`).
     pub limit: Option<u64>,

@@ -14,8 +14,11 @@ use crate::error::{Error, Result};
 /// What a streaming pass did.
 #[derive(Debug, Clone, Copy, serde::Serialize)]
 pub struct StreamReport {
+    /// Rows encoded.
     pub rows: u64,
+    /// Batches read.
     pub batches: u64,
+    /// Wall-clock seconds of the pass.
     pub seconds: f64,
     /// Seconds the encoder waited for the reader (disk-bound when large).
     pub wait_seconds: f64,

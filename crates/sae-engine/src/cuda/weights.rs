@@ -9,8 +9,11 @@ use crate::sae::{Activation, Sae};
 
 /// One weight matrix on the device, logical [n_latents, d].
 pub struct DeviceMatrix {
+    /// The stored elements.
     pub buf: DevBuf,
+    /// Their element type.
     pub dtype: DType,
+    /// Row-major, or stored as the transpose.
     pub layout: Layout,
 }
 
@@ -53,8 +56,11 @@ fn random_scale(d_in: usize) -> f32 {
 
 /// Everything the kernels need of an SAE.
 pub struct DeviceSae {
+    /// Number of latents L.
     pub n_latents: usize,
+    /// Input width d.
     pub d_in: usize,
+    /// The encoder.
     pub w_enc: DeviceMatrix,
     /// None: tied to the encoder (device-generated benchmark SAEs).
     pub w_dec: Option<DeviceMatrix>,
@@ -69,7 +75,9 @@ pub struct DeviceSae {
     /// f32 [ceil(L / 128)]: per 128-latent block, the largest b_enc and the largest decoder
     /// norm (see [`block_bounds`]); the top-k pass skips scores these bounds rule out.
     pub bias_bound: DevBuf,
+    /// f32 per 128-latent block: the largest decoder norm, when TopK rescales by them.
     pub scale_bound: Option<DevBuf>,
+    /// The activation function.
     pub activation: Activation,
 }
 

@@ -51,8 +51,11 @@ pub fn arrow_files(dir: &Path) -> Result<Vec<PathBuf>> {
 /// Shape and dtype of the activation column as `dataset_info.json` declares it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ColumnInfo {
+    /// Column name.
     pub name: String,
+    /// Tokens per row of the column (its sequence length).
     pub context_size: usize,
+    /// Activation width.
     pub d_in: usize,
 }
 

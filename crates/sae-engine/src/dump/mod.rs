@@ -273,8 +273,11 @@ pub struct Batch {
     pub rows: usize,
     /// `[rows, d]` row-major f32.
     pub acts: Vec<f32>,
+    /// Token id of each row, when the dump has `token_ids`.
     pub token_ids: Option<Vec<i64>>,
+    /// Document id of each row, when the dump has `doc_ids`.
     pub doc_ids: Option<Vec<i64>>,
+    /// Per-row mask (0 = left out), when the dump has `mask`.
     pub mask: Option<Vec<u8>>,
 }
 

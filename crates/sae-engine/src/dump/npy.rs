@@ -36,7 +36,12 @@ pub(super) fn map_rows(
     expected: &str,
     rows_width: impl Fn(&[usize]) -> Option<(usize, usize)>,
 ) -> Result<MappedRows> {
-    rows_of_map(path, crate::io::mapped::map_file(path)?, expected, rows_width)
+    rows_of_map(
+        path,
+        crate::io::mapped::map_file(path)?,
+        expected,
+        rows_width,
+    )
 }
 
 /// [`map_rows`] over an already-mapped file.

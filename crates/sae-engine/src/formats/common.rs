@@ -12,7 +12,9 @@ use crate::matrix::{Bytes, Layout, Matrix};
 
 /// A parsed JSON config object and the file it came from (for error messages).
 pub struct Cfg {
+    /// The config file.
     pub path: PathBuf,
+    /// Its top-level JSON object.
     pub obj: Map<String, Value>,
 }
 

@@ -32,10 +32,15 @@ use crate::sae::{Activation, Format, LatentScales, Normalization, Sae, SaeMeta};
 /// The dictionary classes this loader understands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DictClass {
+    /// `AutoEncoder`: ReLU.
     AutoEncoder,
+    /// `AutoEncoderTopK`: TopK.
     AutoEncoderTopK,
+    /// `BatchTopKSAE`: a global threshold at inference.
     BatchTopK,
+    /// `JumpReluAutoEncoder`: per-latent thresholds.
     JumpRelu,
+    /// `MatryoshkaBatchTopKSAE`: BatchTopK with nested dictionaries.
     Matryoshka,
 }
 

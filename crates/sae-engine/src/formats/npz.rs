@@ -18,6 +18,7 @@ use crate::matrix::Bytes;
 pub struct NpzArray {
     /// Member name without the `.npy` suffix.
     pub name: String,
+    /// The member's npy header.
     pub header: NpyHeader,
     /// Exactly `numel * dtype size` bytes of array data.
     pub bytes: Bytes,

@@ -69,7 +69,8 @@ pub fn fetch(opts: &HubOptions, repo: &str, revision: &str, path: &str) -> Resul
 #[cfg(not(feature = "hub-download"))]
 pub fn fetch(opts: &HubOptions, repo: &str, revision: &str, path: &str) -> Result<Fetched> {
     Err(Error::missing(
-        opts.cache_dir.join(format!("models--{}", repo.replace('/', "--"))),
+        opts.cache_dir
+            .join(format!("models--{}", repo.replace('/', "--"))),
         format!(
             "`{path}` of {repo} at revision {revision} in the Hugging Face cache; this build \
              cannot download it (the library was built without the `hub-download` feature)"

@@ -53,7 +53,10 @@ pub enum ProcState {
     /// No such process.
     Gone,
     /// A process with this start time runs under the id.
-    Running { start: u64 },
+    Running {
+        /// Its start time in clock ticks since boot (a reused id has another).
+        start: u64,
+    },
     /// The OS cannot tell (no `/proc`): treated as alive.
     Unknown,
 }

@@ -27,7 +27,10 @@ use crate::io::mapped::{MappedSafetensors, MappedTensor};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CodesKind {
     /// Fixed-width `[n, k]` rows.
-    TopK { k: usize },
+    TopK {
+        /// Codes per row.
+        k: usize,
+    },
     /// Compressed sparse rows.
     Csr,
 }

@@ -30,9 +30,13 @@ pub fn map_file(path: &Path) -> Result<Arc<memmap2::Mmap>> {
 /// One tensor of a mapped safetensors file.
 #[derive(Debug, Clone)]
 pub struct MappedTensor {
+    /// The tensor's name in the header.
     pub name: String,
+    /// Its dtype.
     pub dtype: safetensors::Dtype,
+    /// Its shape.
     pub shape: Vec<usize>,
+    /// Its data bytes (little-endian).
     pub bytes: Bytes,
 }
 
@@ -160,8 +164,11 @@ impl MappedSafetensors {
 
 /// A tensor to write: dtype, shape and little-endian bytes.
 pub struct OwnedTensor {
+    /// Element type.
     pub dtype: safetensors::Dtype,
+    /// Shape.
     pub shape: Vec<usize>,
+    /// Little-endian element bytes.
     pub data: Vec<u8>,
 }
 

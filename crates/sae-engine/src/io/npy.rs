@@ -9,14 +9,21 @@ use crate::io::atomic::AtomicFile;
 /// Element types we read from npy files.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NpyDtype {
+    /// `<f4`.
     F32,
+    /// `<f2`.
     F16,
     /// numpy has no bfloat16; ml_dtypes arrays are saved with descr `<V2`.
     BF16,
+    /// `<f8`.
     F64,
+    /// `<i8`.
     I64,
+    /// `<i4`.
     I32,
+    /// `|u1`.
     U8,
+    /// `|b1`.
     Bool,
 }
 
@@ -58,8 +65,11 @@ impl NpyDtype {
 /// A parsed npy header.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NpyHeader {
+    /// Element type (`descr`).
     pub dtype: NpyDtype,
+    /// Shape.
     pub shape: Vec<usize>,
+    /// Data stored column-major.
     pub fortran_order: bool,
     /// Byte offset of the data from the start of the file.
     pub data_offset: usize,

@@ -3,8 +3,8 @@
 
 use std::ops::Range;
 
-use crate::error::{Error, Result};
 use crate::backend::BackendKind;
+use crate::error::{Error, Result};
 use crate::sae::{Activation, LatentScales, Normalization, Sae, SaeMeta};
 
 /// Contiguous latent ranges `0..b1, b1..b2, ..., b(S-1)..L`, each non-empty.

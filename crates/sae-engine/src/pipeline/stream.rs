@@ -4,9 +4,9 @@
 //! hook on a running model, through the C ABI). The same rows in the same order give
 //! the same statistics, bit for bit, whichever way they arrive.
 
+use crate::backend::Engine;
 use crate::codes::Codes;
 use crate::error::{Error, Result};
-use crate::backend::Engine;
 use crate::stats::{LatentStats, OpenDoc};
 
 /// What a batch of rows carries beside its activations (the columns of a dump).

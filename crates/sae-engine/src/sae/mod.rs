@@ -76,7 +76,10 @@ impl Format {
 pub enum Activation {
     /// Keep the k largest pre-activations, then ReLU: a kept value <= 0 is inactive.
     /// Ties: larger value first, then smaller latent index.
-    TopK { k: usize },
+    TopK {
+        /// Latents kept per row.
+        k: usize,
+    },
     /// max(h, 0).
     Relu,
     /// relu(h) where h > threshold[i] (strict), else 0. BatchTopK at inference is
@@ -100,16 +103,24 @@ pub enum Normalization {
     /// x' = x * sqrt(d) / ||x||; out: x_hat * ||x|| / sqrt(d).
     ConstantNormRescale,
     /// x' = (x - mean) / (std + eps) with the unbiased std (torch `x.std()`); out: x_hat * std + mean.
-    LayerNorm { eps: f32 },
+    LayerNorm {
+        /// Added to the std.
+        eps: f32,
+    },
     /// x' = x * factor; out: x_hat / factor. SAELens `expected_average_only_in` with its
     /// dataset constant (sqrt(d) / E||x||), which cfg.json does not store.
-    Scale { factor: f32 },
+    Scale {
+        /// The factor.
+        factor: f32,
+    },
 }
 
 /// Per-row constants that undo the normalization: `x = x_norm_out * scale + shift`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RowDenorm {
+    /// Factor on the normalized output.
     pub scale: f32,
+    /// Offset added after the factor.
     pub shift: f32,
 }
 
@@ -196,6 +207,7 @@ pub struct SaeMeta {
 /// A loaded sparse autoencoder in canonical form.
 #[derive(Debug, Clone)]
 pub struct Sae {
+    /// Where the SAE came from: format, source path, architecture, hook and model.
     pub meta: SaeMeta,
     /// Encoder, logical [n_latents, d_in].
     pub w_enc: Matrix,
@@ -207,9 +219,11 @@ pub struct Sae {
     pub b_dec: Vec<f32>,
     /// [n_latents], JumpReLU only.
     pub threshold: Option<Vec<f32>>,
+    /// The latent activation function.
     pub activation: Activation,
     /// Subtract b_dec from the (normalized) input before encoding.
     pub subtract_b_dec: bool,
+    /// Input normalization.
     pub normalization: Normalization,
     /// SAELens TopK: multiply h by decoder row norms before selection, divide before decoding.
     pub rescale_acts_by_decoder_norm: bool,

@@ -26,6 +26,7 @@ pub struct FileStamp {
     pub ctime_ns: i128,
     /// Device and inode (0 where the OS has none).
     pub dev: u64,
+    /// See `dev`.
     pub ino: u64,
 }
 

@@ -29,7 +29,9 @@ use compare::{check_fast, check_fast_selection, compare_csr, compare_topk};
 /// The outcome of one case.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct CaseResult {
+    /// The case's name (shape, dtype, activation).
     pub name: String,
+    /// Whether the backends agreed within tolerance.
     pub ok: bool,
     /// Largest |gpu - cpu| over compared values (encode and decode).
     pub max_abs_err: f64,
@@ -44,9 +46,11 @@ pub struct CaseResult {
 /// Deterministic splitmix64 stream (no RNG dependency; reproducible across runs).
 pub struct Rng(crate::deterministic::SplitMix64);
 impl Rng {
+    /// A generator seeded with `seed` (same seed, same values).
     pub fn new(seed: u64) -> Self {
         Rng(crate::deterministic::SplitMix64::new(seed))
     }
+    /// The next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
         self.0.next_u64()
     }
@@ -54,6 +58,7 @@ impl Rng {
     pub fn unit(&mut self) -> f32 {
         ((self.next_u64() >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
     }
+    /// `n` values uniform in [-scale, scale).
     pub fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
         (0..n).map(|_| self.unit() * scale).collect()
     }

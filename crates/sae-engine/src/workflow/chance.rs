@@ -15,6 +15,7 @@ const WARN_AT: f64 = 0.05;
 pub struct PerfectByChance {
     /// Positive and negative models.
     pub n_positive: usize,
+    /// See `n_positive`.
     pub n_negative: usize,
     /// Latents evaluated.
     pub n_evaluated: usize,

@@ -14,11 +14,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::backend::{BackendKind, Engine, EngineOptions};
 use crate::deterministic::GOLDEN_GAMMA;
 use crate::error::{Error, Result};
 use crate::io::mapped::{write_safetensors, OwnedTensor};
 use crate::matrix::Matrix;
-use crate::backend::{BackendKind, Engine, EngineOptions};
 use crate::provenance::Provenance;
 use crate::sae::{Activation, Format, Normalization, Sae, SaeMeta};
 
@@ -35,12 +35,17 @@ use super::{measure, named_stats, pair, report, Measured, Pairing, PairingReques
 pub struct DemoOptions {
     /// Folder for data, reports and plots (default: a new folder under the system temp dir).
     pub out_dir: Option<PathBuf>,
+    /// Seed of every random draw (same seed, same data).
     pub seed: u64,
+    /// Backend of the engine.
     pub backend: BackendKind,
     /// Tokens per dump.
     pub n_tokens: usize,
+    /// Activation width.
     pub d: usize,
+    /// Number of latents of the SAE.
     pub n_latents: usize,
+    /// Rows per batch.
     pub batch_rows: usize,
     /// Tile width and CUDA precision of the engine.
     pub engine: EngineOptions,
@@ -64,12 +69,19 @@ impl Default for DemoOptions {
 /// What was planted.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Planted {
+    /// The persona latent (fires in every misaligned fine-tune).
     pub persona: usize,
+    /// The assistant latent (fires in the base and aligned fine-tunes).
     pub assistant: usize,
+    /// Names of the misaligned fine-tunes.
     pub misaligned: Vec<String>,
+    /// Each misaligned fine-tune's domain latent.
     pub misaligned_domains: Vec<usize>,
+    /// Names of the aligned fine-tunes.
     pub aligned: Vec<String>,
+    /// Each aligned fine-tune's domain latent.
     pub aligned_domains: Vec<usize>,
+    /// Names of the training checkpoints.
     pub checkpoints: Vec<String>,
     /// Persona firing probability per checkpoint.
     pub checkpoint_persona_prob: Vec<f64>,
@@ -78,23 +90,36 @@ pub struct Planted {
 /// One check of what was found against what was planted.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Check {
+    /// What was checked.
     pub name: String,
+    /// Whether it held.
     pub ok: bool,
+    /// The numbers behind it.
     pub detail: String,
 }
 
 /// The demo's result.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct DemoReport {
+    /// The folder with the data, reports and plots.
     pub folder: PathBuf,
+    /// The engine's name.
     pub backend: String,
+    /// What was planted.
     pub planted: Planted,
+    /// Each finding against the plant.
     pub checks: Vec<Check>,
+    /// Whether every check held.
     pub all_ok: bool,
+    /// Wall-clock seconds of the demo.
     pub seconds: f64,
+    /// The diff of the fine-tunes against the base.
     pub diff: DiffReport,
+    /// The detection over misaligned and aligned fine-tunes.
     pub detect: DetectReport,
+    /// The steering dry run on the persona latent.
     pub steer: DryRunReport,
+    /// The monitoring of the checkpoints.
     pub monitor: MonitorReport,
 }
 

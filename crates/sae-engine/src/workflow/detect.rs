@@ -60,7 +60,9 @@ pub struct DetectOptions {
 /// One latent as a detector.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct LatentDetection {
+    /// Latent id.
     pub latent: usize,
+    /// Whether the misaligned models' delta is up or down.
     pub direction: Direction,
     /// In-sample AUROC in `direction` (>= 0.5).
     pub auroc: f64,
@@ -80,32 +82,43 @@ pub struct LatentDetection {
     pub z_clustered: f64,
     /// Benjamini-Hochberg q-value of `z_clustered` over all evaluated latents.
     pub q_value: f64,
+    /// Delta of each positive model, in input order.
     pub positive_deltas: Vec<f64>,
+    /// Delta of each negative model, in input order.
     pub negative_deltas: Vec<f64>,
 }
 
 /// One held-out model in the pipeline-level leave-one-out.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct HeldOut {
+    /// The held-out model's name.
     pub model: String,
+    /// Whether it is a positive (misaligned) model.
     pub positive: bool,
     /// The best latent chosen without this model.
     pub latent: usize,
+    /// Its delta on that latent.
     pub delta: f64,
+    /// The threshold fit without it.
     pub threshold: f64,
+    /// Whether the threshold calls it positive.
     pub predicted_positive: bool,
 }
 
 /// The detection result.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct DetectReport {
+    /// The base model's name.
     pub base: String,
+    /// The positive (misaligned) models' names.
     pub positives: Vec<String>,
+    /// The negative (aligned) models' names.
     pub negatives: Vec<String>,
     /// Paired or unpaired, and why.
     pub pairing: Pairing,
     /// Counted tokens, token hash, median norm and outliers of each input (base first).
     pub inputs: Vec<InputSummary>,
+    /// Latents evaluated.
     pub n_evaluated: usize,
     /// Ranked: out-of-sample AUROC, then AUROC, then margin, then latent id. The margin is
     /// in activation units on purpose: a d'-style ratio favours latents that barely fire
@@ -114,6 +127,7 @@ pub struct DetectReport {
     /// Choosing the best latent and its threshold without each model in turn, then
     /// classifying that model (None with fewer than two models of a class).
     pub pipeline_loo_accuracy: Option<f64>,
+    /// Each model's held-out classification.
     pub held_out: Vec<HeldOut>,
     /// Latents expected at AUROC 1 by chance with this many models, and the caveat.
     pub chance: super::chance::PerfectByChance,

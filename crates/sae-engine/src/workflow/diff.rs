@@ -109,6 +109,7 @@ pub struct LatentDiff {
     pub q_value: f64,
     /// Smallest and largest per-fine-tune delta.
     pub min_delta: f64,
+    /// See `min_delta`.
     pub max_delta: f64,
     /// Firing frequency in the base.
     pub base_freq: f64,
@@ -116,6 +117,7 @@ pub struct LatentDiff {
     pub freq_change: f64,
     /// Fine-tunes whose delta is > 0, < 0.
     pub n_up: usize,
+    /// See `n_up`.
     pub n_down: usize,
     /// Fine-tunes whose delta has the sign of the average delta.
     pub sign_agree: usize,
@@ -124,15 +126,20 @@ pub struct LatentDiff {
 /// One fine-tune's single largest increase (the view without averaging).
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct ModelTop {
+    /// The fine-tune's name.
     pub model: String,
+    /// Its latent with the largest delta.
     pub latent: usize,
+    /// That delta.
     pub delta: f64,
 }
 
 /// The result of a diff.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct DiffReport {
+    /// The base model's name.
     pub base: String,
+    /// The fine-tunes' names, in input order.
     pub tuned: Vec<String>,
     /// Paired or unpaired, and why.
     pub pairing: Pairing,
@@ -142,9 +149,13 @@ pub struct DiffReport {
     pub clustering: String,
     /// The multiple-testing correction behind `q_value`.
     pub multiple_testing: String,
+    /// How the latents are ranked.
     pub order: DiffOrder,
+    /// Number of latents of the SAE.
     pub n_latents: usize,
+    /// Tokens counted in the base.
     pub n_tokens: u64,
+    /// The SAE's fingerprint, shared by every input.
     pub fingerprint: String,
     /// Largest increase first under `order`.
     pub latents: Vec<LatentDiff>,

@@ -91,6 +91,7 @@ pub struct LayerInputs<'a> {
 /// The outcome of a passed check: what was compared, for the report.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct LayerCheck {
+    /// The layer asked for (`--layer`).
     pub layer: usize,
     /// The SAE's hook name, if it records one.
     pub sae_hook: Option<String>,
@@ -98,6 +99,7 @@ pub struct LayerCheck {
     pub sae_block: Option<usize>,
     /// The model's block count, if known, and where it came from.
     pub n_layers: Option<usize>,
+    /// See `n_layers`.
     pub n_layers_from: Option<String>,
     /// Warnings: a forced mismatch, an unchecked hook, the post-norm last layer.
     pub notes: Vec<String>,

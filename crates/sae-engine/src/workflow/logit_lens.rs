@@ -40,15 +40,18 @@ const FINAL_NORM: [&str; 4] = [
 /// One token and its logit.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct TokenLogit {
+    /// Token id.
     pub token_id: i64,
     /// The token's text (with a tokenizer).
     pub token: Option<String>,
+    /// The token's logit from the latent's decoder direction (see `method`).
     pub logit: f64,
 }
 
 /// One latent's promoted and suppressed tokens.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct LatentLens {
+    /// Latent id.
     pub latent: usize,
     /// Highest logits first.
     pub promoted: Vec<TokenLogit>,
@@ -59,15 +62,19 @@ pub struct LatentLens {
 /// The result.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct LogitLensReport {
+    /// The model folder read.
     pub model_dir: String,
     /// The tensor used as the unembedding, and whether it is the tied token embedding.
     pub unembedding: String,
+    /// See `unembedding`.
     pub tied: bool,
     /// The final norm's weight tensor, if found.
     pub final_norm: Option<String>,
     /// What was computed, in words.
     pub method: String,
+    /// Rows of the unembedding.
     pub vocab_size: usize,
+    /// One entry per latent asked for.
     pub latents: Vec<LatentLens>,
 }
 

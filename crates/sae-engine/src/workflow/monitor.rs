@@ -13,10 +13,18 @@ use super::{InputSummary, Pairing};
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum Alarm {
     /// delta >= value (direction up) or delta <= value (direction down).
-    Delta { value: f64, direction: Direction },
+    Delta {
+        /// The threshold on the delta.
+        value: f64,
+        /// Up or down.
+        direction: Direction,
+    },
     /// |document-clustered z of the mean difference| >= value: a clear change in either
     /// direction (the per-token z when the inputs have no doc ids).
-    ZScore { value: f64 },
+    ZScore {
+        /// The threshold on |z|.
+        value: f64,
+    },
 }
 
 impl Alarm {
@@ -60,11 +68,15 @@ impl Alarm {
 /// One latent over the checkpoints.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Trajectory {
+    /// Latent id.
     pub latent: usize,
+    /// Mean activation in the base.
     pub base_mean: f64,
     /// Per checkpoint, in input order.
     pub means: Vec<f64>,
+    /// Per checkpoint: mean minus the base mean.
     pub deltas: Vec<f64>,
+    /// Per checkpoint: firing frequency.
     pub freqs: Vec<f64>,
     /// Per-token Welch z (treats every token as independent).
     pub z: Vec<f64>,
@@ -72,22 +84,28 @@ pub struct Trajectory {
     pub z_clustered: Vec<f64>,
     /// Benjamini-Hochberg q-value of `z_clustered` over all latents of that checkpoint.
     pub q_value: Vec<f64>,
+    /// The alarm rule applied.
     pub alarm: Alarm,
+    /// The rule in words.
     pub rule: String,
     /// Index of the first checkpoint that crosses, and its name.
     pub first_crossing: Option<usize>,
+    /// See `first_crossing`.
     pub first_crossing_name: Option<String>,
 }
 
 /// The monitoring result.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct MonitorReport {
+    /// The base model's name.
     pub base: String,
+    /// The checkpoints' names, in input order.
     pub checkpoints: Vec<String>,
     /// Paired or unpaired, and why.
     pub pairing: Pairing,
     /// Counted tokens, token hash, median norm and outliers of each input (base first).
     pub inputs: Vec<InputSummary>,
+    /// One per latent watched.
     pub trajectories: Vec<Trajectory>,
 }
 

@@ -56,14 +56,18 @@ impl std::fmt::Display for SteerUnit {
 /// One latent and its strength.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct SteerTerm {
+    /// Latent id.
     pub latent: usize,
+    /// Strength, in the vector's unit.
     pub strength: f32,
 }
 
 /// How a term turned into a coefficient.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct AppliedTerm {
+    /// Latent id.
     pub latent: usize,
+    /// Strength, in the vector's unit.
     pub strength: f32,
     /// The unit's value (1 for raw, the median norm, or the latent's max activation).
     pub unit_value: f64,
@@ -77,8 +81,11 @@ pub struct AppliedTerm {
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct SteeringVector {
     #[serde(skip)]
+    /// The vector (not serialized).
     pub values: Vec<f32>,
+    /// What a strength of 1 means.
     pub unit: SteerUnit,
+    /// Each term's coefficient.
     pub terms: Vec<AppliedTerm>,
     /// Euclidean norm of `values`.
     pub norm: f64,
@@ -336,6 +343,7 @@ pub struct DryRunOptions {
     pub seed: u64,
     /// Also project the (single) target latent's decoder direction out of every row.
     pub ablate: bool,
+    /// Token rule and batching of the passes over the dump.
     pub stats: StatsOptions,
 }
 
@@ -413,23 +421,30 @@ pub fn control_direction(sae: &Sae, avoid: &[f32], seed: u64) -> Result<(Vec<f32
 /// How one latent responded to the vector and to the control.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct LatentShift {
+    /// Latent id.
     pub latent: usize,
     /// Mean activation without steering, with the vector, with the random control.
     pub before_mean: f64,
+    /// See `before_mean`.
     pub steered_mean: f64,
+    /// See `before_mean`.
     pub control_mean: f64,
     /// Firing frequency in the same three conditions.
     pub before_freq: f64,
+    /// See `before_freq`.
     pub steered_freq: f64,
+    /// See `before_freq`.
     pub control_freq: f64,
     /// steered_mean - before_mean, control_mean - before_mean.
     pub delta: f64,
+    /// See `delta`.
     pub control_delta: f64,
 }
 
 /// The largest move of a latent and which one it was.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct Move {
+    /// Latent id.
     pub latent: usize,
     /// The signed change of its mean activation.
     pub delta: f64,
@@ -438,6 +453,7 @@ pub struct Move {
 /// A target's move beside the collateral moves, and the plain verdict.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Specificity {
+    /// The target latent.
     pub latent: usize,
     /// The target's change of mean activation under the vector.
     pub target_delta: f64,
@@ -466,14 +482,18 @@ pub struct SweepRow {
     pub norm_over_median: f64,
     /// The target's change of mean activation and its firing frequency after.
     pub target_delta: f64,
+    /// See `target_delta`.
     pub target_freq: f64,
     /// Largest |move| of another latent, and the mean |move| over all other latents.
     pub collateral_max: Option<Move>,
+    /// See `collateral_max`.
     pub collateral_mean_abs: f64,
     /// The same three under the control (same norm, random direction; for ablation the
     /// random direction projected out).
     pub control_target_delta: f64,
+    /// See `control_target_delta`.
     pub control_collateral_max: Option<Move>,
+    /// See `control_target_delta`.
     pub control_collateral_mean_abs: f64,
     /// Whether the target's move stands out (see [`Specificity`]).
     pub specific: bool,
@@ -482,12 +502,17 @@ pub struct SweepRow {
 /// The dry run's result.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct DryRunReport {
+    /// The dump steered.
     pub dump: String,
+    /// Tokens counted.
     pub n_tokens: u64,
+    /// Euclidean norm of the steering vector.
     pub vector_norm: f64,
+    /// Seed of the random control vector.
     pub control_seed: u64,
     /// How the control was made, and its largest |cosine| with any decoder row.
     pub control: String,
+    /// See `control`.
     pub control_max_cos_decoder: f64,
     /// The steered latents.
     pub targets: Vec<LatentShift>,
@@ -836,13 +861,19 @@ pub fn dry_run_with_progress(
 /// The strength sweep's result.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct SweepReport {
+    /// The dump steered.
     pub dump: String,
+    /// The target latent.
     pub latent: usize,
+    /// What a strength of 1 means.
     pub unit: SteerUnit,
+    /// Tokens counted.
     pub n_tokens: u64,
     /// Median L2 norm of the counted rows (the `norm_over_median` denominator).
     pub median_norm: f64,
+    /// Seed of the random control vector.
     pub control_seed: u64,
+    /// Largest |cosine| of a control direction with any decoder row.
     pub control_max_cos_decoder: f64,
     /// One row per strength, in the order given, then the ablation row if asked for.
     pub rows: Vec<SweepRow>,

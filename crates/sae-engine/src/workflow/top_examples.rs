@@ -21,6 +21,7 @@ pub struct TopExamplesOptions {
     pub context: usize,
     /// Histogram bins over (0, max].
     pub bins: usize,
+    /// Token rule and batching of the pass over the dump.
     pub stats: StatsOptions,
 }
 
@@ -42,14 +43,21 @@ pub struct Example {
     pub rank: usize,
     /// Row in the dump.
     pub row: u64,
+    /// Its document id, when the dump has doc ids.
     pub doc_id: Option<i64>,
+    /// The latent's activation on it.
     pub activation: f32,
+    /// The token's id.
     pub token_id: i64,
+    /// Token ids before it in the same document, oldest first.
     pub before: Vec<i64>,
+    /// Token ids after it in the same document.
     pub after: Vec<i64>,
     /// Decoded token and context (with a tokenizer).
     pub token: Option<String>,
+    /// See `token`.
     pub text_before: Option<String>,
+    /// See `token`.
     pub text_after: Option<String>,
 }
 
@@ -58,6 +66,7 @@ pub struct Example {
 pub struct Histogram {
     /// bins + 1 edges from 0 to the maximum.
     pub edges: Vec<f64>,
+    /// Counted tokens per bin.
     pub counts: Vec<u64>,
     /// Counted tokens where the latent is inactive.
     pub zeros: u64,
@@ -66,12 +75,19 @@ pub struct Histogram {
 /// The result.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct TopExamplesReport {
+    /// The dump read.
     pub dump: String,
+    /// The latent.
     pub latent: usize,
+    /// Tokens counted.
     pub n_tokens: u64,
+    /// Counted tokens where the latent is active.
     pub n_active: u64,
+    /// Largest activation.
     pub max: f32,
+    /// Highest activations first.
     pub examples: Vec<Example>,
+    /// The activations' distribution.
     pub histogram: Histogram,
     /// The token rule's outliers in the dump (left out unless --keep-outliers).
     pub outliers: crate::stats::rule::OutlierSummary,

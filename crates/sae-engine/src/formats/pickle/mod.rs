@@ -22,6 +22,7 @@ pub use vm::{StorageKind, TensorSpec, Value};
 /// A tensor of a torch file, its bytes resolved.
 #[derive(Debug, Clone)]
 pub struct TorchTensor {
+    /// Element type of the storage.
     pub kind: StorageKind,
     /// Logical shape.
     pub shape: Vec<usize>,
@@ -179,7 +180,9 @@ impl TorchTensor {
 /// A loaded torch file: the unpickled object with its tensors resolved.
 #[derive(Debug, Clone)]
 pub struct TorchFile {
+    /// The file.
     pub path: PathBuf,
+    /// The unpickled object (usually the state dict).
     pub root: Value,
     tensors: Vec<TorchTensor>,
 }

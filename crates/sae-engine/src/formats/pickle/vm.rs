@@ -12,15 +12,25 @@ use crate::error::{Error, Result};
 /// Element type of a torch storage (`torch.FloatStorage` and friends).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum StorageKind {
+    /// `DoubleStorage`.
     F64,
+    /// `FloatStorage`.
     F32,
+    /// `HalfStorage`.
     F16,
+    /// `BFloat16Storage`.
     BF16,
+    /// `LongStorage`.
     I64,
+    /// `IntStorage`.
     I32,
+    /// `ShortStorage`.
     I16,
+    /// `CharStorage`.
     I8,
+    /// `ByteStorage`.
     U8,
+    /// `BoolStorage`.
     Bool,
 }
 
@@ -71,9 +81,13 @@ impl StorageKind {
 /// The globals a state dict may reference.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Global {
+    /// `collections.OrderedDict`.
     OrderedDict,
+    /// `torch._utils._rebuild_tensor_v2`.
     RebuildTensorV2,
+    /// `torch._utils._rebuild_parameter`.
     RebuildParameter,
+    /// A `torch.*Storage` class.
     Storage(StorageKind),
 }
 
@@ -162,35 +176,53 @@ fn resolve_global(path: &Path, module: &str, name: &str) -> Result<Global> {
 /// A storage reference from a persistent id: `('storage', kind, key, location, numel)`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StorageRef {
+    /// Element type.
     pub kind: StorageKind,
+    /// The storage's record name in the archive (`data/KEY`).
     pub key: String,
+    /// Number of elements.
     pub numel: usize,
 }
 
 /// A tensor as `_rebuild_tensor_v2` describes it, before its bytes are read.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TensorSpec {
+    /// The storage the tensor views.
     pub storage: StorageRef,
+    /// Offset of the first element in the storage, in elements.
     pub offset: usize,
+    /// Logical shape.
     pub shape: Vec<usize>,
+    /// Strides in elements.
     pub stride: Vec<usize>,
 }
 
 /// A value produced by the restricted unpickler.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value {
+    /// `None`.
     None,
+    /// `True` / `False`.
     Bool(bool),
+    /// An integer.
     Int(i64),
+    /// A float.
     Float(f64),
+    /// A string.
     Str(String),
+    /// A bytes object.
     Bytes(Vec<u8>),
+    /// A tuple.
     Tuple(Vec<Value>),
+    /// A list.
     List(Vec<Value>),
     /// A dict or OrderedDict, in insertion order (a later equal key wins on lookup).
     Dict(Vec<(Value, Value)>),
+    /// A global this unpickler allows.
     Global(Global),
+    /// A storage from a persistent id.
     Storage(StorageRef),
+    /// A rebuilt tensor, its bytes not yet read.
     Tensor(TensorSpec),
 }
 
