@@ -22,7 +22,7 @@ use super::topk::{merge_states, TopKState};
 use crate::backend::CpuGemm;
 use crate::codes::{Codes, Encoded};
 use crate::dtype::convert_to_f32;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::matrix::{Layout, Matrix};
 use crate::sae::{Activation, Sae};
 
@@ -70,7 +70,7 @@ impl GemmKind {
             #[cfg(not(feature = "openblas"))]
             CpuGemm::Auto => Ok(GemmKind::Crate),
             #[cfg(not(feature = "openblas"))]
-            CpuGemm::OpenBlas => Err(Error::invalid(
+            CpuGemm::OpenBlas => Err(crate::error::Error::invalid(
                 "the OpenBLAS CPU GEMM needs a build with the `openblas` cargo feature",
             )),
         }
