@@ -299,3 +299,24 @@ pub fn parse_size(s: &str) -> Result<u64> {
     }
     Ok(bytes as u64)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    const GB: u64 = 1 << 30;
+
+    #[test]
+    fn sizes_parse_with_binary_suffixes() {
+        assert_eq!(parse_size("24G").unwrap(), 24 * GB);
+        assert_eq!(parse_size("24GiB").unwrap(), 24 * GB);
+        assert_eq!(parse_size("1.5g").unwrap(), 3 * GB / 2);
+        assert_eq!(parse_size("512M").unwrap(), 512 << 20);
+        assert_eq!(parse_size("64KB").unwrap(), 64 << 10);
+        assert_eq!(parse_size("1T").unwrap(), 1 << 40);
+        assert_eq!(parse_size("1073741824").unwrap(), GB);
+        for bad in ["", "G", "-1G", "0", "1X", "nanG", "1e30T"] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
+    }
+}

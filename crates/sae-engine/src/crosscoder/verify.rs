@@ -98,18 +98,6 @@ pub fn cases() -> Result<Vec<Case>> {
         .collect()
 }
 
-/// A result with nothing compared yet.
-fn empty_result(name: impl Into<String>) -> CaseResult {
-    CaseResult {
-        name: name.into(),
-        ok: false,
-        max_abs_err: 0.0,
-        tie_swaps: 0,
-        detail: Vec::new(),
-        fallback_chunks: 0,
-    }
-}
-
 /// f32 rounding of a `width`-term dot product in another order.
 fn tol(width: usize, v: f32) -> f64 {
     1e-5 * (width as f64).sqrt() * (1.0 + v.abs() as f64)
@@ -167,7 +155,7 @@ fn compare(c: &Case, g: &CrosscoderCodes, r: &CrosscoderCodes, res: &mut CaseRes
 }
 
 fn run_case(device: usize, force_nvrtc: bool, c: &Case) -> CaseResult {
-    let mut res = empty_result(c.name.clone());
+    let mut res = CaseResult::new(c.name.clone());
     let mut run = || -> Result<()> {
         let opts = EngineOptions {
             cuda_force_nvrtc: force_nvrtc,
@@ -207,7 +195,7 @@ pub fn run(device: usize, force_nvrtc: bool) -> Vec<CaseResult> {
             .collect(),
         Err(e) => vec![CaseResult {
             detail: vec![e.to_string()],
-            ..empty_result("crosscoder cases")
+            ..CaseResult::new("crosscoder cases")
         }],
     }
 }
@@ -258,7 +246,7 @@ mod tests {
         let e = CrosscoderEngine::new(c.cc.clone(), BackendKind::Cpu, &EngineOptions::default())
             .unwrap();
         let a = e.encode(&c.x, c.rows, 0).unwrap();
-        let mut res = empty_result(c.name.clone());
+        let mut res = CaseResult::new(c.name.clone());
         compare(c, &a, &a, &mut res);
         assert!(res.detail.is_empty());
         // A value off by more than rounding is reported.

@@ -139,8 +139,6 @@ pub fn plan_memory(req: &MemoryRequest, mem: DeviceMemory) -> Result<MemoryPlan>
     })
 }
 
-pub use crate::backend::parse_size;
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -361,20 +359,6 @@ mod tests {
                     }
                 }
             }
-        }
-    }
-
-    #[test]
-    fn sizes_parse_with_binary_suffixes() {
-        assert_eq!(parse_size("24G").unwrap(), 24 * GB);
-        assert_eq!(parse_size("24GiB").unwrap(), 24 * GB);
-        assert_eq!(parse_size("1.5g").unwrap(), 3 * GB / 2);
-        assert_eq!(parse_size("512M").unwrap(), 512 << 20);
-        assert_eq!(parse_size("64KB").unwrap(), 64 << 10);
-        assert_eq!(parse_size("1T").unwrap(), 1 << 40);
-        assert_eq!(parse_size("1073741824").unwrap(), GB);
-        for bad in ["", "G", "-1G", "0", "1X", "nanG", "1e30T"] {
-            assert!(parse_size(bad).is_err(), "{bad}");
         }
     }
 }

@@ -43,6 +43,20 @@ pub struct CaseResult {
     pub fallback_chunks: usize,
 }
 
+impl CaseResult {
+    /// A failing result with nothing compared yet; a case fills it in and sets `ok` last.
+    pub fn new(name: impl Into<String>) -> CaseResult {
+        CaseResult {
+            name: name.into(),
+            ok: false,
+            max_abs_err: 0.0,
+            tie_swaps: 0,
+            detail: Vec::new(),
+            fallback_chunks: 0,
+        }
+    }
+}
+
 /// Deterministic splitmix64 stream (no RNG dependency; reproducible across runs).
 pub struct Rng(crate::deterministic::SplitMix64);
 impl Rng {
@@ -65,14 +79,7 @@ impl Rng {
 }
 
 fn run_case(t: Target, c: &Case) -> CaseResult {
-    let mut res = CaseResult {
-        name: c.name.clone(),
-        ok: false,
-        max_abs_err: 0.0,
-        tie_swaps: 0,
-        detail: Vec::new(),
-        fallback_chunks: 0,
-    };
+    let mut res = CaseResult::new(c.name.clone());
     let sae = Arc::new(c.sae.clone());
     let cpu = match CpuEngine::new(sae.clone(), &EngineOptions::default()) {
         Ok(e) => e,
@@ -202,14 +209,7 @@ fn run_case(t: Target, c: &Case) -> CaseResult {
 
 /// Batched statistics of three "models" (CPU codes of shifted inputs) against LatentStats.
 fn stats_case(t: Target) -> CaseResult {
-    let mut res = CaseResult {
-        name: "batched stats, 3 models in one launch, masks".into(),
-        ok: false,
-        max_abs_err: 0.0,
-        tie_swaps: 0,
-        detail: Vec::new(),
-        fallback_chunks: 0,
-    };
+    let mut res = CaseResult::new("batched stats, 3 models in one launch, masks");
     let mut rng = Rng::new(77);
     let (l, d, n) = (700, 32, 40);
     let sae = match random_sae(&mut rng, l, d, Activation::TopK { k: 8 }, DType::F32).build() {
@@ -289,14 +289,7 @@ fn stats_case(t: Target) -> CaseResult {
 /// Device-pointer encode/decode (`DevicePtrOps`) on device buffers against the same
 /// engine's host path: identical codes, identical reconstructions, the same non-finite row.
 fn device_ptr_case(t: Target, name: &str, sae: Result<Sae>, precision: Precision) -> CaseResult {
-    let mut res = CaseResult {
-        name: name.into(),
-        ok: false,
-        max_abs_err: 0.0,
-        tie_swaps: 0,
-        detail: Vec::new(),
-        fallback_chunks: 0,
-    };
+    let mut res = CaseResult::new(name);
     let run = || -> Result<()> {
         let sae = Arc::new(sae?);
         let (d, k) = (sae.d_in(), sae.k().unwrap_or(0));
